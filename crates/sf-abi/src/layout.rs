@@ -1,0 +1,111 @@
+//! Guest physical memory layout. Guest RAM starts at physical address 0 and
+//! is identity mapped; the first MiB holds the structures ring 0 needs and is
+//! supervisor-only except for the boot information page.
+
+/// Boot information block ([`crate::boot_info::BootInfo`]); user readable and writable.
+pub const BOOT_INFO: u64 = 0x1000;
+/// Global descriptor table.
+pub const GDT: u64 = 0x2000;
+/// Interrupt descriptor table (exception vectors only).
+pub const IDT: u64 = 0x3000;
+/// Task state segment followed by its I/O permission bitmap.
+pub const TSS: u64 = 0x4000;
+/// Where a PVH boot places `hvm_start_info` and its memory map.
+pub const PVH_START_INFO: u64 = 0x7000;
+/// Top-level page table.
+pub const PML4: u64 = 0x8000;
+/// Page directory pointer table (one, covering 512 GiB).
+pub const PDPT: u64 = 0x9000;
+/// 4 KiB page table for the first 2 MiB, so the null page and the kernel
+/// structures can be protected with 4 KiB granularity.
+pub const PT_LOW: u64 = 0xA000;
+/// Page directories, one per GiB of guest RAM.
+pub const PD_BASE: u64 = 0x10000;
+/// Kernel command line (the guest's arguments), NUL terminated.
+pub const CMDLINE: u64 = 0x50000;
+/// Maximum command line length including the terminating NUL.
+pub const CMDLINE_MAX: u64 = 0x1000;
+/// Top of the ring-0 stack used for exception entry (TSS.rsp0) and PVH set-up.
+pub const KERNEL_STACK_TOP: u64 = 0x60000;
+/// Where guest ELF images must load: everything below is reserved.
+pub const IMAGE_BASE: u64 = 0x10_0000;
+
+/// Smallest guest RAM the layout supports.
+pub const MIN_MEM: u64 = 4 << 20;
+/// Largest guest RAM the layout supports (one page directory per GiB).
+pub const MAX_MEM: u64 = 64 << 30;
+/// Size of the large pages that map guest RAM.
+pub const LARGE_PAGE: u64 = 2 << 20;
+/// Size of a small page.
+pub const PAGE: u64 = 4096;
+
+/// Selectors in the GDT built by [`crate::tables`].
+pub mod selector {
+    pub const KERNEL_CODE: u16 = 0x08;
+    pub const KERNEL_DATA: u16 = 0x10;
+    pub const USER_CODE: u16 = 0x18 | 3;
+    pub const USER_DATA: u16 = 0x20 | 3;
+    pub const TSS: u16 = 0x28;
+}
+
+/// Number of GDT bytes in use.
+pub const GDT_SIZE: u64 = 7 * 8;
+/// Number of IDT vectors installed: the architectural exceptions.
+pub const IDT_VECTORS: u64 = 32;
+/// Size of the TSS proper; the I/O bitmap follows it.
+pub const TSS_BASE_SIZE: u64 = 104;
+/// I/O bitmap: one bit per port, plus the mandatory trailing 0xff byte.
+pub const IO_BITMAP_SIZE: u64 = 8192 + 1;
+/// TSS limit (last valid byte offset), covering the I/O bitmap.
+pub const TSS_LIMIT: u64 = TSS_BASE_SIZE + IO_BITMAP_SIZE - 1;
+
+/// Where the application's heap and stack go, derived from RAM size and the
+/// end of the loaded image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserRegions {
+    pub heap_start: u64,
+    pub heap_end: u64,
+    pub stack_top: u64,
+}
+
+/// Splits the RAM above the image into heap and a stack at the top of RAM.
+/// Returns `None` when the image leaves no room for a minimal heap and stack.
+pub fn user_regions(mem_size: u64, image_end: u64) -> Option<UserRegions> {
+    let stack_size = (mem_size / 8).clamp(256 << 10, 8 << 20);
+    let heap_start = image_end.checked_add(PAGE - 1)? & !(PAGE - 1);
+    let heap_end = mem_size.checked_sub(stack_size)?;
+    if heap_end < heap_start + (256 << 10) {
+        return None;
+    }
+    Some(UserRegions { heap_start, heap_end, stack_top: mem_size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_leave_stack_at_top() {
+        let r = user_regions(64 << 20, 0x12_3456).unwrap();
+        assert_eq!(r.heap_start, 0x12_4000);
+        assert_eq!(r.stack_top, 64 << 20);
+        assert_eq!(r.heap_end, (64 << 20) - (8 << 20));
+    }
+
+    #[test]
+    fn regions_refuse_an_image_filling_ram() {
+        assert_eq!(user_regions(8 << 20, 8 << 20), None);
+        assert_eq!(user_regions(8 << 20, u64::MAX), None);
+    }
+
+    #[test]
+    fn fixed_structures_do_not_overlap() {
+        assert!(GDT + GDT_SIZE <= IDT);
+        assert!(IDT + IDT_VECTORS * 16 <= TSS);
+        assert!(TSS + TSS_LIMIT < PVH_START_INFO);
+        assert!(PT_LOW + PAGE <= PD_BASE);
+        assert!(PD_BASE + (MAX_MEM >> 30) * PAGE <= CMDLINE);
+        assert!(CMDLINE + CMDLINE_MAX <= KERNEL_STACK_TOP - 0x8000);
+        assert!(KERNEL_STACK_TOP <= IMAGE_BASE);
+    }
+}

@@ -1,0 +1,250 @@
+//! Builds the boot-time CPU tables in guest RAM: identity page tables, GDT,
+//! IDT and TSS with its I/O permission bitmap.
+//!
+//! The same code runs on the host (fast boot: the VMM prepares everything and
+//! starts the vCPU in ring 3) and in the guest's ring 0 (PVH boot, where each
+//! instruction is emulated, so it only issues aligned 64-bit stores).
+
+use crate::hypercall;
+use crate::layout::*;
+
+/// Somewhere to put 64-bit words at guest physical addresses.
+pub trait GuestWords {
+    fn write_u64(&mut self, gpa: u64, value: u64);
+}
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const LARGE: u64 = 1 << 7;
+
+/// Why the tables cannot be built for the requested RAM size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    TooSmall,
+    TooLarge,
+    NotLargePageAligned,
+}
+
+pub fn check_mem_size(mem_size: u64) -> Result<(), LayoutError> {
+    if mem_size < MIN_MEM {
+        Err(LayoutError::TooSmall)
+    } else if mem_size > MAX_MEM {
+        Err(LayoutError::TooLarge)
+    } else if mem_size % LARGE_PAGE != 0 {
+        Err(LayoutError::NotLargePageAligned)
+    } else {
+        Ok(())
+    }
+}
+
+/// Ports a ring-3 application may use: the hypercall port (a 4-byte
+/// access), and the serial and debug-exit ports it falls back to elsewhere.
+pub const OPEN_PORTS: [(u16, u16); 3] = [
+    (hypercall::PORT, 4),
+    (hypercall::SERIAL_PORT, 8),
+    (hypercall::DEBUG_EXIT_PORT, 4),
+];
+
+/// Writes every table. `isr_base`/`isr_stride` locate the guest's exception
+/// stubs. The caller guarantees the RAM below [`IMAGE_BASE`] is zero, as it
+/// is in a fresh VM.
+pub fn build(m: &mut impl GuestWords, mem_size: u64, isr_base: u64, isr_stride: u64) -> Result<(), LayoutError> {
+    check_mem_size(mem_size)?;
+    build_page_tables(m, mem_size);
+    build_gdt(m);
+    build_idt(m, isr_base, isr_stride);
+    build_tss(m);
+    Ok(())
+}
+
+fn build_page_tables(m: &mut impl GuestWords, mem_size: u64) {
+    // The first 2 MiB use 4 KiB pages: the null page is absent, the ring-0
+    // structures below the image are supervisor-only; the boot information
+    // and the command line are the low pages ring 3 may touch.
+    for page in 0..512u64 {
+        let addr = page * PAGE;
+        let flags = if page == 0 {
+            0
+        } else if addr >= IMAGE_BASE || addr == BOOT_INFO || (CMDLINE..CMDLINE + CMDLINE_MAX).contains(&addr) {
+            PRESENT | WRITABLE | USER
+        } else {
+            PRESENT | WRITABLE
+        };
+        m.write_u64(PT_LOW + page * 8, if flags == 0 { 0 } else { addr | flags });
+    }
+    let large_pages = mem_size / LARGE_PAGE;
+    for i in 1..large_pages {
+        m.write_u64(PD_BASE + i * 8, (i * LARGE_PAGE) | PRESENT | WRITABLE | USER | LARGE);
+    }
+    m.write_u64(PD_BASE, PT_LOW | PRESENT | WRITABLE | USER);
+    let gibs = mem_size.div_ceil(1 << 30);
+    for g in 0..gibs {
+        m.write_u64(PDPT + g * 8, (PD_BASE + g * PAGE) | PRESENT | WRITABLE | USER);
+    }
+    m.write_u64(PML4, PDPT | PRESENT | WRITABLE | USER);
+}
+
+/// Flat 64-bit segments; DPL in bits 45..47.
+const GDT_ENTRIES: [u64; 5] = [
+    0,
+    0x00af_9a00_0000_ffff, // kernel code
+    0x00cf_9200_0000_ffff, // kernel data
+    0x00af_fa00_0000_ffff, // user code
+    0x00cf_f200_0000_ffff, // user data
+];
+
+/// The two GDT words of the 64-bit available-TSS descriptor.
+pub fn tss_descriptor() -> [u64; 2] {
+    let base = TSS;
+    let limit = TSS_LIMIT;
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    [low, base >> 32]
+}
+
+fn build_gdt(m: &mut impl GuestWords) {
+    for (i, e) in GDT_ENTRIES.iter().enumerate() {
+        m.write_u64(GDT + i as u64 * 8, *e);
+    }
+    let [lo, hi] = tss_descriptor();
+    m.write_u64(GDT + selector::TSS as u64, lo);
+    m.write_u64(GDT + selector::TSS as u64 + 8, hi);
+}
+
+/// Interrupt gates to ring 0; DPL 0, so `int n` from ring 3 raises #GP.
+fn build_idt(m: &mut impl GuestWords, isr_base: u64, isr_stride: u64) {
+    for v in 0..IDT_VECTORS {
+        let h = isr_base + v * isr_stride;
+        let low = (h & 0xffff)
+            | ((selector::KERNEL_CODE as u64) << 16)
+            | (0x8e << 40)
+            | (((h >> 16) & 0xffff) << 48);
+        m.write_u64(IDT + v * 16, low);
+        m.write_u64(IDT + v * 16 + 8, h >> 32);
+    }
+}
+
+fn build_tss(m: &mut impl GuestWords) {
+    // rsp0 lives at byte offset 4; the I/O map base at offset 102.
+    m.write_u64(TSS, KERNEL_STACK_TOP << 32);
+    m.write_u64(TSS + 8, KERNEL_STACK_TOP >> 32);
+    m.write_u64(TSS + 96, TSS_BASE_SIZE << 48);
+    let bitmap = TSS + TSS_BASE_SIZE;
+    for word in 0..1024u64 {
+        m.write_u64(bitmap + word * 8, io_bitmap_word(word));
+    }
+    m.write_u64(bitmap + 1024 * 8, 0xff);
+}
+
+/// One 64-port word of the I/O bitmap: a set bit denies the port.
+pub fn io_bitmap_word(word: u64) -> u64 {
+    let (lo, hi) = (word * 64, word * 64 + 64);
+    let mut bits = u64::MAX;
+    for (start, len) in OPEN_PORTS {
+        let (s, e) = ((start as u64).max(lo), (start as u64 + len as u64).min(hi));
+        if s < e {
+            let n = e - s;
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << (s - lo) };
+            bits &= !mask;
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Ram(BTreeMap<u64, u64>);
+    impl GuestWords for Ram {
+        fn write_u64(&mut self, gpa: u64, value: u64) {
+            assert_eq!(gpa % 8, 0, "unaligned store at {gpa:#x}");
+            assert!(gpa < IMAGE_BASE, "table store above the reserved area");
+            self.0.insert(gpa, value);
+        }
+    }
+
+    fn built(mem: u64) -> Ram {
+        let mut r = Ram(BTreeMap::new());
+        build(&mut r, mem, 0x10_0000, 16).unwrap();
+        r
+    }
+
+    fn translate(r: &Ram, va: u64) -> Option<(u64, bool)> {
+        let get = |a: u64| r.0.get(&a).copied().unwrap_or(0);
+        let l4 = get(PML4 + ((va >> 39) & 511) * 8);
+        if l4 & PRESENT == 0 {
+            return None;
+        }
+        let l3 = get((l4 & !0xfff) + ((va >> 30) & 511) * 8);
+        if l3 & PRESENT == 0 {
+            return None;
+        }
+        let l2 = get((l3 & !0xfff) + ((va >> 21) & 511) * 8);
+        if l2 & PRESENT == 0 {
+            return None;
+        }
+        if l2 & LARGE != 0 {
+            return Some(((l2 & !0x1f_ffff & !LARGE & !0xfff) | (va & 0x1f_ffff), l2 & USER != 0));
+        }
+        let l1 = get((l2 & !0xfff) + ((va >> 12) & 511) * 8);
+        if l1 & PRESENT == 0 {
+            return None;
+        }
+        Some(((l1 & !0xfff) | (va & 0xfff), l1 & USER != 0))
+    }
+
+    #[test]
+    fn identity_maps_ram_and_nothing_beyond() {
+        let mem = 3 << 30;
+        let r = built(mem);
+        for va in [0x1000, 0x10_0000, 0x20_0000, 0x4000_1234, mem - 8] {
+            assert_eq!(translate(&r, va).map(|t| t.0), Some(va), "va {va:#x}");
+        }
+        assert_eq!(translate(&r, 0), None, "null page must fault");
+        assert_eq!(translate(&r, mem), None, "RAM end must fault");
+    }
+
+    #[test]
+    fn kernel_structures_are_supervisor_only() {
+        let r = built(64 << 20);
+        assert_eq!(translate(&r, BOOT_INFO), Some((BOOT_INFO, true)));
+        assert_eq!(translate(&r, CMDLINE + 8), Some((CMDLINE + 8, true)));
+        for a in [GDT, IDT, TSS, PML4, PD_BASE, KERNEL_STACK_TOP - 8] {
+            assert_eq!(translate(&r, a), Some((a, false)), "{a:#x}");
+        }
+        assert_eq!(translate(&r, IMAGE_BASE), Some((IMAGE_BASE, true)));
+    }
+
+    #[test]
+    fn io_bitmap_opens_exactly_the_listed_ports() {
+        let open = |p: u64| io_bitmap_word(p / 64) & (1 << (p % 64)) == 0;
+        assert!((0x510..0x514).all(open));
+        assert!((0x3f8..0x400).all(open));
+        assert!(open(0xf4));
+        assert!(!open(0x50f) && !open(0x514) && !open(0x60) && !open(0xcf8));
+    }
+
+    #[test]
+    fn sizes_are_validated() {
+        assert_eq!(check_mem_size(2 << 20), Err(LayoutError::TooSmall));
+        assert_eq!(check_mem_size(65 << 30), Err(LayoutError::TooLarge));
+        assert_eq!(check_mem_size((64 << 20) + 4096), Err(LayoutError::NotLargePageAligned));
+        assert_eq!(check_mem_size(64 << 20), Ok(()));
+    }
+
+    #[test]
+    fn idt_gates_point_at_the_stubs() {
+        let r = built(64 << 20);
+        let low = r.0[&(IDT + 14 * 16)];
+        let handler = (low & 0xffff) | ((low >> 48) << 16);
+        assert_eq!(handler, 0x10_0000 + 14 * 16);
+        assert_eq!((low >> 16) & 0xffff, selector::KERNEL_CODE as u64);
+    }
+}

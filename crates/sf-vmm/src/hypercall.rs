@@ -1,0 +1,121 @@
+//! Serves the guest's hypercalls. Every pointer and length comes from the
+//! guest and is checked against guest RAM first; a bad one is answered with
+//! an error code, never trusted and never a host panic.
+
+use crate::memory::GuestRam;
+use crate::outcome::Outcome;
+use sf_abi::hypercall::{Call, Error as HcError, ExceptionFrame, CONSOLE_WRITE_MAX, PANIC_MSG_MAX};
+use std::io::Write;
+
+/// The guest's registers at a hypercall.
+#[derive(Clone, Copy, Debug)]
+pub struct Args {
+    pub nr: u32,
+    pub a0: u64,
+    pub a1: u64,
+}
+
+/// What the run loop does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Resume the guest with this value in `rax`.
+    Return(u64),
+    /// Stop the VM.
+    Stop(Outcome),
+}
+
+fn ret(r: Result<u64, HcError>) -> Action {
+    Action::Return(match r {
+        Ok(v) => v,
+        Err(e) => e.to_ret(),
+    })
+}
+
+/// `cr2` and the ring the exception came from are read only when needed.
+pub fn handle(ram: &GuestRam, args: Args, console: &mut dyn Write, cr2: impl FnOnce() -> u64) -> std::io::Result<Action> {
+    let Some(call) = Call::from_u32(args.nr) else {
+        tracing::debug!(nr = args.nr, "unknown hypercall");
+        return Ok(ret(Err(HcError::NoSys)));
+    };
+    Ok(match call {
+        Call::ConsoleWrite => match ram.read_checked(args.a0, args.a1, CONSOLE_WRITE_MAX) {
+            Ok(bytes) => {
+                console.write_all(&bytes)?;
+                console.flush()?;
+                ret(Ok(bytes.len() as u64))
+            }
+            Err(e) => ret(Err(e)),
+        },
+        Call::Exit => Action::Stop(Outcome::Exited { status: args.a0 as u32 as i32 }),
+        Call::Panic => match ram.read_checked(args.a0, args.a1.min(PANIC_MSG_MAX), PANIC_MSG_MAX) {
+            Ok(msg) => Action::Stop(Outcome::Panicked { message: String::from_utf8_lossy(&msg).into_owned() }),
+            Err(e) => ret(Err(e)),
+        },
+        Call::Exception => match ram.read_checked(args.a0, ExceptionFrame::SIZE as u64, ExceptionFrame::SIZE as u64) {
+            Ok(bytes) => {
+                let f = ExceptionFrame::from_bytes(bytes.as_slice().try_into().expect("frame size"));
+                Action::Stop(Outcome::Exception {
+                    vector: f.vector,
+                    error_code: f.error_code,
+                    rip: f.rip,
+                    rsp: f.rsp,
+                    cr2: if f.vector == 14 { cr2() } else { 0 },
+                    ring: (f.cs & 3) as u8,
+                })
+            }
+            Err(e) => ret(Err(e)),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(ram: &GuestRam, nr: u32, a0: u64, a1: u64) -> (Action, Vec<u8>) {
+        let mut out = Vec::new();
+        let a = handle(ram, Args { nr, a0, a1 }, &mut out, || 0xdead).unwrap();
+        (a, out)
+    }
+
+    #[test]
+    fn console_write_copies_exactly_the_buffer() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x20_0000, b"hi there");
+        assert_eq!(call(&ram, 1, 0x20_0000, 2), (Action::Return(2), b"hi".to_vec()));
+    }
+
+    #[test]
+    fn wild_arguments_get_error_codes() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        let fault = Action::Return(HcError::Fault.to_ret());
+        assert_eq!(call(&ram, 1, u64::MAX, 2).0, fault);
+        assert_eq!(call(&ram, 1, 0, u64::MAX).0, Action::Return(HcError::TooBig.to_ret()));
+        assert_eq!(call(&ram, 3, 8 << 20, 1).0, fault);
+        assert_eq!(call(&ram, 4, (8 << 20) - 8, 0).0, fault);
+        assert_eq!(call(&ram, 77, 0, 0).0, Action::Return(HcError::NoSys.to_ret()));
+    }
+
+    #[test]
+    fn panic_message_is_capped_not_refused() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x20_0000, b"boom");
+        match call(&ram, 3, 0x20_0000, u64::MAX).0 {
+            Action::Stop(Outcome::Panicked { message }) => assert!(message.starts_with("boom") && message.len() == 4096),
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn exception_frame_is_decoded() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        let words: [u64; 10] = [0, 0, 0, 14, 6, 0x10_1000, 0x1b, 2, 0x7f_fff0, 0x23];
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ram.write(0x5_0000, &bytes);
+        let (a, _) = call(&ram, 4, 0x5_0000, 0);
+        assert_eq!(
+            a,
+            Action::Stop(Outcome::Exception { vector: 14, error_code: 6, rip: 0x10_1000, rsp: 0x7f_fff0, cr2: 0xdead, ring: 3 })
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The SnowFlock host VMM: one KVM VM per process, booting a SnowFlock guest
+//! (or any PVH ELF) and serving its hypercalls.
+//!
+//! [`Vm::new`] builds the VM from a [`VmConfig`] and a [`GuestImage`];
+//! [`Vm::run`] runs it to an [`Outcome`], streaming the guest's console to a
+//! writer, and returns a [`RunReport`] with timings.
+
+mod boot;
+mod error;
+mod hypercall;
+pub mod image;
+pub mod memory;
+mod outcome;
+mod serial;
+mod vcpu;
+mod vm;
+mod watchdog;
+
+pub use error::Error;
+pub use image::{BootMode, GuestImage, ImageError};
+pub use outcome::{Outcome, RegisterDump};
+pub use vm::{RunReport, Timings, Vm, VmConfig};

@@ -1,0 +1,109 @@
+//! Guest RAM: one anonymous private mapping at guest physical 0, on
+//! transparent huge pages, plus the bounds checks every guest-supplied
+//! pointer goes through.
+
+use crate::Error;
+use sf_abi::hypercall::Error as HcError;
+use sf_abi::tables::GuestWords;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+pub struct GuestRam {
+    mem: GuestMemoryMmap<()>,
+    size: u64,
+}
+
+impl GuestRam {
+    /// Maps `size` bytes (a multiple of 2 MiB, see
+    /// [`sf_abi::tables::check_mem_size`]) and asks for huge pages.
+    pub fn new(size: u64) -> Result<GuestRam, Error> {
+        sf_abi::tables::check_mem_size(size).map_err(|e| Error::MemorySize {
+            size,
+            why: match e {
+                sf_abi::tables::LayoutError::TooSmall => "below the 4 MiB minimum",
+                sf_abi::tables::LayoutError::TooLarge => "above the 64 GiB maximum",
+                sf_abi::tables::LayoutError::NotLargePageAligned => "not a multiple of 2 MiB",
+            },
+        })?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|e| Error::MemoryAlloc { size, why: e.to_string() })?;
+        for region in mem.iter() {
+            let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).expect("region start is mapped");
+            // SAFETY: the range is exactly one mapping owned by `mem`;
+            // MADV_HUGEPAGE only changes how the kernel backs it.
+            let rc = unsafe { libc::madvise(host as *mut libc::c_void, region.len() as usize, libc::MADV_HUGEPAGE) };
+            if rc != 0 {
+                tracing::debug!("madvise(MADV_HUGEPAGE) failed: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(GuestRam { mem, size })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn mmap(&self) -> &GuestMemoryMmap<()> {
+        &self.mem
+    }
+
+    /// Host address of guest physical 0.
+    pub fn host_base(&self) -> u64 {
+        self.mem.get_host_address(GuestAddress(0)).expect("guest RAM starts at 0") as u64
+    }
+
+    /// Checks that `[gpa, gpa + len)` lies inside guest RAM and `len <= max`.
+    pub fn check_range(&self, gpa: u64, len: u64, max: u64) -> Result<(), HcError> {
+        if len > max {
+            return Err(HcError::TooBig);
+        }
+        match gpa.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(HcError::Fault),
+        }
+    }
+
+    /// Reads guest bytes after [`Self::check_range`].
+    pub fn read_checked(&self, gpa: u64, len: u64, max: u64) -> Result<Vec<u8>, HcError> {
+        self.check_range(gpa, len, max)?;
+        let mut buf = vec![0u8; len as usize];
+        self.mem.read_slice(&mut buf, GuestAddress(gpa)).map_err(|_| HcError::Fault)?;
+        Ok(buf)
+    }
+
+    /// Writes host-built data (never guest-controlled addresses).
+    pub fn write(&self, gpa: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(gpa)).expect("VMM writes only inside the fixed layout");
+    }
+
+    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
+        self.mem.read_obj(GuestAddress(gpa)).ok()
+    }
+}
+
+impl GuestWords for &GuestRam {
+    fn write_u64(&mut self, gpa: u64, value: u64) {
+        self.write(gpa, &value.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_against_ram_and_limits() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        assert_eq!(ram.check_range(0, 16, 64), Ok(()));
+        assert_eq!(ram.check_range((8 << 20) - 16, 16, 64), Ok(()));
+        assert_eq!(ram.check_range((8 << 20) - 15, 16, 64), Err(HcError::Fault));
+        assert_eq!(ram.check_range(u64::MAX - 3, 16, 64), Err(HcError::Fault));
+        assert_eq!(ram.check_range(0, 65, 64), Err(HcError::TooBig));
+        assert_eq!(ram.read_checked(8 << 20, 1, 64), Err(HcError::Fault));
+    }
+
+    #[test]
+    fn sizes_are_refused_with_a_reason() {
+        assert!(matches!(GuestRam::new(1 << 20), Err(Error::MemorySize { why, .. }) if why.contains("minimum")));
+        assert!(matches!(GuestRam::new((8 << 20) + 4096), Err(Error::MemorySize { why, .. }) if why.contains("2 MiB")));
+    }
+}

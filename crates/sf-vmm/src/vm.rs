@@ -1,0 +1,269 @@
+//! One VM: KVM set-up, guest RAM, the vCPU, and the run loop that turns VM
+//! exits into hypercalls, device accesses or an [`Outcome`].
+
+use crate::boot;
+use crate::hypercall::{self, Action, Args};
+use crate::image::{BootMode, GuestImage};
+use crate::memory::GuestRam;
+use crate::outcome::Outcome;
+use crate::serial::LegacySerial;
+use crate::vcpu::Vcpu;
+use crate::watchdog::Alarm;
+use crate::Error;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit, VmFd};
+use sf_abi::boot_info::BootInfo;
+use sf_abi::hypercall::{DEBUG_EXIT_PORT, PORT, PROBE_MAGIC, SERIAL_PORT};
+use sf_abi::layout;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest RAM in bytes (multiple of 2 MiB, 4 MiB..=64 GiB).
+    pub mem_size: u64,
+    pub vcpus: u32,
+    pub timeout: Option<Duration>,
+    pub boot: BootMode,
+    /// The guest's arguments.
+    pub cmdline: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig { mem_size: 256 << 20, vcpus: 1, timeout: None, boot: BootMode::Auto, cmdline: String::new() }
+    }
+}
+
+/// Where the time went, measured from the start of [`Vm::new`].
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// KVM VM + guest RAM + vCPU creation.
+    pub create_vm: Duration,
+    /// Image load and boot-state preparation.
+    pub load: Duration,
+    /// Until the guest's first ring-3 instruction (from the guest's TSC
+    /// stamp), when the guest's runtime recorded one.
+    pub first_instruction: Option<Duration>,
+    /// Until the run ended.
+    pub total: Duration,
+    pub exits: u64,
+    pub hypercalls: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub boot_mode: BootMode,
+    pub timings: Timings,
+}
+
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: Vcpu,
+    ram: GuestRam,
+    serial: LegacySerial,
+    mode: BootMode,
+    timeout: Option<Duration>,
+    started: Instant,
+    started_tsc: u64,
+    tsc_khz: Option<u32>,
+    timings: Timings,
+}
+
+fn host_tsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects.
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_rdtsc()
+    }
+}
+
+/// A VM exit, copied out of the vCPU's shared run area so the vCPU can be
+/// used again while it is handled.
+enum Exit {
+    Out { port: u16, value: u32 },
+    Handled,
+    Hlt,
+    Shutdown,
+    InternalError,
+    Mmio { gpa: u64, write: bool },
+    Interrupted,
+    Other(String),
+}
+
+impl Vm {
+    pub fn new(cfg: &VmConfig, image: &GuestImage) -> Result<Vm, Error> {
+        let (started, started_tsc) = (Instant::now(), host_tsc());
+        if cfg.vcpus != 1 {
+            return Err(Error::Vcpus(cfg.vcpus));
+        }
+        let mode = image.boot_mode(cfg.boot)?;
+        let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
+        let ram = GuestRam::new(cfg.mem_size)?;
+        if image.end() > cfg.mem_size {
+            return Err(crate::ImageError::TooBig { end: image.end(), mem: cfg.mem_size }.into());
+        }
+        let vm = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_base(),
+        };
+        // SAFETY: the region is guest RAM owned by `ram`, which lives as long
+        // as the VM (both are fields of the returned `Vm`).
+        unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("registering guest memory"))?;
+        let vcpu = Vcpu::new(&kvm, &vm)?;
+        let create_vm = started.elapsed();
+
+        image.load(ram.mmap(), ram.size())?;
+        let tsc_khz = vcpu.fd.get_tsc_khz().ok().filter(|&k| k > 0);
+        match mode {
+            BootMode::Pvh => {
+                let start_info = boot::prepare_pvh(&ram, &cfg.cmdline)?;
+                vcpu.start_pvh(image.pvh_entry.expect("checked by boot_mode"), start_info)?;
+            }
+            _ => {
+                let (entry, stack) = boot::prepare_direct(&ram, image, &cfg.cmdline, tsc_khz)?;
+                vcpu.start_direct(entry, stack)?;
+            }
+        }
+        let load = started.elapsed() - create_vm;
+        tracing::debug!(?mode, ?create_vm, ?load, mem = cfg.mem_size, "VM ready");
+        Ok(Vm {
+            _kvm: kvm,
+            _vm: vm,
+            vcpu,
+            ram,
+            serial: LegacySerial::new(),
+            mode,
+            timeout: cfg.timeout,
+            started,
+            started_tsc,
+            tsc_khz,
+            timings: Timings { create_vm, load, ..Default::default() },
+        })
+    }
+
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Runs the guest until it stops, writing its console to `console`.
+    pub fn run(&mut self, console: &mut dyn Write) -> Result<RunReport, Error> {
+        let _alarm = match self.timeout {
+            Some(t) => Some(Alarm::arm(t, Duration::from_millis(50)).map_err(Error::Timer)?),
+            None => None,
+        };
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let outcome = loop {
+            let exit = self.next_exit(console)?;
+            self.timings.exits += 1;
+            let stop = match exit {
+                Exit::Handled => None,
+                Exit::Out { port: PORT, value } => self.hypercall(value, console)?,
+                Exit::Out { port: DEBUG_EXIT_PORT, value } => Some(Outcome::Exited { status: (value & 0xff) as i32 }),
+                Exit::Out { port, value } => {
+                    tracing::debug!(port, value, "write to an unclaimed port ignored");
+                    None
+                }
+                Exit::Hlt => Some(Outcome::Halted { regs: self.vcpu.dump() }),
+                Exit::Shutdown => Some(Outcome::TripleFault { regs: self.vcpu.dump() }),
+                Exit::InternalError => {
+                    // SAFETY: KVM filled the `internal` member for this exit reason.
+                    let suberror = unsafe { self.vcpu.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    Some(Outcome::EmulationFailure { suberror, regs: self.vcpu.dump() })
+                }
+                Exit::Mmio { gpa, write } => Some(Outcome::UnbackedAccess { gpa, write, regs: self.vcpu.dump() }),
+                Exit::Interrupted => match deadline {
+                    Some(d) if Instant::now() >= d => {
+                        Some(Outcome::TimedOut { after: self.timeout.unwrap_or_default(), regs: self.vcpu.dump() })
+                    }
+                    _ => None,
+                },
+                Exit::Other(what) => {
+                    tracing::warn!("unexpected VM exit: {what}");
+                    Some(Outcome::Halted { regs: self.vcpu.dump() })
+                }
+            };
+            if let Some(o) = stop {
+                break o;
+            }
+        };
+        console.flush().map_err(Error::Console)?;
+        self.timings.total = self.started.elapsed();
+        self.timings.first_instruction = self.first_instruction();
+        Ok(RunReport { outcome, boot_mode: self.mode, timings: self.timings.clone() })
+    }
+
+    fn next_exit(&mut self, console: &mut dyn Write) -> Result<Exit, Error> {
+        let serial = &mut self.serial;
+        Ok(match self.vcpu.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
+                    let v = data.first().copied().unwrap_or(0);
+                    serial.write((port - SERIAL_PORT) as u8, v, console).map_err(Error::Console)?;
+                    Exit::Handled
+                } else {
+                    let mut v = [0u8; 4];
+                    let n = data.len().min(4);
+                    v[..n].copy_from_slice(&data[..n]);
+                    Exit::Out { port, value: u32::from_le_bytes(v) }
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if port == PORT {
+                    let m = PROBE_MAGIC.to_le_bytes();
+                    let n = data.len().min(4);
+                    data[..n].copy_from_slice(&m[..n]);
+                } else if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
+                    data.fill(0);
+                    data[0] = serial.read((port - SERIAL_PORT) as u8);
+                } else {
+                    data.fill(0xff);
+                }
+                Exit::Handled
+            }
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::InternalError) => Exit::InternalError,
+            Ok(VcpuExit::MmioRead(gpa, _)) => Exit::Mmio { gpa, write: false },
+            Ok(VcpuExit::MmioWrite(gpa, _)) => Exit::Mmio { gpa, write: true },
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => return Err(Error::Kvm { what: "running the vCPU", source: e }),
+        })
+    }
+
+    fn hypercall(&mut self, nr: u32, console: &mut dyn Write) -> Result<Option<Outcome>, Error> {
+        self.timings.hypercalls += 1;
+        let mut regs = self.vcpu.fd.get_regs().map_err(Error::kvm("reading registers"))?;
+        let args = Args { nr, a0: regs.rdi, a1: regs.rsi };
+        let vcpu = &self.vcpu;
+        let action = hypercall::handle(&self.ram, args, console, || vcpu.fd.get_sregs().map(|s| s.cr2).unwrap_or(0))
+            .map_err(Error::Console)?;
+        match action {
+            Action::Return(v) => {
+                regs.rax = v;
+                self.vcpu.fd.set_regs(&regs).map_err(Error::kvm("setting registers"))?;
+                Ok(None)
+            }
+            Action::Stop(o) => Ok(Some(o)),
+        }
+    }
+
+    /// Maps the guest's first-instruction TSC stamp onto host time.
+    fn first_instruction(&self) -> Option<Duration> {
+        let khz = self.tsc_khz? as u64;
+        let first = self.ram.read_u64(layout::BOOT_INFO + BootInfo::FIRST_TSC_OFFSET as u64).filter(|&t| t != 0)?;
+        let guest_now = self.vcpu.guest_tsc()?;
+        let offset = guest_now.wrapping_sub(host_tsc());
+        let ticks = first.wrapping_sub(offset).checked_sub(self.started_tsc)?;
+        Some(Duration::from_nanos((ticks as u128 * 1_000_000 / khz as u128) as u64))
+    }
+}

@@ -1,0 +1,50 @@
+//! `snowflock`: run SnowFlock guests on KVM, list the guests that ship with
+//! the project, and benchmark.
+
+mod bench;
+mod guests;
+mod run;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "snowflock", version, about = "SnowFlock: VM fork as a first-class cloud primitive", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest, print its console on stdout, exit with its exit code.
+    Run(run::RunArgs),
+    /// List the guests that ship with SnowFlock (usable by name with `run`).
+    Guests(guests::GuestsArgs),
+    /// Measure and compare (prints a table; --json writes the numbers).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SNOWFLOCK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Guests(a) => guests::main(a),
+        Command::Bench(b) => bench::main(b),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
