@@ -1,38 +1,51 @@
 //! Run timeouts without a watchdog thread (a VMM process that forks must not
-//! have stray threads): an interval timer sends SIGALRM, which makes KVM_RUN
-//! return EINTR, and the run loop checks the deadline.
+//! have stray threads): a POSIX timer aimed at the vCPU thread sends SIGALRM,
+//! which makes KVM_RUN return EINTR, and the run loop checks the deadline.
+//! The timer belongs to the calling thread, so VMs on other threads (tests)
+//! keep their own, and a fork()ed child starts without it.
 
 use std::time::Duration;
 
 extern "C" fn on_alarm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// Re-fires every `period` until disarmed (dropped), so an alarm that lands
-/// while the vCPU is outside KVM_RUN is followed by another.
-pub struct Alarm;
+/// Fires after `first`, then every `period` until dropped, so an alarm that
+/// lands while the vCPU is outside KVM_RUN is followed by another.
+pub struct Alarm(libc::timer_t);
 
 impl Alarm {
     pub fn arm(first: Duration, period: Duration) -> std::io::Result<Alarm> {
-        vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        set_timer(first, period)?;
-        Ok(Alarm)
+        vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        // SAFETY: sigevent is plain data; zero is a valid starting value.
+        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGALRM;
+        // SAFETY: gettid has no preconditions.
+        ev.sigev_notify_thread_id = unsafe { libc::gettid() };
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers to a sigevent and a timer id to fill in.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let alarm = Alarm(timer);
+        let spec = libc::itimerspec { it_value: timespec(first), it_interval: timespec(period) };
+        // SAFETY: `timer` was just created; the old value is not wanted.
+        if unsafe { libc::timer_settime(alarm.0, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(alarm)
     }
 }
 
-fn timeval(d: Duration) -> libc::timeval {
-    libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t }
-}
-
-fn set_timer(first: Duration, period: Duration) -> std::io::Result<()> {
-    let t = libc::itimerval { it_value: timeval(first), it_interval: timeval(period) };
-    // SAFETY: plain system call with a valid struct; the old value is not wanted.
-    if unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+fn timespec(d: Duration) -> libc::timespec {
+    // A zero it_value would disarm the timer.
+    let d = d.max(Duration::from_micros(1));
+    libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long }
 }
 
 impl Drop for Alarm {
     fn drop(&mut self) {
-        let _ = set_timer(Duration::ZERO, Duration::ZERO);
+        // SAFETY: deletes the timer this value owns.
+        unsafe { libc::timer_delete(self.0) };
     }
 }
