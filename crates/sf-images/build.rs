@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 4] = ["hello", "pi", "crash", "hostile"];
+const GUESTS: [&str; 5] = ["hello", "pi", "crash", "hostile", "forktest"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -41,6 +41,8 @@ impl BootInfo {
     pub const SIZE: usize = Self::WORDS * 8;
     /// Byte offset of `first_tsc`, which the guest's entry stub writes.
     pub const FIRST_TSC_OFFSET: usize = 10 * 8;
+    /// Byte offset of `seed`, which the VMM rewrites after each clone.
+    pub const SEED_OFFSET: usize = 11 * 8;
 
     /// The block as little-endian words, in memory order.
     pub fn words(&self) -> [u64; Self::WORDS] {

@@ -19,8 +19,6 @@ pub const PROBE_MAGIC: u32 = 0x5346_4b21;
 pub const SERIAL_PORT: u16 = 0x3f8;
 /// QEMU's `isa-debug-exit` port, the fallback for [`Call::Exit`].
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// Length of the `out dx, eax` instruction that makes a hypercall.
-pub const INSN_LEN: u64 = 1;
 
 /// Largest buffer one [`Call::ConsoleWrite`] may carry.
 pub const CONSOLE_WRITE_MAX: u64 = 64 << 10;
@@ -40,6 +38,28 @@ pub enum Call {
     /// `(frame_ptr)`: ring 0 reports a CPU exception; the frame is an
     /// [`ExceptionFrame`] on the kernel stack. Does not return.
     Exception = 4,
+    /// `(n)`: reserve up to `n` clones. Returns `ticket << 32 | granted`
+    /// (granted may be fewer than asked, never 0; [`Error::Again`] when
+    /// none are available).
+    TicketRequest = 16,
+    /// `(ticket)`: clone the whole VM. Returns 0 in the parent and the clone
+    /// ID `1..=granted` in each clone.
+    Clone = 17,
+    /// `(status, result_ptr, result_len)`: end this clone, handing the
+    /// parent `status` and at most [`crate::clone::RESULT_MAX`] result
+    /// bytes. In a VM that is not a clone it ends the VM like
+    /// [`Call::Exit`]. Does not return (unless the arguments are refused).
+    CloneExit = 18,
+    /// `(ticket)`: wait for every clone of the ticket to end. Returns the
+    /// size of the join record [`Call::JoinFetch`] will write.
+    JoinWait = 19,
+    /// `(ticket, buf_ptr, buf_len)`: after [`Call::JoinWait`], copy the
+    /// join record (see [`crate::clone`]) into the buffer and forget the
+    /// ticket. Returns the bytes written.
+    JoinFetch = 20,
+    /// `(ticket)`: kill every clone of the ticket still running. Returns how
+    /// many were killed.
+    Kill = 21,
 }
 
 impl Call {
@@ -49,6 +69,12 @@ impl Call {
             2 => Call::Exit,
             3 => Call::Panic,
             4 => Call::Exception,
+            16 => Call::TicketRequest,
+            17 => Call::Clone,
+            18 => Call::CloneExit,
+            19 => Call::JoinWait,
+            20 => Call::JoinFetch,
+            21 => Call::Kill,
             _ => return None,
         })
     }
@@ -66,6 +92,14 @@ pub enum Error {
     TooBig = 7,
     /// No such hypercall.
     NoSys = 38,
+    /// No such ticket (never granted, or already joined).
+    NoEntry = 2,
+    /// Nothing available now (no clones left to grant).
+    Again = 11,
+    /// The ticket was already used for a clone, or not yet for join.
+    Busy = 16,
+    /// The host could not do it (e.g. fork failed); details in its log.
+    Io = 5,
 }
 
 impl Error {
@@ -81,6 +115,10 @@ impl Error {
             -22 => Error::Invalid,
             -7 => Error::TooBig,
             -38 => Error::NoSys,
+            -2 => Error::NoEntry,
+            -11 => Error::Again,
+            -16 => Error::Busy,
+            -5 => Error::Io,
             _ => return None,
         })
     }
@@ -167,7 +205,7 @@ mod tests {
 
     #[test]
     fn errors_round_trip_through_rax() {
-        for e in [Error::Fault, Error::Invalid, Error::TooBig, Error::NoSys] {
+        for e in [Error::Fault, Error::Invalid, Error::TooBig, Error::NoSys, Error::NoEntry, Error::Again, Error::Busy, Error::Io] {
             assert_eq!(Error::from_ret(e.to_ret()), Some(e));
         }
         assert_eq!(Error::from_ret(0), None);
@@ -178,6 +216,8 @@ mod tests {
     fn call_numbers_decode() {
         assert_eq!(Call::from_u32(1), Some(Call::ConsoleWrite));
         assert_eq!(Call::from_u32(4), Some(Call::Exception));
+        assert_eq!(Call::from_u32(21), Some(Call::Kill));
+        assert_eq!(Call::from_u32(15), None);
         assert_eq!(Call::from_u32(0), None);
         assert_eq!(Call::from_u32(u32::MAX), None);
     }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod boot_info;
+pub mod clone;
 pub mod hypercall;
 pub mod layout;
 pub mod note;

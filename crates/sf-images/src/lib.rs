@@ -37,6 +37,7 @@ pub static IMAGES: &[Image] = &[
     image!("hello", Kind::Example, "prints a greeting and its arguments, exits 0", "hello -- any words"),
     image!("pi", Kind::Example, "Monte-Carlo estimate of pi; prints the result and how long it computed", "pi -- samples=200000000 seed=1"),
     image!("crash", Kind::Test, "crashes on request: divzero ud null outside kernel gp int3 panic spin exit=N", "crash -- divzero"),
+    image!("forktest", Kind::Test, "VM fork scenarios: basic crash kill nested entropy errors touch", "forktest -- basic n=4"),
     image!("hostile", Kind::Test, "feeds wild pointers and lengths to every hypercall; exits 0 if all were refused", "hostile"),
 ];
 

@@ -23,6 +23,16 @@ fn write_cmdline(ram: &GuestRam, cmdline: &str) -> Result<u64, Error> {
     Ok(len as u64)
 }
 
+/// 32 bytes of host entropy, as the boot block's seed words.
+pub fn entropy_bytes() -> [u8; 32] {
+    let e = entropy();
+    let mut out = [0u8; 32];
+    for (i, w) in e.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 fn entropy() -> [u64; 4] {
     let mut seed = [0u8; 32];
     // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.

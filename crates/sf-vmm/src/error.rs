@@ -27,6 +27,14 @@ pub enum Error {
     Console(std::io::Error),
     #[error("cannot arm the run timeout: {0}")]
     Timer(std::io::Error),
+    #[error("cloning failed while {what}: {source}")]
+    Clone {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Descriptor(#[from] crate::descriptor::DescriptorError),
 }
 
 impl Error {

@@ -2,6 +2,7 @@
 //! guest and is checked against guest RAM first; a bad one is answered with
 //! an error code, never trusted and never a host panic.
 
+use crate::console::ConsoleSink;
 use crate::memory::GuestRam;
 use crate::outcome::Outcome;
 use sf_abi::hypercall::{Call, Error as HcError, ExceptionFrame, CONSOLE_WRITE_MAX, PANIC_MSG_MAX};
@@ -13,6 +14,7 @@ pub struct Args {
     pub nr: u32,
     pub a0: u64,
     pub a1: u64,
+    pub a2: u64,
 }
 
 /// What the run loop does next.
@@ -22,6 +24,10 @@ pub enum Action {
     Return(u64),
     /// Stop the VM.
     Stop(Outcome),
+    /// Stop the VM, handing a result to the parent if this is a clone.
+    CloneExit { status: i32, result: Vec<u8> },
+    /// A clone-API call; the VM handles it (it may fork).
+    Clone(Call),
 }
 
 fn ret(r: Result<u64, HcError>) -> Action {
@@ -32,7 +38,13 @@ fn ret(r: Result<u64, HcError>) -> Action {
 }
 
 /// `cr2` and the ring the exception came from are read only when needed.
-pub fn handle(ram: &GuestRam, args: Args, console: &mut dyn Write, cr2: impl FnOnce() -> u64) -> std::io::Result<Action> {
+pub fn handle(
+    ram: &GuestRam,
+    args: Args,
+    sink: &mut ConsoleSink,
+    console: &mut dyn Write,
+    cr2: impl FnOnce() -> u64,
+) -> std::io::Result<Action> {
     let Some(call) = Call::from_u32(args.nr) else {
         tracing::debug!(nr = args.nr, "unknown hypercall");
         return Ok(ret(Err(HcError::NoSys)));
@@ -40,13 +52,18 @@ pub fn handle(ram: &GuestRam, args: Args, console: &mut dyn Write, cr2: impl FnO
     Ok(match call {
         Call::ConsoleWrite => match ram.read_checked(args.a0, args.a1, CONSOLE_WRITE_MAX) {
             Ok(bytes) => {
-                console.write_all(&bytes)?;
+                sink.write(console, &bytes)?;
                 console.flush()?;
                 ret(Ok(bytes.len() as u64))
             }
             Err(e) => ret(Err(e)),
         },
         Call::Exit => Action::Stop(Outcome::Exited { status: args.a0 as u32 as i32 }),
+        Call::CloneExit => match ram.read_checked(args.a1, args.a2, sf_abi::clone::RESULT_MAX as u64) {
+            Ok(result) => Action::CloneExit { status: args.a0 as u32 as i32, result },
+            Err(e) => ret(Err(e)),
+        },
+        Call::TicketRequest | Call::Clone | Call::JoinWait | Call::JoinFetch | Call::Kill => Action::Clone(call),
         Call::Panic => match ram.read_checked(args.a0, args.a1.min(PANIC_MSG_MAX), PANIC_MSG_MAX) {
             Ok(msg) => Action::Stop(Outcome::Panicked { message: String::from_utf8_lossy(&msg).into_owned() }),
             Err(e) => ret(Err(e)),
@@ -74,7 +91,7 @@ mod tests {
 
     fn call(ram: &GuestRam, nr: u32, a0: u64, a1: u64) -> (Action, Vec<u8>) {
         let mut out = Vec::new();
-        let a = handle(ram, Args { nr, a0, a1 }, &mut out, || 0xdead).unwrap();
+        let a = handle(ram, Args { nr, a0, a1, a2: 0 }, &mut ConsoleSink::new(), &mut out, || 0xdead).unwrap();
         (a, out)
     }
 

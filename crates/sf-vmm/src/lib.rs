@@ -6,6 +6,9 @@
 //! writer, and returns a [`RunReport`] with timings.
 
 mod boot;
+pub mod clone;
+mod console;
+pub mod descriptor;
 mod error;
 mod hypercall;
 pub mod image;
@@ -19,4 +22,6 @@ mod watchdog;
 pub use error::Error;
 pub use image::{BootMode, GuestImage, ImageError};
 pub use outcome::{Outcome, RegisterDump};
+pub use clone::{default_max_clones, CloneSummary, CloneTimeline};
+pub use sf_abi::clone::CloneStatus;
 pub use vm::{RunReport, Timings, Vm, VmConfig};

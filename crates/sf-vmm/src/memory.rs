@@ -75,6 +75,16 @@ impl GuestRam {
         self.mem.write_slice(bytes, GuestAddress(gpa)).expect("VMM writes only inside the fixed layout");
     }
 
+    /// Writes host data to a guest-supplied address after checking it.
+    pub fn write_checked(&self, gpa: u64, bytes: &[u8]) -> Result<(), HcError> {
+        self.check_range(gpa, bytes.len() as u64, u64::MAX)?;
+        self.mem.write_slice(bytes, GuestAddress(gpa)).map_err(|_| HcError::Fault)
+    }
+
+    pub fn read_u8(&self, gpa: u64) -> Option<u8> {
+        self.mem.read_obj(GuestAddress(gpa)).ok()
+    }
+
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
         self.mem.read_obj(GuestAddress(gpa)).ok()
     }

@@ -1,17 +1,19 @@
 //! How a guest run ended, as plain data the CLI reports and maps to an exit
 //! code.
 
+use serde::{Deserialize, Serialize};
 use sf_abi::hypercall::exception_name;
 use std::fmt;
 use std::time::Duration;
 
 /// The vCPU's registers at the moment something went wrong.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterDump {
     pub rip: u64,
     pub rsp: u64,
     pub rflags: u64,
-    pub gprs: [(&'static str, u64); 14],
+    /// In the order of [`RegisterDump::GPR_NAMES`].
+    pub gprs: [u64; 14],
     pub cr0: u64,
     pub cr2: u64,
     pub cr3: u64,
@@ -21,10 +23,16 @@ pub struct RegisterDump {
     pub cpl: u8,
 }
 
+impl RegisterDump {
+    pub const GPR_NAMES: [&'static str; 14] =
+        ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14"];
+}
+
 impl fmt::Display for RegisterDump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "  rip={:#018x} rsp={:#018x} rflags={:#x} cs={:#x} (ring {})", self.rip, self.rsp, self.rflags, self.cs, self.cpl)?;
-        for row in self.gprs.chunks(4) {
+        let named: Vec<(&str, u64)> = Self::GPR_NAMES.iter().copied().zip(self.gprs).collect();
+        for row in named.chunks(4) {
             let line: Vec<String> = row.iter().map(|(n, v)| format!("{n:>3}={v:#018x}")).collect();
             writeln!(f, "  {}", line.join(" "))?;
         }
@@ -33,7 +41,7 @@ impl fmt::Display for RegisterDump {
 }
 
 /// Why the guest stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The guest called exit.
     Exited { status: i32 },
@@ -51,6 +59,8 @@ pub enum Outcome {
     UnbackedAccess { gpa: u64, write: bool, regs: RegisterDump },
     /// The run timed out.
     TimedOut { after: Duration, regs: RegisterDump },
+    /// The host side failed while running the guest (a clone's VMM).
+    HostError { message: String },
 }
 
 /// Exit codes of `snowflock run`, documented in its `--help`.
@@ -104,6 +114,7 @@ impl fmt::Display for Outcome {
                 write!(f, "guest {what} guest-physical address {gpa:#x}, which is not RAM; registers:\n{regs}")
             }
             Outcome::TimedOut { after, regs } => write!(f, "guest timed out after {:.1} s at rip {:#x}", after.as_secs_f64(), regs.rip),
+            Outcome::HostError { message } => write!(f, "the VMM failed: {message}"),
         }
     }
 }

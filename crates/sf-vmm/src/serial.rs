@@ -1,6 +1,7 @@
 //! The legacy 16550 serial port at 0x3f8, for PVH guests that print the
 //! old way (one `out` per byte). SnowFlock guests use the console hypercall.
 
+use crate::console::ConsoleSink;
 use std::io::Write;
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 
@@ -22,11 +23,11 @@ impl LegacySerial {
     }
 
     /// A guest write to register `offset`; transmitted bytes go to `out`.
-    pub fn write(&mut self, offset: u8, value: u8, out: &mut dyn Write) -> std::io::Result<()> {
+    pub fn write(&mut self, offset: u8, value: u8, sink: &mut ConsoleSink, out: &mut dyn Write) -> std::io::Result<()> {
         let _ = self.0.write(offset, value);
         let buf = self.0.writer_mut();
         if !buf.is_empty() {
-            out.write_all(buf)?;
+            sink.write(out, buf)?;
             if buf.contains(&b'\n') {
                 out.flush()?;
             }

@@ -1,6 +1,7 @@
 //! The vCPU: CPUID, the two ways to start it (direct ring-3 entry, PVH
 //! 32-bit entry), and register dumps for crash reports.
 
+use crate::descriptor::VcpuState;
 use crate::outcome::RegisterDump;
 use crate::Error;
 use kvm_bindings::{kvm_segment, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -19,6 +20,24 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const MSR_IA32_TSC: u32 = 0x10;
+
+/// MSRs a clone inherits: the TSC (so the guest clock runs on), segment
+/// bases, syscall and sysenter set-up, PAT and TSC_AUX.
+const SAVED_MSRS: [u32; 13] = [
+    MSR_IA32_TSC,
+    0x174,
+    0x175,
+    0x176,
+    0x277,
+    0xc000_0081,
+    0xc000_0082,
+    0xc000_0083,
+    0xc000_0084,
+    0xc000_0100,
+    0xc000_0101,
+    0xc000_0102,
+    0xc000_0103,
+];
 
 pub struct Vcpu {
     pub fd: VcpuFd,
@@ -102,6 +121,69 @@ impl Vcpu {
         }
     }
 
+    /// Completes an I/O exit without running guest code (KVM_RUN with
+    /// `immediate_exit`), so the registers show the state after the port
+    /// instruction.
+    pub fn complete_pending_io(&mut self) -> Result<(), Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let r = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match r {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::Kvm { what: "completing the hypercall", source: e }),
+        }
+    }
+
+    pub fn set_rax(&self, rax: u64) -> Result<(), Error> {
+        let mut regs = self.fd.get_regs().map_err(Error::kvm("reading registers"))?;
+        regs.rax = rax;
+        self.fd.set_regs(&regs).map_err(Error::kvm("setting registers"))
+    }
+
+    /// Everything needed to resume this vCPU in another VM.
+    pub fn capture(&self) -> Result<VcpuState, Error> {
+        let mut msrs = Vec::with_capacity(SAVED_MSRS.len());
+        for index in SAVED_MSRS {
+            let mut m = Msrs::from_entries(&[kvm_bindings::kvm_msr_entry { index, ..Default::default() }])
+                .expect("one entry fits");
+            if let Ok(1) = self.fd.get_msrs(&mut m) {
+                msrs.push((index, m.as_slice()[0].data));
+            }
+        }
+        Ok(VcpuState {
+            regs: self.fd.get_regs().map_err(Error::kvm("reading registers"))?,
+            sregs: self.fd.get_sregs().map_err(Error::kvm("reading special registers"))?,
+            xsave: self.fd.get_xsave().map_err(Error::kvm("reading FPU/SSE state"))?,
+            xcrs: self.fd.get_xcrs().map_err(Error::kvm("reading XCRs"))?,
+            debugregs: self.fd.get_debug_regs().map_err(Error::kvm("reading debug registers"))?,
+            events: self.fd.get_vcpu_events().map_err(Error::kvm("reading pending events"))?,
+            msrs,
+        })
+    }
+
+    /// Loads a captured state (the vCPU must already have its CPUID).
+    pub fn restore(&self, s: &VcpuState) -> Result<(), Error> {
+        self.fd.set_sregs(&s.sregs).map_err(Error::kvm("setting special registers"))?;
+        self.fd.set_regs(&s.regs).map_err(Error::kvm("setting registers"))?;
+        self.fd.set_xcrs(&s.xcrs).map_err(Error::kvm("setting XCRs"))?;
+        // SAFETY: the xsave area came from KVM_GET_XSAVE on the same host.
+        unsafe { self.fd.set_xsave(&s.xsave) }.map_err(Error::kvm("setting FPU/SSE state"))?;
+        self.fd.set_debug_regs(&s.debugregs).map_err(Error::kvm("setting debug registers"))?;
+        self.fd.set_vcpu_events(&s.events).map_err(Error::kvm("setting pending events"))?;
+        let entries: Vec<_> =
+            s.msrs.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Kvm {
+            what: "building the MSR list",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        let n = self.fd.set_msrs(&msrs).map_err(Error::kvm("setting MSRs"))?;
+        if n != entries.len() {
+            tracing::warn!(set = n, of = entries.len(), "KVM accepted only some MSRs");
+        }
+        Ok(())
+    }
+
     pub fn dump(&self) -> RegisterDump {
         let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
             return RegisterDump::default();
@@ -110,22 +192,7 @@ impl Vcpu {
             rip: r.rip,
             rsp: r.rsp,
             rflags: r.rflags,
-            gprs: [
-                ("rax", r.rax),
-                ("rbx", r.rbx),
-                ("rcx", r.rcx),
-                ("rdx", r.rdx),
-                ("rsi", r.rsi),
-                ("rdi", r.rdi),
-                ("rbp", r.rbp),
-                ("r8", r.r8),
-                ("r9", r.r9),
-                ("r10", r.r10),
-                ("r11", r.r11),
-                ("r12", r.r12),
-                ("r13", r.r13),
-                ("r14", r.r14),
-            ],
+            gprs: [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14],
             cr0: s.cr0,
             cr2: s.cr2,
             cr3: s.cr3,

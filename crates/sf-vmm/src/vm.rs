@@ -2,6 +2,9 @@
 //! exits into hypercalls, device accesses or an [`Outcome`].
 
 use crate::boot;
+use crate::clone::fork::HcReturn;
+use crate::clone::{CloneHost, CloneTimeline};
+use crate::console::ConsoleSink;
 use crate::hypercall::{self, Action, Args};
 use crate::image::{BootMode, GuestImage};
 use crate::memory::GuestRam;
@@ -13,7 +16,7 @@ use crate::Error;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
 use sf_abi::boot_info::BootInfo;
-use sf_abi::hypercall::{DEBUG_EXIT_PORT, PORT, PROBE_MAGIC, SERIAL_PORT};
+use sf_abi::hypercall::{Call, DEBUG_EXIT_PORT, PORT, PROBE_MAGIC, SERIAL_PORT};
 use sf_abi::layout;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -28,11 +31,20 @@ pub struct VmConfig {
     pub boot: BootMode,
     /// The guest's arguments.
     pub cmdline: String,
+    /// Most clones this VM (and, separately, each clone) may have at once.
+    pub max_clones: u32,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { mem_size: 256 << 20, vcpus: 1, timeout: None, boot: BootMode::Auto, cmdline: String::new() }
+        VmConfig {
+            mem_size: 256 << 20,
+            vcpus: 1,
+            timeout: None,
+            boot: BootMode::Auto,
+            cmdline: String::new(),
+            max_clones: crate::clone::default_max_clones(),
+        }
     }
 }
 
@@ -57,20 +69,34 @@ pub struct RunReport {
     pub outcome: Outcome,
     pub boot_mode: BootMode,
     pub timings: Timings,
+    /// The result bytes of a clone-API `exit` in the root VM.
+    pub result: Vec<u8>,
+    /// Every clone call the VM made, with what its clones did.
+    pub clones: Vec<CloneTimeline>,
 }
 
 pub struct Vm {
-    _kvm: Kvm,
-    _vm: VmFd,
-    vcpu: Vcpu,
-    ram: GuestRam,
+    pub(crate) kvm: Kvm,
+    vm_fd: VmFd,
+    pub(crate) vcpu: Vcpu,
+    pub(crate) ram: GuestRam,
     serial: LegacySerial,
+    pub(crate) console: ConsoleSink,
     mode: BootMode,
     timeout: Option<Duration>,
-    started: Instant,
+    alarm: Option<Alarm>,
+    deadline: Option<Instant>,
+    pub(crate) started: Instant,
     started_tsc: u64,
     tsc_khz: Option<u32>,
     timings: Timings,
+    pub(crate) clones: CloneHost,
+    /// Result bytes handed to the clone-API exit.
+    pub(crate) result: Vec<u8>,
+    /// In a new clone: the request time, until the first vCPU entry.
+    pub(crate) pending_entry: Option<Instant>,
+    /// In a clone: request to first vCPU entry.
+    pub(crate) first_entry: Option<Duration>,
 }
 
 fn host_tsc() -> u64 {
@@ -107,16 +133,7 @@ impl Vm {
             return Err(crate::ImageError::TooBig { end: image.end(), mem: cfg.mem_size }.into());
         }
         let vm = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram.size(),
-            userspace_addr: ram.host_base(),
-        };
-        // SAFETY: the region is guest RAM owned by `ram`, which lives as long
-        // as the VM (both are fields of the returned `Vm`).
-        unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("registering guest memory"))?;
+        register_ram(&vm, &ram)?;
         let vcpu = Vcpu::new(&kvm, &vm)?;
         let create_vm = started.elapsed();
 
@@ -135,18 +152,55 @@ impl Vm {
         let load = started.elapsed() - create_vm;
         tracing::debug!(?mode, ?create_vm, ?load, mem = cfg.mem_size, "VM ready");
         Ok(Vm {
-            _kvm: kvm,
-            _vm: vm,
+            kvm,
+            vm_fd: vm,
             vcpu,
             ram,
             serial: LegacySerial::new(),
+            console: ConsoleSink::new(),
             mode,
             timeout: cfg.timeout,
+            alarm: None,
+            deadline: None,
             started,
             started_tsc,
             tsc_khz,
             timings: Timings { create_vm, load, ..Default::default() },
+            clones: CloneHost::new(cfg.max_clones),
+            result: Vec::new(),
+            pending_entry: None,
+            first_entry: None,
         })
+    }
+
+    pub(crate) fn register_ram(&self, vm: &VmFd) -> Result<(), Error> {
+        register_ram(vm, &self.ram)
+    }
+
+    /// Swaps in a new KVM VM and vCPU (in a clone process; the parent's
+    /// descriptors are closed, the parent's VM is untouched).
+    pub(crate) fn replace_vm(&mut self, vm_fd: VmFd, vcpu: Vcpu) {
+        self.vcpu = vcpu;
+        self.vm_fd = vm_fd;
+    }
+
+    /// Fresh host entropy for the guest's random-number source.
+    pub(crate) fn reseed(&self) {
+        self.ram.write(layout::BOOT_INFO + BootInfo::SEED_OFFSET as u64, &boot::entropy_bytes());
+    }
+
+    /// Starts the timeout afresh (in a new clone: timers do not survive
+    /// fork, so the inherited one is gone).
+    pub(crate) fn rearm_timeout(&mut self) -> Result<(), Error> {
+        if let Some(old) = self.alarm.take() {
+            // Its timer id belongs to the parent process.
+            std::mem::forget(old);
+        }
+        if let Some(t) = self.timeout {
+            self.alarm = Some(Alarm::arm(t, Duration::from_millis(50)).map_err(Error::Timer)?);
+            self.deadline = Some(Instant::now() + t);
+        }
+        Ok(())
     }
 
     pub fn ram(&self) -> &GuestRam {
@@ -154,13 +208,33 @@ impl Vm {
     }
 
     /// Runs the guest until it stops, writing its console to `console`.
+    /// In a clone process this never returns: the clone reports its end to
+    /// its parent and the process exits.
     pub fn run(&mut self, console: &mut dyn Write) -> Result<RunReport, Error> {
-        let _alarm = match self.timeout {
-            Some(t) => Some(Alarm::arm(t, Duration::from_millis(50)).map_err(Error::Timer)?),
-            None => None,
-        };
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let outcome = loop {
+        self.rearm_timeout()?;
+        let outcome = self.run_loop(console);
+        self.alarm = None;
+        if self.clones.is_clone() {
+            let outcome = outcome.unwrap_or_else(|e| Outcome::HostError { message: e.to_string() });
+            let _ = console.flush();
+            self.finish_clone(&outcome);
+        }
+        self.kill_unjoined();
+        let outcome = outcome?;
+        console.flush().map_err(Error::Console)?;
+        self.timings.total = self.started.elapsed();
+        self.timings.first_instruction = self.first_instruction();
+        Ok(RunReport {
+            outcome,
+            boot_mode: self.mode,
+            timings: self.timings.clone(),
+            result: std::mem::take(&mut self.result),
+            clones: self.clones.timelines.clone(),
+        })
+    }
+
+    fn run_loop(&mut self, console: &mut dyn Write) -> Result<Outcome, Error> {
+        Ok(loop {
             let exit = self.next_exit(console)?;
             self.timings.exits += 1;
             let stop = match exit {
@@ -179,7 +253,7 @@ impl Vm {
                     Some(Outcome::EmulationFailure { suberror, regs: self.vcpu.dump() })
                 }
                 Exit::Mmio { gpa, write } => Some(Outcome::UnbackedAccess { gpa, write, regs: self.vcpu.dump() }),
-                Exit::Interrupted => match deadline {
+                Exit::Interrupted => match self.deadline {
                     Some(d) if Instant::now() >= d => {
                         Some(Outcome::TimedOut { after: self.timeout.unwrap_or_default(), regs: self.vcpu.dump() })
                     }
@@ -193,20 +267,19 @@ impl Vm {
             if let Some(o) = stop {
                 break o;
             }
-        };
-        console.flush().map_err(Error::Console)?;
-        self.timings.total = self.started.elapsed();
-        self.timings.first_instruction = self.first_instruction();
-        Ok(RunReport { outcome, boot_mode: self.mode, timings: self.timings.clone() })
+        })
     }
 
     fn next_exit(&mut self, console: &mut dyn Write) -> Result<Exit, Error> {
-        let serial = &mut self.serial;
+        if let Some(request) = self.pending_entry.take() {
+            self.first_entry = Some(request.elapsed());
+        }
+        let (serial, sink) = (&mut self.serial, &mut self.console);
         Ok(match self.vcpu.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
                     let v = data.first().copied().unwrap_or(0);
-                    serial.write((port - SERIAL_PORT) as u8, v, console).map_err(Error::Console)?;
+                    serial.write((port - SERIAL_PORT) as u8, v, sink, console).map_err(Error::Console)?;
                     Exit::Handled
                 } else {
                     let mut v = [0u8; 4];
@@ -243,17 +316,38 @@ impl Vm {
     fn hypercall(&mut self, nr: u32, console: &mut dyn Write) -> Result<Option<Outcome>, Error> {
         self.timings.hypercalls += 1;
         let mut regs = self.vcpu.fd.get_regs().map_err(Error::kvm("reading registers"))?;
-        let args = Args { nr, a0: regs.rdi, a1: regs.rsi };
+        let args = Args { nr, a0: regs.rdi, a1: regs.rsi, a2: regs.r8 };
         let vcpu = &self.vcpu;
-        let action = hypercall::handle(&self.ram, args, console, || vcpu.fd.get_sregs().map(|s| s.cr2).unwrap_or(0))
-            .map_err(Error::Console)?;
-        match action {
-            Action::Return(v) => {
-                regs.rax = v;
-                self.vcpu.fd.set_regs(&regs).map_err(Error::kvm("setting registers"))?;
-                Ok(None)
+        let action = hypercall::handle(&self.ram, args, &mut self.console, console, || {
+            vcpu.fd.get_sregs().map(|s| s.cr2).unwrap_or(0)
+        })
+        .map_err(Error::Console)?;
+        let ret = match action {
+            Action::Return(v) => HcReturn::Value(v),
+            Action::Stop(o) => return Ok(Some(o)),
+            Action::CloneExit { status, result } => {
+                self.result = result;
+                return Ok(Some(Outcome::Exited { status }));
             }
-            Action::Stop(o) => Ok(Some(o)),
+            Action::Clone(call) => self.clone_call(call, args, console)?,
+        };
+        if let HcReturn::Value(v) = ret {
+            regs.rax = v;
+            self.vcpu.fd.set_regs(&regs).map_err(Error::kvm("setting registers"))?;
+        }
+        Ok(None)
+    }
+
+    fn clone_call(&mut self, call: Call, a: Args, console: &mut dyn Write) -> Result<HcReturn, Error> {
+        // Ticket numbers are 32-bit; anything else names no ticket.
+        let ticket = u32::try_from(a.a0).unwrap_or(0);
+        match call {
+            Call::TicketRequest => Ok(HcReturn::Value(self.ticket_request(a.a0))),
+            Call::Clone => self.clone_vm(ticket, console),
+            Call::JoinWait => self.join_wait(ticket),
+            Call::JoinFetch => self.join_fetch(ticket, a.a1, a.a2),
+            Call::Kill => self.kill_clones(ticket),
+            _ => unreachable!("hypercall::handle routes only clone calls here"),
         }
     }
 
@@ -266,4 +360,17 @@ impl Vm {
         let ticks = first.wrapping_sub(offset).checked_sub(self.started_tsc)?;
         Some(Duration::from_nanos((ticks as u128 * 1_000_000 / khz as u128) as u64))
     }
+}
+
+fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: ram.size(),
+        userspace_addr: ram.host_base(),
+    };
+    // SAFETY: the region is guest RAM owned by the `Vm` that also owns this
+    // VM descriptor, so the mapping outlives the VM's use of it.
+    unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("registering guest memory"))
 }

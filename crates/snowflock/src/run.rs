@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Stop the guest after this long: e.g. 500ms, 30s, 2m (0 = never).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     timeout: Duration,
+    /// Most clones the guest may have at once (each clone gets the same
+    /// limit for its own clones). Default: 16 per host CPU, 8..=256.
+    #[arg(long, value_name = "N")]
+    max_clones: Option<u32>,
     /// How to start the vCPU.
     #[arg(long, value_enum, default_value = "auto")]
     boot: Boot,
@@ -88,6 +92,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         timeout: (!a.timeout.is_zero()).then_some(a.timeout),
         boot: a.boot.into(),
         cmdline: a.args.join(" "),
+        max_clones: a.max_clones.unwrap_or_else(sf_vmm::default_max_clones),
     };
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
     let stdout = std::io::stdout();

@@ -34,3 +34,9 @@ pub fn mem_size() -> u64 {
 pub fn pvh_boot() -> bool {
     rt::boot().flags & sf_abi::boot_info::FLAG_PVH_BOOT != 0
 }
+
+/// Bytes of heap the runtime manages.
+pub fn heap_size() -> u64 {
+    let b = rt::boot();
+    b.heap_end - b.heap_start
+}

@@ -1,7 +1,8 @@
 //! The SnowFlock guest: a tiny ring-0 kernel that boots (through PVH, or
 //! entered directly in ring 3 by the SnowFlock VMM) and the ring-3 runtime
 //! applications link against: console, exit, clock, heap, arguments,
-//! randomness and a panic handler that reports its message to the host.
+//! randomness, a panic handler that reports its message to the host, and
+//! the SnowFlock clone API ([`clone`], and [`capi`] for C).
 //!
 //! An application is a `#![no_std]`, `#![no_main]` binary that names its
 //! entry point with [`main!`]:
@@ -20,6 +21,8 @@
 extern crate alloc;
 
 mod boot;
+pub mod capi;
+pub mod clone;
 pub mod console;
 pub mod env;
 mod heap;
@@ -32,6 +35,8 @@ pub mod time;
 
 pub use console::{_print, Console};
 pub use rt::exit;
+/// The host's error codes.
+pub use sf_abi::hypercall::Error as hypercall_error;
 
 /// Declares the application's entry point: a `fn() -> i32` whose result is
 /// the VM's exit status.

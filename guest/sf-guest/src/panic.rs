@@ -48,3 +48,12 @@ fn panic(info: &PanicInfo) -> ! {
 /// symbol; with `panic=abort` nothing ever unwinds, so it is never called.
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Likewise referenced by the precompiled `alloc`'s landing pads, which
+/// never run under `panic=abort`.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}

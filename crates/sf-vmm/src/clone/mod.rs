@@ -1,0 +1,100 @@
+//! VM fork on one host: tickets, the clone processes, joins and kills.
+//!
+//! At a clone hypercall the VMM captures a [`crate::descriptor::VmDescriptor`]
+//! and forks one *spawner* process, then resumes the parent at once. The
+//! spawner forks the clones; each clone process builds a fresh KVM VM from
+//! the descriptor on the copy-on-write guest RAM it inherited, sets its
+//! clone ID in `rax`, and continues the same run loop. A clone reports how
+//! it ended over its own pipe to the parent; the spawner waits for the
+//! clones and reports their process exit statuses. Every child dies with
+//! its parent (PR_SET_PDEATHSIG), so killing a spawner kills its clones and
+//! their descendants, and no clone outlives the VM that made it.
+
+pub(crate) mod fork;
+pub mod process;
+pub mod report;
+pub mod tickets;
+
+use sf_abi::clone::CloneStatus;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+use tickets::Tickets;
+
+/// Default limit on clones one VM may have outstanding: 16 per host CPU,
+/// between 8 and 256.
+pub fn default_max_clones() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (cpus * 16).clamp(8, 256)
+}
+
+/// The running clones of one ticket, from the parent's side.
+pub struct Group {
+    pub granted: u32,
+    pub spawner: i32,
+    /// The spawner writes one raw wait status per clone here at the end.
+    pub statuses: OwnedFd,
+    /// One report pipe per clone, index `id - 1`.
+    pub results: Vec<OwnedFd>,
+    pub killed: bool,
+    pub request: Instant,
+    /// Index into the VM's clone timelines.
+    pub timeline: usize,
+}
+
+/// Whether this VMM process runs the original VM or a clone.
+pub enum Role {
+    Root,
+    Clone {
+        id: u32,
+        /// Where the clone reports its end.
+        report: OwnedFd,
+    },
+}
+
+/// What the parent saw of one clone, for timelines and demos.
+#[derive(Clone, Debug)]
+pub struct CloneSummary {
+    pub id: u32,
+    pub status: CloneStatus,
+    pub code: i32,
+    pub detail: String,
+    /// From the clone request to this clone's first vCPU entry.
+    pub first_entry: Option<Duration>,
+    pub rss_bytes: u64,
+    pub private_bytes: u64,
+}
+
+/// One clone call, from the parent's side.
+#[derive(Clone, Debug)]
+pub struct CloneTimeline {
+    pub ticket: u32,
+    pub granted: u32,
+    pub descriptor_bytes: usize,
+    /// From the run's start to the clone request.
+    pub requested_at: Duration,
+    /// Request to the parent's vCPU running again.
+    pub request_to_resumed: Duration,
+    /// Request to the end of the join (all clones reported).
+    pub request_to_joined: Option<Duration>,
+    pub clones: Vec<CloneSummary>,
+}
+
+/// Per-VM clone state.
+pub struct CloneHost {
+    pub tickets: Tickets,
+    pub role: Role,
+    pub max_clones: u32,
+    /// "2.1" for clone 1 of clone 2; empty for the root VM.
+    pub path: String,
+    pub timelines: Vec<CloneTimeline>,
+}
+
+impl CloneHost {
+    pub fn new(max_clones: u32) -> CloneHost {
+        CloneHost { tickets: Tickets::new(max_clones), role: Role::Root, max_clones, path: String::new(), timelines: Vec::new() }
+    }
+
+    pub fn is_clone(&self) -> bool {
+        matches!(self.role, Role::Clone { .. })
+    }
+}

@@ -1,0 +1,162 @@
+//! The few process primitives cloning needs, each a thin checked wrapper
+//! around one system call: pipes, fork, parent-death signals, wait.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A pipe as (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills exactly two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub enum Forked {
+    Parent(i32),
+    Child,
+}
+
+/// fork(2). The caller must only be one thread of its own making: the child
+/// gets just the calling thread (the VMM runs its vCPU on that thread and
+/// keeps no others).
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: see above; the child only continues the VMM's own code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// In a fresh child: die with SIGKILL when the parent dies, so a clone
+/// never outlives the VMM that owns it. Returns false if the parent is
+/// already gone (then the caller must exit).
+pub fn die_with_parent(parent: i32) -> bool {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() == parent }
+}
+
+/// Ends this process now, without destructors or stdio flushing (a forked
+/// helper must not flush buffers it shares with its parent).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// How a child process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn from_raw(s: i32) -> ExitStatus {
+        if libc::WIFSIGNALED(s) {
+            ExitStatus::Signal(libc::WTERMSIG(s))
+        } else {
+            ExitStatus::Code(libc::WEXITSTATUS(s))
+        }
+    }
+
+    pub fn raw(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => (c & 0xff) << 8,
+            ExitStatus::Signal(s) => s & 0x7f,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Blocks until child `pid` ends (retrying on EINTR).
+pub fn wait(pid: i32) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reaps any ended child; `None` when no child is left.
+pub fn wait_any() -> Option<(i32, ExitStatus)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r > 0 {
+            return Some((r, ExitStatus::from_raw(status)));
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
+
+pub fn kill(pid: i32) -> io::Result<()> {
+    // SAFETY: plain signal delivery to a process we created.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads until EOF, at most `limit` bytes (more is an error), retrying EINTR.
+pub fn read_all(fd: &OwnedFd, limit: usize) -> io::Result<Vec<u8>> {
+    let mut f = std::fs::File::from(fd.try_clone()?);
+    let mut out = Vec::new();
+    (&mut f).take(limit as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message over {limit} bytes")));
+    }
+    Ok(out)
+}
+
+pub fn write_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    std::fs::File::from(fd.try_clone()?).write_all(bytes)
+}
+
+/// Resident and private (not shared with any other process) bytes of this
+/// process, from /proc/self/smaps_rollup.
+pub fn memory_usage() -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") else { return (0, 0) };
+    let field = |name: &str| -> u64 {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("Rss:"), field("Private_Clean:") + field("Private_Dirty:"))
+}
+
+/// Raw descriptor number, for logs.
+pub fn fd_num(fd: &OwnedFd) -> i32 {
+    fd.as_raw_fd()
+}

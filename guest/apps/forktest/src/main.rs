@@ -1,0 +1,300 @@
+//! Test guest for VM fork. The first argument picks a scenario; each checks
+//! its own expectations and exits 0 only if all held, printing
+//! `forktest <scenario>: ok` (or the failures).
+//!
+//! - `basic n=4`: fork semantics: 0 in the parent, distinct IDs, memory as
+//!   at the call, later writes private to each VM, results returned.
+//! - `crash`: one clone divides by zero, one panics, one exits: `join`
+//!   reports each.
+//! - `kill`: clones spin; `kill` ends them; `join` says killed.
+//! - `nested`: clones clone; IDs and joins nest.
+//! - `entropy n=8`: every VM's random stream differs after the clone.
+//! - `errors`: hostile ticket sizes, forged tickets, double join, oversized
+//!   result: each gets its error code.
+//! - `touch`: touch all of the heap, clone n=N clones that exit at once,
+//!   join (for the clone benchmark).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use sf_guest::clone::{self, CloneStatus, Ticket};
+use sf_guest::hypercall::{raw, result};
+use sf_guest::{env, println, rand};
+
+sf_guest::main!(main);
+
+/// A value in the image's data section, to check static memory too.
+static STATIC_MARK: AtomicU64 = AtomicU64::new(0);
+
+struct Check {
+    failures: u32,
+}
+
+impl Check {
+    fn that(&mut self, ok: bool, what: core::fmt::Arguments) {
+        if !ok {
+            self.failures += 1;
+            println!("FAIL: {what}");
+        }
+    }
+}
+
+macro_rules! check {
+    ($c:expr, $ok:expr, $($fmt:tt)*) => { $c.that($ok, format_args!($($fmt)*)) };
+}
+
+fn arg_u64(name: &str, default: u64) -> u64 {
+    env::arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn bytes(ws: &[u64]) -> Vec<u8> {
+    ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn ticket(n: u64) -> Ticket {
+    match clone::request_ticket(n) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("forktest: request_ticket({n}) failed: {e:?}");
+            sf_guest::exit(3)
+        }
+    }
+}
+
+fn fork(t: &Ticket) -> u32 {
+    match clone::clone(t) {
+        Ok(id) => id,
+        Err(e) => {
+            println!("forktest: clone failed: {e:?}");
+            sf_guest::exit(3)
+        }
+    }
+}
+
+fn done_in_clone(status: i32, result: &[u8]) -> ! {
+    let e = clone::exit(status, result);
+    println!("forktest: clone exit refused: {e:?}");
+    sf_guest::exit(4)
+}
+
+fn basic(c: &mut Check) {
+    let n = arg_u64("n", 4);
+    let mut heap = vec![1234u64; 1024];
+    STATIC_MARK.store(77, Ordering::Relaxed);
+    let t = ticket(n);
+    let id = fork(&t);
+    if id != 0 {
+        let seen = (heap[0], heap[1023], STATIC_MARK.load(Ordering::Relaxed));
+        heap[0] = id as u64 * 100;
+        STATIC_MARK.store(id as u64, Ordering::Relaxed);
+        let mine = (heap[0], STATIC_MARK.load(Ordering::Relaxed));
+        println!("clone {id} of {} running", t.granted());
+        done_in_clone(id as i32, &bytes(&[id as u64, seen.0, seen.1, seen.2, mine.0, mine.1]));
+    }
+    heap[0] = 999;
+    STATIC_MARK.store(555, Ordering::Relaxed);
+    let results = clone::join(&t).unwrap_or_default();
+    check!(c, results.len() == t.granted() as usize, "{} results for {} clones", results.len(), t.granted());
+    for (i, r) in results.iter().enumerate() {
+        let w = words(&r.result);
+        println!("clone {} -> status {:?} code {} result {:?}", r.id, r.status, r.code, w);
+        check!(c, r.id == i as u32 + 1, "ids in order");
+        check!(c, r.status == CloneStatus::Exited && r.code == r.id as i32, "clone {} exit status", r.id);
+        check!(c, w.len() == 6 && w[0] == r.id as u64, "clone {} result carries its id", r.id);
+        if w.len() == 6 {
+            check!(c, w[1] == 1234 && w[2] == 1234 && w[3] == 77, "clone {} saw memory as at the call: {:?}", r.id, &w[1..4]);
+            check!(c, w[4] == r.id as u64 * 100 && w[5] == r.id as u64, "clone {} sees its own writes", r.id);
+        }
+    }
+    check!(c, heap[0] == 999 && heap[1] == 1234, "parent heap private: {}", heap[0]);
+    check!(c, STATIC_MARK.load(Ordering::Relaxed) == 555, "parent static private");
+}
+
+fn crash(c: &mut Check) {
+    let t = ticket(3);
+    check!(c, t.granted() == 3, "granted {}", t.granted());
+    match fork(&t) {
+        0 => {}
+        1 => done_in_clone(0, b"fine"),
+        2 => {
+            let zero = core::hint::black_box(0u32);
+            println!("clone 2 divides by {zero}");
+            // SAFETY: faults on purpose.
+            unsafe { core::arch::asm!("div {0:e}", in(reg) zero, inout("eax") 1u32 => _, inout("edx") 0u32 => _) };
+            done_in_clone(0, b"survived a divide by zero?");
+        }
+        _ => panic!("clone 3 panics on purpose"),
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    for r in &rs {
+        println!("clone {} -> {:?} code {} detail {:?}", r.id, r.status, r.code, r.detail);
+    }
+    check!(c, rs.len() == 3, "three results");
+    if rs.len() == 3 {
+        check!(c, rs[0].status == CloneStatus::Exited && rs[0].result == b"fine", "clone 1 result arrives");
+        check!(c, rs[1].status == CloneStatus::Crashed && rs[1].code == 0, "clone 2 crashed with #DE");
+        check!(c, rs[1].detail.contains("divide error") && rs[1].detail.contains("rip 0x"), "clone 2 detail names the fault and rip");
+        check!(c, rs[2].status == CloneStatus::Panicked && rs[2].detail.contains("clone 3 panics on purpose"), "clone 3 panic message");
+    }
+}
+
+fn kill(c: &mut Check) {
+    let t = ticket(2);
+    if fork(&t) != 0 {
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    // Give the clones time to start spinning.
+    let until = sf_guest::time::now_ns() + 200_000_000;
+    while sf_guest::time::now_ns() < until {}
+    let killed = clone::kill(&t);
+    check!(c, killed == Ok(2), "kill reports 2 killed: {killed:?}");
+    let rs = clone::join(&t).unwrap_or_default();
+    check!(c, rs.len() == 2 && rs.iter().all(|r| r.status == CloneStatus::Killed), "join reports both killed: {rs:?}");
+}
+
+fn nested(c: &mut Check) {
+    let t = ticket(2);
+    let id = fork(&t);
+    if id != 0 {
+        let t2 = ticket(2);
+        let sub = fork(&t2);
+        if sub != 0 {
+            done_in_clone(0, &bytes(&[id as u64 * 10 + sub as u64]));
+        }
+        let rs = clone::join(&t2).unwrap_or_default();
+        let got: Vec<u64> = rs.iter().flat_map(|r| words(&r.result)).collect();
+        done_in_clone(0, &bytes(&[id as u64, got.len() as u64, got.iter().sum()]));
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    for r in &rs {
+        let w = words(&r.result);
+        println!("clone {} -> {:?} {:?}", r.id, r.status, w);
+        let id = r.id as u64;
+        check!(c, w == [id, 2, id * 20 + 3], "clone {} joined its own two clones: {:?}", r.id, w);
+    }
+    check!(c, rs.len() == 2, "two results");
+}
+
+fn entropy(c: &mut Check) {
+    let n = arg_u64("n", 8);
+    let before = rand::next_u64();
+    let t = ticket(n);
+    let id = fork(&t);
+    let mine = [rand::next_u64(), rand::next_u64()];
+    if id != 0 {
+        done_in_clone(0, &bytes(&mine));
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    let mut all: Vec<u64> = rs.iter().flat_map(|r| words(&r.result)).collect();
+    all.extend_from_slice(&mine);
+    all.push(before);
+    let total = all.len();
+    all.sort_unstable();
+    all.dedup();
+    println!("{} random values from {} VMs, {} distinct", total, rs.len() + 1, all.len());
+    check!(c, rs.len() == t.granted() as usize && total == 2 * rs.len() + 3, "every clone reported");
+    check!(c, all.len() == total, "all random values distinct");
+}
+
+fn errors(c: &mut Check) {
+    let max = arg_u64("max", 0);
+    let big = clone::request_ticket(1_000_000_000);
+    println!("request_ticket(1e9) -> {:?}", big.as_ref().map(|t| t.granted()));
+    check!(c, matches!(&big, Ok(t) if t.granted() >= 1 && (max == 0 || t.granted() as u64 == max)), "a billion is cut to the limit");
+    check!(c, clone::request_ticket(1).err() == Some(sf_guest::hypercall_error::Again), "no clones left while all are reserved");
+    let big = big.unwrap_or(Ticket::forged(0, 0));
+    check!(c, clone::join(&big).map(|r| r.len()) == Ok(0), "joining an unused ticket releases it");
+    check!(c, clone::request_ticket(0).err() == Some(sf_guest::hypercall_error::Invalid), "zero clones is invalid");
+    let all = clone::request_ticket(u64::MAX);
+    check!(c, all.as_ref().map(|t| t.granted() >= 1).unwrap_or(false), "u64::MAX asks are granted the limit");
+    let forged = Ticket::forged(4242, 3);
+    check!(c, clone::clone(&forged).err() == Some(sf_guest::hypercall_error::NoEntry), "clone with a forged ticket");
+    check!(c, clone::join(&forged).err() == Some(sf_guest::hypercall_error::NoEntry), "join with a forged ticket");
+    check!(c, clone::kill(&forged).err() == Some(sf_guest::hypercall_error::NoEntry), "kill with a forged ticket");
+    // SAFETY: wild pointers on purpose; the host checks them.
+    let fetch = result(unsafe { raw(20, u64::MAX, 0, 0, 0) });
+    check!(c, fetch.is_err(), "fetch of a wild ticket fails: {fetch:?}");
+    // Release everything reserved above, then use one ticket properly.
+    if let Ok(all) = all {
+        let _ = clone::join(&all);
+    }
+    let t = ticket(1);
+    if fork(&t) != 0 {
+        let huge = vec![7u8; clone::RESULT_MAX + 1];
+        let e = clone::exit(0, &huge);
+        // SAFETY: a result pointer outside RAM.
+        let wild = result(unsafe { raw(18, 0, u64::MAX - 4, 16, 0) });
+        let ok = e == sf_guest::hypercall_error::TooBig && wild == Err(sf_guest::hypercall_error::Fault);
+        done_in_clone(if ok { 0 } else { 1 }, b"refusals seen");
+    }
+    check!(c, clone::clone(&t).err() == Some(sf_guest::hypercall_error::Busy), "cloning twice with one ticket");
+    let rs = clone::join(&t);
+    check!(
+        c,
+        matches!(&rs, Ok(v) if v.len() == 1 && v[0].status == CloneStatus::Exited && v[0].code == 0),
+        "clone saw TooBig and Fault: {rs:?}"
+    );
+    check!(c, clone::join(&t).err() == Some(sf_guest::hypercall_error::NoEntry), "joining twice");
+    // A join record larger than the buffer offered is refused, not truncated.
+    let t = ticket(1);
+    if fork(&t) != 0 {
+        done_in_clone(0, &[1u8; 100]);
+    }
+    // SAFETY: buffer of 8 bytes, host must refuse to write 100+.
+    let need = result(unsafe { raw(19, t.id() as u64, 0, 0, 0) });
+    let small = [0u8; 8];
+    let fetched = result(unsafe { raw(20, t.id() as u64, small.as_ptr() as u64, 8, 0) });
+    check!(c, matches!(need, Ok(n) if n > 100) && fetched == Err(sf_guest::hypercall_error::TooBig), "small join buffer refused");
+    check!(c, clone::join(&t).map(|r| r.len()) == Ok(1), "join still works after the refusal");
+}
+
+fn touch() {
+    let n = arg_u64("n", 1);
+    let info_heap = env::heap_size();
+    // Fill the heap: every page of it becomes resident before the clone.
+    let mut v: Vec<u8> = Vec::with_capacity(info_heap.saturating_sub(1 << 20) as usize);
+    v.resize(v.capacity(), 1);
+    let t = ticket(n);
+    if fork(&t) != 0 {
+        done_in_clone(0, &[]);
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    let ok = rs.len() == t.granted() as usize && rs.iter().all(|r| r.status == CloneStatus::Exited);
+    println!("forktest touch: {} MiB touched, {} clones joined, {}", v.len() >> 20, rs.len(), if ok { "ok" } else { "FAILED" });
+    sf_guest::exit(if ok { 0 } else { 1 })
+}
+
+fn main() -> i32 {
+    let scenario = env::args().next().unwrap_or("");
+    let mut c = Check { failures: 0 };
+    match scenario {
+        "basic" => basic(&mut c),
+        "crash" => crash(&mut c),
+        "kill" => kill(&mut c),
+        "nested" => nested(&mut c),
+        "entropy" => entropy(&mut c),
+        "errors" => errors(&mut c),
+        "touch" => touch(),
+        _ => {
+            println!("forktest: unknown scenario {scenario:?}; see the source for the list");
+            return 2;
+        }
+    }
+    if c.failures == 0 {
+        println!("forktest {scenario}: ok");
+        0
+    } else {
+        println!("forktest {scenario}: {} failures", c.failures);
+        1
+    }
+}
