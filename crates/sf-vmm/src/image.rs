@@ -14,7 +14,7 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read guest image {path}: {source}")]
+    #[error("cannot read guest image {path}")]
     Read {
         path: String,
         #[source]
@@ -42,6 +42,8 @@ pub enum ImageError {
     NoEntry,
     #[error("guest image was built for SnowFlock ABI {found}; this VMM speaks ABI {expected}; rebuild the guest")]
     AbiMismatch { found: u64, expected: u32 },
+    #[error("guest image's PVH entry point {entry:#x} is outside the loaded image")]
+    EntryOutside { entry: u64 },
     #[error("guest image's SnowFlock note is malformed: {0}")]
     BadNote(String),
     #[error("boot mode {0} is not possible: {1}")]
@@ -149,6 +151,11 @@ impl GuestImage {
             return Err(ImageError::NoEntry);
         }
         let image = GuestImage { bytes, segments, pvh_entry, note };
+        if let Some(entry) = pvh_entry {
+            if !image.contains(entry) {
+                return Err(ImageError::EntryOutside { entry });
+            }
+        }
         if let Some(n) = note {
             for (what, addr) in [("ring-3 entry", n.user_entry), ("exception stubs", n.isr_base)] {
                 if !image.contains(addr) {

@@ -52,9 +52,13 @@ impl GuestRam {
     }
 
     /// Checks that `[gpa, gpa + len)` lies inside guest RAM and `len <= max`.
+    /// An empty range names no memory, so any address will do.
     pub fn check_range(&self, gpa: u64, len: u64, max: u64) -> Result<(), HcError> {
         if len > max {
             return Err(HcError::TooBig);
+        }
+        if len == 0 {
+            return Ok(());
         }
         match gpa.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
@@ -109,6 +113,7 @@ mod tests {
         assert_eq!(ram.check_range(u64::MAX - 3, 16, 64), Err(HcError::Fault));
         assert_eq!(ram.check_range(0, 65, 64), Err(HcError::TooBig));
         assert_eq!(ram.read_checked(8 << 20, 1, 64), Err(HcError::Fault));
+        assert_eq!(ram.read_checked(u64::MAX, 0, 64), Ok(vec![]));
     }
 
     #[test]

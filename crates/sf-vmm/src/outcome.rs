@@ -13,7 +13,7 @@ pub struct RegisterDump {
     pub rsp: u64,
     pub rflags: u64,
     /// In the order of [`RegisterDump::GPR_NAMES`].
-    pub gprs: [u64; 14],
+    pub gprs: [u64; 15],
     pub cr0: u64,
     pub cr2: u64,
     pub cr3: u64,
@@ -24,8 +24,8 @@ pub struct RegisterDump {
 }
 
 impl RegisterDump {
-    pub const GPR_NAMES: [&'static str; 14] =
-        ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14"];
+    pub const GPR_NAMES: [&'static str; 15] =
+        ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 }
 
 impl fmt::Display for RegisterDump {

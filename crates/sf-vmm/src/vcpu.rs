@@ -192,7 +192,7 @@ impl Vcpu {
             rip: r.rip,
             rsp: r.rsp,
             rflags: r.rflags,
-            gprs: [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14],
+            gprs: [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15],
             cr0: s.cr0,
             cr2: s.cr2,
             cr3: s.cr3,

@@ -2,6 +2,7 @@
 //! the project, and benchmark.
 
 mod bench;
+mod demo;
 mod guests;
 mod run;
 mod units;
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch a guest fork itself into N clones that share the work, then
+    /// join them: the answer, checked, and the timeline.
+    Demo(demo::DemoArgs),
     /// Boot a guest, print its console on stdout, exit with its exit code.
     Run(run::RunArgs),
     /// List the guests that ship with SnowFlock (usable by name with `run`).
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => demo::main(a),
         Command::Run(a) => run::main(a),
         Command::Guests(a) => guests::main(a),
         Command::Bench(b) => bench::main(b),
