@@ -19,7 +19,10 @@ fn main() {
     let target_dir = out_dir.join("guest-target");
 
     println!("cargo:rerun-if-changed={}", guest_dir.display());
-    println!("cargo:rerun-if-changed={}", root.join("crates/sf-abi").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("crates/sf-abi").display()
+    );
 
     let linker_script = guest_dir.join("guest.ld");
     let rustflags = [
@@ -53,10 +56,14 @@ fn main() {
         panic!("building the guest images failed (see the cargo output above)");
     }
     for g in GUESTS {
-        copy(&target_dir.join("release").join(g), &out_dir.join(format!("{g}.elf")));
+        copy(
+            &target_dir.join("release").join(g),
+            &out_dir.join(format!("{g}.elf")),
+        );
     }
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("guest image {} missing after build: {e}", from.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("guest image {} missing after build: {e}", from.display()));
 }

@@ -73,7 +73,14 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
     let result = &e.result[..e.result.len().min(RESULT_MAX)];
     let detail = &e.detail[..e.detail.len().min(DETAIL_MAX)];
     let start = out.len();
-    for w in [e.id, e.status as u32, e.code as u32, result.len() as u32, detail.len() as u32, 0] {
+    for w in [
+        e.id,
+        e.status as u32,
+        e.code as u32,
+        result.len() as u32,
+        detail.len() as u32,
+        0,
+    ] {
         out.extend_from_slice(&w.to_le_bytes());
     }
     out.extend_from_slice(result);
@@ -89,7 +96,14 @@ pub fn decode(record: &[u8]) -> impl Iterator<Item = Entry<'_>> {
         if rest.len() < HEADER {
             return None;
         }
-        let w = |i: usize| u32::from_le_bytes([rest[i * 4], rest[i * 4 + 1], rest[i * 4 + 2], rest[i * 4 + 3]]);
+        let w = |i: usize| {
+            u32::from_le_bytes([
+                rest[i * 4],
+                rest[i * 4 + 1],
+                rest[i * 4 + 2],
+                rest[i * 4 + 3],
+            ])
+        };
         let (rlen, dlen) = (w(3) as usize, w(4) as usize);
         if rlen > RESULT_MAX || dlen > DETAIL_MAX || rest.len() < entry_size(rlen, dlen) {
             return None;
@@ -113,8 +127,20 @@ mod tests {
     #[test]
     fn entries_round_trip_in_order() {
         let mut rec = Vec::new();
-        let a = Entry { id: 1, status: CloneStatus::Exited, code: 0, result: b"abc", detail: b"" };
-        let b = Entry { id: 2, status: CloneStatus::Crashed, code: 0, result: b"", detail: b"divide error" };
+        let a = Entry {
+            id: 1,
+            status: CloneStatus::Exited,
+            code: 0,
+            result: b"abc",
+            detail: b"",
+        };
+        let b = Entry {
+            id: 2,
+            status: CloneStatus::Crashed,
+            code: 0,
+            result: b"",
+            detail: b"divide error",
+        };
         encode_entry(&mut rec, &a);
         encode_entry(&mut rec, &b);
         assert_eq!(rec.len() % 8, 0);
@@ -126,7 +152,16 @@ mod tests {
     fn oversized_parts_are_cut_and_truncated_records_stop() {
         let big = alloc::vec![7u8; RESULT_MAX + 10];
         let mut rec = Vec::new();
-        encode_entry(&mut rec, &Entry { id: 3, status: CloneStatus::Exited, code: 1, result: &big, detail: b"" });
+        encode_entry(
+            &mut rec,
+            &Entry {
+                id: 3,
+                status: CloneStatus::Exited,
+                code: 1,
+                result: &big,
+                detail: b"",
+            },
+        );
         assert_eq!(decode(&rec).next().unwrap().result.len(), RESULT_MAX);
         assert_eq!(decode(&rec[..rec.len() - 8]).count(), 0);
         let mut bad = rec.clone();

@@ -205,7 +205,16 @@ mod tests {
 
     #[test]
     fn errors_round_trip_through_rax() {
-        for e in [Error::Fault, Error::Invalid, Error::TooBig, Error::NoSys, Error::NoEntry, Error::Again, Error::Busy, Error::Io] {
+        for e in [
+            Error::Fault,
+            Error::Invalid,
+            Error::TooBig,
+            Error::NoSys,
+            Error::NoEntry,
+            Error::Again,
+            Error::Busy,
+            Error::Io,
+        ] {
             assert_eq!(Error::from_ret(e.to_ret()), Some(e));
         }
         assert_eq!(Error::from_ret(0), None);

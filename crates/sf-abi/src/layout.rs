@@ -77,7 +77,11 @@ pub fn user_regions(mem_size: u64, image_end: u64) -> Option<UserRegions> {
     if heap_end < heap_start + (256 << 10) {
         return None;
     }
-    Some(UserRegions { heap_start, heap_end, stack_top: mem_size })
+    Some(UserRegions {
+        heap_start,
+        heap_end,
+        stack_top: mem_size,
+    })
 }
 
 #[cfg(test)]

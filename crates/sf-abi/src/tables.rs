@@ -49,7 +49,12 @@ pub const OPEN_PORTS: [(u16, u16); 3] = [
 /// Writes every table. `isr_base`/`isr_stride` locate the guest's exception
 /// stubs. The caller guarantees the RAM below [`IMAGE_BASE`] is zero, as it
 /// is in a fresh VM.
-pub fn build(m: &mut impl GuestWords, mem_size: u64, isr_base: u64, isr_stride: u64) -> Result<(), LayoutError> {
+pub fn build(
+    m: &mut impl GuestWords,
+    mem_size: u64,
+    isr_base: u64,
+    isr_stride: u64,
+) -> Result<(), LayoutError> {
     check_mem_size(mem_size)?;
     build_page_tables(m, mem_size);
     build_gdt(m);
@@ -66,7 +71,10 @@ fn build_page_tables(m: &mut impl GuestWords, mem_size: u64) {
         let addr = page * PAGE;
         let flags = if page == 0 {
             0
-        } else if addr >= IMAGE_BASE || addr == BOOT_INFO || (CMDLINE..CMDLINE + CMDLINE_MAX).contains(&addr) {
+        } else if addr >= IMAGE_BASE
+            || addr == BOOT_INFO
+            || (CMDLINE..CMDLINE + CMDLINE_MAX).contains(&addr)
+        {
             PRESENT | WRITABLE | USER
         } else {
             PRESENT | WRITABLE
@@ -75,12 +83,18 @@ fn build_page_tables(m: &mut impl GuestWords, mem_size: u64) {
     }
     let large_pages = mem_size / LARGE_PAGE;
     for i in 1..large_pages {
-        m.write_u64(PD_BASE + i * 8, (i * LARGE_PAGE) | PRESENT | WRITABLE | USER | LARGE);
+        m.write_u64(
+            PD_BASE + i * 8,
+            (i * LARGE_PAGE) | PRESENT | WRITABLE | USER | LARGE,
+        );
     }
     m.write_u64(PD_BASE, PT_LOW | PRESENT | WRITABLE | USER);
     let gibs = mem_size.div_ceil(1 << 30);
     for g in 0..gibs {
-        m.write_u64(PDPT + g * 8, (PD_BASE + g * PAGE) | PRESENT | WRITABLE | USER);
+        m.write_u64(
+            PDPT + g * 8,
+            (PD_BASE + g * PAGE) | PRESENT | WRITABLE | USER,
+        );
     }
     m.write_u64(PML4, PDPT | PRESENT | WRITABLE | USER);
 }
@@ -148,7 +162,11 @@ pub fn io_bitmap_word(word: u64) -> u64 {
         let (s, e) = ((start as u64).max(lo), (start as u64 + len as u64).min(hi));
         if s < e {
             let n = e - s;
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << (s - lo) };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << (s - lo)
+            };
             bits &= !mask;
         }
     }
@@ -191,7 +209,10 @@ mod tests {
             return None;
         }
         if l2 & LARGE != 0 {
-            return Some(((l2 & !0x1f_ffff & !LARGE & !0xfff) | (va & 0x1f_ffff), l2 & USER != 0));
+            return Some((
+                (l2 & !0x1f_ffff & !LARGE & !0xfff) | (va & 0x1f_ffff),
+                l2 & USER != 0,
+            ));
         }
         let l1 = get((l2 & !0xfff) + ((va >> 12) & 511) * 8);
         if l1 & PRESENT == 0 {
@@ -235,7 +256,10 @@ mod tests {
     fn sizes_are_validated() {
         assert_eq!(check_mem_size(2 << 20), Err(LayoutError::TooSmall));
         assert_eq!(check_mem_size(65 << 30), Err(LayoutError::TooLarge));
-        assert_eq!(check_mem_size((64 << 20) + 4096), Err(LayoutError::NotLargePageAligned));
+        assert_eq!(
+            check_mem_size((64 << 20) + 4096),
+            Err(LayoutError::NotLargePageAligned)
+        );
         assert_eq!(check_mem_size(64 << 20), Ok(()));
     }
 

@@ -34,11 +34,36 @@ macro_rules! image {
 }
 
 pub static IMAGES: &[Image] = &[
-    image!("hello", Kind::Example, "prints a greeting and its arguments, exits 0", "hello -- any words"),
-    image!("pi", Kind::Example, "Monte-Carlo estimate of pi; prints the result and how long it computed", "pi -- samples=200000000 seed=1"),
-    image!("crash", Kind::Test, "crashes on request: divzero ud null outside kernel gp int3 panic spin exit=N", "crash -- divzero"),
-    image!("forktest", Kind::Test, "VM fork scenarios: basic crash kill nested entropy errors touch", "forktest -- basic n=4"),
-    image!("hostile", Kind::Test, "feeds wild pointers and lengths to every hypercall; exits 0 if all were refused", "hostile"),
+    image!(
+        "hello",
+        Kind::Example,
+        "prints a greeting and its arguments, exits 0",
+        "hello -- any words"
+    ),
+    image!(
+        "pi",
+        Kind::Example,
+        "Monte-Carlo estimate of pi; prints the result and how long it computed",
+        "pi -- samples=200000000 seed=1"
+    ),
+    image!(
+        "crash",
+        Kind::Test,
+        "crashes on request: divzero ud null outside kernel gp int3 panic spin exit=N",
+        "crash -- divzero"
+    ),
+    image!(
+        "forktest",
+        Kind::Test,
+        "VM fork scenarios: basic crash kill nested entropy errors touch",
+        "forktest -- basic n=4"
+    ),
+    image!(
+        "hostile",
+        Kind::Test,
+        "feeds wild pointers and lengths to every hypercall; exits 0 if all were refused",
+        "hostile"
+    ),
 ];
 
 /// The shipped guest called `name`.
@@ -55,7 +80,11 @@ mod tests {
         for i in IMAGES {
             assert_eq!(&i.elf[..4], b"\x7fELF", "{}", i.name);
             let has = |needle: &[u8]| i.elf.windows(needle.len()).any(|w| w == needle);
-            assert!(has(b"Xen\0") && has(b"SnowFlock\0"), "{} lacks a note", i.name);
+            assert!(
+                has(b"Xen\0") && has(b"SnowFlock\0"),
+                "{} lacks a note",
+                i.name
+            );
         }
         assert!(find("hello").is_some() && find("nope").is_none());
     }

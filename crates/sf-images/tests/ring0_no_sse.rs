@@ -18,8 +18,20 @@ const VECTOR_REGS: [&str; 3] = ["%xmm", "%ymm", "%zmm"];
 /// Instructions without a vector register operand that the ring-0 emulator
 /// lacks or that touch SSE/AVX state (see shared ENVIRONMENT notes:
 /// `cmpxchg16b` and `xrstor` fail at CPL0).
-const BAD_MNEMONICS: [&str; 12] =
-    ["cmpxchg16b", "xrstor", "xrstors", "xsave", "xsaveopt", "xsavec", "xsaves", "fxsave", "fxrstor", "ldmxcsr", "stmxcsr", "vzeroupper"];
+const BAD_MNEMONICS: [&str; 12] = [
+    "cmpxchg16b",
+    "xrstor",
+    "xrstors",
+    "xsave",
+    "xsaveopt",
+    "xsavec",
+    "xsaves",
+    "fxsave",
+    "fxrstor",
+    "ldmxcsr",
+    "stmxcsr",
+    "vzeroupper",
+];
 
 #[derive(Debug)]
 struct Func {
@@ -35,31 +47,56 @@ fn disassemble(elf: &Path, extra: &[&str]) -> BTreeMap<String, Func> {
         .arg(elf)
         .output()
         .unwrap_or_else(|e| panic!("cannot run objdump (binutils is needed for this test): {e}"));
-    assert!(out.status.success(), "objdump failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "objdump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("objdump prints UTF-8");
     let mut funcs = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         // "0000000000100000 <_sf_pvh_start>:"
         if let Some((addr, rest)) = line.split_once(" <") {
-            if let (Ok(start), Some(name)) = (u64::from_str_radix(addr, 16), rest.strip_suffix(">:")) {
-                funcs.insert(name.to_string(), Func { start, insns: Vec::new() });
+            if let (Ok(start), Some(name)) =
+                (u64::from_str_radix(addr, 16), rest.strip_suffix(">:"))
+            {
+                funcs.insert(
+                    name.to_string(),
+                    Func {
+                        start,
+                        insns: Vec::new(),
+                    },
+                );
                 current = Some(name.to_string());
                 continue;
             }
         }
         // "  100000:\tcli"
-        let Some((addr, insn)) = line.split_once(":\t") else { continue };
-        let (Ok(addr), Some(name)) = (u64::from_str_radix(addr.trim(), 16), current.as_ref()) else { continue };
-        funcs.get_mut(name).expect("current function").insns.push((addr, insn.trim().to_string()));
+        let Some((addr, insn)) = line.split_once(":\t") else {
+            continue;
+        };
+        let (Ok(addr), Some(name)) = (u64::from_str_radix(addr.trim(), 16), current.as_ref())
+        else {
+            continue;
+        };
+        funcs
+            .get_mut(name)
+            .expect("current function")
+            .insns
+            .push((addr, insn.trim().to_string()));
     }
     funcs
 }
 
 /// The mnemonic, past prefixes such as `notrack`, `bnd`, `cs`, `lock`.
 fn mnemonic(insn: &str) -> &str {
-    let prefixes = ["notrack", "bnd", "cs", "ds", "data16", "lock", "rep", "repz", "repnz", "addr32"];
-    insn.split_whitespace().find(|w| !prefixes.contains(w)).unwrap_or("")
+    let prefixes = [
+        "notrack", "bnd", "cs", "ds", "data16", "lock", "rep", "repz", "repnz", "addr32",
+    ];
+    insn.split_whitespace()
+        .find(|w| !prefixes.contains(w))
+        .unwrap_or("")
 }
 
 fn is_padding(insn: &str) -> bool {
@@ -71,7 +108,10 @@ fn is_padding(insn: &str) -> bool {
 fn function_at(funcs: &BTreeMap<String, Func>, addr: u64) -> Option<&str> {
     funcs
         .iter()
-        .find(|(_, f)| f.insns.first().is_some_and(|i| i.0 <= addr) && f.insns.last().is_some_and(|i| addr <= i.0))
+        .find(|(_, f)| {
+            f.insns.first().is_some_and(|i| i.0 <= addr)
+                && f.insns.last().is_some_and(|i| addr <= i.0)
+        })
         .map(|(n, _)| n.as_str())
 }
 
@@ -86,7 +126,11 @@ fn successors(funcs: &BTreeMap<String, Func>, name: &str) -> Result<Vec<String>,
         if !is_call && !is_jump {
             continue;
         }
-        if let Some(sym) = insn.split_once('<').and_then(|(_, s)| s.split_once('>')).map(|(s, _)| s) {
+        if let Some(sym) = insn
+            .split_once('<')
+            .and_then(|(_, s)| s.split_once('>'))
+            .map(|(s, _)| s)
+        {
             // "call 1008da <foo>", "jmp 1002c6 <_sf_isr_common>", "jne 100e32 <self+0x8e>"
             let target = sym.split('+').next().unwrap_or(sym);
             if target != name {
@@ -94,20 +138,37 @@ fn successors(funcs: &BTreeMap<String, Func>, name: &str) -> Result<Vec<String>,
             }
         } else if m == "ljmp" {
             // "ljmp $0x8,$0x100075": a far jump to an absolute address.
-            let abs = insn.rsplit("$0x").next().and_then(|h| u64::from_str_radix(h, 16).ok());
+            let abs = insn
+                .rsplit("$0x")
+                .next()
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
             match abs.and_then(|a| function_at(funcs, a)) {
                 Some(t) => next.push(t.to_string()),
                 None => return Err(format!("{addr:#x} in {name}: cannot follow `{insn}`")),
             }
         } else if is_call && insn.contains('*') {
-            return Err(format!("{addr:#x} in {name}: indirect call `{insn}` cannot be followed"));
+            return Err(format!(
+                "{addr:#x} in {name}: indirect call `{insn}` cannot be followed"
+            ));
         }
     }
     // Falling off the end (past alignment padding) runs the next function.
-    let last = f.insns.iter().rev().find(|(_, i)| !is_padding(i)).map(|(_, i)| mnemonic(i));
-    let ends = matches!(last, Some("jmp" | "ret" | "iretq" | "iret" | "iretl" | "ljmp" | "ud2" | "sysret" | "sysretq"));
+    let last = f
+        .insns
+        .iter()
+        .rev()
+        .find(|(_, i)| !is_padding(i))
+        .map(|(_, i)| mnemonic(i));
+    let ends = matches!(
+        last,
+        Some("jmp" | "ret" | "iretq" | "iret" | "iretl" | "ljmp" | "ud2" | "sysret" | "sysretq")
+    );
     if !ends {
-        if let Some((n, _)) = funcs.iter().filter(|(_, g)| g.start > f.start).min_by_key(|(_, g)| g.start) {
+        if let Some((n, _)) = funcs
+            .iter()
+            .filter(|(_, g)| g.start > f.start)
+            .min_by_key(|(_, g)| g.start)
+        {
             next.push(n.clone());
         }
     }
@@ -122,21 +183,43 @@ fn check_image(name: &str, elf: &[u8]) -> (Vec<String>, BTreeSet<String>) {
     let mut funcs = disassemble(&path, &[]);
 
     // The PVH entry runs in 32-bit protected mode: decode it as such.
-    let pvh = funcs.get("_sf_pvh_start").unwrap_or_else(|| panic!("{name}: no _sf_pvh_start symbol"));
+    let pvh = funcs
+        .get("_sf_pvh_start")
+        .unwrap_or_else(|| panic!("{name}: no _sf_pvh_start symbol"));
     let pvh_start = pvh.start;
-    let pvh_end = funcs.values().map(|f| f.start).filter(|&s| s > pvh_start).min().expect("a symbol after _sf_pvh_start");
-    let range = [format!("--start-address={pvh_start:#x}"), format!("--stop-address={pvh_end:#x}"), "-Mi386".to_string()];
+    let pvh_end = funcs
+        .values()
+        .map(|f| f.start)
+        .filter(|&s| s > pvh_start)
+        .min()
+        .expect("a symbol after _sf_pvh_start");
+    let range = [
+        format!("--start-address={pvh_start:#x}"),
+        format!("--stop-address={pvh_end:#x}"),
+        "-Mi386".to_string(),
+    ];
     let mut as32 = disassemble(&path, &range.iter().map(String::as_str).collect::<Vec<_>>());
-    let pvh32 = as32.remove("_sf_pvh_start").expect("_sf_pvh_start in the 32-bit listing");
-    assert!(pvh32.insns.len() > 10, "{name}: the 32-bit listing of _sf_pvh_start is too short: {pvh32:?}");
+    let pvh32 = as32
+        .remove("_sf_pvh_start")
+        .expect("_sf_pvh_start in the 32-bit listing");
+    assert!(
+        pvh32.insns.len() > 10,
+        "{name}: the 32-bit listing of _sf_pvh_start is too short: {pvh32:?}"
+    );
     funcs.insert("_sf_pvh_start".to_string(), pvh32);
 
     let mut roots: Vec<String> = vec!["_sf_pvh_start".into(), "sf_pvh_setup".into()];
     roots.extend(funcs.keys().filter(|n| n.starts_with("_sf_isr_")).cloned());
     for r in &roots {
-        assert!(funcs.contains_key(r), "{name}: ring-0 symbol {r} is missing");
+        assert!(
+            funcs.contains_key(r),
+            "{name}: ring-0 symbol {r} is missing"
+        );
     }
-    assert!(roots.iter().filter(|r| r.starts_with("_sf_isr_")).count() >= 32, "{name}: fewer than 32 exception stubs");
+    assert!(
+        roots.iter().filter(|r| r.starts_with("_sf_isr_")).count() >= 32,
+        "{name}: fewer than 32 exception stubs"
+    );
 
     let mut bad = Vec::new();
     let mut seen = BTreeSet::new();
@@ -146,7 +229,9 @@ fn check_image(name: &str, elf: &[u8]) -> (Vec<String>, BTreeSet<String>) {
             continue;
         }
         let Some(func) = funcs.get(&f) else {
-            bad.push(format!("{name}: ring-0 code reaches {f}, which is not in the disassembly"));
+            bad.push(format!(
+                "{name}: ring-0 code reaches {f}, which is not in the disassembly"
+            ));
             continue;
         };
         match successors(&funcs, &f) {
@@ -170,7 +255,11 @@ fn ring_0_code_of_every_shipped_guest_is_free_of_sse() {
         let (offending, reached) = check_image(image.name, image.elf);
         // The walk must have found the long-mode half of the PVH entry (via
         // its far jump) and the table builder sf_pvh_setup calls.
-        assert!(reached.contains("_sf_pvh_long"), "{}: walk missed _sf_pvh_long; reached {reached:?}", image.name);
+        assert!(
+            reached.contains("_sf_pvh_long"),
+            "{}: walk missed _sf_pvh_long; reached {reached:?}",
+            image.name
+        );
         assert!(
             reached.iter().any(|f| f.contains("sf_abi6tables5build")),
             "{}: walk missed sf_abi::tables::build; reached {reached:?}",
@@ -199,6 +288,13 @@ fn the_check_sees_sse_where_there_is_some() {
     let path = dir.path().join("pi.elf");
     std::fs::write(&path, sf_images::find("pi").expect("pi ships").elf).expect("write the image");
     let funcs = disassemble(&path, &[]);
-    let hits = funcs.values().flat_map(|f| &f.insns).filter(|(_, i)| i.contains("%xmm")).count();
-    assert!(hits > 0, "no xmm use found anywhere in pi: the disassembly parse is broken");
+    let hits = funcs
+        .values()
+        .flat_map(|f| &f.insns)
+        .filter(|(_, i)| i.contains("%xmm"))
+        .count();
+    assert!(
+        hits > 0,
+        "no xmm use found anywhere in pi: the disassembly parse is broken"
+    );
 }

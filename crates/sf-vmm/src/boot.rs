@@ -16,7 +16,10 @@ const E820_RAM: u32 = 1;
 fn write_cmdline(ram: &GuestRam, cmdline: &str) -> Result<u64, Error> {
     let len = cmdline.len();
     if len as u64 >= layout::CMDLINE_MAX {
-        return Err(Error::CmdlineTooLong { len, max: layout::CMDLINE_MAX - 1 });
+        return Err(Error::CmdlineTooLong {
+            len,
+            max: layout::CMDLINE_MAX - 1,
+        });
     }
     ram.write(layout::CMDLINE, cmdline.as_bytes());
     ram.write(layout::CMDLINE + len as u64, &[0]);
@@ -39,18 +42,31 @@ fn entropy() -> [u64; 4] {
     let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
     if n != seed.len() as isize {
         // Fall back to the clock: a weak seed beats no run.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         seed[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
     }
     std::array::from_fn(|i| u64::from_le_bytes(seed[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
 }
 
 /// Builds the tables and boot block; returns `(entry, stack_top)`.
-pub fn prepare_direct(ram: &GuestRam, image: &GuestImage, cmdline: &str, tsc_khz: Option<u32>) -> Result<(u64, u64), Error> {
-    let note = image.note.expect("direct boot is only chosen for images with a note");
+pub fn prepare_direct(
+    ram: &GuestRam,
+    image: &GuestImage,
+    cmdline: &str,
+    tsc_khz: Option<u32>,
+) -> Result<(u64, u64), Error> {
+    let note = image
+        .note
+        .expect("direct boot is only chosen for images with a note");
     let mem = ram.size();
-    let regions = layout::user_regions(mem, image.end()).ok_or(ImageError::TooBig { end: image.end() + (2 << 20), mem })?;
-    sf_abi::tables::build(&mut &*ram, mem, note.isr_base, note.isr_stride).expect("RAM size was validated");
+    let regions = layout::user_regions(mem, image.end()).ok_or(ImageError::TooBig {
+        end: image.end() + (2 << 20),
+        mem,
+    })?;
+    sf_abi::tables::build(&mut &*ram, mem, note.isr_base, note.isr_stride)
+        .expect("RAM size was validated");
     let cmdline_len = write_cmdline(ram, cmdline)?;
     let mut flags = boot_info::FLAG_HYPERCALLS;
     if tsc_khz.is_some() {
@@ -79,7 +95,12 @@ pub fn prepare_direct(ram: &GuestRam, image: &GuestImage, cmdline: &str, tsc_khz
 pub fn prepare_pvh(ram: &GuestRam, cmdline: &str) -> Result<u64, Error> {
     write_cmdline(ram, cmdline)?;
     let memmap_addr = layout::PVH_START_INFO + std::mem::size_of::<hvm_start_info>() as u64;
-    let entry = hvm_memmap_table_entry { addr: 0, size: ram.size(), type_: E820_RAM, reserved: 0 };
+    let entry = hvm_memmap_table_entry {
+        addr: 0,
+        size: ram.size(),
+        type_: E820_RAM,
+        reserved: 0,
+    };
     let info = hvm_start_info {
         magic: HVM_START_MAGIC,
         version: 1,
@@ -89,7 +110,9 @@ pub fn prepare_pvh(ram: &GuestRam, cmdline: &str) -> Result<u64, Error> {
         ..Default::default()
     };
     let m = ram.mmap();
-    m.write_slice(info.as_slice(), GuestAddress(layout::PVH_START_INFO)).expect("fixed layout");
-    m.write_slice(entry.as_slice(), GuestAddress(memmap_addr)).expect("fixed layout");
+    m.write_slice(info.as_slice(), GuestAddress(layout::PVH_START_INFO))
+        .expect("fixed layout");
+    m.write_slice(entry.as_slice(), GuestAddress(memmap_addr))
+        .expect("fixed layout");
     Ok(layout::PVH_START_INFO)
 }

@@ -12,7 +12,10 @@ pub struct ConsoleSink {
 
 impl ConsoleSink {
     pub fn new() -> ConsoleSink {
-        ConsoleSink { prefix: None, at_line_start: true }
+        ConsoleSink {
+            prefix: None,
+            at_line_start: true,
+        }
     }
 
     pub fn set_prefix(&mut self, prefix: String) {
@@ -48,6 +51,9 @@ mod tests {
         c.set_prefix("[clone 2] ".into());
         c.write(&mut out, b"a\nb").unwrap();
         c.write(&mut out, b"c\n\nd\n").unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "plain\n[clone 2] a\n[clone 2] bc\n[clone 2] \n[clone 2] d\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "plain\n[clone 2] a\n[clone 2] bc\n[clone 2] \n[clone 2] d\n"
+        );
     }
 }

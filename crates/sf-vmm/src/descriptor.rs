@@ -83,18 +83,27 @@ impl VmDescriptor {
         let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
         let (version, len, crc) = (word(8), word(12), word(16));
         if version != FORMAT_VERSION {
-            return Err(DescriptorError::Version { found: version, expected: FORMAT_VERSION });
+            return Err(DescriptorError::Version {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
         }
         if len > MAX_PAYLOAD {
             return Err(DescriptorError::TooLarge(len));
         }
         let payload = &bytes[HEADER..];
         if payload.len() != len as usize {
-            return Err(DescriptorError::Truncated { promised: len, got: payload.len() });
+            return Err(DescriptorError::Truncated {
+                promised: len,
+                got: payload.len(),
+            });
         }
         let actual = crc32fast::hash(payload);
         if actual != crc {
-            return Err(DescriptorError::Checksum { found: actual, expected: crc });
+            return Err(DescriptorError::Checksum {
+                found: actual,
+                expected: crc,
+            });
         }
         use bincode::Options;
         bincode::DefaultOptions::new()
@@ -132,26 +141,50 @@ mod tests {
         let bytes = sample().encode();
         assert!(bytes.len() < 8 << 10, "descriptor is {} bytes", bytes.len());
         let d = VmDescriptor::decode(&bytes).unwrap();
-        assert_eq!((d.vcpu.regs.rip, d.mem_size, d.vcpu.msrs.clone()), (0x10_1234, 64 << 20, vec![(0x10, 12345)]));
+        assert_eq!(
+            (d.vcpu.regs.rip, d.mem_size, d.vcpu.msrs.clone()),
+            (0x10_1234, 64 << 20, vec![(0x10, 12345)])
+        );
     }
 
     #[test]
     fn corruption_is_named() {
         let good = sample().encode();
-        assert_eq!(VmDescriptor::decode(&good[..10]).unwrap_err(), DescriptorError::Short(10));
+        assert_eq!(
+            VmDescriptor::decode(&good[..10]).unwrap_err(),
+            DescriptorError::Short(10)
+        );
         let mut b = good.clone();
         b[0] = b'X';
-        assert_eq!(VmDescriptor::decode(&b).unwrap_err(), DescriptorError::BadMagic);
+        assert_eq!(
+            VmDescriptor::decode(&b).unwrap_err(),
+            DescriptorError::BadMagic
+        );
         let mut b = good.clone();
         b[8] = 9;
-        assert_eq!(VmDescriptor::decode(&b).unwrap_err(), DescriptorError::Version { found: 9, expected: 1 });
+        assert_eq!(
+            VmDescriptor::decode(&b).unwrap_err(),
+            DescriptorError::Version {
+                found: 9,
+                expected: 1
+            }
+        );
         let mut b = good.clone();
         let last = b.len() - 1;
         b[last] ^= 0xff;
-        assert!(matches!(VmDescriptor::decode(&b), Err(DescriptorError::Checksum { .. })));
-        assert!(matches!(VmDescriptor::decode(&good[..good.len() - 1]), Err(DescriptorError::Truncated { .. })));
+        assert!(matches!(
+            VmDescriptor::decode(&b),
+            Err(DescriptorError::Checksum { .. })
+        ));
+        assert!(matches!(
+            VmDescriptor::decode(&good[..good.len() - 1]),
+            Err(DescriptorError::Truncated { .. })
+        ));
         let mut b = good.clone();
         b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(VmDescriptor::decode(&b).unwrap_err(), DescriptorError::TooLarge(u32::MAX));
+        assert_eq!(
+            VmDescriptor::decode(&b).unwrap_err(),
+            DescriptorError::TooLarge(u32::MAX)
+        );
     }
 }

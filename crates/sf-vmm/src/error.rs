@@ -17,7 +17,9 @@ pub enum Error {
     MemorySize { size: u64, why: &'static str },
     #[error("cannot allocate {size} bytes of guest memory: {why}")]
     MemoryAlloc { size: u64, why: String },
-    #[error("only 1 vCPU is supported for now (asked for {0}); SMP guests are not implemented yet")]
+    #[error(
+        "only 1 vCPU is supported for now (asked for {0}); SMP guests are not implemented yet"
+    )]
     Vcpus(u32),
     #[error("guest arguments are {len} bytes; the limit is {max}")]
     CmdlineTooLong { len: usize, max: u64 },

@@ -58,19 +58,35 @@ pub fn handle(
             }
             Err(e) => ret(Err(e)),
         },
-        Call::Exit => Action::Stop(Outcome::Exited { status: args.a0 as u32 as i32 }),
-        Call::CloneExit => match ram.read_checked(args.a1, args.a2, sf_abi::clone::RESULT_MAX as u64) {
-            Ok(result) => Action::CloneExit { status: args.a0 as u32 as i32, result },
-            Err(e) => ret(Err(e)),
-        },
-        Call::TicketRequest | Call::Clone | Call::JoinWait | Call::JoinFetch | Call::Kill => Action::Clone(call),
+        Call::Exit => Action::Stop(Outcome::Exited {
+            status: args.a0 as u32 as i32,
+        }),
+        Call::CloneExit => {
+            match ram.read_checked(args.a1, args.a2, sf_abi::clone::RESULT_MAX as u64) {
+                Ok(result) => Action::CloneExit {
+                    status: args.a0 as u32 as i32,
+                    result,
+                },
+                Err(e) => ret(Err(e)),
+            }
+        }
+        Call::TicketRequest | Call::Clone | Call::JoinWait | Call::JoinFetch | Call::Kill => {
+            Action::Clone(call)
+        }
         Call::Panic => match ram.read_checked(args.a0, args.a1.min(PANIC_MSG_MAX), PANIC_MSG_MAX) {
-            Ok(msg) => Action::Stop(Outcome::Panicked { message: String::from_utf8_lossy(&msg).into_owned() }),
+            Ok(msg) => Action::Stop(Outcome::Panicked {
+                message: String::from_utf8_lossy(&msg).into_owned(),
+            }),
             Err(e) => ret(Err(e)),
         },
-        Call::Exception => match ram.read_checked(args.a0, ExceptionFrame::SIZE as u64, ExceptionFrame::SIZE as u64) {
+        Call::Exception => match ram.read_checked(
+            args.a0,
+            ExceptionFrame::SIZE as u64,
+            ExceptionFrame::SIZE as u64,
+        ) {
             Ok(bytes) => {
-                let f = ExceptionFrame::from_bytes(bytes.as_slice().try_into().expect("frame size"));
+                let f =
+                    ExceptionFrame::from_bytes(bytes.as_slice().try_into().expect("frame size"));
                 Action::Stop(Outcome::Exception {
                     vector: f.vector,
                     error_code: f.error_code,
@@ -91,7 +107,14 @@ mod tests {
 
     fn call(ram: &GuestRam, nr: u32, a0: u64, a1: u64) -> (Action, Vec<u8>) {
         let mut out = Vec::new();
-        let a = handle(ram, Args { nr, a0, a1, a2: 0 }, &mut ConsoleSink::new(), &mut out, || 0xdead).unwrap();
+        let a = handle(
+            ram,
+            Args { nr, a0, a1, a2: 0 },
+            &mut ConsoleSink::new(),
+            &mut out,
+            || 0xdead,
+        )
+        .unwrap();
         (a, out)
     }
 
@@ -99,7 +122,10 @@ mod tests {
     fn console_write_copies_exactly_the_buffer() {
         let ram = GuestRam::new(8 << 20).unwrap();
         ram.write(0x20_0000, b"hi there");
-        assert_eq!(call(&ram, 1, 0x20_0000, 2), (Action::Return(2), b"hi".to_vec()));
+        assert_eq!(
+            call(&ram, 1, 0x20_0000, 2),
+            (Action::Return(2), b"hi".to_vec())
+        );
     }
 
     #[test]
@@ -107,10 +133,16 @@ mod tests {
         let ram = GuestRam::new(8 << 20).unwrap();
         let fault = Action::Return(HcError::Fault.to_ret());
         assert_eq!(call(&ram, 1, u64::MAX, 2).0, fault);
-        assert_eq!(call(&ram, 1, 0, u64::MAX).0, Action::Return(HcError::TooBig.to_ret()));
+        assert_eq!(
+            call(&ram, 1, 0, u64::MAX).0,
+            Action::Return(HcError::TooBig.to_ret())
+        );
         assert_eq!(call(&ram, 3, 8 << 20, 1).0, fault);
         assert_eq!(call(&ram, 4, (8 << 20) - 8, 0).0, fault);
-        assert_eq!(call(&ram, 77, 0, 0).0, Action::Return(HcError::NoSys.to_ret()));
+        assert_eq!(
+            call(&ram, 77, 0, 0).0,
+            Action::Return(HcError::NoSys.to_ret())
+        );
     }
 
     #[test]
@@ -118,7 +150,9 @@ mod tests {
         let ram = GuestRam::new(8 << 20).unwrap();
         ram.write(0x20_0000, b"boom");
         match call(&ram, 3, 0x20_0000, u64::MAX).0 {
-            Action::Stop(Outcome::Panicked { message }) => assert!(message.starts_with("boom") && message.len() == 4096),
+            Action::Stop(Outcome::Panicked { message }) => {
+                assert!(message.starts_with("boom") && message.len() == 4096)
+            }
             a => panic!("{a:?}"),
         }
     }
@@ -132,7 +166,14 @@ mod tests {
         let (a, _) = call(&ram, 4, 0x5_0000, 0);
         assert_eq!(
             a,
-            Action::Stop(Outcome::Exception { vector: 14, error_code: 6, rip: 0x10_1000, rsp: 0x7f_fff0, cr2: 0xdead, ring: 3 })
+            Action::Stop(Outcome::Exception {
+                vector: 14,
+                error_code: 6,
+                rip: 0x10_1000,
+                rsp: 0x7f_fff0,
+                cr2: 0xdead,
+                ring: 3
+            })
         );
     }
 }

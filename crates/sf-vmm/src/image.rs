@@ -33,7 +33,12 @@ pub enum ImageError {
     #[error("guest image segment at {addr:#x} (+{size:#x} bytes) wraps the address space")]
     Overflow { addr: u64, size: u64 },
     #[error("guest image segment at {addr:#x} claims {filesz} file bytes from offset {offset} but the file is {len} bytes")]
-    Truncated { addr: u64, offset: u64, filesz: u64, len: usize },
+    Truncated {
+        addr: u64,
+        offset: u64,
+        filesz: u64,
+        len: usize,
+    },
     #[error("guest image segment has {filesz} file bytes but only {memsz} bytes in memory")]
     FileLargerThanMemory { filesz: u64, memsz: u64 },
     #[error("guest image needs RAM up to {end:#x} ({} MiB) but the VM has {} MiB; raise --mem", end.div_ceil(1 << 20), mem >> 20)]
@@ -90,7 +95,10 @@ pub struct GuestImage {
 
 impl GuestImage {
     pub fn from_file(path: &Path) -> Result<GuestImage, ImageError> {
-        let bytes = std::fs::read(path).map_err(|source| ImageError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         GuestImage::from_bytes(bytes)
     }
 
@@ -109,21 +117,41 @@ impl GuestImage {
         for ph in elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD) {
             let (addr, offset) = (ph.p_paddr, ph.p_offset);
             if ph.p_filesz > ph.p_memsz {
-                return Err(ImageError::FileLargerThanMemory { filesz: ph.p_filesz, memsz: ph.p_memsz });
+                return Err(ImageError::FileLargerThanMemory {
+                    filesz: ph.p_filesz,
+                    memsz: ph.p_memsz,
+                });
             }
-            if offset.checked_add(ph.p_filesz).is_none_or(|end| end > bytes.len() as u64) {
-                return Err(ImageError::Truncated { addr, offset, filesz: ph.p_filesz, len: bytes.len() });
+            if offset
+                .checked_add(ph.p_filesz)
+                .is_none_or(|end| end > bytes.len() as u64)
+            {
+                return Err(ImageError::Truncated {
+                    addr,
+                    offset,
+                    filesz: ph.p_filesz,
+                    len: bytes.len(),
+                });
             }
             if addr.checked_add(ph.p_memsz).is_none() {
-                return Err(ImageError::Overflow { addr, size: ph.p_memsz });
+                return Err(ImageError::Overflow {
+                    addr,
+                    size: ph.p_memsz,
+                });
             }
             if ph.p_memsz == 0 {
                 continue;
             }
             if addr < IMAGE_BASE {
-                return Err(ImageError::BelowBase { addr, base: IMAGE_BASE });
+                return Err(ImageError::BelowBase {
+                    addr,
+                    base: IMAGE_BASE,
+                });
             }
-            segments.push(Segment { paddr: addr, memsz: ph.p_memsz });
+            segments.push(Segment {
+                paddr: addr,
+                memsz: ph.p_memsz,
+            });
         }
         if segments.is_empty() {
             return Err(ImageError::NoSegments);
@@ -133,33 +161,53 @@ impl GuestImage {
             for n in notes {
                 let n = n.map_err(|e| ImageError::Malformed(format!("note: {e}")))?;
                 if n.n_type == PVH_NOTE_TYPE && n.name == "Xen" && n.desc.len() >= 4 {
-                    pvh_entry = Some(u32::from_le_bytes(n.desc[..4].try_into().expect("4 bytes")) as u64);
+                    pvh_entry =
+                        Some(u32::from_le_bytes(n.desc[..4].try_into().expect("4 bytes")) as u64);
                 } else if n.n_type == NOTE_TYPE && n.name.as_bytes() == NOTE_NAME {
-                    note = Some(GuestNote::parse(n.desc).ok_or(ImageError::BadNote("descriptor too short".into()))?);
+                    note = Some(
+                        GuestNote::parse(n.desc)
+                            .ok_or(ImageError::BadNote("descriptor too short".into()))?,
+                    );
                 }
             }
         }
         if let Some(n) = note {
             if n.abi_version != sf_abi::ABI_VERSION as u64 {
-                return Err(ImageError::AbiMismatch { found: n.abi_version, expected: sf_abi::ABI_VERSION });
+                return Err(ImageError::AbiMismatch {
+                    found: n.abi_version,
+                    expected: sf_abi::ABI_VERSION,
+                });
             }
             if n.isr_stride == 0 || n.isr_stride > 4096 {
-                return Err(ImageError::BadNote(format!("exception stub stride {} out of range", n.isr_stride)));
+                return Err(ImageError::BadNote(format!(
+                    "exception stub stride {} out of range",
+                    n.isr_stride
+                )));
             }
         }
         if pvh_entry.is_none() && note.is_none() {
             return Err(ImageError::NoEntry);
         }
-        let image = GuestImage { bytes, segments, pvh_entry, note };
+        let image = GuestImage {
+            bytes,
+            segments,
+            pvh_entry,
+            note,
+        };
         if let Some(entry) = pvh_entry {
             if !image.contains(entry) {
                 return Err(ImageError::EntryOutside { entry });
             }
         }
         if let Some(n) = note {
-            for (what, addr) in [("ring-3 entry", n.user_entry), ("exception stubs", n.isr_base)] {
+            for (what, addr) in [
+                ("ring-3 entry", n.user_entry),
+                ("exception stubs", n.isr_base),
+            ] {
                 if !image.contains(addr) {
-                    return Err(ImageError::BadNote(format!("{what} at {addr:#x} is outside the loaded image")));
+                    return Err(ImageError::BadNote(format!(
+                        "{what} at {addr:#x} is outside the loaded image"
+                    )));
                 }
             }
         }
@@ -167,12 +215,19 @@ impl GuestImage {
     }
 
     fn contains(&self, addr: u64) -> bool {
-        self.segments.iter().any(|s| addr >= s.paddr && addr - s.paddr < s.memsz)
+        self.segments
+            .iter()
+            .any(|s| addr >= s.paddr && addr - s.paddr < s.memsz)
     }
 
     /// End of the highest segment (and of the image's own idea of its end).
     pub fn end(&self) -> u64 {
-        let seg_end = self.segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(IMAGE_BASE);
+        let seg_end = self
+            .segments
+            .iter()
+            .map(|s| s.paddr + s.memsz)
+            .max()
+            .unwrap_or(IMAGE_BASE);
         seg_end.max(self.note.map_or(0, |n| n.image_end))
     }
 
@@ -181,21 +236,33 @@ impl GuestImage {
         match asked {
             BootMode::Auto if self.note.is_some() => Ok(BootMode::Direct),
             BootMode::Auto => Ok(BootMode::Pvh),
-            BootMode::Direct if self.note.is_none() => {
-                Err(ImageError::BootMode(asked, "the image has no SnowFlock note; use --boot pvh"))
-            }
-            BootMode::Pvh if self.pvh_entry.is_none() => Err(ImageError::BootMode(asked, "the image has no PVH entry note")),
+            BootMode::Direct if self.note.is_none() => Err(ImageError::BootMode(
+                asked,
+                "the image has no SnowFlock note; use --boot pvh",
+            )),
+            BootMode::Pvh if self.pvh_entry.is_none() => Err(ImageError::BootMode(
+                asked,
+                "the image has no PVH entry note",
+            )),
             m => Ok(m),
         }
     }
 
     /// Copies the segments into guest RAM of `mem_size` bytes.
-    pub fn load<M: vm_memory::GuestMemoryBackend>(&self, mem: &M, mem_size: u64) -> Result<(), ImageError> {
+    pub fn load<M: vm_memory::GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        mem_size: u64,
+    ) -> Result<(), ImageError> {
         if self.end() > mem_size {
-            return Err(ImageError::TooBig { end: self.end(), mem: mem_size });
+            return Err(ImageError::TooBig {
+                end: self.end(),
+                mem: mem_size,
+            });
         }
         use linux_loader::loader::{elf::Elf as ElfLoader, KernelLoader};
-        ElfLoader::load(mem, None, &mut Cursor::new(&self.bytes), None).map_err(|e| ImageError::Load(e.to_string()))?;
+        ElfLoader::load(mem, None, &mut Cursor::new(&self.bytes), None)
+            .map_err(|e| ImageError::Load(e.to_string()))?;
         Ok(())
     }
 }
@@ -206,7 +273,13 @@ mod tests {
 
     #[test]
     fn garbage_is_not_an_elf() {
-        assert!(matches!(GuestImage::from_bytes(b"hello world".to_vec()), Err(ImageError::Malformed(_))));
-        assert!(matches!(GuestImage::from_bytes(Vec::new()), Err(ImageError::Malformed(_))));
+        assert!(matches!(
+            GuestImage::from_bytes(b"hello world".to_vec()),
+            Err(ImageError::Malformed(_))
+        ));
+        assert!(matches!(
+            GuestImage::from_bytes(Vec::new()),
+            Err(ImageError::Malformed(_))
+        ));
     }
 }

@@ -19,9 +19,9 @@ mod vcpu;
 mod vm;
 mod watchdog;
 
+pub use clone::{default_max_clones, CloneSummary, CloneTimeline};
 pub use error::Error;
 pub use image::{BootMode, GuestImage, ImageError};
 pub use outcome::{Outcome, RegisterDump};
-pub use clone::{default_max_clones, CloneSummary, CloneTimeline};
 pub use sf_abi::clone::CloneStatus;
 pub use vm::{RunReport, Timings, Vm, VmConfig};

@@ -24,15 +24,30 @@ impl GuestRam {
                 sf_abi::tables::LayoutError::NotLargePageAligned => "not a multiple of 2 MiB",
             },
         })?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
-            .map_err(|e| Error::MemoryAlloc { size, why: e.to_string() })?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(
+            |e| Error::MemoryAlloc {
+                size,
+                why: e.to_string(),
+            },
+        )?;
         for region in mem.iter() {
-            let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).expect("region start is mapped");
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .expect("region start is mapped");
             // SAFETY: the range is exactly one mapping owned by `mem`;
             // MADV_HUGEPAGE only changes how the kernel backs it.
-            let rc = unsafe { libc::madvise(host as *mut libc::c_void, region.len() as usize, libc::MADV_HUGEPAGE) };
+            let rc = unsafe {
+                libc::madvise(
+                    host as *mut libc::c_void,
+                    region.len() as usize,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
             if rc != 0 {
-                tracing::debug!("madvise(MADV_HUGEPAGE) failed: {}", std::io::Error::last_os_error());
+                tracing::debug!(
+                    "madvise(MADV_HUGEPAGE) failed: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
         Ok(GuestRam { mem, size })
@@ -48,7 +63,9 @@ impl GuestRam {
 
     /// Host address of guest physical 0.
     pub fn host_base(&self) -> u64 {
-        self.mem.get_host_address(GuestAddress(0)).expect("guest RAM starts at 0") as u64
+        self.mem
+            .get_host_address(GuestAddress(0))
+            .expect("guest RAM starts at 0") as u64
     }
 
     /// Checks that `[gpa, gpa + len)` lies inside guest RAM and `len <= max`.
@@ -70,19 +87,25 @@ impl GuestRam {
     pub fn read_checked(&self, gpa: u64, len: u64, max: u64) -> Result<Vec<u8>, HcError> {
         self.check_range(gpa, len, max)?;
         let mut buf = vec![0u8; len as usize];
-        self.mem.read_slice(&mut buf, GuestAddress(gpa)).map_err(|_| HcError::Fault)?;
+        self.mem
+            .read_slice(&mut buf, GuestAddress(gpa))
+            .map_err(|_| HcError::Fault)?;
         Ok(buf)
     }
 
     /// Writes host-built data (never guest-controlled addresses).
     pub fn write(&self, gpa: u64, bytes: &[u8]) {
-        self.mem.write_slice(bytes, GuestAddress(gpa)).expect("VMM writes only inside the fixed layout");
+        self.mem
+            .write_slice(bytes, GuestAddress(gpa))
+            .expect("VMM writes only inside the fixed layout");
     }
 
     /// Writes host data to a guest-supplied address after checking it.
     pub fn write_checked(&self, gpa: u64, bytes: &[u8]) -> Result<(), HcError> {
         self.check_range(gpa, bytes.len() as u64, u64::MAX)?;
-        self.mem.write_slice(bytes, GuestAddress(gpa)).map_err(|_| HcError::Fault)
+        self.mem
+            .write_slice(bytes, GuestAddress(gpa))
+            .map_err(|_| HcError::Fault)
     }
 
     pub fn read_u8(&self, gpa: u64) -> Option<u8> {
@@ -118,7 +141,11 @@ mod tests {
 
     #[test]
     fn sizes_are_refused_with_a_reason() {
-        assert!(matches!(GuestRam::new(1 << 20), Err(Error::MemorySize { why, .. }) if why.contains("minimum")));
-        assert!(matches!(GuestRam::new((8 << 20) + 4096), Err(Error::MemorySize { why, .. }) if why.contains("2 MiB")));
+        assert!(
+            matches!(GuestRam::new(1 << 20), Err(Error::MemorySize { why, .. }) if why.contains("minimum"))
+        );
+        assert!(
+            matches!(GuestRam::new((8 << 20) + 4096), Err(Error::MemorySize { why, .. }) if why.contains("2 MiB"))
+        );
     }
 }

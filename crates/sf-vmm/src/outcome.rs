@@ -24,19 +24,32 @@ pub struct RegisterDump {
 }
 
 impl RegisterDump {
-    pub const GPR_NAMES: [&'static str; 15] =
-        ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+    pub const GPR_NAMES: [&'static str; 15] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+        "r14", "r15",
+    ];
 }
 
 impl fmt::Display for RegisterDump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "  rip={:#018x} rsp={:#018x} rflags={:#x} cs={:#x} (ring {})", self.rip, self.rsp, self.rflags, self.cs, self.cpl)?;
+        writeln!(
+            f,
+            "  rip={:#018x} rsp={:#018x} rflags={:#x} cs={:#x} (ring {})",
+            self.rip, self.rsp, self.rflags, self.cs, self.cpl
+        )?;
         let named: Vec<(&str, u64)> = Self::GPR_NAMES.iter().copied().zip(self.gprs).collect();
         for row in named.chunks(4) {
-            let line: Vec<String> = row.iter().map(|(n, v)| format!("{n:>3}={v:#018x}")).collect();
+            let line: Vec<String> = row
+                .iter()
+                .map(|(n, v)| format!("{n:>3}={v:#018x}"))
+                .collect();
             writeln!(f, "  {}", line.join(" "))?;
         }
-        write!(f, "  cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}", self.cr0, self.cr2, self.cr3, self.cr4, self.efer)
+        write!(
+            f,
+            "  cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            self.cr0, self.cr2, self.cr3, self.cr4, self.efer
+        )
     }
 }
 
@@ -48,7 +61,14 @@ pub enum Outcome {
     /// The guest's panic handler reported this message.
     Panicked { message: String },
     /// A CPU exception reached the guest kernel's handler.
-    Exception { vector: u64, error_code: u64, rip: u64, rsp: u64, cr2: u64, ring: u8 },
+    Exception {
+        vector: u64,
+        error_code: u64,
+        rip: u64,
+        rsp: u64,
+        cr2: u64,
+        ring: u8,
+    },
     /// The CPU shut down (usually a fault while delivering a fault).
     TripleFault { regs: RegisterDump },
     /// KVM could not emulate a ring-0 instruction.
@@ -56,7 +76,11 @@ pub enum Outcome {
     /// The guest halted with nothing to wake it.
     Halted { regs: RegisterDump },
     /// The guest touched guest-physical memory that is not RAM.
-    UnbackedAccess { gpa: u64, write: bool, regs: RegisterDump },
+    UnbackedAccess {
+        gpa: u64,
+        write: bool,
+        regs: RegisterDump,
+    },
     /// The run timed out.
     TimedOut { after: Duration, regs: RegisterDump },
     /// The host side failed while running the guest (a clone's VMM).
@@ -92,28 +116,52 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Exited { status } => write!(f, "guest exited with status {status}"),
             Outcome::Panicked { message } => write!(f, "guest panicked: {message}"),
-            Outcome::Exception { vector, error_code, rip, rsp, cr2, ring } => {
+            Outcome::Exception {
+                vector,
+                error_code,
+                rip,
+                rsp,
+                cr2,
+                ring,
+            } => {
                 write!(f, "guest crashed: {} (vector {vector}) at rip {rip:#x} in ring {ring}, rsp {rsp:#x}", exception_name(*vector))?;
                 if sf_abi::hypercall::has_error_code(*vector) {
                     write!(f, ", error code {error_code:#x}")?;
                 }
                 if *vector == 14 {
-                    let what = if error_code & 2 != 0 { "write to" } else { "read of" };
-                    let why = if error_code & 1 != 0 { "a protected page" } else { "an unmapped page" };
+                    let what = if error_code & 2 != 0 {
+                        "write to"
+                    } else {
+                        "read of"
+                    };
+                    let why = if error_code & 1 != 0 {
+                        "a protected page"
+                    } else {
+                        "an unmapped page"
+                    };
                     write!(f, ": {what} {cr2:#x}, {why}")?;
                 }
                 Ok(())
             }
-            Outcome::TripleFault { regs } => write!(f, "guest triple-faulted (CPU shutdown); registers:\n{regs}"),
+            Outcome::TripleFault { regs } => {
+                write!(f, "guest triple-faulted (CPU shutdown); registers:\n{regs}")
+            }
             Outcome::EmulationFailure { suberror, regs } => {
                 write!(f, "KVM emulation failure (internal error, suberror {suberror}): the guest ran a ring-0 instruction this host cannot emulate; registers:\n{regs}")
             }
-            Outcome::Halted { regs } => write!(f, "guest halted with no way to resume; registers:\n{regs}"),
+            Outcome::Halted { regs } => {
+                write!(f, "guest halted with no way to resume; registers:\n{regs}")
+            }
             Outcome::UnbackedAccess { gpa, write, regs } => {
                 let what = if *write { "wrote" } else { "read" };
                 write!(f, "guest {what} guest-physical address {gpa:#x}, which is not RAM; registers:\n{regs}")
             }
-            Outcome::TimedOut { after, regs } => write!(f, "guest timed out after {:.1} s at rip {:#x}", after.as_secs_f64(), regs.rip),
+            Outcome::TimedOut { after, regs } => write!(
+                f,
+                "guest timed out after {:.1} s at rip {:#x}",
+                after.as_secs_f64(),
+                regs.rip
+            ),
             Outcome::HostError { message } => write!(f, "the VMM failed: {message}"),
         }
     }
@@ -127,14 +175,36 @@ mod tests {
     fn exit_codes_follow_the_documented_table() {
         assert_eq!(Outcome::Exited { status: 7 }.exit_code(), 7);
         assert_eq!(Outcome::Exited { status: 256 + 3 }.exit_code(), 3);
-        assert_eq!(Outcome::Panicked { message: String::new() }.exit_code(), 101);
-        assert_eq!(Outcome::TripleFault { regs: RegisterDump::default() }.exit_code(), 102);
+        assert_eq!(
+            Outcome::Panicked {
+                message: String::new()
+            }
+            .exit_code(),
+            101
+        );
+        assert_eq!(
+            Outcome::TripleFault {
+                regs: RegisterDump::default()
+            }
+            .exit_code(),
+            102
+        );
     }
 
     #[test]
     fn page_fault_report_names_the_address() {
-        let o = Outcome::Exception { vector: 14, error_code: 6, rip: 0x101234, rsp: 0x3ff_fff0, cr2: 0x4001000, ring: 3 };
+        let o = Outcome::Exception {
+            vector: 14,
+            error_code: 6,
+            rip: 0x101234,
+            rsp: 0x3ff_fff0,
+            cr2: 0x4001000,
+            ring: 3,
+        };
         let s = o.to_string();
-        assert!(s.contains("page fault") && s.contains("0x101234") && s.contains("write to 0x4001000"), "{s}");
+        assert!(
+            s.contains("page fault") && s.contains("0x101234") && s.contains("write to 0x4001000"),
+            "{s}"
+        );
     }
 }

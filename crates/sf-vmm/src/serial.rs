@@ -23,7 +23,13 @@ impl LegacySerial {
     }
 
     /// A guest write to register `offset`; transmitted bytes go to `out`.
-    pub fn write(&mut self, offset: u8, value: u8, sink: &mut ConsoleSink, out: &mut dyn Write) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        offset: u8,
+        value: u8,
+        sink: &mut ConsoleSink,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
         let _ = self.0.write(offset, value);
         let buf = self.0.writer_mut();
         if !buf.is_empty() {

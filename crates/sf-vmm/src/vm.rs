@@ -77,6 +77,7 @@ pub struct RunReport {
 
 pub struct Vm {
     pub(crate) kvm: Kvm,
+    pub(crate) cpuid: kvm_bindings::CpuId,
     vm_fd: VmFd,
     pub(crate) vcpu: Vcpu,
     pub(crate) ram: GuestRam,
@@ -130,11 +131,16 @@ impl Vm {
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let ram = GuestRam::new(cfg.mem_size)?;
         if image.end() > cfg.mem_size {
-            return Err(crate::ImageError::TooBig { end: image.end(), mem: cfg.mem_size }.into());
+            return Err(crate::ImageError::TooBig {
+                end: image.end(),
+                mem: cfg.mem_size,
+            }
+            .into());
         }
         let vm = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
         register_ram(&vm, &ram)?;
-        let vcpu = Vcpu::new(&kvm, &vm)?;
+        let cpuid = Vcpu::supported_cpuid(&kvm)?;
+        let vcpu = Vcpu::new(&vm, &cpuid)?;
         let create_vm = started.elapsed();
 
         image.load(ram.mmap(), ram.size())?;
@@ -153,6 +159,7 @@ impl Vm {
         tracing::debug!(?mode, ?create_vm, ?load, mem = cfg.mem_size, "VM ready");
         Ok(Vm {
             kvm,
+            cpuid,
             vm_fd: vm,
             vcpu,
             ram,
@@ -165,7 +172,11 @@ impl Vm {
             started,
             started_tsc,
             tsc_khz,
-            timings: Timings { create_vm, load, ..Default::default() },
+            timings: Timings {
+                create_vm,
+                load,
+                ..Default::default()
+            },
             clones: CloneHost::new(cfg.max_clones),
             result: Vec::new(),
             pending_entry: None,
@@ -186,7 +197,10 @@ impl Vm {
 
     /// Fresh host entropy for the guest's random-number source.
     pub(crate) fn reseed(&self) {
-        self.ram.write(layout::BOOT_INFO + BootInfo::SEED_OFFSET as u64, &boot::entropy_bytes());
+        self.ram.write(
+            layout::BOOT_INFO + BootInfo::SEED_OFFSET as u64,
+            &boot::entropy_bytes(),
+        );
     }
 
     /// Starts the timeout afresh (in a new clone: timers do not survive
@@ -215,7 +229,9 @@ impl Vm {
         let outcome = self.run_loop(console);
         self.alarm = None;
         if self.clones.is_clone() {
-            let outcome = outcome.unwrap_or_else(|e| Outcome::HostError { message: e.to_string() });
+            let outcome = outcome.unwrap_or_else(|e| Outcome::HostError {
+                message: e.to_string(),
+            });
             let _ = console.flush();
             self.finish_clone(&outcome);
         }
@@ -240,28 +256,54 @@ impl Vm {
             let stop = match exit {
                 Exit::Handled => None,
                 Exit::Out { port: PORT, value } => self.hypercall(value, console)?,
-                Exit::Out { port: DEBUG_EXIT_PORT, value } => Some(Outcome::Exited { status: (value & 0xff) as i32 }),
+                Exit::Out {
+                    port: DEBUG_EXIT_PORT,
+                    value,
+                } => Some(Outcome::Exited {
+                    status: (value & 0xff) as i32,
+                }),
                 Exit::Out { port, value } => {
                     tracing::debug!(port, value, "write to an unclaimed port ignored");
                     None
                 }
-                Exit::Hlt => Some(Outcome::Halted { regs: self.vcpu.dump() }),
-                Exit::Shutdown => Some(Outcome::TripleFault { regs: self.vcpu.dump() }),
+                Exit::Hlt => Some(Outcome::Halted {
+                    regs: self.vcpu.dump(),
+                }),
+                Exit::Shutdown => Some(Outcome::TripleFault {
+                    regs: self.vcpu.dump(),
+                }),
                 Exit::InternalError => {
                     // SAFETY: KVM filled the `internal` member for this exit reason.
-                    let suberror = unsafe { self.vcpu.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                    Some(Outcome::EmulationFailure { suberror, regs: self.vcpu.dump() })
+                    let suberror = unsafe {
+                        self.vcpu
+                            .fd
+                            .get_kvm_run()
+                            .__bindgen_anon_1
+                            .internal
+                            .suberror
+                    };
+                    Some(Outcome::EmulationFailure {
+                        suberror,
+                        regs: self.vcpu.dump(),
+                    })
                 }
-                Exit::Mmio { gpa, write } => Some(Outcome::UnbackedAccess { gpa, write, regs: self.vcpu.dump() }),
+                Exit::Mmio { gpa, write } => Some(Outcome::UnbackedAccess {
+                    gpa,
+                    write,
+                    regs: self.vcpu.dump(),
+                }),
                 Exit::Interrupted => match self.deadline {
-                    Some(d) if Instant::now() >= d => {
-                        Some(Outcome::TimedOut { after: self.timeout.unwrap_or_default(), regs: self.vcpu.dump() })
-                    }
+                    Some(d) if Instant::now() >= d => Some(Outcome::TimedOut {
+                        after: self.timeout.unwrap_or_default(),
+                        regs: self.vcpu.dump(),
+                    }),
                     _ => None,
                 },
                 Exit::Other(what) => {
                     tracing::warn!("unexpected VM exit: {what}");
-                    Some(Outcome::Halted { regs: self.vcpu.dump() })
+                    Some(Outcome::Halted {
+                        regs: self.vcpu.dump(),
+                    })
                 }
             };
             if let Some(o) = stop {
@@ -279,13 +321,18 @@ impl Vm {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
                     let v = data.first().copied().unwrap_or(0);
-                    serial.write((port - SERIAL_PORT) as u8, v, sink, console).map_err(Error::Console)?;
+                    serial
+                        .write((port - SERIAL_PORT) as u8, v, sink, console)
+                        .map_err(Error::Console)?;
                     Exit::Handled
                 } else {
                     let mut v = [0u8; 4];
                     let n = data.len().min(4);
                     v[..n].copy_from_slice(&data[..n]);
-                    Exit::Out { port, value: u32::from_le_bytes(v) }
+                    Exit::Out {
+                        port,
+                        value: u32::from_le_bytes(v),
+                    }
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -309,14 +356,28 @@ impl Vm {
             Ok(VcpuExit::Intr) => Exit::Interrupted,
             Ok(other) => Exit::Other(format!("{other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) => return Err(Error::Kvm { what: "running the vCPU", source: e }),
+            Err(e) => {
+                return Err(Error::Kvm {
+                    what: "running the vCPU",
+                    source: e,
+                })
+            }
         })
     }
 
     fn hypercall(&mut self, nr: u32, console: &mut dyn Write) -> Result<Option<Outcome>, Error> {
         self.timings.hypercalls += 1;
-        let mut regs = self.vcpu.fd.get_regs().map_err(Error::kvm("reading registers"))?;
-        let args = Args { nr, a0: regs.rdi, a1: regs.rsi, a2: regs.r8 };
+        let mut regs = self
+            .vcpu
+            .fd
+            .get_regs()
+            .map_err(Error::kvm("reading registers"))?;
+        let args = Args {
+            nr,
+            a0: regs.rdi,
+            a1: regs.rsi,
+            a2: regs.r8,
+        };
         let vcpu = &self.vcpu;
         let action = hypercall::handle(&self.ram, args, &mut self.console, console, || {
             vcpu.fd.get_sregs().map(|s| s.cr2).unwrap_or(0)
@@ -333,12 +394,20 @@ impl Vm {
         };
         if let HcReturn::Value(v) = ret {
             regs.rax = v;
-            self.vcpu.fd.set_regs(&regs).map_err(Error::kvm("setting registers"))?;
+            self.vcpu
+                .fd
+                .set_regs(&regs)
+                .map_err(Error::kvm("setting registers"))?;
         }
         Ok(None)
     }
 
-    fn clone_call(&mut self, call: Call, a: Args, console: &mut dyn Write) -> Result<HcReturn, Error> {
+    fn clone_call(
+        &mut self,
+        call: Call,
+        a: Args,
+        console: &mut dyn Write,
+    ) -> Result<HcReturn, Error> {
         // Ticket numbers are 32-bit; anything else names no ticket.
         let ticket = u32::try_from(a.a0).unwrap_or(0);
         match call {
@@ -354,11 +423,16 @@ impl Vm {
     /// Maps the guest's first-instruction TSC stamp onto host time.
     fn first_instruction(&self) -> Option<Duration> {
         let khz = self.tsc_khz? as u64;
-        let first = self.ram.read_u64(layout::BOOT_INFO + BootInfo::FIRST_TSC_OFFSET as u64).filter(|&t| t != 0)?;
+        let first = self
+            .ram
+            .read_u64(layout::BOOT_INFO + BootInfo::FIRST_TSC_OFFSET as u64)
+            .filter(|&t| t != 0)?;
         let guest_now = self.vcpu.guest_tsc()?;
         let offset = guest_now.wrapping_sub(host_tsc());
         let ticks = first.wrapping_sub(offset).checked_sub(self.started_tsc)?;
-        Some(Duration::from_nanos((ticks as u128 * 1_000_000 / khz as u128) as u64))
+        Some(Duration::from_nanos(
+            (ticks as u128 * 1_000_000 / khz as u128) as u64,
+        ))
     }
 }
 

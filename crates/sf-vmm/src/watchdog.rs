@@ -28,7 +28,10 @@ impl Alarm {
             return Err(std::io::Error::last_os_error());
         }
         let alarm = Alarm(timer);
-        let spec = libc::itimerspec { it_value: timespec(first), it_interval: timespec(period) };
+        let spec = libc::itimerspec {
+            it_value: timespec(first),
+            it_interval: timespec(period),
+        };
         // SAFETY: `timer` was just created; the old value is not wanted.
         if unsafe { libc::timer_settime(alarm.0, 0, &spec, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error());
@@ -40,7 +43,10 @@ impl Alarm {
 fn timespec(d: Duration) -> libc::timespec {
     // A zero it_value would disarm the timer.
     let d = d.max(Duration::from_micros(1));
-    libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long }
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
 }
 
 impl Drop for Alarm {

@@ -39,17 +39,36 @@ impl Write for Tee {
 /// The values of `pi: inside=X samples=S slices=K` from the parent's output.
 fn parse_answer(out: &str) -> Option<(u64, u64, u64)> {
     let line = out.lines().find(|l| l.starts_with("pi: inside="))?;
-    let mut v = line.split_whitespace().skip(1).map(|kv| kv.split_once('=').and_then(|(_, v)| v.parse().ok()));
+    let mut v = line
+        .split_whitespace()
+        .skip(1)
+        .map(|kv| kv.split_once('=').and_then(|(_, v)| v.parse().ok()));
     Some((v.next()??, v.next()??, v.next()??))
 }
 
 fn computed_ms(out: &str) -> Option<f64> {
     let l = out.lines().find(|l| l.starts_with("computed in "))?;
-    l.trim_start_matches("computed in ").split_whitespace().next()?.parse().ok()
+    l.trim_start_matches("computed in ")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
-fn run(image: &GuestImage, mem: u64, cmdline: String, max_clones: u32, out: &mut dyn Write) -> anyhow::Result<RunReport> {
-    let cfg = VmConfig { mem_size: mem, cmdline, max_clones, timeout: Some(Duration::from_secs(600)), ..Default::default() };
+fn run(
+    image: &GuestImage,
+    mem: u64,
+    cmdline: String,
+    max_clones: u32,
+    out: &mut dyn Write,
+) -> anyhow::Result<RunReport> {
+    let cfg = VmConfig {
+        mem_size: mem,
+        cmdline,
+        max_clones,
+        timeout: Some(Duration::from_secs(600)),
+        ..Default::default()
+    };
     let mut vm = Vm::new(&cfg, image).context("cannot start the VM")?;
     let report = vm.run(out)?;
     if !report.outcome.is_clean_exit() || report.outcome.exit_code() != 0 {
@@ -68,18 +87,37 @@ pub fn main(a: DemoArgs) -> anyhow::Result<u8> {
     }
     let image = GuestImage::from_bytes(sf_images::find("pi").expect("pi ships").elf.to_vec())?;
     println!("== SnowFlock demo: the `pi` guest forks into {} clones; each samples a slice, the parent joins", a.clones);
-    println!("== guest command line: samples={} clones={}\n", a.samples, a.clones);
+    println!(
+        "== guest command line: samples={} clones={}\n",
+        a.samples, a.clones
+    );
     let mut tee = Tee(Vec::new());
-    let report = run(&image, a.mem, format!("samples={} clones={}", a.samples, a.clones), a.clones.max(1), &mut tee)?;
+    let report = run(
+        &image,
+        a.mem,
+        format!("samples={} clones={}", a.samples, a.clones),
+        a.clones.max(1),
+        &mut tee,
+    )?;
     let (rss_parent, _) = memory_usage();
     let out = String::from_utf8_lossy(&tee.0).into_owned();
-    let Some((inside, samples, slices)) = parse_answer(&out) else { bail!("the guest printed no answer") };
+    let Some((inside, samples, slices)) = parse_answer(&out) else {
+        bail!("the guest printed no answer")
+    };
 
     println!("\n== checking against one VM computing the same {slices} slices alone...");
     let mut reference = Vec::new();
-    run(&image, a.mem, format!("samples={samples} split={slices}"), 1, &mut reference)?;
+    run(
+        &image,
+        a.mem,
+        format!("samples={samples} split={slices}"),
+        1,
+        &mut reference,
+    )?;
     let reference = String::from_utf8_lossy(&reference).into_owned();
-    let Some((ref_inside, _, _)) = parse_answer(&reference) else { bail!("the reference run printed no answer") };
+    let Some((ref_inside, _, _)) = parse_answer(&reference) else {
+        bail!("the reference run printed no answer")
+    };
     let same = ref_inside == inside;
     println!(
         "   forked: {inside} inside in {:.0} ms; single VM: {ref_inside} inside in {:.0} ms -> {}",
@@ -98,25 +136,51 @@ pub fn main(a: DemoArgs) -> anyhow::Result<u8> {
 fn print_timeline(r: &RunReport, rss_parent: u64) {
     let t = &r.timings;
     println!("\n== timeline (ms since the VMM started building the VM)");
-    println!("   {:>9.3}  VM created (KVM VM, guest RAM, vCPU)", ms(t.create_vm));
+    println!(
+        "   {:>9.3}  VM created (KVM VM, guest RAM, vCPU)",
+        ms(t.create_vm)
+    );
     if let Some(f) = t.first_instruction {
         println!("   {:>9.3}  guest's first ring-3 instruction", ms(f));
     }
     for c in &r.clones {
         let at = ms(c.requested_at);
-        println!("   {at:>9.3}  clone request: ticket {} granted {} clones (descriptor {} bytes)", c.ticket, c.granted, c.descriptor_bytes);
-        println!("   {:>9.3}  parent resumed (+{:.3} ms)", at + ms(c.request_to_resumed), ms(c.request_to_resumed));
-        let mut firsts: Vec<f64> = c.clones.iter().filter_map(|s| s.first_entry.map(ms)).collect();
+        println!(
+            "   {at:>9.3}  clone request: ticket {} granted {} clones (descriptor {} bytes)",
+            c.ticket, c.granted, c.descriptor_bytes
+        );
+        println!(
+            "   {:>9.3}  parent resumed (+{:.3} ms)",
+            at + ms(c.request_to_resumed),
+            ms(c.request_to_resumed)
+        );
+        let mut firsts: Vec<f64> = c
+            .clones
+            .iter()
+            .filter_map(|s| s.first_entry.map(ms))
+            .collect();
         firsts.sort_by(f64::total_cmp);
         if let (Some(lo), Some(hi)) = (firsts.first(), firsts.last()) {
-            println!("   {:>9.3}  first clone's first instruction (+{lo:.3} ms)", at + lo);
-            println!("   {:>9.3}  last clone's first instruction (+{hi:.3} ms)", at + hi);
+            println!(
+                "   {:>9.3}  first clone's first instruction (+{lo:.3} ms)",
+                at + lo
+            );
+            println!(
+                "   {:>9.3}  last clone's first instruction (+{hi:.3} ms)",
+                at + hi
+            );
         }
         if let Some(j) = c.request_to_joined {
-            println!("   {:>9.3}  join complete: all clones reported (+{:.1} ms)", at + ms(j), ms(j));
+            println!(
+                "   {:>9.3}  join complete: all clones reported (+{:.1} ms)",
+                at + ms(j),
+                ms(j)
+            );
         }
         for s in &c.clones {
-            let first = s.first_entry.map_or("-".into(), |d| format!("+{:.3} ms", ms(d)));
+            let first = s
+                .first_entry
+                .map_or("-".into(), |d| format!("+{:.3} ms", ms(d)));
             let status = match s.status {
                 CloneStatus::Exited => format!("exited {}", s.code),
                 other => format!("{other:?}: {}", s.detail),

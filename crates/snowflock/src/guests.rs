@@ -19,11 +19,18 @@ pub fn main(a: GuestsArgs) -> anyhow::Result<u8> {
             Kind::Example => "example",
             Kind::Test => "test",
         };
-        println!("{:<10} {:<8} {:>5}KB  {}", i.name, kind, i.elf.len() / 1024, i.summary);
+        println!(
+            "{:<10} {:<8} {:>5}KB  {}",
+            i.name,
+            kind,
+            i.elf.len() / 1024,
+            i.summary
+        );
         println!("{:<28}  try: snowflock run {}", "", i.usage);
     }
     if let Some(dir) = a.write {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         for i in IMAGES {
             let p = dir.join(format!("{}.elf", i.name));
             std::fs::write(&p, i.elf).with_context(|| format!("cannot write {}", p.display()))?;

@@ -104,7 +104,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     }
     if a.timings {
         let t = &report.timings;
-        let first = t.first_instruction.map_or("n/a".into(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+        let first = t
+            .first_instruction
+            .map_or("n/a".into(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
         eprintln!(
             "snowflock: boot {} | VM create {:.3} ms | load {:.3} ms | first ring-3 instruction {first} | total {:.3} ms | {} exits, {} hypercalls",
             report.boot_mode,

@@ -37,10 +37,24 @@ fn missing_file() {
     let dir = tempdir();
     let p = dir.path().join("nope.elf");
     let r = run_file(&p, &[]);
-    r.assert_one_error_line(&[&format!("cannot read guest image {}", p.display()), "No such file or directory"]);
+    r.assert_one_error_line(&[
+        &format!("cannot read guest image {}", p.display()),
+        "No such file or directory",
+    ]);
     // The OS error is said once, not repeated by the error chain.
-    assert_eq!(r.stderr.matches("No such file or directory").count(), 1, "{}", r.describe());
-    assert_eq!(r.stderr.trim_end(), format!("error: cannot read guest image {}: No such file or directory (os error 2)", p.display()));
+    assert_eq!(
+        r.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: cannot read guest image {}: No such file or directory (os error 2)",
+            p.display()
+        )
+    );
 }
 
 #[test]
@@ -48,13 +62,21 @@ fn a_directory_instead_of_a_file() {
     let dir = tempdir();
     let r = run_file(dir.path(), &[]);
     r.assert_one_error_line(&["cannot read guest image", "Is a directory"]);
-    assert_eq!(r.stderr.matches("Is a directory").count(), 1, "{}", r.describe());
+    assert_eq!(
+        r.stderr.matches("Is a directory").count(),
+        1,
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]
 fn unknown_guest_name() {
     let r = snowflock(["run", "no-such-guest"]);
-    r.assert_one_error_line(&["no guest named \"no-such-guest\" ships with SnowFlock", "snowflock guests"]);
+    r.assert_one_error_line(&[
+        "no guest named \"no-such-guest\" ships with SnowFlock",
+        "snowflock guests",
+    ]);
 }
 
 #[test]
@@ -85,14 +107,20 @@ fn an_elf_cut_inside_its_segment() {
     let elf = Elf64::pvh(&ok_code()).build();
     let p = write_file(dir.path(), "cut.elf", &elf[..elf.len() - 3]);
     let want = format!("claims {} file bytes from offset", ok_code().len());
-    run_file(&p, &[]).assert_one_error_line(&["guest image segment at 0x100000", &want, &format!("the file is {} bytes", elf.len() - 3)]);
+    run_file(&p, &[]).assert_one_error_line(&[
+        "guest image segment at 0x100000",
+        &want,
+        &format!("the file is {} bytes", elf.len() - 3),
+    ]);
 }
 
 #[test]
 fn a_32_bit_elf() {
     let dir = tempdir();
     let p = write_file(dir.path(), "i386.elf", &elf32_exec());
-    run_file(&p, &[]).assert_one_error_line(&["guest image is a 32-bit ELF; only 64-bit x86 (x86_64) executables can run"]);
+    run_file(&p, &[]).assert_one_error_line(&[
+        "guest image is a 32-bit ELF; only 64-bit x86 (x86_64) executables can run",
+    ]);
 }
 
 #[test]
@@ -128,8 +156,9 @@ fn a_segment_too_big_for_mem() {
     let mut e = Elf64::pvh(&ok_code());
     e.loads[0].memsz = 100 << 20;
     let p = write_file(dir.path(), "big.elf", &e.build());
-    run_file(&p, &["--mem", "64M"])
-        .assert_one_error_line(&["guest image needs RAM up to 0x6500000 (101 MiB) but the VM has 64 MiB; raise --mem"]);
+    run_file(&p, &["--mem", "64M"]).assert_one_error_line(&[
+        "guest image needs RAM up to 0x6500000 (101 MiB) but the VM has 64 MiB; raise --mem",
+    ]);
     // The same image fits when asked to.
     let r = run_file(&p, &["--mem", "128M"]);
     r.assert_code(0);
@@ -142,7 +171,8 @@ fn a_segment_that_wraps_the_address_space() {
     let mut e = Elf64::pvh(&ok_code());
     e.loads[0].memsz = u64::MAX - 0x1000;
     let p = write_file(dir.path(), "wrap.elf", &e.build());
-    run_file(&p, &[]).assert_one_error_line(&["guest image segment at 0x100000", "wraps the address space"]);
+    run_file(&p, &[])
+        .assert_one_error_line(&["guest image segment at 0x100000", "wraps the address space"]);
 }
 
 #[test]
@@ -151,8 +181,10 @@ fn a_segment_with_more_file_bytes_than_memory() {
     let mut e = Elf64::pvh(&ok_code());
     e.loads[0].memsz = 1;
     let p = write_file(dir.path(), "fm.elf", &e.build());
-    run_file(&p, &[])
-        .assert_one_error_line(&[&format!("guest image segment has {} file bytes but only 1 bytes in memory", ok_code().len())]);
+    run_file(&p, &[]).assert_one_error_line(&[&format!(
+        "guest image segment has {} file bytes but only 1 bytes in memory",
+        ok_code().len()
+    )]);
 }
 
 #[test]
@@ -170,7 +202,8 @@ fn no_entry_note() {
     let mut e = Elf64::pvh(&ok_code());
     e.pvh_entry = None;
     let p = write_file(dir.path(), "noentry.elf", &e.build());
-    run_file(&p, &[]).assert_one_error_line(&["guest image has neither a SnowFlock note nor a PVH entry note"]);
+    run_file(&p, &[])
+        .assert_one_error_line(&["guest image has neither a SnowFlock note nor a PVH entry note"]);
 }
 
 #[test]
@@ -181,48 +214,61 @@ fn a_pvh_entry_outside_the_image() {
     let mut e = Elf64::pvh(&ok_code());
     e.pvh_entry = Some(0x3fff_0000);
     let p = write_file(dir.path(), "far.elf", &e.build());
-    run_file(&p, &["--mem", "64M"]).assert_one_error_line(&["entry", "0x3fff0000", "outside the loaded image"]);
+    run_file(&p, &["--mem", "64M"]).assert_one_error_line(&[
+        "entry",
+        "0x3fff0000",
+        "outside the loaded image",
+    ]);
 }
 
 #[test]
 fn direct_boot_of_an_image_without_the_snowflock_note() {
     let dir = tempdir();
     let p = write_file(dir.path(), "pvh.elf", &Elf64::pvh(&ok_code()).build());
-    run_file(&p, &["--boot", "direct"])
-        .assert_one_error_line(&["boot mode direct is not possible: the image has no SnowFlock note; use --boot pvh"]);
+    run_file(&p, &["--boot", "direct"]).assert_one_error_line(&[
+        "boot mode direct is not possible: the image has no SnowFlock note; use --boot pvh",
+    ]);
 }
 
 #[test]
 fn two_vcpus() {
-    snowflock(["run", "hello", "--vcpus", "2"]).assert_one_error_line(&["only 1 vCPU is supported for now (asked for 2)"]);
+    snowflock(["run", "hello", "--vcpus", "2"])
+        .assert_one_error_line(&["only 1 vCPU is supported for now (asked for 2)"]);
 }
 
 #[test]
 fn mem_below_the_minimum() {
-    snowflock(["run", "hello", "--mem", "3M"]).assert_one_error_line(&["guest memory of 3145728 bytes: below the 4 MiB minimum"]);
+    snowflock(["run", "hello", "--mem", "3M"])
+        .assert_one_error_line(&["guest memory of 3145728 bytes: below the 4 MiB minimum"]);
 }
 
 #[test]
 fn mem_above_the_maximum() {
-    snowflock(["run", "hello", "--mem", "65G"]).assert_one_error_line(&["guest memory of 69793218560 bytes: above the 64 GiB maximum"]);
+    snowflock(["run", "hello", "--mem", "65G"])
+        .assert_one_error_line(&["guest memory of 69793218560 bytes: above the 64 GiB maximum"]);
 }
 
 #[test]
 fn mem_not_a_multiple_of_2_mib() {
-    snowflock(["run", "hello", "--mem", "5000K"]).assert_one_error_line(&["guest memory of 5120000 bytes: not a multiple of 2 MiB"]);
+    snowflock(["run", "hello", "--mem", "5000K"])
+        .assert_one_error_line(&["guest memory of 5120000 bytes: not a multiple of 2 MiB"]);
 }
 
 #[test]
 fn guest_arguments_too_long() {
     let long = "a".repeat(5000);
-    snowflock(["run", "hello", "--", &long]).assert_one_error_line(&["guest arguments are 5000 bytes; the limit is 4095"]);
+    snowflock(["run", "hello", "--", &long])
+        .assert_one_error_line(&["guest arguments are 5000 bytes; the limit is 4095"]);
 }
 
 #[test]
 fn unparsable_options_are_usage_errors() {
-    for args in
-        [&["run", "hello", "--mem", "lots"][..], &["run", "hello", "--timeout", "soon"], &["run", "hello", "--boot", "bios"], &["run"]]
-    {
+    for args in [
+        &["run", "hello", "--mem", "lots"][..],
+        &["run", "hello", "--timeout", "soon"],
+        &["run", "hello", "--boot", "bios"],
+        &["run"],
+    ] {
         let r = snowflock(args);
         r.assert_code(2).assert_no_host_panic();
         assert!(r.stderr.starts_with("error: "), "{}", r.describe());

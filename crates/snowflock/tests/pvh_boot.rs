@@ -11,7 +11,14 @@ use common::*;
 fn boot(code: &[u8], extra: &[&str]) -> Run {
     let dir = tempdir();
     let p = write_file(dir.path(), "kernel.elf", &Elf64::pvh(code).build());
-    let mut args = vec!["run".to_string(), p.display().to_string(), "--mem".into(), "64M".into(), "--timeout".into(), "10s".into()];
+    let mut args = vec![
+        "run".to_string(),
+        p.display().to_string(),
+        "--mem".into(),
+        "64M".into(),
+        "--timeout".into(),
+        "10s".into(),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let r = snowflock(args);
     r.assert_no_host_panic();
@@ -23,7 +30,11 @@ fn boot(code: &[u8], extra: &[&str]) -> Run {
 fn assert_register_dump(r: &Run) {
     let regs = "rip= rsp= rflags= rax= rbx= rcx= rdx= rsi= rdi= rbp= r8= r9= r10= r11= r12= r13= r14= cr0= cr2= cr3= cr4= efer=";
     for reg in regs.split(' ').chain(["cs=0x8 (ring 0)"]) {
-        assert!(r.stderr.contains(reg), "the register dump lacks {reg:?}\n{}", r.describe());
+        assert!(
+            r.stderr.contains(reg),
+            "the register dump lacks {reg:?}\n{}",
+            r.describe()
+        );
     }
     // PVH hands over the start info in ebx.
     r.assert_stderr_has("rbx=0x0000000000007000");
@@ -88,7 +99,12 @@ fn ud2_without_an_idt_triple_faults() {
     assert_eq!(r.stdout, "", "{}", r.describe());
     r.assert_stderr_has("snowflock: guest triple-faulted (CPU shutdown); registers:");
     assert_register_dump(&r);
-    assert_eq!(r.stderr_rip(), ud2_at, "the dump should stop at the ud2\n{}", r.describe());
+    assert_eq!(
+        r.stderr_rip(),
+        ud2_at,
+        "the dump should stop at the ud2\n{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -105,7 +121,12 @@ fn sse_in_ring_0_is_an_emulation_failure() {
     r.assert_stderr_has("snowflock: KVM emulation failure (internal error, suberror 1)");
     r.assert_stderr_has("ring-0 instruction this host cannot emulate; registers:");
     assert_register_dump(&r);
-    assert_eq!(r.stderr_rip(), LOAD_ADDR, "the dump should stop at the movd\n{}", r.describe());
+    assert_eq!(
+        r.stderr_rip(),
+        LOAD_ADDR,
+        "the dump should stop at the movd\n{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -124,7 +145,14 @@ fn the_register_dump_shows_all_16_general_purpose_registers() {
     code.extend(asm32::HALT_FOREVER);
     let r = boot(&code, &[]);
     r.assert_code(102);
-    for reg in ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"] {
-        assert!(r.stderr.contains(&format!("{reg}=0x")), "the register dump lacks {reg}\n{}", r.describe());
+    for reg in [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ] {
+        assert!(
+            r.stderr.contains(&format!("{reg}=0x")),
+            "the register dump lacks {reg}\n{}",
+            r.describe()
+        );
     }
 }

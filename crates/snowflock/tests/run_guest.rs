@@ -16,7 +16,11 @@ fn hello_greets_and_exits_0() {
     assert_eq!(lines.len(), 3, "{}", r.describe());
     assert_eq!(lines[0], "Hello from a SnowFlock guest!");
     assert_eq!(lines[1], "  (no arguments; pass some after `--`)");
-    assert!(lines[2].starts_with("  256 MiB of RAM, up ") && lines[2].ends_with(" us"), "{}", r.describe());
+    assert!(
+        lines[2].starts_with("  256 MiB of RAM, up ") && lines[2].ends_with(" us"),
+        "{}",
+        r.describe()
+    );
     assert_eq!(r.stderr, "", "a clean run prints nothing on stderr");
 }
 
@@ -24,8 +28,17 @@ fn hello_greets_and_exits_0() {
 fn hello_receives_the_arguments_after_double_dash() {
     let r = snowflock(["run", "hello", "--", "one", "two=2", "--three"]);
     r.assert_code(0);
-    let args: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("  arg ")).collect();
-    assert_eq!(args, ["  arg 0: one", "  arg 1: two=2", "  arg 2: --three"], "{}", r.describe());
+    let args: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  arg "))
+        .collect();
+    assert_eq!(
+        args,
+        ["  arg 0: one", "  arg 1: two=2", "  arg 2: --three"],
+        "{}",
+        r.describe()
+    );
     assert!(!r.stdout.contains("no arguments"), "{}", r.describe());
 }
 
@@ -38,9 +51,26 @@ fn hello_sees_the_ram_size_given_with_mem() {
 }
 
 fn hello_with_boot(mode: &str) {
-    let r = snowflock(["run", "hello", "--boot", mode, "--mem", "64M", "--timings", "--", "x", "y"]);
+    let r = snowflock([
+        "run",
+        "hello",
+        "--boot",
+        mode,
+        "--mem",
+        "64M",
+        "--timings",
+        "--",
+        "x",
+        "y",
+    ]);
     r.assert_code(0).assert_no_host_panic();
-    assert!(r.stdout.starts_with("Hello from a SnowFlock guest!\n  arg 0: x\n  arg 1: y\n  64 MiB of RAM, up "), "{}", r.describe());
+    assert!(
+        r.stdout.starts_with(
+            "Hello from a SnowFlock guest!\n  arg 0: x\n  arg 1: y\n  64 MiB of RAM, up "
+        ),
+        "{}",
+        r.describe()
+    );
     // --timings reports which path was taken.
     r.assert_stderr_has(&format!("snowflock: boot {mode} | VM create "));
 }
@@ -58,15 +88,22 @@ fn hello_boots_through_the_pvh_entry() {
 #[test]
 fn auto_boot_picks_direct_for_a_snowflock_guest() {
     let r = snowflock(["run", "hello", "--timings"]);
-    r.assert_code(0).assert_stderr_has("snowflock: boot direct | ");
+    r.assert_code(0)
+        .assert_stderr_has("snowflock: boot direct | ");
 }
 
 #[test]
 fn a_guest_elf_file_runs_like_a_shipped_name() {
     let dir = tempdir();
     let elf = write_file(dir.path(), "hello.elf", shipped("hello"));
-    let r = snowflock(["run".as_ref(), elf.as_os_str(), "--".as_ref(), "from-file".as_ref()]);
-    r.assert_code(0).assert_stdout_has("Hello from a SnowFlock guest!\n  arg 0: from-file\n");
+    let r = snowflock([
+        "run".as_ref(),
+        elf.as_os_str(),
+        "--".as_ref(),
+        "from-file".as_ref(),
+    ]);
+    r.assert_code(0)
+        .assert_stdout_has("Hello from a SnowFlock guest!\n  arg 0: from-file\n");
 }
 
 // --- pi --------------------------------------------------------------------
@@ -75,16 +112,53 @@ fn a_guest_elf_file_runs_like_a_shipped_name() {
 fn pi_estimates_pi_with_few_samples() {
     let r = snowflock(["run", "pi", "--", "samples=2000000"]);
     r.assert_code(0).assert_no_host_panic();
-    r.assert_stdout_has("pi ~= 3.1").assert_stdout_has(" from 2000000 samples (").assert_stdout_has("computed in ");
+    r.assert_stdout_has("pi ~= 3.1")
+        .assert_stdout_has(" from 2000000 samples (")
+        .assert_stdout_has("computed in ");
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{}", r.describe());
-    assert!(lines[1].starts_with("computed in ") && lines[1].ends_with(" Msamples/s)"), "{}", r.describe());
+    assert_eq!(lines.len(), 3, "{}", r.describe());
+    assert!(
+        lines[1].starts_with("computed in ") && lines[1].ends_with(" Msamples/s)"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        lines[2].starts_with("pi: inside=") && lines[2].ends_with(" samples=2000000 slices=1"),
+        "{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn pi_split_in_one_vm_matches_pi_forked_into_clones() {
+    let forked = snowflock(["run", "pi", "--", "samples=3000000", "clones=3"]);
+    let single = snowflock(["run", "pi", "--", "samples=3000000", "split=3"]);
+    forked
+        .assert_code(0)
+        .assert_no_host_panic()
+        .assert_stdout_has("pi: granted=3 of 3 clones");
+    single.assert_code(0).assert_no_host_panic();
+    let answer = |r: &Run| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with("pi: inside="))
+            .map(str::to_owned)
+    };
+    assert!(answer(&forked).is_some(), "{}", forked.describe());
+    assert_eq!(
+        answer(&forked),
+        answer(&single),
+        "\n{}\n{}",
+        forked.describe(),
+        single.describe()
+    );
 }
 
 #[test]
 fn pi_rejects_a_bad_argument_with_its_own_status() {
     let r = snowflock(["run", "pi", "--", "samples=lots"]);
-    r.assert_code(2).assert_stdout_has("pi: samples= and seed= take unsigned integers");
+    r.assert_code(2)
+        .assert_stdout_has("pi: samples=, seed=, clones= and split= take unsigned integers");
 }
 
 // --- crash -----------------------------------------------------------------
@@ -96,7 +170,11 @@ fn crash(kind: &str, extra: &[&str]) -> Run {
     args.extend_from_slice(&["--", kind]);
     let r = snowflock(args);
     r.assert_no_host_panic();
-    assert!(r.stdout.starts_with(&format!("crash: {kind}\n")), "the guest did not start\n{}", r.describe());
+    assert!(
+        r.stdout.starts_with(&format!("crash: {kind}\n")),
+        "the guest did not start\n{}",
+        r.describe()
+    );
     assert!(!r.stdout.contains("did not fault"), "{}", r.describe());
     r
 }
@@ -106,25 +184,50 @@ fn crash(kind: &str, extra: &[&str]) -> Run {
 fn exception(kind: &str, extra: &[&str], name: &str, vector: u32) -> (Run, u64) {
     let r = crash(kind, extra);
     r.assert_code(102);
-    r.assert_stderr_has(&format!("snowflock: guest crashed: {name} (vector {vector}) at rip 0x"));
+    r.assert_stderr_has(&format!(
+        "snowflock: guest crashed: {name} (vector {vector}) at rip 0x"
+    ));
     r.assert_stderr_has(" in ring 3, rsp 0x");
-    assert_eq!(r.stderr.lines().count(), 1, "one line of report\n{}", r.describe());
+    assert_eq!(
+        r.stderr.lines().count(),
+        1,
+        "one line of report\n{}",
+        r.describe()
+    );
     let rip = r.stderr_rip();
-    assert!(bytes_at(shipped("crash"), rip, 1).is_some(), "rip {rip:#x} is not inside the crash guest\n{}", r.describe());
+    assert!(
+        bytes_at(shipped("crash"), rip, 1).is_some(),
+        "rip {rip:#x} is not inside the crash guest\n{}",
+        r.describe()
+    );
     (r, rip)
 }
 
 #[test]
 fn crash_divzero_is_a_divide_error() {
     let (r, rip) = exception("divzero", &[], "divide error (#DE)", 0);
-    assert_eq!(bytes_at(shipped("crash"), rip, 2), Some(&[0xf7, 0xf1][..]), "rip is not the `div ecx`\n{}", r.describe());
-    assert!(!r.stderr.contains("error code"), "#DE has no error code\n{}", r.describe());
+    assert_eq!(
+        bytes_at(shipped("crash"), rip, 2),
+        Some(&[0xf7, 0xf1][..]),
+        "rip is not the `div ecx`\n{}",
+        r.describe()
+    );
+    assert!(
+        !r.stderr.contains("error code"),
+        "#DE has no error code\n{}",
+        r.describe()
+    );
 }
 
 #[test]
 fn crash_ud_is_an_invalid_opcode() {
     let (r, rip) = exception("ud", &[], "invalid opcode (#UD)", 6);
-    assert_eq!(bytes_at(shipped("crash"), rip, 2), Some(&[0x0f, 0x0b][..]), "rip is not the `ud2`\n{}", r.describe());
+    assert_eq!(
+        bytes_at(shipped("crash"), rip, 2),
+        Some(&[0x0f, 0x0b][..]),
+        "rip is not the `ud2`\n{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -149,14 +252,24 @@ fn crash_kernel_is_a_protection_fault_on_a_kernel_page() {
 fn crash_gp_is_a_general_protection_fault() {
     let (r, rip) = exception("gp", &[], "general protection fault (#GP)", 13);
     r.assert_stderr_has(", error code 0x0");
-    assert_eq!(bytes_at(shipped("crash"), rip, 1), Some(&[0xf4][..]), "rip is not the `hlt`\n{}", r.describe());
+    assert_eq!(
+        bytes_at(shipped("crash"), rip, 1),
+        Some(&[0xf4][..]),
+        "rip is not the `hlt`\n{}",
+        r.describe()
+    );
 }
 
 #[test]
 fn crash_int3_is_a_breakpoint() {
     let (r, rip) = exception("int3", &[], "breakpoint (#BP)", 3);
     // #BP is a trap: rip is just past the `int3`.
-    assert_eq!(bytes_at(shipped("crash"), rip - 1, 1), Some(&[0xcc][..]), "rip is not after the `int3`\n{}", r.describe());
+    assert_eq!(
+        bytes_at(shipped("crash"), rip - 1, 1),
+        Some(&[0xcc][..]),
+        "rip is not after the `int3`\n{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -170,11 +283,22 @@ fn crash_panic_reports_the_message_and_exits_101() {
 #[test]
 fn crash_spin_times_out_with_124() {
     let r = snowflock(["run", "crash", "--timeout", "1s", "--", "spin"]);
-    r.assert_code(124).assert_no_host_panic().assert_stdout_has("crash: spin\n");
+    r.assert_code(124)
+        .assert_no_host_panic()
+        .assert_stdout_has("crash: spin\n");
     r.assert_stderr_has("snowflock: guest timed out after 1.0 s at rip 0x");
     let rip = r.stderr_rip();
-    assert!(bytes_at(shipped("crash"), rip, 1).is_some(), "rip {rip:#x} is not inside the crash guest\n{}", r.describe());
-    assert!(r.elapsed.as_secs_f64() >= 0.9 && r.elapsed.as_secs_f64() < 5.0, "took {:?}\n{}", r.elapsed, r.describe());
+    assert!(
+        bytes_at(shipped("crash"), rip, 1).is_some(),
+        "rip {rip:#x} is not inside the crash guest\n{}",
+        r.describe()
+    );
+    assert!(
+        r.elapsed.as_secs_f64() >= 0.9 && r.elapsed.as_secs_f64() < 5.0,
+        "took {:?}\n{}",
+        r.elapsed,
+        r.describe()
+    );
 }
 
 #[test]
@@ -182,14 +306,20 @@ fn crash_exit_n_is_the_exit_status() {
     for (n, want) in [("0", 0), ("7", 7), ("255", 255), ("300", 300 & 0xff)] {
         let r = crash(&format!("exit={n}"), &[]);
         r.assert_code(want);
-        assert_eq!(r.stderr, "", "a clean exit prints nothing on stderr\n{}", r.describe());
+        assert_eq!(
+            r.stderr,
+            "",
+            "a clean exit prints nothing on stderr\n{}",
+            r.describe()
+        );
     }
 }
 
 #[test]
 fn crash_unknown_kind_exits_2() {
     let r = snowflock(["run", "crash", "--", "nonsense"]);
-    r.assert_code(2).assert_stdout_has("crash: unknown kind \"nonsense\"");
+    r.assert_code(2)
+        .assert_stdout_has("crash: unknown kind \"nonsense\"");
 }
 
 // --- hostile ---------------------------------------------------------------
@@ -198,10 +328,18 @@ fn crash_unknown_kind_exits_2() {
 fn hostile_guest_gets_every_wild_hypercall_refused() {
     let r = snowflock(["run", "hostile", "--mem", "64M"]);
     r.assert_no_host_panic();
-    let checks: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("ok  ") || l.starts_with("FAIL")).collect();
+    let checks: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("ok  ") || l.starts_with("FAIL"))
+        .collect();
     assert_eq!(checks.len(), 14, "{}", r.describe());
     let failed: Vec<&&str> = checks.iter().filter(|l| l.starts_with("FAIL")).collect();
-    assert!(failed.is_empty(), "hypercalls not answered as the ABI says: {failed:#?}\n{}", r.describe());
+    assert!(
+        failed.is_empty(),
+        "hypercalls not answered as the ABI says: {failed:#?}\n{}",
+        r.describe()
+    );
     r.assert_stdout_has("hostile: 14 of 14 refused as expected\n");
     r.assert_code(0);
 }

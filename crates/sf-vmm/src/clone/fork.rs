@@ -1,7 +1,7 @@
 //! The clone, join and kill hypercalls, on the parent's side and in the
 //! spawner and clone processes.
 
-use super::process::{self, ExitStatus, Forked};
+use super::process::{self, Forked};
 use super::report::{classify, CloneReport, REPORT_MAX};
 use super::tickets::TicketState;
 use super::{CloneHost, CloneSummary, CloneTimeline, Group, Role};
@@ -14,9 +14,6 @@ use sf_abi::hypercall::Error as HcError;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
-
-/// Marks a clone the spawner could not fork, in its status list.
-const FORK_FAILED: i32 = i32::MIN;
 
 /// A hypercall's effect on the vCPU.
 pub enum HcReturn {
@@ -42,7 +39,11 @@ impl Vm {
         }
     }
 
-    pub(crate) fn clone_vm(&mut self, ticket: u32, console: &mut dyn Write) -> Result<HcReturn, Error> {
+    pub(crate) fn clone_vm(
+        &mut self,
+        ticket: u32,
+        console: &mut dyn Write,
+    ) -> Result<HcReturn, Error> {
         let granted = match self.clones.tickets.reserved(ticket) {
             Ok(g) => g,
             Err(e) => return err(e),
@@ -52,10 +53,15 @@ impl Vm {
         // state is after the instruction (some KVMs advance RIP only then).
         self.vcpu.complete_pending_io()?;
         let state = self.vcpu.capture()?;
-        let descriptor = VmDescriptor { mem_size: self.ram.size(), vcpu: state, memory: MemorySource::Inherited }.encode();
+        let descriptor = VmDescriptor {
+            mem_size: self.ram.size(),
+            vcpu: state,
+            memory: MemorySource::Inherited,
+        }
+        .encode();
         console.flush().map_err(Error::Console)?;
 
-        let (status_r, status_w) = process::pipe().map_err(io("creating a pipe"))?;
+        let (pids_r, pids_w) = process::pipe().map_err(io("creating a pipe"))?;
         let mut read_ends = Vec::with_capacity(granted as usize);
         let mut write_ends = Vec::with_capacity(granted as usize);
         for _ in 0..granted {
@@ -64,9 +70,9 @@ impl Vm {
             write_ends.push(w);
         }
         let parent = process::getpid();
-        match process::fork().map_err(io("forking the clone spawner"))? {
-            Forked::Parent(spawner) => {
-                drop((status_w, write_ends));
+        match process::fork().map_err(io("forking clone 1"))? {
+            Forked::Parent(first) => {
+                drop((pids_w, write_ends));
                 let timeline = self.clones.timelines.len();
                 self.clones.timelines.push(CloneTimeline {
                     ticket,
@@ -77,78 +83,115 @@ impl Vm {
                     request_to_joined: None,
                     clones: Vec::new(),
                 });
-                let group = Group { granted, spawner, statuses: status_r, results: read_ends, killed: false, request, timeline };
+                let group = Group {
+                    granted,
+                    first,
+                    pid_pipe: Some(pids_r),
+                    pids: Vec::new(),
+                    reaped: vec![false; granted as usize],
+                    results: read_ends,
+                    killed: false,
+                    request,
+                    timeline,
+                };
                 self.clones.tickets.set(ticket, TicketState::Cloned(group));
                 self.reseed();
-                tracing::debug!(ticket, granted, spawner, descriptor = descriptor.len(), "clones forked");
+                tracing::debug!(
+                    ticket,
+                    granted,
+                    first,
+                    descriptor = descriptor.len(),
+                    "clones forked"
+                );
                 self.vcpu.set_rax(0)?;
                 Ok(HcReturn::AlreadySet)
             }
             Forked::Child => {
-                drop((status_r, read_ends));
+                drop((pids_r, read_ends));
                 if !process::die_with_parent(parent) {
                     process::exit_now(1);
                 }
-                self.spawn_clones(granted, &descriptor, write_ends, status_w, request)
+                self.spawn_siblings(granted, &descriptor, write_ends, pids_w, parent, request)
             }
         }
     }
 
-    /// In the spawner: fork the clones, wait for them, report, exit. Returns
-    /// only inside a new clone, whose vCPU is then ready to run.
-    fn spawn_clones(
+    /// In clone 1: fork clones 2..N as siblings, tell the parent their PIDs,
+    /// then become clone 1. Returns inside a clone whose vCPU is ready.
+    fn spawn_siblings(
         &mut self,
         granted: u32,
         descriptor: &[u8],
         mut write_ends: Vec<OwnedFd>,
-        status_w: OwnedFd,
+        pids_w: OwnedFd,
+        parent: i32,
         request: Instant,
     ) -> Result<HcReturn, Error> {
-        let me = process::getpid();
-        let mut pids = vec![FORK_FAILED; granted as usize];
-        for id in 1..=granted {
-            match process::fork() {
+        let mut pids = Vec::with_capacity(granted as usize - 1);
+        for id in 2..=granted {
+            match process::fork_sibling() {
                 Ok(Forked::Child) => {
-                    if !process::die_with_parent(me) {
+                    if !process::die_with_parent(parent) {
                         process::exit_now(1);
                     }
                     let report = write_ends.swap_remove(id as usize - 1);
-                    drop((write_ends, status_w));
-                    if let Err(e) = self.become_clone(id, descriptor, report, request) {
-                        eprintln!("snowflock: clone {id} could not start: {e}");
-                        process::exit_now(3);
-                    }
-                    return Ok(HcReturn::AlreadySet);
+                    drop((write_ends, pids_w));
+                    return self.start_clone(id, descriptor, report, request);
                 }
-                Ok(Forked::Parent(pid)) => pids[id as usize - 1] = pid,
-                Err(e) => eprintln!("snowflock: forking clone {id} failed: {e}"),
+                Ok(Forked::Parent(pid)) => pids.push(pid),
+                Err(e) => {
+                    eprintln!("snowflock: forking clone {id} failed: {e}");
+                    pids.push(0);
+                }
             }
         }
-        drop(write_ends);
-        let mut statuses = vec![FORK_FAILED; granted as usize];
-        while let Some((pid, status)) = process::wait_any() {
-            if let Some(i) = pids.iter().position(|&p| p == pid) {
-                statuses[i] = status.raw();
-            }
+        let bytes: Vec<u8> = pids.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let _ = process::write_all(&pids_w, &bytes);
+        let report = write_ends.swap_remove(0);
+        drop((write_ends, pids_w));
+        self.start_clone(1, descriptor, report, request)
+    }
+
+    fn start_clone(
+        &mut self,
+        id: u32,
+        descriptor: &[u8],
+        report: OwnedFd,
+        request: Instant,
+    ) -> Result<HcReturn, Error> {
+        if let Err(e) = self.become_clone(id, descriptor, report, request) {
+            eprintln!("snowflock: clone {id} could not start: {e}");
+            process::exit_now(3);
         }
-        let bytes: Vec<u8> = statuses.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let _ = process::write_all(&status_w, &bytes);
-        process::exit_now(0)
+        Ok(HcReturn::AlreadySet)
     }
 
     /// In a new clone process: a fresh KVM VM on the inherited RAM, built
     /// from the descriptor alone (the same path a remote host takes).
-    fn become_clone(&mut self, id: u32, descriptor: &[u8], report: OwnedFd, request: Instant) -> Result<(), Error> {
+    fn become_clone(
+        &mut self,
+        id: u32,
+        descriptor: &[u8],
+        report: OwnedFd,
+        request: Instant,
+    ) -> Result<(), Error> {
         let mut desc = VmDescriptor::decode(descriptor)?;
         desc.vcpu.regs.rax = id as u64;
-        let path = if self.clones.path.is_empty() { id.to_string() } else { format!("{}.{id}", self.clones.path) };
+        let path = if self.clones.path.is_empty() {
+            id.to_string()
+        } else {
+            format!("{}.{id}", self.clones.path)
+        };
         // Drops (closes) everything inherited from the parent's other tickets.
         self.clones = CloneHost::new(self.clones.max_clones);
         self.clones.path = path.clone();
         self.clones.role = Role::Clone { id, report };
-        let vm_fd = self.kvm.create_vm().map_err(Error::kvm("creating the clone VM"))?;
+        let vm_fd = self
+            .kvm
+            .create_vm()
+            .map_err(Error::kvm("creating the clone VM"))?;
         self.register_ram(&vm_fd)?;
-        let vcpu = Vcpu::new(&self.kvm, &vm_fd)?;
+        let vcpu = Vcpu::new(&vm_fd, &self.cpuid)?;
         vcpu.restore(&desc.vcpu)?;
         self.replace_vm(vm_fd, vcpu);
         self.reseed();
@@ -167,7 +210,10 @@ impl Vm {
             TicketState::Joined { record, .. } => return Ok(HcReturn::Value(record.len() as u64)),
             TicketState::Reserved { granted } => {
                 // Never cloned: joining releases the reservation.
-                *state = TicketState::Joined { granted: *granted, record: Vec::new() };
+                *state = TicketState::Joined {
+                    granted: *granted,
+                    record: Vec::new(),
+                };
                 return Ok(HcReturn::Value(0));
             }
             TicketState::Cloned(g) => g,
@@ -178,11 +224,18 @@ impl Vm {
         t.request_to_joined = Some(request.elapsed());
         t.clones = summaries;
         let len = record.len() as u64;
-        self.clones.tickets.set(ticket, TicketState::Joined { granted, record });
+        self.clones
+            .tickets
+            .set(ticket, TicketState::Joined { granted, record });
         Ok(HcReturn::Value(len))
     }
 
-    pub(crate) fn join_fetch(&mut self, ticket: u32, buf: u64, cap: u64) -> Result<HcReturn, Error> {
+    pub(crate) fn join_fetch(
+        &mut self,
+        ticket: u32,
+        buf: u64,
+        cap: u64,
+    ) -> Result<HcReturn, Error> {
         let record = match self.clones.tickets.get_mut(ticket) {
             Err(e) => return err(e),
             Ok(TicketState::Joined { record, .. }) => record,
@@ -229,29 +282,55 @@ impl Vm {
             rss_bytes,
             private_bytes,
         };
-        let code = if process::write_all(report, &r.encode()).is_ok() { 0 } else { 4 };
+        let code = if process::write_all(report, &r.encode()).is_ok() {
+            0
+        } else {
+            4
+        };
         process::exit_now(code)
     }
 }
 
-/// Kills the spawner (and so, by their death signal, its clones); returns
-/// how many clones had not reported yet.
+/// The PIDs of all clones of the group, by `id - 1` (0: never forked).
+fn pids(g: &mut Group) -> &[i32] {
+    if let Some(fd) = g.pid_pipe.take() {
+        let want = (g.granted as usize - 1) * 4;
+        let raw = process::read_all(&fd, want).unwrap_or_default();
+        g.pids = std::iter::once(g.first)
+            .chain((0..g.granted as usize - 1).map(|i| {
+                raw.get(i * 4..i * 4 + 4)
+                    .map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+            }))
+            .collect();
+    }
+    &g.pids
+}
+
+/// Kills every clone that has not reported yet (their own clones die with
+/// them); returns how many that was.
 fn kill_group(g: &mut Group) -> u32 {
     if g.killed {
         return 0;
     }
-    let running = g.results.iter().filter(|fd| !pipe_ready(fd)).count() as u32;
-    if let Err(e) = process::kill(g.spawner) {
-        tracing::warn!(spawner = g.spawner, "kill failed: {e}");
-    }
     g.killed = true;
-    running
+    let running: Vec<bool> = g.results.iter().map(|fd| !pipe_ready(fd)).collect();
+    let mut killed = 0;
+    for (i, pid) in pids(g).iter().enumerate() {
+        if running[i] && *pid > 0 && process::kill(*pid).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// Whether a report pipe has data or its writer is gone (the clone ended).
 fn pipe_ready(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout.
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
@@ -263,29 +342,57 @@ fn collect(g: &mut Group) -> Result<(Vec<u8>, Vec<CloneSummary>), Error> {
         let bytes = process::read_all(fd, REPORT_MAX).unwrap_or_default();
         reports.push(CloneReport::decode(&bytes));
     }
-    let raw = process::read_all(&g.statuses, g.granted as usize * 4).unwrap_or_default();
-    let statuses: Vec<i32> = raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-    let spawner = process::wait(g.spawner).ok();
+    let pids = pids(g).to_vec();
     let mut record = Vec::new();
     let mut summaries = Vec::with_capacity(reports.len());
     for (i, report) in reports.into_iter().enumerate() {
         let id = i as u32 + 1;
+        let status = match pids.get(i) {
+            Some(&pid) if pid > 0 && !g.reaped[i] => {
+                g.reaped[i] = true;
+                process::wait(pid).ok()
+            }
+            _ => None,
+        };
         let (status, code, detail, result, s) = match report {
             Some(r) if r.id == id && r.result.len() <= RESULT_MAX => {
                 let (status, code, detail) = classify(&r.outcome);
-                (status, code, detail, r.result, Some((r.first_entry_us, r.rss_bytes, r.private_bytes)))
+                (
+                    status,
+                    code,
+                    detail,
+                    r.result,
+                    Some((r.first_entry_us, r.rss_bytes, r.private_bytes)),
+                )
             }
-            _ if g.killed => (CloneStatus::Killed, -1, "killed by the parent's kill".to_string(), Vec::new(), None),
+            _ if g.killed => (
+                CloneStatus::Killed,
+                -1,
+                "killed by the parent's kill".to_string(),
+                Vec::new(),
+                None,
+            ),
             _ => {
-                let why = match statuses.get(i) {
-                    Some(&FORK_FAILED) => "the host could not fork this clone".to_string(),
-                    Some(&raw) => format!("the clone's VMM process ended without a report ({})", ExitStatus::from_raw(raw)),
-                    None => format!("the clone's spawner ended early ({spawner:?})"),
+                let why = match (pids.get(i), status) {
+                    (Some(0) | None, _) => "the host could not fork this clone".to_string(),
+                    (_, Some(st)) => {
+                        format!("the clone's VMM process ended without a report ({st})")
+                    }
+                    (_, None) => "the clone's VMM process vanished without a report".to_string(),
                 };
                 (CloneStatus::Lost, -1, why, Vec::new(), None)
             }
         };
-        encode_entry(&mut record, &Entry { id, status, code, result: &result, detail: detail.as_bytes() });
+        encode_entry(
+            &mut record,
+            &Entry {
+                id,
+                status,
+                code,
+                result: &result,
+                detail: detail.as_bytes(),
+            },
+        );
         summaries.push(CloneSummary {
             id,
             status,

@@ -1,14 +1,16 @@
 //! VM fork on one host: tickets, the clone processes, joins and kills.
 //!
 //! At a clone hypercall the VMM captures a [`crate::descriptor::VmDescriptor`]
-//! and forks one *spawner* process, then resumes the parent at once. The
-//! spawner forks the clones; each clone process builds a fresh KVM VM from
-//! the descriptor on the copy-on-write guest RAM it inherited, sets its
-//! clone ID in `rax`, and continues the same run loop. A clone reports how
-//! it ended over its own pipe to the parent; the spawner waits for the
-//! clones and reports their process exit statuses. Every child dies with
-//! its parent (PR_SET_PDEATHSIG), so killing a spawner kills its clones and
-//! their descendants, and no clone outlives the VM that made it.
+//! and forks one process, then resumes the parent at once (one fork on the
+//! parent's critical path, whatever the number of clones). That child forks
+//! clones 2..N as its *siblings* (CLONE_PARENT), sends their PIDs to the
+//! parent, and becomes clone 1 itself. Each clone process builds a fresh KVM
+//! VM from the descriptor on the copy-on-write guest RAM it inherited, sets
+//! its clone ID in `rax`, and continues the same run loop. All clones are
+//! the parent VMM's children: it reads each one's report from its own pipe
+//! and waits for its exit status. Every clone dies with its parent
+//! (PR_SET_PDEATHSIG), so killing a clone also kills the clones it made, and
+//! no clone outlives the VM that made it.
 
 pub(crate) mod fork;
 pub mod process;
@@ -30,9 +32,14 @@ pub fn default_max_clones() -> u32 {
 /// The running clones of one ticket, from the parent's side.
 pub struct Group {
     pub granted: u32,
-    pub spawner: i32,
-    /// The spawner writes one raw wait status per clone here at the end.
-    pub statuses: OwnedFd,
+    /// Clone 1, which forked the others.
+    pub first: i32,
+    /// Where clone 1 sends the PIDs of clones 2..N (read once, lazily).
+    pub pid_pipe: Option<OwnedFd>,
+    /// PIDs by `id - 1`, once known; 0 for a clone that could not be forked.
+    pub pids: Vec<i32>,
+    /// Which clones have been waited for.
+    pub reaped: Vec<bool>,
     /// One report pipe per clone, index `id - 1`.
     pub results: Vec<OwnedFd>,
     pub killed: bool,
@@ -91,7 +98,13 @@ pub struct CloneHost {
 
 impl CloneHost {
     pub fn new(max_clones: u32) -> CloneHost {
-        CloneHost { tickets: Tickets::new(max_clones), role: Role::Root, max_clones, path: String::new(), timelines: Vec::new() }
+        CloneHost {
+            tickets: Tickets::new(max_clones),
+            role: Role::Root,
+            max_clones,
+            path: String::new(),
+            timelines: Vec::new(),
+        }
     }
 
     pub fn is_clone(&self) -> bool {

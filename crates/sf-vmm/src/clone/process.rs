@@ -2,7 +2,7 @@
 //! around one system call: pipes, fork, parent-death signals, wait.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
 /// A pipe as (read end, write end), both close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -32,12 +32,44 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
+/// Like [`fork`], but the child becomes a child of the caller's parent
+/// (clone(2) with CLONE_PARENT): a spawner can create clones as siblings of
+/// itself, all owned, waited for and killable by the VMM that asked.
+pub fn fork_sibling() -> io::Result<Forked> {
+    // SAFETY: the raw clone syscall without CLONE_VM duplicates the process
+    // like fork; only the single-threaded spawner calls it, while it holds
+    // no locks, so skipping glibc's fork handlers is safe.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as i32)),
+    }
+}
+
 /// In a fresh child: die with SIGKILL when the parent dies, so a clone
 /// never outlives the VMM that owns it. Returns false if the parent is
 /// already gone (then the caller must exit).
 pub fn die_with_parent(parent: i32) -> bool {
     // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     // SAFETY: getppid has no preconditions.
     unsafe { libc::getppid() == parent }
 }
@@ -103,21 +135,6 @@ pub fn wait(pid: i32) -> io::Result<ExitStatus> {
     }
 }
 
-/// Reaps any ended child; `None` when no child is left.
-pub fn wait_any() -> Option<(i32, ExitStatus)> {
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if r > 0 {
-            return Some((r, ExitStatus::from_raw(status)));
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return None;
-        }
-    }
-}
-
 pub fn kill(pid: i32) -> io::Result<()> {
     // SAFETY: plain signal delivery to a process we created.
     if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
@@ -132,7 +149,10 @@ pub fn read_all(fd: &OwnedFd, limit: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     (&mut f).take(limit as u64 + 1).read_to_end(&mut out)?;
     if out.len() > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message over {limit} bytes")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message over {limit} bytes"),
+        ));
     }
     Ok(out)
 }
@@ -144,7 +164,9 @@ pub fn write_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
 /// Resident and private (not shared with any other process) bytes of this
 /// process, from /proc/self/smaps_rollup.
 pub fn memory_usage() -> (u64, u64) {
-    let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") else { return (0, 0) };
+    let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
+        return (0, 0);
+    };
     let field = |name: &str| -> u64 {
         s.lines()
             .find(|l| l.starts_with(name))
@@ -153,10 +175,8 @@ pub fn memory_usage() -> (u64, u64) {
             .unwrap_or(0)
             * 1024
     };
-    (field("Rss:"), field("Private_Clean:") + field("Private_Dirty:"))
-}
-
-/// Raw descriptor number, for logs.
-pub fn fd_num(fd: &OwnedFd) -> i32 {
-    fd.as_raw_fd()
+    (
+        field("Rss:"),
+        field("Private_Clean:") + field("Private_Dirty:"),
+    )
 }

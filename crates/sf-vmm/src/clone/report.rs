@@ -28,7 +28,11 @@ impl CloneReport {
 
     pub fn decode(bytes: &[u8]) -> Option<CloneReport> {
         use bincode::Options;
-        bincode::DefaultOptions::new().with_fixint_encoding().with_limit(REPORT_MAX as u64).deserialize(bytes).ok()
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(REPORT_MAX as u64)
+            .deserialize(bytes)
+            .ok()
     }
 }
 
@@ -36,11 +40,24 @@ impl CloneReport {
 pub fn classify(o: &Outcome) -> (CloneStatus, i32, String) {
     match o {
         Outcome::Exited { status } => (CloneStatus::Exited, *status, String::new()),
-        Outcome::Panicked { message } => (CloneStatus::Panicked, crate::outcome::exit_code::PANIC, message.clone()),
+        Outcome::Panicked { message } => (
+            CloneStatus::Panicked,
+            crate::outcome::exit_code::PANIC,
+            message.clone(),
+        ),
         Outcome::Exception { vector, .. } => (CloneStatus::Crashed, *vector as i32, o.to_string()),
-        Outcome::TimedOut { .. } => (CloneStatus::TimedOut, crate::outcome::exit_code::TIMEOUT, o.to_string()),
+        Outcome::TimedOut { .. } => (
+            CloneStatus::TimedOut,
+            crate::outcome::exit_code::TIMEOUT,
+            o.to_string(),
+        ),
         other => {
-            let first_line = other.to_string().lines().next().unwrap_or_default().to_string();
+            let first_line = other
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
             (CloneStatus::Crashed, -1, first_line)
         }
     }
@@ -54,23 +71,44 @@ mod tests {
     fn reports_round_trip_and_garbage_is_refused() {
         let r = CloneReport {
             id: 3,
-            outcome: Outcome::Panicked { message: "boom".into() },
+            outcome: Outcome::Panicked {
+                message: "boom".into(),
+            },
             result: vec![1, 2, 3],
             first_entry_us: 1500,
             rss_bytes: 1 << 20,
             private_bytes: 4096,
         };
         let d = CloneReport::decode(&r.encode()).unwrap();
-        assert_eq!((d.id, d.result, d.outcome), (3, vec![1, 2, 3], Outcome::Panicked { message: "boom".into() }));
+        assert_eq!(
+            (d.id, d.result, d.outcome),
+            (
+                3,
+                vec![1, 2, 3],
+                Outcome::Panicked {
+                    message: "boom".into()
+                }
+            )
+        );
         assert!(CloneReport::decode(b"\xff\xff\xff\xff garbage").is_none());
         assert!(CloneReport::decode(&[]).is_none());
     }
 
     #[test]
     fn crash_outcomes_keep_the_vector_and_description() {
-        let o = Outcome::Exception { vector: 0, error_code: 0, rip: 0x1234, rsp: 0, cr2: 0, ring: 3 };
+        let o = Outcome::Exception {
+            vector: 0,
+            error_code: 0,
+            rip: 0x1234,
+            rsp: 0,
+            cr2: 0,
+            ring: 3,
+        };
         let (s, code, detail) = classify(&o);
         assert_eq!((s, code), (CloneStatus::Crashed, 0));
-        assert!(detail.contains("divide error") && detail.contains("0x1234"), "{detail}");
+        assert!(
+            detail.contains("divide error") && detail.contains("0x1234"),
+            "{detail}"
+        );
     }
 }

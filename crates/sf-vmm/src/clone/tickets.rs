@@ -32,7 +32,12 @@ pub struct Tickets {
 
 impl Tickets {
     pub fn new(max_clones: u32) -> Tickets {
-        Tickets { next_id: 1, max_clones, reserved: 0, map: BTreeMap::new() }
+        Tickets {
+            next_id: 1,
+            max_clones,
+            reserved: 0,
+            map: BTreeMap::new(),
+        }
     }
 
     /// Grants up to `n` of the clones still available.
@@ -107,10 +112,20 @@ mod tests {
         let (id, g) = t.request(3).unwrap();
         assert_eq!(t.reserved(id), Ok(g));
         assert_eq!(t.reserved(id + 1), Err(HcError::NoEntry));
-        t.set(id, TicketState::Joined { granted: g, record: vec![] });
+        t.set(
+            id,
+            TicketState::Joined {
+                granted: g,
+                record: vec![],
+            },
+        );
         assert_eq!(t.reserved(id), Err(HcError::Busy));
         assert!(t.release(id).is_some());
         assert_eq!(t.reserved(id), Err(HcError::NoEntry));
-        assert_eq!(t.request(8).unwrap().1, 8, "released clones are available again");
+        assert_eq!(
+            t.request(8).unwrap().1,
+            8,
+            "released clones are available again"
+        );
     }
 }

@@ -57,14 +57,22 @@ fn ms(d: Duration) -> f64 {
 fn in_process(args: &BootBenchArgs, mode: BootMode) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let hello = sf_images::find("hello").expect("hello ships");
     let image = GuestImage::from_bytes(hello.elf.to_vec())?;
-    let cfg = VmConfig { mem_size: args.mem_mib << 20, boot: mode, timeout: Some(PROCESS_TIMEOUT), ..Default::default() };
+    let cfg = VmConfig {
+        mem_size: args.mem_mib << 20,
+        boot: mode,
+        timeout: Some(PROCESS_TIMEOUT),
+        ..Default::default()
+    };
     let (mut create, mut first) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let mut vm = Vm::new(&cfg, &image)?;
         let mut out = Vec::new();
         let r = vm.run(&mut out)?;
         if !r.outcome.is_clean_exit() || !out.starts_with(MARKER) {
-            bail!("hello did not run cleanly in-process ({mode}): {}", r.outcome);
+            bail!(
+                "hello did not run cleanly in-process ({mode}): {}",
+                r.outcome
+            );
         }
         create.push(ms(r.timings.create_vm));
         first.push(r.timings.first_instruction.map_or(f64::NAN, ms));
@@ -73,7 +81,12 @@ fn in_process(args: &BootBenchArgs, mode: BootMode) -> anyhow::Result<(Vec<f64>,
 }
 
 /// Whole processes: (first output, total) per run, checked for the marker.
-fn processes(runs: usize, make: impl Fn() -> Command, what: &str, ok_status: i32) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+fn processes(
+    runs: usize,
+    make: impl Fn() -> Command,
+    what: &str,
+    ok_status: i32,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (mut first, mut total) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let r = time_process(make(), PROCESS_TIMEOUT)?;
@@ -94,8 +107,15 @@ pub fn main(args: BootBenchArgs) -> anyhow::Result<u8> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let mut res = Results { runs: args.runs, mem_mib: args.mem_mib, ..Default::default() };
-    eprintln!("bench boot: {} runs each, {} MiB guests", args.runs, args.mem_mib);
+    let mut res = Results {
+        runs: args.runs,
+        mem_mib: args.mem_mib,
+        ..Default::default()
+    };
+    eprintln!(
+        "bench boot: {} runs each, {} MiB guests",
+        args.runs, args.mem_mib
+    );
 
     eprintln!("  in-process boots (direct entry)...");
     let (create, first) = in_process(&args, BootMode::Direct)?;
@@ -129,13 +149,26 @@ pub fn main(args: BootBenchArgs) -> anyhow::Result<u8> {
             .arg("--version")
             .output()
             .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned));
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_owned)
+            });
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let elf = dir.path().join("hello.elf");
         std::fs::write(&elf, sf_images::find("hello").expect("hello ships").elf)?;
-        eprintln!("  QEMU booting the same hello.elf ({})...", res.qemu_version.as_deref().unwrap_or("unknown version"));
+        eprintln!(
+            "  QEMU booting the same hello.elf ({})...",
+            res.qemu_version.as_deref().unwrap_or("unknown version")
+        );
         // isa-debug-exit turns the guest's exit(0) into QEMU status 1.
-        let (first, total) = processes(args.runs, || qemu::command(&qemu_bin, &elf, args.mem_mib), "QEMU", 1)?;
+        let (first, total) = processes(
+            args.runs,
+            || qemu::command(&qemu_bin, &elf, args.mem_mib),
+            "QEMU",
+            1,
+        )?;
         res.qemu_first_output_ms_median = Some(median(&first));
         res.qemu_run_ms_median = Some(median(&total));
         res.qemu_run_ms_min = Some(min(&total));
@@ -148,7 +181,8 @@ pub fn main(args: BootBenchArgs) -> anyhow::Result<u8> {
     print_table(&res);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&res)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(0)
@@ -157,14 +191,42 @@ pub fn main(args: BootBenchArgs) -> anyhow::Result<u8> {
 fn print_table(r: &Results) {
     let q = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     println!();
-    println!("boot benchmark: medians of {} runs, {} MiB guest, guest = hello", r.runs, r.mem_mib);
-    println!("{:<46} {:>10} {:>10}", "measurement (ms)", "snowflock", "qemu");
-    println!("{:<46} {:>10.3} {:>10}", "VM create (KVM VM + RAM + vCPU)", r.ours_vm_create_ms_median, "-");
-    println!("{:<46} {:>10.3} {:>10}", "first ring-3 instruction, direct entry", r.ours_first_instr_ms_median, "-");
-    println!("{:<46} {:>10.3} {:>10}", "first ring-3 instruction, PVH entry", r.ours_pvh_first_instr_ms_median, "-");
-    println!("{:<46} {:>10.2} {:>10}", "process start -> first console byte", r.ours_first_output_ms_median, q(r.qemu_first_output_ms_median));
-    println!("{:<46} {:>10.2} {:>10}", "process start -> exit (whole run)", r.ours_run_ms_median, q(r.qemu_run_ms_median));
+    println!(
+        "boot benchmark: medians of {} runs, {} MiB guest, guest = hello",
+        r.runs, r.mem_mib
+    );
+    println!(
+        "{:<46} {:>10} {:>10}",
+        "measurement (ms)", "snowflock", "qemu"
+    );
+    println!(
+        "{:<46} {:>10.3} {:>10}",
+        "VM create (KVM VM + RAM + vCPU)", r.ours_vm_create_ms_median, "-"
+    );
+    println!(
+        "{:<46} {:>10.3} {:>10}",
+        "first ring-3 instruction, direct entry", r.ours_first_instr_ms_median, "-"
+    );
+    println!(
+        "{:<46} {:>10.3} {:>10}",
+        "first ring-3 instruction, PVH entry", r.ours_pvh_first_instr_ms_median, "-"
+    );
+    println!(
+        "{:<46} {:>10.2} {:>10}",
+        "process start -> first console byte",
+        r.ours_first_output_ms_median,
+        q(r.qemu_first_output_ms_median)
+    );
+    println!(
+        "{:<46} {:>10.2} {:>10}",
+        "process start -> exit (whole run)",
+        r.ours_run_ms_median,
+        q(r.qemu_run_ms_median)
+    );
     if let Some(s) = r.run_speedup_vs_qemu {
-        println!("whole run: snowflock is {s:.1}x faster than QEMU ({})", r.qemu_version.as_deref().unwrap_or("?"));
+        println!(
+            "whole run: snowflock is {s:.1}x faster than QEMU ({})",
+            r.qemu_version.as_deref().unwrap_or("?")
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `snowflock bench`: benchmarks that print a table and can write JSON.
 
 mod boot;
+mod clone;
+mod plot;
 mod qemu;
 mod stats;
 
@@ -9,10 +11,14 @@ pub enum BenchCommand {
     /// Boot latency: VM create, first ring-3 instruction and whole
     /// `snowflock run hello`, against QEMU booting the same guest.
     Boot(boot::BootBenchArgs),
+    /// Clone latency and memory for N clones of 256 MiB / 1 GiB guests,
+    /// against fork() of a plain process with the same resident memory.
+    Clone(clone::CloneBenchArgs),
 }
 
 pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
     match c {
         BenchCommand::Boot(a) => boot::main(a),
+        BenchCommand::Clone(a) => clone::main(a),
     }
 }

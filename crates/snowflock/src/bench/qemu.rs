@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 pub const QEMU: &str = "qemu-system-x86_64";
 
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 /// The QEMU binary, installing Debian's `qemu-system-x86` if it is missing.
@@ -43,11 +47,28 @@ pub fn ensure_installed() -> anyhow::Result<PathBuf> {
 /// `isa-debug-exit` port so the guest's exit ends QEMU.
 pub fn command(qemu: &Path, elf: &Path, mem_mib: u64) -> Command {
     let mut c = Command::new(qemu);
-    c.args(["-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", "microvm", "-m"])
-        .arg(format!("{mem_mib}M"))
-        .args(["-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel"])
-        .arg(elf);
+    c.args([
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-M",
+        "microvm",
+        "-m",
+    ])
+    .arg(format!("{mem_mib}M"))
+    .args([
+        "-nographic",
+        "-nodefaults",
+        "-no-user-config",
+        "-serial",
+        "stdio",
+    ])
+    .args([
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+    ])
+    .arg(elf);
     c
 }
 
@@ -65,9 +86,13 @@ pub struct ProcessRun {
 /// Spawns `cmd`, timing its first stdout byte and its exit; kills it after
 /// `timeout`.
 pub fn time_process(mut cmd: Command, timeout: Duration) -> anyhow::Result<ProcessRun> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -91,12 +116,19 @@ pub fn time_process(mut cmd: Command, timeout: Duration) -> anyhow::Result<Proce
             unsafe { libc_kill(pid) };
         }
     });
-    let status = child.wait().context("waiting for the benchmarked process")?;
+    let status = child
+        .wait()
+        .context("waiting for the benchmarked process")?;
     let total = start.elapsed();
     let _ = cancel.send(());
     let _ = killer.join();
     let (first_output, stdout) = reader.join().expect("reader thread");
-    Ok(ProcessRun { first_output, total, status: status.code(), stdout })
+    Ok(ProcessRun {
+        first_output,
+        total,
+        status: status.code(),
+        stdout,
+    })
 }
 
 unsafe fn libc_kill(pid: u32) {

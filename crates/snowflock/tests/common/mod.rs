@@ -31,24 +31,41 @@ impl Run {
             "exit {:?} after {:.2?}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.code,
             self.elapsed,
-            if self.killed_after_limit { " (killed: time limit)" } else { "" },
+            if self.killed_after_limit {
+                " (killed: time limit)"
+            } else {
+                ""
+            },
             self.stdout,
             self.stderr
         )
     }
 
     pub fn assert_code(&self, want: i32) -> &Self {
-        assert_eq!(self.code, Some(want), "wrong exit status\n{}", self.describe());
+        assert_eq!(
+            self.code,
+            Some(want),
+            "wrong exit status\n{}",
+            self.describe()
+        );
         self
     }
 
     pub fn assert_stdout_has(&self, needle: &str) -> &Self {
-        assert!(self.stdout.contains(needle), "stdout lacks {needle:?}\n{}", self.describe());
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n{}",
+            self.describe()
+        );
         self
     }
 
     pub fn assert_stderr_has(&self, needle: &str) -> &Self {
-        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}\n{}", self.describe());
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.describe()
+        );
         self
     }
 
@@ -56,9 +73,18 @@ impl Run {
     /// input did. (A guest panic is reported as "guest panicked: ...", which
     /// is fine; a Rust panic of snowflock reads "thread '...' panicked at".)
     pub fn assert_no_host_panic(&self) -> &Self {
-        let host_panic = self.stderr.lines().any(|l| l.starts_with("thread '") && l.contains("panicked at"));
-        let hint = ["RUST_BACKTRACE", "stack backtrace"].iter().any(|h| self.stderr.contains(h));
-        assert!(!host_panic && !hint, "snowflock itself panicked\n{}", self.describe());
+        let host_panic = self
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("thread '") && l.contains("panicked at"));
+        let hint = ["RUST_BACKTRACE", "stack backtrace"]
+            .iter()
+            .any(|h| self.stderr.contains(h));
+        assert!(
+            !host_panic && !hint,
+            "snowflock itself panicked\n{}",
+            self.describe()
+        );
         self
     }
 
@@ -66,13 +92,34 @@ impl Run {
     /// contains every one of `needles`.
     pub fn assert_one_error_line(&self, needles: &[&str]) -> &Self {
         self.assert_code(1).assert_no_host_panic();
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "want exactly one line on stderr\n{}", self.describe());
-        assert!(lines[0].starts_with("error: "), "the stderr line does not start with \"error: \"\n{}", self.describe());
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "want exactly one line on stderr\n{}",
+            self.describe()
+        );
+        assert!(
+            lines[0].starts_with("error: "),
+            "the stderr line does not start with \"error: \"\n{}",
+            self.describe()
+        );
         for n in needles {
-            assert!(lines[0].contains(n), "the error line lacks {n:?}\n{}", self.describe());
+            assert!(
+                lines[0].contains(n),
+                "the error line lacks {n:?}\n{}",
+                self.describe()
+            );
         }
-        assert!(self.stdout.is_empty(), "nothing should reach stdout when the VM cannot start\n{}", self.describe());
+        assert!(
+            self.stdout.is_empty(),
+            "nothing should reach stdout when the VM cannot start\n{}",
+            self.describe()
+        );
         self
     }
 
@@ -80,8 +127,12 @@ impl Run {
     pub fn stderr_rip(&self) -> u64 {
         for key in ["rip 0x", "rip=0x"] {
             if let Some(i) = self.stderr.find(key) {
-                let hex: String = self.stderr[i + key.len()..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-                return u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("bad rip in\n{}", self.describe()));
+                let hex: String = self.stderr[i + key.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_hexdigit())
+                    .collect();
+                return u64::from_str_radix(&hex, 16)
+                    .unwrap_or_else(|_| panic!("bad rip in\n{}", self.describe()));
             }
         }
         panic!("no rip in stderr\n{}", self.describe())
@@ -90,9 +141,13 @@ impl Run {
 
 /// Runs `cmd` with stdin closed, capturing its output; kills it after `limit`.
 pub fn run_cmd(mut cmd: Command, limit: Duration) -> Run {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
     let pipe = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -115,7 +170,13 @@ pub fn run_cmd(mut cmd: Command, limit: Duration) -> Run {
         std::thread::sleep(Duration::from_millis(5));
     };
     let elapsed = start.elapsed();
-    Run { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap(), elapsed, killed_after_limit }
+    Run {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        elapsed,
+        killed_after_limit,
+    }
 }
 
 /// The longest any single `snowflock run` in these tests may take.
@@ -128,13 +189,18 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut c = Command::new(snowflock_bin());
-    c.args(args).env_remove("SNOWFLOCK_LOG").env_remove("RUST_BACKTRACE");
+    c.args(args)
+        .env_remove("SNOWFLOCK_LOG")
+        .env_remove("RUST_BACKTRACE");
     run_cmd(c, RUN_LIMIT)
 }
 
 /// A fresh temporary directory, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("snowflock-test-").tempdir().expect("cannot create a temporary directory")
+    tempfile::Builder::new()
+        .prefix("snowflock-test-")
+        .tempdir()
+        .expect("cannot create a temporary directory")
 }
 
 /// Writes `bytes` to `dir/name` and returns the path.
@@ -146,7 +212,9 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 /// One shipped guest's ELF bytes.
 pub fn shipped(name: &str) -> &'static [u8] {
-    sf_images::find(name).unwrap_or_else(|| panic!("guest {name} does not ship")).elf
+    sf_images::find(name)
+        .unwrap_or_else(|| panic!("guest {name} does not ship"))
+        .elf
 }
 
 // ---------------------------------------------------------------------------
@@ -189,7 +257,11 @@ impl Elf64 {
             machine: EM_X86_64,
             e_type: ET_EXEC,
             entry: LOAD_ADDR,
-            loads: vec![Load { paddr: LOAD_ADDR, data: code.to_vec(), memsz: code.len() as u64 }],
+            loads: vec![Load {
+                paddr: LOAD_ADDR,
+                data: code.to_vec(),
+                memsz: code.len() as u64,
+            }],
             pvh_entry: Some(LOAD_ADDR as u32),
         }
     }
@@ -227,7 +299,14 @@ impl Elf64 {
         f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
         assert_eq!(f.len(), EHDR);
 
-        let phdr = |f: &mut Vec<u8>, p_type: u32, flags: u32, off: u64, addr: u64, filesz: u64, memsz: u64, align: u64| {
+        let phdr = |f: &mut Vec<u8>,
+                    p_type: u32,
+                    flags: u32,
+                    off: u64,
+                    addr: u64,
+                    filesz: u64,
+                    memsz: u64,
+                    align: u64| {
             f.extend_from_slice(&p_type.to_le_bytes());
             f.extend_from_slice(&flags.to_le_bytes());
             for v in [off, addr, addr, filesz, memsz, align] {
@@ -237,11 +316,29 @@ impl Elf64 {
         let mut offsets = Vec::new();
         for l in &self.loads {
             offsets.push(data_off);
-            phdr(&mut f, PT_LOAD, 7, data_off as u64, l.paddr, l.data.len() as u64, l.memsz, 16);
+            phdr(
+                &mut f,
+                PT_LOAD,
+                7,
+                data_off as u64,
+                l.paddr,
+                l.data.len() as u64,
+                l.memsz,
+                16,
+            );
             data_off = (data_off + l.data.len()).next_multiple_of(16);
         }
         if self.pvh_entry.is_some() {
-            phdr(&mut f, PT_NOTE, 4, note_off as u64, 0, note.len() as u64, note.len() as u64, 4);
+            phdr(
+                &mut f,
+                PT_NOTE,
+                4,
+                note_off as u64,
+                0,
+                note.len() as u64,
+                note.len() as u64,
+                4,
+            );
         }
         assert_eq!(f.len(), note_off);
         f.extend_from_slice(&note);
@@ -272,7 +369,16 @@ pub fn elf32_exec() -> Vec<u8> {
     f.extend_from_slice(&0u16.to_le_bytes());
     f.extend_from_slice(&0u16.to_le_bytes());
     assert_eq!(f.len(), 52);
-    for v in [PT_LOAD, 84, LOAD_ADDR as u32, LOAD_ADDR as u32, code.len() as u32, code.len() as u32, 7, 4] {
+    for v in [
+        PT_LOAD,
+        84,
+        LOAD_ADDR as u32,
+        LOAD_ADDR as u32,
+        code.len() as u32,
+        code.len() as u32,
+        7,
+        4,
+    ] {
         f.extend_from_slice(&v.to_le_bytes());
     }
     f.extend_from_slice(&code);
@@ -285,7 +391,11 @@ pub fn bytes_at(elf: &[u8], addr: u64, len: usize) -> Option<&[u8]> {
     let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap());
     let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
-    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56) as usize);
+    let (phoff, phentsize, phnum) = (
+        u64_at(32) as usize,
+        u16_at(54) as usize,
+        u16_at(56) as usize,
+    );
     (0..phnum).map(|i| phoff + i * phentsize).find_map(|ph| {
         let (off, paddr, filesz) = (u64_at(ph + 8), u64_at(ph + 24), u64_at(ph + 32));
         (u32_at(ph) == PT_LOAD && addr >= paddr && addr + len as u64 <= paddr + filesz).then(|| {

@@ -1,0 +1,334 @@
+//! `snowflock bench clone`: how fast a VM forks, against the floor of
+//! `fork()`ing a plain process that holds the same resident memory.
+
+use super::stats::median;
+use anyhow::{bail, Context};
+use serde::Serialize;
+use sf_vmm::clone::process::{self, Forked};
+use sf_vmm::{GuestImage, Vm, VmConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct CloneBenchArgs {
+    /// Repetitions of each configuration (medians are reported).
+    #[arg(long, default_value_t = 9)]
+    runs: usize,
+    /// Guest RAM sizes in MiB, comma separated; all of it is touched before
+    /// the clone.
+    #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+    mem_mib: Vec<u64>,
+    /// Clone counts, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
+    clones: Vec<u32>,
+    /// Write the rows as JSON here, and the plot next to it (same name, .png).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Row {
+    pub mem_mib: u64,
+    pub clones: u32,
+    pub runs: usize,
+    /// Clone request to the parent's vCPU running again.
+    pub parent_resumed_ms_median: f64,
+    /// Clone request to the first clone's first vCPU entry.
+    pub first_clone_first_instr_ms_median: f64,
+    /// Clone request to the last clone's first vCPU entry.
+    pub clone_first_instr_ms_median: f64,
+    pub descriptor_bytes: usize,
+    /// Private (unshared) resident memory of one clone's process at its end.
+    pub extra_rss_per_clone_mib_median: f64,
+    /// fork() of a plain process with the same resident memory, until the
+    /// child runs.
+    pub fork_floor_ms_median: f64,
+    /// N such forks one after another, until the last child runs.
+    pub fork_floor_n_ms_median: f64,
+    /// clone_first_instr / (clones * fork_floor).
+    pub ratio_vs_floor: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    transparent_hugepages: String,
+    host_cpus: usize,
+    rows: Vec<Row>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mono_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Anonymous memory on transparent huge pages, all touched, like guest RAM.
+struct Resident {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Resident {
+    fn new(len: usize) -> anyhow::Result<Resident> {
+        // SAFETY: a fresh private anonymous mapping; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "cannot map {len} bytes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: the mapping just made; advice and writes stay inside it.
+        unsafe {
+            libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
+            std::ptr::write_bytes(ptr as *mut u8, 1, len);
+        }
+        Ok(Resident { ptr, len })
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Forks `n` children one after another; each writes its start time to a
+/// pipe and exits. Returns the time until the last child ran.
+fn fork_children(n: u32) -> anyhow::Result<f64> {
+    let (r, w) = process::pipe()?;
+    let t0 = mono_ns();
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        match process::fork()? {
+            Forked::Child => {
+                let _ = process::write_all(&w, &mono_ns().to_le_bytes());
+                process::exit_now(0);
+            }
+            Forked::Parent(pid) => pids.push(pid),
+        }
+    }
+    drop(w);
+    let bytes = process::read_all(&r, n as usize * 8)?;
+    for p in pids {
+        process::wait(p)?;
+    }
+    let last = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .max()
+        .unwrap_or(t0);
+    if bytes.len() != n as usize * 8 {
+        bail!("only {} of {n} forked children reported", bytes.len() / 8);
+    }
+    Ok((last.saturating_sub(t0)) as f64 / 1e6)
+}
+
+fn fork_floor(mem_mib: u64, n: u32, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let _mem = Resident::new((mem_mib << 20) as usize)?;
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        one.push(fork_children(1)?);
+        many.push(fork_children(n)?);
+    }
+    Ok((median(&one), median(&many)))
+}
+
+fn clone_runs(image: &GuestImage, mem_mib: u64, n: u32, runs: usize) -> anyhow::Result<Row> {
+    let cfg = VmConfig {
+        mem_size: mem_mib << 20,
+        cmdline: format!("touch n={n}"),
+        max_clones: n.max(sf_vmm::default_max_clones()),
+        timeout: Some(Duration::from_secs(120)),
+        ..Default::default()
+    };
+    let (mut resumed, mut first, mut last, mut private) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut descriptor_bytes = 0;
+    for _ in 0..runs {
+        let mut out = Vec::new();
+        let report = Vm::new(&cfg, image)?.run(&mut out)?;
+        let text = String::from_utf8_lossy(&out);
+        if report.outcome.exit_code() != 0 || !text.contains("joined, ok") {
+            bail!(
+                "the touch guest failed at {mem_mib} MiB x {n}: {} / {text}",
+                report.outcome
+            );
+        }
+        let t = report
+            .clones
+            .first()
+            .context("the guest made no clone call")?;
+        if t.granted != n {
+            bail!("asked for {n} clones, granted {}", t.granted);
+        }
+        let firsts: Vec<f64> = t
+            .clones
+            .iter()
+            .filter_map(|c| c.first_entry.map(ms))
+            .collect();
+        resumed.push(ms(t.request_to_resumed));
+        first.push(firsts.iter().copied().fold(f64::INFINITY, f64::min));
+        last.push(firsts.iter().copied().fold(0.0, f64::max));
+        private.extend(
+            t.clones
+                .iter()
+                .map(|c| c.private_bytes as f64 / (1 << 20) as f64),
+        );
+        descriptor_bytes = t.descriptor_bytes;
+    }
+    let (floor, floor_n) = fork_floor(mem_mib, n, runs)?;
+    let last_median = median(&last);
+    Ok(Row {
+        mem_mib,
+        clones: n,
+        runs,
+        parent_resumed_ms_median: median(&resumed),
+        first_clone_first_instr_ms_median: median(&first),
+        clone_first_instr_ms_median: last_median,
+        descriptor_bytes,
+        extra_rss_per_clone_mib_median: median(&private),
+        fork_floor_ms_median: floor,
+        fork_floor_n_ms_median: floor_n,
+        ratio_vs_floor: last_median / (n as f64 * floor),
+    })
+}
+
+pub fn main(a: CloneBenchArgs) -> anyhow::Result<u8> {
+    if a.runs == 0 || a.mem_mib.is_empty() || a.clones.is_empty() || a.clones.contains(&0) {
+        bail!("--runs, --mem-mib and --clones need positive values");
+    }
+    let image = GuestImage::from_bytes(
+        sf_images::find("forktest")
+            .expect("forktest ships")
+            .elf
+            .to_vec(),
+    )?;
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    eprintln!(
+        "bench clone: {} runs per row; transparent hugepages: {thp}",
+        a.runs
+    );
+    let mut rows = Vec::new();
+    for &mem in &a.mem_mib {
+        for &n in &a.clones {
+            let t = std::time::Instant::now();
+            let row = clone_runs(&image, mem, n, a.runs)?;
+            eprintln!(
+                "  {mem:>5} MiB x {n:>2} clones: done in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            rows.push(row);
+        }
+    }
+    print_table(&rows);
+    if let Some(path) = &a.json {
+        let res = Results {
+            transparent_hugepages: thp,
+            host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            rows,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&res)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let png = path.with_extension("png");
+        super::plot::write_png(&chart(&res.rows), &png)
+            .with_context(|| format!("cannot write {}", png.display()))?;
+        eprintln!("wrote {} and {}", path.display(), png.display());
+    }
+    Ok(0)
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("clone benchmark: medians; times from the clone request, ms");
+    println!(
+        "{:>7} {:>6} {:>9} {:>11} {:>11} {:>10} {:>12} {:>8} {:>9} {:>8}",
+        "mem MiB",
+        "clones",
+        "resumed",
+        "1st clone",
+        "last clone",
+        "fork floor",
+        "N x floor",
+        "ratio",
+        "desc B",
+        "MiB/clone"
+    );
+    for r in rows {
+        println!(
+            "{:>7} {:>6} {:>9.3} {:>11.3} {:>11.3} {:>10.3} {:>12.3} {:>8.2} {:>9} {:>8.2}",
+            r.mem_mib,
+            r.clones,
+            r.parent_resumed_ms_median,
+            r.first_clone_first_instr_ms_median,
+            r.clone_first_instr_ms_median,
+            r.fork_floor_ms_median,
+            r.clones as f64 * r.fork_floor_ms_median,
+            r.ratio_vs_floor,
+            r.descriptor_bytes,
+            r.extra_rss_per_clone_mib_median
+        );
+    }
+    println!("ratio = last clone's first instruction / (clones x fork floor); the goal is <= 1.5 at 1 clone, <= 2 at 32");
+}
+
+fn chart(rows: &[Row]) -> super::plot::Chart {
+    use super::plot::{Chart, Series};
+    let colors = [
+        [31, 119, 180],
+        [214, 39, 40],
+        [44, 160, 44],
+        [148, 103, 189],
+        [255, 127, 14],
+        [23, 190, 207],
+    ];
+    let mut series = Vec::new();
+    let mut mems: Vec<u64> = rows.iter().map(|r| r.mem_mib).collect();
+    mems.dedup();
+    for (i, m) in mems.iter().enumerate() {
+        let pts = |f: &dyn Fn(&Row) -> f64| {
+            rows.iter()
+                .filter(|r| r.mem_mib == *m)
+                .map(|r| (r.clones as f64, f(r)))
+                .collect()
+        };
+        series.push(Series {
+            name: format!("clones {m}M"),
+            rgb: colors[(2 * i) % colors.len()],
+            points: pts(&|r| r.clone_first_instr_ms_median),
+        });
+        series.push(Series {
+            name: format!("N*fork {m}M"),
+            rgb: colors[(2 * i + 1) % colors.len()],
+            points: pts(&|r| r.clones as f64 * r.fork_floor_ms_median),
+        });
+    }
+    Chart {
+        title: "VM clone latency vs number of clones".into(),
+        x_label: "clones".into(),
+        y_label: "ms from request".into(),
+        log_x: true,
+        series,
+    }
+}
