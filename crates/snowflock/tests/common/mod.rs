@@ -450,3 +450,5 @@ pub mod asm32 {
         c
     }
 }
+
+pub mod cluster;
