@@ -3,7 +3,9 @@
 //!
 //! [`Vm::new`] builds the VM from a [`VmConfig`] and a [`GuestImage`];
 //! [`Vm::run`] runs it to an [`Outcome`], streaming the guest's console to a
-//! writer, and returns a [`RunReport`] with timings.
+//! writer, and returns a [`RunReport`] with timings. [`remote`] holds the
+//! memory half of clones on other hosts: a page server and a
+//! userfaultfd-driven fetcher.
 
 mod boot;
 pub mod clone;
@@ -14,6 +16,7 @@ mod hypercall;
 pub mod image;
 pub mod memory;
 mod outcome;
+pub mod remote;
 mod serial;
 mod vcpu;
 mod vm;

@@ -1,0 +1,230 @@
+//! [`RemoteMemory`]: guest RAM whose pages come from a remote page server
+//! on first touch. The public face: attach, statistics, prefetch, failure
+//! state, and a clean stop. The fault handling itself is in
+//! [`super::handler`].
+
+use super::client::{PageClient, Timeouts};
+use super::error::RemoteError;
+use super::handler::{Command, Handler, Shared, Target};
+use super::uffd::Userfaultfd;
+use super::{GroupToken, PAGE_SIZE};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Called once, from the handler thread, when remote memory fails (the VMM
+/// kicks its vCPU out of the guest so the failure is noticed at once).
+pub type FailureCallback = Arc<dyn Fn(&RemoteError) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct FetchConfig {
+    /// Pages fetched for a fault that does not continue a scan (default 1).
+    pub min_window_pages: u32,
+    /// Largest readahead window (default 64; at most 512).
+    pub max_window_pages: u32,
+    /// Default 2 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for one answer (default 5 s).
+    pub request_timeout: Duration,
+    /// Whether a failed request gets one new connection and one retry
+    /// before remote memory is declared failed (default true).
+    pub reconnect: bool,
+    pub on_failure: Option<FailureCallback>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            min_window_pages: 1,
+            max_window_pages: 64,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            reconnect: true,
+            on_failure: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for FetchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchConfig")
+            .field("min_window_pages", &self.min_window_pages)
+            .field("max_window_pages", &self.max_window_pages)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("on_failure", &self.on_failure.is_some())
+            .finish()
+    }
+}
+
+impl FetchConfig {
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.connect_timeout,
+            request: self.request_timeout,
+        }
+    }
+}
+
+/// Counters since attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Page faults handled (one per faulting access the kernel reported).
+    pub faults: u64,
+    /// Pages received from the server, zero pages included.
+    pub pages_fetched: u64,
+    /// Of those, pages that came as a zero marker (no data on the wire).
+    pub zero_pages: u64,
+    /// Everything read from the server after the hello: headers, page maps
+    /// and data.
+    pub bytes_received: u64,
+    pub requests: u64,
+    pub reconnects: u64,
+    /// Pages present in the region (installed, or found there).
+    pub present_pages: u64,
+    /// From reading a fault event to its page being installed.
+    pub fault_latency_p50_us: u64,
+    pub fault_latency_p99_us: u64,
+}
+
+/// A region of this process whose missing pages are fetched from a page
+/// server on first touch, by one handler thread.
+pub struct RemoteMemory {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RemoteMemory {
+    /// Registers `[region_ptr, region_ptr + len)` with userfaultfd and starts
+    /// fetching its pages from `server`, which must serve exactly `len`
+    /// bytes to `token`.
+    ///
+    /// The region should be an untouched private anonymous mapping (the
+    /// clone's empty guest RAM) that outlives the `RemoteMemory`: pages
+    /// already present keep their local contents, and the kernel checks
+    /// every address this code passes it, so a bad range is an error, not
+    /// undefined behaviour. After a failure, or once dropped, pages not yet
+    /// fetched read as zeros.
+    pub fn attach(
+        region_ptr: *mut u8,
+        len: usize,
+        server: SocketAddr,
+        token: GroupToken,
+        cfg: FetchConfig,
+    ) -> Result<RemoteMemory, RemoteError> {
+        let base = region_ptr as u64;
+        let bad = |why| RemoteError::BadRegion {
+            addr: base,
+            len: len as u64,
+            why,
+        };
+        if len == 0 {
+            return Err(bad("empty"));
+        }
+        if !base.is_multiple_of(PAGE_SIZE as u64) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(bad("not page-aligned"));
+        }
+        let client = PageClient::connect(server, &token, cfg.timeouts())?;
+        if client.region_len() != len as u64 {
+            return Err(RemoteError::SizeMismatch {
+                server,
+                served: client.region_len(),
+                local: len as u64,
+            });
+        }
+        let uffd = Userfaultfd::new().map_err(|source| RemoteError::Uffd {
+            what: "open",
+            source,
+        })?;
+        uffd.register_missing(base, len as u64)
+            .map_err(|source| RemoteError::Uffd {
+                what: "register",
+                source,
+            })?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(|source| RemoteError::Uffd {
+            what: "eventfd",
+            source,
+        })?;
+        let shared = Arc::new(Shared::new(wake));
+        let (commands, rx) = mpsc::channel();
+        let target = Target {
+            uffd,
+            base,
+            len: len as u64,
+            server,
+            token,
+            client,
+        };
+        let handler = Handler::new(target, cfg, shared.clone(), rx);
+        let thread = std::thread::Builder::new()
+            .name("sf-remote-mem".into())
+            .spawn(move || handler.run())
+            .map_err(|source| RemoteError::Uffd {
+                what: "handler thread spawn",
+                source,
+            })?;
+        Ok(RemoteMemory {
+            shared,
+            commands,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stats(&self) -> FetchStats {
+        let c = &self.shared.counters;
+        let latency = self.shared.latency.lock().expect("latency lock");
+        FetchStats {
+            faults: c.faults.load(Relaxed),
+            pages_fetched: c.pages_fetched.load(Relaxed),
+            zero_pages: c.zero_pages.load(Relaxed),
+            bytes_received: c.bytes_received.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            reconnects: c.reconnects.load(Relaxed),
+            present_pages: c.present_pages.load(Relaxed),
+            fault_latency_p50_us: latency.quantile(0.50),
+            fault_latency_p99_us: latency.quantile(0.99),
+        }
+    }
+
+    /// Why remote memory failed, once it has: from then on missing pages
+    /// read as zeros.
+    pub fn failed(&self) -> Option<String> {
+        self.shared.failed.lock().expect("failed lock").clone()
+    }
+
+    /// Fetches every page not yet present, in maximal batches, while faults
+    /// keep being served first. Used before a remote clone forks: a child
+    /// does not inherit the userfaultfd registration, so it must find every
+    /// page in place.
+    pub fn prefetch_all(&self) -> Result<(), RemoteError> {
+        if let Some(why) = self.failed() {
+            return Err(RemoteError::Failed(why));
+        }
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::PrefetchAll(tx))?;
+        rx.recv().unwrap_or(Err(RemoteError::Stopped))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), RemoteError> {
+        self.commands.send(cmd).map_err(|_| RemoteError::Stopped)?;
+        self.shared.wake.write(1).map_err(|_| RemoteError::Stopped)
+    }
+}
+
+impl Drop for RemoteMemory {
+    /// Stops the handler thread (after the request in flight, if any) and
+    /// closes the userfaultfd, which ends the registration: threads still
+    /// waiting for a page are woken by the kernel and see zeros.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        let _ = self.shared.wake.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

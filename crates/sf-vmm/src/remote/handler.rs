@@ -1,0 +1,431 @@
+//! The fault handler thread of a [`super::RemoteMemory`]: reads fault
+//! events, fetches the faulting page and its readahead window in one
+//! request, installs the batch, and streams a prefetch between faults.
+//!
+//! It owns the connection and the presence bitmap outright, so neither needs
+//! a lock. Its one promise: no faulting thread stays blocked. A failed
+//! request is retried once on a new connection; after that the error is
+//! recorded, `on_failure` is called, the pending fault gets a zero page and
+//! the range is unregistered, which wakes every other waiter and turns
+//! later faults into ordinary zero-filled ones.
+
+use super::bitmap::PageBitmap;
+use super::client::{Batch, PageClient};
+use super::error::RemoteError;
+use super::fetcher::FetchConfig;
+use super::histogram::Histogram;
+use super::protocol::{Request, MAX_BATCH_PAGES};
+use super::readahead::Readahead;
+use super::uffd::{Event, Userfaultfd};
+use super::{GroupToken, PAGE_SIZE};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+use vmm_sys_util::eventfd::EventFd;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+#[derive(Default)]
+pub struct Counters {
+    pub faults: AtomicU64,
+    pub pages_fetched: AtomicU64,
+    pub zero_pages: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub requests: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub present_pages: AtomicU64,
+}
+
+/// What the handler thread and its [`super::RemoteMemory`] share.
+pub struct Shared {
+    pub counters: Counters,
+    pub latency: Mutex<Histogram>,
+    pub failed: Mutex<Option<String>>,
+    pub stop: AtomicBool,
+    /// Wakes the handler's poll for a command or a stop.
+    pub wake: EventFd,
+}
+
+impl Shared {
+    pub fn new(wake: EventFd) -> Shared {
+        Shared {
+            counters: Counters::default(),
+            latency: Mutex::new(Histogram::default()),
+            failed: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            wake,
+        }
+    }
+}
+
+pub enum Command {
+    PrefetchAll(mpsc::Sender<Result<(), RemoteError>>),
+}
+
+/// A prefetch of the whole region in progress.
+struct Prefetch {
+    /// No absent page lies before this one.
+    next: u64,
+    waiters: Vec<mpsc::Sender<Result<(), RemoteError>>>,
+}
+
+pub struct Handler {
+    uffd: Userfaultfd,
+    base: u64,
+    len: u64,
+    server: SocketAddr,
+    token: GroupToken,
+    /// `None` between a broken connection and the next attempt.
+    client: Option<PageClient>,
+    present: PageBitmap,
+    readahead: Readahead,
+    cfg: FetchConfig,
+    shared: std::sync::Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    prefetch: Option<Prefetch>,
+    /// Set once remote memory failed: faults get zero pages from then on.
+    degraded: bool,
+    /// Whether the range is still registered.
+    registered: bool,
+    /// The data pages of the batch being installed.
+    data: Vec<u8>,
+}
+
+/// Where a [`Handler`] fetches from and what it installs into.
+pub struct Target {
+    pub uffd: Userfaultfd,
+    pub base: u64,
+    pub len: u64,
+    pub server: SocketAddr,
+    pub token: GroupToken,
+    /// The connection `attach` made and checked.
+    pub client: PageClient,
+}
+
+impl Handler {
+    pub fn new(
+        t: Target,
+        cfg: FetchConfig,
+        shared: std::sync::Arc<Shared>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Handler {
+        Handler {
+            present: PageBitmap::new(t.len / PAGE),
+            readahead: Readahead::new(cfg.min_window_pages, cfg.max_window_pages),
+            uffd: t.uffd,
+            base: t.base,
+            len: t.len,
+            server: t.server,
+            token: t.token,
+            client: Some(t.client),
+            cfg,
+            shared,
+            commands,
+            prefetch: None,
+            degraded: false,
+            registered: true,
+            data: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        while !self.shared.stop.load(SeqCst) {
+            let prefetching = self.prefetch.is_some();
+            if let Err(e) = self.wait(prefetching) {
+                self.fail(RemoteError::Uffd {
+                    what: "poll",
+                    source: e,
+                });
+                break;
+            }
+            self.take_commands();
+            let mut faults = 0;
+            loop {
+                match self.uffd.read_event() {
+                    Ok(Some(Event::PageFault { address, write })) => {
+                        faults += 1;
+                        self.on_fault(address, write);
+                    }
+                    Ok(Some(Event::Other(_))) => {}
+                    Ok(None) => break,
+                    Err(source) => {
+                        self.fail(RemoteError::Uffd {
+                            what: "read",
+                            source,
+                        });
+                        break;
+                    }
+                }
+            }
+            // Faults first: a prefetch step only runs when none are waiting.
+            if faults == 0 {
+                self.prefetch_step();
+            }
+        }
+        if let Some(p) = self.prefetch.take() {
+            for w in p.waiters {
+                let _ = w.send(Err(RemoteError::Stopped));
+            }
+        }
+        // Dropping `self.uffd` closes it: the kernel ends the registration
+        // and wakes anything still waiting.
+    }
+
+    /// Waits for a fault or a command; does not block while a prefetch has
+    /// work to do.
+    fn wait(&self, prefetching: bool) -> std::io::Result<()> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.shared.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if prefetching { 0 } else { -1 };
+        // SAFETY: two valid pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        if fds[1].revents != 0 {
+            let _ = self.shared.wake.read();
+        }
+        Ok(())
+    }
+
+    fn take_commands(&mut self) {
+        while let Ok(Command::PrefetchAll(reply)) = self.commands.try_recv() {
+            if let Some(why) = self.failed_reason() {
+                let _ = reply.send(Err(RemoteError::Failed(why)));
+                continue;
+            }
+            self.prefetch
+                .get_or_insert(Prefetch {
+                    next: 0,
+                    waiters: Vec::new(),
+                })
+                .waiters
+                .push(reply);
+        }
+    }
+
+    fn failed_reason(&self) -> Option<String> {
+        self.shared.failed.lock().expect("failed lock").clone()
+    }
+
+    fn on_fault(&mut self, address: u64, write: bool) {
+        let start = Instant::now();
+        self.shared.counters.faults.fetch_add(1, Relaxed);
+        if address < self.base || address >= self.base + self.len {
+            return; // not ours: only this range is registered
+        }
+        let page = (address - self.base) / PAGE;
+        if self.degraded || self.present.get(page) {
+            // Degraded: zeros. Present: a stale event for a page an earlier
+            // batch brought (its thread was woken then), or a page dropped
+            // since (MADV_DONTNEED), which reads as zeros: either way a zero
+            // fill is right, finds the page if it is there, and wakes.
+            self.zero_fill(page);
+            return;
+        }
+        let window = self.readahead.on_fault(page);
+        let count = self.present.absent_run(page, u64::from(window));
+        match self.fetch_and_install(page, count, write) {
+            Ok(()) => {
+                self.readahead.fetched(page, count);
+                let us = start.elapsed().as_micros() as u64;
+                self.shared.latency.lock().expect("latency lock").record(us);
+            }
+            Err(e) => {
+                self.fail(e);
+                self.zero_fill(page);
+                self.unregister();
+            }
+        }
+    }
+
+    fn prefetch_step(&mut self) {
+        let Some(job) = self.prefetch.as_mut() else {
+            return;
+        };
+        let Some(first) = self.present.next_absent(job.next) else {
+            for w in self.prefetch.take().expect("job").waiters {
+                let _ = w.send(Ok(()));
+            }
+            return;
+        };
+        job.next = first;
+        let count = self.present.absent_run(first, u64::from(MAX_BATCH_PAGES));
+        if let Err(e) = self.fetch_and_install(first, count, false) {
+            self.fail(e);
+            self.unregister();
+        }
+    }
+
+    /// One request for `count` absent pages from `first`, installed with one
+    /// ioctl per run of data pages or zero pages. `write_fault`: `first`
+    /// faulted on a write.
+    fn fetch_and_install(
+        &mut self,
+        first: u64,
+        count: u64,
+        write_fault: bool,
+    ) -> Result<(), RemoteError> {
+        let req = Request {
+            offset: first * PAGE,
+            pages: count as u32,
+        };
+        let batch = self.request(req)?;
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        c.bytes_received
+            .fetch_add(batch.bytes_received as u64, Relaxed);
+        c.pages_fetched.fetch_add(count, Relaxed);
+        let mut data_at = 0;
+        for (run, pages, has_data) in batch.map.runs() {
+            let mut page = first + u64::from(run);
+            let mut pages = u64::from(pages);
+            if run == 0 && !has_data && write_fault {
+                // The shared zero page would cost the writer one more
+                // (copy-on-write) fault at once: give it a private zero page.
+                c.zero_pages.fetch_add(1, Relaxed);
+                self.mark_present(page, 1);
+                let dst = self.base + page * PAGE;
+                self.uffd
+                    .copy(dst, &ZERO_PAGE)
+                    .map_err(|source| RemoteError::Install {
+                        addr: dst,
+                        pages: 1,
+                        source,
+                    })?;
+                page += 1;
+                pages -= 1;
+                if pages == 0 {
+                    continue;
+                }
+            }
+            let dst = self.base + page * PAGE;
+            let len = pages * PAGE;
+            self.mark_present(page, pages);
+            let filled = if has_data {
+                let src = &self.data[data_at..data_at + len as usize];
+                data_at += len as usize;
+                self.uffd.copy(dst, src)
+            } else {
+                c.zero_pages.fetch_add(pages, Relaxed);
+                self.uffd.zero(dst, len)
+            };
+            filled.map_err(|source| RemoteError::Install {
+                addr: dst,
+                pages,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Marks pages present before they are installed: the install wakes
+    /// their waiters, who may read the statistics at once. (If it fails,
+    /// the range is given up anyway.)
+    fn mark_present(&mut self, first: u64, pages: u64) {
+        self.present.set_range(first, pages);
+        let count = self.present.count();
+        self.shared.counters.present_pages.store(count, Relaxed);
+    }
+
+    /// Sends `req`; a transport failure gets one new connection and one
+    /// retry (when configured) before it counts.
+    fn request(&mut self, req: Request) -> Result<Batch, RemoteError> {
+        match self.try_request(req) {
+            Err(first) if first.is_transport() && self.cfg.reconnect => {
+                tracing::warn!("remote memory: {first}; reconnecting once");
+                self.shared.counters.reconnects.fetch_add(1, Relaxed);
+                self.try_request(req).map_err(|retry| RemoteError::Retried {
+                    first: Box::new(first),
+                    retry: Box::new(retry),
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn try_request(&mut self, req: Request) -> Result<Batch, RemoteError> {
+        let client = match self.client.as_mut() {
+            Some(c) => c,
+            None => {
+                let c = PageClient::connect(self.server, &self.token, self.cfg.timeouts())?;
+                if c.region_len() != self.len {
+                    return Err(RemoteError::SizeMismatch {
+                        server: self.server,
+                        served: c.region_len(),
+                        local: self.len,
+                    });
+                }
+                self.client.insert(c)
+            }
+        };
+        self.shared.counters.requests.fetch_add(1, Relaxed);
+        let result = client.fetch(req, &mut self.data);
+        if result.is_err() {
+            // Whatever went wrong, the stream may be out of step.
+            self.client = None;
+        }
+        result
+    }
+
+    /// Records the failure and tells the VMM, once.
+    fn fail(&mut self, e: RemoteError) {
+        if self.degraded {
+            return;
+        }
+        self.degraded = true;
+        self.client = None;
+        let why = e.to_string();
+        tracing::error!("remote memory failed: {why}; missing pages now read as zeros");
+        *self.shared.failed.lock().expect("failed lock") = Some(why.clone());
+        if let Some(cb) = &self.cfg.on_failure {
+            // A panicking callback must not take the promise of "no thread
+            // stays blocked" down with this thread.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&e)));
+        }
+        if let Some(p) = self.prefetch.take() {
+            for w in p.waiters {
+                let _ = w.send(Err(RemoteError::Failed(why.clone())));
+            }
+        }
+    }
+
+    fn zero_fill(&mut self, page: u64) {
+        match self.uffd.zero(self.base + page * PAGE, PAGE) {
+            Ok(_) => self.mark_present(page, 1),
+            // After unregistering (ENOENT) the kernel has woken the thread
+            // already and its retry is an ordinary fault.
+            Err(e) => tracing::debug!("zero page at page {page}: {e}"),
+        }
+    }
+
+    /// Hands the range back to the kernel: every waiter is woken, and later
+    /// faults are ordinary zero-filled ones that need no handler.
+    fn unregister(&mut self) {
+        if !self.registered {
+            return;
+        }
+        match self.uffd.unregister(self.base, self.len) {
+            Ok(()) => self.registered = false,
+            Err(e) => tracing::warn!(
+                "remote memory: unregistering failed ({e}); zero-filling faults instead"
+            ),
+        }
+    }
+}

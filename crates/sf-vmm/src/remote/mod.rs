@@ -1,0 +1,39 @@
+//! Remote memory: the memory half of VM clones on another host.
+//!
+//! A clone host maps empty guest RAM, registers it with userfaultfd
+//! ([`uffd`]) and attaches a [`RemoteMemory`] ([`fetcher`]): one handler
+//! thread turns each fault into a batched request to the origin host's
+//! [`PageServer`] ([`server`]), which serves a frozen copy of the parent's
+//! guest RAM over TCP with the small versioned [`protocol`]. All-zero pages
+//! travel as a bit, never as 4 KiB of zeros, and sequential faults grow a
+//! readahead window ([`readahead`]) so a scan costs a few dozen round trips
+//! instead of one per page.
+//!
+//! Failure is contained: a dead or silent server never leaves a faulting
+//! thread blocked. The fetcher records why, calls the VMM's `on_failure`
+//! callback (to kick its vCPU) and lets every pending and later fault
+//! resolve to zeros.
+
+mod bitmap;
+mod client;
+mod error;
+pub mod fetcher;
+mod handler;
+mod histogram;
+pub mod protocol;
+pub mod readahead;
+mod region;
+pub mod server;
+pub mod uffd;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::RemoteError;
+pub use fetcher::{FailureCallback, FetchConfig, FetchStats, RemoteMemory};
+pub use protocol::{ProtocolError, RefuseReason, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION};
+pub use region::ServedRegion;
+pub use server::{PageServer, ServerHandle, ServerStats};
+
+/// The secret that admits a clone host to one clone group's pages.
+pub type GroupToken = [u8; 16];

@@ -1,0 +1,308 @@
+//! The page server: serves one memory region to the clone hosts of one
+//! clone group, a thread per connection, to whoever shows the group's token.
+//!
+//! In production it runs in its own process, a frozen forked copy of the
+//! parent VMM, so the region (the parent's guest RAM at the fork) never
+//! changes while it is served.
+
+use super::protocol::{
+    self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
+    REQUEST_LEN,
+};
+use super::region::ServedRegion;
+use super::GroupToken;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// How long a new connection may take to say hello: a peer that connects
+/// and says nothing must not hold a thread for ever.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one response may take to leave: a client that stops reading
+/// must not hold a thread for ever either.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are refused as busy.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// A snapshot of the server's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted (hello accepted).
+    pub connections: u64,
+    pub requests: u64,
+    /// Pages sent with data.
+    pub pages_sent: u64,
+    /// Pages answered as zero (no data sent).
+    pub zero_pages: u64,
+    pub bytes_sent: u64,
+    /// Refused hellos and refused requests.
+    pub refused: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    pages_sent: AtomicU64,
+    zero_pages: AtomicU64,
+    bytes_sent: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// State shared by the accept loop, the connection threads and the handles.
+struct Shared {
+    stop: AtomicBool,
+    wake: EventFd,
+    /// A second descriptor of the listening socket, so a handle can shut
+    /// it down (new connections refused at once) without racing on the fd.
+    listener: TcpListener,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    counters: Counters,
+}
+
+/// Stops a running [`PageServer`] and reads its counters from any thread.
+#[derive(Clone)]
+pub struct ServerHandle(Arc<Shared>);
+
+impl ServerHandle {
+    /// Stops serving as a crash would look to clients: new connections are
+    /// refused, open ones are closed, and `serve` returns once every
+    /// connection thread has finished.
+    pub fn stop(&self) {
+        let s = &self.0;
+        s.stop.store(true, SeqCst);
+        // SAFETY: shutdown(2) on a socket this struct owns; it does not
+        // close the fd. On a listening socket Linux stops listening, so new
+        // connections are refused instead of queueing unanswered.
+        unsafe { libc::shutdown(s.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        for c in s.conns.lock().expect("conns lock").values() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        let _ = s.wake.write(1);
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.0.counters;
+        ServerStats {
+            connections: c.connections.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            pages_sent: c.pages_sent.load(Relaxed),
+            zero_pages: c.zero_pages.load(Relaxed),
+            bytes_sent: c.bytes_sent.load(Relaxed),
+            refused: c.refused.load(Relaxed),
+        }
+    }
+}
+
+pub struct PageServer {
+    listener: TcpListener,
+    region: ServedRegion,
+    token: GroupToken,
+    max_connections: usize,
+    shared: Arc<Shared>,
+}
+
+impl PageServer {
+    /// Listens on `addr` (port 0: any free port) to serve `region` (whole
+    /// pages) to clients that show `token`. Returns the address bound.
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        region: ServedRegion,
+        token: GroupToken,
+    ) -> io::Result<(PageServer, SocketAddr)> {
+        if !region.len().is_multiple_of(PAGE_SIZE) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("served region of {} bytes is not whole pages", region.len()),
+            ));
+        }
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            listener: listener.try_clone()?,
+            conns: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        let server = PageServer {
+            listener,
+            region,
+            token,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shared,
+        };
+        Ok((server, local))
+    }
+
+    /// Caps the connections served at once (default 256).
+    pub fn with_max_connections(mut self, n: usize) -> PageServer {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle(self.shared.clone())
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        self.handle().stats()
+    }
+
+    /// Serves until [`ServerHandle::stop`]; returns after every connection
+    /// thread has ended, so the region is no longer read once it returns.
+    pub fn serve(&self) -> io::Result<()> {
+        std::thread::scope(|scope| {
+            let mut next_id = 0u64;
+            loop {
+                self.wait_for_connection()?;
+                if self.shared.stop.load(SeqCst) {
+                    return Ok(());
+                }
+                loop {
+                    let stream = match self.listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // Out of fds, aborted handshakes...: that client's
+                        // problem, not the server's.
+                        Err(e) => {
+                            tracing::debug!("page server accept: {e}");
+                            break;
+                        }
+                    };
+                    next_id += 1;
+                    let id = next_id;
+                    if !self.track(id, &stream) {
+                        return Ok(());
+                    }
+                    let busy =
+                        self.shared.conns.lock().expect("conns lock").len() > self.max_connections;
+                    std::thread::Builder::new()
+                        .name("sf-page-conn".into())
+                        .spawn_scoped(scope, move || {
+                            if let Err(e) = self.connection(&stream, busy) {
+                                tracing::debug!("page server connection ended: {e}");
+                            }
+                            self.shared.conns.lock().expect("conns lock").remove(&id);
+                        })?;
+                }
+            }
+        })
+    }
+
+    fn wait_for_connection(&self) -> io::Result<()> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.shared.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a connection so `stop` can close it; false if stopping.
+    fn track(&self, id: u64, stream: &TcpStream) -> bool {
+        let mut conns = self.shared.conns.lock().expect("conns lock");
+        // Checked under the lock `stop` takes after setting the flag: a
+        // connection is either seen by `stop` or sees the flag.
+        if self.shared.stop.load(SeqCst) {
+            return false;
+        }
+        if let Ok(c) = stream.try_clone() {
+            conns.insert(id, c);
+        }
+        true
+    }
+
+    fn connection(&self, stream: &TcpStream, busy: bool) -> io::Result<()> {
+        let counters = &self.shared.counters;
+        stream.set_nonblocking(false)?;
+        let _ = stream.set_nodelay(true);
+        stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let mut s = stream;
+        let mut hello = [0u8; HELLO_LEN];
+        s.read_exact(&mut hello)?;
+        let refuse = match Hello::decode(&hello) {
+            Err(_) => Some(RefuseReason::BadMagic),
+            Ok(h) if h.version != PROTOCOL_VERSION => Some(RefuseReason::UnsupportedVersion),
+            Ok(h) if !same_token(&h.token, &self.token) => Some(RefuseReason::BadToken),
+            Ok(_) if busy => Some(RefuseReason::Busy),
+            Ok(_) => None,
+        };
+        if let Some(reason) = refuse {
+            counters.refused.fetch_add(1, Relaxed);
+            let reply = HelloReply::Refuse {
+                version: PROTOCOL_VERSION,
+                reason,
+            };
+            s.write_all(&reply.encode())?;
+            return Ok(());
+        }
+        let reply = HelloReply::Accept {
+            version: PROTOCOL_VERSION,
+            region_len: self.region.len() as u64,
+        };
+        s.write_all(&reply.encode())?;
+        counters.connections.fetch_add(1, Relaxed);
+        // A clone host may go quiet for as long as its guest needs no new
+        // pages: no read timeout from here on.
+        stream.set_read_timeout(None)?;
+        let region = self.region.as_slice();
+        let mut buf = [0u8; REQUEST_LEN];
+        loop {
+            match s.read_exact(&mut buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let req = Request::decode(&buf);
+            counters.requests.fetch_add(1, Relaxed);
+            match req.check(region.len() as u64) {
+                Ok(()) => {
+                    let sent = protocol::write_pages(&mut s, &req, region)?;
+                    counters
+                        .pages_sent
+                        .fetch_add(u64::from(sent.data_pages), Relaxed);
+                    counters
+                        .zero_pages
+                        .fetch_add(u64::from(sent.zero_pages), Relaxed);
+                    counters.bytes_sent.fetch_add(sent.bytes as u64, Relaxed);
+                }
+                Err(reason) => {
+                    // Refused, and the stream stays in step: requests and
+                    // refusals are fixed-size frames.
+                    counters.refused.fetch_add(1, Relaxed);
+                    s.write_all(&protocol::encode_response_header(&req, Some(reason)))?;
+                }
+            }
+        }
+    }
+}
+
+/// Compares tokens in time independent of where they differ, so timing
+/// does not reveal how much of a guess was right.
+fn same_token(a: &GroupToken, b: &GroupToken) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

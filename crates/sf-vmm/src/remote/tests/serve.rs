@@ -1,0 +1,168 @@
+//! The server side: refusals, and staying up for everyone else.
+
+use super::*;
+use crate::remote::protocol::{
+    self, Hello, HelloReply, RefuseReason, Request, Response, HELLO_REPLY_LEN,
+};
+use crate::remote::{FetchConfig, RemoteMemory};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+fn hello(addr: SocketAddr, hello: &[u8]) -> (TcpStream, HelloReply) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(hello).unwrap();
+    let mut reply = [0u8; HELLO_REPLY_LEN];
+    s.read_exact(&mut reply).unwrap();
+    (s, HelloReply::decode(&reply).unwrap())
+}
+
+fn refused(reply: HelloReply) -> RefuseReason {
+    match reply {
+        HelloReply::Refuse { reason, .. } => reason,
+        other => panic!("accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_and_the_server_stays_up() {
+    let server = TestServer::start(pattern_region(REGION));
+    let (mut s, reply) = hello(server.addr, &Hello::new(TOKEN).encode());
+    assert_eq!(
+        reply,
+        HelloReply::Accept {
+            version: 1,
+            region_len: REGION as u64
+        }
+    );
+    let bad = [
+        (
+            Request {
+                offset: REGION as u64,
+                pages: 1,
+            },
+            RefuseReason::OutOfRange,
+        ),
+        (
+            Request {
+                offset: REGION as u64 - 4096,
+                pages: 2,
+            },
+            RefuseReason::OutOfRange,
+        ),
+        (
+            Request {
+                offset: u64::MAX - 4095,
+                pages: 512,
+            },
+            RefuseReason::OutOfRange,
+        ),
+        (
+            Request {
+                offset: 4097,
+                pages: 1,
+            },
+            RefuseReason::Unaligned,
+        ),
+        (
+            Request {
+                offset: 0,
+                pages: 0,
+            },
+            RefuseReason::BadPageCount,
+        ),
+        (
+            Request {
+                offset: 0,
+                pages: 513,
+            },
+            RefuseReason::BadPageCount,
+        ),
+        (
+            Request {
+                offset: 0,
+                pages: u32::MAX,
+            },
+            RefuseReason::BadPageCount,
+        ),
+    ];
+    let mut data = Vec::new();
+    for (req, reason) in bad {
+        s.write_all(&req.encode()).unwrap();
+        let (resp, _) = protocol::read_response(&mut s, &req, &mut data).unwrap();
+        assert_eq!(resp, Response::Refused(reason), "{req:?}");
+    }
+    // The same connection still works...
+    let req = Request {
+        offset: 8 * 4096,
+        pages: 4,
+    };
+    s.write_all(&req.encode()).unwrap();
+    let (resp, _) = protocol::read_response(&mut s, &req, &mut data).unwrap();
+    let Response::Pages(map) = resp else {
+        panic!("refused")
+    };
+    let data_pages: Vec<u64> = (8..12).filter(|&p| !zero_page(p)).collect();
+    assert_eq!(map.data_pages() as usize, data_pages.len());
+    for (bytes, &p) in data.chunks(PAGE_SIZE).zip(&data_pages) {
+        assert!(bytes.iter().enumerate().all(|(at, &b)| b == pattern(p, at)));
+    }
+    // ...and so does a new client.
+    let map = AnonMap::new(REGION);
+    let mem = RemoteMemory::attach(
+        map.ptr(),
+        REGION,
+        server.addr,
+        TOKEN,
+        FetchConfig::default(),
+    )
+    .unwrap();
+    let view = map.view();
+    assert!(bounded(Duration::from_secs(10), move || view.has_pattern(123)));
+    assert_eq!(mem.failed(), None);
+    let stats = server.handle.stats();
+    assert_eq!(stats.refused, 7);
+    assert_eq!(stats.connections, 2);
+}
+
+#[test]
+fn bad_hellos_are_refused_with_a_reason() {
+    let server = TestServer::start(pattern_region(PAGE_SIZE * 16));
+    let mut wrong_version = Hello::new(TOKEN);
+    wrong_version.version = 2;
+    let cases = [
+        (
+            Hello::new(*b"0123456789abcdef").encode(),
+            RefuseReason::BadToken,
+        ),
+        (wrong_version.encode(), RefuseReason::UnsupportedVersion),
+        ([0x47u8; 24], RefuseReason::BadMagic),
+    ];
+    for (bytes, reason) in cases {
+        let (mut s, reply) = hello(server.addr, &bytes);
+        assert_eq!(refused(reply), reason);
+        // Then the server hangs up.
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    }
+    // Garbage of every length, then hang-ups: the server shrugs them off.
+    let mut rng = XorShift(99);
+    for len in [0usize, 1, 5, 23, 24, 25, 40, 1000] {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let _ = s.write_all(&junk);
+    }
+    let (_s, reply) = hello(server.addr, &Hello::new(TOKEN).encode());
+    assert!(matches!(reply, HelloReply::Accept { region_len, .. } if region_len == 16 * 4096));
+    assert!(server.handle.stats().refused >= 3);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_as_busy() {
+    let server =
+        TestServer::start_with(pattern_region(PAGE_SIZE * 4), |s| s.with_max_connections(1));
+    let (_first, reply) = hello(server.addr, &Hello::new(TOKEN).encode());
+    assert!(matches!(reply, HelloReply::Accept { .. }));
+    let (_second, reply) = hello(server.addr, &Hello::new(TOKEN).encode());
+    assert_eq!(refused(reply), RefuseReason::Busy);
+}
