@@ -55,7 +55,7 @@ pub static IMAGES: &[Image] = &[
     image!(
         "forktest",
         Kind::Test,
-        "VM fork scenarios: basic crash kill nested entropy errors touch",
+        "VM fork scenarios: basic crash kill nested entropy errors touch slow scan",
         "forktest -- basic n=4"
     ),
     image!(

@@ -37,6 +37,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Descriptor(#[from] crate::descriptor::DescriptorError),
+    #[error("remote memory: {0}")]
+    Remote(String),
 }
 
 impl Error {

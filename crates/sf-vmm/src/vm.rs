@@ -33,6 +33,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Most clones this VM (and, separately, each clone) may have at once.
     pub max_clones: u32,
+    /// The host daemon, when clones may go to other hosts.
+    pub remote: Option<crate::clone::remote::RemoteLink>,
 }
 
 impl Default for VmConfig {
@@ -44,6 +46,7 @@ impl Default for VmConfig {
             boot: BootMode::Auto,
             cmdline: String::new(),
             max_clones: crate::clone::default_max_clones(),
+            remote: None,
         }
     }
 }
@@ -84,7 +87,12 @@ pub struct Vm {
     serial: LegacySerial,
     pub(crate) console: ConsoleSink,
     mode: BootMode,
-    timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) remote_link: Option<crate::clone::remote::RemoteLink>,
+    /// Guest RAM filled on demand from another host (a remote clone).
+    pub(crate) remote_memory: Option<crate::remote::RemoteMemory>,
+    /// Where a remote clone keeps its memory counters for the daemon.
+    pub(crate) stats_file: Option<std::path::PathBuf>,
     alarm: Option<Alarm>,
     deadline: Option<Instant>,
     pub(crate) started: Instant,
@@ -167,6 +175,9 @@ impl Vm {
             console: ConsoleSink::new(),
             mode,
             timeout: cfg.timeout,
+            remote_link: cfg.remote.clone(),
+            remote_memory: None,
+            stats_file: None,
             alarm: None,
             deadline: None,
             started,
@@ -182,6 +193,67 @@ impl Vm {
             pending_entry: None,
             first_entry: None,
         })
+    }
+
+    /// A VM resumed from a descriptor on RAM that fills itself from another
+    /// host (a remote clone).
+    pub(crate) fn from_descriptor(
+        desc: &crate::descriptor::VmDescriptor,
+        ram: GuestRam,
+        memory: crate::remote::RemoteMemory,
+        timeout: Option<Duration>,
+        max_clones: u32,
+        started: Instant,
+    ) -> Result<Vm, Error> {
+        crate::watchdog::install_handler().map_err(Error::Timer)?;
+        let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
+        let vm = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
+        register_ram(&vm, &ram)?;
+        let cpuid = Vcpu::supported_cpuid(&kvm)?;
+        let vcpu = Vcpu::new(&vm, &cpuid)?;
+        vcpu.restore(&desc.vcpu)?;
+        let create_vm = started.elapsed();
+        let tsc_khz = vcpu.fd.get_tsc_khz().ok().filter(|&k| k > 0);
+        let this = Vm {
+            kvm,
+            cpuid,
+            vm_fd: vm,
+            vcpu,
+            ram,
+            serial: LegacySerial::new(),
+            console: ConsoleSink::new(),
+            mode: BootMode::Direct,
+            timeout,
+            remote_link: None,
+            remote_memory: Some(memory),
+            stats_file: None,
+            alarm: None,
+            deadline: None,
+            started,
+            started_tsc: host_tsc(),
+            tsc_khz,
+            timings: Timings { create_vm, ..Default::default() },
+            clones: CloneHost::new(max_clones),
+            result: Vec::new(),
+            pending_entry: Some(started),
+            first_entry: None,
+        };
+        this.reseed();
+        Ok(this)
+    }
+
+    /// Makes every page of a remotely backed RAM present (before a fork: a
+    /// child does not inherit the on-demand filling).
+    pub(crate) fn fetch_all_memory(&self) -> Result<(), Error> {
+        match &self.remote_memory {
+            Some(m) => m.prefetch_all().map_err(|e| Error::Remote(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads this VM's remote-memory counters from another thread.
+    pub(crate) fn memory_stats_source(&self) -> crate::remote::StatsSource {
+        self.remote_memory.as_ref().map(|m| crate::remote::StatsSource::new(m.stats_handle())).unwrap_or_default()
     }
 
     pub(crate) fn register_ram(&self, vm: &VmFd) -> Result<(), Error> {
@@ -292,6 +364,10 @@ impl Vm {
                     write,
                     regs: self.vcpu.dump(),
                 }),
+                Exit::Interrupted if self.remote_memory.as_ref().is_some_and(|m| m.failed().is_some()) => {
+                    let why = self.remote_memory.as_ref().and_then(|m| m.failed()).unwrap_or_default();
+                    Some(Outcome::HostError { message: format!("guest memory could not be fetched from the origin: {why}") })
+                }
                 Exit::Interrupted => match self.deadline {
                     Some(d) if Instant::now() >= d => Some(Outcome::TimedOut {
                         after: self.timeout.unwrap_or_default(),

@@ -12,10 +12,15 @@ extern "C" fn on_alarm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_
 /// lands while the vCPU is outside KVM_RUN is followed by another.
 pub struct Alarm(libc::timer_t);
 
+/// Makes SIGALRM interrupt KVM_RUN instead of ending the process (also
+/// used by threads that kick the vCPU thread).
+pub fn install_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
 impl Alarm {
     pub fn arm(first: Duration, period: Duration) -> std::io::Result<Alarm> {
-        vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        install_handler()?;
         // SAFETY: sigevent is plain data; zero is a valid starting value.
         let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
         ev.sigev_notify = libc::SIGEV_THREAD_ID;

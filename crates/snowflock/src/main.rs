@@ -2,6 +2,7 @@
 //! the project, and benchmark.
 
 mod bench;
+mod daemon;
 mod demo;
 mod guests;
 mod run;
@@ -29,6 +30,16 @@ enum Command {
     /// Measure and compare (prints a table; --json writes the numbers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// List the VMs a daemon runs.
+    Vms(daemon::VmsArgs),
+    /// Kill a VM a daemon runs.
+    Kill(daemon::KillArgs),
+    /// A daemon's counters: VMs, clones received, memory fetched on demand.
+    Metrics(daemon::MetricsArgs),
+    /// Internal: run one clone received from another host (the daemon
+    /// starts this).
+    #[command(hide = true)]
+    CloneHost(daemon::CloneHostArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +56,10 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Guests(a) => guests::main(a),
         Command::Bench(b) => bench::main(b),
+        Command::Vms(a) => daemon::vms(a),
+        Command::Kill(a) => daemon::kill(a),
+        Command::Metrics(a) => daemon::metrics(a),
+        Command::CloneHost(a) => daemon::clone_host(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

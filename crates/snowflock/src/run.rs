@@ -27,6 +27,23 @@ impl From<Boot> for BootMode {
     }
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PlacementArg {
+    /// Spread clones over this host and the daemon's peers.
+    Spread,
+    /// Keep every clone on this host.
+    Local,
+}
+
+impl From<PlacementArg> for sf_api::Placement {
+    fn from(p: PlacementArg) -> sf_api::Placement {
+        match p {
+            PlacementArg::Spread => sf_api::Placement::Spread,
+            PlacementArg::Local => sf_api::Placement::Local,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 #[command(after_long_help = "\
 GUEST is the name of a shipped guest (see `snowflock guests`) or the path of a
@@ -65,6 +82,23 @@ pub struct RunArgs {
     /// Print where the time went (VM create, first instruction, total) on stderr.
     #[arg(long)]
     timings: bool,
+    /// Run the VM under the daemon listening on this Unix socket (clones
+    /// may then go to its peer hosts) and follow its console.
+    #[arg(long, value_name = "SOCKET")]
+    daemon: Option<std::path::PathBuf>,
+    /// With --daemon: where the VM's clones may go.
+    #[arg(long, value_enum, default_value = "spread")]
+    placement: PlacementArg,
+    /// With --daemon: largest batch, in 4 KiB pages, a clone on another
+    /// host fetches per fault (1 = no prefetch; default 64).
+    #[arg(long, value_name = "PAGES")]
+    prefetch_window: Option<u32>,
+    /// Internal: the daemon that started this VMM (for clone placement).
+    #[arg(long, value_name = "SOCKET", hide = true)]
+    control_socket: Option<std::path::PathBuf>,
+    /// Internal: the address other hosts reach this one at.
+    #[arg(long, value_name = "IP", hide = true)]
+    advertise: Option<std::net::IpAddr>,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -85,6 +119,9 @@ pub fn load_image(guest: &str) -> anyhow::Result<GuestImage> {
 }
 
 pub fn main(a: RunArgs) -> anyhow::Result<u8> {
+    if let Some(sock) = &a.daemon {
+        return crate::daemon::run_remote(sock, &a.guest, &a.args, a.mem, a.timeout, a.max_clones, a.placement.into(), a.prefetch_window);
+    }
     let image = load_image(&a.guest)?;
     let cfg = VmConfig {
         mem_size: a.mem,
@@ -93,6 +130,12 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         boot: a.boot.into(),
         cmdline: a.args.join(" "),
         max_clones: a.max_clones.unwrap_or_else(sf_vmm::default_max_clones),
+        remote: a.control_socket.map(|s| sf_vmm::clone::remote::RemoteLink {
+            control: sf_api::Endpoint::Unix(s),
+            advertise: a.advertise.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            placement: a.placement.into(),
+            prefetch_window: a.prefetch_window,
+        }),
     };
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
     let stdout = std::io::stdout();

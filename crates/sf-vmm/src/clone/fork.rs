@@ -1,25 +1,29 @@
-//! The clone, join and kill hypercalls, on the parent's side and in the
-//! spawner and clone processes.
+//! The clone, join and kill hypercalls: the parent's side, the first child
+//! (which forks the other local clones and the memory holder), and the start
+//! of each local clone.
 
 use super::process::{self, Forked};
+use super::remote::{self, RemoteGroup, RemotePlan};
 use super::report::{classify, CloneReport, REPORT_MAX};
 use super::tickets::TicketState;
-use super::{CloneHost, CloneSummary, CloneTimeline, Group, Role};
+use super::{CloneHost, CloneSummary, CloneTimeline, Group, Reporter, Role};
 use crate::descriptor::{MemorySource, VmDescriptor};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 use crate::Error;
 use sf_abi::clone::{encode_entry, CloneStatus, Entry, RESULT_MAX};
 use sf_abi::hypercall::Error as HcError;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A hypercall's effect on the vCPU.
 pub enum HcReturn {
     /// Put this in `rax` and resume.
     Value(u64),
-    /// The vCPU was rebuilt with its registers already set (a new clone).
+    /// The vCPU's registers are already set (a new clone, or the parent
+    /// after a clone).
     AlreadySet,
 }
 
@@ -31,6 +35,21 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Clone { what, source: e }
 }
 
+/// What the first child tells the parent once it has forked the rest.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct SpawnReport {
+    /// PIDs of local clones after the first, in `local_ids` order (0: the
+    /// fork failed).
+    pids: Vec<i32>,
+    holder: Option<i32>,
+}
+
+/// The processes the first child must make, in order; it becomes the last.
+enum Job {
+    Holder,
+    Clone { id: u32, report: OwnedFd },
+}
+
 impl Vm {
     pub(crate) fn ticket_request(&mut self, n: u64) -> u64 {
         match self.clones.tickets.request(n) {
@@ -39,11 +58,7 @@ impl Vm {
         }
     }
 
-    pub(crate) fn clone_vm(
-        &mut self,
-        ticket: u32,
-        console: &mut dyn Write,
-    ) -> Result<HcReturn, Error> {
+    pub(crate) fn clone_vm(&mut self, ticket: u32, console: &mut dyn Write) -> Result<HcReturn, Error> {
         let granted = match self.clones.tickets.reserved(ticket) {
             Ok(g) => g,
             Err(e) => return err(e),
@@ -53,31 +68,66 @@ impl Vm {
         // state is after the instruction (some KVMs advance RIP only then).
         self.vcpu.complete_pending_io()?;
         let state = self.vcpu.capture()?;
-        let descriptor = VmDescriptor {
-            mem_size: self.ram.size(),
-            vcpu: state,
-            memory: MemorySource::Inherited,
+        let descriptor = VmDescriptor { mem_size: self.ram.size(), vcpu: state, memory: MemorySource::Inherited }.encode();
+
+        let hosts = match &self.remote_link {
+            Some(link) => remote::place(link, granted),
+            None => vec![None; granted as usize],
+        };
+        let local_ids: Vec<u32> = (1..=granted).filter(|&id| hosts[id as usize - 1].is_none()).collect();
+        let mut by_peer: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (i, h) in hosts.iter().enumerate() {
+            if let Some(peer) = h {
+                by_peer.entry(peer.clone()).or_default().push(i as u32 + 1);
+            }
         }
-        .encode();
+        let remote_ids: Vec<u32> = by_peer.values().flatten().copied().collect();
+        let plan = match (&self.remote_link, by_peer.is_empty()) {
+            (Some(link), false) => {
+                // A clone's RAM may be remote too; the holder serves a full copy.
+                self.fetch_all_memory()?;
+                let p = RemotePlan::new(link, by_peer, &descriptor, self.ram.size(), self.timeout, self.clones.max_clones, &self.clones.path)
+                    .map_err(io("opening the clone group's sockets"))?;
+                Some(p)
+            }
+            _ => None,
+        };
+        if !local_ids.is_empty() {
+            self.fetch_all_memory()?;
+        }
         console.flush().map_err(Error::Console)?;
 
         let (pids_r, pids_w) = process::pipe().map_err(io("creating a pipe"))?;
-        let mut read_ends = Vec::with_capacity(granted as usize);
-        let mut write_ends = Vec::with_capacity(granted as usize);
-        for _ in 0..granted {
+        let mut read_ends = Vec::with_capacity(local_ids.len());
+        let mut jobs = Vec::with_capacity(local_ids.len() + 1);
+        if plan.is_some() {
+            jobs.push(Job::Holder);
+        }
+        for &id in &local_ids {
             let (r, w) = process::pipe().map_err(io("creating a pipe"))?;
             read_ends.push(r);
-            write_ends.push(w);
+            jobs.push(Job::Clone { id, report: w });
+        }
+        // The first child becomes the first local clone if there is one, so
+        // it goes last in the job list.
+        if let Some(pos) = jobs.iter().position(|j| matches!(j, Job::Clone { .. })) {
+            let first = jobs.remove(pos);
+            jobs.push(first);
         }
         let parent = process::getpid();
-        match process::fork().map_err(io("forking clone 1"))? {
+        match process::fork().map_err(io("forking the first clone"))? {
             Forked::Parent(first) => {
-                drop((pids_w, write_ends));
+                drop((pids_w, jobs));
+                let remote = match plan {
+                    Some(p) => Some(RemoteGroup::new(p.reports, p.token, remote_ids, request).map_err(io("listening for clone reports"))?),
+                    None => None,
+                };
                 let timeline = self.clones.timelines.len();
                 self.clones.timelines.push(CloneTimeline {
                     ticket,
                     granted,
                     descriptor_bytes: descriptor.len(),
+                    remote_clones: remote.as_ref().map_or(0, |r| r.ids.len() as u32),
                     requested_at: request.duration_since(self.started),
                     request_to_resumed: request.elapsed(),
                     request_to_joined: None,
@@ -88,21 +138,18 @@ impl Vm {
                     first,
                     pid_pipe: Some(pids_r),
                     pids: Vec::new(),
-                    reaped: vec![false; granted as usize],
+                    holder: None,
+                    reaped: vec![false; local_ids.len()],
+                    local_ids,
                     results: read_ends,
+                    remote,
                     killed: false,
                     request,
                     timeline,
                 };
                 self.clones.tickets.set(ticket, TicketState::Cloned(group));
                 self.reseed();
-                tracing::debug!(
-                    ticket,
-                    granted,
-                    first,
-                    descriptor = descriptor.len(),
-                    "clones forked"
-                );
+                tracing::debug!(ticket, granted, first, descriptor = descriptor.len(), "clones forked");
                 self.vcpu.set_rax(0)?;
                 Ok(HcReturn::AlreadySet)
             }
@@ -111,85 +158,80 @@ impl Vm {
                 if !process::die_with_parent(parent) {
                     process::exit_now(1);
                 }
-                self.spawn_siblings(granted, &descriptor, write_ends, pids_w, parent, request)
+                self.spawn_jobs(jobs, plan, &descriptor, pids_w, parent, request)
             }
         }
     }
 
-    /// In clone 1: fork clones 2..N as siblings, tell the parent their PIDs,
-    /// then become clone 1. Returns inside a clone whose vCPU is ready.
-    fn spawn_siblings(
+    /// In the first child: fork all jobs but the last as siblings, tell the
+    /// parent their PIDs, then do the last job here. Returns only inside a
+    /// clone whose vCPU is ready to run.
+    fn spawn_jobs(
         &mut self,
-        granted: u32,
+        mut jobs: Vec<Job>,
+        mut plan: Option<RemotePlan>,
         descriptor: &[u8],
-        mut write_ends: Vec<OwnedFd>,
         pids_w: OwnedFd,
         parent: i32,
         request: Instant,
     ) -> Result<HcReturn, Error> {
-        let mut pids = Vec::with_capacity(granted as usize - 1);
-        for id in 2..=granted {
+        let last = jobs.pop().expect("at least one job");
+        let mut report = SpawnReport::default();
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
             match process::fork_sibling() {
                 Ok(Forked::Child) => {
                     if !process::die_with_parent(parent) {
                         process::exit_now(1);
                     }
-                    let report = write_ends.swap_remove(id as usize - 1);
-                    drop((write_ends, pids_w));
-                    return self.start_clone(id, descriptor, report, request);
+                    drop((pids_w, jobs, last));
+                    return self.do_job(job, plan.take(), descriptor, request);
                 }
-                Ok(Forked::Parent(pid)) => pids.push(pid),
+                Ok(Forked::Parent(pid)) => match job {
+                    Job::Holder => report.holder = Some(pid),
+                    Job::Clone { .. } => report.pids.push(pid),
+                },
                 Err(e) => {
-                    eprintln!("snowflock: forking clone {id} failed: {e}");
-                    pids.push(0);
+                    eprintln!("snowflock: forking a clone process failed: {e}");
+                    if let Job::Clone { .. } = job {
+                        report.pids.push(0);
+                    }
                 }
             }
         }
-        let bytes: Vec<u8> = pids.iter().flat_map(|p| p.to_le_bytes()).collect();
-        let _ = process::write_all(&pids_w, &bytes);
-        let report = write_ends.swap_remove(0);
-        drop((write_ends, pids_w));
-        self.start_clone(1, descriptor, report, request)
+        if let Job::Holder = last {
+            report.holder = Some(process::getpid());
+        }
+        let _ = process::write_all(&pids_w, &bincode::serialize(&report).expect("serializes"));
+        drop(pids_w);
+        self.do_job(last, plan, descriptor, request)
     }
 
-    fn start_clone(
-        &mut self,
-        id: u32,
-        descriptor: &[u8],
-        report: OwnedFd,
-        request: Instant,
-    ) -> Result<HcReturn, Error> {
-        if let Err(e) = self.become_clone(id, descriptor, report, request) {
-            eprintln!("snowflock: clone {id} could not start: {e}");
-            process::exit_now(3);
+    fn do_job(&mut self, job: Job, plan: Option<RemotePlan>, descriptor: &[u8], request: Instant) -> Result<HcReturn, Error> {
+        match job {
+            Job::Holder => remote::run_holder(plan.expect("a holder job comes with a plan"), &self.ram),
+            Job::Clone { id, report } => {
+                drop(plan);
+                if let Err(e) = self.become_clone(id, descriptor, Reporter::Pipe(report), request) {
+                    eprintln!("snowflock: clone {id} could not start: {e}");
+                    process::exit_now(3);
+                }
+                Ok(HcReturn::AlreadySet)
+            }
         }
-        Ok(HcReturn::AlreadySet)
     }
 
     /// In a new clone process: a fresh KVM VM on the inherited RAM, built
     /// from the descriptor alone (the same path a remote host takes).
-    fn become_clone(
-        &mut self,
-        id: u32,
-        descriptor: &[u8],
-        report: OwnedFd,
-        request: Instant,
-    ) -> Result<(), Error> {
+    fn become_clone(&mut self, id: u32, descriptor: &[u8], reporter: Reporter, request: Instant) -> Result<(), Error> {
         let mut desc = VmDescriptor::decode(descriptor)?;
         desc.vcpu.regs.rax = id as u64;
-        let path = if self.clones.path.is_empty() {
-            id.to_string()
-        } else {
-            format!("{}.{id}", self.clones.path)
-        };
+        let path = if self.clones.path.is_empty() { id.to_string() } else { format!("{}.{id}", self.clones.path) };
         // Drops (closes) everything inherited from the parent's other tickets.
         self.clones = CloneHost::new(self.clones.max_clones);
         self.clones.path = path.clone();
-        self.clones.role = Role::Clone { id, report };
-        let vm_fd = self
-            .kvm
-            .create_vm()
-            .map_err(Error::kvm("creating the clone VM"))?;
+        self.clones.role = Role::Clone { id, reporter };
+        let vm_fd = self.kvm.create_vm().map_err(Error::kvm("creating the clone VM"))?;
         self.register_ram(&vm_fd)?;
         let vcpu = Vcpu::new(&vm_fd, &self.cpuid)?;
         vcpu.restore(&desc.vcpu)?;
@@ -210,32 +252,22 @@ impl Vm {
             TicketState::Joined { record, .. } => return Ok(HcReturn::Value(record.len() as u64)),
             TicketState::Reserved { granted } => {
                 // Never cloned: joining releases the reservation.
-                *state = TicketState::Joined {
-                    granted: *granted,
-                    record: Vec::new(),
-                };
+                *state = TicketState::Joined { granted: *granted, record: Vec::new() };
                 return Ok(HcReturn::Value(0));
             }
             TicketState::Cloned(g) => g,
         };
-        let (record, summaries) = collect(group)?;
+        let (record, summaries) = collect(group);
         let (granted, timeline, request) = (group.granted, group.timeline, group.request);
         let t = &mut self.clones.timelines[timeline];
         t.request_to_joined = Some(request.elapsed());
         t.clones = summaries;
         let len = record.len() as u64;
-        self.clones
-            .tickets
-            .set(ticket, TicketState::Joined { granted, record });
+        self.clones.tickets.set(ticket, TicketState::Joined { granted, record });
         Ok(HcReturn::Value(len))
     }
 
-    pub(crate) fn join_fetch(
-        &mut self,
-        ticket: u32,
-        buf: u64,
-        cap: u64,
-    ) -> Result<HcReturn, Error> {
+    pub(crate) fn join_fetch(&mut self, ticket: u32, buf: u64, cap: u64) -> Result<HcReturn, Error> {
         let record = match self.clones.tickets.get_mut(ticket) {
             Err(e) => return err(e),
             Ok(TicketState::Joined { record, .. }) => record,
@@ -264,16 +296,23 @@ impl Vm {
     pub(crate) fn kill_unjoined(&mut self) {
         for g in self.clones.tickets.groups_mut() {
             kill_group(g);
+            if let Some(h) = read_spawn_report(g).holder {
+                let _ = process::kill(h);
+            }
         }
     }
 
     /// In a clone process at the end of its run: report and exit.
     pub(crate) fn finish_clone(&mut self, outcome: &crate::Outcome) -> ! {
         self.kill_unjoined();
-        let Role::Clone { id, report } = &self.clones.role else {
+        let Role::Clone { id, reporter } = &mut self.clones.role else {
             unreachable!("finish_clone runs only in clone processes")
         };
         let (rss_bytes, private_bytes) = process::memory_usage();
+        let memory = self.remote_memory.as_ref().map(|m| crate::remote::api_stats(&m.stats()));
+        if let (Some(path), Some(m)) = (&self.stats_file, &memory) {
+            let _ = std::fs::write(path, serde_json::to_vec(m).unwrap_or_default());
+        }
         let r = CloneReport {
             id: *id,
             outcome: outcome.clone(),
@@ -281,29 +320,26 @@ impl Vm {
             first_entry_us: self.first_entry.map_or(0, |d| d.as_micros() as u64),
             rss_bytes,
             private_bytes,
+            memory,
         };
-        let code = if process::write_all(report, &r.encode()).is_ok() {
-            0
-        } else {
-            4
-        };
+        let code = if reporter.send(&r.encode()).is_ok() { 0 } else { 4 };
         process::exit_now(code)
     }
 }
 
-/// The PIDs of all clones of the group, by `id - 1` (0: never forked).
-fn pids(g: &mut Group) -> &[i32] {
+/// The first child's report (read once, lazily): local PIDs and the holder.
+fn read_spawn_report(g: &mut Group) -> SpawnReport {
     if let Some(fd) = g.pid_pipe.take() {
-        let want = (g.granted as usize - 1) * 4;
-        let raw = process::read_all(&fd, want).unwrap_or_default();
-        g.pids = std::iter::once(g.first)
-            .chain((0..g.granted as usize - 1).map(|i| {
-                raw.get(i * 4..i * 4 + 4)
-                    .map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
-            }))
-            .collect();
+        let raw = process::read_all(&fd, 64 << 10).unwrap_or_default();
+        let rep: SpawnReport = bincode::deserialize(&raw).unwrap_or_default();
+        let n = g.local_ids.len();
+        g.pids = match n {
+            0 => Vec::new(),
+            _ => std::iter::once(g.first).chain((0..n - 1).map(|i| rep.pids.get(i).copied().unwrap_or(0))).collect(),
+        };
+        g.holder = if n == 0 { Some(g.first) } else { rep.holder };
     }
-    &g.pids
+    SpawnReport { pids: g.pids.clone(), holder: g.holder }
 }
 
 /// Kills every clone that has not reported yet (their own clones die with
@@ -314,11 +350,15 @@ fn kill_group(g: &mut Group) -> u32 {
     }
     g.killed = true;
     let running: Vec<bool> = g.results.iter().map(|fd| !pipe_ready(fd)).collect();
+    let pids = read_spawn_report(g).pids;
     let mut killed = 0;
-    for (i, pid) in pids(g).iter().enumerate() {
+    for (i, pid) in pids.iter().enumerate() {
         if running[i] && *pid > 0 && process::kill(*pid).is_ok() {
             killed += 1;
         }
+    }
+    if let Some(r) = g.remote.as_mut() {
+        killed += r.kill();
     }
     killed
 }
@@ -326,82 +366,90 @@ fn kill_group(g: &mut Group) -> u32 {
 /// Whether a report pipe has data or its writer is gone (the clone ended).
 fn pipe_ready(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, zero timeout.
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
+/// One clone's line in the join record, before encoding.
+struct Joined {
+    status: CloneStatus,
+    code: i32,
+    detail: String,
+    result: Vec<u8>,
+    report: Option<CloneReport>,
+}
+
+fn from_report(r: CloneReport) -> Joined {
+    let (status, code, detail) = classify(&r.outcome);
+    let result = if r.result.len() <= RESULT_MAX { r.result.clone() } else { Vec::new() };
+    Joined { status, code, detail, result, report: Some(r) }
+}
+
+fn failed(status: CloneStatus, detail: String) -> Joined {
+    Joined { status, code: -1, detail, result: Vec::new(), report: None }
+}
+
 /// Waits for every clone of the group and builds the join record.
-fn collect(g: &mut Group) -> Result<(Vec<u8>, Vec<CloneSummary>), Error> {
-    let mut reports = Vec::with_capacity(g.results.len());
-    for fd in &g.results {
-        let bytes = process::read_all(fd, REPORT_MAX).unwrap_or_default();
-        reports.push(CloneReport::decode(&bytes));
-    }
-    let pids = pids(g).to_vec();
-    let mut record = Vec::new();
-    let mut summaries = Vec::with_capacity(reports.len());
+fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
+    let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
+    let reports: Vec<Option<CloneReport>> =
+        g.results.iter().map(|fd| CloneReport::decode(&process::read_all(fd, REPORT_MAX).unwrap_or_default())).collect();
+    let spawn = read_spawn_report(g);
     for (i, report) in reports.into_iter().enumerate() {
-        let id = i as u32 + 1;
-        let status = match pids.get(i) {
-            Some(&pid) if pid > 0 && !g.reaped[i] => {
-                g.reaped[i] = true;
-                process::wait(pid).ok()
-            }
-            _ => None,
+        let id = g.local_ids[i];
+        let pid = spawn.pids.get(i).copied().unwrap_or(0);
+        let status = if pid > 0 && !g.reaped[i] {
+            g.reaped[i] = true;
+            process::wait(pid).ok()
+        } else {
+            None
         };
-        let (status, code, detail, result, s) = match report {
-            Some(r) if r.id == id && r.result.len() <= RESULT_MAX => {
-                let (status, code, detail) = classify(&r.outcome);
-                (
-                    status,
-                    code,
-                    detail,
-                    r.result,
-                    Some((r.first_entry_us, r.rss_bytes, r.private_bytes)),
-                )
-            }
-            _ if g.killed => (
-                CloneStatus::Killed,
-                -1,
-                "killed by the parent's kill".to_string(),
-                Vec::new(),
-                None,
+        let j = match report {
+            Some(r) if r.id == id => from_report(r),
+            _ if g.killed => failed(CloneStatus::Killed, "killed by the parent's kill".into()),
+            _ => failed(
+                CloneStatus::Lost,
+                match (pid, status) {
+                    (0, _) => "the host could not fork this clone".into(),
+                    (_, Some(st)) => format!("the clone's VMM process ended without a report ({st})"),
+                    (_, None) => "the clone's VMM process vanished without a report".into(),
+                },
             ),
-            _ => {
-                let why = match (pids.get(i), status) {
-                    (Some(0) | None, _) => "the host could not fork this clone".to_string(),
-                    (_, Some(st)) => {
-                        format!("the clone's VMM process ended without a report ({st})")
-                    }
-                    (_, None) => "the clone's VMM process vanished without a report".to_string(),
-                };
-                (CloneStatus::Lost, -1, why, Vec::new(), None)
-            }
         };
-        encode_entry(
-            &mut record,
-            &Entry {
-                id,
-                status,
-                code,
-                result: &result,
-                detail: detail.as_bytes(),
-            },
-        );
+        joined.insert(id, j);
+    }
+    if let Some(r) = g.remote.as_mut() {
+        r.collect();
+        for &id in &r.ids.clone() {
+            let j = match r.reports.remove(&id) {
+                Some(rep) => from_report(rep),
+                None if g.killed => failed(CloneStatus::Killed, "killed by the parent's kill".into()),
+                None => failed(CloneStatus::Lost, r.lost.remove(&id).unwrap_or_else(|| "no report".into())),
+            };
+            joined.insert(id, j);
+        }
+    }
+    if let Some(h) = spawn.holder {
+        let _ = process::kill(h);
+        let _ = process::wait(h);
+    }
+    let mut record = Vec::new();
+    let mut summaries = Vec::with_capacity(joined.len());
+    for (id, j) in joined {
+        encode_entry(&mut record, &Entry { id, status: j.status, code: j.code, result: &j.result, detail: j.detail.as_bytes() });
+        let r = j.report.as_ref();
         summaries.push(CloneSummary {
             id,
-            status,
-            code,
-            detail,
-            first_entry: s.map(|s| std::time::Duration::from_micros(s.0)),
-            rss_bytes: s.map_or(0, |s| s.1),
-            private_bytes: s.map_or(0, |s| s.2),
+            status: j.status,
+            code: j.code,
+            detail: j.detail.clone(),
+            remote: g.remote.as_ref().is_some_and(|rg| rg.ids.contains(&id)),
+            first_entry: r.map(|r| Duration::from_micros(r.first_entry_us)),
+            rss_bytes: r.map_or(0, |r| r.rss_bytes),
+            private_bytes: r.map_or(0, |r| r.private_bytes),
+            memory: r.and_then(|r| r.memory.clone()),
         });
     }
-    Ok((record, summaries))
+    (record, summaries)
 }

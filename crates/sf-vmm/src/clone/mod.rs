@@ -13,11 +13,15 @@
 //! no clone outlives the VM that made it.
 
 pub(crate) mod fork;
+pub mod host;
 pub mod process;
+pub mod remote;
 pub mod report;
 pub mod tickets;
+pub mod wire;
 
 use sf_abi::clone::CloneStatus;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 use tickets::Tickets;
@@ -32,16 +36,22 @@ pub fn default_max_clones() -> u32 {
 /// The running clones of one ticket, from the parent's side.
 pub struct Group {
     pub granted: u32,
-    /// Clone 1, which forked the others.
+    /// Clone IDs running on this host, in the order their PIDs are known.
+    pub local_ids: Vec<u32>,
+    /// The first child: the first local clone, or else the memory holder.
     pub first: i32,
-    /// Where clone 1 sends the PIDs of clones 2..N (read once, lazily).
+    /// Where the first child reports the other PIDs (read once, lazily).
     pub pid_pipe: Option<OwnedFd>,
-    /// PIDs by `id - 1`, once known; 0 for a clone that could not be forked.
+    /// PIDs of the local clones (aligned with `local_ids`; 0: fork failed).
     pub pids: Vec<i32>,
-    /// Which clones have been waited for.
+    /// The process serving this group's frozen memory to remote clones.
+    pub holder: Option<i32>,
+    /// Which local clones have been waited for.
     pub reaped: Vec<bool>,
-    /// One report pipe per clone, index `id - 1`.
+    /// One report pipe per local clone, aligned with `local_ids`.
     pub results: Vec<OwnedFd>,
+    /// Clones on other hosts.
+    pub remote: Option<remote::RemoteGroup>,
     pub killed: bool,
     pub request: Instant,
     /// Index into the VM's clone timelines.
@@ -54,8 +64,28 @@ pub enum Role {
     Clone {
         id: u32,
         /// Where the clone reports its end.
-        report: OwnedFd,
+        reporter: Reporter,
     },
+}
+
+/// A clone's line back to its parent: a pipe on the same host, a TCP
+/// connection from another host.
+pub enum Reporter {
+    Pipe(OwnedFd),
+    Tcp(std::sync::Arc<std::sync::Mutex<std::net::TcpStream>>),
+}
+
+impl Reporter {
+    pub fn send(&mut self, report: &[u8]) -> std::io::Result<()> {
+        match self {
+            Reporter::Pipe(fd) => process::write_all(fd, report),
+            Reporter::Tcp(s) => {
+                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+                wire::Frame::Report(report.to_vec()).write_to(&mut *s)?;
+                s.flush()
+            }
+        }
+    }
 }
 
 /// What the parent saw of one clone, for timelines and demos.
@@ -65,6 +95,10 @@ pub struct CloneSummary {
     pub status: CloneStatus,
     pub code: i32,
     pub detail: String,
+    /// It ran on another host.
+    pub remote: bool,
+    /// Memory fetched on demand (remote clones).
+    pub memory: Option<sf_api::FetchStats>,
     /// From the clone request to this clone's first vCPU entry.
     pub first_entry: Option<Duration>,
     pub rss_bytes: u64,
@@ -77,6 +111,8 @@ pub struct CloneTimeline {
     pub ticket: u32,
     pub granted: u32,
     pub descriptor_bytes: usize,
+    /// How many of the clones went to other hosts.
+    pub remote_clones: u32,
     /// From the run's start to the clone request.
     pub requested_at: Duration,
     /// Request to the parent's vCPU running again.

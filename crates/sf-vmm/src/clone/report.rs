@@ -19,6 +19,8 @@ pub struct CloneReport {
     /// This clone process's resident and private memory at its end.
     pub rss_bytes: u64,
     pub private_bytes: u64,
+    /// Memory fetched on demand, for a clone on another host.
+    pub memory: Option<sf_api::FetchStats>,
 }
 
 impl CloneReport {
@@ -78,6 +80,7 @@ mod tests {
             first_entry_us: 1500,
             rss_bytes: 1 << 20,
             private_bytes: 4096,
+            memory: None,
         };
         let d = CloneReport::decode(&r.encode()).unwrap();
         assert_eq!(

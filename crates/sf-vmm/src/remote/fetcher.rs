@@ -91,6 +91,29 @@ pub struct FetchStats {
     pub fault_latency_p99_us: u64,
 }
 
+/// Reads a [`RemoteMemory`]'s counters from another thread (e.g. one that
+/// publishes them while the vCPU thread waits on a page).
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl StatsHandle {
+    pub fn stats(&self) -> FetchStats {
+        let c = &self.0.counters;
+        let latency = self.0.latency.lock().expect("latency lock");
+        FetchStats {
+            faults: c.faults.load(Relaxed),
+            pages_fetched: c.pages_fetched.load(Relaxed),
+            zero_pages: c.zero_pages.load(Relaxed),
+            bytes_received: c.bytes_received.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            reconnects: c.reconnects.load(Relaxed),
+            present_pages: c.present_pages.load(Relaxed),
+            fault_latency_p50_us: latency.quantile(0.50),
+            fault_latency_p99_us: latency.quantile(0.99),
+        }
+    }
+}
+
 /// A region of this process whose missing pages are fetched from a page
 /// server on first touch, by one handler thread.
 pub struct RemoteMemory {
@@ -176,19 +199,12 @@ impl RemoteMemory {
     }
 
     pub fn stats(&self) -> FetchStats {
-        let c = &self.shared.counters;
-        let latency = self.shared.latency.lock().expect("latency lock");
-        FetchStats {
-            faults: c.faults.load(Relaxed),
-            pages_fetched: c.pages_fetched.load(Relaxed),
-            zero_pages: c.zero_pages.load(Relaxed),
-            bytes_received: c.bytes_received.load(Relaxed),
-            requests: c.requests.load(Relaxed),
-            reconnects: c.reconnects.load(Relaxed),
-            present_pages: c.present_pages.load(Relaxed),
-            fault_latency_p50_us: latency.quantile(0.50),
-            fault_latency_p99_us: latency.quantile(0.99),
-        }
+        self.stats_handle().stats()
+    }
+
+    /// A handle that reads the counters from any thread.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
     }
 
     /// Why remote memory failed, once it has: from then on missing pages

@@ -25,12 +25,14 @@ pub mod readahead;
 mod region;
 pub mod server;
 pub mod uffd;
+mod vmm;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::RemoteError;
-pub use fetcher::{FailureCallback, FetchConfig, FetchStats, RemoteMemory};
+pub use fetcher::{FailureCallback, FetchConfig, FetchStats, RemoteMemory, StatsHandle};
+pub use vmm::{api_stats, current_thread_kicker, serve_frozen, StatsSource, ThreadKicker};
 pub use protocol::{ProtocolError, RefuseReason, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION};
 pub use region::ServedRegion;
 pub use server::{PageServer, ServerHandle, ServerStats};

@@ -122,8 +122,20 @@ impl PageServer {
             ));
         }
         let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
+        Ok((PageServer::from_listener(listener, region, token)?, local))
+    }
+
+    /// Serves `region` on a listener made earlier (the VMM opens it before
+    /// forking the memory holder, so the address is known in advance).
+    pub fn from_listener(listener: TcpListener, region: ServedRegion, token: GroupToken) -> io::Result<PageServer> {
+        if region.len() % PAGE_SIZE != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("served region of {} bytes is not whole pages", region.len()),
+            ));
+        }
+        listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK)?,
@@ -131,14 +143,13 @@ impl PageServer {
             conns: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
-        let server = PageServer {
+        Ok(PageServer {
             listener,
             region,
             token,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shared,
-        };
-        Ok((server, local))
+        })
     }
 
     /// Caps the connections served at once (default 256).

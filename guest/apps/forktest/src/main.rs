@@ -13,6 +13,12 @@
 //!   result: each gets its error code.
 //! - `touch`: touch all of the heap, clone n=N clones that exit at once,
 //!   join (for the clone benchmark).
+//! - `slow n=3 ms=2000`: clones busy-wait, then exit with their ID; the
+//!   parent prints what `join` says of each (for failure tests).
+//! - `scan n=2 mib=64 ms=3000`: the parent fills a buffer; each clone reads
+//!   it back slowly (one page per step, spread over `ms`) and returns a
+//!   checksum the parent verifies (memory served on demand, and what
+//!   happens when the server goes away).
 #![no_std]
 #![no_main]
 
@@ -274,6 +280,63 @@ fn touch() {
     sf_guest::exit(if ok { 0 } else { 1 })
 }
 
+fn busy_wait_ms(ms: u64) {
+    let until = sf_guest::time::now_ns() + ms * 1_000_000;
+    while sf_guest::time::now_ns() < until {
+        core::hint::spin_loop();
+    }
+}
+
+fn print_results(rs: &[clone::CloneResult]) {
+    for r in rs {
+        println!("clone {} -> {:?} code {} result {:?} detail {:?}", r.id, r.status, r.code, words(&r.result), r.detail);
+    }
+}
+
+fn slow(c: &mut Check) {
+    let (n, ms) = (arg_u64("n", 3), arg_u64("ms", 2000));
+    let t = ticket(n);
+    let id = fork(&t);
+    if id != 0 {
+        busy_wait_ms(ms);
+        done_in_clone(0, &bytes(&[id as u64]));
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    print_results(&rs);
+    check!(c, rs.len() == t.granted() as usize, "every clone accounted for");
+}
+
+fn scan(c: &mut Check) {
+    let (n, mib, ms) = (arg_u64("n", 2), arg_u64("mib", 64), arg_u64("ms", 3000));
+    let words_per_page = 512;
+    let pages = (mib << 20) / 4096;
+    let mut buf: Vec<u64> = Vec::with_capacity((pages * words_per_page) as usize);
+    for i in 0..pages * words_per_page {
+        buf.push(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    }
+    let expect: u64 = (0..pages).map(|p| buf[(p * words_per_page) as usize]).fold(0, u64::wrapping_add);
+    let t = ticket(n);
+    let id = fork(&t);
+    if id != 0 {
+        let step_ns = ms * 1_000_000 / pages.max(1);
+        let mut sum = 0u64;
+        for p in 0..pages {
+            let until = sf_guest::time::now_ns() + step_ns;
+            sum = sum.wrapping_add(buf[(p * words_per_page) as usize]);
+            while sf_guest::time::now_ns() < until {}
+        }
+        done_in_clone(0, &bytes(&[id as u64, sum]));
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    print_results(&rs);
+    for r in &rs {
+        if r.status == CloneStatus::Exited {
+            check!(c, words(&r.result) == [r.id as u64, expect], "clone {} read back the parent's memory", r.id);
+        }
+    }
+    check!(c, rs.len() == t.granted() as usize, "every clone accounted for");
+}
+
 fn main() -> i32 {
     let scenario = env::args().next().unwrap_or("");
     let mut c = Check { failures: 0 };
@@ -285,6 +348,8 @@ fn main() -> i32 {
         "entropy" => entropy(&mut c),
         "errors" => errors(&mut c),
         "touch" => touch(),
+        "slow" => slow(&mut c),
+        "scan" => scan(&mut c),
         _ => {
             println!("forktest: unknown scenario {scenario:?}; see the source for the list");
             return 2;

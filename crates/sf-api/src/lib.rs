@@ -1,0 +1,12 @@
+//! The SnowFlock daemon's API, shared by the daemon (server side), the CLI
+//! and VMM processes (client side). Every endpoint takes and returns JSON;
+//! see the README for the list.
+
+pub mod client;
+mod types;
+
+pub use client::{Client, ClientError, Endpoint};
+pub use types::*;
+
+/// Version prefix of every path.
+pub const PREFIX: &str = "/v1";

@@ -1,0 +1,194 @@
+//! Request and response bodies.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a VM's clones may go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Spread evenly over this host and its peers.
+    #[default]
+    Spread,
+    /// Keep every clone on this host.
+    Local,
+}
+
+/// `POST /v1/vms`: boot a VM.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateVm {
+    /// A shipped guest's name or a path on the daemon's host.
+    pub guest: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Guest RAM, e.g. "256M" (default 256M).
+    #[serde(default)]
+    pub mem: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_clones: Option<u32>,
+    #[serde(default)]
+    pub placement: Placement,
+    /// Readahead limit for its remote clones (pages; 1 = none).
+    #[serde(default)]
+    pub prefetch_window: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmKind {
+    /// Booted from an image.
+    Vm,
+    /// A clone received from another host.
+    Clone,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub kind: VmKind,
+    /// Guest image, or the origin for a clone.
+    pub guest: String,
+    pub pid: u32,
+    /// "running" or "exited".
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub clone_id: Option<u32>,
+    pub started_unix_ms: u64,
+}
+
+/// `GET /v1/vms/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmDetail {
+    pub info: VmInfo,
+    /// The guest's console so far (at most the last 64 KiB).
+    pub console: String,
+    /// The VMM's own messages (stderr), at most the last 16 KiB.
+    pub log: String,
+    pub memory: Option<FetchStats>,
+}
+
+/// Memory-on-demand counters of one remote clone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FetchStats {
+    pub faults: u64,
+    pub pages_fetched: u64,
+    pub zero_pages: u64,
+    pub bytes_received: u64,
+    pub requests: u64,
+    pub fault_latency_p50_us: u64,
+    pub fault_latency_p99_us: u64,
+}
+
+/// `GET /v1/metrics`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    pub host: String,
+    pub peers: Vec<String>,
+    pub vms_running: u32,
+    pub vms_total: u32,
+    pub clones_received: u32,
+    pub clones: Vec<CloneMetrics>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloneMetrics {
+    pub vm: String,
+    pub clone_id: u32,
+    pub state: String,
+    pub memory: FetchStats,
+}
+
+/// `POST /v1/placement`: where should `clones` clones of a VM here go?
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlacementRequest {
+    pub clones: u32,
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementResponse {
+    /// One entry per clone ID (1-based, in order): `None` keeps the clone
+    /// on this host, `Some(addr)` sends it to that peer daemon.
+    pub hosts: Vec<Option<String>>,
+}
+
+/// `POST /v1/clones`: start clones of a VM that runs on another host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloneRequest {
+    /// The VM descriptor (versioned, checksummed), hex encoded.
+    pub descriptor_hex: String,
+    pub mem_size: u64,
+    /// The origin's page server, "ip:port".
+    pub memory_server: String,
+    /// Where each clone reports its end, "ip:port".
+    pub report_to: String,
+    /// Shared secret of this clone group, 32 hex digits.
+    pub token_hex: String,
+    /// Clone IDs to start here.
+    pub ids: Vec<u32>,
+    pub timeout_ms: Option<u64>,
+    pub max_clones: u32,
+    /// Clone path of the parent ("" for a root VM), for console prefixes.
+    pub parent_path: String,
+    /// Largest readahead batch in pages (default: the fetcher's, 64);
+    /// 1 turns prefetching off.
+    #[serde(default)]
+    pub prefetch_window: Option<u32>,
+    /// When the parent asked to clone (Unix time, ns), so the clone can
+    /// report its start latency (meaningful where host clocks agree).
+    #[serde(default)]
+    pub requested_unix_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloneAccepted {
+    pub vms: Vec<String>,
+}
+
+/// Any error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub version: String,
+    pub host: String,
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of a hex string; `None` if it is not hex of even length.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+        assert_eq!(from_hex("é1"), None);
+    }
+
+    #[test]
+    fn create_vm_defaults_are_filled_in() {
+        let v: CreateVm = serde_json::from_str(r#"{"guest":"hello"}"#).unwrap();
+        assert_eq!((v.placement, v.args.len(), v.mem), (Placement::Spread, 0, None));
+    }
+}

@@ -1,0 +1,135 @@
+//! A clone that runs on this host for a VM on another host: empty guest RAM
+//! filled on demand from the origin's memory holder, a VM built from the
+//! descriptor, heartbeats and the final report over one TCP connection to
+//! the origin.
+
+use super::remote::HEARTBEAT_EVERY;
+use super::report::CloneReport;
+use super::wire::Frame;
+use super::{CloneHost, Reporter, Role};
+use crate::descriptor::VmDescriptor;
+use crate::memory::GuestRam;
+use crate::remote::{FetchConfig, RemoteMemory};
+use crate::vm::Vm;
+use crate::{Error, Outcome};
+use sf_api::CloneRequest;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("clone request is malformed: {0}")]
+    Request(String),
+    #[error("cannot reach the origin at {addr}: {source}")]
+    Origin {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn parse(req: &CloneRequest) -> Result<([u8; 16], SocketAddr, SocketAddr, Vec<u8>), HostError> {
+    let token: [u8; 16] = sf_api::from_hex(&req.token_hex)
+        .and_then(|t| t.try_into().ok())
+        .ok_or_else(|| HostError::Request("token_hex is not 32 hex digits".into()))?;
+    let mem = req.memory_server.parse().map_err(|_| HostError::Request(format!("memory_server {:?} is not ip:port", req.memory_server)))?;
+    let rep = req.report_to.parse().map_err(|_| HostError::Request(format!("report_to {:?} is not ip:port", req.report_to)))?;
+    let desc = sf_api::from_hex(&req.descriptor_hex).ok_or_else(|| HostError::Request("descriptor_hex is not hex".into()))?;
+    Ok((token, mem, rep, desc))
+}
+
+/// Runs clone `id` of `req` to its end; returns the process exit code. The
+/// guest console goes to `console`; memory counters are written to `stats`
+/// (JSON) every heartbeat and at the end.
+pub fn run(req: &CloneRequest, id: u32, stats: Option<&Path>, console: &mut dyn Write) -> Result<i32, HostError> {
+    // Latencies count from the parent's request where the clocks allow.
+    let since_request = req.requested_unix_ns.map(|t| Duration::from_nanos(super::remote::unix_ns().saturating_sub(t)));
+    let start = since_request.and_then(|d| Instant::now().checked_sub(d)).unwrap_or_else(Instant::now);
+    let (token, mem_addr, report_addr, desc_bytes) = parse(req)?;
+    let stream = TcpStream::connect_timeout(&report_addr, Duration::from_secs(5))
+        .map_err(|source| HostError::Origin { addr: report_addr.to_string(), source })?;
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(Mutex::new(stream));
+    {
+        let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
+        Frame::Hello { token, id }.write_to(&mut *s).map_err(|source| HostError::Origin { addr: report_addr.to_string(), source })?;
+    }
+    let mut reporter = Reporter::Tcp(conn.clone());
+    let report_failure = |reporter: &mut Reporter, outcome: Outcome| {
+        let r = CloneReport { id, outcome, result: Vec::new(), first_entry_us: 0, rss_bytes: 0, private_bytes: 0, memory: None };
+        let _ = reporter.send(&r.encode());
+    };
+    let desc = match VmDescriptor::decode(&desc_bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("snowflock: clone {id}: {e}");
+            report_failure(&mut reporter, Outcome::HostError { message: e.to_string() });
+            return Ok(1);
+        }
+    };
+    let vm = build(req, id, desc, token, mem_addr, start).map(|mut vm| {
+        vm.clones.role = Role::Clone { id, reporter: Reporter::Tcp(conn.clone()) };
+        vm.stats_file = stats.map(Path::to_path_buf);
+        vm
+    });
+    let mut vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("snowflock: clone {id} could not start: {e}");
+            report_failure(&mut reporter, Outcome::HostError { message: e.to_string() });
+            return Ok(1);
+        }
+    };
+    spawn_heartbeats(conn, vm.memory_stats_source(), stats.map(Path::to_path_buf));
+    // Never returns: a clone reports and exits at its end.
+    match vm.run(console) {
+        Ok(_) | Err(_) => unreachable!("a clone's run ends its process"),
+    }
+}
+
+fn build(req: &CloneRequest, id: u32, mut desc: VmDescriptor, token: [u8; 16], mem_addr: SocketAddr, start: Instant) -> Result<Vm, Error> {
+    desc.vcpu.regs.rax = id as u64;
+    let ram = GuestRam::new(desc.mem_size)?;
+    let vcpu_thread = crate::remote::current_thread_kicker();
+    let mut cfg = FetchConfig { on_failure: Some(std::sync::Arc::new(move |_: &crate::remote::RemoteError| vcpu_thread.kick())), ..FetchConfig::default() };
+    if let Some(w) = req.prefetch_window {
+        cfg.max_window_pages = w.clamp(1, crate::remote::MAX_BATCH_PAGES);
+    }
+    let memory = RemoteMemory::attach(ram.host_base() as *mut u8, ram.size() as usize, mem_addr, token, cfg)
+        .map_err(|e| Error::Remote(e.to_string()))?;
+    let path = if req.parent_path.is_empty() { id.to_string() } else { format!("{}.{id}", req.parent_path) };
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+    let mut vm = Vm::from_descriptor(&desc, ram, memory, timeout, req.max_clones, start)?;
+    vm.clones = CloneHost::new(req.max_clones);
+    vm.clones.path = path.clone();
+    vm.console.set_prefix(format!("[clone {path}] "));
+    Ok(vm)
+}
+
+/// Heartbeats to the origin (and kill orders from it), plus the counters
+/// file for the daemon, from a thread of their own: the vCPU thread may be
+/// blocked on a page that is still on its way.
+fn spawn_heartbeats(conn: Arc<Mutex<TcpStream>>, stats: crate::remote::StatsSource, stats_path: Option<std::path::PathBuf>) {
+    let reader = conn.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
+    if let Ok(mut r) = reader {
+        std::thread::spawn(move || {
+            // Anything from the origin is a kill order (or its death).
+            let _ = Frame::read_from(&mut r);
+            eprintln!("snowflock: the origin ended this clone (kill, or the connection closed)");
+            super::process::exit_now(137);
+        });
+    }
+    std::thread::spawn(move || loop {
+        std::thread::sleep(HEARTBEAT_EVERY);
+        if let Some(p) = &stats_path {
+            let _ = std::fs::write(p, serde_json::to_vec(&stats.get()).unwrap_or_default());
+        }
+        let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
+        if Frame::Heartbeat.write_to(&mut *s).is_err() {
+            return;
+        }
+    });
+}

@@ -1,0 +1,302 @@
+//! Clones on other hosts, from the origin's side: where clones go (the
+//! local daemon decides), the frozen-memory holder that starts them on their
+//! hosts and then serves their pages, and the listener that collects their
+//! reports and notices when they or their hosts are gone.
+
+use super::report::CloneReport;
+use super::wire::Frame;
+use crate::memory::GuestRam;
+use sf_api::{Client, CloneRequest, Endpoint, Placement, PlacementRequest, PlacementResponse};
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How a VM reaches its host daemon, for clones on other hosts.
+#[derive(Clone, Debug)]
+pub struct RemoteLink {
+    /// The local daemon's API (it decides placement).
+    pub control: Endpoint,
+    /// The address peers reach this host at.
+    pub advertise: IpAddr,
+    pub placement: Placement,
+    /// Readahead limit for remote clones (pages; `None`: the default).
+    pub prefetch_window: Option<u32>,
+}
+
+/// A remote clone that never connects within this long is lost.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connected remote clone silent for this long is lost (host down).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often remote clones send heartbeats.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Asks the daemon where each of `n` clones goes; on any failure all stay
+/// local (a clone here beats no clone).
+pub fn place(link: &RemoteLink, n: u32) -> Vec<Option<String>> {
+    let req = PlacementRequest { clones: n, placement: link.placement };
+    match Client::new(link.control.clone()).post::<_, PlacementResponse>("/v1/placement", &req) {
+        Ok(p) if p.hosts.len() == n as usize => p.hosts,
+        Ok(p) => {
+            tracing::warn!(got = p.hosts.len(), n, "daemon placed the wrong number of clones; keeping them local");
+            vec![None; n as usize]
+        }
+        Err(e) => {
+            tracing::warn!("no placement from the daemon ({e}); keeping clones local");
+            vec![None; n as usize]
+        }
+    }
+}
+
+/// What the clone call prepares before forking, when some clones go remote.
+pub struct RemotePlan {
+    pub token: [u8; 16],
+    pub memory: TcpListener,
+    pub reports: TcpListener,
+    /// Peer daemon -> clone IDs it runs.
+    pub by_peer: BTreeMap<String, Vec<u32>>,
+    pub request: CloneRequest,
+}
+
+impl RemotePlan {
+    pub fn new(link: &RemoteLink, by_peer: BTreeMap<String, Vec<u32>>, descriptor: &[u8], mem_size: u64, timeout: Option<Duration>, max_clones: u32, parent_path: &str) -> std::io::Result<RemotePlan> {
+        let memory = TcpListener::bind((link.advertise, 0))?;
+        let reports = TcpListener::bind((link.advertise, 0))?;
+        let seed = crate::boot::entropy_bytes();
+        let token: [u8; 16] = seed[..16].try_into().expect("16 bytes");
+        let request = CloneRequest {
+            descriptor_hex: sf_api::to_hex(descriptor),
+            mem_size,
+            memory_server: memory.local_addr()?.to_string(),
+            report_to: reports.local_addr()?.to_string(),
+            token_hex: sf_api::to_hex(&token),
+            ids: Vec::new(),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            max_clones,
+            parent_path: parent_path.to_string(),
+            prefetch_window: link.prefetch_window,
+            requested_unix_ns: Some(unix_ns()),
+        };
+        Ok(RemotePlan { token, memory, reports, by_peer, request })
+    }
+}
+
+/// In the memory holder (a frozen copy of the parent at the clone call):
+/// start the clones on their hosts, tell the origin which could not start,
+/// then serve guest RAM to the clones until the origin kills this process.
+pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
+    let RemotePlan { token, memory, reports, by_peer, request } = plan;
+    let report_to = reports.local_addr().ok();
+    drop(reports);
+    let mut origin = report_to.and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
+    if let Some(s) = origin.as_mut() {
+        let _ = Frame::Hello { token, id: 0 }.write_to(s);
+    }
+    for (peer, ids) in &by_peer {
+        let req = CloneRequest { ids: ids.clone(), ..request.clone() };
+        let res = Client::new(Endpoint::Tcp(peer.clone())).post::<_, sf_api::CloneAccepted>("/v1/clones", &req);
+        if let Err(e) = res {
+            tracing::warn!(%peer, ?ids, "clone host refused: {e}");
+            for &id in ids {
+                if let Some(s) = origin.as_mut() {
+                    let _ = Frame::Failed { id, reason: format!("host {peer} could not start it: {e}") }.write_to(s);
+                }
+            }
+        }
+    }
+    drop(origin);
+    crate::remote::serve_frozen(memory, token, ram)
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    id: Option<u32>,
+    last_heard: Instant,
+}
+
+/// The remote half of a clone group, from the origin's side.
+pub struct RemoteGroup {
+    pub listener: TcpListener,
+    pub token: [u8; 16],
+    pub ids: Vec<u32>,
+    pub holder: Option<i32>,
+    started: Instant,
+    conns: Vec<Conn>,
+    connected: BTreeMap<u32, ()>,
+    pub reports: BTreeMap<u32, CloneReport>,
+    pub lost: BTreeMap<u32, String>,
+}
+
+impl RemoteGroup {
+    pub fn new(listener: TcpListener, token: [u8; 16], ids: Vec<u32>, started: Instant) -> std::io::Result<RemoteGroup> {
+        listener.set_nonblocking(true)?;
+        Ok(RemoteGroup {
+            listener,
+            token,
+            ids,
+            holder: None,
+            started,
+            conns: Vec::new(),
+            connected: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            lost: BTreeMap::new(),
+        })
+    }
+
+    fn resolved(&self, id: u32) -> bool {
+        self.reports.contains_key(&id) || self.lost.contains_key(&id)
+    }
+
+    pub fn done(&self) -> bool {
+        self.ids.iter().all(|&id| self.resolved(id))
+    }
+
+    /// Accepts, reads and times out connections for up to `wait`.
+    pub fn pump(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        loop {
+            while let Ok((s, _)) = self.listener.accept() {
+                if s.set_nonblocking(true).is_ok() {
+                    self.conns.push(Conn { stream: s, buf: Vec::new(), id: None, last_heard: Instant::now() });
+                }
+            }
+            let mut i = 0;
+            while i < self.conns.len() {
+                if self.read_conn(i) {
+                    i += 1;
+                } else {
+                    let c = self.conns.swap_remove(i);
+                    if let Some(id) = c.id {
+                        if !self.resolved(id) {
+                            self.lost.insert(id, "its host closed the connection without a report (clone process or host died)".into());
+                        }
+                    }
+                }
+            }
+            self.check_timeouts();
+            if self.done() || Instant::now() >= until {
+                return;
+            }
+            self.poll(until);
+        }
+    }
+
+    /// Reads what one connection has; false when it is finished or broken.
+    fn read_conn(&mut self, i: usize) -> bool {
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            match self.conns[i].stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.conns[i].buf.extend_from_slice(&chunk[..n]);
+                    self.conns[i].last_heard = Instant::now();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        loop {
+            let frame = match Frame::decode(&self.conns[i].buf) {
+                Ok(Some((f, used))) => {
+                    self.conns[i].buf.drain(..used);
+                    f
+                }
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::warn!("dropping a report connection: {e}");
+                    return false;
+                }
+            };
+            match (frame, self.conns[i].id) {
+                (Frame::Hello { token, id }, None) if token == self.token => {
+                    if id != 0 && !self.ids.contains(&id) {
+                        return false;
+                    }
+                    self.conns[i].id = Some(id);
+                    self.connected.insert(id, ());
+                }
+                (Frame::Hello { .. }, _) => return false,
+                (_, None) => return false,
+                (Frame::Heartbeat, Some(_)) => {}
+                (Frame::Report(bytes), Some(id)) if id != 0 => {
+                    match CloneReport::decode(&bytes).filter(|r| r.id == id) {
+                        Some(r) => {
+                            self.reports.insert(id, r);
+                        }
+                        None => {
+                            self.lost.insert(id, "its host sent a malformed report".into());
+                        }
+                    }
+                    return false;
+                }
+                (Frame::Failed { id, reason }, Some(0)) if self.ids.contains(&id) => {
+                    self.lost.entry(id).or_insert(reason);
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self) {
+        for c in &self.conns {
+            if let Some(id) = c.id.filter(|&id| id != 0) {
+                if c.last_heard.elapsed() > HEARTBEAT_TIMEOUT && !self.resolved(id) {
+                    self.lost.insert(id, format!("no word from its host for {} s (host down or unreachable)", HEARTBEAT_TIMEOUT.as_secs()));
+                }
+            }
+        }
+        if self.started.elapsed() > START_TIMEOUT {
+            for &id in &self.ids {
+                if !self.connected.contains_key(&id) && !self.resolved(id) {
+                    self.lost.insert(id, format!("its host never started it within {} s", START_TIMEOUT.as_secs()));
+                }
+            }
+        }
+    }
+
+    fn poll(&self, until: Instant) {
+        use std::os::fd::AsRawFd;
+        let mut fds: Vec<libc::pollfd> = std::iter::once(self.listener.as_raw_fd())
+            .chain(self.conns.iter().map(|c| c.stream.as_raw_fd()))
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
+        let ms = until.saturating_duration_since(Instant::now()).min(Duration::from_millis(250)).as_millis() as i32;
+        // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+
+    /// Blocks until every remote clone reported or was declared lost.
+    pub fn collect(&mut self) {
+        while !self.done() {
+            self.pump(Duration::from_millis(500));
+        }
+    }
+
+    /// Tells every running remote clone to stop (those not started yet are
+    /// written off); returns how many were running or pending.
+    pub fn kill(&mut self) -> u32 {
+        self.pump(Duration::ZERO);
+        let mut n = 0;
+        for c in &mut self.conns {
+            if c.id.is_some_and(|id| id != 0 && !self.reports.contains_key(&id) && !self.lost.contains_key(&id)) {
+                let _ = c.stream.set_nonblocking(false);
+                let _ = Frame::Kill.write_to(&mut c.stream);
+                let _ = c.stream.set_nonblocking(true);
+                n += 1;
+            }
+        }
+        for &id in &self.ids {
+            if !self.connected.contains_key(&id) && !self.resolved(id) {
+                self.lost.insert(id, "killed before it started".into());
+                n += 1;
+            }
+        }
+        n
+    }
+}

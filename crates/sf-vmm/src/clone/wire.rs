@@ -1,0 +1,114 @@
+//! Frames on the report connection between a remote clone (or the origin's
+//! memory holder) and the origin VMM: `[kind: u8][len: u32 LE][payload]`.
+
+use std::io::{self, Read, Write};
+
+/// Largest payload accepted (a report with a full result fits easily).
+pub const MAX_FRAME: usize = super::report::REPORT_MAX + 64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// First frame of every connection: the group token and who speaks
+    /// (a clone ID; 0 for the origin's memory holder).
+    Hello { token: [u8; 16], id: u32 },
+    /// The clone still runs.
+    Heartbeat,
+    /// The clone ended: an encoded [`super::report::CloneReport`].
+    Report(Vec<u8>),
+    /// Origin to clone: stop now.
+    Kill,
+    /// Memory holder to origin: clone `id` could not be started on its host.
+    Failed { id: u32, reason: String },
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload): (u8, Vec<u8>) = match self {
+            Frame::Hello { token, id } => (1, [&token[..], &id.to_le_bytes()].concat()),
+            Frame::Heartbeat => (2, Vec::new()),
+            Frame::Report(r) => (3, r.clone()),
+            Frame::Kill => (4, Vec::new()),
+            Frame::Failed { id, reason } => (5, [&id.to_le_bytes()[..], reason.as_bytes()].concat()),
+        };
+        let mut out = Vec::with_capacity(5 + payload.len());
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Decodes the first frame of `buf`: `Ok(Some((frame, used)))`,
+    /// `Ok(None)` if more bytes are needed, `Err` if the bytes are garbage.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, String> {
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(format!("frame of {len} bytes is over the limit"));
+        }
+        if buf.len() < 5 + len {
+            return Ok(None);
+        }
+        let p = &buf[5..5 + len];
+        let id = |p: &[u8]| p.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let f = match buf[0] {
+            1 if len == 20 => Frame::Hello { token: p[..16].try_into().expect("16 bytes"), id: id(&p[16..]).expect("4 bytes") },
+            2 if len == 0 => Frame::Heartbeat,
+            3 => Frame::Report(p.to_vec()),
+            4 if len == 0 => Frame::Kill,
+            5 if len >= 4 => Frame::Failed { id: id(p).expect("4 bytes"), reason: String::from_utf8_lossy(&p[4..]).into_owned() },
+            k => return Err(format!("unknown frame kind {k} of {len} bytes")),
+        };
+        Ok(Some((f, 5 + len)))
+    }
+
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.encode())
+    }
+
+    /// Blocking read of one frame.
+    pub fn read_from(r: &mut impl Read) -> io::Result<Frame> {
+        let mut head = [0u8; 5];
+        r.read_exact(&mut head)?;
+        let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame over the limit"));
+        }
+        let mut buf = head.to_vec();
+        buf.resize(5 + len, 0);
+        r.read_exact(&mut buf[5..])?;
+        match Frame::decode(&buf) {
+            Ok(Some((f, _))) => Ok(f),
+            Ok(None) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short frame")),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_partial_input_waits() {
+        for f in [
+            Frame::Hello { token: [7; 16], id: 3 },
+            Frame::Heartbeat,
+            Frame::Report(vec![1, 2, 3]),
+            Frame::Kill,
+            Frame::Failed { id: 2, reason: "peer down".into() },
+        ] {
+            let b = f.encode();
+            assert_eq!(Frame::decode(&b), Ok(Some((f.clone(), b.len()))));
+            assert_eq!(Frame::decode(&b[..b.len() - 1]).unwrap_or(None), None);
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(Frame::decode(&[9, 0, 0, 0, 0]).is_err());
+        assert!(Frame::decode(&[1, 3, 0, 0, 0, 1, 2, 3]).is_err(), "short hello");
+        assert!(Frame::decode(&[3, 0xff, 0xff, 0xff, 0x7f]).is_err(), "huge frame");
+    }
+}

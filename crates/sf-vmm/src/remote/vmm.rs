@@ -1,0 +1,71 @@
+//! What the VMM needs around the fetcher and the server: serving a frozen
+//! copy of guest RAM from the memory holder, kicking the vCPU thread when
+//! remote memory fails, and counters another thread can publish.
+
+use super::{FetchStats, GroupToken, PageServer, ServedRegion, StatsHandle};
+use crate::clone::process;
+use crate::memory::GuestRam;
+use std::net::TcpListener;
+
+/// In the memory holder: serve `ram` (frozen: this process never runs the
+/// guest) on `listener` to holders of `token`, until killed.
+pub fn serve_frozen(listener: TcpListener, token: GroupToken, ram: &GuestRam) -> ! {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // SAFETY: this process is a fork()ed snapshot that never runs the vCPU
+    // and never writes guest RAM; the mapping lives until the process exits.
+    let region = unsafe { ServedRegion::new(ram.host_base() as *const u8, ram.size() as usize) };
+    eprintln!("snowflock: memory holder pid {} serving the clone group's RAM on {addr}", process::getpid());
+    match PageServer::from_listener(listener, region, token) {
+        Ok(server) => {
+            if let Err(e) = server.serve() {
+                eprintln!("snowflock: memory holder stopped: {e}");
+            }
+        }
+        Err(e) => eprintln!("snowflock: memory holder could not serve: {e}"),
+    }
+    process::exit_now(0)
+}
+
+/// Interrupts a thread's KVM_RUN (SIGALRM, whose handler the VMM installs).
+#[derive(Clone, Copy)]
+pub struct ThreadKicker(libc::pthread_t);
+
+/// A kicker for the calling thread (the vCPU thread).
+pub fn current_thread_kicker() -> ThreadKicker {
+    // SAFETY: pthread_self has no preconditions.
+    ThreadKicker(unsafe { libc::pthread_self() })
+}
+
+impl ThreadKicker {
+    pub fn kick(&self) {
+        // SAFETY: the thread is the VMM's vCPU thread, alive for the whole
+        // process; SIGALRM has a no-op handler, so this only interrupts it.
+        unsafe { libc::pthread_kill(self.0, libc::SIGALRM) };
+    }
+}
+
+/// Remote-memory counters for the daemon and reports.
+#[derive(Clone, Default)]
+pub struct StatsSource(Option<StatsHandle>);
+
+impl StatsSource {
+    pub fn new(h: StatsHandle) -> StatsSource {
+        StatsSource(Some(h))
+    }
+
+    pub fn get(&self) -> sf_api::FetchStats {
+        self.0.as_ref().map(|h| api_stats(&h.stats())).unwrap_or_default()
+    }
+}
+
+pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
+    sf_api::FetchStats {
+        faults: s.faults,
+        pages_fetched: s.pages_fetched,
+        zero_pages: s.zero_pages,
+        bytes_received: s.bytes_received,
+        requests: s.requests,
+        fault_latency_p50_us: s.fault_latency_p50_us,
+        fault_latency_p99_us: s.fault_latency_p99_us,
+    }
+}

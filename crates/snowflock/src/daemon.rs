@@ -1,0 +1,144 @@
+//! The CLI's side of the host daemon: run a VM under it and follow the
+//! console, list VMs, kill one, show metrics; and the hidden `clone-host`
+//! command a daemon runs for each clone it receives.
+
+use anyhow::{bail, Context};
+use sf_api::{Client, CloneRequest, CreateVm, Endpoint, Metrics, Placement, VmDetail, VmInfo};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn client(sock: &Path) -> Client {
+    Client::new(Endpoint::Unix(sock.to_path_buf()))
+}
+
+/// `snowflock run --daemon SOCKET`: create the VM there, stream its
+/// console, exit with its exit code.
+#[allow(clippy::too_many_arguments)]
+pub fn run_remote(
+    sock: &Path,
+    guest: &str,
+    args: &[String],
+    mem: u64,
+    timeout: Duration,
+    max_clones: Option<u32>,
+    placement: Placement,
+    prefetch_window: Option<u32>,
+) -> anyhow::Result<u8> {
+    let guest = if Path::new(guest).exists() { std::fs::canonicalize(guest)?.display().to_string() } else { guest.to_string() };
+    let req = CreateVm {
+        guest,
+        args: args.to_vec(),
+        mem: Some(format!("{}M", mem >> 20)),
+        timeout_ms: (!timeout.is_zero()).then(|| timeout.as_millis() as u64),
+        max_clones,
+        placement,
+        prefetch_window,
+    };
+    let c = client(sock);
+    let info: VmInfo = c.post("/v1/vms", &req).context("the daemon did not start the VM")?;
+    eprintln!("snowflock: VM {} started by the daemon at {} (pid {})", info.id, sock.display(), info.pid);
+    let mut shown = 0;
+    loop {
+        let d: VmDetail = c.get(&format!("/v1/vms/{}", info.id))?;
+        // The daemon keeps the last 64 KiB; print what is new.
+        let console = d.console.as_bytes();
+        if console.len() > shown {
+            std::io::stdout().write_all(&console[shown..])?;
+            std::io::stdout().flush()?;
+            shown = console.len();
+        }
+        if d.info.state != "running" {
+            let log: Vec<&str> = d.log.lines().filter(|l| l.starts_with("snowflock: ") || l.starts_with("error: ")).collect();
+            for l in log {
+                eprintln!("{l}");
+            }
+            return Ok(d.info.exit_code.unwrap_or(1).clamp(0, 255) as u8);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(clap::Args)]
+pub struct VmsArgs {
+    /// The daemon's Unix socket.
+    #[arg(long, value_name = "SOCKET", default_value = "/run/snowflock/snowflockd.sock")]
+    daemon: PathBuf,
+}
+
+pub fn vms(a: VmsArgs) -> anyhow::Result<u8> {
+    let list: Vec<VmInfo> = client(&a.daemon).get("/v1/vms")?;
+    println!("{:<10} {:<6} {:>7} {:<8} {:>5}  GUEST", "ID", "KIND", "PID", "STATE", "EXIT");
+    for v in list {
+        let kind = format!("{:?}", v.kind).to_lowercase();
+        let exit = v.exit_code.map_or("-".into(), |c| c.to_string());
+        println!("{:<10} {:<6} {:>7} {:<8} {:>5}  {}", v.id, kind, v.pid, v.state, exit, v.guest);
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    /// The VM's ID (see `snowflock vms`).
+    id: String,
+    #[arg(long, value_name = "SOCKET", default_value = "/run/snowflock/snowflockd.sock")]
+    daemon: PathBuf,
+}
+
+pub fn kill(a: KillArgs) -> anyhow::Result<u8> {
+    let v: VmInfo = client(&a.daemon).call::<(), _>("DELETE", &format!("/v1/vms/{}", a.id), None)?;
+    println!("killed {} (pid {})", v.id, v.pid);
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct MetricsArgs {
+    #[arg(long, value_name = "SOCKET", default_value = "/run/snowflock/snowflockd.sock")]
+    daemon: PathBuf,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
+    let m: Metrics = client(&a.daemon).get("/v1/metrics")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(0);
+    }
+    println!("host {}: {} VMs running of {}, {} clones received; peers: {}", m.host, m.vms_running, m.vms_total, m.clones_received, m.peers.join(", "));
+    println!("{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}", "VM", "CLONE", "STATE", "FAULTS", "PAGES", "ZERO", "BYTES", "P50 us", "P99 us");
+    for c in m.clones {
+        let s = c.memory;
+        println!(
+            "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+            c.vm, c.clone_id, c.state, s.faults, s.pages_fetched, s.zero_pages, s.bytes_received, s.fault_latency_p50_us, s.fault_latency_p99_us
+        );
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct CloneHostArgs {
+    /// The clone request (JSON) the daemon received.
+    #[arg(long)]
+    request: PathBuf,
+    /// Which clone of the request to run.
+    #[arg(long)]
+    id: u32,
+    /// Where to keep the memory counters (JSON).
+    #[arg(long)]
+    stats: Option<PathBuf>,
+}
+
+pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
+    let text = std::fs::read(&a.request).with_context(|| format!("cannot read {}", a.request.display()))?;
+    let req: CloneRequest = serde_json::from_slice(&text).context("the clone request is not valid JSON")?;
+    if !req.ids.contains(&a.id) {
+        bail!("clone {} is not part of this request", a.id);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let code = sf_vmm::clone::host::run(&req, a.id, a.stats.as_deref(), &mut out)?;
+    Ok(code as u8)
+}

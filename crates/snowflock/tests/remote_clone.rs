@@ -1,0 +1,262 @@
+//! End-to-end tests of clones across hosts: three network-namespace hosts,
+//! a `snowflockd` in each, VMs started through the daemon of host 1 whose
+//! clones are spread over all three; memory is fetched on demand from the
+//! origin. Also the failures: a clone host dying, the origin's memory server
+//! stopping, corrupt descriptors.
+
+mod common;
+use common::cluster::Cluster;
+use common::*;
+use sf_api::{Client, CloneRequest, Endpoint, Metrics, VmDetail, VmInfo};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 7070;
+
+fn snowflockd_bin() -> PathBuf {
+    let p = Path::new(snowflock_bin()).with_file_name("snowflockd");
+    assert!(p.is_file(), "{} is missing: build the workspace (cargo test --workspace)", p.display());
+    p
+}
+
+/// K hosts with a daemon each, peers of one another.
+struct Hosts {
+    cluster: Cluster,
+    daemons: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Hosts {
+    fn start(k: usize) -> Hosts {
+        let cluster = Cluster::new(k);
+        let dir = tempdir();
+        let mut daemons = Vec::new();
+        for i in 1..=k {
+            let mut cmd = cluster.command(i, snowflockd_bin());
+            cmd.arg("--socket").arg(dir.path().join(format!("h{i}.sock")));
+            cmd.arg("--listen").arg(format!("{}:{PORT}", cluster.addr(i)));
+            cmd.arg("--state-dir").arg(dir.path().join(format!("h{i}")));
+            cmd.arg("--snowflock").arg(snowflock_bin());
+            for j in (1..=k).filter(|&j| j != i) {
+                cmd.arg("--peer").arg(format!("{}:{PORT}", cluster.addr(j)));
+            }
+            let log = std::fs::File::create(dir.path().join(format!("h{i}.daemon.log"))).unwrap();
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+            daemons.push(cmd.spawn().expect("start snowflockd"));
+        }
+        let hosts = Hosts { cluster, daemons, dir };
+        for i in 1..=k {
+            let until = Instant::now() + Duration::from_secs(10);
+            while hosts.client(i).get::<sf_api::Health>("/v1/health").is_err() {
+                assert!(Instant::now() < until, "daemon {i} did not come up:\n{}", hosts.daemon_log(i));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        hosts
+    }
+
+    fn socket(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("h{i}.sock"))
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::new(Endpoint::Unix(self.socket(i)))
+    }
+
+    fn daemon_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("h{i}.daemon.log"))).unwrap_or_default()
+    }
+
+    /// `snowflock run --daemon` on host `i`'s daemon.
+    fn run(&self, i: usize, args: &[&str]) -> Run {
+        let mut cmd = Command::new(snowflock_bin());
+        cmd.arg("run").arg("--daemon").arg(self.socket(i)).args(args);
+        run_cmd(cmd, Duration::from_secs(90))
+    }
+
+    /// Everything the daemons know, for failure messages.
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        for i in 1..=self.cluster.hosts() {
+            s += &format!("--- daemon {i} ---\n{}\n", self.daemon_log(i));
+            if let Ok(vms) = self.client(i).get::<Vec<VmInfo>>("/v1/vms") {
+                for v in vms {
+                    if let Ok(d) = self.client(i).get::<VmDetail>(&format!("/v1/vms/{}", v.id)) {
+                        s += &format!("  {} {:?} exit {:?}\n  log: {}\n", v.id, v.kind, v.exit_code, d.log.trim());
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+fn assert_ok(h: &Hosts, r: &Run, scenario: &str) {
+    assert!(
+        r.code == Some(0) && r.stdout.contains(&format!("forktest {scenario}: ok")),
+        "{}\n{}",
+        r.describe(),
+        h.describe()
+    );
+}
+
+#[test]
+fn clones_spread_over_three_hosts_see_the_parents_memory() {
+    let h = Hosts::start(3);
+    let r = h.run(1, &["forktest", "--", "basic", "n=6"]);
+    assert_ok(&h, &r, "basic");
+    // Clones 2, 3, 5, 6 ran on hosts 2 and 3 and fetched their memory there.
+    for i in [2, 3] {
+        let m: Metrics = h.client(i).get("/v1/metrics").unwrap();
+        assert_eq!(m.clones_received, 2, "host {i}: {m:?}\n{}", h.describe());
+        for c in &m.clones {
+            assert!(c.memory.faults > 0 && c.memory.pages_fetched > 0 && c.memory.bytes_received > 0, "host {i}: {m:?}");
+            assert!(c.memory.fault_latency_p99_us >= c.memory.fault_latency_p50_us, "{m:?}");
+        }
+    }
+    let m1: Metrics = h.client(1).get("/v1/metrics").unwrap();
+    assert_eq!(m1.clones_received, 0, "{m1:?}");
+}
+
+#[test]
+fn remote_clones_crash_panic_nest_and_get_fresh_entropy() {
+    let h = Hosts::start(3);
+    for scenario in ["crash", "nested", "entropy"] {
+        let r = h.run(1, &["forktest", "--", scenario]);
+        assert_ok(&h, &r, scenario);
+    }
+}
+
+#[test]
+fn kill_reaches_clones_on_other_hosts() {
+    let h = Hosts::start(3);
+    let r = h.run(1, &["forktest", "--", "kill"]);
+    assert_ok(&h, &r, "kill");
+    // The killed remote clones are gone from their hosts.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in [2, 3] {
+        let vms: Vec<VmInfo> = h.client(i).get("/v1/vms").unwrap();
+        assert!(vms.iter().all(|v| v.state == "exited"), "host {i}: {vms:?}");
+    }
+}
+
+#[test]
+fn a_dead_clone_host_is_reported_lost_and_the_others_results_arrive() {
+    let h = Hosts::start(3);
+    let mut cmd = Command::new(snowflock_bin());
+    cmd.arg("run").arg("--daemon").arg(h.socket(1)).args(["forktest", "--", "slow", "n=3", "ms=3000"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until host 3 runs its clone, then take host 3 down: its daemon and
+    // every process in its namespace.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let vms: Vec<VmInfo> = h.client(3).get("/v1/vms").unwrap_or_default();
+        if vms.iter().any(|v| v.state == "running") {
+            break;
+        }
+        assert!(Instant::now() < until, "host 3 never got its clone\n{}", h.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ns = h.cluster.netns(3);
+    let pids = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("clone 1 -> Exited code 0 result [1]"), "{stdout}");
+    assert!(stdout.contains("clone 2 -> Exited code 0 result [2]"), "{stdout}");
+    assert!(stdout.contains("clone 3 -> Lost"), "{stdout}");
+    assert!(stdout.contains("forktest slow: ok"), "{stdout}");
+}
+
+#[test]
+fn a_stopped_memory_server_fails_the_remote_clone_clearly() {
+    let h = Hosts::start(2);
+    let mut cmd = Command::new(snowflock_bin());
+    cmd.arg("run").arg("--daemon").arg(h.socket(1)).args(["--mem", "256M", "forktest", "--", "scan", "n=2", "mib=64", "ms=4000"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The origin VM's log names its memory holder; stop it mid-scan.
+    let until = Instant::now() + Duration::from_secs(20);
+    let holder = loop {
+        let vms: Vec<VmInfo> = h.client(1).get("/v1/vms").unwrap_or_default();
+        let log = vms
+            .first()
+            .and_then(|v| h.client(1).get::<VmDetail>(&format!("/v1/vms/{}", v.id)).ok())
+            .map(|d| d.log)
+            .unwrap_or_default();
+        if let Some(pid) = log.lines().find_map(|l| l.split("memory holder pid ").nth(1)).and_then(|p| p.split_whitespace().next()?.parse::<i32>().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < until, "no memory holder in the origin's log\n{}", h.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = Command::new("kill").args(["-9", &holder.to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("clone 1 -> Exited"), "{stdout}\n{}", h.describe());
+    assert!(stdout.contains("clone 2 -> Lost") && stdout.contains("guest memory could not be fetched from the origin"), "{stdout}\n{}", h.describe());
+}
+
+#[test]
+fn corrupt_and_foreign_descriptors_are_refused_by_name() {
+    let h = Hosts::start(1);
+    let req = |descriptor: Vec<u8>| CloneRequest {
+        descriptor_hex: sf_api::to_hex(&descriptor),
+        mem_size: 64 << 20,
+        memory_server: "10.213.0.1:1".into(),
+        report_to: "10.213.0.1:2".into(),
+        token_hex: "00".repeat(16),
+        ids: vec![1],
+        timeout_ms: None,
+        max_clones: 8,
+        parent_path: String::new(),
+    };
+    let c = h.client(1);
+    let refuse = |d: Vec<u8>| c.post::<_, sf_api::CloneAccepted>("/v1/clones", &req(d)).unwrap_err().to_string();
+    assert!(refuse(b"not a descriptor at all".to_vec()).contains("not a VM descriptor (bad magic)"));
+    let mut v2 = b"SFVMDESC".to_vec();
+    v2.extend_from_slice(&2u32.to_le_bytes());
+    v2.extend_from_slice(&[0; 8]);
+    assert!(refuse(v2).contains("format version 2; this VMM reads version 1"));
+    let mut bad_crc = b"SFVMDESC".to_vec();
+    bad_crc.extend_from_slice(&1u32.to_le_bytes());
+    bad_crc.extend_from_slice(&4u32.to_le_bytes());
+    bad_crc.extend_from_slice(&0u32.to_le_bytes());
+    bad_crc.extend_from_slice(b"junk");
+    assert!(refuse(bad_crc).contains("VM descriptor is corrupt: checksum"));
+    let vms: Vec<VmInfo> = c.get("/v1/vms").unwrap();
+    assert!(vms.is_empty(), "nothing was started: {vms:?}");
+}
+
+#[test]
+fn the_daemon_runs_vms_lists_and_kills_them() {
+    let h = Hosts::start(1);
+    let r = h.run(1, &["hello", "--", "via", "daemon"]);
+    r.assert_code(0).assert_stdout_has("Hello from a SnowFlock guest!").assert_stdout_has("arg 0: via");
+    let bad = h.run(1, &["nosuchguest"]);
+    bad.assert_code(1).assert_stderr_has("nosuchguest");
+    let c = h.client(1);
+    let spin: VmInfo = c.post("/v1/vms", &sf_api::CreateVm { guest: "crash".into(), args: vec!["spin".into()], ..Default::default() }).unwrap();
+    let killed: VmInfo = c.call::<(), _>("DELETE", &format!("/v1/vms/{}", spin.id), None).unwrap();
+    assert_eq!(killed.id, spin.id);
+    std::thread::sleep(Duration::from_millis(300));
+    let d: VmDetail = c.get(&format!("/v1/vms/{}", spin.id)).unwrap();
+    assert_eq!(d.info.state, "exited", "{d:?}");
+    let e = c.get::<VmDetail>("/v1/vms/vm-999").unwrap_err().to_string();
+    assert!(e.contains("404") && e.contains("no VM \"vm-999\""), "{e}");
+}

@@ -1,0 +1,110 @@
+//! Command line and TOML configuration.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "snowflockd", version, about = "SnowFlock host daemon: boots VMs, receives clones from peers, places clones, reports metrics")]
+pub struct Args {
+    /// Unix socket of the local API (for `snowflock --daemon SOCKET`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// TCP address of the peer API, e.g. 10.0.0.1:7070 (needed for clones
+    /// to or from other hosts).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// The address other hosts reach this one at (default: the --listen IP).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// A peer daemon's TCP API, ip:port (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT")]
+    pub peers: Vec<SocketAddr>,
+    /// TOML file with any of: socket, listen, advertise, peers = [...],
+    /// state_dir, snowflock, max_clones. Command-line flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where VM consoles, logs and counters are kept.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The `snowflock` binary that runs each VMM process (default: next to
+    /// this executable).
+    #[arg(long, value_name = "PATH")]
+    pub snowflock: Option<PathBuf>,
+    /// Clone limit handed to each VM (default: the VMM's own default).
+    #[arg(long)]
+    pub max_clones: Option<u32>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertise: Option<IpAddr>,
+    #[serde(default)]
+    peers: Vec<SocketAddr>,
+    state_dir: Option<PathBuf>,
+    snowflock: Option<PathBuf>,
+    max_clones: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub advertise: IpAddr,
+    pub peers: Vec<SocketAddr>,
+    pub state_dir: PathBuf,
+    pub snowflock: PathBuf,
+    pub max_clones: Option<u32>,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/snowflock/snowflockd.sock";
+
+impl Config {
+    pub fn from_args(a: Args) -> anyhow::Result<Config> {
+        let file = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("{} is not a valid snowflockd config", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = a.listen.or(file.listen);
+        let peers = if a.peers.is_empty() { file.peers } else { a.peers };
+        let advertise = match a.advertise.or(file.advertise).or(listen.map(|l| l.ip()).filter(|ip| !ip.is_unspecified())) {
+            Some(ip) => ip,
+            None if peers.is_empty() => IpAddr::from([127, 0, 0, 1]),
+            None => bail!("with peers, say how they reach this host: --advertise IP (or --listen on a specific IP)"),
+        };
+        if !peers.is_empty() && listen.is_none() {
+            bail!("with peers, this daemon needs a TCP API for them: --listen IP:PORT");
+        }
+        let snowflock = match a.snowflock.or(file.snowflock) {
+            Some(p) => p,
+            None => std::env::current_exe()?.with_file_name("snowflock"),
+        };
+        if !snowflock.is_file() {
+            bail!("the VMM binary {} does not exist (build it, or pass --snowflock PATH)", snowflock.display());
+        }
+        Ok(Config {
+            socket: a.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            listen,
+            advertise,
+            peers,
+            state_dir: a.state_dir.or(file.state_dir).unwrap_or_else(|| std::env::temp_dir().join(format!("snowflockd-{}", std::process::id()))),
+            snowflock,
+            max_clones: a.max_clones.or(file.max_clones),
+        })
+    }
+
+    /// This daemon as peers know it.
+    pub fn host_name(&self) -> String {
+        match self.listen {
+            Some(l) => format!("{}:{}", self.advertise, l.port()),
+            None => self.socket.display().to_string(),
+        }
+    }
+}
