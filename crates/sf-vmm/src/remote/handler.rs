@@ -26,7 +26,10 @@ use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
 const PAGE: u64 = PAGE_SIZE as u64;
-static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+/// Source of private zero pages (one batch's worth, in .bss: costs no
+/// memory until read, and then only the shared zero page).
+static ZERO_PAGES: [u8; MAX_BATCH_PAGES as usize * PAGE_SIZE] =
+    [0; MAX_BATCH_PAGES as usize * PAGE_SIZE];
 
 #[derive(Default)]
 pub struct Counters {
@@ -287,57 +290,59 @@ impl Handler {
             pages: count as u32,
         };
         let batch = self.request(req)?;
-        let shared = self.shared.clone();
-        let c = &shared.counters;
+        let c = &self.shared.counters;
         c.bytes_received
             .fetch_add(batch.bytes_received as u64, Relaxed);
         c.pages_fetched.fetch_add(count, Relaxed);
+        c.zero_pages
+            .fetch_add(count - u64::from(batch.map.data_pages()), Relaxed);
+        // Marked before the installs: each install wakes its waiters, who
+        // may read the statistics at once. (If one fails, the range is
+        // given up anyway.)
+        self.mark_present(first, count);
         let mut data_at = 0;
         for (run, pages, has_data) in batch.map.runs() {
             let mut page = first + u64::from(run);
             let mut pages = u64::from(pages);
-            if run == 0 && !has_data && write_fault {
+            let private_zeros = !has_data && self.cfg.private_zero_pages;
+            if run == 0 && !has_data && write_fault && !private_zeros {
                 // The shared zero page would cost the writer one more
-                // (copy-on-write) fault at once: give it a private zero page.
-                c.zero_pages.fetch_add(1, Relaxed);
-                self.mark_present(page, 1);
-                let dst = self.base + page * PAGE;
-                self.uffd
-                    .copy(dst, &ZERO_PAGE)
-                    .map_err(|source| RemoteError::Install {
-                        addr: dst,
-                        pages: 1,
-                        source,
-                    })?;
+                // (copy-on-write) fault at once: give it a private one.
+                self.install(page, 1, Some(&ZERO_PAGES[..PAGE_SIZE]))?;
                 page += 1;
                 pages -= 1;
-                if pages == 0 {
-                    continue;
-                }
             }
-            let dst = self.base + page * PAGE;
-            let len = pages * PAGE;
-            self.mark_present(page, pages);
-            let filled = if has_data {
-                let src = &self.data[data_at..data_at + len as usize];
-                data_at += len as usize;
-                self.uffd.copy(dst, src)
+            if pages == 0 {
+                continue;
+            }
+            let len = (pages * PAGE) as usize;
+            if has_data {
+                self.install(page, pages, Some(&self.data[data_at..data_at + len]))?;
+                data_at += len;
+            } else if private_zeros {
+                self.install(page, pages, Some(&ZERO_PAGES[..len]))?;
             } else {
-                c.zero_pages.fetch_add(pages, Relaxed);
-                self.uffd.zero(dst, len)
-            };
-            filled.map_err(|source| RemoteError::Install {
-                addr: dst,
-                pages,
-                source,
-            })?;
+                self.install(page, pages, None)?;
+            }
         }
         Ok(())
     }
 
-    /// Marks pages present before they are installed: the install wakes
-    /// their waiters, who may read the statistics at once. (If it fails,
-    /// the range is given up anyway.)
+    /// Installs `pages` pages from `page` on: a copy of `src`, or the
+    /// shared zero page when `src` is `None`.
+    fn install(&self, page: u64, pages: u64, src: Option<&[u8]>) -> Result<(), RemoteError> {
+        let dst = self.base + page * PAGE;
+        let filled = match src {
+            Some(src) => self.uffd.copy(dst, src),
+            None => self.uffd.zero(dst, pages * PAGE),
+        };
+        filled.map(|_| ()).map_err(|source| RemoteError::Install {
+            addr: dst,
+            pages,
+            source,
+        })
+    }
+
     fn mark_present(&mut self, first: u64, pages: u64) {
         self.present.set_range(first, pages);
         let count = self.present.count();

@@ -204,26 +204,39 @@ fn attach_errors_name_the_problem() {
 
 #[test]
 fn writes_land_on_fetched_pages() {
-    let server = TestServer::start(pattern_region(REGION));
-    let map = AnonMap::new(REGION);
-    let mem = attach(&server, &map, FetchConfig::default());
-    let base = map.addr() as usize;
-    // A write fault on a zero page (3) and on a data page (20).
-    bounded(LIMIT, move || {
-        for (page, at) in [(3usize, 100usize), (20, 200)] {
-            // SAFETY: inside the test mapping, which outlives this thread.
-            unsafe { std::ptr::write_volatile((base + page * PAGE_SIZE + at) as *mut u8, 0x5a) };
+    for private_zero_pages in [false, true] {
+        let server = TestServer::start(pattern_region(REGION));
+        let map = AnonMap::new(REGION);
+        let cfg = FetchConfig {
+            private_zero_pages,
+            ..FetchConfig::default()
+        };
+        let mem = attach(&server, &map, cfg);
+        let base = map.addr() as usize;
+        // A write fault on a zero page (3) and on a data page (20), then a
+        // read fault on a zero page (10) that is written afterwards.
+        bounded(LIMIT, move || {
+            for (page, at) in [(3usize, 100usize), (20, 200), (10, 0)] {
+                let addr = base + page * PAGE_SIZE + at;
+                // SAFETY: inside the test mapping, which outlives this thread.
+                unsafe {
+                    if page == 10 {
+                        assert_eq!(std::ptr::read_volatile(addr as *const u8), 0);
+                    }
+                    std::ptr::write_volatile(addr as *mut u8, 0x5a);
+                }
+            }
+        });
+        let view = map.view();
+        for (page, at) in [(3u64, 100usize), (20, 200), (10, 0)] {
+            let bytes = view.page(page);
+            assert_eq!(bytes[at], 0x5a);
+            assert!(bytes
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| i == at || b == pattern(page, i)));
         }
-    });
-    let view = map.view();
-    let zero = view.page(3);
-    assert_eq!(zero[100], 0x5a);
-    assert!(zero.iter().enumerate().all(|(at, &b)| at == 100 || b == 0));
-    let data = view.page(20);
-    assert_eq!(data[200], 0x5a);
-    assert!(data
-        .iter()
-        .enumerate()
-        .all(|(at, &b)| at == 200 || b == pattern(20, at)));
-    assert_eq!(mem.stats().faults, 2);
+        let s = mem.stats();
+        assert_eq!((s.faults, s.zero_pages), (3, 2), "{s:?}");
+    }
 }
