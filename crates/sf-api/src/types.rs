@@ -171,7 +171,10 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -180,7 +183,10 @@ mod tests {
 
     #[test]
     fn hex_round_trips_and_rejects_garbage() {
-        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(
+            from_hex(&to_hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
         assert_eq!(from_hex("abc"), None);
         assert_eq!(from_hex("zz"), None);
         assert_eq!(from_hex("é1"), None);
@@ -189,6 +195,9 @@ mod tests {
     #[test]
     fn create_vm_defaults_are_filled_in() {
         let v: CreateVm = serde_json::from_str(r#"{"guest":"hello"}"#).unwrap();
-        assert_eq!((v.placement, v.args.len(), v.mem), (Placement::Spread, 0, None));
+        assert_eq!(
+            (v.placement, v.args.len(), v.mem),
+            (Placement::Spread, 0, None)
+        );
     }
 }

@@ -232,7 +232,10 @@ impl Vm {
             started,
             started_tsc: host_tsc(),
             tsc_khz,
-            timings: Timings { create_vm, ..Default::default() },
+            timings: Timings {
+                create_vm,
+                ..Default::default()
+            },
             clones: CloneHost::new(max_clones),
             result: Vec::new(),
             pending_entry: Some(started),
@@ -253,7 +256,10 @@ impl Vm {
 
     /// Reads this VM's remote-memory counters from another thread.
     pub(crate) fn memory_stats_source(&self) -> crate::remote::StatsSource {
-        self.remote_memory.as_ref().map(|m| crate::remote::StatsSource::new(m.stats_handle())).unwrap_or_default()
+        self.remote_memory
+            .as_ref()
+            .map(|m| crate::remote::StatsSource::new(m.stats_handle()))
+            .unwrap_or_default()
     }
 
     pub(crate) fn register_ram(&self, vm: &VmFd) -> Result<(), Error> {
@@ -364,9 +370,22 @@ impl Vm {
                     write,
                     regs: self.vcpu.dump(),
                 }),
-                Exit::Interrupted if self.remote_memory.as_ref().is_some_and(|m| m.failed().is_some()) => {
-                    let why = self.remote_memory.as_ref().and_then(|m| m.failed()).unwrap_or_default();
-                    Some(Outcome::HostError { message: format!("guest memory could not be fetched from the origin: {why}") })
+                Exit::Interrupted
+                    if self
+                        .remote_memory
+                        .as_ref()
+                        .is_some_and(|m| m.failed().is_some()) =>
+                {
+                    let why = self
+                        .remote_memory
+                        .as_ref()
+                        .and_then(|m| m.failed())
+                        .unwrap_or_default();
+                    Some(Outcome::HostError {
+                        message: format!(
+                            "guest memory could not be fetched from the origin: {why}"
+                        ),
+                    })
                 }
                 Exit::Interrupted => match self.deadline {
                     Some(d) if Instant::now() >= d => Some(Outcome::TimedOut {

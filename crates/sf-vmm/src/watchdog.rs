@@ -15,7 +15,8 @@ pub struct Alarm(libc::timer_t);
 /// Makes SIGALRM interrupt KVM_RUN instead of ending the process (also
 /// used by threads that kick the vCPU thread).
 pub fn install_handler() -> std::io::Result<()> {
-    vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    vmm_sys_util::signal::register_signal_handler(libc::SIGALRM, on_alarm)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
 impl Alarm {

@@ -25,7 +25,11 @@ pub fn run_remote(
     placement: Placement,
     prefetch_window: Option<u32>,
 ) -> anyhow::Result<u8> {
-    let guest = if Path::new(guest).exists() { std::fs::canonicalize(guest)?.display().to_string() } else { guest.to_string() };
+    let guest = if Path::new(guest).exists() {
+        std::fs::canonicalize(guest)?.display().to_string()
+    } else {
+        guest.to_string()
+    };
     let req = CreateVm {
         guest,
         args: args.to_vec(),
@@ -36,8 +40,15 @@ pub fn run_remote(
         prefetch_window,
     };
     let c = client(sock);
-    let info: VmInfo = c.post("/v1/vms", &req).context("the daemon did not start the VM")?;
-    eprintln!("snowflock: VM {} started by the daemon at {} (pid {})", info.id, sock.display(), info.pid);
+    let info: VmInfo = c
+        .post("/v1/vms", &req)
+        .context("the daemon did not start the VM")?;
+    eprintln!(
+        "snowflock: VM {} started by the daemon at {} (pid {})",
+        info.id,
+        sock.display(),
+        info.pid
+    );
     let mut shown = 0;
     loop {
         let d: VmDetail = c.get(&format!("/v1/vms/{}", info.id))?;
@@ -49,7 +60,11 @@ pub fn run_remote(
             shown = console.len();
         }
         if d.info.state != "running" {
-            let log: Vec<&str> = d.log.lines().filter(|l| l.starts_with("snowflock: ") || l.starts_with("error: ")).collect();
+            let log: Vec<&str> = d
+                .log
+                .lines()
+                .filter(|l| l.starts_with("snowflock: ") || l.starts_with("error: "))
+                .collect();
             for l in log {
                 eprintln!("{l}");
             }
@@ -62,17 +77,27 @@ pub fn run_remote(
 #[derive(clap::Args)]
 pub struct VmsArgs {
     /// The daemon's Unix socket.
-    #[arg(long, value_name = "SOCKET", default_value = "/run/snowflock/snowflockd.sock")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/snowflock/snowflockd.sock"
+    )]
     daemon: PathBuf,
 }
 
 pub fn vms(a: VmsArgs) -> anyhow::Result<u8> {
     let list: Vec<VmInfo> = client(&a.daemon).get("/v1/vms")?;
-    println!("{:<10} {:<6} {:>7} {:<8} {:>5}  GUEST", "ID", "KIND", "PID", "STATE", "EXIT");
+    println!(
+        "{:<10} {:<6} {:>7} {:<8} {:>5}  GUEST",
+        "ID", "KIND", "PID", "STATE", "EXIT"
+    );
     for v in list {
         let kind = format!("{:?}", v.kind).to_lowercase();
         let exit = v.exit_code.map_or("-".into(), |c| c.to_string());
-        println!("{:<10} {:<6} {:>7} {:<8} {:>5}  {}", v.id, kind, v.pid, v.state, exit, v.guest);
+        println!(
+            "{:<10} {:<6} {:>7} {:<8} {:>5}  {}",
+            v.id, kind, v.pid, v.state, exit, v.guest
+        );
     }
     Ok(0)
 }
@@ -81,19 +106,28 @@ pub fn vms(a: VmsArgs) -> anyhow::Result<u8> {
 pub struct KillArgs {
     /// The VM's ID (see `snowflock vms`).
     id: String,
-    #[arg(long, value_name = "SOCKET", default_value = "/run/snowflock/snowflockd.sock")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/snowflock/snowflockd.sock"
+    )]
     daemon: PathBuf,
 }
 
 pub fn kill(a: KillArgs) -> anyhow::Result<u8> {
-    let v: VmInfo = client(&a.daemon).call::<(), _>("DELETE", &format!("/v1/vms/{}", a.id), None)?;
+    let v: VmInfo =
+        client(&a.daemon).call::<(), _>("DELETE", &format!("/v1/vms/{}", a.id), None)?;
     println!("killed {} (pid {})", v.id, v.pid);
     Ok(0)
 }
 
 #[derive(clap::Args)]
 pub struct MetricsArgs {
-    #[arg(long, value_name = "SOCKET", default_value = "/run/snowflock/snowflockd.sock")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/snowflock/snowflockd.sock"
+    )]
     daemon: PathBuf,
     /// Print the raw JSON.
     #[arg(long)]
@@ -106,13 +140,31 @@ pub fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(0);
     }
-    println!("host {}: {} VMs running of {}, {} clones received; peers: {}", m.host, m.vms_running, m.vms_total, m.clones_received, m.peers.join(", "));
-    println!("{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}", "VM", "CLONE", "STATE", "FAULTS", "PAGES", "ZERO", "BYTES", "P50 us", "P99 us");
+    println!(
+        "host {}: {} VMs running of {}, {} clones received; peers: {}",
+        m.host,
+        m.vms_running,
+        m.vms_total,
+        m.clones_received,
+        m.peers.join(", ")
+    );
+    println!(
+        "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "VM", "CLONE", "STATE", "FAULTS", "PAGES", "ZERO", "BYTES", "P50 us", "P99 us"
+    );
     for c in m.clones {
         let s = c.memory;
         println!(
             "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
-            c.vm, c.clone_id, c.state, s.faults, s.pages_fetched, s.zero_pages, s.bytes_received, s.fault_latency_p50_us, s.fault_latency_p99_us
+            c.vm,
+            c.clone_id,
+            c.state,
+            s.faults,
+            s.pages_fetched,
+            s.zero_pages,
+            s.bytes_received,
+            s.fault_latency_p50_us,
+            s.fault_latency_p99_us
         );
     }
     Ok(0)
@@ -132,8 +184,10 @@ pub struct CloneHostArgs {
 }
 
 pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
-    let text = std::fs::read(&a.request).with_context(|| format!("cannot read {}", a.request.display()))?;
-    let req: CloneRequest = serde_json::from_slice(&text).context("the clone request is not valid JSON")?;
+    let text = std::fs::read(&a.request)
+        .with_context(|| format!("cannot read {}", a.request.display()))?;
+    let req: CloneRequest =
+        serde_json::from_slice(&text).context("the clone request is not valid JSON")?;
     if !req.ids.contains(&a.id) {
         bail!("clone {} is not part of this request", a.id);
     }

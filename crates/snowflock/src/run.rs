@@ -120,7 +120,16 @@ pub fn load_image(guest: &str) -> anyhow::Result<GuestImage> {
 
 pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     if let Some(sock) = &a.daemon {
-        return crate::daemon::run_remote(sock, &a.guest, &a.args, a.mem, a.timeout, a.max_clones, a.placement.into(), a.prefetch_window);
+        return crate::daemon::run_remote(
+            sock,
+            &a.guest,
+            &a.args,
+            a.mem,
+            a.timeout,
+            a.max_clones,
+            a.placement.into(),
+            a.prefetch_window,
+        );
     }
     let image = load_image(&a.guest)?;
     let cfg = VmConfig {
@@ -132,7 +141,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         max_clones: a.max_clones.unwrap_or_else(sf_vmm::default_max_clones),
         remote: a.control_socket.map(|s| sf_vmm::clone::remote::RemoteLink {
             control: sf_api::Endpoint::Unix(s),
-            advertise: a.advertise.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            advertise: a
+                .advertise
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
             placement: a.placement.into(),
             prefetch_window: a.prefetch_window,
         }),

@@ -16,7 +16,11 @@ const PORT: u16 = 7070;
 
 fn snowflockd_bin() -> PathBuf {
     let p = Path::new(snowflock_bin()).with_file_name("snowflockd");
-    assert!(p.is_file(), "{} is missing: build the workspace (cargo test --workspace)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace (cargo test --workspace)",
+        p.display()
+    );
     p
 }
 
@@ -34,8 +38,10 @@ impl Hosts {
         let mut daemons = Vec::new();
         for i in 1..=k {
             let mut cmd = cluster.command(i, snowflockd_bin());
-            cmd.arg("--socket").arg(dir.path().join(format!("h{i}.sock")));
-            cmd.arg("--listen").arg(format!("{}:{PORT}", cluster.addr(i)));
+            cmd.arg("--socket")
+                .arg(dir.path().join(format!("h{i}.sock")));
+            cmd.arg("--listen")
+                .arg(format!("{}:{PORT}", cluster.addr(i)));
             cmd.arg("--state-dir").arg(dir.path().join(format!("h{i}")));
             cmd.arg("--snowflock").arg(snowflock_bin());
             for j in (1..=k).filter(|&j| j != i) {
@@ -45,11 +51,19 @@ impl Hosts {
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
             daemons.push(cmd.spawn().expect("start snowflockd"));
         }
-        let hosts = Hosts { cluster, daemons, dir };
+        let hosts = Hosts {
+            cluster,
+            daemons,
+            dir,
+        };
         for i in 1..=k {
             let until = Instant::now() + Duration::from_secs(10);
             while hosts.client(i).get::<sf_api::Health>("/v1/health").is_err() {
-                assert!(Instant::now() < until, "daemon {i} did not come up:\n{}", hosts.daemon_log(i));
+                assert!(
+                    Instant::now() < until,
+                    "daemon {i} did not come up:\n{}",
+                    hosts.daemon_log(i)
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -65,13 +79,17 @@ impl Hosts {
     }
 
     fn daemon_log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("h{i}.daemon.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("h{i}.daemon.log")))
+            .unwrap_or_default()
     }
 
     /// `snowflock run --daemon` on host `i`'s daemon.
     fn run(&self, i: usize, args: &[&str]) -> Run {
         let mut cmd = Command::new(snowflock_bin());
-        cmd.arg("run").arg("--daemon").arg(self.socket(i)).args(args);
+        cmd.arg("run")
+            .arg("--daemon")
+            .arg(self.socket(i))
+            .args(args);
         run_cmd(cmd, Duration::from_secs(90))
     }
 
@@ -83,7 +101,13 @@ impl Hosts {
             if let Ok(vms) = self.client(i).get::<Vec<VmInfo>>("/v1/vms") {
                 for v in vms {
                     if let Ok(d) = self.client(i).get::<VmDetail>(&format!("/v1/vms/{}", v.id)) {
-                        s += &format!("  {} {:?} exit {:?}\n  log: {}\n", v.id, v.kind, v.exit_code, d.log.trim());
+                        s += &format!(
+                            "  {} {:?} exit {:?}\n  log: {}\n",
+                            v.id,
+                            v.kind,
+                            v.exit_code,
+                            d.log.trim()
+                        );
                     }
                 }
             }
@@ -120,8 +144,14 @@ fn clones_spread_over_three_hosts_see_the_parents_memory() {
         let m: Metrics = h.client(i).get("/v1/metrics").unwrap();
         assert_eq!(m.clones_received, 2, "host {i}: {m:?}\n{}", h.describe());
         for c in &m.clones {
-            assert!(c.memory.faults > 0 && c.memory.pages_fetched > 0 && c.memory.bytes_received > 0, "host {i}: {m:?}");
-            assert!(c.memory.fault_latency_p99_us >= c.memory.fault_latency_p50_us, "{m:?}");
+            assert!(
+                c.memory.faults > 0 && c.memory.pages_fetched > 0 && c.memory.bytes_received > 0,
+                "host {i}: {m:?}"
+            );
+            assert!(
+                c.memory.fault_latency_p99_us >= c.memory.fault_latency_p50_us,
+                "{m:?}"
+            );
         }
     }
     let m1: Metrics = h.client(1).get("/v1/metrics").unwrap();
@@ -154,7 +184,10 @@ fn kill_reaches_clones_on_other_hosts() {
 fn a_dead_clone_host_is_reported_lost_and_the_others_results_arrive() {
     let h = Hosts::start(3);
     let mut cmd = Command::new(snowflock_bin());
-    cmd.arg("run").arg("--daemon").arg(h.socket(1)).args(["forktest", "--", "slow", "n=3", "ms=3000"]);
+    cmd.arg("run")
+        .arg("--daemon")
+        .arg(h.socket(1))
+        .args(["forktest", "--", "slow", "n=3", "ms=3000"]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     // Wait until host 3 runs its clone, then take host 3 down: its daemon and
@@ -165,19 +198,37 @@ fn a_dead_clone_host_is_reported_lost_and_the_others_results_arrive() {
         if vms.iter().any(|v| v.state == "running") {
             break;
         }
-        assert!(Instant::now() < until, "host 3 never got its clone\n{}", h.describe());
+        assert!(
+            Instant::now() < until,
+            "host 3 never got its clone\n{}",
+            h.describe()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let ns = h.cluster.netns(3);
-    let pids = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .unwrap();
     for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
         let _ = Command::new("kill").args(["-9", pid]).status();
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("clone 1 -> Exited code 0 result [1]"), "{stdout}");
-    assert!(stdout.contains("clone 2 -> Exited code 0 result [2]"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("clone 1 -> Exited code 0 result [1]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("clone 2 -> Exited code 0 result [2]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("clone 3 -> Lost"), "{stdout}");
     assert!(stdout.contains("forktest slow: ok"), "{stdout}");
 }
@@ -186,7 +237,9 @@ fn a_dead_clone_host_is_reported_lost_and_the_others_results_arrive() {
 fn a_stopped_memory_server_fails_the_remote_clone_clearly() {
     let h = Hosts::start(2);
     let mut cmd = Command::new(snowflock_bin());
-    cmd.arg("run").arg("--daemon").arg(h.socket(1)).args(["--mem", "256M", "forktest", "--", "scan", "n=2", "mib=64", "ms=4000"]);
+    cmd.arg("run").arg("--daemon").arg(h.socket(1)).args([
+        "--mem", "256M", "forktest", "--", "scan", "n=2", "mib=64", "ms=4000",
+    ]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     // The origin VM's log names its memory holder; stop it mid-scan.
@@ -195,21 +248,44 @@ fn a_stopped_memory_server_fails_the_remote_clone_clearly() {
         let vms: Vec<VmInfo> = h.client(1).get("/v1/vms").unwrap_or_default();
         let log = vms
             .first()
-            .and_then(|v| h.client(1).get::<VmDetail>(&format!("/v1/vms/{}", v.id)).ok())
+            .and_then(|v| {
+                h.client(1)
+                    .get::<VmDetail>(&format!("/v1/vms/{}", v.id))
+                    .ok()
+            })
             .map(|d| d.log)
             .unwrap_or_default();
-        if let Some(pid) = log.lines().find_map(|l| l.split("memory holder pid ").nth(1)).and_then(|p| p.split_whitespace().next()?.parse::<i32>().ok()) {
+        if let Some(pid) = log
+            .lines()
+            .find_map(|l| l.split("memory holder pid ").nth(1))
+            .and_then(|p| p.split_whitespace().next()?.parse::<i32>().ok())
+        {
             break pid;
         }
-        assert!(Instant::now() < until, "no memory holder in the origin's log\n{}", h.describe());
+        assert!(
+            Instant::now() < until,
+            "no memory holder in the origin's log\n{}",
+            h.describe()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     std::thread::sleep(Duration::from_millis(800));
-    let _ = Command::new("kill").args(["-9", &holder.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-9", &holder.to_string()])
+        .status();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("clone 1 -> Exited"), "{stdout}\n{}", h.describe());
-    assert!(stdout.contains("clone 2 -> Lost") && stdout.contains("guest memory could not be fetched from the origin"), "{stdout}\n{}", h.describe());
+    assert!(
+        stdout.contains("clone 1 -> Exited"),
+        "{stdout}\n{}",
+        h.describe()
+    );
+    assert!(
+        stdout.contains("clone 2 -> Lost")
+            && stdout.contains("guest memory could not be fetched from the origin"),
+        "{stdout}\n{}",
+        h.describe()
+    );
 }
 
 #[test]
@@ -225,9 +301,15 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
         timeout_ms: None,
         max_clones: 8,
         parent_path: String::new(),
+        prefetch_window: None,
+        requested_unix_ns: None,
     };
     let c = h.client(1);
-    let refuse = |d: Vec<u8>| c.post::<_, sf_api::CloneAccepted>("/v1/clones", &req(d)).unwrap_err().to_string();
+    let refuse = |d: Vec<u8>| {
+        c.post::<_, sf_api::CloneAccepted>("/v1/clones", &req(d))
+            .unwrap_err()
+            .to_string()
+    };
     assert!(refuse(b"not a descriptor at all".to_vec()).contains("not a VM descriptor (bad magic)"));
     let mut v2 = b"SFVMDESC".to_vec();
     v2.extend_from_slice(&2u32.to_le_bytes());
@@ -247,12 +329,25 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
 fn the_daemon_runs_vms_lists_and_kills_them() {
     let h = Hosts::start(1);
     let r = h.run(1, &["hello", "--", "via", "daemon"]);
-    r.assert_code(0).assert_stdout_has("Hello from a SnowFlock guest!").assert_stdout_has("arg 0: via");
+    r.assert_code(0)
+        .assert_stdout_has("Hello from a SnowFlock guest!")
+        .assert_stdout_has("arg 0: via");
     let bad = h.run(1, &["nosuchguest"]);
     bad.assert_code(1).assert_stderr_has("nosuchguest");
     let c = h.client(1);
-    let spin: VmInfo = c.post("/v1/vms", &sf_api::CreateVm { guest: "crash".into(), args: vec!["spin".into()], ..Default::default() }).unwrap();
-    let killed: VmInfo = c.call::<(), _>("DELETE", &format!("/v1/vms/{}", spin.id), None).unwrap();
+    let spin: VmInfo = c
+        .post(
+            "/v1/vms",
+            &sf_api::CreateVm {
+                guest: "crash".into(),
+                args: vec!["spin".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let killed: VmInfo = c
+        .call::<(), _>("DELETE", &format!("/v1/vms/{}", spin.id), None)
+        .unwrap();
     assert_eq!(killed.id, spin.id);
     std::thread::sleep(Duration::from_millis(300));
     let d: VmDetail = c.get(&format!("/v1/vms/{}", spin.id)).unwrap();

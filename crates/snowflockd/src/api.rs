@@ -32,19 +32,28 @@ pub fn router(d: Arc<Daemon>) -> Router {
 }
 
 async fn health(State(d): S) -> Json<Health> {
-    Json(Health { ok: true, version: env!("CARGO_PKG_VERSION").into(), host: d.cfg.host_name() })
+    Json(Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").into(),
+        host: d.cfg.host_name(),
+    })
 }
 
 async fn list(State(d): S) -> Json<Vec<sf_api::VmInfo>> {
     Json(d.list())
 }
 
-async fn create(State(d): S, Json(req): Json<CreateVm>) -> Result<(StatusCode, Json<sf_api::VmInfo>), ApiError> {
+async fn create(
+    State(d): S,
+    Json(req): Json<CreateVm>,
+) -> Result<(StatusCode, Json<sf_api::VmInfo>), ApiError> {
     Ok((StatusCode::CREATED, Json(d.create_vm(req).await?)))
 }
 
 async fn detail(State(d): S, Path(id): Path<String>) -> Result<Json<sf_api::VmDetail>, ApiError> {
-    d.detail(&id).map(Json).ok_or_else(|| ApiError(404, format!("no VM {id:?}")))
+    d.detail(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError(404, format!("no VM {id:?}")))
 }
 
 async fn kill(State(d): S, Path(id): Path<String>) -> Result<Json<sf_api::VmInfo>, ApiError> {
@@ -55,13 +64,24 @@ async fn metrics(State(d): S) -> Json<sf_api::Metrics> {
     Json(d.metrics())
 }
 
-async fn placement(State(d): S, Json(req): Json<PlacementRequest>) -> Result<Json<PlacementResponse>, ApiError> {
+async fn placement(
+    State(d): S,
+    Json(req): Json<PlacementRequest>,
+) -> Result<Json<PlacementResponse>, ApiError> {
     if req.clones > 4096 {
-        return Err(ApiError(400, format!("{} clones is more than any VM may ask for", req.clones)));
+        return Err(ApiError(
+            400,
+            format!("{} clones is more than any VM may ask for", req.clones),
+        ));
     }
-    Ok(Json(PlacementResponse { hosts: place(req.clones, &d.peers(), req.placement) }))
+    Ok(Json(PlacementResponse {
+        hosts: place(req.clones, &d.peers(), req.placement),
+    }))
 }
 
-async fn clones(State(d): S, Json(req): Json<CloneRequest>) -> Result<(StatusCode, Json<sf_api::CloneAccepted>), ApiError> {
+async fn clones(
+    State(d): S,
+    Json(req): Json<CloneRequest>,
+) -> Result<(StatusCode, Json<sf_api::CloneAccepted>), ApiError> {
     Ok((StatusCode::ACCEPTED, Json(d.receive_clones(req).await?)))
 }

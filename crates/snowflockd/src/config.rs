@@ -6,7 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "snowflockd", version, about = "SnowFlock host daemon: boots VMs, receives clones from peers, places clones, reports metrics")]
+#[command(
+    name = "snowflockd",
+    version,
+    about = "SnowFlock host daemon: boots VMs, receives clones from peers, places clones, reports metrics"
+)]
 pub struct Args {
     /// Unix socket of the local API (for `snowflock --daemon SOCKET`).
     #[arg(long, value_name = "PATH")]
@@ -67,13 +71,19 @@ impl Config {
     pub fn from_args(a: Args) -> anyhow::Result<Config> {
         let file = match &a.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-                toml::from_str::<FileConfig>(&text).with_context(|| format!("{} is not a valid snowflockd config", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("{} is not a valid snowflockd config", p.display()))?
             }
             None => FileConfig::default(),
         };
         let listen = a.listen.or(file.listen);
-        let peers = if a.peers.is_empty() { file.peers } else { a.peers };
+        let peers = if a.peers.is_empty() {
+            file.peers
+        } else {
+            a.peers
+        };
         let advertise = match a.advertise.or(file.advertise).or(listen.map(|l| l.ip()).filter(|ip| !ip.is_unspecified())) {
             Some(ip) => ip,
             None if peers.is_empty() => IpAddr::from([127, 0, 0, 1]),
@@ -87,14 +97,22 @@ impl Config {
             None => std::env::current_exe()?.with_file_name("snowflock"),
         };
         if !snowflock.is_file() {
-            bail!("the VMM binary {} does not exist (build it, or pass --snowflock PATH)", snowflock.display());
+            bail!(
+                "the VMM binary {} does not exist (build it, or pass --snowflock PATH)",
+                snowflock.display()
+            );
         }
         Ok(Config {
-            socket: a.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket: a
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
             listen,
             advertise,
             peers,
-            state_dir: a.state_dir.or(file.state_dir).unwrap_or_else(|| std::env::temp_dir().join(format!("snowflockd-{}", std::process::id()))),
+            state_dir: a.state_dir.or(file.state_dir).unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("snowflockd-{}", std::process::id()))
+            }),
             snowflock,
             max_clones: a.max_clones.or(file.max_clones),
         })

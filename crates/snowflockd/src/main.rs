@@ -17,7 +17,8 @@ use std::sync::Arc;
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SNOWFLOCK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SNOWFLOCK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -32,34 +33,43 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: config::Args) -> anyhow::Result<()> {
     let cfg = config::Config::from_args(args)?;
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
     let state = Arc::new(vms::Daemon::new(cfg.clone()));
     let app = api::router(state.clone());
 
     if cfg.socket.exists() {
         // A socket file left by a daemon that is gone; a live one answers.
         if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
-            anyhow::bail!("another snowflockd already listens on {}", cfg.socket.display());
+            anyhow::bail!(
+                "another snowflockd already listens on {}",
+                cfg.socket.display()
+            );
         }
-        std::fs::remove_file(&cfg.socket).with_context(|| format!("cannot remove stale socket {}", cfg.socket.display()))?;
+        std::fs::remove_file(&cfg.socket)
+            .with_context(|| format!("cannot remove stale socket {}", cfg.socket.display()))?;
     }
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let unix = tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
+    let unix = tokio::net::UnixListener::bind(&cfg.socket)
+        .with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
     tracing::info!(socket = %cfg.socket.display(), peers = ?cfg.peers, "snowflockd listening");
     let unix_server = axum::serve(unix, app.clone());
 
     let tcp_server = match &cfg.listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening");
             Some(axum::serve(l, app))
         }
         None => None,
     };
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},

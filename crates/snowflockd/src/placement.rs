@@ -9,7 +9,15 @@ pub fn place(n: u32, peers: &[String], policy: Placement) -> Vec<Option<String>>
         return vec![None; n as usize];
     }
     let hosts = peers.len() + 1;
-    (0..n as usize).map(|i| if i % hosts == 0 { None } else { Some(peers[i % hosts - 1].clone()) }).collect()
+    (0..n as usize)
+        .map(|i| {
+            if i % hosts == 0 {
+                None
+            } else {
+                Some(peers[i % hosts - 1].clone())
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -20,7 +28,16 @@ mod tests {
     fn spreads_round_robin_starting_here() {
         let peers = vec!["b:1".to_string(), "c:1".to_string()];
         let p = place(5, &peers, Placement::Spread);
-        assert_eq!(p, vec![None, Some("b:1".into()), Some("c:1".into()), None, Some("b:1".into())]);
+        assert_eq!(
+            p,
+            vec![
+                None,
+                Some("b:1".into()),
+                Some("c:1".into()),
+                None,
+                Some("b:1".into())
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! clones received from peers), their consoles, logs and counters.
 
 use crate::config::Config;
-use sf_api::{CloneAccepted, CloneMetrics, CloneRequest, CreateVm, FetchStats, Metrics, Placement, VmDetail, VmInfo, VmKind};
+use sf_api::{
+    CloneAccepted, CloneMetrics, CloneRequest, CreateVm, FetchStats, Metrics, Placement, VmDetail,
+    VmInfo, VmKind,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -39,18 +42,27 @@ const MAX_CLONES_PER_REQUEST: usize = 256;
 const EARLY_FAILURE_WINDOW: Duration = Duration::from_millis(300);
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn tail(path: &PathBuf, max: u64) -> String {
-    let Ok(bytes) = std::fs::read(path) else { return String::new() };
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
     let start = bytes.len().saturating_sub(max as usize);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 impl Daemon {
     pub fn new(cfg: Config) -> Daemon {
-        Daemon { cfg, vms: Mutex::new(BTreeMap::new()), next: AtomicU64::new(1), clones_received: AtomicU64::new(0) }
+        Daemon {
+            cfg,
+            vms: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(1),
+            clones_received: AtomicU64::new(0),
+        }
     }
 
     fn new_id(&self, kind: &str) -> String {
@@ -63,7 +75,15 @@ impl Daemon {
 
     /// Spawns one VMM process with console and log files; a task records
     /// its exit.
-    async fn spawn(self: &Arc<Self>, id: String, kind: VmKind, guest: String, clone_id: Option<u32>, args: Vec<String>, stats: Option<PathBuf>) -> Result<VmInfo, ApiError> {
+    async fn spawn(
+        self: &Arc<Self>,
+        id: String,
+        kind: VmKind,
+        guest: String,
+        clone_id: Option<u32>,
+        args: Vec<String>,
+        stats: Option<PathBuf>,
+    ) -> Result<VmInfo, ApiError> {
         let console = self.cfg.state_dir.join(format!("{id}.console"));
         let log = self.cfg.state_dir.join(format!("{id}.log"));
         let io = |what: &str, e: std::io::Error| ApiError(500, format!("cannot {what}: {e}"));
@@ -77,14 +97,34 @@ impl Daemon {
             .spawn()
             .map_err(|e| io("start the VMM process", e))?;
         let pid = child.id().unwrap_or(0);
-        let info = VmInfo { id: id.clone(), kind, guest, pid, state: "running".into(), exit_code: None, clone_id, started_unix_ms: now_ms() };
-        self.vms.lock().expect("state lock").insert(id.clone(), Entry { info: info.clone(), console, log, stats });
+        let info = VmInfo {
+            id: id.clone(),
+            kind,
+            guest,
+            pid,
+            state: "running".into(),
+            exit_code: None,
+            clone_id,
+            started_unix_ms: now_ms(),
+        };
+        self.vms.lock().expect("state lock").insert(
+            id.clone(),
+            Entry {
+                info: info.clone(),
+                console,
+                log,
+                stats,
+            },
+        );
         tracing::info!(%id, pid, ?args, "VMM started");
         let me = self.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let status = child.wait().await.ok();
-            let code = status.and_then(|s| s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|s| 128 + s)));
+            let code = status.and_then(|s| {
+                s.code()
+                    .or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|s| 128 + s))
+            });
             if let Some(e) = me.vms.lock().expect("state lock").get_mut(&id) {
                 e.info.state = "exited".into();
                 e.info.exit_code = code;
@@ -96,7 +136,10 @@ impl Daemon {
         // report its error line in the answer.
         if let Ok(Ok(Some(1))) = tokio::time::timeout(EARLY_FAILURE_WINDOW, done_rx).await {
             let log = tail(&self.vms.lock().expect("state lock")[&info.id].log, 4096);
-            let line = log.lines().find(|l| l.starts_with("error: ")).unwrap_or(log.trim());
+            let line = log
+                .lines()
+                .find(|l| l.starts_with("error: "))
+                .unwrap_or(log.trim());
             return Err(bad(line.trim_start_matches("error: ").to_string()));
         }
         Ok(info)
@@ -117,7 +160,10 @@ impl Daemon {
         if let Some(n) = req.max_clones.or(self.cfg.max_clones) {
             args.extend(["--max-clones".into(), n.to_string()]);
         }
-        args.extend(["--control-socket".into(), self.cfg.socket.display().to_string()]);
+        args.extend([
+            "--control-socket".into(),
+            self.cfg.socket.display().to_string(),
+        ]);
         args.extend(["--advertise".into(), self.cfg.advertise.to_string()]);
         let placement = match req.placement {
             Placement::Spread => "spread",
@@ -129,27 +175,41 @@ impl Daemon {
         }
         args.push("--".into());
         args.extend(req.args.iter().cloned());
-        self.spawn(id, VmKind::Vm, req.guest, None, args, None).await
+        self.spawn(id, VmKind::Vm, req.guest, None, args, None)
+            .await
     }
 
-    pub async fn receive_clones(self: &Arc<Self>, req: CloneRequest) -> Result<CloneAccepted, ApiError> {
+    pub async fn receive_clones(
+        self: &Arc<Self>,
+        req: CloneRequest,
+    ) -> Result<CloneAccepted, ApiError> {
         if req.ids.is_empty() || req.ids.len() > MAX_CLONES_PER_REQUEST {
-            return Err(bad(format!("a clone request carries 1..={MAX_CLONES_PER_REQUEST} clone IDs, not {}", req.ids.len())));
+            return Err(bad(format!(
+                "a clone request carries 1..={MAX_CLONES_PER_REQUEST} clone IDs, not {}",
+                req.ids.len()
+            )));
         }
         if sf_api::from_hex(&req.token_hex).is_none_or(|t| t.len() != 16) {
             return Err(bad("token_hex must be 32 hex digits"));
         }
-        let descriptor = sf_api::from_hex(&req.descriptor_hex).ok_or_else(|| bad("descriptor_hex is not hex"))?;
-        let desc = sf_vmm::descriptor::VmDescriptor::decode(&descriptor).map_err(|e| bad(e.to_string()))?;
+        let descriptor = sf_api::from_hex(&req.descriptor_hex)
+            .ok_or_else(|| bad("descriptor_hex is not hex"))?;
+        let desc = sf_vmm::descriptor::VmDescriptor::decode(&descriptor)
+            .map_err(|e| bad(e.to_string()))?;
         if desc.mem_size != req.mem_size {
-            return Err(bad(format!("descriptor says {} bytes of RAM, request says {}", desc.mem_size, req.mem_size)));
+            return Err(bad(format!(
+                "descriptor says {} bytes of RAM, request says {}",
+                desc.mem_size, req.mem_size
+            )));
         }
         for a in [&req.memory_server, &req.report_to] {
-            a.parse::<std::net::SocketAddr>().map_err(|_| bad(format!("{a:?} is not ip:port")))?;
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|_| bad(format!("{a:?} is not ip:port")))?;
         }
         let group = self.new_id("group");
         let request_file = self.cfg.state_dir.join(format!("{group}.json"));
-        std::fs::write(&request_file, serde_json::to_vec(&req).expect("serializes")).map_err(|e| ApiError(500, format!("cannot keep the clone request: {e}")))?;
+        std::fs::write(&request_file, serde_json::to_vec(&req).expect("serializes"))
+            .map_err(|e| ApiError(500, format!("cannot keep the clone request: {e}")))?;
         let mut vms = Vec::new();
         for &cid in &req.ids {
             let id = self.new_id("clone");
@@ -163,7 +223,16 @@ impl Daemon {
                 "--stats".into(),
                 stats.display().to_string(),
             ];
-            let info = self.spawn(id, VmKind::Clone, format!("clone of {}", req.report_to), Some(cid), args, Some(stats)).await?;
+            let info = self
+                .spawn(
+                    id,
+                    VmKind::Clone,
+                    format!("clone of {}", req.report_to),
+                    Some(cid),
+                    args,
+                    Some(stats),
+                )
+                .await?;
             self.clones_received.fetch_add(1, Ordering::Relaxed);
             vms.push(info.id);
         }
@@ -171,7 +240,12 @@ impl Daemon {
     }
 
     pub fn list(&self) -> Vec<VmInfo> {
-        self.vms.lock().expect("state lock").values().map(|e| e.info.clone()).collect()
+        self.vms
+            .lock()
+            .expect("state lock")
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     fn stats_of(e: &Entry) -> Option<FetchStats> {
@@ -182,12 +256,19 @@ impl Daemon {
     pub fn detail(&self, id: &str) -> Option<VmDetail> {
         let vms = self.vms.lock().expect("state lock");
         let e = vms.get(id)?;
-        Some(VmDetail { info: e.info.clone(), console: tail(&e.console, 64 << 10), log: tail(&e.log, 16 << 10), memory: Self::stats_of(e) })
+        Some(VmDetail {
+            info: e.info.clone(),
+            console: tail(&e.console, 64 << 10),
+            log: tail(&e.log, 16 << 10),
+            memory: Self::stats_of(e),
+        })
     }
 
     pub fn kill(&self, id: &str) -> Result<VmInfo, ApiError> {
         let vms = self.vms.lock().expect("state lock");
-        let e = vms.get(id).ok_or_else(|| ApiError(404, format!("no VM {id:?}")))?;
+        let e = vms
+            .get(id)
+            .ok_or_else(|| ApiError(404, format!("no VM {id:?}")))?;
         if e.info.state == "running" && e.info.pid > 0 {
             // SAFETY: signals a VMM process this daemon started and has not reaped.
             unsafe { libc::kill(e.info.pid as i32, libc::SIGKILL) };
@@ -217,7 +298,13 @@ impl Daemon {
     }
 
     pub async fn kill_all(&self) {
-        let ids: Vec<String> = self.vms.lock().expect("state lock").keys().cloned().collect();
+        let ids: Vec<String> = self
+            .vms
+            .lock()
+            .expect("state lock")
+            .keys()
+            .cloned()
+            .collect();
         for id in ids {
             let _ = self.kill(&id);
         }

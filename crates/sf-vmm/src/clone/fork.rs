@@ -58,7 +58,11 @@ impl Vm {
         }
     }
 
-    pub(crate) fn clone_vm(&mut self, ticket: u32, console: &mut dyn Write) -> Result<HcReturn, Error> {
+    pub(crate) fn clone_vm(
+        &mut self,
+        ticket: u32,
+        console: &mut dyn Write,
+    ) -> Result<HcReturn, Error> {
         let granted = match self.clones.tickets.reserved(ticket) {
             Ok(g) => g,
             Err(e) => return err(e),
@@ -68,13 +72,20 @@ impl Vm {
         // state is after the instruction (some KVMs advance RIP only then).
         self.vcpu.complete_pending_io()?;
         let state = self.vcpu.capture()?;
-        let descriptor = VmDescriptor { mem_size: self.ram.size(), vcpu: state, memory: MemorySource::Inherited }.encode();
+        let descriptor = VmDescriptor {
+            mem_size: self.ram.size(),
+            vcpu: state,
+            memory: MemorySource::Inherited,
+        }
+        .encode();
 
         let hosts = match &self.remote_link {
             Some(link) => remote::place(link, granted),
             None => vec![None; granted as usize],
         };
-        let local_ids: Vec<u32> = (1..=granted).filter(|&id| hosts[id as usize - 1].is_none()).collect();
+        let local_ids: Vec<u32> = (1..=granted)
+            .filter(|&id| hosts[id as usize - 1].is_none())
+            .collect();
         let mut by_peer: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for (i, h) in hosts.iter().enumerate() {
             if let Some(peer) = h {
@@ -86,8 +97,16 @@ impl Vm {
             (Some(link), false) => {
                 // A clone's RAM may be remote too; the holder serves a full copy.
                 self.fetch_all_memory()?;
-                let p = RemotePlan::new(link, by_peer, &descriptor, self.ram.size(), self.timeout, self.clones.max_clones, &self.clones.path)
-                    .map_err(io("opening the clone group's sockets"))?;
+                let p = RemotePlan::new(
+                    link,
+                    by_peer,
+                    &descriptor,
+                    self.ram.size(),
+                    self.timeout,
+                    self.clones.max_clones,
+                    &self.clones.path,
+                )
+                .map_err(io("opening the clone group's sockets"))?;
                 Some(p)
             }
             _ => None,
@@ -119,7 +138,10 @@ impl Vm {
             Forked::Parent(first) => {
                 drop((pids_w, jobs));
                 let remote = match plan {
-                    Some(p) => Some(RemoteGroup::new(p.reports, p.token, remote_ids, request).map_err(io("listening for clone reports"))?),
+                    Some(p) => Some(
+                        RemoteGroup::new(p.reports, p.token, remote_ids, request)
+                            .map_err(io("listening for clone reports"))?,
+                    ),
                     None => None,
                 };
                 let timeline = self.clones.timelines.len();
@@ -149,7 +171,13 @@ impl Vm {
                 };
                 self.clones.tickets.set(ticket, TicketState::Cloned(group));
                 self.reseed();
-                tracing::debug!(ticket, granted, first, descriptor = descriptor.len(), "clones forked");
+                tracing::debug!(
+                    ticket,
+                    granted,
+                    first,
+                    descriptor = descriptor.len(),
+                    "clones forked"
+                );
                 self.vcpu.set_rax(0)?;
                 Ok(HcReturn::AlreadySet)
             }
@@ -207,9 +235,17 @@ impl Vm {
         self.do_job(last, plan, descriptor, request)
     }
 
-    fn do_job(&mut self, job: Job, plan: Option<RemotePlan>, descriptor: &[u8], request: Instant) -> Result<HcReturn, Error> {
+    fn do_job(
+        &mut self,
+        job: Job,
+        plan: Option<RemotePlan>,
+        descriptor: &[u8],
+        request: Instant,
+    ) -> Result<HcReturn, Error> {
         match job {
-            Job::Holder => remote::run_holder(plan.expect("a holder job comes with a plan"), &self.ram),
+            Job::Holder => {
+                remote::run_holder(plan.expect("a holder job comes with a plan"), &self.ram)
+            }
             Job::Clone { id, report } => {
                 drop(plan);
                 if let Err(e) = self.become_clone(id, descriptor, Reporter::Pipe(report), request) {
@@ -223,15 +259,28 @@ impl Vm {
 
     /// In a new clone process: a fresh KVM VM on the inherited RAM, built
     /// from the descriptor alone (the same path a remote host takes).
-    fn become_clone(&mut self, id: u32, descriptor: &[u8], reporter: Reporter, request: Instant) -> Result<(), Error> {
+    fn become_clone(
+        &mut self,
+        id: u32,
+        descriptor: &[u8],
+        reporter: Reporter,
+        request: Instant,
+    ) -> Result<(), Error> {
         let mut desc = VmDescriptor::decode(descriptor)?;
         desc.vcpu.regs.rax = id as u64;
-        let path = if self.clones.path.is_empty() { id.to_string() } else { format!("{}.{id}", self.clones.path) };
+        let path = if self.clones.path.is_empty() {
+            id.to_string()
+        } else {
+            format!("{}.{id}", self.clones.path)
+        };
         // Drops (closes) everything inherited from the parent's other tickets.
         self.clones = CloneHost::new(self.clones.max_clones);
         self.clones.path = path.clone();
         self.clones.role = Role::Clone { id, reporter };
-        let vm_fd = self.kvm.create_vm().map_err(Error::kvm("creating the clone VM"))?;
+        let vm_fd = self
+            .kvm
+            .create_vm()
+            .map_err(Error::kvm("creating the clone VM"))?;
         self.register_ram(&vm_fd)?;
         let vcpu = Vcpu::new(&vm_fd, &self.cpuid)?;
         vcpu.restore(&desc.vcpu)?;
@@ -252,7 +301,10 @@ impl Vm {
             TicketState::Joined { record, .. } => return Ok(HcReturn::Value(record.len() as u64)),
             TicketState::Reserved { granted } => {
                 // Never cloned: joining releases the reservation.
-                *state = TicketState::Joined { granted: *granted, record: Vec::new() };
+                *state = TicketState::Joined {
+                    granted: *granted,
+                    record: Vec::new(),
+                };
                 return Ok(HcReturn::Value(0));
             }
             TicketState::Cloned(g) => g,
@@ -263,11 +315,18 @@ impl Vm {
         t.request_to_joined = Some(request.elapsed());
         t.clones = summaries;
         let len = record.len() as u64;
-        self.clones.tickets.set(ticket, TicketState::Joined { granted, record });
+        self.clones
+            .tickets
+            .set(ticket, TicketState::Joined { granted, record });
         Ok(HcReturn::Value(len))
     }
 
-    pub(crate) fn join_fetch(&mut self, ticket: u32, buf: u64, cap: u64) -> Result<HcReturn, Error> {
+    pub(crate) fn join_fetch(
+        &mut self,
+        ticket: u32,
+        buf: u64,
+        cap: u64,
+    ) -> Result<HcReturn, Error> {
         let record = match self.clones.tickets.get_mut(ticket) {
             Err(e) => return err(e),
             Ok(TicketState::Joined { record, .. }) => record,
@@ -309,7 +368,10 @@ impl Vm {
             unreachable!("finish_clone runs only in clone processes")
         };
         let (rss_bytes, private_bytes) = process::memory_usage();
-        let memory = self.remote_memory.as_ref().map(|m| crate::remote::api_stats(&m.stats()));
+        let memory = self
+            .remote_memory
+            .as_ref()
+            .map(|m| crate::remote::api_stats(&m.stats()));
         if let (Some(path), Some(m)) = (&self.stats_file, &memory) {
             let _ = std::fs::write(path, serde_json::to_vec(m).unwrap_or_default());
         }
@@ -322,7 +384,11 @@ impl Vm {
             private_bytes,
             memory,
         };
-        let code = if reporter.send(&r.encode()).is_ok() { 0 } else { 4 };
+        let code = if reporter.send(&r.encode()).is_ok() {
+            0
+        } else {
+            4
+        };
         process::exit_now(code)
     }
 }
@@ -335,11 +401,16 @@ fn read_spawn_report(g: &mut Group) -> SpawnReport {
         let n = g.local_ids.len();
         g.pids = match n {
             0 => Vec::new(),
-            _ => std::iter::once(g.first).chain((0..n - 1).map(|i| rep.pids.get(i).copied().unwrap_or(0))).collect(),
+            _ => std::iter::once(g.first)
+                .chain((0..n - 1).map(|i| rep.pids.get(i).copied().unwrap_or(0)))
+                .collect(),
         };
         g.holder = if n == 0 { Some(g.first) } else { rep.holder };
     }
-    SpawnReport { pids: g.pids.clone(), holder: g.holder }
+    SpawnReport {
+        pids: g.pids.clone(),
+        holder: g.holder,
+    }
 }
 
 /// Kills every clone that has not reported yet (their own clones die with
@@ -366,7 +437,11 @@ fn kill_group(g: &mut Group) -> u32 {
 /// Whether a report pipe has data or its writer is gone (the clone ended).
 fn pipe_ready(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout.
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
@@ -382,19 +457,38 @@ struct Joined {
 
 fn from_report(r: CloneReport) -> Joined {
     let (status, code, detail) = classify(&r.outcome);
-    let result = if r.result.len() <= RESULT_MAX { r.result.clone() } else { Vec::new() };
-    Joined { status, code, detail, result, report: Some(r) }
+    let result = if r.result.len() <= RESULT_MAX {
+        r.result.clone()
+    } else {
+        Vec::new()
+    };
+    Joined {
+        status,
+        code,
+        detail,
+        result,
+        report: Some(r),
+    }
 }
 
 fn failed(status: CloneStatus, detail: String) -> Joined {
-    Joined { status, code: -1, detail, result: Vec::new(), report: None }
+    Joined {
+        status,
+        code: -1,
+        detail,
+        result: Vec::new(),
+        report: None,
+    }
 }
 
 /// Waits for every clone of the group and builds the join record.
 fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
     let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
-    let reports: Vec<Option<CloneReport>> =
-        g.results.iter().map(|fd| CloneReport::decode(&process::read_all(fd, REPORT_MAX).unwrap_or_default())).collect();
+    let reports: Vec<Option<CloneReport>> = g
+        .results
+        .iter()
+        .map(|fd| CloneReport::decode(&process::read_all(fd, REPORT_MAX).unwrap_or_default()))
+        .collect();
     let spawn = read_spawn_report(g);
     for (i, report) in reports.into_iter().enumerate() {
         let id = g.local_ids[i];
@@ -412,7 +506,9 @@ fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
                 CloneStatus::Lost,
                 match (pid, status) {
                     (0, _) => "the host could not fork this clone".into(),
-                    (_, Some(st)) => format!("the clone's VMM process ended without a report ({st})"),
+                    (_, Some(st)) => {
+                        format!("the clone's VMM process ended without a report ({st})")
+                    }
                     (_, None) => "the clone's VMM process vanished without a report".into(),
                 },
             ),
@@ -424,8 +520,13 @@ fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
         for &id in &r.ids.clone() {
             let j = match r.reports.remove(&id) {
                 Some(rep) => from_report(rep),
-                None if g.killed => failed(CloneStatus::Killed, "killed by the parent's kill".into()),
-                None => failed(CloneStatus::Lost, r.lost.remove(&id).unwrap_or_else(|| "no report".into())),
+                None if g.killed => {
+                    failed(CloneStatus::Killed, "killed by the parent's kill".into())
+                }
+                None => failed(
+                    CloneStatus::Lost,
+                    r.lost.remove(&id).unwrap_or_else(|| "no report".into()),
+                ),
             };
             joined.insert(id, j);
         }
@@ -437,7 +538,16 @@ fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
     let mut record = Vec::new();
     let mut summaries = Vec::with_capacity(joined.len());
     for (id, j) in joined {
-        encode_entry(&mut record, &Entry { id, status: j.status, code: j.code, result: &j.result, detail: j.detail.as_bytes() });
+        encode_entry(
+            &mut record,
+            &Entry {
+                id,
+                status: j.status,
+                code: j.code,
+                result: &j.result,
+                detail: j.detail.as_bytes(),
+            },
+        );
         let r = j.report.as_ref();
         summaries.push(CloneSummary {
             id,

@@ -35,43 +35,87 @@ fn parse(req: &CloneRequest) -> Result<([u8; 16], SocketAddr, SocketAddr, Vec<u8
     let token: [u8; 16] = sf_api::from_hex(&req.token_hex)
         .and_then(|t| t.try_into().ok())
         .ok_or_else(|| HostError::Request("token_hex is not 32 hex digits".into()))?;
-    let mem = req.memory_server.parse().map_err(|_| HostError::Request(format!("memory_server {:?} is not ip:port", req.memory_server)))?;
-    let rep = req.report_to.parse().map_err(|_| HostError::Request(format!("report_to {:?} is not ip:port", req.report_to)))?;
-    let desc = sf_api::from_hex(&req.descriptor_hex).ok_or_else(|| HostError::Request("descriptor_hex is not hex".into()))?;
+    let mem = req.memory_server.parse().map_err(|_| {
+        HostError::Request(format!(
+            "memory_server {:?} is not ip:port",
+            req.memory_server
+        ))
+    })?;
+    let rep = req
+        .report_to
+        .parse()
+        .map_err(|_| HostError::Request(format!("report_to {:?} is not ip:port", req.report_to)))?;
+    let desc = sf_api::from_hex(&req.descriptor_hex)
+        .ok_or_else(|| HostError::Request("descriptor_hex is not hex".into()))?;
     Ok((token, mem, rep, desc))
 }
 
 /// Runs clone `id` of `req` to its end; returns the process exit code. The
 /// guest console goes to `console`; memory counters are written to `stats`
 /// (JSON) every heartbeat and at the end.
-pub fn run(req: &CloneRequest, id: u32, stats: Option<&Path>, console: &mut dyn Write) -> Result<i32, HostError> {
+pub fn run(
+    req: &CloneRequest,
+    id: u32,
+    stats: Option<&Path>,
+    console: &mut dyn Write,
+) -> Result<i32, HostError> {
     // Latencies count from the parent's request where the clocks allow.
-    let since_request = req.requested_unix_ns.map(|t| Duration::from_nanos(super::remote::unix_ns().saturating_sub(t)));
-    let start = since_request.and_then(|d| Instant::now().checked_sub(d)).unwrap_or_else(Instant::now);
+    let since_request = req
+        .requested_unix_ns
+        .map(|t| Duration::from_nanos(super::remote::unix_ns().saturating_sub(t)));
+    let start = since_request
+        .and_then(|d| Instant::now().checked_sub(d))
+        .unwrap_or_else(Instant::now);
     let (token, mem_addr, report_addr, desc_bytes) = parse(req)?;
-    let stream = TcpStream::connect_timeout(&report_addr, Duration::from_secs(5))
-        .map_err(|source| HostError::Origin { addr: report_addr.to_string(), source })?;
+    let stream =
+        TcpStream::connect_timeout(&report_addr, Duration::from_secs(5)).map_err(|source| {
+            HostError::Origin {
+                addr: report_addr.to_string(),
+                source,
+            }
+        })?;
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(Mutex::new(stream));
     {
         let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
-        Frame::Hello { token, id }.write_to(&mut *s).map_err(|source| HostError::Origin { addr: report_addr.to_string(), source })?;
+        Frame::Hello { token, id }
+            .write_to(&mut *s)
+            .map_err(|source| HostError::Origin {
+                addr: report_addr.to_string(),
+                source,
+            })?;
     }
     let mut reporter = Reporter::Tcp(conn.clone());
     let report_failure = |reporter: &mut Reporter, outcome: Outcome| {
-        let r = CloneReport { id, outcome, result: Vec::new(), first_entry_us: 0, rss_bytes: 0, private_bytes: 0, memory: None };
+        let r = CloneReport {
+            id,
+            outcome,
+            result: Vec::new(),
+            first_entry_us: 0,
+            rss_bytes: 0,
+            private_bytes: 0,
+            memory: None,
+        };
         let _ = reporter.send(&r.encode());
     };
     let desc = match VmDescriptor::decode(&desc_bytes) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("snowflock: clone {id}: {e}");
-            report_failure(&mut reporter, Outcome::HostError { message: e.to_string() });
+            report_failure(
+                &mut reporter,
+                Outcome::HostError {
+                    message: e.to_string(),
+                },
+            );
             return Ok(1);
         }
     };
     let vm = build(req, id, desc, token, mem_addr, start).map(|mut vm| {
-        vm.clones.role = Role::Clone { id, reporter: Reporter::Tcp(conn.clone()) };
+        vm.clones.role = Role::Clone {
+            id,
+            reporter: Reporter::Tcp(conn.clone()),
+        };
         vm.stats_file = stats.map(Path::to_path_buf);
         vm
     });
@@ -79,7 +123,12 @@ pub fn run(req: &CloneRequest, id: u32, stats: Option<&Path>, console: &mut dyn 
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("snowflock: clone {id} could not start: {e}");
-            report_failure(&mut reporter, Outcome::HostError { message: e.to_string() });
+            report_failure(
+                &mut reporter,
+                Outcome::HostError {
+                    message: e.to_string(),
+                },
+            );
             return Ok(1);
         }
     };
@@ -90,17 +139,39 @@ pub fn run(req: &CloneRequest, id: u32, stats: Option<&Path>, console: &mut dyn 
     }
 }
 
-fn build(req: &CloneRequest, id: u32, mut desc: VmDescriptor, token: [u8; 16], mem_addr: SocketAddr, start: Instant) -> Result<Vm, Error> {
+fn build(
+    req: &CloneRequest,
+    id: u32,
+    mut desc: VmDescriptor,
+    token: [u8; 16],
+    mem_addr: SocketAddr,
+    start: Instant,
+) -> Result<Vm, Error> {
     desc.vcpu.regs.rax = id as u64;
     let ram = GuestRam::new(desc.mem_size)?;
     let vcpu_thread = crate::remote::current_thread_kicker();
-    let mut cfg = FetchConfig { on_failure: Some(std::sync::Arc::new(move |_: &crate::remote::RemoteError| vcpu_thread.kick())), ..FetchConfig::default() };
+    let mut cfg = FetchConfig {
+        on_failure: Some(std::sync::Arc::new(
+            move |_: &crate::remote::RemoteError| vcpu_thread.kick(),
+        )),
+        ..FetchConfig::default()
+    };
     if let Some(w) = req.prefetch_window {
         cfg.max_window_pages = w.clamp(1, crate::remote::MAX_BATCH_PAGES);
     }
-    let memory = RemoteMemory::attach(ram.host_base() as *mut u8, ram.size() as usize, mem_addr, token, cfg)
-        .map_err(|e| Error::Remote(e.to_string()))?;
-    let path = if req.parent_path.is_empty() { id.to_string() } else { format!("{}.{id}", req.parent_path) };
+    let memory = RemoteMemory::attach(
+        ram.host_base() as *mut u8,
+        ram.size() as usize,
+        mem_addr,
+        token,
+        cfg,
+    )
+    .map_err(|e| Error::Remote(e.to_string()))?;
+    let path = if req.parent_path.is_empty() {
+        id.to_string()
+    } else {
+        format!("{}.{id}", req.parent_path)
+    };
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let mut vm = Vm::from_descriptor(&desc, ram, memory, timeout, req.max_clones, start)?;
     vm.clones = CloneHost::new(req.max_clones);
@@ -112,7 +183,11 @@ fn build(req: &CloneRequest, id: u32, mut desc: VmDescriptor, token: [u8; 16], m
 /// Heartbeats to the origin (and kill orders from it), plus the counters
 /// file for the daemon, from a thread of their own: the vCPU thread may be
 /// blocked on a page that is still on its way.
-fn spawn_heartbeats(conn: Arc<Mutex<TcpStream>>, stats: crate::remote::StatsSource, stats_path: Option<std::path::PathBuf>) {
+fn spawn_heartbeats(
+    conn: Arc<Mutex<TcpStream>>,
+    stats: crate::remote::StatsSource,
+    stats_path: Option<std::path::PathBuf>,
+) {
     let reader = conn.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
     if let Ok(mut r) = reader {
         std::thread::spawn(move || {

@@ -32,17 +32,26 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Asks the daemon where each of `n` clones goes; on any failure all stay
 /// local (a clone here beats no clone).
 pub fn place(link: &RemoteLink, n: u32) -> Vec<Option<String>> {
-    let req = PlacementRequest { clones: n, placement: link.placement };
+    let req = PlacementRequest {
+        clones: n,
+        placement: link.placement,
+    };
     match Client::new(link.control.clone()).post::<_, PlacementResponse>("/v1/placement", &req) {
         Ok(p) if p.hosts.len() == n as usize => p.hosts,
         Ok(p) => {
-            tracing::warn!(got = p.hosts.len(), n, "daemon placed the wrong number of clones; keeping them local");
+            tracing::warn!(
+                got = p.hosts.len(),
+                n,
+                "daemon placed the wrong number of clones; keeping them local"
+            );
             vec![None; n as usize]
         }
         Err(e) => {
@@ -63,7 +72,15 @@ pub struct RemotePlan {
 }
 
 impl RemotePlan {
-    pub fn new(link: &RemoteLink, by_peer: BTreeMap<String, Vec<u32>>, descriptor: &[u8], mem_size: u64, timeout: Option<Duration>, max_clones: u32, parent_path: &str) -> std::io::Result<RemotePlan> {
+    pub fn new(
+        link: &RemoteLink,
+        by_peer: BTreeMap<String, Vec<u32>>,
+        descriptor: &[u8],
+        mem_size: u64,
+        timeout: Option<Duration>,
+        max_clones: u32,
+        parent_path: &str,
+    ) -> std::io::Result<RemotePlan> {
         let memory = TcpListener::bind((link.advertise, 0))?;
         let reports = TcpListener::bind((link.advertise, 0))?;
         let seed = crate::boot::entropy_bytes();
@@ -81,7 +98,13 @@ impl RemotePlan {
             prefetch_window: link.prefetch_window,
             requested_unix_ns: Some(unix_ns()),
         };
-        Ok(RemotePlan { token, memory, reports, by_peer, request })
+        Ok(RemotePlan {
+            token,
+            memory,
+            reports,
+            by_peer,
+            request,
+        })
     }
 }
 
@@ -89,21 +112,36 @@ impl RemotePlan {
 /// start the clones on their hosts, tell the origin which could not start,
 /// then serve guest RAM to the clones until the origin kills this process.
 pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
-    let RemotePlan { token, memory, reports, by_peer, request } = plan;
+    let RemotePlan {
+        token,
+        memory,
+        reports,
+        by_peer,
+        request,
+    } = plan;
     let report_to = reports.local_addr().ok();
     drop(reports);
-    let mut origin = report_to.and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
+    let mut origin =
+        report_to.and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
     if let Some(s) = origin.as_mut() {
         let _ = Frame::Hello { token, id: 0 }.write_to(s);
     }
     for (peer, ids) in &by_peer {
-        let req = CloneRequest { ids: ids.clone(), ..request.clone() };
-        let res = Client::new(Endpoint::Tcp(peer.clone())).post::<_, sf_api::CloneAccepted>("/v1/clones", &req);
+        let req = CloneRequest {
+            ids: ids.clone(),
+            ..request.clone()
+        };
+        let res = Client::new(Endpoint::Tcp(peer.clone()))
+            .post::<_, sf_api::CloneAccepted>("/v1/clones", &req);
         if let Err(e) = res {
             tracing::warn!(%peer, ?ids, "clone host refused: {e}");
             for &id in ids {
                 if let Some(s) = origin.as_mut() {
-                    let _ = Frame::Failed { id, reason: format!("host {peer} could not start it: {e}") }.write_to(s);
+                    let _ = Frame::Failed {
+                        id,
+                        reason: format!("host {peer} could not start it: {e}"),
+                    }
+                    .write_to(s);
                 }
             }
         }
@@ -133,7 +171,12 @@ pub struct RemoteGroup {
 }
 
 impl RemoteGroup {
-    pub fn new(listener: TcpListener, token: [u8; 16], ids: Vec<u32>, started: Instant) -> std::io::Result<RemoteGroup> {
+    pub fn new(
+        listener: TcpListener,
+        token: [u8; 16],
+        ids: Vec<u32>,
+        started: Instant,
+    ) -> std::io::Result<RemoteGroup> {
         listener.set_nonblocking(true)?;
         Ok(RemoteGroup {
             listener,
@@ -162,7 +205,12 @@ impl RemoteGroup {
         loop {
             while let Ok((s, _)) = self.listener.accept() {
                 if s.set_nonblocking(true).is_ok() {
-                    self.conns.push(Conn { stream: s, buf: Vec::new(), id: None, last_heard: Instant::now() });
+                    self.conns.push(Conn {
+                        stream: s,
+                        buf: Vec::new(),
+                        id: None,
+                        last_heard: Instant::now(),
+                    });
                 }
             }
             let mut i = 0;
@@ -189,16 +237,25 @@ impl RemoteGroup {
     /// Reads what one connection has; false when it is finished or broken.
     fn read_conn(&mut self, i: usize) -> bool {
         let mut chunk = [0u8; 16 << 10];
+        // A clone may write its last frames and close before we look: take
+        // what arrived first, then notice the end.
+        let mut open = true;
         loop {
             match self.conns[i].stream.read(&mut chunk) {
-                Ok(0) => return false,
+                Ok(0) => {
+                    open = false;
+                    break;
+                }
                 Ok(n) => {
                     self.conns[i].buf.extend_from_slice(&chunk[..n]);
                     self.conns[i].last_heard = Instant::now();
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return false,
+                Err(_) => {
+                    open = false;
+                    break;
+                }
             }
         }
         loop {
@@ -207,7 +264,7 @@ impl RemoteGroup {
                     self.conns[i].buf.drain(..used);
                     f
                 }
-                Ok(None) => return true,
+                Ok(None) => return open,
                 Err(e) => {
                     tracing::warn!("dropping a report connection: {e}");
                     return false;
@@ -230,7 +287,8 @@ impl RemoteGroup {
                             self.reports.insert(id, r);
                         }
                         None => {
-                            self.lost.insert(id, "its host sent a malformed report".into());
+                            self.lost
+                                .insert(id, "its host sent a malformed report".into());
                         }
                     }
                     return false;
@@ -247,14 +305,26 @@ impl RemoteGroup {
         for c in &self.conns {
             if let Some(id) = c.id.filter(|&id| id != 0) {
                 if c.last_heard.elapsed() > HEARTBEAT_TIMEOUT && !self.resolved(id) {
-                    self.lost.insert(id, format!("no word from its host for {} s (host down or unreachable)", HEARTBEAT_TIMEOUT.as_secs()));
+                    self.lost.insert(
+                        id,
+                        format!(
+                            "no word from its host for {} s (host down or unreachable)",
+                            HEARTBEAT_TIMEOUT.as_secs()
+                        ),
+                    );
                 }
             }
         }
         if self.started.elapsed() > START_TIMEOUT {
             for &id in &self.ids {
                 if !self.connected.contains_key(&id) && !self.resolved(id) {
-                    self.lost.insert(id, format!("its host never started it within {} s", START_TIMEOUT.as_secs()));
+                    self.lost.insert(
+                        id,
+                        format!(
+                            "its host never started it within {} s",
+                            START_TIMEOUT.as_secs()
+                        ),
+                    );
                 }
             }
         }
@@ -264,9 +334,16 @@ impl RemoteGroup {
         use std::os::fd::AsRawFd;
         let mut fds: Vec<libc::pollfd> = std::iter::once(self.listener.as_raw_fd())
             .chain(self.conns.iter().map(|c| c.stream.as_raw_fd()))
-            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
-        let ms = until.saturating_duration_since(Instant::now()).min(Duration::from_millis(250)).as_millis() as i32;
+        let ms = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(250))
+            .as_millis() as i32;
         // SAFETY: `fds` is a valid array of pollfd for the call's duration.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     }
@@ -284,7 +361,9 @@ impl RemoteGroup {
         self.pump(Duration::ZERO);
         let mut n = 0;
         for c in &mut self.conns {
-            if c.id.is_some_and(|id| id != 0 && !self.reports.contains_key(&id) && !self.lost.contains_key(&id)) {
+            if c.id.is_some_and(|id| {
+                id != 0 && !self.reports.contains_key(&id) && !self.lost.contains_key(&id)
+            }) {
                 let _ = c.stream.set_nonblocking(false);
                 let _ = Frame::Kill.write_to(&mut c.stream);
                 let _ = c.stream.set_nonblocking(true);

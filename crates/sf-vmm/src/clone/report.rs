@@ -53,6 +53,9 @@ pub fn classify(o: &Outcome) -> (CloneStatus, i32, String) {
             crate::outcome::exit_code::TIMEOUT,
             o.to_string(),
         ),
+        // The clone's VMM (not its guest) failed, e.g. its memory became
+        // unreachable: the clone is lost, for a reason worth reading.
+        Outcome::HostError { message } => (CloneStatus::Lost, -1, message.clone()),
         other => {
             let first_line = other
                 .to_string()

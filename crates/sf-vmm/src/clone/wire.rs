@@ -28,7 +28,9 @@ impl Frame {
             Frame::Heartbeat => (2, Vec::new()),
             Frame::Report(r) => (3, r.clone()),
             Frame::Kill => (4, Vec::new()),
-            Frame::Failed { id, reason } => (5, [&id.to_le_bytes()[..], reason.as_bytes()].concat()),
+            Frame::Failed { id, reason } => {
+                (5, [&id.to_le_bytes()[..], reason.as_bytes()].concat())
+            }
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         out.push(kind);
@@ -51,13 +53,22 @@ impl Frame {
             return Ok(None);
         }
         let p = &buf[5..5 + len];
-        let id = |p: &[u8]| p.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let id = |p: &[u8]| {
+            p.get(..4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        };
         let f = match buf[0] {
-            1 if len == 20 => Frame::Hello { token: p[..16].try_into().expect("16 bytes"), id: id(&p[16..]).expect("4 bytes") },
+            1 if len == 20 => Frame::Hello {
+                token: p[..16].try_into().expect("16 bytes"),
+                id: id(&p[16..]).expect("4 bytes"),
+            },
             2 if len == 0 => Frame::Heartbeat,
             3 => Frame::Report(p.to_vec()),
             4 if len == 0 => Frame::Kill,
-            5 if len >= 4 => Frame::Failed { id: id(p).expect("4 bytes"), reason: String::from_utf8_lossy(&p[4..]).into_owned() },
+            5 if len >= 4 => Frame::Failed {
+                id: id(p).expect("4 bytes"),
+                reason: String::from_utf8_lossy(&p[4..]).into_owned(),
+            },
             k => return Err(format!("unknown frame kind {k} of {len} bytes")),
         };
         Ok(Some((f, 5 + len)))
@@ -73,7 +84,10 @@ impl Frame {
         r.read_exact(&mut head)?;
         let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame over the limit"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "frame over the limit",
+            ));
         }
         let mut buf = head.to_vec();
         buf.resize(5 + len, 0);
@@ -93,11 +107,17 @@ mod tests {
     #[test]
     fn frames_round_trip_and_partial_input_waits() {
         for f in [
-            Frame::Hello { token: [7; 16], id: 3 },
+            Frame::Hello {
+                token: [7; 16],
+                id: 3,
+            },
             Frame::Heartbeat,
             Frame::Report(vec![1, 2, 3]),
             Frame::Kill,
-            Frame::Failed { id: 2, reason: "peer down".into() },
+            Frame::Failed {
+                id: 2,
+                reason: "peer down".into(),
+            },
         ] {
             let b = f.encode();
             assert_eq!(Frame::decode(&b), Ok(Some((f.clone(), b.len()))));
@@ -108,7 +128,13 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         assert!(Frame::decode(&[9, 0, 0, 0, 0]).is_err());
-        assert!(Frame::decode(&[1, 3, 0, 0, 0, 1, 2, 3]).is_err(), "short hello");
-        assert!(Frame::decode(&[3, 0xff, 0xff, 0xff, 0x7f]).is_err(), "huge frame");
+        assert!(
+            Frame::decode(&[1, 3, 0, 0, 0, 1, 2, 3]).is_err(),
+            "short hello"
+        );
+        assert!(
+            Frame::decode(&[3, 0xff, 0xff, 0xff, 0x7f]).is_err(),
+            "huge frame"
+        );
     }
 }

@@ -32,10 +32,10 @@ mod tests;
 
 pub use error::RemoteError;
 pub use fetcher::{FailureCallback, FetchConfig, FetchStats, RemoteMemory, StatsHandle};
-pub use vmm::{api_stats, current_thread_kicker, serve_frozen, StatsSource, ThreadKicker};
 pub use protocol::{ProtocolError, RefuseReason, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION};
 pub use region::ServedRegion;
 pub use server::{PageServer, ServerHandle, ServerStats};
+pub use vmm::{api_stats, current_thread_kicker, serve_frozen, StatsSource, ThreadKicker};
 
 /// The secret that admits a clone host to one clone group's pages.
 pub type GroupToken = [u8; 16];

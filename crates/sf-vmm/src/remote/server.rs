@@ -128,7 +128,11 @@ impl PageServer {
 
     /// Serves `region` on a listener made earlier (the VMM opens it before
     /// forking the memory holder, so the address is known in advance).
-    pub fn from_listener(listener: TcpListener, region: ServedRegion, token: GroupToken) -> io::Result<PageServer> {
+    pub fn from_listener(
+        listener: TcpListener,
+        region: ServedRegion,
+        token: GroupToken,
+    ) -> io::Result<PageServer> {
         if region.len() % PAGE_SIZE != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -10,11 +10,17 @@ use std::net::TcpListener;
 /// In the memory holder: serve `ram` (frozen: this process never runs the
 /// guest) on `listener` to holders of `token`, until killed.
 pub fn serve_frozen(listener: TcpListener, token: GroupToken, ram: &GuestRam) -> ! {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     // SAFETY: this process is a fork()ed snapshot that never runs the vCPU
     // and never writes guest RAM; the mapping lives until the process exits.
     let region = unsafe { ServedRegion::new(ram.host_base() as *const u8, ram.size() as usize) };
-    eprintln!("snowflock: memory holder pid {} serving the clone group's RAM on {addr}", process::getpid());
+    eprintln!(
+        "snowflock: memory holder pid {} serving the clone group's RAM on {addr}",
+        process::getpid()
+    );
     match PageServer::from_listener(listener, region, token) {
         Ok(server) => {
             if let Err(e) = server.serve() {
@@ -54,7 +60,10 @@ impl StatsSource {
     }
 
     pub fn get(&self) -> sf_api::FetchStats {
-        self.0.as_ref().map(|h| api_stats(&h.stats())).unwrap_or_default()
+        self.0
+            .as_ref()
+            .map(|h| api_stats(&h.stats()))
+            .unwrap_or_default()
     }
 }
 
