@@ -11,6 +11,8 @@ pub enum Placement {
     Spread,
     /// Keep every clone on this host.
     Local,
+    /// Spread evenly over the peers only (benchmarks of remote cloning).
+    Remote,
 }
 
 /// `POST /v1/vms`: boot a VM.

@@ -33,6 +33,8 @@ pub enum PlacementArg {
     Spread,
     /// Keep every clone on this host.
     Local,
+    /// Only the daemon's peers (for measuring remote cloning).
+    Remote,
 }
 
 impl From<PlacementArg> for sf_api::Placement {
@@ -40,6 +42,7 @@ impl From<PlacementArg> for sf_api::Placement {
         match p {
             PlacementArg::Spread => sf_api::Placement::Spread,
             PlacementArg::Local => sf_api::Placement::Local,
+            PlacementArg::Remote => sf_api::Placement::Remote,
         }
     }
 }

@@ -8,6 +8,11 @@ pub fn place(n: u32, peers: &[String], policy: Placement) -> Vec<Option<String>>
     if policy == Placement::Local || peers.is_empty() {
         return vec![None; n as usize];
     }
+    if policy == Placement::Remote {
+        return (0..n as usize)
+            .map(|i| Some(peers[i % peers.len()].clone()))
+            .collect();
+    }
     let hosts = peers.len() + 1;
     (0..n as usize)
         .map(|i| {
@@ -37,6 +42,15 @@ mod tests {
                 None,
                 Some("b:1".into())
             ]
+        );
+    }
+
+    #[test]
+    fn remote_policy_uses_only_peers() {
+        let peers = vec!["b:1".to_string(), "c:1".to_string()];
+        assert_eq!(
+            place(3, &peers, Placement::Remote),
+            vec![Some("b:1".into()), Some("c:1".into()), Some("b:1".into())]
         );
     }
 

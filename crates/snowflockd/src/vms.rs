@@ -74,7 +74,11 @@ impl Daemon {
     }
 
     /// Spawns one VMM process with console and log files; a task records
-    /// its exit.
+    /// its exit. With `wait_early`, waits briefly so a VMM that fails at
+    /// once (bad image or size) turns into an error answer; clones skip this
+    /// (they report their own failures to their origin, and every
+    /// millisecond of their start counts).
+    #[allow(clippy::too_many_arguments)]
     async fn spawn(
         self: &Arc<Self>,
         id: String,
@@ -83,6 +87,7 @@ impl Daemon {
         clone_id: Option<u32>,
         args: Vec<String>,
         stats: Option<PathBuf>,
+        wait_early: bool,
     ) -> Result<VmInfo, ApiError> {
         let console = self.cfg.state_dir.join(format!("{id}.console"));
         let log = self.cfg.state_dir.join(format!("{id}.log"));
@@ -134,6 +139,9 @@ impl Daemon {
         });
         // A VMM that cannot even start (bad image, bad size) ends at once:
         // report its error line in the answer.
+        if !wait_early {
+            return Ok(info);
+        }
         if let Ok(Ok(Some(1))) = tokio::time::timeout(EARLY_FAILURE_WINDOW, done_rx).await {
             let log = tail(&self.vms.lock().expect("state lock")[&info.id].log, 4096);
             let line = log
@@ -168,6 +176,7 @@ impl Daemon {
         let placement = match req.placement {
             Placement::Spread => "spread",
             Placement::Local => "local",
+            Placement::Remote => "remote",
         };
         args.extend(["--placement".into(), placement.into()]);
         if let Some(w) = req.prefetch_window {
@@ -175,7 +184,7 @@ impl Daemon {
         }
         args.push("--".into());
         args.extend(req.args.iter().cloned());
-        self.spawn(id, VmKind::Vm, req.guest, None, args, None)
+        self.spawn(id, VmKind::Vm, req.guest, None, args, None, true)
             .await
     }
 
@@ -231,6 +240,7 @@ impl Daemon {
                     Some(cid),
                     args,
                     Some(stats),
+                    false,
                 )
                 .await?;
             self.clones_received.fetch_add(1, Ordering::Relaxed);

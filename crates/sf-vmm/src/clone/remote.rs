@@ -121,21 +121,46 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
     } = plan;
     let report_to = reports.local_addr().ok();
     drop(reports);
+    // Serve at once: a clone's first fault must not wait for the other
+    // hosts' answers. The requests go out from a thread of their own.
+    std::thread::spawn(move || start_remote_clones(report_to, token, by_peer, request));
+    crate::remote::serve_frozen(memory, token, ram)
+}
+
+/// Asks each peer daemon to start its clones; tells the origin which could
+/// not be started, so `join` reports them at once with the reason.
+fn start_remote_clones(
+    report_to: Option<std::net::SocketAddr>,
+    token: [u8; 16],
+    by_peer: BTreeMap<String, Vec<u32>>,
+    request: CloneRequest,
+) {
     let mut origin =
         report_to.and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
     if let Some(s) = origin.as_mut() {
         let _ = Frame::Hello { token, id: 0 }.write_to(s);
     }
-    for (peer, ids) in &by_peer {
-        let req = CloneRequest {
-            ids: ids.clone(),
-            ..request.clone()
+    let sends: Vec<_> = by_peer
+        .into_iter()
+        .map(|(peer, ids)| {
+            let req = CloneRequest {
+                ids: ids.clone(),
+                ..request.clone()
+            };
+            std::thread::spawn(move || {
+                let res = Client::new(Endpoint::Tcp(peer.clone()))
+                    .post::<_, sf_api::CloneAccepted>("/v1/clones", &req);
+                (peer, ids, res)
+            })
+        })
+        .collect();
+    for h in sends {
+        let Ok((peer, ids, res)) = h.join() else {
+            continue;
         };
-        let res = Client::new(Endpoint::Tcp(peer.clone()))
-            .post::<_, sf_api::CloneAccepted>("/v1/clones", &req);
         if let Err(e) = res {
             tracing::warn!(%peer, ?ids, "clone host refused: {e}");
-            for &id in ids {
+            for id in ids {
                 if let Some(s) = origin.as_mut() {
                     let _ = Frame::Failed {
                         id,
@@ -146,8 +171,6 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             }
         }
     }
-    drop(origin);
-    crate::remote::serve_frozen(memory, token, ram)
 }
 
 struct Conn {

@@ -4,6 +4,7 @@ mod boot;
 mod clone;
 mod plot;
 mod qemu;
+mod remote;
 mod stats;
 
 #[derive(clap::Subcommand)]
@@ -14,11 +15,15 @@ pub enum BenchCommand {
     /// Clone latency and memory for N clones of 256 MiB / 1 GiB guests,
     /// against fork() of a plain process with the same resident memory.
     Clone(clone::CloneBenchArgs),
+    /// Clones on other hosts (network namespaces, root needed): latency,
+    /// fault latency, pages and bytes fetched against pages touched.
+    Remote(remote::RemoteBenchArgs),
 }
 
 pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
     match c {
         BenchCommand::Boot(a) => boot::main(a),
         BenchCommand::Clone(a) => clone::main(a),
+        BenchCommand::Remote(a) => remote::main(a),
     }
 }
