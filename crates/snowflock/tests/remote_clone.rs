@@ -355,3 +355,48 @@ fn the_daemon_runs_vms_lists_and_kills_them() {
     let e = c.get::<VmDetail>("/v1/vms/vm-999").unwrap_err().to_string();
     assert!(e.contains("404") && e.contains("no VM \"vm-999\""), "{e}");
 }
+
+#[test]
+fn bench_remote_writes_the_documented_keys() {
+    let dir = tempdir();
+    let json = dir.path().join("remote.json");
+    let mut cmd = Command::new(snowflock_bin());
+    cmd.args([
+        "bench",
+        "remote",
+        "--runs",
+        "1",
+        "--mem-mib",
+        "64",
+        "--clones",
+        "1,2",
+        "--hosts",
+        "2",
+        "--json",
+    ])
+    .arg(&json);
+    let r = run_cmd(cmd, Duration::from_secs(120));
+    r.assert_no_host_panic()
+        .assert_code(0)
+        .assert_stdout_has("remote clone benchmark");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{v}");
+    for row in rows {
+        for key in [
+            "clones",
+            "hosts",
+            "remote_first_instr_ms_median",
+            "descriptor_bytes",
+            "bytes_fetched_per_clone",
+            "pages_touched_per_clone",
+        ] {
+            assert!(row[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {row}");
+        }
+        assert!(
+            row["descriptor_bytes"].as_f64().unwrap() < 64.0 * 1024.0,
+            "descriptor in kilobytes: {row}"
+        );
+    }
+}

@@ -82,6 +82,9 @@ struct Testbed {
     subnet: u8,
     daemons: Vec<Child>,
     dir: tempfile::TempDir,
+    /// This thread's own network namespace, to return to before teardown
+    /// (which ends every process inside the hosts).
+    home: Option<std::fs::File>,
 }
 
 fn find_script() -> anyhow::Result<PathBuf> {
@@ -133,6 +136,7 @@ impl Testbed {
             subnet,
             daemons: Vec::new(),
             dir: tempfile::tempdir()?,
+            home: None,
         };
         let daemon = std::env::current_exe()?.with_file_name("snowflockd");
         if !daemon.is_file() {
@@ -189,10 +193,14 @@ impl Testbed {
     }
 
     /// Moves this thread (the one that runs the VMs) into host 1.
-    fn enter_host1(&self) -> anyhow::Result<()> {
+    fn enter_host1(&mut self) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.home = Some(
+            std::fs::File::open("/proc/thread-self/ns/net")
+                .context("cannot open this thread's network namespace")?,
+        );
         let f = std::fs::File::open(Path::new("/var/run/netns").join(self.netns(1)))
             .context("cannot open host 1's namespace")?;
-        use std::os::fd::AsRawFd;
         // SAFETY: setns on a namespace file we opened; it affects only this thread.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!(
@@ -206,6 +214,11 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns back to the namespace this thread came from.
+            unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
+        }
         for d in &mut self.daemons {
             let _ = d.kill();
             let _ = d.wait();
@@ -281,7 +294,7 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
             .as_ref()
             .map_or(String::new(), |r| format!(", links shaped to {r}"))
     );
-    let bed = Testbed::up(a.hosts, a.rate.as_deref())?;
+    let mut bed = Testbed::up(a.hosts, a.rate.as_deref())?;
     bed.enter_host1()?;
     let mut rows = Vec::new();
     for &mem in &a.mem_mib {
