@@ -9,4 +9,6 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     echo "error: /dev/kvm is missing or not accessible; the tests boot real VMs" >&2
     exit 1
 fi
+# Every binary first: the end-to-end tests run the daemon next to the CLI.
+cargo build --release --workspace --locked
 cargo test --release --workspace --locked "$@"

@@ -145,37 +145,63 @@ impl Vm {
             }
             .into());
         }
-        let vm = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
-        register_ram(&vm, &ram)?;
-        let cpuid = Vcpu::supported_cpuid(&kvm)?;
-        let vcpu = Vcpu::new(&vm, &cpuid)?;
+        let mut vm = Vm::assemble(
+            kvm,
+            ram,
+            mode,
+            cfg.timeout,
+            cfg.max_clones,
+            started,
+            started_tsc,
+        )?;
         let create_vm = started.elapsed();
-
-        image.load(ram.mmap(), ram.size())?;
-        let tsc_khz = vcpu.fd.get_tsc_khz().ok().filter(|&k| k > 0);
+        image.load(vm.ram.mmap(), vm.ram.size())?;
         match mode {
             BootMode::Pvh => {
-                let start_info = boot::prepare_pvh(&ram, &cfg.cmdline)?;
-                vcpu.start_pvh(image.pvh_entry.expect("checked by boot_mode"), start_info)?;
+                let start_info = boot::prepare_pvh(&vm.ram, &cfg.cmdline)?;
+                vm.vcpu
+                    .start_pvh(image.pvh_entry.expect("checked by boot_mode"), start_info)?;
             }
             _ => {
-                let (entry, stack) = boot::prepare_direct(&ram, image, &cfg.cmdline, tsc_khz)?;
-                vcpu.start_direct(entry, stack)?;
+                let (entry, stack) =
+                    boot::prepare_direct(&vm.ram, image, &cfg.cmdline, vm.tsc_khz)?;
+                vm.vcpu.start_direct(entry, stack)?;
             }
         }
         let load = started.elapsed() - create_vm;
         tracing::debug!(?mode, ?create_vm, ?load, mem = cfg.mem_size, "VM ready");
+        vm.timings.create_vm = create_vm;
+        vm.timings.load = load;
+        vm.remote_link = cfg.remote.clone();
+        Ok(vm)
+    }
+
+    /// A KVM VM with one vCPU on `ram`, and the run state around it.
+    fn assemble(
+        kvm: Kvm,
+        ram: GuestRam,
+        mode: BootMode,
+        timeout: Option<Duration>,
+        max_clones: u32,
+        started: Instant,
+        started_tsc: u64,
+    ) -> Result<Vm, Error> {
+        let vm_fd = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
+        register_ram(&vm_fd, &ram)?;
+        let cpuid = Vcpu::supported_cpuid(&kvm)?;
+        let vcpu = Vcpu::new(&vm_fd, &cpuid)?;
+        let tsc_khz = vcpu.fd.get_tsc_khz().ok().filter(|&k| k > 0);
         Ok(Vm {
             kvm,
             cpuid,
-            vm_fd: vm,
+            vm_fd,
             vcpu,
             ram,
             serial: LegacySerial::new(),
             console: ConsoleSink::new(),
             mode,
-            timeout: cfg.timeout,
-            remote_link: cfg.remote.clone(),
+            timeout,
+            remote_link: None,
             remote_memory: None,
             stats_file: None,
             alarm: None,
@@ -183,12 +209,8 @@ impl Vm {
             started,
             started_tsc,
             tsc_khz,
-            timings: Timings {
-                create_vm,
-                load,
-                ..Default::default()
-            },
-            clones: CloneHost::new(cfg.max_clones),
+            timings: Timings::default(),
+            clones: CloneHost::new(max_clones),
             result: Vec::new(),
             pending_entry: None,
             first_entry: None,
@@ -207,42 +229,21 @@ impl Vm {
     ) -> Result<Vm, Error> {
         crate::watchdog::install_handler().map_err(Error::Timer)?;
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
-        let vm = kvm.create_vm().map_err(Error::kvm("creating the VM"))?;
-        register_ram(&vm, &ram)?;
-        let cpuid = Vcpu::supported_cpuid(&kvm)?;
-        let vcpu = Vcpu::new(&vm, &cpuid)?;
-        vcpu.restore(&desc.vcpu)?;
-        let create_vm = started.elapsed();
-        let tsc_khz = vcpu.fd.get_tsc_khz().ok().filter(|&k| k > 0);
-        let this = Vm {
+        let mut vm = Vm::assemble(
             kvm,
-            cpuid,
-            vm_fd: vm,
-            vcpu,
             ram,
-            serial: LegacySerial::new(),
-            console: ConsoleSink::new(),
-            mode: BootMode::Direct,
+            BootMode::Direct,
             timeout,
-            remote_link: None,
-            remote_memory: Some(memory),
-            stats_file: None,
-            alarm: None,
-            deadline: None,
+            max_clones,
             started,
-            started_tsc: host_tsc(),
-            tsc_khz,
-            timings: Timings {
-                create_vm,
-                ..Default::default()
-            },
-            clones: CloneHost::new(max_clones),
-            result: Vec::new(),
-            pending_entry: Some(started),
-            first_entry: None,
-        };
-        this.reseed();
-        Ok(this)
+            host_tsc(),
+        )?;
+        vm.vcpu.restore(&desc.vcpu)?;
+        vm.timings.create_vm = started.elapsed();
+        vm.remote_memory = Some(memory);
+        vm.pending_entry = Some(started);
+        vm.reseed();
+        Ok(vm)
     }
 
     /// Makes every page of a remotely backed RAM present (before a fork: a

@@ -85,7 +85,7 @@ pub fn main(a: DemoArgs) -> anyhow::Result<u8> {
     if a.clones == 0 {
         bail!("--clones must be at least 1");
     }
-    let image = GuestImage::from_bytes(sf_images::find("pi").expect("pi ships").elf.to_vec())?;
+    let image = crate::run::shipped("pi")?;
     println!("== SnowFlock demo: the `pi` guest forks into {} clones; each samples a slice, the parent joins", a.clones);
     println!(
         "== guest command line: samples={} clones={}\n",

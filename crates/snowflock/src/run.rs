@@ -107,6 +107,13 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
+/// The guest called `name` that ships with SnowFlock.
+pub fn shipped(name: &str) -> anyhow::Result<GuestImage> {
+    let i = sf_images::find(name)
+        .ok_or_else(|| anyhow::anyhow!("no guest named {name:?} ships with SnowFlock"))?;
+    Ok(GuestImage::from_bytes(i.elf.to_vec())?)
+}
+
 /// A shipped guest by name, else a file path.
 pub fn load_image(guest: &str) -> anyhow::Result<GuestImage> {
     if let Some(i) = sf_images::find(guest) {

@@ -4,7 +4,7 @@ use super::qemu::{self, time_process};
 use super::stats::{max, median, min};
 use anyhow::{bail, Context};
 use serde::Serialize;
-use sf_vmm::{BootMode, GuestImage, Vm, VmConfig};
+use sf_vmm::{BootMode, Vm, VmConfig};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -55,8 +55,7 @@ fn ms(d: Duration) -> f64 {
 
 /// In-process boots: VM create and first ring-3 instruction.
 fn in_process(args: &BootBenchArgs, mode: BootMode) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let hello = sf_images::find("hello").expect("hello ships");
-    let image = GuestImage::from_bytes(hello.elf.to_vec())?;
+    let image = crate::run::shipped("hello")?;
     let cfg = VmConfig {
         mem_size: args.mem_mib << 20,
         boot: mode,

@@ -216,12 +216,7 @@ pub fn main(a: CloneBenchArgs) -> anyhow::Result<u8> {
     if a.runs == 0 || a.mem_mib.is_empty() || a.clones.is_empty() || a.clones.contains(&0) {
         bail!("--runs, --mem-mib and --clones need positive values");
     }
-    let image = GuestImage::from_bytes(
-        sf_images::find("forktest")
-            .expect("forktest ships")
-            .elf
-            .to_vec(),
-    )?;
+    let image = crate::run::shipped("forktest")?;
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .unwrap_or_default()
         .trim()
