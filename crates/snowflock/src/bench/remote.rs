@@ -107,29 +107,24 @@ impl Testbed {
             bail!("--hosts must be at least 2 (the origin and one clone host)");
         }
         let script = find_script()?;
-        let name = format!("sfb{}", std::process::id() % 10000);
-        let subnet = (std::process::id() % 200) as u8 + 20;
-        let mut up = Command::new(&script);
-        up.args([
-            "up",
-            &hosts.to_string(),
-            "--name",
-            &name,
-            "--subnet",
-            &subnet.to_string(),
-        ]);
-        if let Some(r) = rate {
-            up.args(["--rate", r]);
-        }
-        let out = up.output().context(
-            "cannot run scripts/cluster.sh (the benchmark needs root for network namespaces)",
-        )?;
-        if !out.status.success() {
-            bail!(
-                "creating the test hosts failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        // A name and subnet of our own; the script refuses taken ones (exit
+        // status 3), so try the next.
+        let mut attempt = 0u32;
+        let (name, subnet) = loop {
+            let name = format!("sfb{}x{attempt}", std::process::id() % 10000);
+            let subnet = ((std::process::id() + attempt) % 200) as u8 + 20;
+            let mut up = Command::new(&script);
+            up.args(["up", &hosts.to_string(), "--name", &name, "--subnet", &subnet.to_string()]);
+            if let Some(r) = rate {
+                up.args(["--rate", r]);
+            }
+            let out = up.output().context("cannot run scripts/cluster.sh (the benchmark needs root for network namespaces)")?;
+            match out.status.code() {
+                Some(0) => break (name, subnet),
+                Some(3) if attempt < 20 => attempt += 1,
+                _ => bail!("creating the test hosts failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            }
+        };
         let mut bed = Testbed {
             script,
             name,
