@@ -332,6 +332,13 @@ impl Vm {
         Ok(loop {
             let exit = self.next_exit(console)?;
             self.timings.exits += 1;
+            // Once remote memory has failed, missing pages read as zeros:
+            // stop before the guest acts on them.
+            if let Some(why) = self.remote_memory.as_ref().and_then(|m| m.failed()) {
+                break Outcome::HostError {
+                    message: format!("guest memory could not be fetched from the origin: {why}"),
+                };
+            }
             let stop = match exit {
                 Exit::Handled => None,
                 Exit::Out { port: PORT, value } => self.hypercall(value, console)?,
@@ -371,23 +378,6 @@ impl Vm {
                     write,
                     regs: self.vcpu.dump(),
                 }),
-                Exit::Interrupted
-                    if self
-                        .remote_memory
-                        .as_ref()
-                        .is_some_and(|m| m.failed().is_some()) =>
-                {
-                    let why = self
-                        .remote_memory
-                        .as_ref()
-                        .and_then(|m| m.failed())
-                        .unwrap_or_default();
-                    Some(Outcome::HostError {
-                        message: format!(
-                            "guest memory could not be fetched from the origin: {why}"
-                        ),
-                    })
-                }
                 Exit::Interrupted => match self.deadline {
                     Some(d) if Instant::now() >= d => Some(Outcome::TimedOut {
                         after: self.timeout.unwrap_or_default(),

@@ -114,15 +114,27 @@ impl Testbed {
             let name = format!("sfb{}x{attempt}", std::process::id() % 10000);
             let subnet = ((std::process::id() + attempt) % 200) as u8 + 20;
             let mut up = Command::new(&script);
-            up.args(["up", &hosts.to_string(), "--name", &name, "--subnet", &subnet.to_string()]);
+            up.args([
+                "up",
+                &hosts.to_string(),
+                "--name",
+                &name,
+                "--subnet",
+                &subnet.to_string(),
+            ]);
             if let Some(r) = rate {
                 up.args(["--rate", r]);
             }
-            let out = up.output().context("cannot run scripts/cluster.sh (the benchmark needs root for network namespaces)")?;
+            let out = up.output().context(
+                "cannot run scripts/cluster.sh (the benchmark needs root for network namespaces)",
+            )?;
             match out.status.code() {
                 Some(0) => break (name, subnet),
                 Some(3) if attempt < 20 => attempt += 1,
-                _ => bail!("creating the test hosts failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                _ => bail!(
+                    "creating the test hosts failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             }
         };
         let mut bed = Testbed {
