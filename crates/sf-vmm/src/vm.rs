@@ -304,8 +304,7 @@ impl Vm {
     /// In a clone process this never returns: the clone reports its end to
     /// its parent and the process exits.
     pub fn run(&mut self, console: &mut dyn Write) -> Result<RunReport, Error> {
-        self.rearm_timeout()?;
-        let outcome = self.run_loop(console);
+        let outcome = self.rearm_timeout().and_then(|()| self.run_loop(console));
         self.alarm = None;
         if self.clones.is_clone() {
             let outcome = outcome.unwrap_or_else(|e| Outcome::HostError {

@@ -71,6 +71,26 @@ impl Vm {
         // Let KVM finish the hypercall's port write first, so the captured
         // state is after the instruction (some KVMs advance RIP only then).
         self.vcpu.complete_pending_io()?;
+        match self.fork_group(ticket, granted, request, console) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // The VM goes on; the guest learns that this clone failed
+                // and may try again (its ticket is still reserved).
+                tracing::warn!(ticket, "clone failed: {e}");
+                self.vcpu.set_rax(HcError::Io.to_ret())?;
+                Ok(HcReturn::AlreadySet)
+            }
+        }
+    }
+
+    /// After the hypercall completed: capture, place, fork.
+    fn fork_group(
+        &mut self,
+        ticket: u32,
+        granted: u32,
+        request: Instant,
+        console: &mut dyn Write,
+    ) -> Result<HcReturn, Error> {
         let state = self.vcpu.capture()?;
         let descriptor = VmDescriptor {
             mem_size: self.ram.size(),
