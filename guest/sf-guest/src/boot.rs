@@ -65,6 +65,9 @@ _sf_pvh_start:
     mov %cr4, %eax
     or $0x620, %eax
     mov %eax, %cr4
+    /* Map the first 64 MiB, all ring 0 touches before the real tables
+       exist (the image, low tables, start info); each emulated
+       iteration costs microseconds. */
     movl $({pdpt} | 3), {pml4}
     movl $({pd} | 3), {pdpt}
     xor %ecx, %ecx
@@ -73,7 +76,7 @@ _sf_pvh_start:
     or $0x83, %eax
     mov %eax, {pd}(,%ecx,8)
     inc %ecx
-    cmp $512, %ecx
+    cmp $32, %ecx
     jne 1b
     mov ${pml4}, %eax
     mov %eax, %cr3
@@ -279,7 +282,7 @@ fn tsc_khz_from_cpuid() -> Option<u64> {
 }
 
 /// Called from the PVH entry in 64-bit ring 0 on a temporary map of the
-/// first GiB; afterwards the assembly loads the tables and enters ring 3.
+/// first 64 MiB; afterwards the assembly loads the tables and enters ring 3.
 #[no_mangle]
 extern "C" fn sf_pvh_setup(start_info: u64) {
     let mem_size = ram_size_from_start_info(start_info);
