@@ -31,7 +31,7 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), LayoutError> {
         Err(LayoutError::TooSmall)
     } else if mem_size > MAX_MEM {
         Err(LayoutError::TooLarge)
-    } else if mem_size % LARGE_PAGE != 0 {
+    } else if !mem_size.is_multiple_of(LARGE_PAGE) {
         Err(LayoutError::NotLargePageAligned)
     } else {
         Ok(())

@@ -296,10 +296,6 @@ impl Vm {
         Ok(())
     }
 
-    pub fn ram(&self) -> &GuestRam {
-        &self.ram
-    }
-
     /// Runs the guest until it stops, writing its console to `console`.
     /// In a clone process this never returns: the clone reports its end to
     /// its parent and the process exits.

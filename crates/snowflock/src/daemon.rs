@@ -34,7 +34,7 @@ pub fn run_remote(
         guest,
         args: args.to_vec(),
         mem: Some(format!("{}M", mem >> 20)),
-        timeout_ms: (!timeout.is_zero()).then(|| timeout.as_millis() as u64),
+        timeout_ms: (!timeout.is_zero()).then_some(timeout.as_millis() as u64),
         max_clones,
         placement,
         prefetch_window,

@@ -189,7 +189,9 @@ impl Vm {
                     request,
                     timeline,
                 };
-                self.clones.tickets.set(ticket, TicketState::Cloned(group));
+                self.clones
+                    .tickets
+                    .set(ticket, TicketState::Cloned(Box::new(group)));
                 self.reseed();
                 tracing::debug!(
                     ticket,

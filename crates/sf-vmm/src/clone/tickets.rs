@@ -9,7 +9,7 @@ pub enum TicketState {
     /// Granted, not yet used to clone.
     Reserved { granted: u32 },
     /// Clones are running (or done, not yet joined).
-    Cloned(Group),
+    Cloned(Box<Group>),
     /// Joined; the record waits for the guest to fetch it.
     Joined { granted: u32, record: Vec<u8> },
 }
@@ -84,7 +84,7 @@ impl Tickets {
     /// Every ticket with running clones, for cleanup when the VM ends.
     pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
         self.map.values_mut().filter_map(|t| match t {
-            TicketState::Cloned(g) => Some(g),
+            TicketState::Cloned(g) => Some(&mut **g),
             _ => None,
         })
     }

@@ -133,7 +133,7 @@ impl PageServer {
         region: ServedRegion,
         token: GroupToken,
     ) -> io::Result<PageServer> {
-        if region.len() % PAGE_SIZE != 0 {
+        if !region.len().is_multiple_of(PAGE_SIZE) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("served region of {} bytes is not whole pages", region.len()),
