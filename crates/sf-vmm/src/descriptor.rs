@@ -188,3 +188,30 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a peer sends, decoding answers with a descriptor or an
+        /// error, never a panic or a huge allocation.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = VmDescriptor::decode(&bytes);
+        }
+
+        /// A valid header in front of garbage is caught by the checksum or
+        /// the decoder.
+        #[test]
+        fn garbage_behind_a_valid_header_is_refused(payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            b.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            b.extend_from_slice(&payload);
+            prop_assert!(VmDescriptor::decode(&b).is_err());
+        }
+    }
+}

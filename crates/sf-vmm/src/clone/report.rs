@@ -118,3 +118,16 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_reports_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = CloneReport::decode(&bytes);
+        }
+    }
+}

@@ -138,3 +138,18 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(Some((_, used))) = Frame::decode(&bytes) {
+                prop_assert!(used <= bytes.len());
+            }
+        }
+    }
+}
