@@ -9,7 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 5] = ["hello", "pi", "crash", "hostile", "forktest"];
+/// The host's own target: the only one installed on the project's
+/// machines; the guests are freestanding programs built for it.
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+const GUESTS: [&str; 6] = ["hello", "pi", "crash", "hostile", "forktest", "capi"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -38,26 +42,35 @@ fn main() {
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--locked", "--manifest-path"])
-        .arg(guest_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("RUSTFLAGS", rustflags)
-        // The outer build's flags and settings are for the host; drop them.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
-        .env_remove("CARGO_PROFILE_RELEASE_OPT_LEVEL");
+    // An explicit --target keeps RUSTFLAGS off build scripts (a guest's
+    // build script is a host program, e.g. the C compiler driver).
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        GUEST_TARGET,
+        "--manifest-path",
+    ])
+    .arg(guest_dir.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .env("RUSTFLAGS", rustflags)
+    // The outer build's flags and settings are for the host; drop them.
+    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+    .env_remove("CARGO_BUILD_RUSTFLAGS")
+    .env_remove("CARGO_TARGET_DIR")
+    .env_remove("CARGO_BUILD_TARGET")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
+    .env_remove("CARGO_PROFILE_RELEASE_OPT_LEVEL");
     let status = cmd.status().expect("cannot run cargo to build the guests");
     if !status.success() {
         panic!("building the guest images failed (see the cargo output above)");
     }
     for g in GUESTS {
         copy(
-            &target_dir.join("release").join(g),
+            &target_dir.join(GUEST_TARGET).join("release").join(g),
             &out_dir.join(format!("{g}.elf")),
         );
     }

@@ -59,6 +59,12 @@ pub static IMAGES: &[Image] = &[
         "forktest -- basic n=4"
     ),
     image!(
+        "capi",
+        Kind::Test,
+        "the clone API from C (guest/include/snowflock.h): fork, exit, join",
+        "capi -- n=4"
+    ),
+    image!(
         "hostile",
         Kind::Test,
         "feeds wild pointers and lengths to every hypercall; exits 0 if all were refused",

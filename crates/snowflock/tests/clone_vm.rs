@@ -136,3 +136,12 @@ fn bench_clone_writes_json_rows_and_a_plot() {
     let png = std::fs::read(dir.path().join("clone.png")).expect("plot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+#[test]
+fn the_c_header_api_forks_joins_and_refuses_misuse() {
+    // guest/apps/capi/src/fork_sum.c, compiled against snowflock.h.
+    let r = snowflock(["run", "capi", "--", "n=5"]);
+    r.assert_no_host_panic()
+        .assert_code(0)
+        .assert_stdout_has("capi: 5 clones, statuses sum to 15 (want 15)");
+}
