@@ -80,6 +80,9 @@ pub struct FetchStats {
     pub requests: u64,
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
+    /// Pages that arrived by the clone group's multicast before a fault.
+    #[serde(default)]
+    pub multicast_pages: u64,
 }
 
 /// `GET /v1/metrics`.
@@ -138,6 +141,10 @@ pub struct CloneRequest {
     /// 1 turns prefetching off.
     #[serde(default)]
     pub prefetch_window: Option<u32>,
+    /// The clone group's multicast address, "ip:port": pages the holder
+    /// serves to any clone are pushed there for all of them.
+    #[serde(default)]
+    pub multicast: Option<String>,
     /// When the parent asked to clone (Unix time, ns), so the clone can
     /// report its start latency (meaningful where host clocks agree).
     #[serde(default)]

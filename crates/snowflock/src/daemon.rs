@@ -149,13 +149,13 @@ pub fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
         m.peers.join(", ")
     );
     println!(
-        "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
-        "VM", "CLONE", "STATE", "FAULTS", "PAGES", "ZERO", "BYTES", "P50 us", "P99 us"
+        "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}",
+        "VM", "CLONE", "STATE", "FAULTS", "PAGES", "ZERO", "BYTES", "P50 us", "P99 us", "MCAST"
     );
     for c in m.clones {
         let s = c.memory;
         println!(
-            "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+            "{:<10} {:>5} {:<8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}",
             c.vm,
             c.clone_id,
             c.state,
@@ -164,7 +164,8 @@ pub fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
             s.zero_pages,
             s.bytes_received,
             s.fault_latency_p50_us,
-            s.fault_latency_p99_us
+            s.fault_latency_p99_us,
+            s.multicast_pages
         );
     }
     Ok(0)

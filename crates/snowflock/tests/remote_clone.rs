@@ -302,6 +302,7 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
         max_clones: 8,
         parent_path: String::new(),
         prefetch_window: None,
+        multicast: None,
         requested_unix_ns: None,
     };
     let c = h.client(1);
@@ -399,4 +400,46 @@ fn bench_remote_writes_the_documented_keys() {
             "descriptor in kilobytes: {row}"
         );
     }
+}
+
+#[test]
+fn pages_one_clone_fetched_reach_its_siblings_by_multicast() {
+    let h = Hosts::start(3);
+    // Clone 1 (host 2) scans 16 MiB; clone 2 (host 3) starts a second later
+    // and should find the pages already pushed to it.
+    let r = h.run(
+        1,
+        &[
+            "--placement",
+            "remote",
+            "forktest",
+            "--",
+            "scan",
+            "n=2",
+            "mib=16",
+            "ms=300",
+            "stagger=1000",
+        ],
+    );
+    assert_ok(&h, &r, "scan");
+    let stats = |i: usize| {
+        let m: Metrics = h.client(i).get("/v1/metrics").unwrap();
+        assert_eq!(m.clones.len(), 1, "host {i}: {m:?}");
+        m.clones[0].memory.clone()
+    };
+    let (first, late) = (stats(2), stats(3));
+    // 16 MiB is 4096 pages.
+    assert!(
+        first.pages_fetched >= 4096,
+        "the first clone fetched the buffer: {first:?}"
+    );
+    assert!(
+        late.multicast_pages >= 3000,
+        "the late clone got most pages pushed: {late:?}\n{}",
+        h.describe()
+    );
+    assert!(
+        late.pages_fetched * 4 < first.pages_fetched,
+        "and fetched far fewer itself: {late:?} vs {first:?}"
+    );
 }

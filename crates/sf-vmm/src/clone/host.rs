@@ -155,6 +155,11 @@ fn build(
         )),
         ..FetchConfig::default()
     };
+    cfg.multicast = req
+        .multicast
+        .as_deref()
+        .and_then(|g| g.parse().ok())
+        .zip(local_v4_towards(mem_addr));
     if let Some(w) = req.prefetch_window {
         cfg.max_window_pages = w.clamp(1, crate::remote::MAX_BATCH_PAGES);
     }
@@ -206,4 +211,15 @@ fn spawn_heartbeats(
             return;
         }
     });
+}
+
+/// This host's address on the route to `peer` (the interface to join the
+/// clone group's multicast on).
+fn local_v4_towards(peer: SocketAddr) -> Option<std::net::Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect(peer).ok()?;
+    match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    }
 }

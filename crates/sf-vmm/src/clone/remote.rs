@@ -69,6 +69,8 @@ pub struct RemotePlan {
     /// Peer daemon -> clone IDs it runs.
     pub by_peer: BTreeMap<String, Vec<u32>>,
     pub request: CloneRequest,
+    /// Where the holder pushes served pages, and out of which interface.
+    pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
 }
 
 impl RemotePlan {
@@ -85,6 +87,17 @@ impl RemotePlan {
         let reports = TcpListener::bind((link.advertise, 0))?;
         let seed = crate::boot::entropy_bytes();
         let token: [u8; 16] = seed[..16].try_into().expect("16 bytes");
+        // An administratively scoped group of its own, on the page server's port.
+        let multicast = match link.advertise {
+            IpAddr::V4(iface) => Some((
+                std::net::SocketAddrV4::new(
+                    std::net::Ipv4Addr::new(239, 213, seed[16], seed[17].max(1)),
+                    memory.local_addr()?.port(),
+                ),
+                iface,
+            )),
+            IpAddr::V6(_) => None,
+        };
         let request = CloneRequest {
             descriptor_hex: sf_api::to_hex(descriptor),
             mem_size,
@@ -96,6 +109,7 @@ impl RemotePlan {
             max_clones,
             parent_path: parent_path.to_string(),
             prefetch_window: link.prefetch_window,
+            multicast: multicast.map(|(g, _)| g.to_string()),
             requested_unix_ns: Some(unix_ns()),
         };
         Ok(RemotePlan {
@@ -104,6 +118,7 @@ impl RemotePlan {
             reports,
             by_peer,
             request,
+            multicast,
         })
     }
 }
@@ -118,13 +133,19 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
         reports,
         by_peer,
         request,
+        multicast,
     } = plan;
     let report_to = reports.local_addr().ok();
     drop(reports);
     // Serve at once: a clone's first fault must not wait for the other
     // hosts' answers. The requests go out from a thread of their own.
     std::thread::spawn(move || start_remote_clones(report_to, token, by_peer, request));
-    crate::remote::serve_frozen(memory, token, ram)
+    let sender = multicast.and_then(|(group, iface)| {
+        crate::remote::multicast::Sender::new(group, iface, token)
+            .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
+            .ok()
+    });
+    crate::remote::serve_frozen(memory, token, ram, sender)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could

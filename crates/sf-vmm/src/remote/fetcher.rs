@@ -40,6 +40,9 @@ pub struct FetchConfig {
     /// per page in a sequential scan). A write fault's own page always
     /// gets a private copy.
     pub private_zero_pages: bool,
+    /// The clone group's multicast address and this host's interface
+    /// address: pages the holder pushes there are installed as they come.
+    pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
     pub on_failure: Option<FailureCallback>,
 }
 
@@ -52,6 +55,7 @@ impl Default for FetchConfig {
             request_timeout: Duration::from_secs(5),
             reconnect: true,
             private_zero_pages: false,
+            multicast: None,
             on_failure: None,
         }
     }
@@ -96,6 +100,8 @@ pub struct FetchStats {
     pub reconnects: u64,
     /// Pages present in the region (installed, or found there).
     pub present_pages: u64,
+    /// Pages that arrived by the group's multicast before a fault.
+    pub multicast_pages: u64,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -118,6 +124,7 @@ impl StatsHandle {
             requests: c.requests.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
             present_pages: c.present_pages.load(Relaxed),
+            multicast_pages: c.multicast_pages.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }

@@ -40,6 +40,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub reconnects: AtomicU64,
     pub present_pages: AtomicU64,
+    /// Pages installed from the group's multicast before anything faulted.
+    pub multicast_pages: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -95,6 +97,8 @@ pub struct Handler {
     registered: bool,
     /// The data pages of the batch being installed.
     data: Vec<u8>,
+    /// Pages pushed to the whole clone group.
+    multicast: Option<super::multicast::Receiver>,
 }
 
 /// Where a [`Handler`] fetches from and what it installs into.
@@ -115,7 +119,13 @@ impl Handler {
         shared: std::sync::Arc<Shared>,
         commands: mpsc::Receiver<Command>,
     ) -> Handler {
+        let multicast = cfg.multicast.and_then(|(group, iface)| {
+            super::multicast::Receiver::join(group, iface, t.token)
+                .map_err(|e| tracing::warn!(%group, "not joining the clone group's multicast: {e}"))
+                .ok()
+        });
         Handler {
+            multicast,
             present: PageBitmap::new(t.len / PAGE),
             readahead: Readahead::new(cfg.min_window_pages, cfg.max_window_pages),
             uffd: t.uffd,
@@ -145,6 +155,7 @@ impl Handler {
                 break;
             }
             self.take_commands();
+            self.take_multicast();
             let mut faults = 0;
             loop {
                 match self.uffd.read_event() {
@@ -177,24 +188,46 @@ impl Handler {
         // and wakes anything still waiting.
     }
 
-    /// Waits for a fault or a command; does not block while a prefetch has
-    /// work to do.
+    /// Installs the pushed pages still absent, until none are waiting.
+    fn take_multicast(&mut self) {
+        if self.degraded {
+            return;
+        }
+        let Some(mut rx) = self.multicast.take() else {
+            return;
+        };
+        while let Some((offset, page_bytes)) = rx.next() {
+            let page = offset / PAGE;
+            if offset >= self.len || self.present.get(page) {
+                continue;
+            }
+            // EEXIST (a fault beat us to it) is fine: the page is there.
+            if self.install(page, 1, Some(page_bytes)).is_ok() {
+                self.mark_present(page, 1);
+                self.shared.counters.multicast_pages.fetch_add(1, Relaxed);
+            }
+        }
+        self.multicast = Some(rx);
+    }
+
+    /// Waits for a fault, a command or pushed pages; does not block while a
+    /// prefetch has work to do.
     fn wait(&self, prefetching: bool) -> std::io::Result<()> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.uffd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.shared.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+        let poll = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut fds = vec![
+            poll(self.uffd.as_raw_fd()),
+            poll(self.shared.wake.as_raw_fd()),
         ];
+        if let Some(m) = &self.multicast {
+            fds.push(poll(m.fd()));
+        }
         let timeout = if prefetching { 0 } else { -1 };
-        // SAFETY: two valid pollfds for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        // SAFETY: valid pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

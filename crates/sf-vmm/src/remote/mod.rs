@@ -20,6 +20,7 @@ mod error;
 pub mod fetcher;
 mod handler;
 mod histogram;
+pub mod multicast;
 pub mod protocol;
 pub mod readahead;
 mod region;

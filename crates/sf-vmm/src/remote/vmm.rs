@@ -9,7 +9,12 @@ use std::net::TcpListener;
 
 /// In the memory holder: serve `ram` (frozen: this process never runs the
 /// guest) on `listener` to holders of `token`, until killed.
-pub fn serve_frozen(listener: TcpListener, token: GroupToken, ram: &GuestRam) -> ! {
+pub fn serve_frozen(
+    listener: TcpListener,
+    token: GroupToken,
+    ram: &GuestRam,
+    multicast: Option<super::multicast::Sender>,
+) -> ! {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -22,7 +27,10 @@ pub fn serve_frozen(listener: TcpListener, token: GroupToken, ram: &GuestRam) ->
         process::getpid()
     );
     match PageServer::from_listener(listener, region, token) {
-        Ok(server) => {
+        Ok(mut server) => {
+            if let Some(m) = multicast {
+                server = server.with_multicast(m);
+            }
             if let Err(e) = server.serve() {
                 eprintln!("snowflock: memory holder stopped: {e}");
             }
@@ -76,5 +84,6 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         requests: s.requests,
         fault_latency_p50_us: s.fault_latency_p50_us,
         fault_latency_p99_us: s.fault_latency_p99_us,
+        multicast_pages: s.multicast_pages,
     }
 }

@@ -54,6 +54,9 @@ pub struct Row {
     pub fault_latency_p99_us_median: f64,
     pub faults_per_clone: f64,
     pub pages_fetched_per_clone: f64,
+    /// Pages that reached a clone by the group's multicast before it
+    /// touched them (not counted in the fetched pages and bytes).
+    pub multicast_pages_per_clone: f64,
     pub bytes_fetched_per_clone: f64,
     pub pages_touched_per_clone: f64,
     /// bytes fetched / bytes of the pages touched.
@@ -311,7 +314,8 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
             let t0 = Instant::now();
             let (mut rf, mut rl, mut lf, mut ll, mut p50, mut p99, mut rj, mut lj) =
                 Default::default();
-            let (mut faults, mut pages, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut faults, mut pages, mut bytes, mut mcast) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut desc = 0;
             for _ in 0..a.runs {
                 let r = run_once(&bed, &image, mem, n, Placement::Remote, None)?;
@@ -327,6 +331,7 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
                     faults.push(m.faults as f64);
                     pages.push(m.pages_fetched as f64);
                     bytes.push(m.bytes_received as f64);
+                    mcast.push(m.multicast_pages as f64);
                 }
                 let l = run_once(&bed, &image, mem, n, Placement::Local, None)?;
                 let f = firsts(&l);
@@ -348,6 +353,7 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
                 fault_latency_p99_us_median: median(&p99),
                 faults_per_clone: median(&faults),
                 pages_fetched_per_clone: median(&pages),
+                multicast_pages_per_clone: median(&mcast),
                 bytes_fetched_per_clone: bytes_med,
                 pages_touched_per_clone: touched,
                 fetched_vs_touched: bytes_med / (touched * 4096.0),
@@ -383,7 +389,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>10} {:>8} {:>7}",
+        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>8} {:>10} {:>8} {:>7}",
         "mem MiB",
         "clones",
         "remote ms",
@@ -394,13 +400,14 @@ fn print_table(rows: &[Row]) {
         "p99 us",
         "pg touch",
         "pg fetch",
+        "pg mcast",
         "MB fetch",
         "fetch/t",
         "desc B"
     );
     for r in rows {
         println!(
-            "{:>7} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.0} {:>7.0} {:>9.0} {:>9.0} {:>10.2} {:>8.3} {:>7}",
+            "{:>7} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.0} {:>7.0} {:>9.0} {:>9.0} {:>8.0} {:>10.2} {:>8.3} {:>7}",
             r.mem_mib,
             r.clones,
             r.remote_first_instr_ms_median,
@@ -411,10 +418,11 @@ fn print_table(rows: &[Row]) {
             r.fault_latency_p99_us_median,
             r.pages_touched_per_clone,
             r.pages_fetched_per_clone,
+            r.multicast_pages_per_clone,
             r.bytes_fetched_per_clone / 1e6,
             r.fetched_vs_touched,
             r.descriptor_bytes
         );
     }
-    println!("fetch/t = bytes received per clone / bytes of the pages it touched (goal <= 1.1)");
+    println!("fetch/t = bytes received per clone over TCP / bytes of the pages it touched (goal <= 1.1); pg mcast = pages pushed to it by the group's multicast first");
 }

@@ -15,10 +15,11 @@
 //!   join (for the clone benchmark).
 //! - `slow n=3 ms=2000`: clones busy-wait, then exit with their ID; the
 //!   parent prints what `join` says of each (for failure tests).
-//! - `scan n=2 mib=64 ms=3000`: the parent fills a buffer; each clone reads
-//!   it back slowly (one page per step, spread over `ms`) and returns a
-//!   checksum the parent verifies (memory served on demand, and what
-//!   happens when the server goes away).
+//! - `scan n=2 mib=64 ms=3000 stagger=0`: the parent fills a buffer; each
+//!   clone reads it back slowly (one page per step, spread over `ms`; clone
+//!   `k` starts `(k-1) * stagger` ms late) and returns a checksum the parent
+//!   verifies (memory served on demand, pushed to siblings, and what happens
+//!   when the server goes away).
 #![no_std]
 #![no_main]
 
@@ -308,6 +309,7 @@ fn slow(c: &mut Check) {
 
 fn scan(c: &mut Check) {
     let (n, mib, ms) = (arg_u64("n", 2), arg_u64("mib", 64), arg_u64("ms", 3000));
+    let stagger = arg_u64("stagger", 0);
     let words_per_page = 512;
     let pages = (mib << 20) / 4096;
     let mut buf: Vec<u64> = Vec::with_capacity((pages * words_per_page) as usize);
@@ -318,6 +320,7 @@ fn scan(c: &mut Check) {
     let t = ticket(n);
     let id = fork(&t);
     if id != 0 {
+        busy_wait_ms((id as u64 - 1) * stagger);
         let step_ns = ms * 1_000_000 / pages.max(1);
         let mut sum = 0u64;
         for p in 0..pages {
