@@ -14,6 +14,7 @@
 
 pub(crate) mod fork;
 pub mod host;
+mod join;
 pub mod process;
 pub mod remote;
 pub mod report;

@@ -196,7 +196,7 @@ impl Handler {
         let Some(mut rx) = self.multicast.take() else {
             return;
         };
-        while let Some((offset, page_bytes)) = rx.next() {
+        while let Some((offset, page_bytes)) = rx.next_page() {
             let page = offset / PAGE;
             if offset >= self.len || self.present.get(page) {
                 continue;

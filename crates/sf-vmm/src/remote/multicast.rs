@@ -108,16 +108,16 @@ impl Receiver {
         self.sock.as_raw_fd()
     }
 
-    /// The next page waiting, if any: `(offset, bytes)`.
-    pub fn next(&mut self) -> Option<(u64, &[u8])> {
-        loop {
+    /// The next page of this group waiting, if any: `(offset, bytes)`.
+    pub fn next_page(&mut self) -> Option<(u64, &[u8])> {
+        // Strangers' datagrams are skipped; the valid one is decoded again
+        // outside the loop so the borrow of the buffer can be returned.
+        let n = loop {
             let n = self.sock.recv(&mut self.buf).ok()?;
             if decode(&self.buf[..n], &self.token).is_some() {
-                break;
+                break n;
             }
-        }
-        // Decoded twice to satisfy the borrow checker; the first proved it valid.
-        let n = DATAGRAM_LEN;
+        };
         decode(&self.buf[..n], &self.token)
     }
 }

@@ -1,0 +1,271 @@
+//! The parent's side after a clone: waiting for the clones (`join`),
+//! handing the guest the join record, killing clones, and turning what
+//! each clone process left behind into one record entry.
+
+use super::fork::HcReturn;
+use super::process;
+use super::report::{classify, CloneReport, REPORT_MAX};
+use super::tickets::TicketState;
+use super::{CloneSummary, Group};
+use crate::vm::Vm;
+use crate::Error;
+use sf_abi::clone::{encode_entry, CloneStatus, Entry, RESULT_MAX};
+use sf_abi::hypercall::Error as HcError;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+fn err(e: HcError) -> Result<HcReturn, Error> {
+    Ok(HcReturn::Value(e.to_ret()))
+}
+
+/// What the first child tells the parent once it has forked the rest.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub(super) struct SpawnReport {
+    /// PIDs of local clones after the first, in `local_ids` order (0: the
+    /// fork failed).
+    pub pids: Vec<i32>,
+    pub holder: Option<i32>,
+}
+
+impl Vm {
+    pub(crate) fn join_wait(&mut self, ticket: u32) -> Result<HcReturn, Error> {
+        let state = match self.clones.tickets.get_mut(ticket) {
+            Ok(s) => s,
+            Err(e) => return err(e),
+        };
+        let group = match state {
+            TicketState::Joined { record, .. } => return Ok(HcReturn::Value(record.len() as u64)),
+            TicketState::Reserved { granted } => {
+                // Never cloned: joining releases the reservation.
+                *state = TicketState::Joined {
+                    granted: *granted,
+                    record: Vec::new(),
+                };
+                return Ok(HcReturn::Value(0));
+            }
+            TicketState::Cloned(g) => g,
+        };
+        let (record, summaries) = collect(group);
+        let (granted, timeline, request) = (group.granted, group.timeline, group.request);
+        let t = &mut self.clones.timelines[timeline];
+        t.request_to_joined = Some(request.elapsed());
+        t.clones = summaries;
+        let len = record.len() as u64;
+        self.clones
+            .tickets
+            .set(ticket, TicketState::Joined { granted, record });
+        Ok(HcReturn::Value(len))
+    }
+
+    pub(crate) fn join_fetch(
+        &mut self,
+        ticket: u32,
+        buf: u64,
+        cap: u64,
+    ) -> Result<HcReturn, Error> {
+        let record = match self.clones.tickets.get_mut(ticket) {
+            Err(e) => return err(e),
+            Ok(TicketState::Joined { record, .. }) => record,
+            Ok(_) => return err(HcError::Busy),
+        };
+        let len = record.len() as u64;
+        if cap < len {
+            return err(HcError::TooBig);
+        }
+        if let Err(e) = self.ram.write_checked(buf, record) {
+            return err(e);
+        }
+        self.clones.tickets.release(ticket);
+        Ok(HcReturn::Value(len))
+    }
+
+    pub(crate) fn kill_clones(&mut self, ticket: u32) -> Result<HcReturn, Error> {
+        match self.clones.tickets.get_mut(ticket) {
+            Err(e) => err(e),
+            Ok(TicketState::Cloned(g)) => Ok(HcReturn::Value(kill_group(g) as u64)),
+            Ok(_) => Ok(HcReturn::Value(0)),
+        }
+    }
+
+    /// Ends every clone group not joined yet: clones never outlive their VM.
+    pub(crate) fn kill_unjoined(&mut self) {
+        for g in self.clones.tickets.groups_mut() {
+            kill_group(g);
+            if let Some(h) = read_spawn_report(g).holder {
+                let _ = process::kill(h);
+            }
+        }
+    }
+}
+
+/// The first child's report (read once, lazily): local PIDs and the holder.
+fn read_spawn_report(g: &mut Group) -> SpawnReport {
+    if let Some(fd) = g.pid_pipe.take() {
+        let raw = process::read_all(&fd, 64 << 10).unwrap_or_default();
+        let rep: SpawnReport = bincode::deserialize(&raw).unwrap_or_default();
+        let n = g.local_ids.len();
+        g.pids = match n {
+            0 => Vec::new(),
+            _ => std::iter::once(g.first)
+                .chain((0..n - 1).map(|i| rep.pids.get(i).copied().unwrap_or(0)))
+                .collect(),
+        };
+        g.holder = if n == 0 { Some(g.first) } else { rep.holder };
+    }
+    SpawnReport {
+        pids: g.pids.clone(),
+        holder: g.holder,
+    }
+}
+
+/// Kills every clone that has not reported yet (their own clones die with
+/// them); returns how many that was.
+fn kill_group(g: &mut Group) -> u32 {
+    if g.killed {
+        return 0;
+    }
+    g.killed = true;
+    let running: Vec<bool> = g.results.iter().map(|fd| !pipe_ready(fd)).collect();
+    let pids = read_spawn_report(g).pids;
+    let mut killed = 0;
+    for (i, pid) in pids.iter().enumerate() {
+        if running[i] && *pid > 0 && process::kill(*pid).is_ok() {
+            killed += 1;
+        }
+    }
+    if let Some(r) = g.remote.as_mut() {
+        killed += r.kill();
+    }
+    killed
+}
+
+/// Whether a report pipe has data or its writer is gone (the clone ended).
+fn pipe_ready(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+/// One clone's line in the join record, before encoding.
+struct Joined {
+    status: CloneStatus,
+    code: i32,
+    detail: String,
+    result: Vec<u8>,
+    report: Option<CloneReport>,
+}
+
+fn from_report(r: CloneReport) -> Joined {
+    let (status, code, detail) = classify(&r.outcome);
+    let result = if r.result.len() <= RESULT_MAX {
+        r.result.clone()
+    } else {
+        Vec::new()
+    };
+    Joined {
+        status,
+        code,
+        detail,
+        result,
+        report: Some(r),
+    }
+}
+
+fn failed(status: CloneStatus, detail: String) -> Joined {
+    Joined {
+        status,
+        code: -1,
+        detail,
+        result: Vec::new(),
+        report: None,
+    }
+}
+
+/// Waits for every clone of the group and builds the join record.
+fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
+    let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
+    let reports: Vec<Option<CloneReport>> = g
+        .results
+        .iter()
+        .map(|fd| CloneReport::decode(&process::read_all(fd, REPORT_MAX).unwrap_or_default()))
+        .collect();
+    let spawn = read_spawn_report(g);
+    for (i, report) in reports.into_iter().enumerate() {
+        let id = g.local_ids[i];
+        let pid = spawn.pids.get(i).copied().unwrap_or(0);
+        let status = if pid > 0 && !g.reaped[i] {
+            g.reaped[i] = true;
+            process::wait(pid).ok()
+        } else {
+            None
+        };
+        let j = match report {
+            Some(r) if r.id == id => from_report(r),
+            _ if g.killed => failed(CloneStatus::Killed, "killed by the parent's kill".into()),
+            _ => failed(
+                CloneStatus::Lost,
+                match (pid, status) {
+                    (0, _) => "the host could not fork this clone".into(),
+                    (_, Some(st)) => {
+                        format!("the clone's VMM process ended without a report ({st})")
+                    }
+                    (_, None) => "the clone's VMM process vanished without a report".into(),
+                },
+            ),
+        };
+        joined.insert(id, j);
+    }
+    if let Some(r) = g.remote.as_mut() {
+        r.collect();
+        for &id in &r.ids.clone() {
+            let j = match r.reports.remove(&id) {
+                Some(rep) => from_report(rep),
+                None if g.killed => {
+                    failed(CloneStatus::Killed, "killed by the parent's kill".into())
+                }
+                None => failed(
+                    CloneStatus::Lost,
+                    r.lost.remove(&id).unwrap_or_else(|| "no report".into()),
+                ),
+            };
+            joined.insert(id, j);
+        }
+    }
+    if let Some(h) = spawn.holder {
+        let _ = process::kill(h);
+        let _ = process::wait(h);
+    }
+    let mut record = Vec::new();
+    let mut summaries = Vec::with_capacity(joined.len());
+    for (id, j) in joined {
+        encode_entry(
+            &mut record,
+            &Entry {
+                id,
+                status: j.status,
+                code: j.code,
+                result: &j.result,
+                detail: j.detail.as_bytes(),
+            },
+        );
+        let r = j.report.as_ref();
+        summaries.push(CloneSummary {
+            id,
+            status: j.status,
+            code: j.code,
+            detail: j.detail.clone(),
+            remote: g.remote.as_ref().is_some_and(|rg| rg.ids.contains(&id)),
+            first_entry: r.map(|r| Duration::from_micros(r.first_entry_us)),
+            rss_bytes: r.map_or(0, |r| r.rss_bytes),
+            private_bytes: r.map_or(0, |r| r.private_bytes),
+            memory: r.and_then(|r| r.memory.clone()),
+        });
+    }
+    (record, summaries)
+}
