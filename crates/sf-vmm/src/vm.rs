@@ -494,7 +494,7 @@ impl Vm {
         match call {
             Call::TicketRequest => Ok(HcReturn::Value(self.ticket_request(a.a0))),
             Call::Clone => self.clone_vm(ticket, console),
-            Call::JoinWait => self.join_wait(ticket),
+            Call::JoinWait => self.join_wait(ticket, console),
             Call::JoinFetch => self.join_fetch(ticket, a.a1, a.a2),
             Call::Kill => self.kill_clones(ticket),
             _ => unreachable!("hypercall::handle routes only clone calls here"),

@@ -139,6 +139,10 @@ fn clones_spread_over_three_hosts_see_the_parents_memory() {
     let h = Hosts::start(3);
     let r = h.run(1, &["forktest", "--", "basic", "n=6"]);
     assert_ok(&h, &r, "basic");
+    // Every clone's console reaches the parent's, remote ones included.
+    for id in 1..=6 {
+        r.assert_stdout_has(&format!("[clone {id}] clone {id} of 6 running"));
+    }
     // Clones 2, 3, 5, 6 ran on hosts 2 and 3 and fetched their memory there.
     for i in [2, 3] {
         let m: Metrics = h.client(i).get("/v1/metrics").unwrap();

@@ -132,9 +132,14 @@ pub fn run(
             return Ok(1);
         }
     };
+    let conn_for_console = conn.clone();
     spawn_heartbeats(conn, vm.memory_stats_source(), stats.map(Path::to_path_buf));
     // A clone's run reports to the origin and ends the process itself.
-    let _ = vm.run(console);
+    let mut tee = ToOrigin {
+        local: console,
+        conn: conn_for_console,
+    };
+    let _ = vm.run(&mut tee);
     Ok(1)
 }
 
@@ -221,5 +226,26 @@ fn local_v4_towards(peer: SocketAddr) -> Option<std::net::Ipv4Addr> {
     match s.local_addr().ok()?.ip() {
         std::net::IpAddr::V4(ip) => Some(ip),
         std::net::IpAddr::V6(_) => None,
+    }
+}
+
+/// The clone's console: kept on this host (the daemon's console file) and
+/// sent to the origin, which shows it on the parent's console.
+struct ToOrigin<'a> {
+    local: &'a mut dyn Write,
+    conn: Arc<Mutex<TcpStream>>,
+}
+
+impl Write for ToOrigin<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.local.write_all(buf)?;
+        let mut s = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        // The origin may be gone; the clone's own report says what matters.
+        let _ = Frame::Console(buf.to_vec()).write_to(&mut *s);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.local.flush()
     }
 }

@@ -29,7 +29,11 @@ pub(super) struct SpawnReport {
 }
 
 impl Vm {
-    pub(crate) fn join_wait(&mut self, ticket: u32) -> Result<HcReturn, Error> {
+    pub(crate) fn join_wait(
+        &mut self,
+        ticket: u32,
+        console: &mut dyn std::io::Write,
+    ) -> Result<HcReturn, Error> {
         let state = match self.clones.tickets.get_mut(ticket) {
             Ok(s) => s,
             Err(e) => return err(e),
@@ -46,7 +50,7 @@ impl Vm {
             }
             TicketState::Cloned(g) => g,
         };
-        let (record, summaries) = collect(group);
+        let (record, summaries) = collect(group, console);
         let (granted, timeline, request) = (group.granted, group.timeline, group.request);
         let t = &mut self.clones.timelines[timeline];
         t.request_to_joined = Some(request.elapsed());
@@ -188,7 +192,7 @@ fn failed(status: CloneStatus, detail: String) -> Joined {
 }
 
 /// Waits for every clone of the group and builds the join record.
-fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
+fn collect(g: &mut Group, console: &mut dyn std::io::Write) -> (Vec<u8>, Vec<CloneSummary>) {
     let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
     let reports: Vec<Option<CloneReport>> = g
         .results
@@ -222,7 +226,7 @@ fn collect(g: &mut Group) -> (Vec<u8>, Vec<CloneSummary>) {
         joined.insert(id, j);
     }
     if let Some(r) = g.remote.as_mut() {
-        r.collect();
+        r.collect(console);
         for &id in &r.ids.clone() {
             let j = match r.reports.remove(&id) {
                 Some(rep) => from_report(rep),

@@ -211,7 +211,14 @@ pub struct RemoteGroup {
     connected: BTreeMap<u32, ()>,
     pub reports: BTreeMap<u32, CloneReport>,
     pub lost: BTreeMap<u32, String>,
+    /// Remote clones' console output not yet shown (bounded).
+    console: Vec<u8>,
+    console_dropped: u64,
 }
+
+/// Most remote console output held between two looks (the rest is counted
+/// and reported as dropped).
+const CONSOLE_BUFFER: usize = 1 << 20;
 
 impl RemoteGroup {
     pub fn new(
@@ -230,6 +237,8 @@ impl RemoteGroup {
             connected: BTreeMap::new(),
             reports: BTreeMap::new(),
             lost: BTreeMap::new(),
+            console: Vec::new(),
+            console_dropped: 0,
         })
     }
 
@@ -323,6 +332,12 @@ impl RemoteGroup {
                 (Frame::Hello { .. }, _) => return false,
                 (_, None) => return false,
                 (Frame::Heartbeat, Some(_)) => {}
+                (Frame::Console(bytes), Some(id)) if id != 0 => {
+                    let room = CONSOLE_BUFFER.saturating_sub(self.console.len());
+                    let take = bytes.len().min(room);
+                    self.console.extend_from_slice(&bytes[..take]);
+                    self.console_dropped += (bytes.len() - take) as u64;
+                }
                 (Frame::Report(bytes), Some(id)) if id != 0 => {
                     match CloneReport::decode(&bytes).filter(|r| r.id == id) {
                         Some(r) => {
@@ -390,10 +405,28 @@ impl RemoteGroup {
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     }
 
-    /// Blocks until every remote clone reported or was declared lost.
-    pub fn collect(&mut self) {
+    /// Blocks until every remote clone reported or was declared lost,
+    /// showing their console output on `console` as it arrives.
+    pub fn collect(&mut self, console: &mut dyn std::io::Write) {
         while !self.done() {
-            self.pump(Duration::from_millis(500));
+            self.pump(Duration::from_millis(100));
+            self.show_console(console);
+        }
+        self.show_console(console);
+    }
+
+    fn show_console(&mut self, console: &mut dyn std::io::Write) {
+        if !self.console.is_empty() {
+            let _ = console.write_all(&self.console);
+            let _ = console.flush();
+            self.console.clear();
+        }
+        if self.console_dropped > 0 {
+            tracing::warn!(
+                bytes = self.console_dropped,
+                "remote clone console output dropped (more than the buffer between looks)"
+            );
+            self.console_dropped = 0;
         }
     }
 

@@ -19,6 +19,8 @@ pub enum Frame {
     Kill,
     /// Memory holder to origin: clone `id` could not be started on its host.
     Failed { id: u32, reason: String },
+    /// Console output of the clone (already prefixed with its clone path).
+    Console(Vec<u8>),
 }
 
 impl Frame {
@@ -31,6 +33,7 @@ impl Frame {
             Frame::Failed { id, reason } => {
                 (5, [&id.to_le_bytes()[..], reason.as_bytes()].concat())
             }
+            Frame::Console(bytes) => (6, bytes.clone()),
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         out.push(kind);
@@ -69,6 +72,7 @@ impl Frame {
                 id: id(p).expect("4 bytes"),
                 reason: String::from_utf8_lossy(&p[4..]).into_owned(),
             },
+            6 => Frame::Console(p.to_vec()),
             k => return Err(format!("unknown frame kind {k} of {len} bytes")),
         };
         Ok(Some((f, 5 + len)))
@@ -118,6 +122,7 @@ mod tests {
                 id: 2,
                 reason: "peer down".into(),
             },
+            Frame::Console(b"[clone 2] hi\n".to_vec()),
         ] {
             let b = f.encode();
             assert_eq!(Frame::decode(&b), Ok(Some((f.clone(), b.len()))));
