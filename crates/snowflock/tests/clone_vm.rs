@@ -133,6 +133,19 @@ fn bench_clone_writes_json_rows_and_a_plot() {
     ] {
         assert!(text.contains(key), "JSON lacks {key}: {text}");
     }
+    // The QEMU peer restored the same guest from a state of about its RAM.
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let row = &v["rows"][0];
+    assert!(
+        row["qemu_restore_ms_median"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{row}"
+    );
+    assert!(
+        row["qemu_state_mib"].as_f64().is_some_and(|x| x > 32.0),
+        "the touched guest RAM was saved: {row}"
+    );
     let png = std::fs::read(dir.path().join("clone.png")).expect("plot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

@@ -24,6 +24,9 @@ pub struct CloneBenchArgs {
     /// Write the rows as JSON here, and the plot next to it (same name, .png).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Skip the QEMU snapshot/restore comparison.
+    #[arg(long)]
+    no_qemu: bool,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -47,6 +50,10 @@ pub struct Row {
     pub fork_floor_n_ms_median: f64,
     /// clone_first_instr / (clones * fork_floor).
     pub ratio_vs_floor: f64,
+    /// QEMU restoring the same guest (all memory touched) from a saved
+    /// state, process start to running; one restore.
+    pub qemu_restore_ms_median: Option<f64>,
+    pub qemu_state_mib: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -209,6 +216,8 @@ fn clone_runs(image: &GuestImage, mem_mib: u64, n: u32, runs: usize) -> anyhow::
         fork_floor_ms_median: floor,
         fork_floor_n_ms_median: floor_n,
         ratio_vs_floor: last_median / (n as f64 * floor),
+        qemu_restore_ms_median: None,
+        qemu_state_mib: None,
     })
 }
 
@@ -225,11 +234,34 @@ pub fn main(a: CloneBenchArgs) -> anyhow::Result<u8> {
         "bench clone: {} runs per row; transparent hugepages: {thp}",
         a.runs
     );
+    let qemu_bin = if a.no_qemu {
+        None
+    } else {
+        Some(super::qemu::ensure_installed()?)
+    };
+    let scratch = tempfile::tempdir()?;
     let mut rows = Vec::new();
     for &mem in &a.mem_mib {
+        let qemu_restore = match &qemu_bin {
+            Some(q) => {
+                eprintln!(
+                    "  {mem:>5} MiB: QEMU saves the same guest, then restores it {} times...",
+                    a.runs
+                );
+                let snap = super::qemu_snapshot::save(q, scratch.path(), mem)?;
+                let mut times = Vec::new();
+                for i in 0..a.runs {
+                    times.push(ms(snap.restore(i)?));
+                }
+                Some((median(&times), snap.bytes as f64 / (1 << 20) as f64))
+            }
+            None => None,
+        };
         for &n in &a.clones {
             let t = std::time::Instant::now();
-            let row = clone_runs(&image, mem, n, a.runs)?;
+            let mut row = clone_runs(&image, mem, n, a.runs)?;
+            row.qemu_restore_ms_median = qemu_restore.map(|q| q.0);
+            row.qemu_state_mib = qemu_restore.map(|q| q.1);
             eprintln!(
                 "  {mem:>5} MiB x {n:>2} clones: done in {:.1} s",
                 t.elapsed().as_secs_f64()
@@ -258,7 +290,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("clone benchmark: medians; times from the clone request, ms");
     println!(
-        "{:>7} {:>6} {:>9} {:>11} {:>11} {:>10} {:>12} {:>8} {:>9} {:>8}",
+        "{:>7} {:>6} {:>9} {:>11} {:>11} {:>10} {:>12} {:>8} {:>9} {:>8} {:>12}",
         "mem MiB",
         "clones",
         "resumed",
@@ -268,11 +300,12 @@ fn print_table(rows: &[Row]) {
         "N x floor",
         "ratio",
         "desc B",
-        "MiB/clone"
+        "MiB/clone",
+        "QEMU restore"
     );
     for r in rows {
         println!(
-            "{:>7} {:>6} {:>9.3} {:>11.3} {:>11.3} {:>10.3} {:>12.3} {:>8.2} {:>9} {:>8.2}",
+            "{:>7} {:>6} {:>9.3} {:>11.3} {:>11.3} {:>10.3} {:>12.3} {:>8.2} {:>9} {:>8.2} {:>12}",
             r.mem_mib,
             r.clones,
             r.parent_resumed_ms_median,
@@ -282,10 +315,13 @@ fn print_table(rows: &[Row]) {
             r.clones as f64 * r.fork_floor_ms_median,
             r.ratio_vs_floor,
             r.descriptor_bytes,
-            r.extra_rss_per_clone_mib_median
+            r.extra_rss_per_clone_mib_median,
+            r.qemu_restore_ms_median
+                .map_or("-".into(), |q| format!("{q:.1}"))
         );
     }
     println!("ratio = last clone's first instruction / (clones x fork floor); the goal is <= 1.5 at 1 clone, <= 2 at 32");
+    println!("QEMU restore = one QEMU process restoring the same guest (all memory touched) from its saved state to running");
 }
 
 fn chart(rows: &[Row]) -> super::plot::Chart {

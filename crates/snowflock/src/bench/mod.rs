@@ -4,6 +4,7 @@ mod boot;
 mod clone;
 mod plot;
 mod qemu;
+mod qemu_snapshot;
 mod remote;
 mod stats;
 

@@ -13,6 +13,8 @@
 //!   result: each gets its error code.
 //! - `touch`: touch all of the heap, clone n=N clones that exit at once,
 //!   join (for the clone benchmark).
+//! - `fill`: touch all of the heap, print `filled`, then spin (no
+//!   hypercalls: the QEMU side of the clone benchmark snapshots this).
 //! - `slow n=3 ms=2000`: clones busy-wait, then exit with their ID; the
 //!   parent prints what `join` says of each (for failure tests).
 //! - `scan n=2 mib=64 ms=3000 stagger=0`: the parent fills a buffer; each
@@ -265,12 +267,30 @@ fn errors(c: &mut Check) {
     check!(c, clone::join(&t).map(|r| r.len()) == Ok(1), "join still works after the refusal");
 }
 
+/// Fills the heap: every page of it becomes resident (before a clone), and
+/// different from its neighbours (a page of one repeated byte is cheap to
+/// save for some snapshot formats, which would flatter them).
+fn fill_heap() -> Vec<u8> {
+    let mut v: Vec<u8> = Vec::with_capacity(env::heap_size().saturating_sub(1 << 20) as usize);
+    v.resize(v.capacity(), 1);
+    for (i, page) in v.chunks_mut(4096).enumerate() {
+        page[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    v
+}
+
+fn fill() -> ! {
+    let v = fill_heap();
+    println!("forktest fill: {} MiB filled", v.len() >> 20);
+    sf_guest::console::flush();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
 fn touch() {
     let n = arg_u64("n", 1);
-    let info_heap = env::heap_size();
-    // Fill the heap: every page of it becomes resident before the clone.
-    let mut v: Vec<u8> = Vec::with_capacity(info_heap.saturating_sub(1 << 20) as usize);
-    v.resize(v.capacity(), 1);
+    let v = fill_heap();
     let t = ticket(n);
     if fork(&t) != 0 {
         done_in_clone(0, &[]);
@@ -351,6 +371,7 @@ fn main() -> i32 {
         "entropy" => entropy(&mut c),
         "errors" => errors(&mut c),
         "touch" => touch(),
+        "fill" => fill(),
         "slow" => slow(&mut c),
         "scan" => scan(&mut c),
         _ => {
