@@ -211,8 +211,10 @@ pub struct RemoteGroup {
     connected: BTreeMap<u32, ()>,
     pub reports: BTreeMap<u32, CloneReport>,
     pub lost: BTreeMap<u32, String>,
-    /// Remote clones' console output not yet shown (bounded).
+    /// Remote clones' console output not yet shown, whole lines only
+    /// (bounded), and each clone's unfinished line.
     console: Vec<u8>,
+    partial: BTreeMap<u32, Vec<u8>>,
     console_dropped: u64,
 }
 
@@ -238,6 +240,7 @@ impl RemoteGroup {
             reports: BTreeMap::new(),
             lost: BTreeMap::new(),
             console: Vec::new(),
+            partial: BTreeMap::new(),
             console_dropped: 0,
         })
     }
@@ -333,10 +336,16 @@ impl RemoteGroup {
                 (_, None) => return false,
                 (Frame::Heartbeat, Some(_)) => {}
                 (Frame::Console(bytes), Some(id)) if id != 0 => {
-                    let room = CONSOLE_BUFFER.saturating_sub(self.console.len());
-                    let take = bytes.len().min(room);
-                    self.console.extend_from_slice(&bytes[..take]);
-                    self.console_dropped += (bytes.len() - take) as u64;
+                    // Lines of different clones must not interleave: keep
+                    // each clone's unfinished line until its newline.
+                    let line = self.partial.entry(id).or_default();
+                    line.extend_from_slice(&bytes);
+                    let whole: Vec<u8> = match line.iter().rposition(|&b| b == b'\n') {
+                        Some(end) => line.drain(..=end).collect(),
+                        None if line.len() > CONSOLE_BUFFER => std::mem::take(line),
+                        None => Vec::new(),
+                    };
+                    self.push_console(&whole);
                 }
                 (Frame::Report(bytes), Some(id)) if id != 0 => {
                     match CloneReport::decode(&bytes).filter(|r| r.id == id) {
@@ -412,7 +421,21 @@ impl RemoteGroup {
             self.pump(Duration::from_millis(100));
             self.show_console(console);
         }
+        // Lines the clones never finished.
+        for (_, mut line) in std::mem::take(&mut self.partial) {
+            if !line.is_empty() {
+                line.push(b'\n');
+                self.push_console(&line);
+            }
+        }
         self.show_console(console);
+    }
+
+    fn push_console(&mut self, bytes: &[u8]) {
+        let room = CONSOLE_BUFFER.saturating_sub(self.console.len());
+        let take = bytes.len().min(room);
+        self.console.extend_from_slice(&bytes[..take]);
+        self.console_dropped += (bytes.len() - take) as u64;
     }
 
     fn show_console(&mut self, console: &mut dyn std::io::Write) {

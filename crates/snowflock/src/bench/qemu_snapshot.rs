@@ -164,10 +164,10 @@ impl Snapshot {
             match q.status()?.as_str() {
                 "running" => break,
                 // The state was saved stopped: once loaded, go on.
-                "paused" | "postmigrate" => {
-                    if q.cmd("query-migrate", None)?["status"].as_str() == Some("completed") {
-                        q.cmd("cont", None)?;
-                    }
+                "paused" | "postmigrate"
+                    if q.cmd("query-migrate", None)?["status"].as_str() == Some("completed") =>
+                {
+                    q.cmd("cont", None)?;
                 }
                 _ => {}
             }
