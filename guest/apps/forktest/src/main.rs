@@ -276,6 +276,9 @@ fn fill_heap() -> Vec<u8> {
     for (i, page) in v.chunks_mut(4096).enumerate() {
         page[..8].copy_from_slice(&(i as u64).to_le_bytes());
     }
+    // Nothing reads these bytes: without this the compiler may drop the
+    // stores, and the memory would never become resident.
+    core::hint::black_box(&mut v);
     v
 }
 
