@@ -10,3 +10,6 @@ pub use types::*;
 
 /// Version prefix of every path.
 pub const PREFIX: &str = "/v1";
+
+/// Where the daemon listens for the local CLI unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/snowflock/snowflockd.sock";

@@ -74,19 +74,22 @@ pub fn run_remote(
     }
 }
 
+/// The `--daemon SOCKET` option of the commands that ask a daemon.
+#[derive(clap::Args)]
+pub struct DaemonSocket {
+    /// The daemon's Unix socket.
+    #[arg(long = "daemon", value_name = "SOCKET", default_value = sf_api::DEFAULT_SOCKET)]
+    path: PathBuf,
+}
+
 #[derive(clap::Args)]
 pub struct VmsArgs {
-    /// The daemon's Unix socket.
-    #[arg(
-        long,
-        value_name = "SOCKET",
-        default_value = "/run/snowflock/snowflockd.sock"
-    )]
-    daemon: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonSocket,
 }
 
 pub fn vms(a: VmsArgs) -> anyhow::Result<u8> {
-    let list: Vec<VmInfo> = client(&a.daemon).get("/v1/vms")?;
+    let list: Vec<VmInfo> = client(&a.daemon.path).get("/v1/vms")?;
     println!(
         "{:<10} {:<6} {:>7} {:<8} {:>5}  GUEST",
         "ID", "KIND", "PID", "STATE", "EXIT"
@@ -106,36 +109,28 @@ pub fn vms(a: VmsArgs) -> anyhow::Result<u8> {
 pub struct KillArgs {
     /// The VM's ID (see `snowflock vms`).
     id: String,
-    #[arg(
-        long,
-        value_name = "SOCKET",
-        default_value = "/run/snowflock/snowflockd.sock"
-    )]
-    daemon: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonSocket,
 }
 
 pub fn kill(a: KillArgs) -> anyhow::Result<u8> {
     let v: VmInfo =
-        client(&a.daemon).call::<(), _>("DELETE", &format!("/v1/vms/{}", a.id), None)?;
+        client(&a.daemon.path).call::<(), _>("DELETE", &format!("/v1/vms/{}", a.id), None)?;
     println!("killed {} (pid {})", v.id, v.pid);
     Ok(0)
 }
 
 #[derive(clap::Args)]
 pub struct MetricsArgs {
-    #[arg(
-        long,
-        value_name = "SOCKET",
-        default_value = "/run/snowflock/snowflockd.sock"
-    )]
-    daemon: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonSocket,
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
-    let m: Metrics = client(&a.daemon).get("/v1/metrics")?;
+    let m: Metrics = client(&a.daemon.path).get("/v1/metrics")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(0);

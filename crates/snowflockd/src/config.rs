@@ -65,7 +65,7 @@ pub struct Config {
     pub max_clones: Option<u32>,
 }
 
-pub const DEFAULT_SOCKET: &str = "/run/snowflock/snowflockd.sock";
+pub use sf_api::DEFAULT_SOCKET;
 
 impl Config {
     pub fn from_args(a: Args) -> anyhow::Result<Config> {
