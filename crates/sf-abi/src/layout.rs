@@ -84,6 +84,18 @@ pub fn user_regions(mem_size: u64, image_end: u64) -> Option<UserRegions> {
     })
 }
 
+// The fixed ring-0 structures must not overlap: checked when the crate
+// builds, so a layout change that breaks this does not compile.
+const _: () = {
+    assert!(GDT + GDT_SIZE <= IDT);
+    assert!(IDT + IDT_VECTORS * 16 <= TSS);
+    assert!(TSS + TSS_LIMIT < PVH_START_INFO);
+    assert!(PT_LOW + PAGE <= PD_BASE);
+    assert!(PD_BASE + (MAX_MEM >> 30) * PAGE <= CMDLINE);
+    assert!(CMDLINE + CMDLINE_MAX <= KERNEL_STACK_TOP - 0x8000);
+    assert!(KERNEL_STACK_TOP <= IMAGE_BASE);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,16 +112,5 @@ mod tests {
     fn regions_refuse_an_image_filling_ram() {
         assert_eq!(user_regions(8 << 20, 8 << 20), None);
         assert_eq!(user_regions(8 << 20, u64::MAX), None);
-    }
-
-    #[test]
-    fn fixed_structures_do_not_overlap() {
-        assert!(GDT + GDT_SIZE <= IDT);
-        assert!(IDT + IDT_VECTORS * 16 <= TSS);
-        assert!(TSS + TSS_LIMIT < PVH_START_INFO);
-        assert!(PT_LOW + PAGE <= PD_BASE);
-        assert!(PD_BASE + (MAX_MEM >> 30) * PAGE <= CMDLINE);
-        assert!(CMDLINE + CMDLINE_MAX <= KERNEL_STACK_TOP - 0x8000);
-        assert!(KERNEL_STACK_TOP <= IMAGE_BASE);
     }
 }

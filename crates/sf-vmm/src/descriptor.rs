@@ -119,8 +119,10 @@ mod tests {
     use super::*;
 
     fn sample() -> VmDescriptor {
-        let mut regs = kvm_bindings::kvm_regs::default();
-        regs.rip = 0x10_1234;
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0x10_1234,
+            ..Default::default()
+        };
         VmDescriptor {
             mem_size: 64 << 20,
             vcpu: VcpuState {

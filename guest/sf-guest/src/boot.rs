@@ -288,11 +288,18 @@ extern "C" fn sf_pvh_setup(start_info: u64) {
     let mem_size = ram_size_from_start_info(start_info);
     let cmdline_len = copy_cmdline(start_info);
     // SAFETY: the linker-defined addresses of the stubs and the image end.
-    let (isr, image_end) = unsafe { (&_sf_isr_0 as *const u8 as u64, &_sf_image_end as *const u8 as u64) };
+    let (isr, image_end) = unsafe {
+        (
+            &_sf_isr_0 as *const u8 as u64,
+            &_sf_image_end as *const u8 as u64,
+        )
+    };
     if tables::build(&mut IdentityMapped, mem_size, isr, 16).is_err() {
         halt();
     }
-    let Some(regions) = layout::user_regions(mem_size, image_end) else { halt() };
+    let Some(regions) = layout::user_regions(mem_size, image_end) else {
+        halt()
+    };
     let mut flags = boot_info::FLAG_PVH_BOOT;
     if probe_hypercalls() {
         flags |= boot_info::FLAG_HYPERCALLS;

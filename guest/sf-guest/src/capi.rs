@@ -24,7 +24,10 @@ fn err(e: sf_abi::hypercall::Error) -> i64 {
 pub unsafe extern "C" fn sf_request_ticket(n: u64, out: *mut SfTicket) -> i64 {
     match clone::request_ticket(n) {
         Ok(t) => {
-            out.write(SfTicket { id: t.id(), granted: t.granted() });
+            out.write(SfTicket {
+                id: t.id(),
+                granted: t.granted(),
+            });
             t.granted() as i64
         }
         Err(e) => err(e),
@@ -45,7 +48,11 @@ pub unsafe extern "C" fn sf_clone(t: *const SfTicket) -> i64 {
 /// `result` must point to `len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn sf_exit(status: i32, result: *const u8, len: usize) -> i64 {
-    let bytes = if len == 0 { &[][..] } else { core::slice::from_raw_parts(result, len) };
+    let bytes = if len == 0 {
+        &[][..]
+    } else {
+        core::slice::from_raw_parts(result, len)
+    };
     err(clone::exit(status, bytes))
 }
 

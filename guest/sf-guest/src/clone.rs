@@ -56,7 +56,10 @@ pub struct CloneResult {
 pub fn request_ticket(n: u64) -> Result<Ticket, Error> {
     // SAFETY: no memory is passed.
     let r = result(unsafe { raw(Call::TicketRequest as u32, n, 0, 0, 0) })?;
-    Ok(Ticket { id: (r >> 32) as u32, granted: r as u32 })
+    Ok(Ticket {
+        id: (r >> 32) as u32,
+        granted: r as u32,
+    })
 }
 
 /// Forks the VM: returns 0 in the parent and `1..=ticket.granted()` in each
@@ -76,7 +79,15 @@ pub fn clone(ticket: &Ticket) -> Result<u32, Error> {
 pub fn exit(status: i32, result_bytes: &[u8]) -> Error {
     crate::console::flush();
     // SAFETY: the host only reads `result_bytes`.
-    let r = unsafe { raw(Call::CloneExit as u32, status as u32 as u64, result_bytes.as_ptr() as u64, result_bytes.len() as u64, 0) };
+    let r = unsafe {
+        raw(
+            Call::CloneExit as u32,
+            status as u32 as u64,
+            result_bytes.as_ptr() as u64,
+            result_bytes.len() as u64,
+            0,
+        )
+    };
     match result(r) {
         Err(e) => e,
         Ok(_) => Error::Invalid,
@@ -90,7 +101,15 @@ pub fn join(ticket: &Ticket) -> Result<Vec<CloneResult>, Error> {
     let size = result(unsafe { raw(Call::JoinWait as u32, ticket.id as u64, 0, 0, 0) })? as usize;
     let mut buf = alloc::vec![0u8; size];
     // SAFETY: the host writes at most `buf.len()` bytes into `buf`.
-    let n = result(unsafe { raw(Call::JoinFetch as u32, ticket.id as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0) })? as usize;
+    let n = result(unsafe {
+        raw(
+            Call::JoinFetch as u32,
+            ticket.id as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+        )
+    })? as usize;
     Ok(sf_abi::clone::decode(&buf[..n.min(size)])
         .map(|e| CloneResult {
             id: e.id,

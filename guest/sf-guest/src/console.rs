@@ -18,7 +18,10 @@ struct Shared(UnsafeCell<LineBuffer>);
 // SAFETY: single-threaded guest; no reference outlives one `with` call.
 unsafe impl Sync for Shared {}
 
-static OUT: Shared = Shared(UnsafeCell::new(LineBuffer { len: 0, bytes: [0; BUF] }));
+static OUT: Shared = Shared(UnsafeCell::new(LineBuffer {
+    len: 0,
+    bytes: [0; BUF],
+}));
 
 fn with<R>(f: impl FnOnce(&mut LineBuffer) -> R) -> R {
     // SAFETY: see `Shared`; `f` never re-enters `with` (flushing writes

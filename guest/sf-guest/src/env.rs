@@ -10,7 +10,8 @@ pub fn cmdline() -> &'static str {
     }
     // SAFETY: the VMM (or PVH set-up) wrote `cmdline_len` bytes at
     // `cmdline_addr` in RAM that nothing else writes.
-    let bytes = unsafe { core::slice::from_raw_parts(b.cmdline_addr as *const u8, b.cmdline_len as usize) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts(b.cmdline_addr as *const u8, b.cmdline_len as usize) };
     core::str::from_utf8(bytes).unwrap_or("")
 }
 

@@ -36,7 +36,15 @@ pub fn result(ret: u64) -> Result<u64, Error> {
 /// Writes to the console; returns the bytes the host accepted.
 pub fn console_write(bytes: &[u8]) -> Result<u64, Error> {
     // SAFETY: the host only reads `bytes`.
-    result(unsafe { raw(Call::ConsoleWrite as u32, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0) })
+    result(unsafe {
+        raw(
+            Call::ConsoleWrite as u32,
+            bytes.as_ptr() as u64,
+            bytes.len() as u64,
+            0,
+            0,
+        )
+    })
 }
 
 pub(crate) fn serial_write(bytes: &[u8]) {
@@ -49,5 +57,7 @@ pub(crate) fn serial_write(bytes: &[u8]) {
 
 pub(crate) fn debug_exit(status: u8) {
     // SAFETY: as for `serial_write`; QEMU's isa-debug-exit ends the VM.
-    unsafe { asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") status, options(nomem, nostack)) };
+    unsafe {
+        asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") status, options(nomem, nostack))
+    };
 }

@@ -41,7 +41,10 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
         // Volatile reads keep the compiler from turning this loop back into
         // a call to memcmp.
-        let (x, y) = (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i)));
+        let (x, y) = (
+            core::ptr::read_volatile(a.add(i)),
+            core::ptr::read_volatile(b.add(i)),
+        );
         if x != y {
             return x as i32 - y as i32;
         }

@@ -25,14 +25,25 @@ impl Write for Fixed {
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
     console::flush();
-    let mut m = Fixed { len: 0, buf: [0; MSG_MAX] };
+    let mut m = Fixed {
+        len: 0,
+        buf: [0; MSG_MAX],
+    };
     let _ = write!(m, "{}", info.message());
     if let Some(loc) = info.location() {
         let _ = write!(m, " at {}:{}", loc.file(), loc.line());
     }
     if rt::has_hypercalls() {
         // SAFETY: the host reads the message buffer only.
-        unsafe { hypercall::raw(Call::Panic as u32, m.buf.as_ptr() as u64, m.len as u64, 0, 0) };
+        unsafe {
+            hypercall::raw(
+                Call::Panic as u32,
+                m.buf.as_ptr() as u64,
+                m.len as u64,
+                0,
+                0,
+            )
+        };
     } else {
         hypercall::serial_write(b"guest panicked: ");
         hypercall::serial_write(&m.buf[..m.len]);

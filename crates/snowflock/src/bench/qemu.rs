@@ -111,9 +111,9 @@ pub fn time_process(mut cmd: Command, timeout: Duration) -> anyhow::Result<Proce
     let (cancel, cancelled) = mpsc::channel::<()>();
     let killer = std::thread::spawn(move || {
         if cancelled.recv_timeout(timeout).is_err() {
-            // SAFETY: signals our own child, which has not been reaped yet
-            // (the main thread is still in wait()).
-            unsafe { libc_kill(pid) };
+            // SAFETY: kill(2) takes plain integers; it signals our own child,
+            // which has not been reaped yet (the main thread is still in wait()).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     });
     let status = child
@@ -129,11 +129,4 @@ pub fn time_process(mut cmd: Command, timeout: Duration) -> anyhow::Result<Proce
         status: status.code(),
         stdout,
     })
-}
-
-unsafe fn libc_kill(pid: u32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    kill(pid as i32, 9);
 }

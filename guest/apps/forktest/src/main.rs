@@ -57,11 +57,16 @@ macro_rules! check {
 }
 
 fn arg_u64(name: &str, default: u64) -> u64 {
-    env::arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+    env::arg(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn words(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn bytes(ws: &[u64]) -> Vec<u8> {
@@ -106,25 +111,67 @@ fn basic(c: &mut Check) {
         STATIC_MARK.store(id as u64, Ordering::Relaxed);
         let mine = (heap[0], STATIC_MARK.load(Ordering::Relaxed));
         println!("clone {id} of {} running", t.granted());
-        done_in_clone(id as i32, &bytes(&[id as u64, seen.0, seen.1, seen.2, mine.0, mine.1]));
+        done_in_clone(
+            id as i32,
+            &bytes(&[id as u64, seen.0, seen.1, seen.2, mine.0, mine.1]),
+        );
     }
     heap[0] = 999;
     STATIC_MARK.store(555, Ordering::Relaxed);
     let results = clone::join(&t).unwrap_or_default();
-    check!(c, results.len() == t.granted() as usize, "{} results for {} clones", results.len(), t.granted());
+    check!(
+        c,
+        results.len() == t.granted() as usize,
+        "{} results for {} clones",
+        results.len(),
+        t.granted()
+    );
     for (i, r) in results.iter().enumerate() {
         let w = words(&r.result);
-        println!("clone {} -> status {:?} code {} result {:?}", r.id, r.status, r.code, w);
+        println!(
+            "clone {} -> status {:?} code {} result {:?}",
+            r.id, r.status, r.code, w
+        );
         check!(c, r.id == i as u32 + 1, "ids in order");
-        check!(c, r.status == CloneStatus::Exited && r.code == r.id as i32, "clone {} exit status", r.id);
-        check!(c, w.len() == 6 && w[0] == r.id as u64, "clone {} result carries its id", r.id);
+        check!(
+            c,
+            r.status == CloneStatus::Exited && r.code == r.id as i32,
+            "clone {} exit status",
+            r.id
+        );
+        check!(
+            c,
+            w.len() == 6 && w[0] == r.id as u64,
+            "clone {} result carries its id",
+            r.id
+        );
         if w.len() == 6 {
-            check!(c, w[1] == 1234 && w[2] == 1234 && w[3] == 77, "clone {} saw memory as at the call: {:?}", r.id, &w[1..4]);
-            check!(c, w[4] == r.id as u64 * 100 && w[5] == r.id as u64, "clone {} sees its own writes", r.id);
+            check!(
+                c,
+                w[1] == 1234 && w[2] == 1234 && w[3] == 77,
+                "clone {} saw memory as at the call: {:?}",
+                r.id,
+                &w[1..4]
+            );
+            check!(
+                c,
+                w[4] == r.id as u64 * 100 && w[5] == r.id as u64,
+                "clone {} sees its own writes",
+                r.id
+            );
         }
     }
-    check!(c, heap[0] == 999 && heap[1] == 1234, "parent heap private: {}", heap[0]);
-    check!(c, STATIC_MARK.load(Ordering::Relaxed) == 555, "parent static private");
+    check!(
+        c,
+        heap[0] == 999 && heap[1] == 1234,
+        "parent heap private: {}",
+        heap[0]
+    );
+    check!(
+        c,
+        STATIC_MARK.load(Ordering::Relaxed) == 555,
+        "parent static private"
+    );
 }
 
 fn crash(c: &mut Check) {
@@ -137,21 +184,43 @@ fn crash(c: &mut Check) {
             let zero = core::hint::black_box(0u32);
             println!("clone 2 divides by {zero}");
             // SAFETY: faults on purpose.
-            unsafe { core::arch::asm!("div {0:e}", in(reg) zero, inout("eax") 1u32 => _, inout("edx") 0u32 => _) };
+            unsafe {
+                core::arch::asm!("div {0:e}", in(reg) zero, inout("eax") 1u32 => _, inout("edx") 0u32 => _)
+            };
             done_in_clone(0, b"survived a divide by zero?");
         }
         _ => panic!("clone 3 panics on purpose"),
     }
     let rs = clone::join(&t).unwrap_or_default();
     for r in &rs {
-        println!("clone {} -> {:?} code {} detail {:?}", r.id, r.status, r.code, r.detail);
+        println!(
+            "clone {} -> {:?} code {} detail {:?}",
+            r.id, r.status, r.code, r.detail
+        );
     }
     check!(c, rs.len() == 3, "three results");
     if rs.len() == 3 {
-        check!(c, rs[0].status == CloneStatus::Exited && rs[0].result == b"fine", "clone 1 result arrives");
-        check!(c, rs[1].status == CloneStatus::Crashed && rs[1].code == 0, "clone 2 crashed with #DE");
-        check!(c, rs[1].detail.contains("divide error") && rs[1].detail.contains("rip 0x"), "clone 2 detail names the fault and rip");
-        check!(c, rs[2].status == CloneStatus::Panicked && rs[2].detail.contains("clone 3 panics on purpose"), "clone 3 panic message");
+        check!(
+            c,
+            rs[0].status == CloneStatus::Exited && rs[0].result == b"fine",
+            "clone 1 result arrives"
+        );
+        check!(
+            c,
+            rs[1].status == CloneStatus::Crashed && rs[1].code == 0,
+            "clone 2 crashed with #DE"
+        );
+        check!(
+            c,
+            rs[1].detail.contains("divide error") && rs[1].detail.contains("rip 0x"),
+            "clone 2 detail names the fault and rip"
+        );
+        check!(
+            c,
+            rs[2].status == CloneStatus::Panicked
+                && rs[2].detail.contains("clone 3 panics on purpose"),
+            "clone 3 panic message"
+        );
     }
 }
 
@@ -168,7 +237,11 @@ fn kill(c: &mut Check) {
     let killed = clone::kill(&t);
     check!(c, killed == Ok(2), "kill reports 2 killed: {killed:?}");
     let rs = clone::join(&t).unwrap_or_default();
-    check!(c, rs.len() == 2 && rs.iter().all(|r| r.status == CloneStatus::Killed), "join reports both killed: {rs:?}");
+    check!(
+        c,
+        rs.len() == 2 && rs.iter().all(|r| r.status == CloneStatus::Killed),
+        "join reports both killed: {rs:?}"
+    );
 }
 
 fn nested(c: &mut Check) {
@@ -189,7 +262,13 @@ fn nested(c: &mut Check) {
         let w = words(&r.result);
         println!("clone {} -> {:?} {:?}", r.id, r.status, w);
         let id = r.id as u64;
-        check!(c, w == [id, 2, id * 20 + 3], "clone {} joined its own two clones: {:?}", r.id, w);
+        check!(
+            c,
+            w == [id, 2, id * 20 + 3],
+            "clone {} joined its own two clones: {:?}",
+            r.id,
+            w
+        );
     }
     check!(c, rs.len() == 2, "two results");
 }
@@ -210,26 +289,70 @@ fn entropy(c: &mut Check) {
     let total = all.len();
     all.sort_unstable();
     all.dedup();
-    println!("{} random values from {} VMs, {} distinct", total, rs.len() + 1, all.len());
-    check!(c, rs.len() == t.granted() as usize && total == 2 * rs.len() + 3, "every clone reported");
+    println!(
+        "{} random values from {} VMs, {} distinct",
+        total,
+        rs.len() + 1,
+        all.len()
+    );
+    check!(
+        c,
+        rs.len() == t.granted() as usize && total == 2 * rs.len() + 3,
+        "every clone reported"
+    );
     check!(c, all.len() == total, "all random values distinct");
 }
 
 fn errors(c: &mut Check) {
     let max = arg_u64("max", 0);
     let big = clone::request_ticket(1_000_000_000);
-    println!("request_ticket(1e9) -> {:?}", big.as_ref().map(|t| t.granted()));
-    check!(c, matches!(&big, Ok(t) if t.granted() >= 1 && (max == 0 || t.granted() as u64 == max)), "a billion is cut to the limit");
-    check!(c, clone::request_ticket(1).err() == Some(sf_guest::hypercall_error::Again), "no clones left while all are reserved");
+    println!(
+        "request_ticket(1e9) -> {:?}",
+        big.as_ref().map(|t| t.granted())
+    );
+    check!(
+        c,
+        matches!(&big, Ok(t) if t.granted() >= 1 && (max == 0 || t.granted() as u64 == max)),
+        "a billion is cut to the limit"
+    );
+    check!(
+        c,
+        clone::request_ticket(1).err() == Some(sf_guest::hypercall_error::Again),
+        "no clones left while all are reserved"
+    );
     let big = big.unwrap_or(Ticket::forged(0, 0));
-    check!(c, clone::join(&big).map(|r| r.len()) == Ok(0), "joining an unused ticket releases it");
-    check!(c, clone::request_ticket(0).err() == Some(sf_guest::hypercall_error::Invalid), "zero clones is invalid");
+    check!(
+        c,
+        clone::join(&big).map(|r| r.len()) == Ok(0),
+        "joining an unused ticket releases it"
+    );
+    check!(
+        c,
+        clone::request_ticket(0).err() == Some(sf_guest::hypercall_error::Invalid),
+        "zero clones is invalid"
+    );
     let all = clone::request_ticket(u64::MAX);
-    check!(c, all.as_ref().map(|t| t.granted() >= 1).unwrap_or(false), "u64::MAX asks are granted the limit");
+    check!(
+        c,
+        all.as_ref().map(|t| t.granted() >= 1).unwrap_or(false),
+        "u64::MAX asks are granted the limit"
+    );
     let forged = Ticket::forged(4242, 3);
-    check!(c, clone::clone(&forged).err() == Some(sf_guest::hypercall_error::NoEntry), "clone with a forged ticket");
-    check!(c, clone::join(&forged).err() == Some(sf_guest::hypercall_error::NoEntry), "join with a forged ticket");
-    check!(c, clone::kill(&forged).err() == Some(sf_guest::hypercall_error::NoEntry), "kill with a forged ticket");
+    check!(
+        c,
+        clone::clone(&forged).err() == Some(sf_guest::hypercall_error::NoEntry),
+        "clone with a forged ticket"
+    );
+    check!(
+        c,
+        clone::join(&forged).err() == Some(sf_guest::hypercall_error::NoEntry),
+        "join with a forged ticket"
+    );
+    check!(
+        c,
+        clone::kill(&forged).err() == Some(sf_guest::hypercall_error::NoEntry),
+        "kill with a forged ticket"
+    );
     // SAFETY: wild pointers on purpose; the host checks them.
     let fetch = result(unsafe { raw(20, u64::MAX, 0, 0, 0) });
     check!(c, fetch.is_err(), "fetch of a wild ticket fails: {fetch:?}");
@@ -243,17 +366,26 @@ fn errors(c: &mut Check) {
         let e = clone::exit(0, &huge);
         // SAFETY: a result pointer outside RAM.
         let wild = result(unsafe { raw(18, 0, u64::MAX - 4, 16, 0) });
-        let ok = e == sf_guest::hypercall_error::TooBig && wild == Err(sf_guest::hypercall_error::Fault);
+        let ok =
+            e == sf_guest::hypercall_error::TooBig && wild == Err(sf_guest::hypercall_error::Fault);
         done_in_clone(if ok { 0 } else { 1 }, b"refusals seen");
     }
-    check!(c, clone::clone(&t).err() == Some(sf_guest::hypercall_error::Busy), "cloning twice with one ticket");
+    check!(
+        c,
+        clone::clone(&t).err() == Some(sf_guest::hypercall_error::Busy),
+        "cloning twice with one ticket"
+    );
     let rs = clone::join(&t);
     check!(
         c,
         matches!(&rs, Ok(v) if v.len() == 1 && v[0].status == CloneStatus::Exited && v[0].code == 0),
         "clone saw TooBig and Fault: {rs:?}"
     );
-    check!(c, clone::join(&t).err() == Some(sf_guest::hypercall_error::NoEntry), "joining twice");
+    check!(
+        c,
+        clone::join(&t).err() == Some(sf_guest::hypercall_error::NoEntry),
+        "joining twice"
+    );
     // A join record larger than the buffer offered is refused, not truncated.
     let t = ticket(1);
     if fork(&t) != 0 {
@@ -263,8 +395,16 @@ fn errors(c: &mut Check) {
     let need = result(unsafe { raw(19, t.id() as u64, 0, 0, 0) });
     let small = [0u8; 8];
     let fetched = result(unsafe { raw(20, t.id() as u64, small.as_ptr() as u64, 8, 0) });
-    check!(c, matches!(need, Ok(n) if n > 100) && fetched == Err(sf_guest::hypercall_error::TooBig), "small join buffer refused");
-    check!(c, clone::join(&t).map(|r| r.len()) == Ok(1), "join still works after the refusal");
+    check!(
+        c,
+        matches!(need, Ok(n) if n > 100) && fetched == Err(sf_guest::hypercall_error::TooBig),
+        "small join buffer refused"
+    );
+    check!(
+        c,
+        clone::join(&t).map(|r| r.len()) == Ok(1),
+        "join still works after the refusal"
+    );
 }
 
 /// Fills the heap: every page of it becomes resident (before a clone), and
@@ -300,7 +440,12 @@ fn touch() {
     }
     let rs = clone::join(&t).unwrap_or_default();
     let ok = rs.len() == t.granted() as usize && rs.iter().all(|r| r.status == CloneStatus::Exited);
-    println!("forktest touch: {} MiB touched, {} clones joined, {}", v.len() >> 20, rs.len(), if ok { "ok" } else { "FAILED" });
+    println!(
+        "forktest touch: {} MiB touched, {} clones joined, {}",
+        v.len() >> 20,
+        rs.len(),
+        if ok { "ok" } else { "FAILED" }
+    );
     sf_guest::exit(if ok { 0 } else { 1 })
 }
 
@@ -313,7 +458,14 @@ fn busy_wait_ms(ms: u64) {
 
 fn print_results(rs: &[clone::CloneResult]) {
     for r in rs {
-        println!("clone {} -> {:?} code {} result {:?} detail {:?}", r.id, r.status, r.code, words(&r.result), r.detail);
+        println!(
+            "clone {} -> {:?} code {} result {:?} detail {:?}",
+            r.id,
+            r.status,
+            r.code,
+            words(&r.result),
+            r.detail
+        );
     }
 }
 
@@ -327,7 +479,11 @@ fn slow(c: &mut Check) {
     }
     let rs = clone::join(&t).unwrap_or_default();
     print_results(&rs);
-    check!(c, rs.len() == t.granted() as usize, "every clone accounted for");
+    check!(
+        c,
+        rs.len() == t.granted() as usize,
+        "every clone accounted for"
+    );
 }
 
 fn scan(c: &mut Check) {
@@ -339,7 +495,9 @@ fn scan(c: &mut Check) {
     for i in 0..pages * words_per_page {
         buf.push(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     }
-    let expect: u64 = (0..pages).map(|p| buf[(p * words_per_page) as usize]).fold(0, u64::wrapping_add);
+    let expect: u64 = (0..pages)
+        .map(|p| buf[(p * words_per_page) as usize])
+        .fold(0, u64::wrapping_add);
     let t = ticket(n);
     let id = fork(&t);
     if id != 0 {
@@ -357,10 +515,19 @@ fn scan(c: &mut Check) {
     print_results(&rs);
     for r in &rs {
         if r.status == CloneStatus::Exited {
-            check!(c, words(&r.result) == [r.id as u64, expect], "clone {} read back the parent's memory", r.id);
+            check!(
+                c,
+                words(&r.result) == [r.id as u64, expect],
+                "clone {} read back the parent's memory",
+                r.id
+            );
         }
     }
-    check!(c, rs.len() == t.granted() as usize, "every clone accounted for");
+    check!(
+        c,
+        rs.len() == t.granted() as usize,
+        "every clone accounted for"
+    );
 }
 
 fn main() -> i32 {

@@ -16,6 +16,10 @@ fn main() -> i32 {
     if !any {
         println!("  (no arguments; pass some after `--`)");
     }
-    println!("  {} MiB of RAM, up {} us", env::mem_size() >> 20, sf_guest::time::now_ns() / 1000);
+    println!(
+        "  {} MiB of RAM, up {} us",
+        env::mem_size() >> 20,
+        sf_guest::time::now_ns() / 1000
+    );
     0
 }

@@ -44,8 +44,14 @@ fn slice(samples: u64, seed: u64, i: u64, k: u64) -> (u64, u64) {
 
 fn report(samples: u64, inside: u64, slices: u64, ms: f64) {
     let pi = 4.0 * inside as f64 / samples as f64;
-    println!("pi ~= {pi:.6} from {samples} samples ({inside} inside), error {:.2e}", (pi - core::f64::consts::PI).abs());
-    println!("computed in {ms:.1} ms ({:.1} Msamples/s)", samples as f64 / ms / 1e3);
+    println!(
+        "pi ~= {pi:.6} from {samples} samples ({inside} inside), error {:.2e}",
+        (pi - core::f64::consts::PI).abs()
+    );
+    println!(
+        "computed in {ms:.1} ms ({:.1} Msamples/s)",
+        samples as f64 / ms / 1e3
+    );
     println!("pi: inside={inside} samples={samples} slices={slices}");
 }
 
@@ -99,9 +105,12 @@ fn with_clones(samples: u64, seed: u64, wanted: u64) -> i32 {
 }
 
 fn main() -> i32 {
-    let (Some(samples), Some(seed), Some(clones), Some(split)) =
-        (parse("samples", 200_000_000), parse("seed", 1), parse("clones", 0), parse("split", 1))
-    else {
+    let (Some(samples), Some(seed), Some(clones), Some(split)) = (
+        parse("samples", 200_000_000),
+        parse("seed", 1),
+        parse("clones", 0),
+        parse("split", 1),
+    ) else {
         println!("pi: samples=, seed=, clones= and split= take unsigned integers");
         return 2;
     };
@@ -113,10 +122,12 @@ fn main() -> i32 {
         return with_clones(samples, seed, clones);
     }
     let t0 = time::now_ns();
-    let inside: u64 = (1..=split).map(|i| {
-        let (n, s) = slice(samples, seed, i, split);
-        hits(n, s)
-    }).sum();
+    let inside: u64 = (1..=split)
+        .map(|i| {
+            let (n, s) = slice(samples, seed, i, split);
+            hits(n, s)
+        })
+        .sum();
     report(samples, inside, split, (time::now_ns() - t0) as f64 / 1e6);
     0
 }
