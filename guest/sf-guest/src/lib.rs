@@ -21,6 +21,7 @@
 extern crate alloc;
 
 mod boot;
+pub mod kernel;
 pub mod capi;
 pub mod clone;
 pub mod console;
@@ -35,6 +36,9 @@ pub mod time;
 
 pub use console::{_print, Console};
 pub use rt::exit;
+/// The ABI shared with the host (layout, hypercall numbers), for guests
+/// that test the boundary between ring 3 and the rest.
+pub use sf_abi;
 /// The host's error codes.
 pub use sf_abi::hypercall::Error as hypercall_error;
 
