@@ -10,6 +10,11 @@
 //! `in eax, dx` on [`PORT`] returns [`PROBE_MAGIC`] under a SnowFlock VMM and
 //! all ones elsewhere (e.g. under QEMU), which is how a guest booted through
 //! PVH learns whether hypercalls exist.
+//!
+//! For a ring-3 caller, every buffer the host reads must be mapped present
+//! and user in the guest's own page tables, and every buffer it writes also
+//! writable at every level; otherwise the call gets [`Error::Fault`]. A
+//! ring-3 program can name only memory it could touch itself.
 
 /// The I/O port of the hypercall interface.
 pub const PORT: u16 = 0x510;
@@ -36,7 +41,8 @@ pub enum Call {
     /// `(msg_ptr, msg_len)`: the application panicked. Does not return.
     Panic = 3,
     /// `(frame_ptr)`: ring 0 reports a CPU exception; the frame is an
-    /// [`ExceptionFrame`] on the kernel stack. Does not return.
+    /// [`ExceptionFrame`] on the kernel stack. Does not return. From ring 3
+    /// it is refused with [`Error::Denied`]: ring 3 cannot forge a crash.
     Exception = 4,
     /// `(n)`: reserve up to `n` clones. Returns `ticket << 32 | granted`
     /// (granted may be fewer than asked, never 0; [`Error::Again`] when
@@ -84,7 +90,8 @@ impl Call {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i64)]
 pub enum Error {
-    /// A pointer or length does not lie inside guest RAM.
+    /// A pointer or length does not lie inside guest RAM, or (ring 3) names
+    /// a page the caller's page tables do not let it access that way.
     Fault = 14,
     /// An argument is out of range.
     Invalid = 22,
@@ -100,6 +107,9 @@ pub enum Error {
     Busy = 16,
     /// The host could not do it (e.g. fork failed); details in its log.
     Io = 5,
+    /// The caller's privilege level may not make this call (e.g. an
+    /// exception report from ring 3).
+    Denied = 1,
 }
 
 impl Error {
@@ -119,6 +129,7 @@ impl Error {
             -11 => Error::Again,
             -16 => Error::Busy,
             -5 => Error::Io,
+            -1 => Error::Denied,
             _ => return None,
         })
     }
@@ -214,6 +225,7 @@ mod tests {
             Error::Again,
             Error::Busy,
             Error::Io,
+            Error::Denied,
         ] {
             assert_eq!(Error::from_ret(e.to_ret()), Some(e));
         }

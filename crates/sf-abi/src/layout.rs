@@ -1,6 +1,8 @@
 //! Guest physical memory layout. Guest RAM starts at physical address 0 and
 //! is identity mapped; the first MiB holds the structures ring 0 needs and is
-//! supervisor-only except for the boot information page.
+//! supervisor-only except for the boot information page (user read-write)
+//! and the command line (user read-only). Above the image: the heap, one
+//! absent guard page, then the stack up to the end of RAM.
 
 /// Boot information block ([`crate::boot_info::BootInfo`]); user readable and writable.
 pub const BOOT_INFO: u64 = 0x1000;
@@ -19,6 +21,9 @@ pub const PDPT: u64 = 0x9000;
 /// 4 KiB page table for the first 2 MiB, so the null page and the kernel
 /// structures can be protected with 4 KiB granularity.
 pub const PT_LOW: u64 = 0xA000;
+/// 4 KiB page table for the 2 MiB around the stack guard page, so the guard
+/// alone is absent.
+pub const PT_GUARD: u64 = 0xB000;
 /// Page directories, one per GiB of guest RAM.
 pub const PD_BASE: u64 = 0x10000;
 /// Kernel command line (the guest's arguments), NUL terminated.
@@ -60,7 +65,7 @@ pub const IO_BITMAP_SIZE: u64 = 8192 + 1;
 pub const TSS_LIMIT: u64 = TSS_BASE_SIZE + IO_BITMAP_SIZE - 1;
 
 /// Where the application's heap and stack go, derived from RAM size and the
-/// end of the loaded image.
+/// end of the loaded image. The guard page is `[heap_end, heap_end + PAGE)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserRegions {
     pub heap_start: u64,
@@ -68,13 +73,32 @@ pub struct UserRegions {
     pub stack_top: u64,
 }
 
-/// Splits the RAM above the image into heap and a stack at the top of RAM.
-/// Returns `None` when the image leaves no room for a minimal heap and stack.
+/// Bytes of ring-3 stack: an eighth of RAM, 256 KiB..=8 MiB (a multiple of
+/// 256 KiB, since RAM is a multiple of 2 MiB).
+pub const fn stack_size(mem_size: u64) -> u64 {
+    let s = mem_size / 8;
+    if s < (256 << 10) {
+        256 << 10
+    } else if s > (8 << 20) {
+        8 << 20
+    } else {
+        s
+    }
+}
+
+/// The absent page between heap and stack: a stack that outgrows its
+/// region page-faults here instead of running on into the heap.
+pub const fn stack_guard(mem_size: u64) -> u64 {
+    mem_size.saturating_sub(stack_size(mem_size) + PAGE)
+}
+
+/// Splits the RAM above the image into heap, guard page and a stack at the
+/// top of RAM. Returns `None` when the image leaves no room for a minimal
+/// heap and stack.
 pub fn user_regions(mem_size: u64, image_end: u64) -> Option<UserRegions> {
-    let stack_size = (mem_size / 8).clamp(256 << 10, 8 << 20);
     let heap_start = image_end.checked_add(PAGE - 1)? & !(PAGE - 1);
-    let heap_end = mem_size.checked_sub(stack_size)?;
-    if heap_end < heap_start + (256 << 10) {
+    let heap_end = stack_guard(mem_size);
+    if heap_end < heap_start.checked_add(256 << 10)? {
         return None;
     }
     Some(UserRegions {
@@ -90,7 +114,10 @@ const _: () = {
     assert!(GDT + GDT_SIZE <= IDT);
     assert!(IDT + IDT_VECTORS * 16 <= TSS);
     assert!(TSS + TSS_LIMIT < PVH_START_INFO);
-    assert!(PT_LOW + PAGE <= PD_BASE);
+    assert!(PT_LOW + PAGE <= PT_GUARD);
+    assert!(PT_GUARD + PAGE <= PD_BASE);
+    // The guard page never falls in the first 2 MiB (mapped by PT_LOW).
+    assert!(stack_guard(MIN_MEM) >= LARGE_PAGE);
     assert!(PD_BASE + (MAX_MEM >> 30) * PAGE <= CMDLINE);
     assert!(CMDLINE + CMDLINE_MAX <= KERNEL_STACK_TOP - 0x8000);
     assert!(KERNEL_STACK_TOP <= IMAGE_BASE);
@@ -105,7 +132,10 @@ mod tests {
         let r = user_regions(64 << 20, 0x12_3456).unwrap();
         assert_eq!(r.heap_start, 0x12_4000);
         assert_eq!(r.stack_top, 64 << 20);
-        assert_eq!(r.heap_end, (64 << 20) - (8 << 20));
+        assert_eq!(r.heap_end, (64 << 20) - (8 << 20) - PAGE);
+        assert_eq!(stack_guard(64 << 20), r.heap_end);
+        assert_eq!(stack_size(4 << 20), 512 << 10);
+        assert_eq!(stack_size(1 << 30), 8 << 20);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! ring-3 entry and exception stubs are, so the VMM can build the CPU tables
 //! itself and start the guest directly in ring 3 (no emulated ring-0 boot).
 //!
-//! Note name "SnowFlock", type [`NOTE_TYPE`], descriptor: five little-endian
-//! u64 words, see [`GuestNote`].
+//! Note name "SnowFlock", type [`NOTE_TYPE`], descriptor: seven
+//! little-endian u64 words, see [`GuestNote`].
 
 pub const NOTE_NAME: &[u8] = b"SnowFlock";
 pub const NOTE_TYPE: u32 = 0x5346_0001;
@@ -21,10 +21,15 @@ pub struct GuestNote {
     pub isr_stride: u64,
     /// Linker's end of the image (heap starts after it).
     pub image_end: u64,
+    /// The ring-0 text: page-aligned, inside the first 2 MiB, holding the
+    /// exception stubs. Mapped supervisor-only, so ring 3 can neither read
+    /// nor rewrite the code that runs with CPL 0.
+    pub ring0_start: u64,
+    pub ring0_end: u64,
 }
 
 impl GuestNote {
-    pub const SIZE: usize = 5 * 8;
+    pub const SIZE: usize = 7 * 8;
 
     pub fn parse(desc: &[u8]) -> Option<GuestNote> {
         if desc.len() < Self::SIZE {
@@ -41,6 +46,8 @@ impl GuestNote {
             isr_base: w(2),
             isr_stride: w(3),
             image_end: w(4),
+            ring0_start: w(5),
+            ring0_end: w(6),
         })
     }
 }
@@ -51,8 +58,8 @@ mod tests {
 
     #[test]
     fn short_descriptor_is_refused() {
-        assert_eq!(GuestNote::parse(&[0u8; 39]), None);
-        let mut d = [0u8; 40];
+        assert_eq!(GuestNote::parse(&[0u8; 55]), None);
+        let mut d = [0u8; 56];
         d[8] = 0x10;
         assert_eq!(GuestNote::parse(&d).unwrap().user_entry, 0x10);
     }

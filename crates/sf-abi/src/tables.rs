@@ -13,17 +13,52 @@ pub trait GuestWords {
     fn write_u64(&mut self, gpa: u64, value: u64);
 }
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const USER: u64 = 1 << 2;
-const LARGE: u64 = 1 << 7;
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
+pub const USER: u64 = 1 << 2;
+pub const LARGE: u64 = 1 << 7;
 
-/// Why the tables cannot be built for the requested RAM size.
+/// Why the tables cannot be built for the requested RAM size or image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutError {
     TooSmall,
     TooLarge,
     NotLargePageAligned,
+    /// The ring-0 text is not page-aligned inside `[IMAGE_BASE, 2 MiB)`,
+    /// or does not hold every exception stub.
+    Ring0Text,
+}
+
+/// Where the guest kernel's ring-0 code is: the exception stubs (vector `v`
+/// at `isr_base + v * isr_stride`) inside the page-aligned text
+/// `[text_start, text_end)`, which is mapped supervisor-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring0 {
+    pub isr_base: u64,
+    pub isr_stride: u64,
+    pub text_start: u64,
+    pub text_end: u64,
+}
+
+impl Ring0 {
+    /// The text must sit in the 4 KiB-mapped first 2 MiB, above the fixed
+    /// structures, and contain every stub.
+    pub fn check(&self) -> Result<(), LayoutError> {
+        let ok = self.text_start.is_multiple_of(PAGE)
+            && self.text_end.is_multiple_of(PAGE)
+            && IMAGE_BASE <= self.text_start
+            && self.text_start < self.text_end
+            && self.text_end <= LARGE_PAGE
+            && self.isr_stride > 0
+            && self.isr_stride <= PAGE
+            && self.text_start <= self.isr_base
+            && self.isr_base + IDT_VECTORS * self.isr_stride <= self.text_end;
+        if ok {
+            Ok(())
+        } else {
+            Err(LayoutError::Ring0Text)
+        }
+    }
 }
 
 pub fn check_mem_size(mem_size: u64) -> Result<(), LayoutError> {
@@ -46,47 +81,66 @@ pub const OPEN_PORTS: [(u16, u16); 3] = [
     (hypercall::DEBUG_EXIT_PORT, 4),
 ];
 
-/// Writes every table. `isr_base`/`isr_stride` locate the guest's exception
-/// stubs. The caller guarantees the RAM below [`IMAGE_BASE`] is zero, as it
-/// is in a fresh VM.
-pub fn build(
-    m: &mut impl GuestWords,
-    mem_size: u64,
-    isr_base: u64,
-    isr_stride: u64,
-) -> Result<(), LayoutError> {
+/// Writes every table. `ring0` locates the guest's exception stubs and
+/// ring-0 text. The caller guarantees the RAM below [`IMAGE_BASE`] is zero,
+/// as it is in a fresh VM.
+pub fn build(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) -> Result<(), LayoutError> {
     check_mem_size(mem_size)?;
-    build_page_tables(m, mem_size);
+    ring0.check()?;
+    build_page_tables(m, mem_size, ring0);
     build_gdt(m);
-    build_idt(m, isr_base, isr_stride);
+    build_idt(m, ring0.isr_base, ring0.isr_stride);
     build_tss(m);
     Ok(())
 }
 
-fn build_page_tables(m: &mut impl GuestWords, mem_size: u64) {
-    // The first 2 MiB use 4 KiB pages: the null page is absent, the ring-0
-    // structures below the image are supervisor-only; the boot information
-    // and the command line are the low pages ring 3 may touch.
+/// Flags of one 4 KiB page of the first 2 MiB: the null page is absent; the
+/// ring-0 structures below the image and the ring-0 text are
+/// supervisor-only (the text also read-only: CR0.WP holds ring 0 to it);
+/// ring 3 may write the boot information page and read its arguments.
+pub fn low_page_flags(addr: u64, ring0: &Ring0) -> u64 {
+    if addr < PAGE {
+        0
+    } else if (ring0.text_start..ring0.text_end).contains(&addr) {
+        PRESENT
+    } else if addr >= IMAGE_BASE || addr == BOOT_INFO {
+        PRESENT | WRITABLE | USER
+    } else if (CMDLINE..CMDLINE + CMDLINE_MAX).contains(&addr) {
+        PRESENT | USER
+    } else {
+        PRESENT | WRITABLE
+    }
+}
+
+fn build_page_tables(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) {
+    // Two 4 KiB page tables: the first 2 MiB (null page, ring-0 structures
+    // and text) and the 2 MiB holding the stack guard page; every other
+    // 2 MiB is one large user page.
     for page in 0..512u64 {
         let addr = page * PAGE;
-        let flags = if page == 0 {
-            0
-        } else if addr >= IMAGE_BASE
-            || addr == BOOT_INFO
-            || (CMDLINE..CMDLINE + CMDLINE_MAX).contains(&addr)
-        {
-            PRESENT | WRITABLE | USER
-        } else {
-            PRESENT | WRITABLE
-        };
+        let flags = low_page_flags(addr, ring0);
         m.write_u64(PT_LOW + page * 8, if flags == 0 { 0 } else { addr | flags });
+    }
+    let guard = stack_guard(mem_size);
+    let guard_region = guard & !(LARGE_PAGE - 1);
+    for page in 0..512u64 {
+        let addr = guard_region + page * PAGE;
+        let entry = if addr == guard {
+            0
+        } else {
+            addr | PRESENT | WRITABLE | USER
+        };
+        m.write_u64(PT_GUARD + page * 8, entry);
     }
     let large_pages = mem_size / LARGE_PAGE;
     for i in 1..large_pages {
-        m.write_u64(
-            PD_BASE + i * 8,
-            (i * LARGE_PAGE) | PRESENT | WRITABLE | USER | LARGE,
-        );
+        let addr = i * LARGE_PAGE;
+        let entry = if addr == guard_region {
+            PT_GUARD | PRESENT | WRITABLE | USER
+        } else {
+            addr | PRESENT | WRITABLE | USER | LARGE
+        };
+        m.write_u64(PD_BASE + i * 8, entry);
     }
     m.write_u64(PD_BASE, PT_LOW | PRESENT | WRITABLE | USER);
     let gibs = mem_size.div_ceil(1 << 30);
@@ -184,6 +238,7 @@ pub fn io_bitmap_word(word: u64) -> u64 {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::pagewalk::{translate_user, Access, PhysRead};
     use std::collections::BTreeMap;
 
     struct Ram(BTreeMap<u64, u64>);
@@ -194,60 +249,116 @@ mod tests {
             self.0.insert(gpa, value);
         }
     }
+    impl PhysRead for Ram {
+        fn read_u64(&self, gpa: u64) -> Option<u64> {
+            Some(self.0.get(&gpa).copied().unwrap_or(0))
+        }
+    }
+
+    const RING0: Ring0 = Ring0 {
+        isr_base: 0x10_0000,
+        isr_stride: 16,
+        text_start: 0x10_0000,
+        text_end: 0x10_1000,
+    };
 
     fn built(mem: u64) -> Ram {
         let mut r = Ram(BTreeMap::new());
-        build(&mut r, mem, 0x10_0000, 16).unwrap();
+        build(&mut r, mem, &RING0).unwrap();
         r
     }
 
-    fn translate(r: &Ram, va: u64) -> Option<(u64, bool)> {
-        let get = |a: u64| r.0.get(&a).copied().unwrap_or(0);
-        let l4 = get(PML4 + ((va >> 39) & 511) * 8);
-        if l4 & PRESENT == 0 {
-            return None;
-        }
-        let l3 = get((l4 & !0xfff) + ((va >> 30) & 511) * 8);
-        if l3 & PRESENT == 0 {
-            return None;
-        }
-        let l2 = get((l3 & !0xfff) + ((va >> 21) & 511) * 8);
-        if l2 & PRESENT == 0 {
-            return None;
-        }
-        if l2 & LARGE != 0 {
-            return Some((
-                (l2 & !0x1f_ffff & !LARGE & !0xfff) | (va & 0x1f_ffff),
-                l2 & USER != 0,
-            ));
-        }
-        let l1 = get((l2 & !0xfff) + ((va >> 12) & 511) * 8);
-        if l1 & PRESENT == 0 {
-            return None;
-        }
-        Some(((l1 & !0xfff) | (va & 0xfff), l1 & USER != 0))
+    /// Where `va` leads for ring 3, or `None`; ring 0 sees the same map
+    /// with the user bit ignored, checked through the low table directly.
+    fn user(r: &Ram, va: u64) -> Option<u64> {
+        translate_user(r, PML4, va, Access::Read).map(|t| t.0)
     }
 
     #[test]
     fn identity_maps_ram_and_nothing_beyond() {
         let mem = 3 << 30;
         let r = built(mem);
-        for va in [0x1000, 0x10_0000, 0x20_0000, 0x4000_1234, mem - 8] {
-            assert_eq!(translate(&r, va).map(|t| t.0), Some(va), "va {va:#x}");
+        for va in [0x10_1000, 0x20_0000, 0x4000_1234, mem - 8] {
+            assert_eq!(user(&r, va), Some(va), "va {va:#x}");
         }
-        assert_eq!(translate(&r, 0), None, "null page must fault");
-        assert_eq!(translate(&r, mem), None, "RAM end must fault");
+        assert_eq!(user(&r, 0), None, "null page must fault");
+        assert_eq!(user(&r, mem), None, "RAM end must fault");
     }
 
     #[test]
-    fn kernel_structures_are_supervisor_only() {
+    fn kernel_structures_and_text_are_supervisor_only() {
         let r = built(64 << 20);
-        assert_eq!(translate(&r, BOOT_INFO), Some((BOOT_INFO, true)));
-        assert_eq!(translate(&r, CMDLINE + 8), Some((CMDLINE + 8, true)));
-        for a in [GDT, IDT, TSS, PML4, PD_BASE, KERNEL_STACK_TOP - 8] {
-            assert_eq!(translate(&r, a), Some((a, false)), "{a:#x}");
+        assert_eq!(user(&r, BOOT_INFO), Some(BOOT_INFO));
+        assert_eq!(user(&r, CMDLINE + 8), Some(CMDLINE + 8));
+        for a in [
+            GDT,
+            IDT,
+            TSS,
+            PML4,
+            PT_GUARD,
+            PD_BASE,
+            KERNEL_STACK_TOP - 8,
+            0x10_0000,
+            0x10_0ff8,
+        ] {
+            assert_eq!(user(&r, a), None, "{a:#x}");
+            let e = r.0[&(PT_LOW + (a / PAGE) * 8)];
+            assert_eq!(e & !0xfff, a & !0xfff, "ring 0 still maps {a:#x}");
+            assert_ne!(e & PRESENT, 0);
         }
-        assert_eq!(translate(&r, IMAGE_BASE), Some((IMAGE_BASE, true)));
+        assert_eq!(
+            r.0[&(PT_LOW + 0x100 * 8)] & (WRITABLE | USER),
+            0,
+            "text is read-only"
+        );
+        assert_eq!(user(&r, 0x10_1000), Some(0x10_1000));
+    }
+
+    #[test]
+    fn the_guard_page_alone_is_absent() {
+        for mem in [MIN_MEM, 16 << 20, 64 << 20, 1 << 30] {
+            let r = built(mem);
+            let g = stack_guard(mem);
+            assert_eq!(user(&r, g), None, "guard of {mem:#x}");
+            assert_eq!(user(&r, g + PAGE - 1), None);
+            assert_eq!(user(&r, g - 1), Some(g - 1));
+            assert_eq!(user(&r, g + PAGE), Some(g + PAGE));
+        }
+    }
+
+    #[test]
+    fn ring0_text_is_checked() {
+        let bad = [
+            Ring0 {
+                text_start: 0x10_0800,
+                ..RING0
+            },
+            Ring0 {
+                text_end: 0x20_1000,
+                ..RING0
+            },
+            Ring0 {
+                text_start: 0xf_f000,
+                isr_base: 0xf_f000,
+                ..RING0
+            },
+            Ring0 {
+                isr_base: 0x10_0f00,
+                ..RING0
+            },
+            Ring0 {
+                isr_stride: 0,
+                ..RING0
+            },
+        ];
+        for r0 in bad {
+            let mut r = Ram(BTreeMap::new());
+            assert_eq!(
+                build(&mut r, 64 << 20, &r0),
+                Err(LayoutError::Ring0Text),
+                "{r0:?}"
+            );
+        }
     }
 
     #[test]

@@ -57,16 +57,23 @@ pub fn prepare_direct(
     cmdline: &str,
     tsc_khz: Option<u32>,
 ) -> Result<(u64, u64), Error> {
-    let note = image
-        .note
-        .expect("direct boot is only chosen for images with a note");
+    let (note, ring0) = match (image.note, image.ring0()) {
+        (Some(n), Some(r)) => (n, r),
+        _ => {
+            return Err(ImageError::BootMode(
+                crate::BootMode::Direct,
+                "the image has no SnowFlock note; use --boot pvh",
+            )
+            .into())
+        }
+    };
     let mem = ram.size();
     let regions = layout::user_regions(mem, image.end()).ok_or(ImageError::TooBig {
         end: image.end() + (2 << 20),
         mem,
     })?;
-    sf_abi::tables::build(&mut &*ram, mem, note.isr_base, note.isr_stride)
-        .expect("RAM size was validated");
+    sf_abi::tables::build(&mut &*ram, mem, &ring0)
+        .map_err(|e| ImageError::BadNote(format!("the CPU tables cannot be built: {e:?}")))?;
     let cmdline_len = write_cmdline(ram, cmdline)?;
     let mut flags = boot_info::FLAG_HYPERCALLS;
     if tsc_khz.is_some() {

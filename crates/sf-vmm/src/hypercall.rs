@@ -1,8 +1,12 @@
 //! Serves the guest's hypercalls. Every pointer and length comes from the
-//! guest and is checked against guest RAM first; a bad one is answered with
-//! an error code, never trusted and never a host panic.
+//! guest and is checked first: against guest RAM, and for a ring-3 caller
+//! against its own page tables ([`crate::guest_buffer`]); a bad one is
+//! answered with an error code, never trusted and never a host panic. Only
+//! ring 0 may report an exception.
 
 use crate::console::ConsoleSink;
+pub use crate::guest_buffer::Caller;
+use crate::guest_buffer::{read, read_kernel_frame};
 use crate::memory::GuestRam;
 use crate::outcome::Outcome;
 use sf_abi::hypercall::{Call, Error as HcError, ExceptionFrame, CONSOLE_WRITE_MAX, PANIC_MSG_MAX};
@@ -15,6 +19,8 @@ pub struct Args {
     pub a0: u64,
     pub a1: u64,
     pub a2: u64,
+    /// The privilege level (and page tables) the call came from.
+    pub caller: Caller,
 }
 
 /// What the run loop does next.
@@ -50,7 +56,7 @@ pub fn handle(
         return Ok(ret(Err(HcError::NoSys)));
     };
     Ok(match call {
-        Call::ConsoleWrite => match ram.read_checked(args.a0, args.a1, CONSOLE_WRITE_MAX) {
+        Call::ConsoleWrite => match read(ram, args.caller, args.a0, args.a1, CONSOLE_WRITE_MAX) {
             Ok(bytes) => {
                 sink.write(console, &bytes)?;
                 console.flush()?;
@@ -62,7 +68,13 @@ pub fn handle(
             status: args.a0 as u32 as i32,
         }),
         Call::CloneExit => {
-            match ram.read_checked(args.a1, args.a2, sf_abi::clone::RESULT_MAX as u64) {
+            match read(
+                ram,
+                args.caller,
+                args.a1,
+                args.a2,
+                sf_abi::clone::RESULT_MAX as u64,
+            ) {
                 Ok(result) => Action::CloneExit {
                     status: args.a0 as u32 as i32,
                     result,
@@ -73,17 +85,19 @@ pub fn handle(
         Call::TicketRequest | Call::Clone | Call::JoinWait | Call::JoinFetch | Call::Kill => {
             Action::Clone(call)
         }
-        Call::Panic => match ram.read_checked(args.a0, args.a1.min(PANIC_MSG_MAX), PANIC_MSG_MAX) {
+        Call::Panic => match read(
+            ram,
+            args.caller,
+            args.a0,
+            args.a1.min(PANIC_MSG_MAX),
+            PANIC_MSG_MAX,
+        ) {
             Ok(msg) => Action::Stop(Outcome::Panicked {
                 message: String::from_utf8_lossy(&msg).into_owned(),
             }),
             Err(e) => ret(Err(e)),
         },
-        Call::Exception => match ram.read_checked(
-            args.a0,
-            ExceptionFrame::SIZE as u64,
-            ExceptionFrame::SIZE as u64,
-        ) {
+        Call::Exception => match read_kernel_frame(ram, args.caller, args.a0) {
             Ok(bytes) => {
                 let f =
                     ExceptionFrame::from_bytes(bytes.as_slice().try_into().expect("frame size"));
@@ -106,10 +120,20 @@ mod tests {
     use super::*;
 
     fn call(ram: &GuestRam, nr: u32, a0: u64, a1: u64) -> (Action, Vec<u8>) {
+        call_as(ram, Caller::Kernel, nr, a0, a1)
+    }
+
+    fn call_as(ram: &GuestRam, caller: Caller, nr: u32, a0: u64, a1: u64) -> (Action, Vec<u8>) {
         let mut out = Vec::new();
         let a = handle(
             ram,
-            Args { nr, a0, a1, a2: 0 },
+            Args {
+                nr,
+                a0,
+                a1,
+                a2: 0,
+                caller,
+            },
             &mut ConsoleSink::new(),
             &mut out,
             || 0xdead,
@@ -174,6 +198,12 @@ mod tests {
                 cr2: 0xdead,
                 ring: 3
             })
+        );
+        // The same frame from ring 3 is refused and the VM goes on.
+        let user = Caller::User { cr3: Some(0x8000) };
+        assert_eq!(
+            call_as(&ram, user, 4, 0x5_0000, 0).0,
+            Action::Return(HcError::Denied.to_ret())
         );
     }
 }

@@ -184,6 +184,12 @@ impl GuestImage {
                     n.isr_stride
                 )));
             }
+            if ring0(&n).check().is_err() {
+                return Err(ImageError::BadNote(format!(
+                    "the ring-0 text {:#x}..{:#x} must be whole 4 KiB pages between 1 and 2 MiB holding every exception stub (at {:#x}, stride {})",
+                    n.ring0_start, n.ring0_end, n.isr_base, n.isr_stride
+                )));
+            }
         }
         if pvh_entry.is_none() && note.is_none() {
             return Err(ImageError::NoEntry);
@@ -212,6 +218,11 @@ impl GuestImage {
             }
         }
         Ok(image)
+    }
+
+    /// Where the ring-0 text and exception stubs are (direct boot only).
+    pub fn ring0(&self) -> Option<sf_abi::tables::Ring0> {
+        self.note.as_ref().map(ring0)
     }
 
     fn contains(&self, addr: u64) -> bool {
@@ -264,6 +275,15 @@ impl GuestImage {
         ElfLoader::load(mem, None, &mut Cursor::new(&self.bytes), None)
             .map_err(|e| ImageError::Load(e.to_string()))?;
         Ok(())
+    }
+}
+
+fn ring0(n: &GuestNote) -> sf_abi::tables::Ring0 {
+    sf_abi::tables::Ring0 {
+        isr_base: n.isr_base,
+        isr_stride: n.isr_stride,
+        text_start: n.ring0_start,
+        text_end: n.ring0_end,
     }
 }
 

@@ -1,6 +1,8 @@
 //! How a guest run ended, as plain data the CLI reports and maps to an exit
-//! code.
+//! code. Its text is for a terminal: guest-controlled strings in it (a panic
+//! message, a clone host's error) are escaped by [`crate::sanitize`].
 
+use crate::sanitize::for_terminal;
 use serde::{Deserialize, Serialize};
 use sf_abi::hypercall::exception_name;
 use std::fmt;
@@ -115,7 +117,9 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Exited { status } => write!(f, "guest exited with status {status}"),
-            Outcome::Panicked { message } => write!(f, "guest panicked: {message}"),
+            Outcome::Panicked { message } => {
+                write!(f, "guest panicked: {}", for_terminal(message))
+            }
             Outcome::Exception {
                 vector,
                 error_code,
@@ -162,7 +166,9 @@ impl fmt::Display for Outcome {
                 after.as_secs_f64(),
                 regs.rip
             ),
-            Outcome::HostError { message } => write!(f, "the VMM failed: {message}"),
+            Outcome::HostError { message } => {
+                write!(f, "the VMM failed: {}", for_terminal(message))
+            }
         }
     }
 }
@@ -188,6 +194,17 @@ mod tests {
             }
             .exit_code(),
             102
+        );
+    }
+
+    #[test]
+    fn guest_text_in_a_report_is_escaped() {
+        let o = Outcome::Panicked {
+            message: "\x1b[1A\rsnowflock: guest exited with status 0\nline 2".into(),
+        };
+        assert_eq!(
+            o.to_string(),
+            "guest panicked: \\x1b[1A\\x0dsnowflock: guest exited with status 0\nline 2"
         );
     }
 

@@ -453,17 +453,20 @@ impl Vm {
             .fd
             .get_regs()
             .map_err(Error::kvm("reading registers"))?;
+        let sregs = self
+            .vcpu
+            .fd
+            .get_sregs()
+            .map_err(Error::kvm("reading special registers"))?;
         let args = Args {
             nr,
             a0: regs.rdi,
             a1: regs.rsi,
             a2: regs.r8,
+            caller: hypercall::Caller::from_sregs(&sregs),
         };
-        let vcpu = &self.vcpu;
-        let action = hypercall::handle(&self.ram, args, &mut self.console, console, || {
-            vcpu.fd.get_sregs().map(|s| s.cr2).unwrap_or(0)
-        })
-        .map_err(Error::Console)?;
+        let action = hypercall::handle(&self.ram, args, &mut self.console, console, || sregs.cr2)
+            .map_err(Error::Console)?;
         let ret = match action {
             Action::Return(v) => HcReturn::Value(v),
             Action::Stop(o) => return Ok(Some(o)),
@@ -495,7 +498,7 @@ impl Vm {
             Call::TicketRequest => Ok(HcReturn::Value(self.ticket_request(a.a0))),
             Call::Clone => self.clone_vm(ticket, console),
             Call::JoinWait => self.join_wait(ticket, console),
-            Call::JoinFetch => self.join_fetch(ticket, a.a1, a.a2),
+            Call::JoinFetch => self.join_fetch(ticket, a.a1, a.a2, a.caller),
             Call::Kill => self.kill_clones(ticket),
             _ => unreachable!("hypercall::handle routes only clone calls here"),
         }

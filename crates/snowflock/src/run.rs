@@ -160,9 +160,16 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     };
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // On a terminal the guest's console is escaped (sf_vmm::sanitize says
+    // why); into a pipe or file it stays byte for byte.
+    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&stdout) {
+        Box::new(sf_vmm::sanitize::TerminalWriter::new(stdout.lock()))
+    } else {
+        Box::new(stdout.lock())
+    };
     let report = vm.run(&mut out)?;
     out.flush().ok();
+    drop(out);
     if !report.outcome.is_clean_exit() {
         eprintln!("snowflock: {}", report.outcome);
     }

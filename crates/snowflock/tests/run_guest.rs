@@ -333,13 +333,16 @@ fn hostile_guest_gets_every_wild_hypercall_refused() {
         .lines()
         .filter(|l| l.starts_with("ok  ") || l.starts_with("FAIL"))
         .collect();
-    assert_eq!(checks.len(), 14, "{}", r.describe());
+    assert!(checks.len() >= 50, "{}", r.describe());
     let failed: Vec<&&str> = checks.iter().filter(|l| l.starts_with("FAIL")).collect();
     assert!(
         failed.is_empty(),
         "hypercalls not answered as the ABI says: {failed:#?}\n{}",
         r.describe()
     );
-    r.assert_stdout_has("hostile: 14 of 14 refused as expected\n");
+    r.assert_stdout_has(&format!(
+        "hostile: {n} of {n} answered as expected\n",
+        n = checks.len()
+    ));
     r.assert_code(0);
 }

@@ -11,7 +11,16 @@ use common::*;
 
 fn hostile(boot: &str, mem: &str, mode: &str) -> Run {
     let r = snowflock([
-        "run", "hostile", "--boot", boot, "--mem", mem, "--timeout", "20s", "--", mode,
+        "run",
+        "hostile",
+        "--boot",
+        boot,
+        "--mem",
+        mem,
+        "--timeout",
+        "20s",
+        "--",
+        mode,
     ]);
     r.assert_no_host_panic();
     r
@@ -130,7 +139,9 @@ fn every_hostile_check_passes(boot: &str) {
         .lines()
         .filter(|l| l.starts_with("ok  ") || l.starts_with("FAIL"))
         .count();
-    r.assert_stdout_has(&format!("hostile: {checks} of {checks} answered as expected\n"));
+    r.assert_stdout_has(&format!(
+        "hostile: {checks} of {checks} answered as expected\n"
+    ));
     assert_eq!(r.stderr, "", "{}", r.describe());
     r.assert_code(0);
 }

@@ -28,7 +28,7 @@ global_asm!(
     .section .note.snowflock, "a", @note
     .balign 4
     .long 10
-    .long 40
+    .long 56
     .long {sf_note_type}
     .asciz "SnowFlock"
     .balign 4
@@ -37,6 +37,8 @@ global_asm!(
     .quad _sf_isr_0
     .quad 16
     .quad _sf_image_end
+    .quad _sf_ring0_start
+    .quad _sf_ring0_end
     .balign 4
 
     .section .rodata.sf_boot, "a"
@@ -85,7 +87,7 @@ _sf_pvh_start:
     or $0x100, %eax
     wrmsr
     mov %cr0, %eax
-    or $0x80000022, %eax
+    or $0x80010022, %eax
     and $~0x4, %eax
     mov %eax, %cr0
     lgdt _sf_boot_gdtr
@@ -114,6 +116,10 @@ _sf_pvh_long:
     mov ${boot_info}, %edi
     iretq
 
+    /* The exception stubs run in ring 0: they live in their own
+       page-aligned section (guest.ld), which the page tables map
+       supervisor-only and read-only, never in ring 3's writable image. */
+    .section .text.sf_ring0, "ax"
     .globl _sf_isr_0
     .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .balign 16
@@ -144,6 +150,7 @@ _sf_isr_common:
 2:  hlt
     jmp 2b
 
+    .section .text.sf_boot, "ax"
     .globl _sf_user_entry
 _sf_user_entry:
     rdtsc
@@ -153,7 +160,7 @@ _sf_user_entry:
     and $-16, %rsp
     call sf_rt_start
     ud2
-    .previous
+    .text
     "#,
     pvh_note_type = const sf_abi::note::PVH_NOTE_TYPE,
     sf_note_type = const sf_abi::note::NOTE_TYPE,
@@ -182,6 +189,8 @@ _sf_user_entry:
 extern "C" {
     static _sf_isr_0: u8;
     static _sf_image_end: u8;
+    static _sf_ring0_start: u8;
+    static _sf_ring0_end: u8;
 }
 
 const HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -288,14 +297,20 @@ fn tsc_khz_from_cpuid() -> Option<u64> {
 extern "C" fn sf_pvh_setup(start_info: u64) {
     let mem_size = ram_size_from_start_info(start_info);
     let cmdline_len = copy_cmdline(start_info);
-    // SAFETY: the linker-defined addresses of the stubs and the image end.
-    let (isr, image_end) = unsafe {
+    // SAFETY: the linker-defined addresses of the stubs, the ring-0 text
+    // and the image end.
+    let (ring0, image_end) = unsafe {
         (
-            &_sf_isr_0 as *const u8 as u64,
+            tables::Ring0 {
+                isr_base: &_sf_isr_0 as *const u8 as u64,
+                isr_stride: 16,
+                text_start: &_sf_ring0_start as *const u8 as u64,
+                text_end: &_sf_ring0_end as *const u8 as u64,
+            },
             &_sf_image_end as *const u8 as u64,
         )
     };
-    if tables::build(&mut IdentityMapped, mem_size, isr, 16).is_err() {
+    if tables::build(&mut IdentityMapped, mem_size, &ring0).is_err() {
         halt();
     }
     let Some(regions) = layout::user_regions(mem_size, image_end) else {

@@ -21,13 +21,13 @@
 extern crate alloc;
 
 mod boot;
-pub mod kernel;
 pub mod capi;
 pub mod clone;
 pub mod console;
 pub mod env;
 mod heap;
 pub mod hypercall;
+pub mod kernel;
 mod libc_mem;
 mod panic;
 pub mod rand;

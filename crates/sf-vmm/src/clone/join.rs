@@ -67,6 +67,7 @@ impl Vm {
         ticket: u32,
         buf: u64,
         cap: u64,
+        caller: crate::hypercall::Caller,
     ) -> Result<HcReturn, Error> {
         let record = match self.clones.tickets.get_mut(ticket) {
             Err(e) => return err(e),
@@ -77,7 +78,8 @@ impl Vm {
         if cap < len {
             return err(HcError::TooBig);
         }
-        if let Err(e) = self.ram.write_checked(buf, record) {
+        // Clone-controlled bytes: only where the caller could write itself.
+        if let Err(e) = crate::guest_buffer::write(&self.ram, caller, buf, record) {
             return err(e);
         }
         self.clones.tickets.release(ticket);
