@@ -2,13 +2,17 @@
  * runtime, src/capi.rs). Every call returns a negative error code on
  * failure: -SF_ENOENT no such ticket (or already joined), -SF_EAGAIN no
  * clones available, -SF_EBUSY ticket already used, -SF_E2BIG result over
- * SF_RESULT_MAX, -SF_EFAULT bad pointer, -SF_EINVAL bad argument. */
+ * SF_RESULT_MAX, -SF_EFAULT bad pointer (outside RAM, or a page this
+ * program could not access that way itself, e.g. the kernel's or a
+ * read-only page as a buffer the host writes), -SF_EINVAL bad argument,
+ * -SF_EPERM not allowed from this privilege level. */
 #ifndef SNOWFLOCK_H
 #define SNOWFLOCK_H
 #include <stddef.h>
 #include <stdint.h>
 
 #define SF_RESULT_MAX (64 * 1024)
+#define SF_EPERM 1
 #define SF_ENOENT 2
 #define SF_EIO 5
 #define SF_E2BIG 7
@@ -19,15 +23,47 @@
 
 typedef struct { uint32_t id; uint32_t granted; } sf_ticket_t;
 
+/* How a clone ended (sf_clone_t.status). */
+#define SF_CLONE_EXITED 0    /* it called sf_exit; code is its status */
+#define SF_CLONE_PANICKED 1  /* its guest panicked; code is 101 */
+#define SF_CLONE_CRASHED 2   /* CPU exception; code is the vector (14 for
+                                a page fault), or -1 for other fatal ends */
+#define SF_CLONE_KILLED 3    /* sf_kill ended it */
+#define SF_CLONE_TIMED_OUT 4 /* it ran past the run's timeout; code 124 */
+#define SF_CLONE_LOST 5      /* its host process died without reporting */
+
+/* One clone as sf_join_clones reports it. Set `result` and `result_cap`
+ * before the call (NULL/0: results not wanted); the rest is filled in. */
+typedef struct {
+    uint32_t id;         /* out: the clone's ID, 1..granted */
+    uint32_t status;     /* out: SF_CLONE_* */
+    int32_t code;        /* out: see SF_CLONE_*; only with SF_CLONE_EXITED
+                            is it an exit status, so exit(-1) and a crash
+                            are told apart by status */
+    uint32_t result_len; /* out: bytes the clone handed to sf_exit (all of
+                            them: more than result_cap means truncated) */
+    void *result;        /* in: where to copy the clone's result */
+    size_t result_cap;   /* in: room at result */
+} sf_clone_t;
+
 /* Reserve up to n clones; returns the number granted (>= 1). */
 int64_t sf_request_ticket(uint64_t n, sf_ticket_t *out);
 /* Fork the VM: 0 in the parent, 1..granted in each clone. */
 int64_t sf_clone(const sf_ticket_t *t);
-/* End this clone, handing result[0..len) to the parent. */
+/* End this clone, handing result[0..len) to the parent; does not return.
+ * (In a VM that is not a clone it ends the VM with `status`.) Returns only
+ * when refused, and the clone keeps running: -SF_E2BIG if len >
+ * SF_RESULT_MAX, -SF_EFAULT if result is NULL with len > 0 or is not
+ * readable memory. With len == 0, result may be NULL. */
 int64_t sf_exit(int32_t status, const void *result, size_t len);
 /* Wait for all clones; statuses[i] = exit code of clone i+1, or -1 if it
- * failed. Returns the number of clones. */
+ * did not exit cleanly (so -1 is ambiguous: use sf_join_clones to tell a
+ * clean exit(-1) from a crash). Returns the number of clones. */
 int64_t sf_join(const sf_ticket_t *t, int32_t *statuses, size_t cap);
+/* Wait for all clones; fill clones[i] for clone i+1 (at most cap entries),
+ * copying each clone's result into its entry's buffer. Returns the number
+ * of clones. The ticket is spent afterwards, as with sf_join. */
+int64_t sf_join_clones(const sf_ticket_t *t, sf_clone_t *clones, size_t cap);
 /* Kill all running clones of the ticket; returns how many. */
 int64_t sf_kill(const sf_ticket_t *t);
 

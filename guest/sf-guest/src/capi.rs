@@ -2,6 +2,8 @@
 //! returns a negative error code (`-SF_E*`) on failure.
 
 use crate::clone::{self, Ticket};
+use crate::hypercall::{raw, result};
+use sf_abi::hypercall::{Call, Error};
 
 /// C view of a ticket.
 #[repr(C)]
@@ -44,16 +46,84 @@ pub unsafe extern "C" fn sf_clone(t: *const SfTicket) -> i64 {
     }
 }
 
+/// Ends this clone with `status`, handing the parent `result[..len]`.
+/// Returns only when refused: `-SF_E2BIG` over the limit, `-SF_EFAULT` for
+/// a NULL `result` with `len > 0` (defined, not undefined behaviour: no
+/// result is handed over and the clone keeps running) or memory the host
+/// cannot read. The bytes are never turned into a Rust slice here, so a
+/// wild pointer or length is the host's to refuse.
+///
 /// # Safety
-/// `result` must point to `len` readable bytes.
+/// None beyond what the host checks: `result` and `len` are only passed on.
 #[no_mangle]
-pub unsafe extern "C" fn sf_exit(status: i32, result: *const u8, len: usize) -> i64 {
-    let bytes = if len == 0 {
-        &[][..]
-    } else {
-        core::slice::from_raw_parts(result, len)
+pub unsafe extern "C" fn sf_exit(status: i32, result_ptr: *const u8, len: usize) -> i64 {
+    if len as u64 > clone::RESULT_MAX as u64 {
+        return err(Error::TooBig);
+    }
+    if result_ptr.is_null() && len > 0 {
+        return err(Error::Fault);
+    }
+    crate::console::flush();
+    // SAFETY: the host only reads `len` bytes at `result_ptr`, after
+    // checking them against this program's own page permissions.
+    let r = unsafe {
+        raw(
+            Call::CloneExit as u32,
+            status as u32 as u64,
+            result_ptr as u64,
+            len as u64,
+            0,
+        )
     };
-    err(clone::exit(status, bytes))
+    match result(r) {
+        Err(e) => err(e),
+        Ok(_) => err(Error::Invalid),
+    }
+}
+
+/// C view of one clone's end; see `sf_clone_t` in the header.
+#[repr(C)]
+pub struct SfClone {
+    pub id: u32,
+    pub status: u32,
+    pub code: i32,
+    pub result_len: u32,
+    pub result: *mut u8,
+    pub result_cap: usize,
+}
+
+/// Waits for the ticket's clones; fills up to `cap` entries (status, code,
+/// result copied into each entry's own buffer) and returns how many clones
+/// there were.
+///
+/// # Safety
+/// `t` as for `sf_clone`; `clones` must point to `cap` entries whose
+/// `result` is NULL or has room for `result_cap` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn sf_join_clones(t: *const SfTicket, clones: *mut SfClone, cap: usize) -> i64 {
+    if t.is_null() || (clones.is_null() && cap > 0) {
+        return err(Error::Fault);
+    }
+    // SAFETY: the caller's ticket.
+    match clone::join(&ticket(unsafe { &*t })) {
+        Ok(rs) => {
+            for (i, r) in rs.iter().take(cap).enumerate() {
+                // SAFETY: one of the caller's `cap` entries.
+                let c = unsafe { &mut *clones.add(i) };
+                c.id = r.id;
+                c.status = r.status as u32;
+                c.code = r.code;
+                c.result_len = r.result.len() as u32;
+                if !c.result.is_null() {
+                    let n = r.result.len().min(c.result_cap);
+                    // SAFETY: the caller gave `result_cap` bytes at `result`.
+                    unsafe { core::ptr::copy_nonoverlapping(r.result.as_ptr(), c.result, n) };
+                }
+            }
+            rs.len() as i64
+        }
+        Err(e) => err(e),
+    }
 }
 
 /// Waits for the ticket's clones; writes up to `cap` statuses (exit code,

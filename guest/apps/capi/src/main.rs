@@ -1,5 +1,7 @@
 //! Test guest for the C API (`guest/include/snowflock.h`): the clone logic
-//! is C (src/fork_sum.c); this only calls it and reports.
+//! is C (src/fork_sum.c); this only calls it and reports. A C parent sums
+//! its clones' statuses, then reads four clones' statuses and results: a
+//! clean exit(-1), a crash, a refused sf_exit(NULL, 8), a result string.
 #![no_std]
 #![no_main]
 
@@ -9,6 +11,7 @@ sf_guest::main!(main);
 
 extern "C" {
     fn c_fork_sum(n: u32) -> i64;
+    fn c_results(null_exit: *mut i64) -> i64;
 }
 
 fn main() -> i32 {
@@ -17,9 +20,15 @@ fn main() -> i32 {
     let sum = unsafe { c_fork_sum(n) };
     let want = (n as i64) * (n as i64 + 1) / 2;
     println!("capi: {n} clones, statuses sum to {sum} (want {want})");
-    if sum == want {
-        0
-    } else {
-        1
-    }
+    let mut null_exit = 0i64;
+    // SAFETY: `null_exit` is a valid place for one i64.
+    let mask = unsafe { c_results(&mut null_exit) };
+    let word = |ok: bool| if ok { "ok" } else { "FAIL" };
+    println!("capi: results: {} ({mask})", word(mask >= 0 && mask & 1 == 0));
+    println!(
+        "capi: exit(-1) and a crash told apart: {}",
+        word(mask >= 0 && mask & 2 == 0)
+    );
+    println!("capi: sf_exit(NULL, 8) -> {null_exit}");
+    (sum != want || mask != 0 || null_exit != -14) as i32
 }
