@@ -39,6 +39,48 @@ impl Caller {
     }
 }
 
+/// The vCPU's privilege state at a hypercall, read once and only when a
+/// call needs it: KVM_GET_SREGS costs ~8 µs here (10 extra reads per call
+/// made a 20,000-call flood 1.6 s slower), against ~60 µs for the whole
+/// hypercall, so calls that name no buffer never pay it.
+pub trait CpuView {
+    /// Who is calling; a failed read counts as ring 3 with no usable page
+    /// tables, so it refuses every buffer instead of trusting the call.
+    fn caller(&mut self) -> Caller;
+    /// The page-fault address, for an exception report.
+    fn cr2(&mut self) -> u64;
+}
+
+/// [`CpuView`] of a live vCPU.
+pub struct LiveCpu<'a> {
+    vcpu: &'a kvm_ioctls::VcpuFd,
+    sregs: Option<Option<kvm_sregs>>,
+}
+
+impl<'a> LiveCpu<'a> {
+    pub fn new(vcpu: &'a kvm_ioctls::VcpuFd) -> Self {
+        LiveCpu { vcpu, sregs: None }
+    }
+
+    fn sregs(&mut self) -> Option<kvm_sregs> {
+        let vcpu = self.vcpu;
+        *self.sregs.get_or_insert_with(|| vcpu.get_sregs().ok())
+    }
+}
+
+impl CpuView for LiveCpu<'_> {
+    fn caller(&mut self) -> Caller {
+        match self.sregs() {
+            Some(s) => Caller::from_sregs(&s),
+            None => Caller::User { cr3: None },
+        }
+    }
+
+    fn cr2(&mut self) -> u64 {
+        self.sregs().map_or(0, |s| s.cr2)
+    }
+}
+
 impl PhysRead for GuestRam {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
         self.check_range(gpa, 8, 8).ok()?;

@@ -5,8 +5,8 @@
 //! ring 0 may report an exception.
 
 use crate::console::ConsoleSink;
-pub use crate::guest_buffer::Caller;
 use crate::guest_buffer::{read, read_kernel_frame};
+pub use crate::guest_buffer::{Caller, CpuView, LiveCpu};
 use crate::memory::GuestRam;
 use crate::outcome::Outcome;
 use sf_abi::hypercall::{Call, Error as HcError, ExceptionFrame, CONSOLE_WRITE_MAX, PANIC_MSG_MAX};
@@ -19,8 +19,16 @@ pub struct Args {
     pub a0: u64,
     pub a1: u64,
     pub a2: u64,
-    /// The privilege level (and page tables) the call came from.
-    pub caller: Caller,
+}
+
+/// The caller, asked only for a buffer that names memory: an empty one
+/// names none, needs no privilege and costs no register read.
+fn caller_for(cpu: &mut dyn CpuView, len: u64) -> Caller {
+    if len == 0 {
+        Caller::Kernel
+    } else {
+        cpu.caller()
+    }
 }
 
 /// What the run loop does next.
@@ -43,20 +51,27 @@ fn ret(r: Result<u64, HcError>) -> Action {
     })
 }
 
-/// `cr2` and the ring the exception came from are read only when needed.
+/// The caller's privilege level and `cr2` are read from `cpu` only when
+/// needed.
 pub fn handle(
     ram: &GuestRam,
     args: Args,
     sink: &mut ConsoleSink,
     console: &mut dyn Write,
-    cr2: impl FnOnce() -> u64,
+    cpu: &mut dyn CpuView,
 ) -> std::io::Result<Action> {
     let Some(call) = Call::from_u32(args.nr) else {
         tracing::debug!(nr = args.nr, "unknown hypercall");
         return Ok(ret(Err(HcError::NoSys)));
     };
     Ok(match call {
-        Call::ConsoleWrite => match read(ram, args.caller, args.a0, args.a1, CONSOLE_WRITE_MAX) {
+        Call::ConsoleWrite => match read(
+            ram,
+            caller_for(cpu, args.a1),
+            args.a0,
+            args.a1,
+            CONSOLE_WRITE_MAX,
+        ) {
             Ok(bytes) => {
                 sink.write(console, &bytes)?;
                 console.flush()?;
@@ -70,7 +85,7 @@ pub fn handle(
         Call::CloneExit => {
             match read(
                 ram,
-                args.caller,
+                caller_for(cpu, args.a2),
                 args.a1,
                 args.a2,
                 sf_abi::clone::RESULT_MAX as u64,
@@ -87,7 +102,7 @@ pub fn handle(
         }
         Call::Panic => match read(
             ram,
-            args.caller,
+            caller_for(cpu, args.a1),
             args.a0,
             args.a1.min(PANIC_MSG_MAX),
             PANIC_MSG_MAX,
@@ -97,7 +112,7 @@ pub fn handle(
             }),
             Err(e) => ret(Err(e)),
         },
-        Call::Exception => match read_kernel_frame(ram, args.caller, args.a0) {
+        Call::Exception => match read_kernel_frame(ram, cpu.caller(), args.a0) {
             Ok(bytes) => {
                 let f =
                     ExceptionFrame::from_bytes(bytes.as_slice().try_into().expect("frame size"));
@@ -106,7 +121,7 @@ pub fn handle(
                     error_code: f.error_code,
                     rip: f.rip,
                     rsp: f.rsp,
-                    cr2: if f.vector == 14 { cr2() } else { 0 },
+                    cr2: if f.vector == 14 { cpu.cr2() } else { 0 },
                     ring: (f.cs & 3) as u8,
                 })
             }
@@ -123,20 +138,24 @@ mod tests {
         call_as(ram, Caller::Kernel, nr, a0, a1)
     }
 
+    struct Fixed(Caller);
+    impl CpuView for Fixed {
+        fn caller(&mut self) -> Caller {
+            self.0
+        }
+        fn cr2(&mut self) -> u64 {
+            0xdead
+        }
+    }
+
     fn call_as(ram: &GuestRam, caller: Caller, nr: u32, a0: u64, a1: u64) -> (Action, Vec<u8>) {
         let mut out = Vec::new();
         let a = handle(
             ram,
-            Args {
-                nr,
-                a0,
-                a1,
-                a2: 0,
-                caller,
-            },
+            Args { nr, a0, a1, a2: 0 },
             &mut ConsoleSink::new(),
             &mut out,
-            || 0xdead,
+            &mut Fixed(caller),
         )
         .unwrap();
         (a, out)

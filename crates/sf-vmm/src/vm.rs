@@ -5,7 +5,7 @@ use crate::boot;
 use crate::clone::fork::HcReturn;
 use crate::clone::{CloneHost, CloneTimeline};
 use crate::console::ConsoleSink;
-use crate::hypercall::{self, Action, Args};
+use crate::hypercall::{self, Action, Args, CpuView};
 use crate::image::{BootMode, GuestImage};
 use crate::memory::GuestRam;
 use crate::outcome::Outcome;
@@ -453,19 +453,14 @@ impl Vm {
             .fd
             .get_regs()
             .map_err(Error::kvm("reading registers"))?;
-        let sregs = self
-            .vcpu
-            .fd
-            .get_sregs()
-            .map_err(Error::kvm("reading special registers"))?;
         let args = Args {
             nr,
             a0: regs.rdi,
             a1: regs.rsi,
             a2: regs.r8,
-            caller: hypercall::Caller::from_sregs(&sregs),
         };
-        let action = hypercall::handle(&self.ram, args, &mut self.console, console, || sregs.cr2)
+        let mut cpu = hypercall::LiveCpu::new(&self.vcpu.fd);
+        let action = hypercall::handle(&self.ram, args, &mut self.console, console, &mut cpu)
             .map_err(Error::Console)?;
         let ret = match action {
             Action::Return(v) => HcReturn::Value(v),
@@ -498,7 +493,10 @@ impl Vm {
             Call::TicketRequest => Ok(HcReturn::Value(self.ticket_request(a.a0))),
             Call::Clone => self.clone_vm(ticket, console),
             Call::JoinWait => self.join_wait(ticket, console),
-            Call::JoinFetch => self.join_fetch(ticket, a.a1, a.a2, a.caller),
+            Call::JoinFetch => {
+                let caller = hypercall::LiveCpu::new(&self.vcpu.fd).caller();
+                self.join_fetch(ticket, a.a1, a.a2, caller)
+            }
             Call::Kill => self.kill_clones(ticket),
             _ => unreachable!("hypercall::handle routes only clone calls here"),
         }

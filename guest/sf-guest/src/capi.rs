@@ -100,7 +100,11 @@ pub struct SfClone {
 /// `t` as for `sf_clone`; `clones` must point to `cap` entries whose
 /// `result` is NULL or has room for `result_cap` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn sf_join_clones(t: *const SfTicket, clones: *mut SfClone, cap: usize) -> i64 {
+pub unsafe extern "C" fn sf_join_clones(
+    t: *const SfTicket,
+    clones: *mut SfClone,
+    cap: usize,
+) -> i64 {
     if t.is_null() || (clones.is_null() && cap > 0) {
         return err(Error::Fault);
     }

@@ -24,7 +24,10 @@ fn main() -> i32 {
     // SAFETY: `null_exit` is a valid place for one i64.
     let mask = unsafe { c_results(&mut null_exit) };
     let word = |ok: bool| if ok { "ok" } else { "FAIL" };
-    println!("capi: results: {} ({mask})", word(mask >= 0 && mask & 1 == 0));
+    println!(
+        "capi: results: {} ({mask})",
+        word(mask >= 0 && mask & 1 == 0)
+    );
     println!(
         "capi: exit(-1) and a crash told apart: {}",
         word(mask >= 0 && mask & 2 == 0)
