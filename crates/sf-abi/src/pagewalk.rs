@@ -125,7 +125,7 @@ mod tests {
 
     impl PhysRead for Ram {
         fn read_u64(&self, gpa: u64) -> Option<u64> {
-            if gpa.checked_add(8)? > self.size || gpa % 8 != 0 {
+            if gpa.checked_add(8)? > self.size || !gpa.is_multiple_of(8) {
                 return None;
             }
             Some(self.words.get(&gpa).copied().unwrap_or(0))

@@ -184,3 +184,76 @@ fn a_c_parent_reads_each_clones_status_and_result() {
         .assert_stdout_has("capi: sf_exit(NULL, 8) -> -14")
         .assert_code(0);
 }
+
+/// Runs `snowflock ARGS` with stdout on a pseudo-terminal in raw mode (so
+/// the terminal driver adds nothing); returns the exit status and what
+/// reached the terminal.
+fn run_on_a_terminal(args: &[&str]) -> (Option<i32>, Vec<u8>) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors; the other arguments may be NULL.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: a termios is plain data; tcgetattr fills it for our own slave.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `slave` is open and `t` is a valid termios.
+    unsafe {
+        assert_eq!(libc::tcgetattr(slave, &mut t), 0);
+        libc::cfmakeraw(&mut t);
+        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
+    }
+    // SAFETY: both descriptors were just opened and are owned only here.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let mut child = std::process::Command::new(snowflock_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(slave)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("snowflock starts");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the child has closed the terminal.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let status = child.wait().expect("snowflock ends");
+    (status.code(), reader.join().unwrap())
+}
+
+#[test]
+fn the_console_on_a_terminal_is_escaped_and_a_pipe_gets_it_raw() {
+    let args = ["run", "hostile", "--mem", "64M", "--", "console-escapes"];
+    let (code, tty) = run_on_a_terminal(&args);
+    let text = String::from_utf8_lossy(&tty);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("hostile console: \\x1b[31mred\\x1b]0;title\\x07\\x9b2J\\x1b[0m end\n"),
+        "{text:?}"
+    );
+    assert!(!tty.contains(&0x1b) && !tty.contains(&0x07), "{text:?}");
+    // Into a pipe the console is the guest's data, byte for byte.
+    let r = snowflock(args);
+    r.assert_code(0)
+        .assert_stdout_has("hostile console: \x1b[31mred\x1b]0;title\x07\u{9b}2J\x1b[0m end\n");
+}

@@ -12,7 +12,8 @@
 //! `stub-write` (ring 3 rewrites the #GP exception stub, then raises #GP),
 //! `idt-write` (ring 3 writes the IDT), `overflow` (the stack runs 3 MiB
 //! past its end into the guard page), `panic-escapes` (a panic message full
-//! of terminal escape sequences).
+//! of terminal escape sequences); and `console-escapes`, which prints such
+//! sequences on its console and exits 0.
 #![no_std]
 #![no_main]
 
@@ -72,6 +73,10 @@ fn main() -> i32 {
         "stub-write" => stub_write(),
         "idt-write" => idt_write(),
         "overflow" => overflow(),
+        "console-escapes" => {
+            println!("hostile console: \x1b[31mred\x1b]0;title\x07\u{9b}2J\x1b[0m end");
+            0
+        }
         "panic-escapes" => panic!("\x1b[2J\x1b[Hsnowflock: guest exited with status 0\x07\r\x1b]0;owned\x07\u{9b}31m\u{202e}done"),
         other => {
             println!("hostile: unknown mode {other:?}");
