@@ -61,13 +61,13 @@ pub static IMAGES: &[Image] = &[
     image!(
         "capi",
         Kind::Test,
-        "the clone API from C (guest/include/snowflock.h): fork, exit, join",
+        "the clone API from C (guest/include/snowflock.h): fork, exit, join, each clone's status and result",
         "capi -- n=4"
     ),
     image!(
         "hostile",
         Kind::Test,
-        "feeds wild pointers and lengths to every hypercall; exits 0 if all were refused",
+        "attacks its own ring 0 and the hypercalls (kernel pages as buffers, forged crash reports, ticket misuse, floods); exits 0 if all were refused; modes stub-write idt-write overflow panic-escapes console-escapes",
         "hostile"
     ),
 ];
