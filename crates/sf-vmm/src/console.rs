@@ -42,8 +42,7 @@ impl FdConsole {
                 None => -1,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
-                    left.as_millis().min(i32::MAX as u128) as i32
-                        + i32::from(!left.is_zero())
+                    left.as_millis().min(i32::MAX as u128) as i32 + i32::from(!left.is_zero())
                 }
             };
             let mut p = libc::pollfd {

@@ -230,6 +230,11 @@ impl Vm {
         started: Instant,
     ) -> Result<Vm, Error> {
         crate::watchdog::install_handler().map_err(Error::Timer)?;
+        // This process is the root of the clone's subtree on this host: it
+        // reaps the orphans of its killed clones (else PID 1 gets zombies).
+        if let Err(e) = crate::clone::process::become_subreaper() {
+            tracing::warn!("cannot become the clones' reaper: {e}");
+        }
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let mut vm = Vm::assemble(
             kvm,

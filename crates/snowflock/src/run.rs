@@ -163,7 +163,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     // This VMM reaps its whole family (orphans of killed clones included)
     // before it exits, instead of leaving zombies to PID 1.
     if let Err(e) = sf_vmm::clone::process::become_subreaper() {
-        note(&format!("snowflock: warning: cannot become the clones' reaper: {e}"));
+        note(&format!(
+            "snowflock: warning: cannot become the clones' reaper: {e}"
+        ));
     }
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
     // Not std's stdout: its writers retry interrupted writes forever, and a

@@ -409,7 +409,7 @@ fn memory_and_time_per_clone_call_stay_flat() {
         b as f64 / 1048576.0
     );
     assert!(
-        b.saturating_sub(a) < 2 << 20,
+        b.saturating_sub(a) < 256 << 10,
         "the VMM's peak memory grew by {} KiB over {} clone calls",
         (b - a) >> 10,
         n - 500
@@ -425,7 +425,7 @@ fn memory_and_time_per_clone_call_stay_flat() {
     };
     let (first, last) = (us("first 500:"), us("last 500:"));
     assert!(
-        last < first * 2 + 2000,
+        last < first * 3 / 2 + 500,
         "clone+join slowed from {first} us to {last} us per call"
     );
 }
