@@ -513,7 +513,7 @@ impl Vm {
                 return Ok(Some(Outcome::Exited { status }));
             }
             Action::Clone(call) => match self.clone_call(call, args, console)? {
-                HcReturn::Stop(o) => return Ok(Some(o)),
+                HcReturn::Stop(o) => return Ok(Some(*o)),
                 r => r,
             },
         };

@@ -60,8 +60,9 @@ EXIT STATUS
     the guest's own exit status (0-255) when it exits
     101  the guest panicked (its message is printed)
     102  the guest crashed: CPU exception, triple fault, emulation failure
-    124  the guest ran past --timeout
-    1    the VM could not be built or run (bad image, no /dev/kvm, ...)
+    124  the run (the guest and all its clones) went past --timeout
+    1    the VM could not be built or run (bad image, no /dev/kvm, the
+         console cannot be written: a full disk, a closed pipe, ...)
     2    bad command-line usage")]
 pub struct RunArgs {
     /// Shipped guest name or path to a guest ELF.
@@ -72,7 +73,8 @@ pub struct RunArgs {
     /// Number of vCPUs (only 1 is supported so far).
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
-    /// Stop the guest after this long: e.g. 500ms, 30s, 2m (0 = never).
+    /// Stop the guest and all its clones (nested ones and time in join
+    /// included) after this long: e.g. 500ms, 30s, 2m (0 = never).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     timeout: Duration,
     /// Most live clones the guest's whole family may have at once (clones

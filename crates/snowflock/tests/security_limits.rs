@@ -367,6 +367,47 @@ fn no_zombie_or_live_clone_is_left_when_the_vmm_exits() {
     assert_nothing_left(&tag, &r);
 }
 
+#[test]
+fn clones_of_killed_clones_are_reaped_during_the_run() {
+    become_subreaper();
+    let me = std::process::id() as i32;
+    let mut child = Command::new(snowflock_bin())
+        .args(["run", "forktest", "--timeout", "60s", "--"])
+        .args(["killtree", "rounds=20", "hold=1500"])
+        .env_remove("SNOWFLOCK_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting snowflock");
+    let root = child.id() as i32;
+    let out = child.stdout.take().expect("piped");
+    let mut zombies = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+        if line
+            .expect("reading stdout")
+            .starts_with("killtree: 20 rounds done")
+        {
+            // Each round orphaned two clones; none may be left unreaped,
+            // with the VMM (its subreaper) or with anyone else.
+            std::thread::sleep(Duration::from_millis(500));
+            zombies = proc_pids()
+                .into_iter()
+                .filter(|&pid| {
+                    matches!(stat(pid), Some((s, ppid, name))
+                        if s == 'Z' && (ppid == root || ppid == me) && name == "snowflock")
+                })
+                .collect();
+        }
+    }
+    assert!(child.wait().expect("waiting").success());
+    assert!(
+        zombies.len() <= 2,
+        "{} zombies piled up during the run: {zombies:?}",
+        zombies.len()
+    );
+}
+
 /// Reads `Name:  N kB` from /proc/PID/status, in bytes.
 fn status_kb(pid: u32, name: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -25,7 +25,7 @@ pub enum HcReturn {
     /// after a clone).
     AlreadySet,
     /// The run ends here (the family's deadline passed during a join).
-    Stop(crate::Outcome),
+    Stop(Box<crate::Outcome>),
 }
 
 fn err(e: HcError) -> Result<HcReturn, Error> {

@@ -64,7 +64,7 @@ impl Vm {
             .collect();
         process::reap_strays(&known);
         if timed_out {
-            return Ok(HcReturn::Stop(self.timed_out()));
+            return Ok(HcReturn::Stop(Box::new(self.timed_out())));
         }
         Ok(HcReturn::Value(len))
     }

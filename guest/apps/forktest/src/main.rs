@@ -31,6 +31,8 @@
 //!   prints the time per call of the first and last 500 calls.
 //! - `orphans n=2 depth=2`: clones (which clone too) spin; the root exits
 //!   without joining them.
+//! - `killtree rounds=20`: each round makes a clone that makes two clones of
+//!   its own, all spinning, then kills and joins it; then holds `hold` ms.
 //! - `flood`: prints lines forever.
 #![no_std]
 #![no_main]
@@ -679,6 +681,26 @@ fn orphans() {
     }
 }
 
+fn killtree() {
+    let rounds = arg_u64("rounds", 20);
+    for _ in 0..rounds {
+        let t = ticket(1);
+        if fork(&t) != 0 {
+            let t2 = ticket(2);
+            fork(&t2);
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        busy_wait_ms(100);
+        let _ = clone::kill(&t);
+        let _ = clone::join(&t);
+    }
+    println!("killtree: {rounds} rounds done");
+    sf_guest::console::flush();
+    busy_wait_ms(arg_u64("hold", 1000));
+}
+
 fn flood() -> ! {
     let mut i = 0u64;
     loop {
@@ -706,6 +728,7 @@ fn main() -> i32 {
         "many" => many(),
         "orphans" => orphans(),
         "flood" => flood(),
+        "killtree" => killtree(),
         _ => {
             println!("forktest: unknown scenario {scenario:?}; see the source for the list");
             return 2;
