@@ -417,7 +417,10 @@ fn status_kb(pid: u32, name: &str) -> Option<u64> {
 
 #[test]
 fn memory_and_time_per_clone_call_stay_flat() {
-    let n = 3000;
+    // Each call clones once and joins a clone that panics (a join record
+    // with a message). Before the fix the VMM grew ~370 bytes per call and
+    // a call slowed from 6.2 ms to 10.4 ms over 3,000 calls.
+    let n = 4000;
     let mut child = Command::new(snowflock_bin())
         .args(["run", "forktest", "--timeout", "300s", "--"])
         .args(["many", &format!("n={n}"), "kind=panic", "hold=500"])
@@ -429,12 +432,19 @@ fn memory_and_time_per_clone_call_stay_flat() {
         .expect("starting snowflock");
     let pid = child.id();
     let out = child.stdout.take().expect("piped");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
     let (mut at_500, mut at_end, mut summary) = (None, None, String::new());
-    for line in lines.by_ref() {
+    // (call, us per call over the 500 calls before it)
+    let mut windows: Vec<(u64, u64)> = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
         let line = line.expect("reading stdout");
-        if line == "many: call 500" {
-            at_500 = status_kb(pid, "VmHWM:");
+        if let Some(rest) = line.strip_prefix("many: call ") {
+            let mut f = rest.split([' ', '(']).filter(|w| !w.is_empty());
+            let call: u64 = f.next().and_then(|v| v.parse().ok()).expect("call");
+            let us: u64 = f.next().and_then(|v| v.parse().ok()).expect("us");
+            windows.push((call, us));
+            if call == 500 {
+                at_500 = status_kb(pid, "VmHWM:");
+            }
         }
         if line.starts_with(&format!("many: {n} calls")) {
             at_end = status_kb(pid, "VmHWM:");
@@ -445,7 +455,7 @@ fn memory_and_time_per_clone_call_stay_flat() {
     assert!(status.success(), "many failed: {status}");
     let (a, b) = (at_500.expect("VmHWM at 500"), at_end.expect("VmHWM at end"));
     eprintln!(
-        "{summary}; VmHWM {:.1} MiB at call 500, {:.1} MiB at call {n}",
+        "{summary}; windows {windows:?}; VmHWM {:.1} MiB at call 500, {:.1} MiB at call {n}",
         a as f64 / 1048576.0,
         b as f64 / 1048576.0
     );
@@ -455,19 +465,20 @@ fn memory_and_time_per_clone_call_stay_flat() {
         (b - a) >> 10,
         n - 500
     );
-    let us = |key: &str| -> u64 {
-        let i = summary.find(key).expect("summary") + key.len();
-        summary[i..]
-            .trim_start()
-            .split(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("a number")
+    // Other work on the host adds noise on top; growth shows as a rising
+    // floor, so compare the fastest window of each half.
+    let half = |second: bool| {
+        windows
+            .iter()
+            .filter(|(c, _)| (*c > n / 2) == second)
+            .map(|&(_, us)| us)
+            .min()
+            .expect("windows")
     };
-    let (first, last) = (us("first 500:"), us("last 500:"));
+    let (early, late) = (half(false), half(true));
     assert!(
-        last < first * 3 / 2 + 500,
-        "clone+join slowed from {first} us to {last} us per call"
+        late < early * 13 / 10 + 300,
+        "clone+join slowed from {early} us to {late} us per call (best of each half)"
     );
 }
 

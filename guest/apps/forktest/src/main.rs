@@ -625,7 +625,7 @@ fn many() {
     let n = arg_u64("n", 3000).max(1000);
     let panic = env::arg("kind") != Some("exit");
     let window = 500;
-    let (mut first, mut last) = (0u64, 0u64);
+    let (mut first, mut last, mut recent) = (0u64, 0u64, 0u64);
     for call in 1..=n {
         let start = sf_guest::time::now_ns();
         let t = ticket(1);
@@ -647,8 +647,10 @@ fn many() {
         if call > n - window {
             last += took;
         }
-        if call % 500 == 0 {
-            println!("many: call {call}");
+        recent += took;
+        if call % window == 0 {
+            println!("many: call {call} ({} us/call)", recent / window / 1000);
+            recent = 0;
         }
     }
     println!(
