@@ -25,7 +25,7 @@ pub enum Error {
     CmdlineTooLong { len: usize, max: u64 },
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("console output failed: {0}")]
+    #[error("cannot write the guest console: {0}")]
     Console(std::io::Error),
     #[error("cannot arm the run timeout: {0}")]
     Timer(std::io::Error),

@@ -24,7 +24,8 @@ mod vcpu;
 mod vm;
 mod watchdog;
 
-pub use clone::{default_max_clones, CloneSummary, CloneTimeline};
+pub use clone::{default_max_clones, CloneSummary, CloneTimeline, MAX_CLONES_LIMIT};
+pub use console::FdConsole;
 pub use error::Error;
 pub use image::{BootMode, GuestImage, ImageError};
 pub use outcome::{Outcome, RegisterDump};

@@ -31,7 +31,8 @@ pub struct VmConfig {
     pub boot: BootMode,
     /// The guest's arguments.
     pub cmdline: String,
-    /// Most clones this VM (and, separately, each clone) may have at once.
+    /// Most live clones the VM's whole family may have at once, nested
+    /// ones included (clamped to [`crate::clone::MAX_CLONES_LIMIT`]).
     pub max_clones: u32,
     /// The host daemon, when clones may go to other hosts.
     pub remote: Option<crate::clone::remote::RemoteLink>,
@@ -94,7 +95,8 @@ pub struct Vm {
     /// Where a remote clone keeps its memory counters for the daemon.
     pub(crate) stats_file: Option<std::path::PathBuf>,
     alarm: Option<Alarm>,
-    deadline: Option<Instant>,
+    /// When the family's time is up (set once, inherited by every clone).
+    pub(crate) deadline: Option<Instant>,
     pub(crate) started: Instant,
     started_tsc: u64,
     tsc_khz: Option<u32>,
@@ -228,6 +230,11 @@ impl Vm {
         started: Instant,
     ) -> Result<Vm, Error> {
         crate::watchdog::install_handler().map_err(Error::Timer)?;
+        // This process is the root of the clone's subtree on this host: it
+        // reaps the orphans of its killed clones (else PID 1 gets zombies).
+        if let Err(e) = crate::clone::process::become_subreaper() {
+            tracing::warn!("cannot become the clones' reaper: {e}");
+        }
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let mut vm = Vm::assemble(
             kvm,
@@ -282,25 +289,59 @@ impl Vm {
         );
     }
 
-    /// Starts the timeout afresh (in a new clone: timers do not survive
-    /// fork, so the inherited one is gone).
-    pub(crate) fn rearm_timeout(&mut self) -> Result<(), Error> {
+    /// Arms the timer for the family's deadline: fixed at the first call
+    /// (the root's start), kept by every clone (a fork copies it; only the
+    /// timer is per process, so a new clone arms its own for the time left).
+    pub(crate) fn arm_deadline(&mut self) -> Result<(), Error> {
         if let Some(old) = self.alarm.take() {
             // Its timer id belongs to the parent process.
             std::mem::forget(old);
         }
-        if let Some(t) = self.timeout {
-            self.alarm = Some(Alarm::arm(t, Duration::from_millis(50)).map_err(Error::Timer)?);
-            self.deadline = Some(Instant::now() + t);
+        if self.deadline.is_none() {
+            self.deadline = self.timeout.map(|t| Instant::now() + t);
+        }
+        crate::watchdog::set_thread_deadline(self.deadline);
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            self.alarm = Some(Alarm::arm(left, Duration::from_millis(50)).map_err(Error::Timer)?);
         }
         Ok(())
+    }
+
+    /// What is left of the family's time (for clones on other hosts, whose
+    /// clocks differ): never more than the family has.
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        match self.deadline {
+            Some(d) => Some(d.saturating_duration_since(Instant::now())),
+            None => self.timeout,
+        }
+    }
+
+    pub(crate) fn timed_out(&self) -> Outcome {
+        Outcome::TimedOut {
+            after: self.timeout.unwrap_or_default(),
+            regs: self.vcpu.dump(),
+        }
+    }
+
+    /// Kills and reaps every clone and memory holder of this VM, and (as
+    /// the subreaper) any orphan of theirs: on every way out of the run.
+    fn end_family(&mut self) {
+        self.kill_unjoined();
+        crate::clone::process::reap_all(Duration::from_secs(2));
     }
 
     /// Runs the guest until it stops, writing its console to `console`.
     /// In a clone process this never returns: the clone reports its end to
     /// its parent and the process exits.
     pub fn run(&mut self, console: &mut dyn Write) -> Result<RunReport, Error> {
-        let outcome = self.rearm_timeout().and_then(|()| self.run_loop(console));
+        let outcome = match self.arm_deadline().and_then(|()| self.run_loop(console)) {
+            // The console consumer stalled until the deadline passed.
+            Err(Error::Console(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Ok(self.timed_out())
+            }
+            other => other,
+        };
         self.alarm = None;
         if self.clones.is_clone() {
             let outcome = outcome.unwrap_or_else(|e| Outcome::HostError {
@@ -309,9 +350,12 @@ impl Vm {
             let _ = console.flush();
             self.finish_clone(&outcome);
         }
-        self.kill_unjoined();
+        self.end_family();
         let outcome = outcome?;
-        console.flush().map_err(Error::Console)?;
+        match console.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            r => r.map_err(Error::Console)?,
+        }
         self.timings.total = self.started.elapsed();
         self.timings.first_instruction = self.first_instruction();
         Ok(RunReport {
@@ -319,7 +363,7 @@ impl Vm {
             boot_mode: self.mode,
             timings: self.timings.clone(),
             result: std::mem::take(&mut self.result),
-            clones: self.clones.timelines.clone(),
+            clones: self.clones.timelines.iter().cloned().collect(),
         })
     }
 
@@ -374,10 +418,7 @@ impl Vm {
                     regs: self.vcpu.dump(),
                 }),
                 Exit::Interrupted => match self.deadline {
-                    Some(d) if Instant::now() >= d => Some(Outcome::TimedOut {
-                        after: self.timeout.unwrap_or_default(),
-                        regs: self.vcpu.dump(),
-                    }),
+                    Some(d) if Instant::now() >= d => Some(self.timed_out()),
                     _ => None,
                 },
                 Exit::Other(what) => {
@@ -469,7 +510,10 @@ impl Vm {
                 self.result = result;
                 return Ok(Some(Outcome::Exited { status }));
             }
-            Action::Clone(call) => self.clone_call(call, args, console)?,
+            Action::Clone(call) => match self.clone_call(call, args, console)? {
+                HcReturn::Stop(o) => return Ok(Some(*o)),
+                r => r,
+            },
         };
         if let HcReturn::Value(v) = ret {
             regs.rax = v;
@@ -515,6 +559,16 @@ impl Vm {
         Some(Duration::from_nanos(
             (ticks as u128 * 1_000_000 / khz as u128) as u64,
         ))
+    }
+}
+
+impl Drop for Vm {
+    /// A VMM that unwinds (a host bug) or is dropped early still ends its
+    /// clones; after a normal run this finds nothing left to do.
+    fn drop(&mut self) {
+        if !self.clones.is_clone() {
+            self.end_family();
+        }
     }
 }
 

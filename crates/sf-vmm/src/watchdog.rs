@@ -61,3 +61,19 @@ impl Drop for Alarm {
         unsafe { libc::timer_delete(self.0) };
     }
 }
+
+thread_local! {
+    /// The deadline of the VM running on this thread, for code that may
+    /// block outside KVM_RUN (console writes to a consumer that stopped
+    /// reading) and must give up when the family's time is up.
+    static DEADLINE: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+pub fn set_thread_deadline(d: Option<std::time::Instant>) {
+    DEADLINE.with(|c| c.set(d));
+}
+
+pub fn thread_deadline() -> Option<std::time::Instant> {
+    DEADLINE.with(|c| c.get())
+}

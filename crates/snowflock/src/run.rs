@@ -60,8 +60,9 @@ EXIT STATUS
     the guest's own exit status (0-255) when it exits
     101  the guest panicked (its message is printed)
     102  the guest crashed: CPU exception, triple fault, emulation failure
-    124  the guest ran past --timeout
-    1    the VM could not be built or run (bad image, no /dev/kvm, ...)
+    124  the run (the guest and all its clones) went past --timeout
+    1    the VM could not be built or run (bad image, no /dev/kvm, the
+         console cannot be written: a full disk, a closed pipe, ...)
     2    bad command-line usage")]
 pub struct RunArgs {
     /// Shipped guest name or path to a guest ELF.
@@ -72,11 +73,13 @@ pub struct RunArgs {
     /// Number of vCPUs (only 1 is supported so far).
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
-    /// Stop the guest after this long: e.g. 500ms, 30s, 2m (0 = never).
+    /// Stop the guest and all its clones (nested ones and time in join
+    /// included) after this long: e.g. 500ms, 30s, 2m (0 = never).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     timeout: Duration,
-    /// Most clones the guest may have at once (each clone gets the same
-    /// limit for its own clones). Default: 16 per host CPU, 8..=256.
+    /// Most live clones the guest's whole family may have at once (clones
+    /// of clones included, on every host). Default: 16 per host CPU,
+    /// 8..=256; at most 256 (a larger value is cut to 256, with a warning).
     #[arg(long, value_name = "N")]
     max_clones: Option<u32>,
     /// How to start the vCPU.
@@ -136,19 +139,20 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             &a.args,
             a.mem,
             a.timeout,
-            a.max_clones,
+            a.max_clones.map(|n| clamp_max_clones(Some(n))),
             a.placement.into(),
             a.prefetch_window,
         );
     }
     let image = load_image(&a.guest)?;
+    let max_clones = clamp_max_clones(a.max_clones);
     let cfg = VmConfig {
         mem_size: a.mem,
         vcpus: a.vcpus,
         timeout: (!a.timeout.is_zero()).then_some(a.timeout),
         boot: a.boot.into(),
         cmdline: a.args.join(" "),
-        max_clones: a.max_clones.unwrap_or_else(sf_vmm::default_max_clones),
+        max_clones,
         remote: a.control_socket.map(|s| sf_vmm::clone::remote::RemoteLink {
             control: sf_api::Endpoint::Unix(s),
             advertise: a
@@ -158,27 +162,36 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             prefetch_window: a.prefetch_window,
         }),
     };
+    // This VMM reaps its whole family (orphans of killed clones included)
+    // before it exits, instead of leaving zombies to PID 1.
+    if let Err(e) = sf_vmm::clone::process::become_subreaper() {
+        note(&format!(
+            "snowflock: warning: cannot become the clones' reaper: {e}"
+        ));
+    }
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
-    let stdout = std::io::stdout();
-    // On a terminal the guest's console is escaped (sf_vmm::sanitize says
-    // why); into a pipe or file it stays byte for byte.
-    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&stdout) {
-        Box::new(sf_vmm::sanitize::TerminalWriter::new(stdout.lock()))
+    // Not std's stdout: its writers retry interrupted writes forever, and a
+    // reader that stops reading must not stop the timeout. On a terminal the
+    // guest's console is escaped (sf_vmm::sanitize says why); into a pipe or
+    // file it stays byte for byte.
+    let console = sf_vmm::FdConsole::stdout();
+    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Box::new(sf_vmm::sanitize::TerminalWriter::new(console))
     } else {
-        Box::new(stdout.lock())
+        Box::new(console)
     };
     let report = vm.run(&mut out)?;
     out.flush().ok();
     drop(out);
     if !report.outcome.is_clean_exit() {
-        eprintln!("snowflock: {}", report.outcome);
+        note(&format!("snowflock: {}", report.outcome));
     }
     if a.timings {
         let t = &report.timings;
         let first = t
             .first_instruction
             .map_or("n/a".into(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
-        eprintln!(
+        note(&format!(
             "snowflock: boot {} | VM create {:.3} ms | load {:.3} ms | first ring-3 instruction {first} | total {:.3} ms | {} exits, {} hypercalls",
             report.boot_mode,
             t.create_vm.as_secs_f64() * 1e3,
@@ -186,7 +199,28 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             t.total.as_secs_f64() * 1e3,
             t.exits,
             t.hypercalls
-        );
+        ));
     }
     Ok(report.outcome.exit_code() as u8)
+}
+
+/// `--max-clones`, or the default, within [`sf_vmm::MAX_CLONES_LIMIT`]
+/// (warning when cut).
+pub fn clamp_max_clones(asked: Option<u32>) -> u32 {
+    let limit = sf_vmm::MAX_CLONES_LIMIT;
+    match asked {
+        Some(n) if n > limit => {
+            note(&format!(
+                "snowflock: warning: --max-clones {n} is over the limit of {limit}; using {limit}"
+            ));
+            limit
+        }
+        Some(n) => n,
+        None => sf_vmm::default_max_clones(),
+    }
+}
+
+/// A line on stderr that cannot panic (a full disk must not read as exit 101).
+fn note(line: &str) {
+    sf_vmm::clone::process::note(line);
 }

@@ -447,3 +447,67 @@ fn pages_one_clone_fetched_reach_its_siblings_by_multicast() {
         "and fetched far fewer itself: {late:?} vs {first:?}"
     );
 }
+
+#[test]
+fn the_clone_budget_holds_for_a_family_spread_over_hosts() {
+    let h = Hosts::start(3);
+    // Every VM asks for 4 clones until refused, 6 levels deep: with a
+    // budget per VM, remote clones each got a fresh one (126 clones).
+    let r = h.run(
+        1,
+        &[
+            "--max-clones",
+            "2",
+            "--placement",
+            "remote",
+            "forktest",
+            "--",
+            "bomb",
+            "n=4",
+            "depth=6",
+            "hold=300",
+        ],
+    );
+    assert!(
+        r.code == Some(0) && r.stdout.contains("bomb: 3 VMs ran, 3 asks got Again"),
+        "{}\n{}",
+        r.describe(),
+        h.describe()
+    );
+}
+
+#[test]
+fn remote_clones_get_only_the_time_the_family_has_left() {
+    let h = Hosts::start(2);
+    let started = Instant::now();
+    // Each level works 900 ms, then clones once (to the other host) and
+    // waits in join: 6 levels would take ~5.4 s.
+    let r = h.run(
+        1,
+        &[
+            "--timeout",
+            "2s",
+            "--max-clones",
+            "256",
+            "--placement",
+            "remote",
+            "forktest",
+            "--",
+            "chain",
+            "depth=6",
+            "ms=900",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(
+        r.code == Some(124) && took < Duration::from_secs(5),
+        "took {took:?}\n{}\n{}",
+        r.describe(),
+        h.describe()
+    );
+    assert!(
+        !r.stdout.contains("level 3 working"),
+        "a clone ran past the family deadline\n{}",
+        r.describe()
+    );
+}

@@ -6,7 +6,6 @@ use super::join::SpawnReport;
 use super::process::{self, Forked};
 use super::remote::{self, RemoteGroup, RemotePlan};
 use super::report::CloneReport;
-use super::tickets::TicketState;
 use super::{CloneHost, CloneTimeline, Group, Reporter, Role};
 use crate::descriptor::{MemorySource, VmDescriptor};
 use crate::vcpu::Vcpu;
@@ -25,6 +24,8 @@ pub enum HcReturn {
     /// The vCPU's registers are already set (a new clone, or the parent
     /// after a clone).
     AlreadySet,
+    /// The run ends here (the family's deadline passed during a join).
+    Stop(Box<crate::Outcome>),
 }
 
 fn err(e: HcError) -> Result<HcReturn, Error> {
@@ -38,7 +39,12 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 /// The processes the first child must make, in order; it becomes the last.
 enum Job {
     Holder,
-    Clone { id: u32, report: OwnedFd },
+    Clone {
+        id: u32,
+        report: OwnedFd,
+        /// The clone's own budget of live descendants.
+        budget: u32,
+    },
 }
 
 impl Vm {
@@ -104,6 +110,7 @@ impl Vm {
             }
         }
         let remote_ids: Vec<u32> = by_peer.values().flatten().copied().collect();
+        let share = self.clones.tickets.share(granted);
         let plan = match (&self.remote_link, by_peer.is_empty()) {
             (Some(link), false) => {
                 // A clone's RAM may be remote too; the holder serves a full copy.
@@ -113,8 +120,9 @@ impl Vm {
                     by_peer,
                     &descriptor,
                     self.ram.size(),
-                    self.timeout,
-                    self.clones.max_clones,
+                    // Another host's clock differs: send the time left.
+                    self.time_left(),
+                    share,
                     &self.clones.path,
                 )
                 .map_err(io("opening the clone group's sockets"))?;
@@ -136,7 +144,11 @@ impl Vm {
         for &id in &local_ids {
             let (r, w) = process::pipe().map_err(io("creating a pipe"))?;
             read_ends.push(r);
-            jobs.push(Job::Clone { id, report: w });
+            jobs.push(Job::Clone {
+                id,
+                report: w,
+                budget: share,
+            });
         }
         // The first child becomes the first local clone if there is one, so
         // it goes last in the job list.
@@ -155,8 +167,7 @@ impl Vm {
                     ),
                     None => None,
                 };
-                let timeline = self.clones.timelines.len();
-                self.clones.timelines.push(CloneTimeline {
+                let timeline = Box::new(CloneTimeline {
                     ticket,
                     granted,
                     descriptor_bytes: descriptor.len(),
@@ -178,11 +189,10 @@ impl Vm {
                     remote,
                     killed: false,
                     request,
+                    delegated: share * granted,
                     timeline,
                 };
-                self.clones
-                    .tickets
-                    .set(ticket, TicketState::Cloned(Box::new(group)));
+                self.clones.tickets.cloned(ticket, Box::new(group));
                 self.reseed();
                 tracing::debug!(
                     ticket,
@@ -233,7 +243,7 @@ impl Vm {
                     Job::Clone { .. } => report.pids.push(pid),
                 },
                 Err(e) => {
-                    eprintln!("snowflock: forking a clone process failed: {e}");
+                    process::note(&format!("snowflock: forking a clone process failed: {e}"));
                     if let Job::Clone { .. } = job {
                         report.pids.push(0);
                     }
@@ -259,10 +269,11 @@ impl Vm {
             Job::Holder => {
                 remote::run_holder(plan.expect("a holder job comes with a plan"), &self.ram)
             }
-            Job::Clone { id, report } => {
+            Job::Clone { id, report, budget } => {
                 drop(plan);
-                if let Err(e) = self.become_clone(id, descriptor, Reporter::Pipe(report), request) {
-                    eprintln!("snowflock: clone {id} could not start: {e}");
+                let reporter = Reporter::Pipe(report);
+                if let Err(e) = self.become_clone(id, budget, descriptor, reporter, request) {
+                    process::note(&format!("snowflock: clone {id} could not start: {e}"));
                     process::exit_now(3);
                 }
                 Ok(HcReturn::AlreadySet)
@@ -275,6 +286,7 @@ impl Vm {
     fn become_clone(
         &mut self,
         id: u32,
+        budget: u32,
         descriptor: &[u8],
         reporter: Reporter,
         request: Instant,
@@ -286,8 +298,9 @@ impl Vm {
         } else {
             format!("{}.{id}", self.clones.path)
         };
-        // Drops (closes) everything inherited from the parent's other tickets.
-        self.clones = CloneHost::new(self.clones.max_clones);
+        // Drops (closes) everything inherited from the parent's other
+        // tickets. The parent's budget is not inherited: only the share.
+        self.clones = CloneHost::new(budget);
         self.clones.path = path.clone();
         self.clones.role = Role::Clone { id, reporter };
         let vm_fd = self
@@ -300,14 +313,17 @@ impl Vm {
         self.replace_vm(vm_fd, vcpu);
         self.reseed();
         self.console.set_prefix(format!("[clone {path}] "));
-        self.rearm_timeout()?;
+        // The family's deadline came with the fork; only the timer is new.
+        self.arm_deadline()?;
         self.pending_entry = Some(request);
         Ok(())
     }
 
     /// In a clone process at the end of its run: report and exit.
     pub(crate) fn finish_clone(&mut self, outcome: &crate::Outcome) -> ! {
+        // Its own clones end (and are reaped) before it reports.
         self.kill_unjoined();
+        process::reap_all(std::time::Duration::from_secs(2));
         let Role::Clone { id, reporter } = &mut self.clones.role else {
             unreachable!("finish_clone runs only in clone processes")
         };

@@ -13,7 +13,7 @@ use sf_abi::clone::{encode_entry, CloneStatus, Entry, RESULT_MAX};
 use sf_abi::hypercall::Error as HcError;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn err(e: HcError) -> Result<HcReturn, Error> {
     Ok(HcReturn::Value(e.to_ret()))
@@ -40,25 +40,34 @@ impl Vm {
         };
         let group = match state {
             TicketState::Joined { record, .. } => return Ok(HcReturn::Value(record.len() as u64)),
-            TicketState::Reserved { granted } => {
+            TicketState::Reserved { .. } => {
                 // Never cloned: joining releases the reservation.
-                *state = TicketState::Joined {
-                    granted: *granted,
-                    record: Vec::new(),
-                };
+                self.clones.tickets.joined(ticket, Vec::new());
                 return Ok(HcReturn::Value(0));
             }
             TicketState::Cloned(g) => g,
         };
-        let (record, summaries) = collect(group, console);
-        let (granted, timeline, request) = (group.granted, group.timeline, group.request);
-        let t = &mut self.clones.timelines[timeline];
-        t.request_to_joined = Some(request.elapsed());
+        let deadline = self.deadline;
+        let (record, summaries, timed_out) = collect(group, console, deadline);
+        let mut t = std::mem::replace(&mut group.timeline, Box::new(empty_timeline()));
+        t.request_to_joined = Some(group.request.elapsed());
         t.clones = summaries;
+        self.clones.keep_timeline(*t);
         let len = record.len() as u64;
-        self.clones
+        self.clones.tickets.joined(ticket, record);
+        // Orphans of clones killed with clones of their own end up here.
+        let known: Vec<i32> = self
+            .clones
             .tickets
-            .set(ticket, TicketState::Joined { granted, record });
+            .groups_mut()
+            .flat_map(|g| g.known_pids().collect::<Vec<_>>())
+            .collect();
+        process::reap_strays(&known);
+        // Clones that hit the same deadline report just before the parent
+        // sees it: the run is over all the same.
+        if timed_out || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(HcReturn::Stop(Box::new(self.timed_out())));
+        }
         Ok(HcReturn::Value(len))
     }
 
@@ -94,14 +103,41 @@ impl Vm {
         }
     }
 
-    /// Ends every clone group not joined yet: clones never outlive their VM.
+    /// Ends every clone group not joined yet and waits for its processes:
+    /// clones never outlive their VM, nor stay behind as zombies.
     pub(crate) fn kill_unjoined(&mut self) {
+        let mut ended = Vec::new();
         for g in self.clones.tickets.groups_mut() {
             kill_group(g);
-            if let Some(h) = read_spawn_report(g).holder {
+            let spawn = read_spawn_report(g);
+            if let Some(h) = g.holder.take() {
                 let _ = process::kill(h);
+                let _ = process::wait(h);
             }
+            for (i, &pid) in spawn.pids.iter().enumerate() {
+                if pid > 0 && !g.reaped[i] {
+                    g.reaped[i] = true;
+                    let _ = process::wait(pid);
+                }
+            }
+            ended.push(g.timeline.as_ref().clone());
         }
+        for t in ended {
+            self.clones.keep_timeline(t);
+        }
+    }
+}
+
+fn empty_timeline() -> super::CloneTimeline {
+    super::CloneTimeline {
+        ticket: 0,
+        granted: 0,
+        descriptor_bytes: 0,
+        remote_clones: 0,
+        requested_at: Duration::ZERO,
+        request_to_resumed: Duration::ZERO,
+        request_to_joined: None,
+        clones: Vec::new(),
     }
 }
 
@@ -193,9 +229,67 @@ fn failed(status: CloneStatus, detail: String) -> Joined {
     }
 }
 
-/// Waits for every clone of the group and builds the join record.
-fn collect(g: &mut Group, console: &mut dyn std::io::Write) -> (Vec<u8>, Vec<CloneSummary>) {
+/// Waits until every report pipe has data or an end, or `deadline`; false
+/// if the deadline came first.
+fn wait_reports(fds: &[OwnedFd], deadline: Option<Instant>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        polls.retain(|p| p.revents == 0);
+        if polls.is_empty() {
+            return true;
+        }
+        let wait_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                left.as_millis().min(i32::MAX as u128) as i32 + 1
+            }
+        };
+        // SAFETY: `polls` is a valid array of pollfds for its length.
+        let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, wait_ms) };
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
+}
+
+/// Waits for every clone of the group (until `deadline`: then the rest are
+/// killed and reported `TimedOut`) and builds the join record; also says
+/// whether the deadline passed.
+fn collect(
+    g: &mut Group,
+    console: &mut dyn std::io::Write,
+    deadline: Option<Instant>,
+) -> (Vec<u8>, Vec<CloneSummary>, bool) {
     let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
+    let mut timed_out = !wait_reports(&g.results, deadline);
+    if let Some(r) = g.remote.as_mut() {
+        while !timed_out && !r.done() {
+            let left = deadline.map_or(Duration::from_millis(100), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                timed_out = true;
+                break;
+            }
+            r.pump(left.min(Duration::from_millis(100)));
+            r.show_console(console);
+        }
+    }
+    if timed_out {
+        kill_group(g);
+    }
     let reports: Vec<Option<CloneReport>> = g
         .results
         .iter()
@@ -213,6 +307,7 @@ fn collect(g: &mut Group, console: &mut dyn std::io::Write) -> (Vec<u8>, Vec<Clo
         };
         let j = match report {
             Some(r) if r.id == id => from_report(r),
+            _ if timed_out => failed(CloneStatus::TimedOut, DEADLINE_PASSED.into()),
             _ if g.killed => failed(CloneStatus::Killed, "killed by the parent's kill".into()),
             _ => failed(
                 CloneStatus::Lost,
@@ -228,10 +323,13 @@ fn collect(g: &mut Group, console: &mut dyn std::io::Write) -> (Vec<u8>, Vec<Clo
         joined.insert(id, j);
     }
     if let Some(r) = g.remote.as_mut() {
-        r.collect(console);
+        if !timed_out {
+            r.collect(console);
+        }
         for &id in &r.ids.clone() {
             let j = match r.reports.remove(&id) {
                 Some(rep) => from_report(rep),
+                None if timed_out => failed(CloneStatus::TimedOut, DEADLINE_PASSED.into()),
                 None if g.killed => {
                     failed(CloneStatus::Killed, "killed by the parent's kill".into())
                 }
@@ -246,6 +344,7 @@ fn collect(g: &mut Group, console: &mut dyn std::io::Write) -> (Vec<u8>, Vec<Clo
     if let Some(h) = spawn.holder {
         let _ = process::kill(h);
         let _ = process::wait(h);
+        g.holder = None;
     }
     let mut record = Vec::new();
     let mut summaries = Vec::with_capacity(joined.len());
@@ -273,5 +372,7 @@ fn collect(g: &mut Group, console: &mut dyn std::io::Write) -> (Vec<u8>, Vec<Clo
             memory: r.and_then(|r| r.memory.clone()),
         });
     }
-    (record, summaries)
+    (record, summaries, timed_out)
 }
+
+const DEADLINE_PASSED: &str = "the run's --timeout passed while the parent waited in join";

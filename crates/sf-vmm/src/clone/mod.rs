@@ -11,6 +11,11 @@
 //! and waits for its exit status. Every clone dies with its parent
 //! (PR_SET_PDEATHSIG), so killing a clone also kills the clones it made, and
 //! no clone outlives the VM that made it.
+//!
+//! Limits hold for a whole clone family, not per VM: a VM's clone budget
+//! counts all its live descendants, and each clone gets a share of its
+//! parent's budget (see [`tickets`]); the run's deadline is the family's,
+//! inherited by every clone (remote ones get the time left).
 
 pub(crate) mod fork;
 pub mod host;
@@ -27,12 +32,22 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 use tickets::Tickets;
 
-/// Default limit on clones one VM may have outstanding: 16 per host CPU,
-/// between 8 and 256.
+/// The most live clones one family may have, whatever is asked: each is a
+/// VMM process, and with 256 of them a 2-CPU host still answers in
+/// milliseconds (a clone bomb measured without a limit made 6,867).
+pub const MAX_CLONES_LIMIT: u32 = 256;
+
+/// Default budget of a VM family's live clones (all nested levels): 16 per
+/// host CPU, between 8 and 256.
 pub fn default_max_clones() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    (cpus * 16).clamp(8, 256)
+    (cpus * 16).clamp(8, MAX_CLONES_LIMIT)
 }
+
+/// How many timelines of past clone calls a VM keeps (the most recent):
+/// they are for demos and benchmarks, and a guest that clones 10,000 times
+/// must not make its VMM grow (or every later fork copy more).
+pub const TIMELINES_KEPT: usize = 64;
 
 /// The running clones of one ticket, from the parent's side.
 pub struct Group {
@@ -55,8 +70,21 @@ pub struct Group {
     pub remote: Option<remote::RemoteGroup>,
     pub killed: bool,
     pub request: Instant,
-    /// Index into the VM's clone timelines.
-    pub timeline: usize,
+    /// Budget handed down to the clones (each got `delegated / granted`),
+    /// counted against this VM's budget until the ticket is released.
+    pub delegated: u32,
+    /// This call's timeline, completed at the join.
+    pub timeline: Box<CloneTimeline>,
+}
+
+impl Group {
+    /// Every process of this group the VMM knows (clones, memory holder).
+    pub fn known_pids(&self) -> impl Iterator<Item = i32> + '_ {
+        std::iter::once(self.first)
+            .chain(self.pids.iter().copied())
+            .chain(self.holder)
+            .filter(|&p| p > 0)
+    }
 }
 
 /// Whether this VMM process runs the original VM or a clone.
@@ -127,21 +155,30 @@ pub struct CloneTimeline {
 pub struct CloneHost {
     pub tickets: Tickets,
     pub role: Role,
-    pub max_clones: u32,
     /// "2.1" for clone 1 of clone 2; empty for the root VM.
     pub path: String,
-    pub timelines: Vec<CloneTimeline>,
+    /// The last [`TIMELINES_KEPT`] joined clone calls, oldest first.
+    pub timelines: std::collections::VecDeque<CloneTimeline>,
 }
 
 impl CloneHost {
-    pub fn new(max_clones: u32) -> CloneHost {
+    /// `budget`: the most live descendants this VM may have (clamped to
+    /// [`MAX_CLONES_LIMIT`], also when it comes from another host).
+    pub fn new(budget: u32) -> CloneHost {
         CloneHost {
-            tickets: Tickets::new(max_clones),
+            tickets: Tickets::new(budget.min(MAX_CLONES_LIMIT)),
             role: Role::Root,
-            max_clones,
             path: String::new(),
-            timelines: Vec::new(),
+            timelines: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Keeps a finished call's timeline, forgetting the oldest beyond the cap.
+    pub fn keep_timeline(&mut self, t: CloneTimeline) {
+        if self.timelines.len() == TIMELINES_KEPT {
+            self.timelines.pop_front();
+        }
+        self.timelines.push_back(t);
     }
 
     pub fn is_clone(&self) -> bool {

@@ -180,3 +180,94 @@ pub fn memory_usage() -> (u64, u64) {
         field("Private_Clean:") + field("Private_Dirty:"),
     )
 }
+
+/// Makes this process the reaper of orphaned descendants: a clone killed
+/// with clones of its own leaves them to the nearest subreaper, and without
+/// this that is PID 1 (they stayed zombies there). The root VMM sets it so it
+/// can reap its whole family before it exits.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Children of this process (from /proc), living or zombie.
+fn children() -> Vec<i32> {
+    let tid = getpid();
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Reaps ended children that are not in `known` (orphans adopted as the
+/// subreaper), leaving the clones this VMM still tracks to their own wait.
+/// Does nothing unless this process is the subreaper.
+pub fn reap_strays(known: &[i32]) {
+    if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    for pid in children() {
+        if !known.contains(&pid) && is_zombie(pid) {
+            let mut status = 0;
+            // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        }
+    }
+}
+
+/// At the end of the VMM: every child left (all were killed, so all are
+/// ending) is waited for, for up to `grace`. Only the subreaper does this:
+/// elsewhere (tests, benchmarks) other code may own children of its own.
+pub fn reap_all(grace: std::time::Duration) {
+    if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let until = std::time::Instant::now() + grace;
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r > 0 {
+            continue;
+        }
+        if r < 0 || std::time::Instant::now() >= until {
+            return;
+        }
+        // Killed children (and orphans on their way here) are still ending.
+        for pid in children() {
+            let _ = kill(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Waits for child `pid` if it has ended, without blocking.
+pub fn try_wait(pid: i32) -> Option<ExitStatus> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (r == pid).then(|| ExitStatus::from_raw(status))
+}
+
+/// One line on stderr, ignoring failure: a full disk or a closed stderr
+/// must not turn into a panic (which reads as "guest panicked", exit 101).
+pub fn note(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}

@@ -438,7 +438,7 @@ impl RemoteGroup {
         self.console_dropped += (bytes.len() - take) as u64;
     }
 
-    fn show_console(&mut self, console: &mut dyn std::io::Write) {
+    pub(crate) fn show_console(&mut self, console: &mut dyn std::io::Write) {
         if !self.console.is_empty() {
             let _ = console.write_all(&self.console);
             let _ = console.flush();

@@ -1,5 +1,15 @@
 //! Ticket bookkeeping: how many clones this VM may still have, and what
 //! each ticket is doing. Pure logic; the processes live in [`super::fork`].
+//!
+//! The budget is a family's, by hierarchical delegation: a VM with budget
+//! `B` may have at most `B` live descendants, all levels together. A ticket
+//! of `m` clones costs `m`; at the clone call each clone inherits a share
+//! `s = (B - reserved) / 2 / m` of what is left (the parent keeps the other
+//! half for its later tickets), so the ticket then costs `m * (1 + s)`. A
+//! clone can itself have at most `s` live descendants, so a family never
+//! exceeds the root's `B`, on this host or any other (the share travels in
+//! the clone request). The parent gets the whole cost back when the ticket
+//! is released after `join`. A ticket that cannot be granted gets `Again`.
 
 use super::Group;
 use sf_abi::hypercall::Error as HcError;
@@ -10,33 +20,57 @@ pub enum TicketState {
     Reserved { granted: u32 },
     /// Clones are running (or done, not yet joined).
     Cloned(Box<Group>),
-    /// Joined; the record waits for the guest to fetch it.
-    Joined { granted: u32, record: Vec<u8> },
+    /// Joined; the record waits for the guest to fetch it. `cost`: the
+    /// budget the ticket still holds.
+    Joined { cost: u32, record: Vec<u8> },
 }
 
 impl TicketState {
-    fn granted(&self) -> u32 {
+    /// How much of the VM's budget this ticket holds.
+    fn cost(&self) -> u32 {
         match self {
-            TicketState::Reserved { granted } | TicketState::Joined { granted, .. } => *granted,
-            TicketState::Cloned(g) => g.granted,
+            TicketState::Reserved { granted } => *granted,
+            TicketState::Joined { cost, .. } => *cost,
+            TicketState::Cloned(g) => g.granted + g.delegated,
         }
     }
 }
 
 pub struct Tickets {
     next_id: u32,
-    max_clones: u32,
+    budget: u32,
     reserved: u32,
     map: BTreeMap<u32, TicketState>,
 }
 
 impl Tickets {
-    pub fn new(max_clones: u32) -> Tickets {
+    pub fn new(budget: u32) -> Tickets {
         Tickets {
             next_id: 1,
-            max_clones,
+            budget,
             reserved: 0,
             map: BTreeMap::new(),
+        }
+    }
+
+    /// The budget each of `granted` clones inherits if they are forked now.
+    pub fn share(&self, granted: u32) -> u32 {
+        (self.budget - self.reserved) / 2 / granted.max(1)
+    }
+
+    /// Ticket `id` has cloned: its group (with `delegated` set) replaces the
+    /// reservation, and the delegated budget is held until release.
+    pub fn cloned(&mut self, id: u32, group: Box<Group>) {
+        self.reserved += group.delegated;
+        debug_assert!(self.reserved <= self.budget);
+        self.map.insert(id, TicketState::Cloned(group));
+    }
+
+    /// Ticket `id` is joined: it keeps its cost until the record is fetched.
+    pub fn joined(&mut self, id: u32, record: Vec<u8>) {
+        if let Some(t) = self.map.get_mut(&id) {
+            let cost = t.cost();
+            *t = TicketState::Joined { cost, record };
         }
     }
 
@@ -45,7 +79,7 @@ impl Tickets {
         if n == 0 {
             return Err(HcError::Invalid);
         }
-        let available = self.max_clones - self.reserved;
+        let available = self.budget - self.reserved;
         if available == 0 {
             return Err(HcError::Again);
         }
@@ -70,14 +104,10 @@ impl Tickets {
         self.map.get_mut(&id).ok_or(HcError::NoEntry)
     }
 
-    pub fn set(&mut self, id: u32, state: TicketState) {
-        self.map.insert(id, state);
-    }
-
     /// Forgets a ticket and frees its clones for new requests.
     pub fn release(&mut self, id: u32) -> Option<TicketState> {
         let t = self.map.remove(&id)?;
-        self.reserved -= t.granted();
+        self.reserved -= t.cost();
         Some(t)
     }
 
@@ -107,18 +137,37 @@ mod tests {
     }
 
     #[test]
+    fn shares_never_let_a_family_exceed_its_budget() {
+        // Walk a worst-case family: every VM takes all it can, one clone
+        // per ticket (the deepest chain) and wide tickets (the widest).
+        fn live(budget: u32, width: u32) -> u32 {
+            let mut t = Tickets::new(budget);
+            let mut total = 0;
+            while let Ok((_, g)) = t.request(width as u64) {
+                let s = t.share(g);
+                t.reserved += s * g;
+                total += g + g * live(s, width);
+            }
+            assert!(t.reserved <= budget);
+            total
+        }
+        for budget in [0, 1, 2, 3, 8, 32, 256] {
+            for width in [1, 2, 4, 1000] {
+                let n = live(budget, width);
+                assert!(n <= budget, "budget {budget} width {width}: {n} live");
+            }
+        }
+        assert_eq!(Tickets::new(2).share(2), 0);
+        assert_eq!(Tickets::new(32).share(1), 16);
+    }
+
+    #[test]
     fn ticket_states_gate_the_calls() {
         let mut t = Tickets::new(8);
         let (id, g) = t.request(3).unwrap();
         assert_eq!(t.reserved(id), Ok(g));
         assert_eq!(t.reserved(id + 1), Err(HcError::NoEntry));
-        t.set(
-            id,
-            TicketState::Joined {
-                granted: g,
-                record: vec![],
-            },
-        );
+        t.joined(id, vec![]);
         assert_eq!(t.reserved(id), Err(HcError::Busy));
         assert!(t.release(id).is_some());
         assert_eq!(t.reserved(id), Err(HcError::NoEntry));

@@ -22,6 +22,18 @@
 //!   `k` starts `(k-1) * stagger` ms late) and returns a checksum the parent
 //!   verifies (memory served on demand, pushed to siblings, and what happens
 //!   when the server goes away).
+//! - `bomb n=4 depth=6 hold=300`: a clone bomb: every VM asks for `n` more
+//!   clones, down to `depth` levels, holds `hold` ms, then joins; prints
+//!   how many VMs ran and how many asks got `Again`.
+//! - `chain depth=10 ms=1000`: each VM busy-waits `ms`, then makes one clone
+//!   that does the same and waits for it in `join` (a timeout chain).
+//! - `many n=3000 kind=panic|exit`: `n` clone+join calls of one clone each;
+//!   prints the time per call of the first and last 500 calls.
+//! - `orphans n=2 depth=2`: clones (which clone too) spin; the root exits
+//!   without joining them.
+//! - `killtree rounds=20`: each round makes a clone that makes two clones of
+//!   its own, all spinning, then kills and joins it; then holds `hold` ms.
+//! - `flood`: prints lines forever.
 #![no_std]
 #![no_main]
 
@@ -530,6 +542,175 @@ fn scan(c: &mut Check) {
     );
 }
 
+/// Counts of one bomb subtree: VMs in it, asks refused with `Again`,
+/// deepest level reached.
+fn bomb_level(n: u64, depth: u64, hold: u64, level: u64) -> [u64; 3] {
+    let mut total = [1, 0, level];
+    if level >= depth {
+        busy_wait_ms(hold);
+        return total;
+    }
+    let mut tickets = Vec::new();
+    // Keep asking until refused: a bomb takes all it can get.
+    loop {
+        match clone::request_ticket(n) {
+            Err(sf_guest::hypercall_error::Again) => {
+                total[1] += 1;
+                break;
+            }
+            Err(e) => {
+                println!("bomb: request_ticket failed: {e:?}");
+                break;
+            }
+            Ok(t) => {
+                let id = match clone::clone(&t) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        println!("bomb: clone failed: {e:?}");
+                        break;
+                    }
+                };
+                if id != 0 {
+                    let sub = bomb_level(n, depth, hold, level + 1);
+                    done_in_clone(0, &bytes(&sub));
+                }
+                tickets.push(t);
+            }
+        }
+    }
+    busy_wait_ms(hold);
+    for t in &tickets {
+        for r in clone::join(t).unwrap_or_default() {
+            let w = words(&r.result);
+            if w.len() == 3 {
+                total[0] += w[0];
+                total[1] += w[1];
+                total[2] = total[2].max(w[2]);
+            }
+        }
+    }
+    total
+}
+
+fn bomb() {
+    let (n, depth, hold) = (arg_u64("n", 4), arg_u64("depth", 6), arg_u64("hold", 300));
+    let [vms, again, deepest] = bomb_level(n, depth, hold, 0);
+    println!("bomb: {vms} VMs ran, {again} asks got Again, deepest level {deepest}");
+}
+
+fn chain() {
+    let (depth, ms) = (arg_u64("depth", 10), arg_u64("ms", 1000));
+    let mut level = 0;
+    loop {
+        println!("chain: level {level} working");
+        busy_wait_ms(ms);
+        if level >= depth {
+            break;
+        }
+        let t = ticket(1);
+        if fork(&t) == 0 {
+            let rs = clone::join(&t).unwrap_or_default();
+            print_results(&rs);
+            break;
+        }
+        level += 1;
+    }
+    if level > 0 {
+        done_in_clone(0, &bytes(&[level]));
+    }
+    println!("chain: done");
+}
+
+fn many() {
+    let n = arg_u64("n", 3000).max(1000);
+    let panic = env::arg("kind") != Some("exit");
+    let window = 500;
+    let (mut first, mut last, mut recent) = (0u64, 0u64, 0u64);
+    for call in 1..=n {
+        let start = sf_guest::time::now_ns();
+        let t = ticket(1);
+        if fork(&t) != 0 {
+            if panic {
+                panic!("clone of call {call} panics on purpose");
+            }
+            done_in_clone(0, &[]);
+        }
+        let rs = clone::join(&t).unwrap_or_default();
+        if rs.len() != 1 {
+            println!("many: call {call} joined {} clones", rs.len());
+            sf_guest::exit(1);
+        }
+        let took = sf_guest::time::now_ns() - start;
+        if call <= window {
+            first += took;
+        }
+        if call > n - window {
+            last += took;
+        }
+        recent += took;
+        if call % window == 0 {
+            println!("many: call {call} ({} us/call)", recent / window / 1000);
+            recent = 0;
+        }
+    }
+    println!(
+        "many: {n} calls; first {window}: {} us/call, last {window}: {} us/call",
+        first / window / 1000,
+        last / window / 1000
+    );
+    sf_guest::console::flush();
+    busy_wait_ms(arg_u64("hold", 300));
+}
+
+fn orphans() {
+    let (n, depth) = (arg_u64("n", 2), arg_u64("depth", 2));
+    let mut level = 0;
+    while level < depth {
+        let t = ticket(n);
+        if fork(&t) == 0 {
+            break;
+        }
+        level += 1;
+    }
+    if level == 0 {
+        // Give every clone time to start, then leave without joining.
+        busy_wait_ms(arg_u64("ms", 500));
+        println!("orphans: root exits");
+        sf_guest::exit(0);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+fn killtree() {
+    let rounds = arg_u64("rounds", 20);
+    for _ in 0..rounds {
+        let t = ticket(1);
+        if fork(&t) != 0 {
+            let t2 = ticket(2);
+            fork(&t2);
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        busy_wait_ms(100);
+        let _ = clone::kill(&t);
+        let _ = clone::join(&t);
+    }
+    println!("killtree: {rounds} rounds done");
+    sf_guest::console::flush();
+    busy_wait_ms(arg_u64("hold", 1000));
+}
+
+fn flood() -> ! {
+    let mut i = 0u64;
+    loop {
+        println!("flood line {i} ................................................................");
+        i += 1;
+    }
+}
+
 fn main() -> i32 {
     let scenario = env::args().next().unwrap_or("");
     let mut c = Check { failures: 0 };
@@ -544,6 +725,12 @@ fn main() -> i32 {
         "fill" => fill(),
         "slow" => slow(&mut c),
         "scan" => scan(&mut c),
+        "bomb" => bomb(),
+        "chain" => chain(),
+        "many" => many(),
+        "orphans" => orphans(),
+        "flood" => flood(),
+        "killtree" => killtree(),
         _ => {
             println!("forktest: unknown scenario {scenario:?}; see the source for the list");
             return 2;
