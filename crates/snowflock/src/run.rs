@@ -102,9 +102,33 @@ pub struct RunArgs {
     /// Internal: the address other hosts reach this one at.
     #[arg(long, value_name = "IP", hide = true)]
     advertise: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// How a VMM process sandboxes itself after set-up.
+#[derive(clap::Args)]
+pub struct SandboxArgs {
+    /// Run without the seccomp filter and without dropping root (for
+    /// debugging only: a compromised VMM then has the host's root).
+    #[arg(long)]
+    no_sandbox: bool,
+    /// The user the VMM becomes after set-up, UID or UID:GID.
+    #[arg(long, value_name = "UID[:GID]", default_value = "65534:65534")]
+    sandbox_user: sf_vmm::sandbox::Credentials,
+}
+
+impl SandboxArgs {
+    /// The policy, or none with --no-sandbox. `keep_uid`: the VMM must stay
+    /// the same user (it drops every capability instead).
+    pub fn policy(&self, keep_uid: bool) -> Option<sf_vmm::sandbox::Policy> {
+        (!self.no_sandbox).then(|| sf_vmm::sandbox::Policy {
+            user: (!keep_uid).then_some(self.sandbox_user),
+        })
+    }
 }
 
 /// The guest called `name` that ships with SnowFlock.
@@ -142,6 +166,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         );
     }
     let image = load_image(&a.guest)?;
+    // Under a daemon, clone placement asks the daemon over its root-owned
+    // Unix socket, so the runner keeps its user ID (with no capabilities)
+    // until placement moves into the VMM.
+    let policy = a.sandbox.policy(a.control_socket.is_some());
     let cfg = VmConfig {
         mem_size: a.mem,
         vcpus: a.vcpus,
@@ -159,6 +187,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         }),
     };
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
+    if let Some(p) = &policy {
+        sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::Runner, p)?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let report = vm.run(&mut out)?;
