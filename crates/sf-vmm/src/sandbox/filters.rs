@@ -137,6 +137,7 @@ fn base(l: &mut Vec<Entry>) {
     allow!(l, SYS_clock_nanosleep, "thread::sleep (heartbeats, polling)");
     allow!(l, SYS_nanosleep, "thread::sleep on older glibc");
     allow!(l, SYS_getrandom, "guest reseeds at a clone, group tokens, TLS keys");
+    allow!(l, SYS_eventfd2, "wake-ups between threads (page server, fault handler)");
     allow!(l, SYS_poll, "waiting for clone reports, sockets, userfaultfd");
     allow!(l, SYS_ppoll, "glibc's poll on some versions");
     allow!(l, SYS_exit, "a thread ends");
@@ -153,6 +154,11 @@ fn threads_only(l: &mut Vec<Entry>) {
 
 /// What a new thread does first.
 fn thread_start(l: &mut Vec<Entry>) {
+    // glibc's own real-time signals: SIGCANCEL (32) and SIGSETXID (33).
+    allow!(l, SYS_rt_sigaction if one_of(0, &[32, 33]),
+        "glibc installs its thread-cancel and set-ID handlers at the first thread start");
+    allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_NAME as u64]),
+        "std names threads (page-server connections)");
     allow!(l, SYS_set_robust_list, "every new thread registers its robust futex list");
     allow!(l, SYS_rseq, "every new thread registers restartable sequences");
 }
@@ -188,8 +194,10 @@ fn runner(l: &mut Vec<Entry>) {
     allow!(l, SYS_wait4, "reaping clones");
     allow!(l, SYS_kill if one_of(1, &[libc::SIGKILL as u64]),
         "killing this VM's own clones (they run as the same user)");
-    allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_PDEATHSIG as u64]),
-        "a new clone dies with its parent");
+    allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_PDEATHSIG as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
+        "a new clone dies with its parent; a memory holder sets no-new-privs (already set) to stack its filter");
+    allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
+        "a forked memory holder stacks its tighter filter (a filter can only narrow)");
     allow!(l, SYS_pipe2, "report and PID pipes of a clone call");
     allow!(l, SYS_timer_create, "the run timeout (re-armed in every clone)");
     allow!(l, SYS_timer_settime, "the run timeout");
@@ -230,9 +238,9 @@ fn clone_host(l: &mut Vec<Entry>) {
     allow!(l, SYS_socket if one_of(0, &[libc::AF_INET as u64, libc::AF_INET6 as u64]),
         "the one reconnect to the memory holder");
     let mut rules = kvm_ioctls(true);
-    rules.extend(one_of(1, &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE]));
+    rules.extend(one_of(1, &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_UNREGISTER]));
     allow!(l, SYS_ioctl if rules,
-        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread");
+        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone");
     allow!(l, SYS_ftruncate, "cuts the counters file (opened at set-up) to length");
     allow!(l, SYS_tgkill if one_of(2, &[libc::SIGALRM as u64]),
         "the fault thread kicks the vCPU thread out of KVM_RUN when memory fails");
@@ -317,10 +325,11 @@ fn clone3_enosys() -> [seccompiler::sock_filter; 3] {
 }
 
 // userfaultfd requests (linux/userfaultfd.h): _IOWR(0xAA, 3, uffdio_copy),
-// _IOWR(0xAA, 4, uffdio_zeropage), _IOR(0xAA, 2, uffdio_range).
+// _IOWR(0xAA, 4, uffdio_zeropage), _IOR(0xAA, 2 and 1, uffdio_range).
 const UFFDIO_COPY: u64 = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: u64 = 0xc020_aa04;
 const UFFDIO_WAKE: u64 = 0x8010_aa02;
+const UFFDIO_UNREGISTER: u64 = 0x8010_aa01;
 
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr

@@ -132,7 +132,10 @@ pub fn narrow(role: Role) -> Result<(), SandboxError> {
         sigsys::set_role(role);
         return Ok(());
     }
-    install(role, &compile(role)?)
+    let prog = compile(role)?;
+    // The SIGSYS handler is inherited; only the role's name changes.
+    sigsys::set_role(role);
+    apply(role, &prog)
 }
 
 fn compile(role: Role) -> Result<seccompiler::BpfProgram, SandboxError> {
@@ -149,6 +152,10 @@ fn compile(role: Role) -> Result<seccompiler::BpfProgram, SandboxError> {
 /// so a test may call it in a child forked from a threaded process.
 fn install(role: Role, prog: &seccompiler::BpfProgram) -> Result<(), SandboxError> {
     sigsys::install(role).map_err(SandboxError::Handler)?;
+    apply(role, prog)
+}
+
+fn apply(role: Role, prog: &seccompiler::BpfProgram) -> Result<(), SandboxError> {
     seccompiler::apply_filter_all_threads(prog).map_err(|source| SandboxError::Install {
         role: role.name(),
         source,

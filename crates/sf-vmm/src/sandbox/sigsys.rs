@@ -51,7 +51,7 @@ pub(super) fn install(role: Role) -> std::io::Result<()> {
 
 /// A fixed-size line buffer; no allocation in a signal handler.
 struct Line {
-    buf: [u8; 160],
+    buf: [u8; 256],
     len: usize,
 }
 
@@ -77,10 +77,11 @@ impl Line {
     }
 }
 
-/// The line for a trapped call `nr`.
-pub(super) fn message(nr: i64, role: &str) -> ([u8; 160], usize) {
+/// The line for a trapped call `nr` with its first two arguments (which
+/// tell an ioctl request, a socket family or a signal apart).
+pub(super) fn message(nr: i64, args: [u64; 2], role: &str) -> ([u8; 256], usize) {
     let mut l = Line {
-        buf: [0; 160],
+        buf: [0; 256],
         len: 0,
     };
     let name = usize::try_from(nr)
@@ -95,11 +96,15 @@ pub(super) fn message(nr: i64, role: &str) -> ([u8; 160], usize) {
     l.push(name.as_bytes());
     l.push(b") is not allowed for the ");
     l.push(role.as_bytes());
-    l.push(b" role\n");
+    l.push(b" role (arguments ");
+    l.push_number(args[0]);
+    l.push(b", ");
+    l.push_number(args[1]);
+    l.push(b")\n");
     (l.buf, l.len)
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel hands a valid siginfo for SIGSYS, whose `_sigsys`
     // member holds the trapped call's number at SI_SYSCALL_OFFSET.
     let nr = unsafe {
@@ -108,7 +113,16 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
             .cast::<i32>()
             .read_unaligned()
     };
-    let (buf, len) = message(nr as i64, role_name());
+    // SAFETY: with SA_SIGINFO the third argument is the interrupted
+    // context; its saved rdi and rsi are the call's first two arguments.
+    let args = unsafe {
+        let g = &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+        [
+            g[libc::REG_RDI as usize] as u64,
+            g[libc::REG_RSI as usize] as u64,
+        ]
+    };
+    let (buf, len) = message(nr as i64, args, role_name());
     // SAFETY: raw write(2) and syscall(2) are async-signal-safe; `buf`
     // holds `len` initialized bytes.
     unsafe {
