@@ -192,12 +192,6 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let policy = a.sandbox.policy(false);
-    let code = sf_vmm::clone::host::run(
-        &req,
-        a.id,
-        a.stats.as_deref(),
-        &mut out,
-        policy.as_ref(),
-    )?;
+    let code = sf_vmm::clone::host::run(&req, a.id, a.stats.as_deref(), &mut out, policy.as_ref())?;
     Ok(code as u8)
 }

@@ -119,6 +119,10 @@ pub struct SandboxArgs {
     /// The user the VMM becomes after set-up, UID or UID:GID.
     #[arg(long, value_name = "UID[:GID]", default_value = "65534:65534")]
     sandbox_user: sf_vmm::sandbox::Credentials,
+    /// Check the sandbox on this host: once set up, try an execve(2) as a
+    /// compromised VMM would; the sandbox must kill the VMM (SIGSYS).
+    #[arg(long, hide = true)]
+    sandbox_selftest: bool,
 }
 
 impl SandboxArgs {
@@ -189,6 +193,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
     if let Some(p) = &policy {
         sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::Runner, p)?;
+    }
+    if a.sandbox.sandbox_selftest {
+        let e = sf_vmm::sandbox::selftest();
+        anyhow::bail!("the sandbox let execve through (it failed only with: {e})");
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

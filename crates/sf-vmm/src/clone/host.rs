@@ -65,7 +65,11 @@ pub fn run(
     // Opened now: after set-up the sandbox opens no files.
     let stats = match stats.map(crate::stats_file::StatsFile::open).transpose() {
         Ok(f) => f.map(Arc::new),
-        Err(e) => return Err(HostError::Request(format!("cannot open the counters file: {e}"))),
+        Err(e) => {
+            return Err(HostError::Request(format!(
+                "cannot open the counters file: {e}"
+            )))
+        }
     };
     // Latencies count from the parent's request where the clocks allow.
     let since_request = req

@@ -43,7 +43,10 @@ fn one_of(arg: u8, values: &[u64]) -> Vec<SeccompRule> {
 
 /// `arg` has none of the bits in `mask`.
 fn none_of(arg: u8, mask: u64) -> Vec<SeccompRule> {
-    vec![SeccompRule::new(vec![cond(arg, Len::Qword, Op::MaskedEq(mask), 0)]).expect("one condition")]
+    vec![
+        SeccompRule::new(vec![cond(arg, Len::Qword, Op::MaskedEq(mask), 0)])
+            .expect("one condition"),
+    ]
 }
 
 /// `arg` has all of the bits in `mask` and none of `forbidden`.
@@ -101,11 +104,19 @@ const NOT_READ_ONLY: u64 = (libc::O_WRONLY
 /// Every role: memory, threads' synchronization, its own fds, time, exit.
 fn base(l: &mut Vec<Entry>) {
     allow!(l, SYS_read, "fds the role owns: pipes, sockets, console");
-    allow!(l, SYS_write, "console, logs, pipes, sockets; the SIGSYS message");
+    allow!(
+        l,
+        SYS_write,
+        "console, logs, pipes, sockets; the SIGSYS message"
+    );
     allow!(l, SYS_readv, "std's vectored reads");
     allow!(l, SYS_writev, "std's vectored writes (eprintln)");
     allow!(l, SYS_pread64, "std reads at offsets");
-    allow!(l, SYS_pwrite64, "the memory counters file, rewritten in place");
+    allow!(
+        l,
+        SYS_pwrite64,
+        "the memory counters file, rewritten in place"
+    );
     allow!(l, SYS_lseek, "std's file handling");
     allow!(l, SYS_close, "every fd the role drops");
     allow!(l, SYS_fcntl if one_of(1, &[
@@ -124,25 +135,69 @@ fn base(l: &mut Vec<Entry>) {
         "thread stack guards; never executable");
     allow!(l, SYS_munmap, "the allocator");
     allow!(l, SYS_mremap, "the allocator (realloc of large buffers)");
-    allow!(l, SYS_madvise, "the allocator returns memory (MADV_DONTNEED)");
+    allow!(
+        l,
+        SYS_madvise,
+        "the allocator returns memory (MADV_DONTNEED)"
+    );
     allow!(l, SYS_futex, "std's locks and condition variables");
     allow!(l, SYS_sched_yield, "std's spin loops");
-    allow!(l, SYS_rt_sigreturn, "return from the SIGALRM and SIGSYS handlers");
-    allow!(l, SYS_rt_sigprocmask, "std and glibc mask signals around thread starts");
-    allow!(l, SYS_sigaltstack, "std's per-thread stack-overflow handler");
+    allow!(
+        l,
+        SYS_rt_sigreturn,
+        "return from the SIGALRM and SIGSYS handlers"
+    );
+    allow!(
+        l,
+        SYS_rt_sigprocmask,
+        "std and glibc mask signals around thread starts"
+    );
+    allow!(
+        l,
+        SYS_sigaltstack,
+        "std's per-thread stack-overflow handler"
+    );
     allow!(l, SYS_getpid, "clone bookkeeping, log lines");
     allow!(l, SYS_gettid, "the watchdog timer targets the vCPU thread");
-    allow!(l, SYS_getppid, "a fresh child checks its parent is still alive");
-    allow!(l, SYS_clock_gettime, "Instant::now when the vDSO falls back");
-    allow!(l, SYS_clock_nanosleep, "thread::sleep (heartbeats, polling)");
+    allow!(
+        l,
+        SYS_getppid,
+        "a fresh child checks its parent is still alive"
+    );
+    allow!(
+        l,
+        SYS_clock_gettime,
+        "Instant::now when the vDSO falls back"
+    );
+    allow!(
+        l,
+        SYS_clock_nanosleep,
+        "thread::sleep (heartbeats, polling)"
+    );
     allow!(l, SYS_nanosleep, "thread::sleep on older glibc");
-    allow!(l, SYS_getrandom, "guest reseeds at a clone, group tokens, TLS keys");
-    allow!(l, SYS_eventfd2, "wake-ups between threads (page server, fault handler)");
-    allow!(l, SYS_poll, "waiting for clone reports, sockets, userfaultfd");
+    allow!(
+        l,
+        SYS_getrandom,
+        "guest reseeds at a clone, group tokens, TLS keys"
+    );
+    allow!(
+        l,
+        SYS_eventfd2,
+        "wake-ups between threads (page server, fault handler)"
+    );
+    allow!(
+        l,
+        SYS_poll,
+        "waiting for clone reports, sockets, userfaultfd"
+    );
     allow!(l, SYS_ppoll, "glibc's poll on some versions");
     allow!(l, SYS_exit, "a thread ends");
     allow!(l, SYS_exit_group, "the process ends");
-    allow!(l, SYS_sched_getaffinity, "std::thread::available_parallelism");
+    allow!(
+        l,
+        SYS_sched_getaffinity,
+        "std::thread::available_parallelism"
+    );
 }
 
 /// A thread (never a process) may be started.
@@ -159,8 +214,16 @@ fn thread_start(l: &mut Vec<Entry>) {
         "glibc installs its thread-cancel and set-ID handlers at the first thread start");
     allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_NAME as u64]),
         "std names threads (page-server connections)");
-    allow!(l, SYS_set_robust_list, "every new thread registers its robust futex list");
-    allow!(l, SYS_rseq, "every new thread registers restartable sequences");
+    allow!(
+        l,
+        SYS_set_robust_list,
+        "every new thread registers its robust futex list"
+    );
+    allow!(
+        l,
+        SYS_rseq,
+        "every new thread registers restartable sequences"
+    );
 }
 
 /// Network sockets of the given address families.
@@ -169,14 +232,26 @@ fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
         "connections of this role, of these families only (no raw or packet sockets)");
     allow!(l, SYS_connect, "connecting the sockets above");
     allow!(l, SYS_getsockopt, "connect_timeout reads SO_ERROR");
-    allow!(l, SYS_setsockopt, "timeouts, TCP_NODELAY, multicast TTL and interface");
-    allow!(l, SYS_getsockname, "local_addr of listeners and connections");
+    allow!(
+        l,
+        SYS_setsockopt,
+        "timeouts, TCP_NODELAY, multicast TTL and interface"
+    );
+    allow!(
+        l,
+        SYS_getsockname,
+        "local_addr of listeners and connections"
+    );
     allow!(l, SYS_getpeername, "peer_addr of connections");
     allow!(l, SYS_sendto, "TCP writes, multicast datagrams");
     allow!(l, SYS_recvfrom, "TCP reads, multicast datagrams");
     allow!(l, SYS_sendmsg, "std's vectored socket writes");
     allow!(l, SYS_recvmsg, "std's vectored socket reads");
-    allow!(l, SYS_shutdown, "closing a connection or stopping a listener");
+    allow!(
+        l,
+        SYS_shutdown,
+        "closing a connection or stopping a listener"
+    );
     allow!(l, SYS_ioctl if one_of(1, &[libc::FIONBIO]), "std's set_nonblocking");
 }
 
@@ -199,7 +274,11 @@ fn runner(l: &mut Vec<Entry>) {
     allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
         "a forked memory holder stacks its tighter filter (a filter can only narrow)");
     allow!(l, SYS_pipe2, "report and PID pipes of a clone call");
-    allow!(l, SYS_timer_create, "the run timeout (re-armed in every clone)");
+    allow!(
+        l,
+        SYS_timer_create,
+        "the run timeout (re-armed in every clone)"
+    );
     allow!(l, SYS_timer_settime, "the run timeout");
     allow!(l, SYS_timer_delete, "the run timeout");
     allow!(l, SYS_rt_sigaction if one_of(0, &[libc::SIGALRM as u64]),
@@ -214,7 +293,11 @@ fn runner(l: &mut Vec<Entry>) {
             libc::AF_INET6 as u64,
         ],
     );
-    allow!(l, SYS_bind, "a clone call's page-server and report listeners (port 0)");
+    allow!(
+        l,
+        SYS_bind,
+        "a clone call's page-server and report listeners (port 0)"
+    );
     allow!(l, SYS_listen, "a clone call's listeners");
     allow!(l, SYS_accept4, "remote clones' report connections");
     allow!(l, SYS_accept, "remote clones' report connections");
@@ -238,10 +321,17 @@ fn clone_host(l: &mut Vec<Entry>) {
     allow!(l, SYS_socket if one_of(0, &[libc::AF_INET as u64, libc::AF_INET6 as u64]),
         "the one reconnect to the memory holder");
     let mut rules = kvm_ioctls(true);
-    rules.extend(one_of(1, &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_UNREGISTER]));
+    rules.extend(one_of(
+        1,
+        &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_UNREGISTER],
+    ));
     allow!(l, SYS_ioctl if rules,
         "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone");
-    allow!(l, SYS_ftruncate, "cuts the counters file (opened at set-up) to length");
+    allow!(
+        l,
+        SYS_ftruncate,
+        "cuts the counters file (opened at set-up) to length"
+    );
     allow!(l, SYS_tgkill if one_of(2, &[libc::SIGALRM as u64]),
         "the fault thread kicks the vCPU thread out of KVM_RUN when memory fails");
 }
@@ -318,9 +408,24 @@ fn clone3_enosys() -> [seccompiler::sock_filter; 3] {
     const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
     [
         // seccomp_data.nr is at offset 0.
-        sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 },
-        sock_filter { code: BPF_JEQ_K, jt: 0, jf: 1, k: libc::SYS_clone3 as u32 },
-        sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
+        sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        sock_filter {
+            code: BPF_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_clone3 as u32,
+        },
+        sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
     ]
 }
 
@@ -346,33 +451,33 @@ fn kvm_ioctls(build: bool) -> Vec<SeccompRule> {
     use kvm_bindings::*;
     use std::mem::size_of;
     let mut req = vec![
-        ioc(NONE, 0x80, 0),                                 // KVM_RUN
-        ioc(R, 0x81, size_of::<kvm_regs>()),                // KVM_GET_REGS
-        ioc(W, 0x82, size_of::<kvm_regs>()),                // KVM_SET_REGS
-        ioc(R, 0x83, size_of::<kvm_sregs>()),               // KVM_GET_SREGS
-        ioc(W, 0x84, size_of::<kvm_sregs>()),               // KVM_SET_SREGS
-        ioc(R | W, 0x88, size_of::<kvm_msrs>()),            // KVM_GET_MSRS
-        ioc(W, 0x89, size_of::<kvm_msrs>()),                // KVM_SET_MSRS
-        ioc(R, 0x8c, size_of::<kvm_fpu>()),                 // KVM_GET_FPU
-        ioc(W, 0x8d, size_of::<kvm_fpu>()),                 // KVM_SET_FPU
-        ioc(R, 0x9f, size_of::<kvm_vcpu_events>()),         // KVM_GET_VCPU_EVENTS
-        ioc(W, 0xa0, size_of::<kvm_vcpu_events>()),         // KVM_SET_VCPU_EVENTS
-        ioc(R, 0xa1, size_of::<kvm_debugregs>()),           // KVM_GET_DEBUGREGS
-        ioc(W, 0xa2, size_of::<kvm_debugregs>()),           // KVM_SET_DEBUGREGS
-        ioc(NONE, 0xa3, 0),                                 // KVM_GET_TSC_KHZ
-        ioc(R, 0xa4, size_of::<kvm_xsave>()),               // KVM_GET_XSAVE
-        ioc(W, 0xa5, size_of::<kvm_xsave>()),               // KVM_SET_XSAVE
-        ioc(R, 0xa6, size_of::<kvm_xcrs>()),                // KVM_GET_XCRS
-        ioc(W, 0xa7, size_of::<kvm_xcrs>()),                // KVM_SET_XCRS
+        ioc(NONE, 0x80, 0),                         // KVM_RUN
+        ioc(R, 0x81, size_of::<kvm_regs>()),        // KVM_GET_REGS
+        ioc(W, 0x82, size_of::<kvm_regs>()),        // KVM_SET_REGS
+        ioc(R, 0x83, size_of::<kvm_sregs>()),       // KVM_GET_SREGS
+        ioc(W, 0x84, size_of::<kvm_sregs>()),       // KVM_SET_SREGS
+        ioc(R | W, 0x88, size_of::<kvm_msrs>()),    // KVM_GET_MSRS
+        ioc(W, 0x89, size_of::<kvm_msrs>()),        // KVM_SET_MSRS
+        ioc(R, 0x8c, size_of::<kvm_fpu>()),         // KVM_GET_FPU
+        ioc(W, 0x8d, size_of::<kvm_fpu>()),         // KVM_SET_FPU
+        ioc(R, 0x9f, size_of::<kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+        ioc(W, 0xa0, size_of::<kvm_vcpu_events>()), // KVM_SET_VCPU_EVENTS
+        ioc(R, 0xa1, size_of::<kvm_debugregs>()),   // KVM_GET_DEBUGREGS
+        ioc(W, 0xa2, size_of::<kvm_debugregs>()),   // KVM_SET_DEBUGREGS
+        ioc(NONE, 0xa3, 0),                         // KVM_GET_TSC_KHZ
+        ioc(R, 0xa4, size_of::<kvm_xsave>()),       // KVM_GET_XSAVE
+        ioc(W, 0xa5, size_of::<kvm_xsave>()),       // KVM_SET_XSAVE
+        ioc(R, 0xa6, size_of::<kvm_xcrs>()),        // KVM_GET_XCRS
+        ioc(W, 0xa7, size_of::<kvm_xcrs>()),        // KVM_SET_XCRS
         libc::FIONBIO,
     ];
     if build {
         req.extend([
-            ioc(NONE, 0x01, 0),                                       // KVM_CREATE_VM
-            ioc(NONE, 0x04, 0),                                       // KVM_GET_VCPU_MMAP_SIZE
-            ioc(NONE, 0x41, 0),                                       // KVM_CREATE_VCPU
-            ioc(W, 0x46, size_of::<kvm_userspace_memory_region>()),   // KVM_SET_USER_MEMORY_REGION
-            ioc(W, 0x90, size_of::<kvm_cpuid2>()),                    // KVM_SET_CPUID2
+            ioc(NONE, 0x01, 0),                                     // KVM_CREATE_VM
+            ioc(NONE, 0x04, 0),                                     // KVM_GET_VCPU_MMAP_SIZE
+            ioc(NONE, 0x41, 0),                                     // KVM_CREATE_VCPU
+            ioc(W, 0x46, size_of::<kvm_userspace_memory_region>()), // KVM_SET_USER_MEMORY_REGION
+            ioc(W, 0x90, size_of::<kvm_cpuid2>()),                  // KVM_SET_CPUID2
         ]);
     }
     one_of(1, &req)

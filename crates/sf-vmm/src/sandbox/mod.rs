@@ -163,3 +163,15 @@ fn apply(role: Role, prog: &seccompiler::BpfProgram) -> Result<(), SandboxError>
     ACTIVE.store(true, Ordering::Relaxed);
     Ok(())
 }
+
+/// What a compromised VMM would try first: execve(2) of a program. Under
+/// the sandbox this kills the process (with the logged line) and never
+/// returns; without it, it returns the error of a failed exec, or replaces
+/// the process with `/bin/true`.
+pub fn selftest() -> std::io::Error {
+    let path = c"/bin/true";
+    let argv = [path.as_ptr(), std::ptr::null()];
+    // SAFETY: a valid path and NULL-terminated argv and envp.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), [std::ptr::null()].as_ptr()) };
+    std::io::Error::last_os_error()
+}

@@ -123,7 +123,15 @@ fn drop_capabilities() -> io::Result<()> {
         }
     }
     // SAFETY: as above.
-    check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) })?;
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })?;
     #[repr(C)]
     struct Header {
         version: u32,

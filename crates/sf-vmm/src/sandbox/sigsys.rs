@@ -104,7 +104,21 @@ pub(super) fn message(nr: i64, args: [u64; 2], role: &str) -> ([u8; 256], usize)
     (l.buf, l.len)
 }
 
+/// `si_code` of a SIGSYS raised by a seccomp filter (not sent by kill(2)).
+const SYS_SECCOMP: i32 = 1;
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel hands a valid siginfo.
+    if unsafe { (*info).si_code } != SYS_SECCOMP {
+        // Sent by another process: no call to name; die of it all the same.
+        let line = b"snowflock: killed by a SIGSYS another process sent (not a seccomp kill)\n";
+        // SAFETY: async-signal-safe raw calls.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len());
+            libc::syscall(DEATH_CALL);
+            libc::_exit(128 + libc::SIGSYS);
+        }
+    }
     // SAFETY: the kernel hands a valid siginfo for SIGSYS, whose `_sigsys`
     // member holds the trapped call's number at SI_SYSCALL_OFFSET.
     let nr = unsafe {

@@ -45,8 +45,13 @@ fn assert_killed(res: (ExitStatus, String), nr: i64, name: &str, role: &str) {
         ExitStatus::Signal(libc::SIGSYS),
         "not killed by SIGSYS; stderr: {stderr}"
     );
-    let want = format!("snowflock: seccomp: syscall {nr} ({name}) is not allowed for the {role} role (arguments ");
-    assert!(stderr.starts_with(&want), "stderr {stderr:?} lacks {want:?}");
+    let want = format!(
+        "snowflock: seccomp: syscall {nr} ({name}) is not allowed for the {role} role (arguments "
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "stderr {stderr:?} lacks {want:?}"
+    );
 }
 
 const BIN_TRUE: &[u8] = b"/bin/true\0";
@@ -54,7 +59,14 @@ const BIN_TRUE: &[u8] = b"/bin/true\0";
 fn execve() -> i32 {
     let argv = [BIN_TRUE.as_ptr(), std::ptr::null()];
     // SAFETY: a valid path and NULL-terminated argv; on success the child is replaced.
-    unsafe { libc::syscall(libc::SYS_execve, BIN_TRUE.as_ptr(), argv.as_ptr(), std::ptr::null::<u8>()) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_execve,
+            BIN_TRUE.as_ptr(),
+            argv.as_ptr(),
+            std::ptr::null::<u8>(),
+        )
+    };
     10
 }
 
@@ -240,7 +252,13 @@ fn clone_host_refuses_unix_sockets_writes_to_paths_and_executable_memory() {
     assert_killed(
         host_child(|| {
             // SAFETY: a valid NUL-terminated path.
-            unsafe { libc::open(c"/tmp/sandbox-must-not-exist".as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600) };
+            unsafe {
+                libc::open(
+                    c"/tmp/sandbox-must-not-exist".as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT,
+                    0o600,
+                )
+            };
             10
         }),
         libc::SYS_openat,
