@@ -219,6 +219,21 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             t.exits,
             t.hypercalls
         );
+        for c in &report.clones {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            let firsts: Vec<f64> = c
+                .clones
+                .iter()
+                .filter_map(|x| x.first_entry.map(ms))
+                .collect();
+            eprintln!(
+                "snowflock: clone call ({} clones): parent resumed after {:.3} ms | first clone running after {:.3} ms | last {:.3} ms",
+                c.granted,
+                ms(c.request_to_resumed),
+                firsts.iter().copied().fold(f64::INFINITY, f64::min),
+                firsts.iter().copied().fold(0.0, f64::max)
+            );
+        }
     }
     Ok(report.outcome.exit_code() as u8)
 }
