@@ -58,6 +58,25 @@ fn all_but_none_of(arg: u8, mask: u64, forbidden: u64) -> Vec<SeccompRule> {
     .expect("two conditions")]
 }
 
+/// socket(2) of one of `families`, of type stream or datagram (whatever
+/// the SOCK_CLOEXEC/SOCK_NONBLOCK flags).
+fn stream_or_datagram(families: &[u64]) -> Vec<SeccompRule> {
+    const TYPE_MASK: u64 = 0xf;
+    let mut rules = Vec::new();
+    for &f in families {
+        for t in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
+            rules.push(
+                SeccompRule::new(vec![
+                    cond(0, Len::Dword, Op::Eq, f),
+                    cond(1, Len::Dword, Op::MaskedEq(TYPE_MASK), t as u64),
+                ])
+                .expect("two conditions"),
+            );
+        }
+    }
+    rules
+}
+
 macro_rules! allow {
     ($list:expr, $sys:ident, $why:expr) => {
         $list.push(Entry {
@@ -228,8 +247,8 @@ fn thread_start(l: &mut Vec<Entry>) {
 
 /// Network sockets of the given address families.
 fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
-    allow!(l, SYS_socket if one_of(0, families),
-        "connections of this role, of these families only (no raw or packet sockets)");
+    allow!(l, SYS_socket if stream_or_datagram(families),
+        "connections of this role: these families only, stream or datagram (no raw or packet sockets)");
     allow!(l, SYS_connect, "connecting the sockets above");
     allow!(l, SYS_getsockopt, "connect_timeout reads SO_ERROR");
     allow!(
@@ -318,7 +337,7 @@ fn clone_host(l: &mut Vec<Entry>) {
         libc::SYS_ioctl,
     ];
     l.retain(|e| !dropped.contains(&e.nr));
-    allow!(l, SYS_socket if one_of(0, &[libc::AF_INET as u64, libc::AF_INET6 as u64]),
+    allow!(l, SYS_socket if stream_or_datagram(&[libc::AF_INET as u64, libc::AF_INET6 as u64]),
         "the one reconnect to the memory holder");
     let mut rules = kvm_ioctls(true);
     rules.extend(one_of(

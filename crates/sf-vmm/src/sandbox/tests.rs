@@ -104,6 +104,17 @@ fn runner_dies_logged_on_execve_ptrace_and_packet_sockets() {
         "socket",
         "runner",
     );
+    assert_killed(
+        in_child(|| {
+            sandboxed(Role::Runner, &p);
+            // SAFETY: socket(2) with integer arguments.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            10
+        }),
+        libc::SYS_socket,
+        "socket",
+        "runner",
+    );
 }
 
 #[test]
