@@ -39,6 +39,8 @@ pub enum Error {
     Descriptor(#[from] crate::descriptor::DescriptorError),
     #[error("remote memory: {0}")]
     Remote(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 impl Error {

@@ -93,7 +93,7 @@ pub struct Vm {
     /// Guest RAM filled on demand from another host (a remote clone).
     pub(crate) remote_memory: Option<crate::remote::RemoteMemory>,
     /// Where a remote clone keeps its memory counters for the daemon.
-    pub(crate) stats_file: Option<std::path::PathBuf>,
+    pub(crate) stats_file: Option<std::sync::Arc<crate::stats_file::StatsFile>>,
     alarm: Option<Alarm>,
     /// When the family's time is up (set once, inherited by every clone).
     pub(crate) deadline: Option<Instant>,

@@ -177,6 +177,8 @@ pub struct CloneHostArgs {
     /// Where to keep the memory counters (JSON).
     #[arg(long)]
     stats: Option<PathBuf>,
+    #[command(flatten)]
+    sandbox: crate::run::SandboxArgs,
 }
 
 pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
@@ -189,6 +191,7 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let code = sf_vmm::clone::host::run(&req, a.id, a.stats.as_deref(), &mut out)?;
+    let policy = a.sandbox.policy(false);
+    let code = sf_vmm::clone::host::run(&req, a.id, a.stats.as_deref(), &mut out, policy.as_ref())?;
     Ok(code as u8)
 }

@@ -105,9 +105,37 @@ pub struct RunArgs {
     /// Internal: the address other hosts reach this one at.
     #[arg(long, value_name = "IP", hide = true)]
     advertise: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// How a VMM process sandboxes itself after set-up.
+#[derive(clap::Args)]
+pub struct SandboxArgs {
+    /// Run without the seccomp filter and without dropping root (for
+    /// debugging only: a compromised VMM then has the host's root).
+    #[arg(long)]
+    no_sandbox: bool,
+    /// The user the VMM becomes after set-up, UID or UID:GID.
+    #[arg(long, value_name = "UID[:GID]", default_value = "65534:65534")]
+    sandbox_user: sf_vmm::sandbox::Credentials,
+    /// Check the sandbox on this host: once set up, try an execve(2) as a
+    /// compromised VMM would; the sandbox must kill the VMM (SIGSYS).
+    #[arg(long, hide = true)]
+    sandbox_selftest: bool,
+}
+
+impl SandboxArgs {
+    /// The policy, or none with --no-sandbox. `keep_uid`: the VMM must stay
+    /// the same user (it drops every capability instead).
+    pub fn policy(&self, keep_uid: bool) -> Option<sf_vmm::sandbox::Policy> {
+        (!self.no_sandbox).then(|| sf_vmm::sandbox::Policy {
+            user: (!keep_uid).then_some(self.sandbox_user),
+        })
+    }
 }
 
 /// The guest called `name` that ships with SnowFlock.
@@ -146,6 +174,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     }
     let image = load_image(&a.guest)?;
     let max_clones = clamp_max_clones(a.max_clones);
+    // Under a daemon, clone placement asks the daemon over its root-owned
+    // Unix socket, so the runner keeps its user ID (with no capabilities)
+    // until placement moves into the VMM.
+    let policy = a.sandbox.policy(a.control_socket.is_some());
     let cfg = VmConfig {
         mem_size: a.mem,
         vcpus: a.vcpus,
@@ -170,6 +202,13 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         ));
     }
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
+    if let Some(p) = &policy {
+        sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::Runner, p)?;
+    }
+    if a.sandbox.sandbox_selftest {
+        let e = sf_vmm::sandbox::selftest();
+        anyhow::bail!("the sandbox let execve through (it failed only with: {e})");
+    }
     // Not std's stdout: its writers retry interrupted writes forever, and a
     // reader that stops reading must not stop the timeout. On a terminal the
     // guest's console is escaped (sf_vmm::sanitize says why); into a pipe or
@@ -200,6 +239,21 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             t.exits,
             t.hypercalls
         ));
+        for c in &report.clones {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            let firsts: Vec<f64> = c
+                .clones
+                .iter()
+                .filter_map(|x| x.first_entry.map(ms))
+                .collect();
+            note(&format!(
+                "snowflock: clone call ({} clones): parent resumed after {:.3} ms | first clone running after {:.3} ms | last {:.3} ms",
+                c.granted,
+                ms(c.request_to_resumed),
+                firsts.iter().copied().fold(f64::INFINITY, f64::min),
+                firsts.iter().copied().fold(0.0, f64::max)
+            ));
+        }
     }
     Ok(report.outcome.exit_code() as u8)
 }

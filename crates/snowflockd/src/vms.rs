@@ -135,6 +135,17 @@ impl Daemon {
                 e.info.exit_code = code;
             }
             tracing::info!(%id, ?code, "VMM exited");
+            if code == Some(128 + libc::SIGSYS) {
+                // The VMM's sandbox killed it; its log has the call's name.
+                let log = me.vms.lock().expect("state lock")[&id].log.clone();
+                let why = tail(&log, 4096);
+                let line = why
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("seccomp:"))
+                    .unwrap_or("no seccomp line in its log");
+                tracing::warn!(%id, "VMM killed by its seccomp sandbox: {line}");
+            }
             let _ = done_tx.send(code);
         });
         // A VMM that cannot even start (bad image, bad size) ends at once:

@@ -313,6 +313,8 @@ impl Vm {
         self.replace_vm(vm_fd, vcpu);
         self.reseed();
         self.console.set_prefix(format!("[clone {path}] "));
+        // Built: from here on the (inherited) filter is all this clone needs.
+        crate::sandbox::narrow(crate::sandbox::Role::LocalClone).map_err(Error::Sandbox)?;
         // The family's deadline came with the fork; only the timer is new.
         self.arm_deadline()?;
         self.pending_entry = Some(request);
@@ -332,8 +334,8 @@ impl Vm {
             .remote_memory
             .as_ref()
             .map(|m| crate::remote::api_stats(&m.stats()));
-        if let (Some(path), Some(m)) = (&self.stats_file, &memory) {
-            let _ = std::fs::write(path, serde_json::to_vec(m).unwrap_or_default());
+        if let (Some(file), Some(m)) = (&self.stats_file, &memory) {
+            let _ = file.publish(m);
         }
         let r = CloneReport {
             id: *id,

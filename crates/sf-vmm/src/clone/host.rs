@@ -52,13 +52,25 @@ fn parse(req: &CloneRequest) -> Result<([u8; 16], SocketAddr, SocketAddr, Vec<u8
 
 /// Runs clone `id` of `req` to its end; returns the process exit code. The
 /// guest console goes to `console`; memory counters are written to `stats`
-/// (JSON) every heartbeat and at the end.
+/// (JSON) every heartbeat and at the end. With `sandbox`, set-up ends
+/// (privileges dropped, the clone host's seccomp filter installed) just
+/// before the vCPU first runs.
 pub fn run(
     req: &CloneRequest,
     id: u32,
     stats: Option<&Path>,
     console: &mut dyn Write,
+    sandbox: Option<&crate::sandbox::Policy>,
 ) -> Result<i32, HostError> {
+    // Opened now: after set-up the sandbox opens no files.
+    let stats = match stats.map(crate::stats_file::StatsFile::open).transpose() {
+        Ok(f) => f.map(Arc::new),
+        Err(e) => {
+            return Err(HostError::Request(format!(
+                "cannot open the counters file: {e}"
+            )))
+        }
+    };
     // Latencies count from the parent's request where the clocks allow.
     let since_request = req
         .requested_unix_ns
@@ -116,7 +128,7 @@ pub fn run(
             id,
             reporter: Reporter::Tcp(conn.clone()),
         };
-        vm.stats_file = stats.map(Path::to_path_buf);
+        vm.stats_file = stats.clone();
         vm
     });
     let mut vm = match vm {
@@ -133,7 +145,19 @@ pub fn run(
         }
     };
     let conn_for_console = conn.clone();
-    spawn_heartbeats(conn, vm.memory_stats_source(), stats.map(Path::to_path_buf));
+    spawn_heartbeats(conn, vm.memory_stats_source(), stats);
+    if let Some(policy) = sandbox {
+        if let Err(e) = crate::sandbox::enter(crate::sandbox::Role::CloneHost, policy) {
+            eprintln!("snowflock: clone {id} could not start: {e}");
+            report_failure(
+                &mut reporter,
+                Outcome::HostError {
+                    message: e.to_string(),
+                },
+            );
+            return Ok(1);
+        }
+    }
     // A clone's run reports to the origin and ends the process itself.
     let mut tee = ToOrigin {
         local: console,
@@ -195,7 +219,7 @@ fn build(
 fn spawn_heartbeats(
     conn: Arc<Mutex<TcpStream>>,
     stats: crate::remote::StatsSource,
-    stats_path: Option<std::path::PathBuf>,
+    stats_file: Option<Arc<crate::stats_file::StatsFile>>,
 ) {
     let reader = conn.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
     if let Ok(mut r) = reader {
@@ -208,8 +232,8 @@ fn spawn_heartbeats(
     }
     std::thread::spawn(move || loop {
         std::thread::sleep(HEARTBEAT_EVERY);
-        if let Some(p) = &stats_path {
-            let _ = std::fs::write(p, serde_json::to_vec(&stats.get()).unwrap_or_default());
+        if let Some(f) = &stats_file {
+            let _ = f.publish(&stats.get());
         }
         let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
         if Frame::Heartbeat.write_to(&mut *s).is_err() {

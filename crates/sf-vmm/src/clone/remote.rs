@@ -127,6 +127,11 @@ impl RemotePlan {
 /// start the clones on their hosts, tell the origin which could not start,
 /// then serve guest RAM to the clones until the origin kills this process.
 pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
+    // A frozen copy that only serves: no KVM, no processes, no files.
+    if let Err(e) = crate::sandbox::narrow(crate::sandbox::Role::MemoryHolder) {
+        eprintln!("snowflock: memory holder could not start: {e}");
+        super::process::exit_now(1);
+    }
     let RemotePlan {
         token,
         memory,
