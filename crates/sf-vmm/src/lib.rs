@@ -24,7 +24,7 @@ mod watchdog;
 
 pub use clone::{default_max_clones, CloneSummary, CloneTimeline};
 pub use error::Error;
-pub use image::{BootMode, GuestImage, ImageError};
+pub use image::{BootMode, GuestImage, ImageError, MAX_IMAGE_SIZE};
 pub use outcome::{Outcome, RegisterDump};
 pub use sf_abi::clone::CloneStatus;
 pub use vm::{RunReport, Timings, Vm, VmConfig};

@@ -177,6 +177,8 @@ pub struct CloneHostArgs {
     /// Where to keep the memory counters (JSON).
     #[arg(long)]
     stats: Option<PathBuf>,
+    #[command(flatten)]
+    console: crate::console_file::ConsoleArgs,
 }
 
 pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
@@ -187,8 +189,7 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     if !req.ids.contains(&a.id) {
         bail!("clone {} is not part of this request", a.id);
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = crate::console_file::open(&a.console).context("cannot open the console file")?;
     let code = sf_vmm::clone::host::run(&req, a.id, a.stats.as_deref(), &mut out)?;
     Ok(code as u8)
 }

@@ -2,6 +2,7 @@
 //! the project, and benchmark.
 
 mod bench;
+mod console_file;
 mod daemon;
 mod demo;
 mod guests;

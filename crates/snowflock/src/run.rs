@@ -102,6 +102,8 @@ pub struct RunArgs {
     /// Internal: the address other hosts reach this one at.
     #[arg(long, value_name = "IP", hide = true)]
     advertise: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    console: crate::console_file::ConsoleArgs,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -159,8 +161,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         }),
     };
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = crate::console_file::open(&a.console).context("cannot open the console file")?;
     let report = vm.run(&mut out)?;
     out.flush().ok();
     if !report.outcome.is_clean_exit() {
