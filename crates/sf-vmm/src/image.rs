@@ -7,10 +7,10 @@
 //! problem instead of a half-loaded VM.
 
 use goblin::elf::{program_header::PT_LOAD, Elf};
-use std::os::unix::fs::OpenOptionsExt;
 use sf_abi::layout::IMAGE_BASE;
 use sf_abi::note::{GuestNote, NOTE_NAME, NOTE_TYPE, PVH_NOTE_TYPE};
 use std::io::{Cursor, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Largest guest image file loaded: the shipped guests are under 1 MiB and
@@ -130,6 +130,9 @@ impl GuestImage {
             .open(path)
             .map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
+        if meta.is_dir() {
+            return Err(read_err(std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
         if !meta.file_type().is_file() {
             return Err(ImageError::NotRegular {
                 path: path.display().to_string(),

@@ -155,8 +155,11 @@ fn make(parent: &Path, name: &str, cg: &mut VmCgroup) -> io::Result<PathBuf> {
     let d = parent.join(name);
     std::fs::create_dir(&d)?;
     cg.dirs.push(d.clone());
-    cg.procs
-        .push(std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs"))?);
+    cg.procs.push(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("cgroup.procs"))?,
+    );
     Ok(d)
 }
 

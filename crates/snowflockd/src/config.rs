@@ -180,13 +180,19 @@ impl Config {
         let max_clones = a.max_clones.or(file.max_clones);
         if let Some(n) = max_clones {
             if n > crate::validate::MAX_CLONES {
-                bail!("--max-clones {n} is more than {}", crate::validate::MAX_CLONES);
+                bail!(
+                    "--max-clones {n} is more than {}",
+                    crate::validate::MAX_CLONES
+                );
             }
         }
         let image_dir = a.image_dir.or(file.image_dir);
         if let Some(d) = &image_dir {
             if !d.is_dir() {
-                bail!("the image directory {} is not a directory (--image-dir)", d.display());
+                bail!(
+                    "the image directory {} is not a directory (--image-dir)",
+                    d.display()
+                );
             }
         }
         let console_cap = a

@@ -156,8 +156,12 @@ where
             );
             continue;
         };
-        let (slots, app, limits, handshake) =
-            (slots.clone(), app.clone(), limits.clone(), handshake.clone());
+        let (slots, app, limits, handshake) = (
+            slots.clone(),
+            app.clone(),
+            limits.clone(),
+            handshake.clone(),
+        );
         tokio::spawn(async move {
             let work = async move {
                 let Ok(Ok((io, peer))) =

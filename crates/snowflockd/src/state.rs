@@ -57,12 +57,11 @@ impl StateDir {
                 .recursive(true)
                 .mode(0o700)
                 .create(path)
-                .with_context(|| {
-                    format!("cannot create the state directory {}", path.display())
-                })?,
+                .with_context(|| format!("cannot create the state directory {}", path.display()))?,
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot inspect the state directory {}", path.display()))
+                return Err(e).with_context(|| {
+                    format!("cannot inspect the state directory {}", path.display())
+                })
             }
             Ok(m) if m.file_type().is_symlink() => bail!(
                 "the state directory {} is a symlink; pass the real directory with --state-dir",
@@ -277,7 +276,10 @@ mod tests {
         assert!(s.open_read("vm-9.console").is_err());
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
         s.create("vm-9.log").unwrap();
-        assert!(s.create("vm-9.log").is_err(), "an existing file is never reopened");
+        assert!(
+            s.create("vm-9.log").is_err(),
+            "an existing file is never reopened"
+        );
         let m = std::fs::metadata(s.file("vm-9.log")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
         assert!(s.create("../escape").is_err());

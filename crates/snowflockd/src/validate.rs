@@ -58,8 +58,11 @@ pub fn create_vm(req: &CreateVm, image_dir: Option<&Path>) -> Result<CheckedVm, 
 /// 4 MiB to 64 GiB.
 pub fn mem(m: &str) -> Result<u64, ApiError> {
     let bytes = sf_api::units::parse_size(m).map_err(|e| bad(format!("`mem`: {e}")))?;
-    mem_bytes(bytes)
-        .map_err(|()| bad(format!("`mem` must be a multiple of 2M from 4M to 64G, not {m:?}")))?;
+    mem_bytes(bytes).map_err(|()| {
+        bad(format!(
+            "`mem` must be a multiple of 2M from 4M to 64G, not {m:?}"
+        ))
+    })?;
     Ok(bytes)
 }
 
@@ -102,7 +105,11 @@ pub fn prefetch_window(w: u32) -> Result<(), ApiError> {
 /// The guest's command line: bounded, and no NUL (which no process
 /// argument can carry).
 pub fn args(args: &[String]) -> Result<(), ApiError> {
-    let total = args.iter().map(|a| a.len() + 1).sum::<usize>().saturating_sub(1);
+    let total = args
+        .iter()
+        .map(|a| a.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
     if total > MAX_ARGS_BYTES {
         return Err(bad(format!(
             "`args` hold {total} bytes joined by spaces, more than the {MAX_ARGS_BYTES} a guest command line holds"
@@ -184,7 +191,11 @@ fn load(path: &Path) -> Result<sf_vmm::GuestImage, LoadError> {
     }
     let too_large = |size| {
         LoadError::Image(sf_vmm::ImageError::TooLarge {
-            path: path.file_name().unwrap_or_default().to_string_lossy().into(),
+            path: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into(),
             size,
         })
     };
@@ -231,8 +242,14 @@ mod tests {
         assert_eq!(e("../x.elf"), e("missing"));
         assert_eq!(e("/etc/passwd"), e("missing"));
         assert!(e("x.elf").contains("not an ELF file"));
-        assert!(guest("--timings", dir, DEFAULT_MEM).unwrap_err().1.contains("option"));
+        assert!(guest("--timings", dir, DEFAULT_MEM)
+            .unwrap_err()
+            .1
+            .contains("option"));
         assert_eq!(guest("hello", None, DEFAULT_MEM).unwrap(), "hello");
-        assert!(guest("/etc/passwd", None, DEFAULT_MEM).unwrap_err().1.contains("--image-dir"));
+        assert!(guest("/etc/passwd", None, DEFAULT_MEM)
+            .unwrap_err()
+            .1
+            .contains("--image-dir"));
     }
 }

@@ -187,11 +187,7 @@ impl Daemon {
         }
         let mut cg = self
             .cgroups
-            .create(
-                &format!("d{}.{id}", std::process::id()),
-                limits.0,
-                limits.1,
-            )
+            .create(&format!("d{}.{id}", std::process::id()), limits.0, limits.1)
             .map_err(|e| ApiError(500, format!("cannot create the VM's cgroup: {e}")))?;
         let join = cg.join_fds();
         // SAFETY: getpid has no preconditions.
@@ -548,11 +544,8 @@ impl Daemon {
         }
         let vms = self.vms.lock().expect("state lock");
         let group_live = |id: &str| {
-            vms.values().any(|e| {
-                e.files
-                    .iter()
-                    .any(|f| f.split('.').next() == Some(id))
-            })
+            vms.values()
+                .any(|e| e.files.iter().any(|f| f.split('.').next() == Some(id)))
         };
         self.state
             .collect_stale(retention, &|id| vms.contains_key(id) || group_live(id));
@@ -576,9 +569,15 @@ impl Daemon {
 /// A line of a VMM's log that says it could not build the VM (as opposed
 /// to a guest that ran and exited 1).
 fn is_build_failure(line: &str) -> bool {
-    ["error: cannot start the VM", "error: guest image", "error: no guest named"]
-        .iter()
-        .any(|p| line.starts_with(p))
+    [
+        "error: cannot start the VM",
+        "error: cannot read guest image",
+        "error: guest image",
+        "error: no guest named",
+        "error: cannot open the console file",
+    ]
+    .iter()
+    .any(|p| line.starts_with(p))
 }
 
 fn read_tail(state: &StateDir, name: &str, max: u64) -> Vec<u8> {
