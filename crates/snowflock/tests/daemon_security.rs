@@ -685,7 +685,7 @@ fn a_running_vm_has_its_own_cgroup_with_limits() {
         .unwrap();
     // The VM's RAM for itself and each clone, plus VMM overhead, and no more.
     assert!(
-        limit >= 64 << 20 && limit <= 9 * (64 << 20) + (1 << 30),
+        (64 << 20..=9 * (64 << 20) + (1 << 30)).contains(&limit),
         "{limit}"
     );
     let pids_dir = PathBuf::from(format!("/sys/fs/cgroup/pids{pids_path}"));

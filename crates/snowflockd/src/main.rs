@@ -106,7 +106,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        r = async { unix_server.await } => r.context("the Unix-socket server stopped")?,
+        r = unix_server => r.context("the Unix-socket server stopped")?,
         r = async { match tcp_server { Some(s) => s.await, None => std::future::pending().await } } => r.context("the TCP server stopped")?,
         _ = shutdown => tracing::info!("shutting down"),
     }

@@ -68,7 +68,7 @@ pub fn mem(m: &str) -> Result<u64, ApiError> {
 
 pub fn mem_bytes(bytes: u64) -> Result<(), ()> {
     use sf_abi::layout::{MAX_MEM, MIN_MEM};
-    if (MIN_MEM..=MAX_MEM).contains(&bytes) && bytes % (2 << 20) == 0 {
+    if (MIN_MEM..=MAX_MEM).contains(&bytes) && bytes.is_multiple_of(2 << 20) {
         Ok(())
     } else {
         Err(())
