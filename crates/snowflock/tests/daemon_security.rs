@@ -404,7 +404,7 @@ fn a_console_flood_is_capped_and_detail_stays_fast() {
     let det = d.detail(&id);
     let last = t.elapsed();
     assert!(
-        worst < Duration::from_millis(500) && last < Duration::from_millis(200),
+        worst < Duration::from_secs(1) && last < Duration::from_millis(500),
         "{worst:?} {last:?}"
     );
     assert!(det["console"].as_str().unwrap().len() <= 64 << 10);
@@ -418,7 +418,8 @@ fn a_console_flood_is_capped_and_detail_stays_fast() {
         })
         .map(|e| e.metadata().unwrap().len())
         .sum();
-    assert!(on_disk <= 17 << 20, "{on_disk} bytes of console kept");
+    eprintln!("{on_disk} bytes of console kept on disk");
+    assert!(on_disk <= 9 << 20, "{on_disk} bytes of console kept");
 }
 
 /// Sends `prefix` and waits for the server to close; how long it took.
@@ -701,4 +702,36 @@ fn a_running_vm_has_its_own_cgroup_with_limits() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = d.log();
+}
+
+#[test]
+fn records_of_ended_vms_go_after_the_retention() {
+    let d = start(&["--retention", "1s"]);
+    let (c, v) = d.create(r#"{"guest":"hello"}"#);
+    assert_eq!(c, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    d.wait_exit(&id, Duration::from_secs(30));
+    let t0 = Instant::now();
+    loop {
+        let (code, _) = d.http("GET", &format!("/v1/vms/{id}"), None);
+        let files = std::fs::read_dir(&d.state)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                n.to_string_lossy().starts_with(&format!("{id}."))
+            })
+            .count();
+        if code == 404 && files == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{id} kept: {code}, {files} files"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The ID is still never handed out again.
+    let (c, v) = d.create(r#"{"guest":"hello"}"#);
+    assert_eq!(c, 201, "{v}");
+    assert_ne!(v["id"].as_str().unwrap(), id);
 }
