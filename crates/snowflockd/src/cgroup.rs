@@ -64,7 +64,23 @@ impl Cgroups {
                 root: base.join("snowflock"),
             })
         };
-        Cgroups { layout }
+        // A daemon that may not create cgroups (not root) runs its VMMs
+        // without them, and says so at start.
+        let usable = match &layout {
+            Some(Layout::V1 { memory, pids }) => {
+                std::fs::create_dir_all(memory).is_ok() && std::fs::create_dir_all(pids).is_ok()
+            }
+            Some(Layout::V2 { root }) => {
+                root.exists()
+                    || (std::fs::create_dir(root).is_ok()
+                        && std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids")
+                            .is_ok())
+            }
+            None => false,
+        };
+        Cgroups {
+            layout: layout.filter(|_| usable),
+        }
     }
 
     /// A description for the start-up log.
@@ -72,7 +88,7 @@ impl Cgroups {
         match self.layout {
             Some(Layout::V1 { .. }) => "cgroup v1 memory + pids",
             Some(Layout::V2 { .. }) => "cgroup v2 memory + pids",
-            None => "none (no memory and pids controllers found): VMMs run without per-VM limits",
+            None => "none (no usable memory and pids controllers): VMMs run without per-VM limits",
         }
     }
 
@@ -92,11 +108,6 @@ impl Cgroups {
                 write(&p.join("pids.max"), pids_limit)?;
             }
             Layout::V2 { root } => {
-                if !root.exists() {
-                    std::fs::create_dir(root)?;
-                    // Hand the controllers down to the VMs' cgroups.
-                    std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids")?;
-                }
                 let d = make(root, name, &mut cg)?;
                 write(&d.join("memory.max"), mem_limit)?;
                 let _ = write(&d.join("memory.swap.max"), 0);
