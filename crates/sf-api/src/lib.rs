@@ -4,6 +4,7 @@
 
 pub mod client;
 mod types;
+pub mod units;
 
 pub use client::{Client, ClientError, Endpoint};
 pub use types::*;

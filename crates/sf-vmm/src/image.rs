@@ -9,8 +9,25 @@
 use goblin::elf::{program_header::PT_LOAD, Elf};
 use sf_abi::layout::IMAGE_BASE;
 use sf_abi::note::{GuestNote, NOTE_NAME, NOTE_TYPE, PVH_NOTE_TYPE};
-use std::io::Cursor;
+use std::io::{Cursor, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// Largest guest image file loaded: the shipped guests are under 1 MiB and
+/// an image must fit in guest RAM next to its heap, so 64 MiB is generous;
+/// the bound keeps a device or a huge file from being read without end.
+pub const MAX_IMAGE_SIZE: u64 = 64 << 20;
+
+/// Why the bytes are not an ELF, without a word of their content (an
+/// attacker who names a file must not learn its first bytes from the
+/// error, as goblin's "Invalid magic number: 0x..." would tell).
+fn malformed(bytes: &[u8]) -> ImageError {
+    if bytes.len() < 4 || bytes[..4] != *b"\x7fELF" {
+        ImageError::Malformed("not an ELF file (it does not start with the ELF magic)".into())
+    } else {
+        ImageError::Malformed("too short, or its headers do not parse".into())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -22,6 +39,10 @@ pub enum ImageError {
     },
     #[error("guest image is not a valid ELF file: {0}")]
     Malformed(String),
+    #[error("guest image {path} is not a regular file; name an ELF file")]
+    NotRegular { path: String },
+    #[error("guest image {path} is {size} bytes, more than the {} MiB a guest image may have", MAX_IMAGE_SIZE >> 20)]
+    TooLarge { path: String, size: u64 },
     #[error("guest image is a {0} ELF; only 64-bit x86 (x86_64) executables can run")]
     WrongArch(&'static str),
     #[error("guest image is not an executable ELF (e_type {0})")]
@@ -94,16 +115,50 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
+    /// Loads a guest ELF: a regular file of at most [`MAX_IMAGE_SIZE`]
+    /// bytes (a device such as `/dev/zero` or a FIFO is refused before a
+    /// byte is read, and a file growing while read is cut at the limit).
     pub fn from_file(path: &Path) -> Result<GuestImage, ImageError> {
-        let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+        let read_err = |source| ImageError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if meta.is_dir() {
+            return Err(read_err(std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        if !meta.file_type().is_file() {
+            return Err(ImageError::NotRegular {
+                path: path.display().to_string(),
+            });
+        }
+        if meta.len() > MAX_IMAGE_SIZE {
+            return Err(ImageError::TooLarge {
+                path: path.display().to_string(),
+                size: meta.len(),
+            });
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_IMAGE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_IMAGE_SIZE {
+            return Err(ImageError::TooLarge {
+                path: path.display().to_string(),
+                size: bytes.len() as u64,
+            });
+        }
         GuestImage::from_bytes(bytes)
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GuestImage, ImageError> {
-        let elf = Elf::parse(&bytes).map_err(|e| ImageError::Malformed(e.to_string()))?;
+        let elf = Elf::parse(&bytes).map_err(|_| malformed(&bytes))?;
         if !elf.is_64 {
             return Err(ImageError::WrongArch("32-bit"));
         }
@@ -159,7 +214,7 @@ impl GuestImage {
         let (mut pvh_entry, mut note) = (None, None);
         if let Some(notes) = elf.iter_note_headers(&bytes) {
             for n in notes {
-                let n = n.map_err(|e| ImageError::Malformed(format!("note: {e}")))?;
+                let n = n.map_err(|_| ImageError::Malformed("a note does not parse".into()))?;
                 if n.n_type == PVH_NOTE_TYPE && n.name == "Xen" && n.desc.len() >= 4 {
                     pvh_entry =
                         Some(u32::from_le_bytes(n.desc[..4].try_into().expect("4 bytes")) as u64);
@@ -243,6 +298,18 @@ impl GuestImage {
     }
 
     /// Resolves [`BootMode::Auto`] and checks the mode is possible.
+    /// Whether the image fits in `mem_size` bytes of guest RAM (checked
+    /// again when loading; a daemon checks it before spawning a VMM).
+    pub fn check_fits(&self, mem_size: u64) -> Result<(), ImageError> {
+        if self.end() > mem_size {
+            return Err(ImageError::TooBig {
+                end: self.end(),
+                mem: mem_size,
+            });
+        }
+        Ok(())
+    }
+
     pub fn boot_mode(&self, asked: BootMode) -> Result<BootMode, ImageError> {
         match asked {
             BootMode::Auto if self.note.is_some() => Ok(BootMode::Direct),
@@ -301,5 +368,26 @@ mod tests {
             GuestImage::from_bytes(Vec::new()),
             Err(ImageError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn errors_never_echo_file_bytes() {
+        let e = GuestImage::from_bytes(b"root:*:19000:0:99999:7:::".to_vec())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not an ELF file"), "{e}");
+        assert!(!e.contains("0x") && !e.contains("root"), "{e}");
+    }
+
+    #[test]
+    fn devices_and_huge_files_are_refused_unread() {
+        let e = GuestImage::from_file(Path::new("/dev/zero")).err().unwrap();
+        assert!(matches!(e, ImageError::NotRegular { .. }), "{e}");
+        let t = tempfile::NamedTempFile::new().unwrap();
+        t.as_file().set_len(MAX_IMAGE_SIZE + 1).unwrap();
+        let e = GuestImage::from_file(t.path()).err().unwrap();
+        assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("64 MiB"), "{e}");
     }
 }

@@ -4,6 +4,30 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    sf_api::units::parse_duration(s)
+}
+
+/// A size in bytes: `8M`, `512K`, `1G` (a bare number is MiB).
+fn size(s: &str) -> Result<u64, String> {
+    sf_api::units::parse_size(s)
+}
+
+/// How long the records (console, log, counters) of an ended VM are kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Console kept per VM (the file and its previous rotation together).
+pub const DEFAULT_CONSOLE_CAP: u64 = 8 << 20;
+/// Time a client has to send a request's headers; also how long an idle
+/// keep-alive connection stays open.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's body once its headers arrived.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open connections per listener (lowered to fit the descriptor limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Running VMMs on this host (VMs booted here and clones received).
+pub const DEFAULT_MAX_VMS: usize = 64;
 
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -26,10 +50,13 @@ pub struct Args {
     #[arg(long = "peer", value_name = "IP:PORT")]
     pub peers: Vec<SocketAddr>,
     /// TOML file with any of: socket, listen, advertise, peers = [...],
-    /// state_dir, snowflock, max_clones. Command-line flags win.
+    /// state_dir, snowflock, max_clones, image_dir, retention, console_cap,
+    /// header_timeout, body_timeout, max_connections, max_vms (sizes and
+    /// durations as strings, e.g. "8M", "10s"). Command-line flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where VM consoles, logs and counters are kept.
+    /// Where VM consoles, logs and counters are kept: a directory of this
+    /// daemon's user, writable by no one else [default: /run/snowflock].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// The `snowflock` binary that runs each VMM process (default: next to
@@ -39,6 +66,32 @@ pub struct Args {
     /// Clone limit handed to each VM (default: the VMM's own default).
     #[arg(long)]
     pub max_clones: Option<u32>,
+    /// Directory of guest images the API may boot by file name (default:
+    /// none, only shipped guests). Host paths outside it are refused.
+    #[arg(long, value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// How long the records of an ended VM are kept [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub retention: Option<Duration>,
+    /// Console kept per VM, the current file and the previous rotation
+    /// together [default: 8M].
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub console_cap: Option<u64>,
+    /// Time a client has to send request headers; also the idle
+    /// keep-alive timeout [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub header_timeout: Option<Duration>,
+    /// Time a client has to send a request body [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub body_timeout: Option<Duration>,
+    /// Open connections per listener; at the cap, the longest-idle
+    /// connection is closed for a new one [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Running VMMs on this host, VMs and received clones together; over
+    /// it, create and clone requests get 503 [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_vms: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -52,6 +105,13 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     snowflock: Option<PathBuf>,
     max_clones: Option<u32>,
+    image_dir: Option<PathBuf>,
+    retention: Option<String>,
+    console_cap: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_vms: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +123,21 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub snowflock: PathBuf,
     pub max_clones: Option<u32>,
+    pub image_dir: Option<PathBuf>,
+    pub retention: Duration,
+    pub console_cap: u64,
+    pub http: crate::http::Limits,
+    pub max_vms: usize,
+}
+
+/// A TOML value in the grammar of its command-line option.
+fn parse_file<T>(
+    v: Option<String>,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    v.map(|s| parse(&s).map_err(|e| anyhow::anyhow!("config key `{key}`: {e}")))
+        .transpose()
 }
 
 pub use sf_api::DEFAULT_SOCKET;
@@ -102,6 +177,31 @@ impl Config {
                 snowflock.display()
             );
         }
+        let max_clones = a.max_clones.or(file.max_clones);
+        if let Some(n) = max_clones {
+            if n > crate::validate::MAX_CLONES {
+                bail!(
+                    "--max-clones {n} is more than {}",
+                    crate::validate::MAX_CLONES
+                );
+            }
+        }
+        let image_dir = a.image_dir.or(file.image_dir);
+        if let Some(d) = &image_dir {
+            if !d.is_dir() {
+                bail!(
+                    "the image directory {} is not a directory (--image-dir)",
+                    d.display()
+                );
+            }
+        }
+        let console_cap = a
+            .console_cap
+            .or(parse_file(file.console_cap, "console_cap", size)?)
+            .unwrap_or(DEFAULT_CONSOLE_CAP);
+        if console_cap < 64 << 10 {
+            bail!("--console-cap must be at least 64K");
+        }
         Ok(Config {
             socket: a
                 .socket
@@ -110,11 +210,34 @@ impl Config {
             listen,
             advertise,
             peers,
-            state_dir: a.state_dir.or(file.state_dir).unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("snowflockd-{}", std::process::id()))
-            }),
+            state_dir: a
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| crate::state::DEFAULT_STATE_DIR.into()),
             snowflock,
-            max_clones: a.max_clones.or(file.max_clones),
+            max_clones,
+            image_dir,
+            retention: a
+                .retention
+                .or(parse_file(file.retention, "retention", duration)?)
+                .unwrap_or(DEFAULT_RETENTION),
+            console_cap,
+            http: crate::http::Limits {
+                header_timeout: a
+                    .header_timeout
+                    .or(parse_file(file.header_timeout, "header_timeout", duration)?)
+                    .unwrap_or(DEFAULT_HEADER_TIMEOUT),
+                body_timeout: a
+                    .body_timeout
+                    .or(parse_file(file.body_timeout, "body_timeout", duration)?)
+                    .unwrap_or(DEFAULT_BODY_TIMEOUT),
+                max_connections: a
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                max_body: crate::http::MAX_BODY,
+            },
+            max_vms: a.max_vms.or(file.max_vms).unwrap_or(DEFAULT_MAX_VMS),
         })
     }
 

@@ -5,13 +5,19 @@
 //! CLI) and on TCP (peer daemons and VMMs).
 
 mod api;
+mod cgroup;
 mod config;
+mod console_file;
+mod http;
 mod placement;
+mod state;
+mod validate;
 mod vms;
 
 use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
@@ -32,10 +38,35 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: config::Args) -> anyhow::Result<()> {
-    let cfg = config::Config::from_args(args)?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-    let state = Arc::new(vms::Daemon::new(cfg.clone()));
+    let mut cfg = config::Config::from_args(args)?;
+    let dir = state::StateDir::open(&cfg.state_dir)?;
+    let cgroups = cgroup::Cgroups::detect();
+    cgroups.collect_stale();
+    let listeners = 1 + usize::from(cfg.listen.is_some());
+    cfg.http.max_connections =
+        http::fit_connections(cfg.http.max_connections, listeners, cfg.max_vms);
+    tracing::info!(
+        state_dir = %cfg.state_dir.display(),
+        cgroups = cgroups.describe(),
+        max_vms = cfg.max_vms,
+        max_connections = cfg.http.max_connections,
+        "snowflockd starting"
+    );
+    let state = Arc::new(vms::Daemon::new(cfg.clone(), dir, cgroups));
+    // Files of a previous run past the retention go at once; the rest
+    // when their time comes.
+    state.collect_garbage();
+    let gc = state.clone();
+    tokio::spawn(async move {
+        let every = (gc.cfg.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(every).await;
+            let n = gc.collect_garbage();
+            if n > 0 {
+                tracing::info!(vms = n, "forgot ended VMs past the retention");
+            }
+        }
+    });
     let app = api::router(state.clone());
 
     if cfg.socket.exists() {
@@ -55,7 +86,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     let unix = tokio::net::UnixListener::bind(&cfg.socket)
         .with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
     tracing::info!(socket = %cfg.socket.display(), peers = ?cfg.peers, "snowflockd listening");
-    let unix_server = axum::serve(unix, app.clone());
+    let unix_server = http::serve(unix, app.clone(), cfg.http.clone(), http::plain);
 
     let tcp_server = match &cfg.listen {
         Some(addr) => {
@@ -63,7 +94,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening");
-            Some(axum::serve(l, app))
+            Some(http::serve(l, app, cfg.http.clone(), http::plain))
         }
         None => None,
     };
@@ -76,7 +107,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        r = async { unix_server.await } => r.context("the Unix-socket server stopped")?,
+        r = unix_server => r.context("the Unix-socket server stopped")?,
         r = async { match tcp_server { Some(s) => s.await, None => std::future::pending().await } } => r.context("the TCP server stopped")?,
         _ = shutdown => tracing::info!("shutting down"),
     }

@@ -1,17 +1,26 @@
 //! The daemon's state: the VMM processes it started (VMs booted here and
 //! clones received from peers), their consoles, logs and counters.
+//!
+//! Each VMM runs in its own cgroup, with its console capped by rotation in
+//! the state directory, and dies with the daemon: `PR_SET_PDEATHSIG` is
+//! set between fork and exec, so a `kill -9` of the daemon takes every VMM
+//! with it, and a restarted daemon (which never reuses an ID) starts with
+//! none running and no files of theirs touched.
 
+use crate::cgroup::{self, Cgroups, VmCgroup};
 use crate::config::Config;
+use crate::state::StateDir;
+use crate::validate;
 use sf_api::{
     CloneAccepted, CloneMetrics, CloneRequest, CreateVm, FetchStats, Metrics, Placement, VmDetail,
     VmInfo, VmKind,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An API error: HTTP status and message.
 #[derive(Debug)]
@@ -23,15 +32,19 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 struct Entry {
     info: VmInfo,
-    console: PathBuf,
-    log: PathBuf,
-    stats: Option<PathBuf>,
+    /// State files of this VM (console, its rotation, log, counters).
+    files: Vec<String>,
+    console: String,
+    log: String,
+    stats: Option<String>,
+    ended: Option<Instant>,
 }
 
 pub struct Daemon {
     pub cfg: Config,
+    state: StateDir,
+    cgroups: Cgroups,
     vms: Mutex<BTreeMap<String, Entry>>,
-    next: AtomicU64,
     clones_received: AtomicU64,
 }
 
@@ -40,6 +53,12 @@ const MAX_CLONES_PER_REQUEST: usize = 256;
 /// How long a new VMM gets to fail fast (bad image, bad size) so the error
 /// can go back in the API answer.
 const EARLY_FAILURE_WINDOW: Duration = Duration::from_millis(300);
+/// The console an API answer carries (its tail).
+const CONSOLE_TAIL: u64 = 64 << 10;
+/// The VMM log an API answer carries (its tail).
+const LOG_TAIL: u64 = 16 << 10;
+/// Disk reserved for each VMM's log at its start.
+const LOG_RESERVE: i64 = 64 << 10;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -47,37 +66,72 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn tail(path: &PathBuf, max: u64) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return String::new();
-    };
-    let start = bytes.len().saturating_sub(max as usize);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
 impl Daemon {
-    pub fn new(cfg: Config) -> Daemon {
+    pub fn new(cfg: Config, state: StateDir, cgroups: Cgroups) -> Daemon {
         Daemon {
             cfg,
+            state,
+            cgroups,
             vms: Mutex::new(BTreeMap::new()),
-            next: AtomicU64::new(1),
             clones_received: AtomicU64::new(0),
         }
     }
 
-    fn new_id(&self, kind: &str) -> String {
-        format!("{kind}-{}", self.next.fetch_add(1, Ordering::Relaxed))
+    /// An I/O failure on the state directory as an answer: a full disk is
+    /// named (507), anything else is the daemon's fault (500).
+    fn io_error(&self, what: &str, e: std::io::Error) -> ApiError {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            ApiError(
+                507,
+                format!(
+                    "cannot {what}: no space left on device in the state directory {}; free space there",
+                    self.state.path().display()
+                ),
+            )
+        } else {
+            ApiError(500, format!("cannot {what}: {e}"))
+        }
+    }
+
+    fn new_id(&self, kind: &str) -> Result<String, ApiError> {
+        self.state
+            .new_id(kind)
+            .map_err(|e| self.io_error("record a new VM ID", e))
     }
 
     pub fn peers(&self) -> Vec<String> {
         self.cfg.peers.iter().map(|p| p.to_string()).collect()
     }
 
+    fn running(&self) -> usize {
+        self.vms
+            .lock()
+            .expect("state lock")
+            .values()
+            .filter(|e| e.info.state == "running")
+            .count()
+    }
+
+    /// 503 unless `n` more VMMs fit the host-wide budget.
+    fn check_budget(&self, n: usize) -> Result<(), ApiError> {
+        let running = self.running();
+        if running + n > self.cfg.max_vms {
+            return Err(ApiError(
+                503,
+                format!(
+                    "this host runs {running} VMs, its budget is {} (--max-vms); {n} more do not fit: try again later or on another host",
+                    self.cfg.max_vms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Spawns one VMM process with console and log files; a task records
-    /// its exit. With `wait_early`, waits briefly so a VMM that fails at
-    /// once (bad image or size) turns into an error answer; clones skip this
-    /// (they report their own failures to their origin, and every
-    /// millisecond of their start counts).
+    /// its exit. With `wait_early`, waits briefly so a VMM that cannot
+    /// build the VM turns into an error answer; clones skip this (they
+    /// report their own failures to their origin, and every millisecond of
+    /// their start counts).
     #[allow(clippy::too_many_arguments)]
     async fn spawn(
         self: &Arc<Self>,
@@ -85,22 +139,97 @@ impl Daemon {
         kind: VmKind,
         guest: String,
         clone_id: Option<u32>,
-        args: Vec<String>,
-        stats: Option<PathBuf>,
+        mut args: Vec<String>,
+        guest_args: &[String],
+        mut files: Vec<String>,
+        stats: Option<String>,
+        limits: (u64, u64),
         wait_early: bool,
     ) -> Result<VmInfo, ApiError> {
-        let console = self.cfg.state_dir.join(format!("{id}.console"));
-        let log = self.cfg.state_dir.join(format!("{id}.log"));
-        let io = |what: &str, e: std::io::Error| ApiError(500, format!("cannot {what}: {e}"));
-        let out = std::fs::File::create(&console).map_err(|e| io("create the console file", e))?;
-        let err = std::fs::File::create(&log).map_err(|e| io("create the log file", e))?;
-        let mut child = tokio::process::Command::new(&self.cfg.snowflock)
-            .args(&args)
+        let console = format!("{id}.console");
+        let log = format!("{id}.log");
+        self.state
+            .create(&console)
+            .map_err(|e| self.io_error("create the console file", e))?;
+        files.extend([console.clone(), format!("{console}.1")]);
+        let err = self
+            .state
+            .create(&log)
+            .map_err(|e| self.io_error("create the log file", e))?;
+        files.push(log.clone());
+        // Reserve the log's first blocks now, so a VMM that later meets a
+        // full disk (its console filled it) can still say so: without
+        // them its error message is lost and the write failure panics it.
+        // SAFETY: fallocate on a file this function just created.
+        if unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&err),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                LOG_RESERVE,
+            )
+        } != 0
+        {
+            return Err(self.io_error(
+                "reserve room for the VMM's log",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let console_file = crate::console_file::RotatingFile::open(
+            &self.state.file(&console),
+            self.cfg.console_cap,
+        )
+        .map_err(|e| self.io_error("open the console file", e))?;
+        let (console_pipe, console_out) =
+            std::io::pipe().map_err(|e| self.io_error("make the console pipe", e))?;
+        if !guest_args.is_empty() || kind == VmKind::Vm {
+            args.push("--".into());
+            args.extend(guest_args.iter().cloned());
+        }
+        let mut cg = self
+            .cgroups
+            .create(&format!("d{}.{id}", std::process::id()), limits.0, limits.1)
+            .map_err(|e| ApiError(500, format!("cannot create the VM's cgroup: {e}")))?;
+        let join = cg.join_fds();
+        // SAFETY: getpid has no preconditions.
+        let daemon = unsafe { libc::getpid() };
+        let mut cmd = tokio::process::Command::new(&self.cfg.snowflock);
+        cmd.args(&args)
+            .current_dir(self.state.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .map_err(|e| io("start the VMM process", e))?;
+            .stdout(Stdio::from(console_out))
+            .stderr(Stdio::from(err));
+        // SAFETY: between fork and exec the closure only makes
+        // async-signal-safe system calls (prctl, getppid, write).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The VMM dies with the daemon. PDEATHSIG follows the
+                // thread that forked: the daemon's runtime is one thread
+                // (current_thread), which lives as long as the daemon.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon may have died before the prctl took effect.
+                if libc::getppid() != daemon {
+                    return Err(std::io::Error::other("the daemon exited"));
+                }
+                cgroup::join_in_child(&join)
+            });
+        }
+        let spawned = cmd.spawn();
+        // The command holds the pipe's write end: only the VMM (and its
+        // clones) may keep it, or the copier would never see the end.
+        drop(cmd);
+        let mut child =
+            spawned.map_err(|e| ApiError(500, format!("cannot start the VMM process: {e}")))?;
+        let copier_id = id.clone();
+        std::thread::Builder::new()
+            .name(format!("console-{id}"))
+            .spawn(move || {
+                crate::console_file::copy_console(&copier_id, console_pipe, console_file)
+            })
+            .map_err(|e| self.io_error("start the console copier", e))?;
+        cg.close_fds();
         let pid = child.id().unwrap_or(0);
         let info = VmInfo {
             id: id.clone(),
@@ -116,12 +245,14 @@ impl Daemon {
             id.clone(),
             Entry {
                 info: info.clone(),
+                files,
                 console,
                 log,
                 stats,
+                ended: None,
             },
         );
-        tracing::info!(%id, pid, ?args, "VMM started");
+        tracing::info!(%id, pid, cgroup = ?cg.path(), ?args, "VMM started");
         let me = self.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -133,12 +264,12 @@ impl Daemon {
             if let Some(e) = me.vms.lock().expect("state lock").get_mut(&id) {
                 e.info.state = "exited".into();
                 e.info.exit_code = code;
+                e.ended = Some(Instant::now());
             }
             tracing::info!(%id, ?code, "VMM exited");
             if code == Some(128 + libc::SIGSYS) {
                 // The VMM's sandbox killed it; its log has the call's name.
-                let log = me.vms.lock().expect("state lock")[&id].log.clone();
-                let why = tail(&log, 4096);
+                let why = me.tail(&id, false, 4096);
                 let line = why
                     .lines()
                     .rev()
@@ -147,37 +278,49 @@ impl Daemon {
                 tracing::warn!(%id, "VMM killed by its seccomp sandbox: {line}");
             }
             let _ = done_tx.send(code);
+            empty_and_remove(cg).await;
         });
-        // A VMM that cannot even start (bad image, bad size) ends at once:
-        // report its error line in the answer.
         if !wait_early {
             return Ok(info);
         }
-        if let Ok(Ok(Some(1))) = tokio::time::timeout(EARLY_FAILURE_WINDOW, done_rx).await {
-            let log = tail(&self.vms.lock().expect("state lock")[&info.id].log, 4096);
-            let line = log
-                .lines()
-                .find(|l| l.starts_with("error: "))
-                .unwrap_or(log.trim());
-            return Err(bad(line.trim_start_matches("error: ").to_string()));
+        let Ok(Ok(code)) = tokio::time::timeout(EARLY_FAILURE_WINDOW, done_rx).await else {
+            return Ok(info);
+        };
+        // It ended at once. Only a VMM that could not build the VM is an
+        // error answer; a guest that ran and exited is a finished VM.
+        let log = self.tail(&info.id, false, LOG_TAIL);
+        if code == Some(1) {
+            if let Some(line) = log.lines().find(|l| is_build_failure(l)) {
+                return Err(bad(line.trim_start_matches("error: ").to_string()));
+            }
         }
-        Ok(info)
+        Ok(self
+            .vms
+            .lock()
+            .expect("state lock")
+            .get(&info.id)
+            .map_or(info, |e| e.info.clone()))
     }
 
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmInfo, ApiError> {
-        if req.guest.trim().is_empty() {
-            return Err(bad("`guest` must name a shipped guest or an ELF path"));
-        }
-        let id = self.new_id("vm");
-        let mut args = vec!["run".to_string(), req.guest.clone()];
-        if let Some(m) = &req.mem {
-            args.extend(["--mem".into(), m.clone()]);
-        }
+        let checked = validate::create_vm(&req, self.cfg.image_dir.as_deref())?;
+        self.check_budget(1)?;
+        let id = self.new_id("vm")?;
+        let max_clones = req
+            .max_clones
+            .or(self.cfg.max_clones)
+            .unwrap_or_else(sf_vmm::default_max_clones)
+            .min(validate::MAX_CLONES);
+        let mut args = vec![
+            "run".to_string(),
+            checked.guest.clone(),
+            "--mem".into(),
+            format!("{}M", checked.mem >> 20),
+            "--max-clones".into(),
+            max_clones.to_string(),
+        ];
         if let Some(t) = req.timeout_ms {
             args.extend(["--timeout".into(), format!("{t}ms")]);
-        }
-        if let Some(n) = req.max_clones.or(self.cfg.max_clones) {
-            args.extend(["--max-clones".into(), n.to_string()]);
         }
         args.extend([
             "--control-socket".into(),
@@ -193,10 +336,19 @@ impl Daemon {
         if let Some(w) = req.prefetch_window {
             args.extend(["--prefetch-window".into(), w.to_string()]);
         }
-        args.push("--".into());
-        args.extend(req.args.iter().cloned());
-        self.spawn(id, VmKind::Vm, req.guest, None, args, None, true)
-            .await
+        self.spawn(
+            id,
+            VmKind::Vm,
+            req.guest,
+            None,
+            args,
+            &req.args,
+            Vec::new(),
+            None,
+            cgroup::limits(checked.mem, max_clones),
+            true,
+        )
+        .await
     }
 
     pub async fn receive_clones(
@@ -222,18 +374,43 @@ impl Daemon {
                 desc.mem_size, req.mem_size
             )));
         }
+        validate::mem_bytes(req.mem_size)
+            .map_err(|()| bad("`mem_size` must be a multiple of 2 MiB from 4 MiB to 64 GiB"))?;
+        if let Some(t) = req.timeout_ms {
+            validate::timeout_ms(t)?;
+        }
+        validate::max_clones(req.max_clones)?;
+        if let Some(w) = req.prefetch_window {
+            validate::prefetch_window(w)?;
+        }
         for a in [&req.memory_server, &req.report_to] {
             a.parse::<std::net::SocketAddr>()
                 .map_err(|_| bad(format!("{a:?} is not ip:port")))?;
         }
-        let group = self.new_id("group");
-        let request_file = self.cfg.state_dir.join(format!("{group}.json"));
-        std::fs::write(&request_file, serde_json::to_vec(&req).expect("serializes"))
-            .map_err(|e| ApiError(500, format!("cannot keep the clone request: {e}")))?;
+        self.check_budget(req.ids.len())?;
+        let group = self.new_id("group")?;
+        let request_name = format!("{group}.json");
+        let mut f = self
+            .state
+            .create(&request_name)
+            .map_err(|e| self.io_error("keep the clone request", e))?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(&req).expect("serializes"))
+            .map_err(|e| self.io_error("keep the clone request", e))?;
+        drop(f);
+        let request_file = self.state.file(&request_name);
+        let limits = cgroup::limits(req.mem_size, req.max_clones);
         let mut vms = Vec::new();
-        for &cid in &req.ids {
-            let id = self.new_id("clone");
-            let stats = self.cfg.state_dir.join(format!("{id}.stats.json"));
+        for (i, &cid) in req.ids.iter().enumerate() {
+            let id = self.new_id("clone")?;
+            let stats = format!("{id}.stats.json");
+            self.state
+                .create(&stats)
+                .map_err(|e| self.io_error("create the counters file", e))?;
+            let mut files = vec![stats.clone()];
+            if i == 0 {
+                // Collected with the group's first clone.
+                files.push(request_name.clone());
+            }
             let args = vec![
                 "clone-host".to_string(),
                 "--request".into(),
@@ -241,7 +418,7 @@ impl Daemon {
                 "--id".into(),
                 cid.to_string(),
                 "--stats".into(),
-                stats.display().to_string(),
+                self.state.file(&stats).display().to_string(),
             ];
             let info = self
                 .spawn(
@@ -250,7 +427,10 @@ impl Daemon {
                     format!("clone of {}", req.report_to),
                     Some(cid),
                     args,
+                    &[],
+                    files,
                     Some(stats),
+                    limits,
                     false,
                 )
                 .await?;
@@ -269,19 +449,48 @@ impl Daemon {
             .collect()
     }
 
-    fn stats_of(e: &Entry) -> Option<FetchStats> {
-        let p = e.stats.as_ref()?;
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    /// The last `max` bytes of a VM's console (with its previous rotation
+    /// when the current file is short) or log. Reads only the tail: a
+    /// console of any size costs one seek and at most `max` bytes.
+    fn tail(&self, id: &str, console: bool, max: u64) -> String {
+        let name = {
+            let vms = self.vms.lock().expect("state lock");
+            let Some(e) = vms.get(id) else {
+                return String::new();
+            };
+            if console {
+                e.console.clone()
+            } else {
+                e.log.clone()
+            }
+        };
+        let mut bytes = read_tail(&self.state, &name, max);
+        if console && (bytes.len() as u64) < max {
+            let mut older = read_tail(&self.state, &format!("{name}.1"), max - bytes.len() as u64);
+            older.extend_from_slice(&bytes);
+            bytes = older;
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn stats_of(&self, name: &Option<String>) -> Option<FetchStats> {
+        let f = self.state.open_read(name.as_ref()?).ok()?;
+        let mut bytes = Vec::new();
+        f.take(64 << 10).read_to_end(&mut bytes).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn detail(&self, id: &str) -> Option<VmDetail> {
-        let vms = self.vms.lock().expect("state lock");
-        let e = vms.get(id)?;
+        let (info, stats) = {
+            let vms = self.vms.lock().expect("state lock");
+            let e = vms.get(id)?;
+            (e.info.clone(), e.stats.clone())
+        };
         Some(VmDetail {
-            info: e.info.clone(),
-            console: tail(&e.console, 64 << 10),
-            log: tail(&e.log, 16 << 10),
-            memory: Self::stats_of(e),
+            info,
+            console: self.tail(id, true, CONSOLE_TAIL),
+            log: self.tail(id, false, LOG_TAIL),
+            memory: self.stats_of(&stats),
         })
     }
 
@@ -291,31 +500,77 @@ impl Daemon {
             .get(id)
             .ok_or_else(|| ApiError(404, format!("no VM {id:?}")))?;
         if e.info.state == "running" && e.info.pid > 0 {
-            // SAFETY: signals a VMM process this daemon started and has not reaped.
+            // SAFETY: signals a VMM process this daemon started and has not
+            // reaped (the entry says "running" until the reaper ran).
             unsafe { libc::kill(e.info.pid as i32, libc::SIGKILL) };
         }
         Ok(e.info.clone())
     }
 
     pub fn metrics(&self) -> Metrics {
+        let clones: Vec<(String, u32, String, Option<String>)> = {
+            let vms = self.vms.lock().expect("state lock");
+            vms.values()
+                .filter(|e| e.info.kind == VmKind::Clone)
+                .map(|e| {
+                    (
+                        e.info.id.clone(),
+                        e.info.clone_id.unwrap_or(0),
+                        e.info.state.clone(),
+                        e.stats.clone(),
+                    )
+                })
+                .collect()
+        };
         let vms = self.vms.lock().expect("state lock");
+        let running = vms.values().filter(|e| e.info.state == "running").count() as u32;
+        let total = vms.len() as u32;
+        drop(vms);
         Metrics {
             host: self.cfg.host_name(),
             peers: self.peers(),
-            vms_running: vms.values().filter(|e| e.info.state == "running").count() as u32,
-            vms_total: vms.len() as u32,
+            vms_running: running,
+            vms_total: total,
             clones_received: self.clones_received.load(Ordering::Relaxed) as u32,
-            clones: vms
-                .values()
-                .filter(|e| e.info.kind == VmKind::Clone)
-                .map(|e| CloneMetrics {
-                    vm: e.info.id.clone(),
-                    clone_id: e.info.clone_id.unwrap_or(0),
-                    state: e.info.state.clone(),
-                    memory: Self::stats_of(e).unwrap_or_default(),
+            clones: clones
+                .into_iter()
+                .map(|(vm, clone_id, state, stats)| CloneMetrics {
+                    vm,
+                    clone_id,
+                    state,
+                    memory: self.stats_of(&stats).unwrap_or_default(),
                 })
                 .collect(),
         }
+    }
+
+    /// Forgets VMs that ended more than the retention ago and removes their
+    /// files, then any stale VM file nobody tracks. Returns how many VMs
+    /// were forgotten.
+    pub fn collect_garbage(&self) -> usize {
+        let retention = self.cfg.retention;
+        let gone: Vec<Entry> = {
+            let mut vms = self.vms.lock().expect("state lock");
+            let old: Vec<String> = vms
+                .iter()
+                .filter(|(_, e)| e.ended.is_some_and(|t| t.elapsed() >= retention))
+                .map(|(id, _)| id.clone())
+                .collect();
+            old.iter().filter_map(|id| vms.remove(id)).collect()
+        };
+        for e in &gone {
+            for f in &e.files {
+                self.state.remove(f);
+            }
+        }
+        let vms = self.vms.lock().expect("state lock");
+        let group_live = |id: &str| {
+            vms.values()
+                .any(|e| e.files.iter().any(|f| f.split('.').next() == Some(id)))
+        };
+        self.state
+            .collect_stale(retention, &|id| vms.contains_key(id) || group_live(id));
+        gone.len()
     }
 
     pub async fn kill_all(&self) {
@@ -330,4 +585,47 @@ impl Daemon {
             let _ = self.kill(&id);
         }
     }
+}
+
+/// A line of a VMM's log that says it could not build the VM (as opposed
+/// to a guest that ran and exited 1).
+fn is_build_failure(line: &str) -> bool {
+    [
+        "error: cannot start the VM",
+        "error: cannot read guest image",
+        "error: guest image",
+        "error: no guest named",
+    ]
+    .iter()
+    .any(|p| line.starts_with(p))
+}
+
+fn read_tail(state: &StateDir, name: &str, max: u64) -> Vec<u8> {
+    let Ok(mut f) = state.open_read(name) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let _ = f.take(max).read_to_end(&mut out);
+    out
+}
+
+/// Once a VMM has exited: kills whatever of its family is left in its
+/// cgroup (no orphans), then removes the cgroup.
+async fn empty_and_remove(cg: VmCgroup) {
+    for _ in 0..50 {
+        let pids = cg.pids();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            // SAFETY: signals a process inside this VM's own cgroup.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(cg);
 }

@@ -28,6 +28,14 @@ fn help_names_every_option() {
         "--state-dir",
         "--snowflock",
         "--max-clones",
+        "--image-dir",
+        "--retention",
+        "--console-cap",
+        "--header-timeout",
+        "--body-timeout",
+        "--max-connections",
+        "--max-vms",
+        "/run/snowflock",
     ] {
         assert!(out.contains(opt), "--help lacks {opt}:\n{out}");
     }
@@ -85,4 +93,14 @@ fn a_missing_vmm_binary_is_named() {
         err.contains("the VMM binary /nonexistent/snowflock does not exist"),
         "{err}"
     );
+}
+
+#[test]
+fn bad_limits_in_the_config_file_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("host.toml");
+    std::fs::write(&cfg, "retention = \"soon\"\n").unwrap();
+    let (code, _, err) = snowflockd(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("config key `retention`"), "{err}");
 }

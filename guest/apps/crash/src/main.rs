@@ -1,7 +1,9 @@
 //! Test guest that fails on purpose, one way per argument:
 //! `divzero`, `ud`, `null`, `outside` (touch past the end of RAM), `gp`
 //! (privileged instruction), `int3`, `panic`, `exit=N`, `spin` (never ends),
-//! `kernel` (write to a supervisor-only page).
+//! `kernel` (write to a supervisor-only page), `flood=MIB` (writes MIB
+//! MiB to the console as fast as it can, then exits 0: the host's console
+//! cap must hold).
 #![no_std]
 #![no_main]
 
@@ -37,6 +39,7 @@ fn main() -> i32 {
             core::hint::spin_loop();
         },
         k if k.starts_with("exit=") => return k[5..].parse().unwrap_or(2),
+        k if k.starts_with("flood=") => return flood(k[6..].parse().unwrap_or(1)),
         _ => {
             println!("crash: unknown kind {kind:?}");
             return 2;
@@ -44,6 +47,26 @@ fn main() -> i32 {
     }
     println!("crash: {kind} did not fault");
     1
+}
+
+/// Writes `mib` MiB of console output in the largest writes the ABI
+/// allows (64 KiB), so a flood costs few exits.
+fn flood(mib: u64) -> i32 {
+    static LINE: [u8; 64 << 10] = {
+        let mut b = [b'x'; 64 << 10];
+        let mut i = 63;
+        while i < b.len() {
+            b[i] = b'\n';
+            i += 64;
+        }
+        b
+    };
+    for _ in 0..mib * 16 {
+        if sf_guest::hypercall::console_write(&LINE).is_err() {
+            return 3;
+        }
+    }
+    0
 }
 
 /// The IDT's address: supervisor-only, so a ring-3 store page-faults.
