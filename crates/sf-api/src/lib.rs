@@ -3,9 +3,12 @@
 //! see the README for the list.
 
 pub mod client;
+mod placement;
 mod types;
 
 pub use client::{Client, ClientError, Endpoint};
+pub use placement::place;
+pub use sf_tls::Transport;
 pub use types::*;
 
 /// Version prefix of every path.

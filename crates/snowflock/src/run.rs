@@ -96,12 +96,15 @@ pub struct RunArgs {
     /// host fetches per fault (1 = no prefetch; default 64).
     #[arg(long, value_name = "PAGES")]
     prefetch_window: Option<u32>,
-    /// Internal: the daemon that started this VMM (for clone placement).
-    #[arg(long, value_name = "SOCKET", hide = true)]
-    control_socket: Option<std::path::PathBuf>,
-    /// Internal: the address other hosts reach this one at.
+    /// Internal: the address other hosts reach this one at (given by the
+    /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
     advertise: Option<std::net::IpAddr>,
+    /// Internal: a peer daemon, ip:port (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT", hide = true)]
+    peers: Vec<String>,
+    #[command(flatten)]
+    tls: crate::cluster::TlsArgs,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -142,6 +145,16 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         );
     }
     let image = load_image(&a.guest)?;
+    let remote = match a.advertise {
+        Some(advertise) => Some(sf_vmm::clone::remote::RemoteLink {
+            peers: a.peers.clone(),
+            transport: a.tls.transport()?,
+            advertise,
+            placement: a.placement.into(),
+            prefetch_window: a.prefetch_window,
+        }),
+        None => None,
+    };
     let cfg = VmConfig {
         mem_size: a.mem,
         vcpus: a.vcpus,
@@ -149,14 +162,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         boot: a.boot.into(),
         cmdline: a.args.join(" "),
         max_clones: a.max_clones.unwrap_or_else(sf_vmm::default_max_clones),
-        remote: a.control_socket.map(|s| sf_vmm::clone::remote::RemoteLink {
-            control: sf_api::Endpoint::Unix(s),
-            advertise: a
-                .advertise
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-            placement: a.placement.into(),
-            prefetch_window: a.prefetch_window,
-        }),
+        remote,
     };
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
     let stdout = std::io::stdout();

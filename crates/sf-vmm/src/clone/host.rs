@@ -1,7 +1,9 @@
 //! A clone that runs on this host for a VM on another host: empty guest RAM
 //! filled on demand from the origin's memory holder, a VM built from the
-//! descriptor, heartbeats and the final report over one TCP connection to
-//! the origin.
+//! descriptor, heartbeats and the final report over one connection to the
+//! origin. Both connections use the VMM's [`Transport`]: mutual TLS, where
+//! the holder and the origin must prove they own the addresses the clone
+//! request named.
 
 use super::remote::HEARTBEAT_EVERY;
 use super::report::CloneReport;
@@ -13,8 +15,9 @@ use crate::remote::{FetchConfig, RemoteMemory};
 use crate::vm::Vm;
 use crate::{Error, Outcome};
 use sf_api::CloneRequest;
+use sf_tls::{Stream, Transport};
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +61,7 @@ pub fn run(
     id: u32,
     stats: Option<&Path>,
     console: &mut dyn Write,
+    transport: &Transport,
 ) -> Result<i32, HostError> {
     // Latencies count from the parent's request where the clocks allow.
     let since_request = req
@@ -67,14 +71,12 @@ pub fn run(
         .and_then(|d| Instant::now().checked_sub(d))
         .unwrap_or_else(Instant::now);
     let (token, mem_addr, report_addr, desc_bytes) = parse(req)?;
-    let stream =
-        TcpStream::connect_timeout(&report_addr, Duration::from_secs(5)).map_err(|source| {
-            HostError::Origin {
-                addr: report_addr.to_string(),
-                source,
-            }
+    let stream = transport
+        .connect(report_addr, Duration::from_secs(5))
+        .map_err(|source| HostError::Origin {
+            addr: report_addr.to_string(),
+            source,
         })?;
-    let _ = stream.set_nodelay(true);
     let conn = Arc::new(Mutex::new(stream));
     {
         let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,7 +113,7 @@ pub fn run(
             return Ok(1);
         }
     };
-    let vm = build(req, id, desc, token, mem_addr, start).map(|mut vm| {
+    let vm = build(req, id, desc, token, mem_addr, start, transport).map(|mut vm| {
         vm.clones.role = Role::Clone {
             id,
             reporter: Reporter::Tcp(conn.clone()),
@@ -150,6 +152,7 @@ fn build(
     token: [u8; 16],
     mem_addr: SocketAddr,
     start: Instant,
+    transport: &Transport,
 ) -> Result<Vm, Error> {
     desc.vcpu.regs.rax = id as u64;
     let ram = GuestRam::new(desc.mem_size)?;
@@ -158,6 +161,7 @@ fn build(
         on_failure: Some(std::sync::Arc::new(
             move |_: &crate::remote::RemoteError| vcpu_thread.kick(),
         )),
+        transport: transport.clone(),
         ..FetchConfig::default()
     };
     cfg.multicast = req
@@ -193,19 +197,48 @@ fn build(
 /// file for the daemon, from a thread of their own: the vCPU thread may be
 /// blocked on a page that is still on its way.
 fn spawn_heartbeats(
-    conn: Arc<Mutex<TcpStream>>,
+    conn: Arc<Mutex<Stream>>,
     stats: crate::remote::StatsSource,
     stats_path: Option<std::path::PathBuf>,
 ) {
-    let reader = conn.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
-    if let Ok(mut r) = reader {
-        std::thread::spawn(move || {
-            // Anything from the origin is a kill order (or its death).
-            let _ = Frame::read_from(&mut r);
-            eprintln!("snowflock: the origin ended this clone (kill, or the connection closed)");
-            super::process::exit_now(137);
-        });
-    }
+    let watcher = conn.clone();
+    std::thread::spawn(move || {
+        // Anything from the origin is a kill order (or its death). The
+        // stream is shared with the writers, so wait for bytes without the
+        // lock, then read them under it with a short timeout (a TLS record
+        // may arrive in pieces).
+        use std::os::fd::AsRawFd;
+        let fd = watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tcp()
+            .as_raw_fd();
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the stream (and fd) lives in
+            // `watcher` for the whole process.
+            if unsafe { libc::poll(&mut p, 1, -1) } <= 0 {
+                continue;
+            }
+            let mut s = watcher.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = s.tcp().set_read_timeout(Some(Duration::from_millis(50)));
+            let mut byte = [0u8; 1];
+            match std::io::Read::read(&mut *s, &mut byte) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                _ => break,
+            }
+        }
+        eprintln!("snowflock: the origin ended this clone (kill, or the connection closed)");
+        super::process::exit_now(137);
+    });
     std::thread::spawn(move || loop {
         std::thread::sleep(HEARTBEAT_EVERY);
         if let Some(p) = &stats_path {
@@ -233,7 +266,7 @@ fn local_v4_towards(peer: SocketAddr) -> Option<std::net::Ipv4Addr> {
 /// sent to the origin, which shows it on the parent's console.
 struct ToOrigin<'a> {
     local: &'a mut dyn Write,
-    conn: Arc<Mutex<TcpStream>>,
+    conn: Arc<Mutex<Stream>>,
 }
 
 impl Write for ToOrigin<'_> {

@@ -73,7 +73,7 @@ pub enum Role {
 /// connection from another host.
 pub enum Reporter {
     Pipe(OwnedFd),
-    Tcp(std::sync::Arc<std::sync::Mutex<std::net::TcpStream>>),
+    Tcp(std::sync::Arc<std::sync::Mutex<sf_tls::Stream>>),
 }
 
 impl Reporter {
