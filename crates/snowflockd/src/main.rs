@@ -1,12 +1,13 @@
 //! `snowflockd`: the SnowFlock host daemon. One per host. It boots VMs
 //! (each in its own VMM process, which it spawns and never forks itself),
 //! receives clones sent by VMs on peer hosts, decides where a VM's clones go,
-//! and reports state and metrics, over HTTP/JSON on a Unix socket (local
-//! CLI) and on TCP (peer daemons and VMMs).
+//! and reports state and metrics. The administrative API is on a Unix
+//! socket (mode 0600); other hosts get only the peer API on TCP, over
+//! mutual TLS under the cluster CA.
 
 mod api;
 mod config;
-mod placement;
+mod peer_listener;
 mod vms;
 
 use anyhow::Context;
@@ -35,8 +36,13 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     let cfg = config::Config::from_args(args)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    let creds = match &cfg.security {
+        config::PeerSecurity::Tls(p) => Some(Arc::new(
+            sf_tls::Credentials::load(p).context("cannot load the cluster credentials")?,
+        )),
+        config::PeerSecurity::Insecure => None,
+    };
     let state = Arc::new(vms::Daemon::new(cfg.clone()));
-    let app = api::router(state.clone());
 
     if cfg.socket.exists() {
         // A socket file left by a daemon that is gone; a live one answers.
@@ -52,18 +58,28 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let unix = tokio::net::UnixListener::bind(&cfg.socket)
-        .with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
+    let unix = bind_private(&cfg.socket)?;
     tracing::info!(socket = %cfg.socket.display(), peers = ?cfg.peers, "snowflockd listening");
-    let unix_server = axum::serve(unix, app.clone());
+    let unix_server = axum::serve(unix, api::admin_router(state.clone()));
 
     let tcp_server = match &cfg.listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening");
-            Some(axum::serve(l, app))
+            match &creds {
+                Some(_) => tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening (mutual TLS under the cluster CA)"),
+                None => tracing::warn!(
+                    listen = %addr,
+                    "INSECURE: --insecure-no-tls: the peer API is plain TCP with NO authentication; \
+                     anyone who reaches {addr} can start clones here and read clone groups' memory"
+                ),
+            }
+            Some(peer_listener::serve(
+                l,
+                api::peer_router(state.clone()),
+                creds.clone(),
+            ))
         }
         None => None,
     };
@@ -83,4 +99,21 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     state.kill_all().await;
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// Binds the admin socket with mode 0600 from the start (umask around the
+/// bind, so there is no moment where others may connect), and checks it.
+fn bind_private(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only changes this process's file creation mask; the
+    // daemon creates no other files while it is tightened (one thread
+    // runs here, before the servers start).
+    let old = unsafe { libc::umask(0o177) };
+    let l = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+    Ok(l)
 }

@@ -69,6 +69,21 @@ impl Daemon {
         format!("{kind}-{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The options that give a VMM this host's cluster credentials.
+    fn tls_args(&self) -> Vec<String> {
+        match &self.cfg.security {
+            crate::config::PeerSecurity::Tls(p) => [
+                ("--tls-ca", &p.ca),
+                ("--tls-cert", &p.cert),
+                ("--tls-key", &p.key),
+            ]
+            .into_iter()
+            .flat_map(|(k, v)| [k.to_string(), v.display().to_string()])
+            .collect(),
+            crate::config::PeerSecurity::Insecure => vec!["--insecure-no-tls".into()],
+        }
+    }
+
     pub fn peers(&self) -> Vec<String> {
         self.cfg.peers.iter().map(|p| p.to_string()).collect()
     }
@@ -88,6 +103,7 @@ impl Daemon {
         args: Vec<String>,
         stats: Option<PathBuf>,
         wait_early: bool,
+        stdin: Option<Vec<u8>>,
     ) -> Result<VmInfo, ApiError> {
         let console = self.cfg.state_dir.join(format!("{id}.console"));
         let log = self.cfg.state_dir.join(format!("{id}.log"));
@@ -96,11 +112,21 @@ impl Daemon {
         let err = std::fs::File::create(&log).map_err(|e| io("create the log file", e))?;
         let mut child = tokio::process::Command::new(&self.cfg.snowflock)
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
             .map_err(|e| io("start the VMM process", e))?;
+        // What the VMM must know but no file may hold (a clone group's
+        // token): handed over a pipe.
+        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(&bytes).await;
+        }
         let pid = child.id().unwrap_or(0);
         let info = VmInfo {
             id: id.clone(),
@@ -168,11 +194,15 @@ impl Daemon {
         if let Some(n) = req.max_clones.or(self.cfg.max_clones) {
             args.extend(["--max-clones".into(), n.to_string()]);
         }
-        args.extend([
-            "--control-socket".into(),
-            self.cfg.socket.display().to_string(),
-        ]);
-        args.extend(["--advertise".into(), self.cfg.advertise.to_string()]);
+        if self.cfg.listen.is_some() {
+            // Clones may go to the peers: the VMM places them itself and
+            // talks to them with this host's credentials.
+            args.extend(["--advertise".into(), self.cfg.advertise.to_string()]);
+            for p in &self.cfg.peers {
+                args.extend(["--peer".into(), p.to_string()]);
+            }
+            args.extend(self.tls_args());
+        }
         let placement = match req.placement {
             Placement::Spread => "spread",
             Placement::Local => "local",
@@ -184,7 +214,7 @@ impl Daemon {
         }
         args.push("--".into());
         args.extend(req.args.iter().cloned());
-        self.spawn(id, VmKind::Vm, req.guest, None, args, None, true)
+        self.spawn(id, VmKind::Vm, req.guest, None, args, None, true, None)
             .await
     }
 
@@ -215,23 +245,21 @@ impl Daemon {
             a.parse::<std::net::SocketAddr>()
                 .map_err(|_| bad(format!("{a:?} is not ip:port")))?;
         }
-        let group = self.new_id("group");
-        let request_file = self.cfg.state_dir.join(format!("{group}.json"));
-        std::fs::write(&request_file, serde_json::to_vec(&req).expect("serializes"))
-            .map_err(|e| ApiError(500, format!("cannot keep the clone request: {e}")))?;
+        // The request holds the group's token: it goes to each clone-host
+        // VMM on its stdin, never into a file.
+        let request = serde_json::to_vec(&req).expect("serializes");
         let mut vms = Vec::new();
         for &cid in &req.ids {
             let id = self.new_id("clone");
             let stats = self.cfg.state_dir.join(format!("{id}.stats.json"));
-            let args = vec![
+            let mut args = vec![
                 "clone-host".to_string(),
-                "--request".into(),
-                request_file.display().to_string(),
                 "--id".into(),
                 cid.to_string(),
                 "--stats".into(),
                 stats.display().to_string(),
             ];
+            args.extend(self.tls_args());
             let info = self
                 .spawn(
                     id,
@@ -241,6 +269,7 @@ impl Daemon {
                     args,
                     Some(stats),
                     false,
+                    Some(request.clone()),
                 )
                 .await?;
             self.clones_received.fetch_add(1, Ordering::Relaxed);
