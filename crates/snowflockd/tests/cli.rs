@@ -28,6 +28,10 @@ fn help_names_every_option() {
         "--state-dir",
         "--snowflock",
         "--max-clones",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--insecure-no-tls",
     ] {
         assert!(out.contains(opt), "--help lacks {opt}:\n{out}");
     }
@@ -85,4 +89,31 @@ fn a_missing_vmm_binary_is_named() {
         err.contains("the VMM binary /nonexistent/snowflock does not exist"),
         "{err}"
     );
+}
+
+#[test]
+fn listening_without_credentials_refuses_to_start_and_says_how_to_make_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let (code, _, err) = snowflockd(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--tls-ca") && err.contains("snowflock cluster init") && err.contains("--insecure-no-tls"),
+        "{err}"
+    );
+    let (code, _, err) = snowflockd(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-ca",
+        "/nonexistent/ca.pem",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("go together"), "{err}");
 }
