@@ -15,11 +15,12 @@ use crate::remote::{FetchConfig, RemoteMemory};
 use crate::vm::Vm;
 use crate::{Error, Outcome};
 use sf_api::CloneRequest;
-use sf_tls::{Stream, Transport};
+use super::origin_link::OriginLink;
+use sf_tls::Transport;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,22 +72,9 @@ pub fn run(
         .and_then(|d| Instant::now().checked_sub(d))
         .unwrap_or_else(Instant::now);
     let (token, mem_addr, report_addr, desc_bytes) = parse(req)?;
-    let stream = transport
-        .connect(report_addr, Duration::from_secs(5))
-        .map_err(|source| HostError::Origin {
-            addr: report_addr.to_string(),
-            source,
-        })?;
-    let conn = Arc::new(Mutex::new(stream));
-    {
-        let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
-        Frame::Hello { token, id }
-            .write_to(&mut *s)
-            .map_err(|source| HostError::Origin {
-                addr: report_addr.to_string(),
-                source,
-            })?;
-    }
+    // The origin answers the handshake only when it looks: connect in the
+    // background and start the clone now.
+    let conn = OriginLink::connect(transport.clone(), report_addr, Frame::Hello { token, id });
     let mut reporter = Reporter::Tcp(conn.clone());
     let report_failure = |reporter: &mut Reporter, outcome: Outcome| {
         let r = CloneReport {
@@ -193,59 +181,20 @@ fn build(
     Ok(vm)
 }
 
-/// Heartbeats to the origin (and kill orders from it), plus the counters
-/// file for the daemon, from a thread of their own: the vCPU thread may be
-/// blocked on a page that is still on its way.
+/// Heartbeats to the origin, plus the counters file for the daemon, from
+/// a thread of their own: the vCPU thread may be blocked on a page that is
+/// still on its way. (Kill orders are watched by the link's own thread.)
 fn spawn_heartbeats(
-    conn: Arc<Mutex<Stream>>,
+    conn: Arc<OriginLink>,
     stats: crate::remote::StatsSource,
     stats_path: Option<std::path::PathBuf>,
 ) {
-    let watcher = conn.clone();
-    std::thread::spawn(move || {
-        // Anything from the origin is a kill order (or its death). The
-        // stream is shared with the writers, so wait for bytes without the
-        // lock, then read them under it with a short timeout (a TLS record
-        // may arrive in pieces).
-        use std::os::fd::AsRawFd;
-        let fd = watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .tcp()
-            .as_raw_fd();
-        loop {
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; the stream (and fd) lives in
-            // `watcher` for the whole process.
-            if unsafe { libc::poll(&mut p, 1, -1) } <= 0 {
-                continue;
-            }
-            let mut s = watcher.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = s.tcp().set_read_timeout(Some(Duration::from_millis(50)));
-            let mut byte = [0u8; 1];
-            match std::io::Read::read(&mut *s, &mut byte) {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                _ => break,
-            }
-        }
-        eprintln!("snowflock: the origin ended this clone (kill, or the connection closed)");
-        super::process::exit_now(137);
-    });
     std::thread::spawn(move || loop {
         std::thread::sleep(HEARTBEAT_EVERY);
         if let Some(p) = &stats_path {
             let _ = std::fs::write(p, serde_json::to_vec(&stats.get()).unwrap_or_default());
         }
-        let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
-        if Frame::Heartbeat.write_to(&mut *s).is_err() {
+        if conn.heartbeat().is_err() {
             return;
         }
     });
@@ -266,15 +215,14 @@ fn local_v4_towards(peer: SocketAddr) -> Option<std::net::Ipv4Addr> {
 /// sent to the origin, which shows it on the parent's console.
 struct ToOrigin<'a> {
     local: &'a mut dyn Write,
-    conn: Arc<Mutex<Stream>>,
+    conn: Arc<OriginLink>,
 }
 
 impl Write for ToOrigin<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.local.write_all(buf)?;
-        let mut s = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         // The origin may be gone; the clone's own report says what matters.
-        let _ = Frame::Console(buf.to_vec()).write_to(&mut *s);
+        self.conn.console(buf);
         Ok(buf.len())
     }
 

@@ -167,10 +167,6 @@ fn start_remote_clones(
     request: CloneRequest,
     transport: Transport,
 ) {
-    let mut origin = report_to.and_then(|a| transport.connect(a, Duration::from_secs(2)).ok());
-    if let Some(s) = origin.as_mut() {
-        let _ = Frame::Hello { token, id: 0 }.write_to(s);
-    }
     let sends: Vec<_> = by_peer
         .into_iter()
         .map(|(peer, ids)| {
@@ -187,6 +183,7 @@ fn start_remote_clones(
             })
         })
         .collect();
+    let mut failed = Vec::new();
     for h in sends {
         let Ok((peer, ids, res)) = h.join() else {
             continue;
@@ -194,15 +191,25 @@ fn start_remote_clones(
         if let Err(e) = res {
             tracing::warn!(%peer, ?ids, "clone host refused: {e}");
             for id in ids {
-                if let Some(s) = origin.as_mut() {
-                    let _ = Frame::Failed {
-                        id,
-                        reason: format!("host {peer} could not start it: {e}"),
-                    }
-                    .write_to(s);
-                }
+                failed.push(Frame::Failed {
+                    id,
+                    reason: format!("host {peer} could not start it: {e}"),
+                });
             }
         }
+    }
+    // Only failures need the origin, which completes a TLS handshake only
+    // when it looks (join, kill): wait as long as a clone would.
+    if failed.is_empty() {
+        return;
+    }
+    let deadline = super::origin_link::CONNECT_DEADLINE;
+    if let Some(mut s) = report_to.and_then(|a| transport.connect(a, deadline).ok()) {
+        let _ = Frame::Hello { token, id: 0 }.write_to(&mut s);
+        for f in failed {
+            let _ = f.write_to(&mut s);
+        }
+        let _ = std::io::Write::flush(&mut s);
     }
 }
 
