@@ -8,8 +8,8 @@
 
 use crate::{TlsError, TlsPaths};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::io::Write;
 use std::net::IpAddr;
@@ -105,7 +105,11 @@ fn private_dir(dir: &Path) -> Result<(), TlsError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-fn host_cert(dir: &Path, host: &HostSpec, issuer: &Issuer<'_, KeyPair>) -> Result<TlsPaths, TlsError> {
+fn host_cert(
+    dir: &Path,
+    host: &HostSpec,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<TlsPaths, TlsError> {
     let paths = host_paths(dir, &host.name);
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
@@ -168,6 +172,9 @@ mod tests {
         assert!("h1".parse::<HostSpec>().unwrap_err().contains("NAME=IP"));
         assert!("../x=1.2.3.4".parse::<HostSpec>().is_err());
         assert!("ca=1.2.3.4".parse::<HostSpec>().is_err());
-        assert!("h=nope".parse::<HostSpec>().unwrap_err().contains("not an IP"));
+        assert!("h=nope"
+            .parse::<HostSpec>()
+            .unwrap_err()
+            .contains("not an IP"));
     }
 }

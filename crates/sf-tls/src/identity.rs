@@ -18,9 +18,7 @@ pub enum PeerIdentity {
 impl PeerIdentity {
     /// The identity of a verified end-entity certificate.
     pub fn from_certificate(cert: &CertificateDer<'_>) -> PeerIdentity {
-        PeerIdentity::Certificate {
-            ips: ip_sans(cert),
-        }
+        PeerIdentity::Certificate { ips: ip_sans(cert) }
     }
 
     /// Whether `ip` belongs to this peer.
@@ -42,7 +40,9 @@ impl PeerIdentity {
 impl std::fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PeerIdentity::Certificate { ips } => write!(f, "the peer whose certificate names {ips:?}"),
+            PeerIdentity::Certificate { ips } => {
+                write!(f, "the peer whose certificate names {ips:?}")
+            }
             PeerIdentity::SourceAddress(a) => write!(f, "the unauthenticated peer at {a}"),
         }
     }

@@ -56,8 +56,11 @@ impl Transport {
         let Transport::Tls(creds) = self else {
             return Ok(Stream::Plain(tcp));
         };
-        let conn = ClientConnection::new(creds.client_config(), ServerName::IpAddress(addr.ip().into()))
-            .map_err(tls_io)?;
+        let conn = ClientConnection::new(
+            creds.client_config(),
+            ServerName::IpAddress(addr.ip().into()),
+        )
+        .map_err(tls_io)?;
         let mut s = Stream::Client(Box::new(StreamOwned::new(conn, tcp)));
         s.handshake_until(deadline)?;
         s.tcp().set_read_timeout(None)?;

@@ -24,7 +24,10 @@ fn cluster(dir: &std::path::Path) -> (Transport, Transport) {
 
 /// Serves one connection: handshake, then echoes 5 bytes; returns the
 /// handshake result and the peer's identity.
-fn serve_one(l: TcpListener, t: Transport) -> std::thread::JoinHandle<Result<Option<PeerIdentity>, String>> {
+fn serve_one(
+    l: TcpListener,
+    t: Transport,
+) -> std::thread::JoinHandle<Result<Option<PeerIdentity>, String>> {
     std::thread::spawn(move || {
         let (tcp, _) = l.accept().unwrap();
         let mut s = t.accept(tcp).unwrap();

@@ -62,7 +62,11 @@ pub fn main(c: ClusterCommand) -> anyhow::Result<u8> {
     match c {
         ClusterCommand::Init { dir, hosts } => {
             let paths = sf_tls::generate::init(&dir, &hosts)?;
-            println!("cluster CA {} (key {})", dir.join("ca.pem").display(), dir.join("ca-key.pem").display());
+            println!(
+                "cluster CA {} (key {})",
+                dir.join("ca.pem").display(),
+                dir.join("ca-key.pem").display()
+            );
             paths.iter().for_each(show);
         }
         ClusterCommand::AddHost { dir, host } => show(&sf_tls::generate::add_host(&dir, &host)?),

@@ -29,7 +29,10 @@ fn clone_request(memory_server: String, report_to: String) -> CloneRequest {
 }
 
 /// What an attacker's client may try on the TCP port.
-fn every_request(c: &sf_api::Client, req: &CloneRequest) -> Vec<(&'static str, Result<(u16, Vec<u8>), ClientError>)> {
+fn every_request(
+    c: &sf_api::Client,
+    req: &CloneRequest,
+) -> Vec<(&'static str, Result<(u16, Vec<u8>), ClientError>)> {
     let create = serde_json::to_vec(&CreateVm {
         guest: "hello".into(),
         ..Default::default()
@@ -85,7 +88,10 @@ fn without_a_cluster_certificate_the_tcp_port_answers_nothing() {
     );
     {
         let _attacker = h.cluster.enter(3);
-        for (who, t) in [("no certificate", Transport::Plain), ("another CA", stranger)] {
+        for (who, t) in [
+            ("no certificate", Transport::Plain),
+            ("another CA", stranger),
+        ] {
             for (what, res) in every_request(&h.peer_client(1, t), &req) {
                 assert!(
                     !matches!(res, Ok(_) | Err(ClientError::Status { .. })),
@@ -96,7 +102,8 @@ fn without_a_cluster_certificate_the_tcp_port_answers_nothing() {
     }
     still_running(&h, &vm.id);
     assert!(
-        h.daemon_log(1).contains("peer refused: TLS handshake failed"),
+        h.daemon_log(1)
+            .contains("peer refused: TLS handshake failed"),
         "{}",
         h.daemon_log(1)
     );
@@ -130,8 +137,14 @@ fn a_peer_naming_another_hosts_memory_server_or_report_to_gets_403() {
     let _peer = h.cluster.enter(3);
     let c = h.peer_client(1, h.transport(3));
     for (req, field) in [
-        (clone_request(format!("{a2}:7070"), format!("{a3}:2")), "memory_server"),
-        (clone_request(format!("{a3}:1"), format!("{a2}:7070")), "report_to"),
+        (
+            clone_request(format!("{a2}:7070"), format!("{a3}:2")),
+            "memory_server",
+        ),
+        (
+            clone_request(format!("{a3}:1"), format!("{a2}:7070")),
+            "report_to",
+        ),
     ] {
         let e = c
             .post::<_, sf_api::CloneAccepted>("/v1/clones", &req)
@@ -151,7 +164,11 @@ fn a_peer_naming_another_hosts_memory_server_or_report_to_gets_403() {
     drop(_peer);
     let vms: Vec<VmInfo> = h.client(1).get("/v1/vms").unwrap();
     assert!(vms.is_empty(), "nothing was started: {vms:?}");
-    assert!(h.daemon_log(1).contains("clone request refused"), "{}", h.daemon_log(1));
+    assert!(
+        h.daemon_log(1).contains("clone request refused"),
+        "{}",
+        h.daemon_log(1)
+    );
 }
 
 #[test]
@@ -179,7 +196,10 @@ fn the_clone_token_is_in_no_file_and_the_admin_socket_is_private() {
             }
         }
     }
-    assert!(files > 10, "the state directories were searched ({files} files)");
+    assert!(
+        files > 10,
+        "the state directories were searched ({files} files)"
+    );
 }
 
 #[test]

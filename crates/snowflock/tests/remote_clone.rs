@@ -279,7 +279,10 @@ fn bench_remote_writes_the_documented_keys() {
     let rows = v["rows"].as_array().expect("rows");
     // Each configuration with mutual TLS and with plain TCP, in one run.
     assert_eq!(rows.len(), 4, "{v}");
-    let transports: Vec<&str> = rows.iter().filter_map(|r| r["transport"].as_str()).collect();
+    let transports: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["transport"].as_str())
+        .collect();
     assert_eq!(transports, ["mtls", "mtls", "plain", "plain"], "{v}");
     for row in rows {
         for key in [

@@ -160,9 +160,21 @@ mod tests {
         assert!(authorize(&peer, &req("10.0.0.2:1", "10.0.0.2:2")).is_ok());
         let e = authorize(&peer, &req("10.0.0.3:1", "10.0.0.2:2")).unwrap_err();
         assert_eq!(e.0, 403);
-        assert!(e.1.contains("memory_server 10.0.0.3:1 is not an address of the sender"), "{}", e.1);
-        assert_eq!(authorize(&peer, &req("10.0.0.2:1", "10.0.0.9:2")).unwrap_err().0, 403);
-        assert_eq!(authorize(&peer, &req("nope", "10.0.0.2:2")).unwrap_err().0, 400);
+        assert!(
+            e.1.contains("memory_server 10.0.0.3:1 is not an address of the sender"),
+            "{}",
+            e.1
+        );
+        assert_eq!(
+            authorize(&peer, &req("10.0.0.2:1", "10.0.0.9:2"))
+                .unwrap_err()
+                .0,
+            403
+        );
+        assert_eq!(
+            authorize(&peer, &req("nope", "10.0.0.2:2")).unwrap_err().0,
+            400
+        );
         let mut bad = req("10.0.0.2:1", "10.0.0.2:2");
         bad.multicast = Some("10.0.0.5:1".into());
         assert_eq!(authorize(&peer, &bad).unwrap_err().0, 400);

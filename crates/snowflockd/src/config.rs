@@ -135,7 +135,9 @@ impl Config {
                 PeerSecurity::Tls(sf_tls::TlsPaths { ca, cert, key })
             }
             (None, None, None, true) => PeerSecurity::Insecure,
-            (_, _, _, true) => bail!("--insecure-no-tls and --tls-* contradict each other; pick one"),
+            (_, _, _, true) => {
+                bail!("--insecure-no-tls and --tls-* contradict each other; pick one")
+            }
             (None, None, None, false) if listen.is_some() => bail!(
                 "--listen serves other hosts, so it needs the cluster's credentials: \
                  --tls-ca ca.pem --tls-cert HOST.pem --tls-key HOST-key.pem \

@@ -68,7 +68,9 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             match &creds {
-                Some(_) => tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening (mutual TLS under the cluster CA)"),
+                Some(_) => {
+                    tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening (mutual TLS under the cluster CA)")
+                }
                 None => tracing::warn!(
                     listen = %addr,
                     "INSECURE: --insecure-no-tls: the peer API is plain TCP with NO authentication; \

@@ -103,7 +103,9 @@ fn listening_without_credentials_refuses_to_start_and_says_how_to_make_them() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("--tls-ca") && err.contains("snowflock cluster init") && err.contains("--insecure-no-tls"),
+        err.contains("--tls-ca")
+            && err.contains("snowflock cluster init")
+            && err.contains("--insecure-no-tls"),
         "{err}"
     );
     let (code, _, err) = snowflockd(&[

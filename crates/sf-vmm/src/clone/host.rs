@@ -5,6 +5,7 @@
 //! the holder and the origin must prove they own the addresses the clone
 //! request named.
 
+use super::origin_link::OriginLink;
 use super::remote::HEARTBEAT_EVERY;
 use super::report::CloneReport;
 use super::wire::Frame;
@@ -15,7 +16,6 @@ use crate::remote::{FetchConfig, RemoteMemory};
 use crate::vm::Vm;
 use crate::{Error, Outcome};
 use sf_api::CloneRequest;
-use super::origin_link::OriginLink;
 use sf_tls::Transport;
 use std::io::Write;
 use std::net::SocketAddr;

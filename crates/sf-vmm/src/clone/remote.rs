@@ -302,8 +302,8 @@ impl RemoteGroup {
             while i < self.conns.len() {
                 // Not authenticated (TLS and the group's token) in time:
                 // a stranger holding a socket open, dropped.
-                let stale = self.conns[i].id.is_none()
-                    && self.conns[i].accepted.elapsed() > HELLO_DEADLINE;
+                let stale =
+                    self.conns[i].id.is_none() && self.conns[i].accepted.elapsed() > HELLO_DEADLINE;
                 if !stale && self.read_conn(i) {
                     i += 1;
                 } else {
@@ -498,7 +498,10 @@ impl RemoteGroup {
                 id != 0 && !self.reports.contains_key(&id) && !self.lost.contains_key(&id)
             }) {
                 let _ = c.stream.tcp().set_nonblocking(false);
-                let _ = c.stream.tcp().set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = c
+                    .stream
+                    .tcp()
+                    .set_write_timeout(Some(Duration::from_secs(1)));
                 let _ = Frame::Kill.write_to(&mut c.stream);
                 let _ = c.stream.tcp().set_nonblocking(true);
                 n += 1;

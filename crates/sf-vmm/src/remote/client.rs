@@ -63,13 +63,14 @@ impl PageClient {
     ) -> Result<PageClient, RemoteError> {
         // Requests are small and latency-bound: the transport sets
         // TCP_NODELAY so they are never held back to coalesce.
-        let stream = transport
-            .connect(server, t.connect)
-            .map_err(|source| RemoteError::Connect {
-                server,
-                ms: t.connect.as_millis() as u64,
-                source,
-            })?;
+        let stream =
+            transport
+                .connect(server, t.connect)
+                .map_err(|source| RemoteError::Connect {
+                    server,
+                    ms: t.connect.as_millis() as u64,
+                    source,
+                })?;
         let mut client = PageClient {
             server,
             stream,

@@ -235,9 +235,14 @@ mod tests {
             !d.windows(16).any(|w| w == [7u8; 16]),
             "the token is never on the wire"
         );
-        let open = |mut d: Vec<u8>, k: &GroupKey| decode(&mut d, k).map(|(s, o, p)| (s, o, p.to_vec()));
+        let open =
+            |mut d: Vec<u8>, k: &GroupKey| decode(&mut d, k).map(|(s, o, p)| (s, o, p.to_vec()));
         assert_eq!(open(d.clone(), &key), Some((5, 0x3000, page.clone())));
-        assert_eq!(open(d.clone(), &GroupKey::new(&[8u8; 16])), None, "another group");
+        assert_eq!(
+            open(d.clone(), &GroupKey::new(&[8u8; 16])),
+            None,
+            "another group"
+        );
         assert_eq!(open(d[..d.len() - 1].to_vec(), &key), None, "truncated");
         for at in [0, 6, 14, HEADER_LEN + 9, d.len() - 1] {
             let mut bad = d.clone();

@@ -130,7 +130,13 @@ impl Cluster {
         // SAFETY: setns on namespace files we opened; it changes only this
         // thread's network namespace.
         let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {}: {}", self.netns(host), std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setns into {}: {}",
+            self.netns(host),
+            std::io::Error::last_os_error()
+        );
         NetnsGuard { home }
     }
 

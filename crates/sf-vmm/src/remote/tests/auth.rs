@@ -44,17 +44,33 @@ fn clients_without_a_cluster_certificate_are_refused() {
     s.write_all(&Hello::new(TOKEN).encode()).unwrap();
     let mut reply = [0u8; 16];
     let n = s.read(&mut reply).unwrap_or(0);
-    assert!(n == 0 || !reply.starts_with(b"SFPM"), "plain client got a reply: {:?}", &reply[..n]);
+    assert!(
+        n == 0 || !reply.starts_with(b"SFPM"),
+        "plain client got a reply: {:?}",
+        &reply[..n]
+    );
     for (who, t) in [("plain TCP", Transport::Plain), ("another CA", theirs)] {
         let r = PageClient::connect(server.addr, &TOKEN, timeouts(), &t);
         assert!(r.is_err(), "{who} was served");
     }
     let mut c = PageClient::connect(server.addr, &TOKEN, timeouts(), &ours).unwrap();
     let mut data = Vec::new();
-    let b = c.fetch(Request { offset: 0, pages: 2 }, &mut data).unwrap();
+    let b = c
+        .fetch(
+            Request {
+                offset: 0,
+                pages: 2,
+            },
+            &mut data,
+        )
+        .unwrap();
     assert_eq!(b.map.data_pages(), 2);
     assert_eq!(data[..PAGE_SIZE], pattern_region(PAGE_SIZE)[..]);
-    assert_eq!(server.handle.stats().connections, 1, "only the cluster member got in");
+    assert_eq!(
+        server.handle.stats().connections,
+        1,
+        "only the cluster member got in"
+    );
 }
 
 #[test]
@@ -71,11 +87,19 @@ fn silent_connections_neither_lock_out_a_clone_nor_stay_open() {
     let mut c = PageClient::connect(server.addr, &TOKEN, timeouts(), &ours)
         .expect("a clone with the right certificate and token is served");
     let mut data = Vec::new();
-    c.fetch(Request { offset: 0, pages: 1 }, &mut data).unwrap();
+    c.fetch(
+        Request {
+            offset: 0,
+            pages: 1,
+        },
+        &mut data,
+    )
+    .unwrap();
     // And each silent one is closed once its deadline passes.
     let start = Instant::now();
     for mut s in silent {
-        s.set_read_timeout(Some(HELLO_TIMEOUT + Duration::from_secs(3))).unwrap();
+        s.set_read_timeout(Some(HELLO_TIMEOUT + Duration::from_secs(3)))
+            .unwrap();
         let mut b = [0u8; 1];
         let r = s.read(&mut b);
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
