@@ -28,11 +28,11 @@ fn clone_request(memory_server: String, report_to: String) -> CloneRequest {
     }
 }
 
+/// One request's name and what came back.
+type Attempt = (&'static str, Result<(u16, Vec<u8>), ClientError>);
+
 /// What an attacker's client may try on the TCP port.
-fn every_request(
-    c: &sf_api::Client,
-    req: &CloneRequest,
-) -> Vec<(&'static str, Result<(u16, Vec<u8>), ClientError>)> {
+fn every_request(c: &sf_api::Client, req: &CloneRequest) -> Vec<Attempt> {
     let create = serde_json::to_vec(&CreateVm {
         guest: "hello".into(),
         ..Default::default()

@@ -379,7 +379,7 @@ fn measure(bed: &Testbed, a: &RemoteBenchArgs, image: &GuestImage) -> anyhow::Re
     for &mem in &a.mem_mib {
         // What a clone touches does not depend on how many there are: one
         // run with prefetching off counts it (each fetch is then one fault).
-        let base = run_once(&bed, &image, mem, 1, Placement::Remote, Some(1))?;
+        let base = run_once(bed, image, mem, 1, Placement::Remote, Some(1))?;
         let touched = base.clones[0].clones[0]
             .memory
             .as_ref()
@@ -392,7 +392,7 @@ fn measure(bed: &Testbed, a: &RemoteBenchArgs, image: &GuestImage) -> anyhow::Re
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut desc = 0;
             for _ in 0..a.runs {
-                let r = run_once(&bed, &image, mem, n, Placement::Remote, None)?;
+                let r = run_once(bed, image, mem, n, Placement::Remote, None)?;
                 let f = firsts(&r);
                 push(&mut rf, median(&f));
                 push(&mut rl, f.iter().copied().fold(0.0, f64::max));
@@ -407,7 +407,7 @@ fn measure(bed: &Testbed, a: &RemoteBenchArgs, image: &GuestImage) -> anyhow::Re
                     bytes.push(m.bytes_received as f64);
                     mcast.push(m.multicast_pages as f64);
                 }
-                let l = run_once(&bed, &image, mem, n, Placement::Local, None)?;
+                let l = run_once(bed, image, mem, n, Placement::Local, None)?;
                 let f = firsts(&l);
                 push(&mut lf, median(&f));
                 push(&mut ll, f.iter().copied().fold(0.0, f64::max));
