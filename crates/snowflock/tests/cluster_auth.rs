@@ -5,11 +5,17 @@
 
 mod common;
 use common::hosts::{cluster_init, Hosts};
+use common::snowflock_bin;
 use sf_api::{ClientError, CloneRequest, CreateVm, VmInfo};
 use sf_tls::{Credentials, Transport};
+use sf_vmm::remote::protocol::{Hello, HelloReply, RefuseReason, HELLO_REPLY_LEN};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 fn clone_request(memory_server: String, report_to: String) -> CloneRequest {
     CloneRequest {
@@ -214,4 +220,76 @@ fn remote_clones_work_in_insecure_mode_too() {
     );
     assert!(h.daemon_log(1).contains("INSECURE"), "{}", h.daemon_log(1));
     std::thread::sleep(Duration::from_millis(10));
+}
+
+/// The hello reply of the page server at `addr` to `token` over `t`
+/// (`None`: no reply at all).
+fn page_hello(addr: SocketAddr, t: &Transport, token: [u8; 16]) -> Option<HelloReply> {
+    let mut s = t.connect(addr, Duration::from_secs(3)).ok()?;
+    s.tcp()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&Hello::new(token).encode()).ok()?;
+    let mut reply = [0u8; HELLO_REPLY_LEN];
+    s.read_exact(&mut reply).ok()?;
+    HelloReply::decode(&reply).ok()
+}
+
+#[test]
+fn the_memory_holder_serves_only_cluster_members_and_silent_strangers_do_not_make_it_busy() {
+    let h = Hosts::start(3);
+    let mut cmd = Command::new(snowflock_bin());
+    cmd.arg("run")
+        .arg("--daemon")
+        .arg(h.socket(1))
+        .args(["forktest", "--", "slow", "n=3", "ms=3000"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The origin's log names its memory holder's address.
+    let until = Instant::now() + Duration::from_secs(20);
+    let holder: SocketAddr = loop {
+        let vms: Vec<VmInfo> = h.client(1).get("/v1/vms").unwrap_or_default();
+        let log = vms
+            .first()
+            .and_then(|v| {
+                h.client(1)
+                    .get::<sf_api::VmDetail>(&format!("/v1/vms/{}", v.id))
+                    .ok()
+            })
+            .map(|d| d.log)
+            .unwrap_or_default();
+        if let Some(a) = log
+            .lines()
+            .find_map(|l| l.split("serving the clone group's RAM on ").nth(1))
+            .and_then(|a| a.trim().parse().ok())
+        {
+            break a;
+        }
+        assert!(Instant::now() < until, "no memory holder\n{}", h.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    {
+        let _attacker = h.cluster.enter(3);
+        // Without a certificate, even a right token would get no answer.
+        assert_eq!(page_hello(holder, &Transport::Plain, [0; 16]), None);
+        // 300 connections that never say anything...
+        let silent: Vec<TcpStream> = (0..300)
+            .filter_map(|_| TcpStream::connect(holder).ok())
+            .collect();
+        assert_eq!(silent.len(), 300);
+        std::thread::sleep(Duration::from_millis(300));
+        // ...do not fill the holder: a cluster member is still heard (and,
+        // without the group's token, refused for that reason, not "Busy").
+        match page_hello(holder, &h.transport(3), [0; 16]) {
+            Some(HelloReply::Refuse { reason, .. }) => assert_eq!(reason, RefuseReason::BadToken),
+            other => panic!("{other:?}"),
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() == Some(0) && stdout.contains("forktest slow: ok"),
+        "{stdout}\n{}",
+        h.describe()
+    );
 }

@@ -516,3 +516,35 @@ impl RemoteGroup {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    #[test]
+    fn report_connections_that_never_say_hello_are_dropped_after_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reports = ReportListener {
+            listener,
+            transport: Transport::Plain,
+        };
+        let mut g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        let silent: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        g.pump(HELLO_DEADLINE + Duration::from_millis(600));
+        assert!(
+            g.conns.is_empty(),
+            "{} connections still held",
+            g.conns.len()
+        );
+        for mut s in silent {
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let r = s.read(&mut [0u8; 1]);
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            if let Err(e) = r {
+                assert_ne!(e.kind(), ErrorKind::WouldBlock, "still open");
+            }
+        }
+    }
+}
