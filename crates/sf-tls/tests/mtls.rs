@@ -96,6 +96,15 @@ fn init_refuses_to_overwrite_and_keys_are_private() {
     let e = init(&d, &["z=127.0.0.9".parse().unwrap()]).unwrap_err();
     assert!(e.to_string().contains("refusing to overwrite"), "{e}");
     let p = sf_tls::generate::add_host(&d, &"c=127.0.0.3".parse().unwrap()).unwrap();
-    Credentials::load(&p).unwrap();
+    // The added host's certificate chains to the same CA: it talks to "a".
+    let added = Transport::Tls(Arc::new(Credentials::load(&p).unwrap()));
+    let a = Transport::Tls(Arc::new(Credentials::load(&host_paths(&d, "a")).unwrap()));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = serve_one(l, a);
+    let mut c = added.connect(addr, Duration::from_secs(2)).unwrap();
+    c.write_all(b"howdy").unwrap();
+    let peer = server.join().unwrap().unwrap().unwrap();
+    assert!(peer.owns(IpAddr::from([127, 0, 0, 3])));
     assert!(sf_tls::generate::add_host(&d, &"c=127.0.0.3".parse().unwrap()).is_err());
 }
