@@ -36,6 +36,12 @@ struct State {
 
 pub struct OriginLink {
     addr: SocketAddr,
+    /// The clone-host process that owns the TLS session. Its own clones
+    /// (forked processes) inherit this link but must never write to it: a
+    /// second writer would reuse the session's record sequence numbers and
+    /// the origin would drop the connection as forged. Their console stays
+    /// in this host's files; their reports go over their own pipes.
+    owner: u32,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -47,6 +53,7 @@ impl OriginLink {
     pub fn connect(transport: Transport, addr: SocketAddr, hello: Frame) -> Arc<OriginLink> {
         let link = Arc::new(OriginLink {
             addr,
+            owner: std::process::id(),
             state: Mutex::new(State {
                 conn: Conn::Connecting,
                 pending: hello.encode(),
@@ -67,6 +74,17 @@ impl OriginLink {
             me.watch_for_kill();
         });
         link
+    }
+
+    fn check_owner(&self) -> std::io::Result<()> {
+        if std::process::id() == self.owner {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "a forked clone does not write to its parent's origin link",
+            ))
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -98,6 +116,7 @@ impl OriginLink {
     /// Sends a frame, or holds it while connecting (`keep`: hold it even
     /// past the limit; otherwise drop what does not fit).
     fn send(&self, f: &Frame, keep: bool) -> std::io::Result<()> {
+        self.check_owner()?;
         let mut st = self.lock();
         match &mut st.conn {
             Conn::Up(s) => {
@@ -126,6 +145,7 @@ impl OriginLink {
 
     /// A heartbeat, once connected (before, the origin does not listen).
     pub fn heartbeat(&self) -> std::io::Result<()> {
+        self.check_owner()?;
         let mut st = self.lock();
         match &mut st.conn {
             Conn::Up(s) => Frame::Heartbeat.write_to(s).and_then(|_| s.flush()),
