@@ -3,10 +3,13 @@
 //! see the README for the list.
 
 pub mod client;
+mod placement;
 mod types;
 pub mod units;
 
 pub use client::{Client, ClientError, Endpoint};
+pub use placement::place;
+pub use sf_tls::Transport;
 pub use types::*;
 
 /// Version prefix of every path.

@@ -168,9 +168,6 @@ pub fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
 
 #[derive(clap::Args)]
 pub struct CloneHostArgs {
-    /// The clone request (JSON) the daemon received.
-    #[arg(long)]
-    request: PathBuf,
     /// Which clone of the request to run.
     #[arg(long)]
     id: u32,
@@ -179,11 +176,23 @@ pub struct CloneHostArgs {
     stats: Option<PathBuf>,
     #[command(flatten)]
     sandbox: crate::run::SandboxArgs,
+    #[command(flatten)]
+    tls: crate::cluster::TlsArgs,
 }
 
+/// Largest clone request read from the daemon (a descriptor is ~10 KB of hex).
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// The clone request comes on stdin from the daemon, never from a file:
+/// it holds the group's token, which must not touch the disk.
 pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
-    let text = std::fs::read(&a.request)
-        .with_context(|| format!("cannot read {}", a.request.display()))?;
+    use std::io::Read;
+    let transport = a.tls.transport()?;
+    let mut text = Vec::new();
+    std::io::stdin()
+        .take(MAX_REQUEST)
+        .read_to_end(&mut text)
+        .context("cannot read the clone request on stdin")?;
     let req: CloneRequest =
         serde_json::from_slice(&text).context("the clone request is not valid JSON")?;
     if !req.ids.contains(&a.id) {
@@ -192,6 +201,13 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let policy = a.sandbox.policy(false);
-    let code = sf_vmm::clone::host::run(&req, a.id, a.stats.as_deref(), &mut out, policy.as_ref())?;
+    let code = sf_vmm::clone::host::run(
+        &req,
+        a.id,
+        a.stats.as_deref(),
+        &mut out,
+        policy.as_ref(),
+        &transport,
+    )?;
     Ok(code as u8)
 }

@@ -2,6 +2,7 @@
 //! the project, and benchmark.
 
 mod bench;
+mod cluster;
 mod daemon;
 mod demo;
 mod guests;
@@ -30,6 +31,10 @@ enum Command {
     /// Measure and compare (prints a table; --json writes the numbers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A cluster's credentials: `cluster init` makes a CA and each host's
+    /// certificate and key for mutual TLS between daemons.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// List the VMs a daemon runs.
     Vms(daemon::VmsArgs),
     /// Kill a VM a daemon runs.
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Guests(a) => guests::main(a),
         Command::Bench(b) => bench::main(b),
+        Command::Cluster(c) => cluster::main(c),
         Command::Vms(a) => daemon::vms(a),
         Command::Kill(a) => daemon::kill(a),
         Command::Metrics(a) => daemon::metrics(a),

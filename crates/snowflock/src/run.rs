@@ -99,14 +99,17 @@ pub struct RunArgs {
     /// host fetches per fault (1 = no prefetch; default 64).
     #[arg(long, value_name = "PAGES")]
     prefetch_window: Option<u32>,
-    /// Internal: the daemon that started this VMM (for clone placement).
-    #[arg(long, value_name = "SOCKET", hide = true)]
-    control_socket: Option<std::path::PathBuf>,
-    /// Internal: the address other hosts reach this one at.
+    /// Internal: the address other hosts reach this one at (given by the
+    /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
     advertise: Option<std::net::IpAddr>,
+    /// Internal: a peer daemon, ip:port (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT", hide = true)]
+    peers: Vec<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    tls: crate::cluster::TlsArgs,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -174,10 +177,19 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     }
     let image = load_image(&a.guest)?;
     let max_clones = clamp_max_clones(a.max_clones);
-    // Under a daemon, clone placement asks the daemon over its root-owned
-    // Unix socket, so the runner keeps its user ID (with no capabilities)
-    // until placement moves into the VMM.
-    let policy = a.sandbox.policy(a.control_socket.is_some());
+    // Placement comes from the peer list the daemon gave: no VMM needs the
+    // daemon's root-only socket, so every runner gives up root.
+    let policy = a.sandbox.policy(false);
+    let remote = match a.advertise {
+        Some(advertise) => Some(sf_vmm::clone::remote::RemoteLink {
+            peers: a.peers.clone(),
+            transport: a.tls.transport()?,
+            advertise,
+            placement: a.placement.into(),
+            prefetch_window: a.prefetch_window,
+        }),
+        None => None,
+    };
     let cfg = VmConfig {
         mem_size: a.mem,
         vcpus: a.vcpus,
@@ -185,14 +197,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         boot: a.boot.into(),
         cmdline: a.args.join(" "),
         max_clones,
-        remote: a.control_socket.map(|s| sf_vmm::clone::remote::RemoteLink {
-            control: sf_api::Endpoint::Unix(s),
-            advertise: a
-                .advertise
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-            placement: a.placement.into(),
-            prefetch_window: a.prefetch_window,
-        }),
+        remote,
     };
     // This VMM reaps its whole family (orphans of killed clones included)
     // before it exits, instead of leaving zombies to PID 1.

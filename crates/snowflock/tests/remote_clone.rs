@@ -5,125 +5,11 @@
 //! stopping, corrupt descriptors.
 
 mod common;
-use common::cluster::Cluster;
+use common::hosts::Hosts;
 use common::*;
-use sf_api::{Client, CloneRequest, Endpoint, Metrics, VmDetail, VmInfo};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use sf_api::{CloneRequest, Metrics, VmDetail, VmInfo};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const PORT: u16 = 7070;
-
-fn snowflockd_bin() -> PathBuf {
-    let p = Path::new(snowflock_bin()).with_file_name("snowflockd");
-    assert!(
-        p.is_file(),
-        "{} is missing: build the workspace (cargo test --workspace)",
-        p.display()
-    );
-    p
-}
-
-/// K hosts with a daemon each, peers of one another.
-struct Hosts {
-    cluster: Cluster,
-    daemons: Vec<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Hosts {
-    fn start(k: usize) -> Hosts {
-        let cluster = Cluster::new(k);
-        let dir = tempdir();
-        let mut daemons = Vec::new();
-        for i in 1..=k {
-            let mut cmd = cluster.command(i, snowflockd_bin());
-            cmd.arg("--socket")
-                .arg(dir.path().join(format!("h{i}.sock")));
-            cmd.arg("--listen")
-                .arg(format!("{}:{PORT}", cluster.addr(i)));
-            cmd.arg("--state-dir").arg(dir.path().join(format!("h{i}")));
-            cmd.arg("--snowflock").arg(snowflock_bin());
-            for j in (1..=k).filter(|&j| j != i) {
-                cmd.arg("--peer").arg(format!("{}:{PORT}", cluster.addr(j)));
-            }
-            let log = std::fs::File::create(dir.path().join(format!("h{i}.daemon.log"))).unwrap();
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-            daemons.push(cmd.spawn().expect("start snowflockd"));
-        }
-        let hosts = Hosts {
-            cluster,
-            daemons,
-            dir,
-        };
-        for i in 1..=k {
-            let until = Instant::now() + Duration::from_secs(10);
-            while hosts.client(i).get::<sf_api::Health>("/v1/health").is_err() {
-                assert!(
-                    Instant::now() < until,
-                    "daemon {i} did not come up:\n{}",
-                    hosts.daemon_log(i)
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        hosts
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("h{i}.sock"))
-    }
-
-    fn client(&self, i: usize) -> Client {
-        Client::new(Endpoint::Unix(self.socket(i)))
-    }
-
-    fn daemon_log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("h{i}.daemon.log")))
-            .unwrap_or_default()
-    }
-
-    /// `snowflock run --daemon` on host `i`'s daemon.
-    fn run(&self, i: usize, args: &[&str]) -> Run {
-        let mut cmd = Command::new(snowflock_bin());
-        cmd.arg("run")
-            .arg("--daemon")
-            .arg(self.socket(i))
-            .args(args);
-        run_cmd(cmd, Duration::from_secs(90))
-    }
-
-    /// Everything the daemons know, for failure messages.
-    fn describe(&self) -> String {
-        let mut s = String::new();
-        for i in 1..=self.cluster.hosts() {
-            s += &format!("--- daemon {i} ---\n{}\n", self.daemon_log(i));
-            if let Ok(vms) = self.client(i).get::<Vec<VmInfo>>("/v1/vms") {
-                for v in vms {
-                    if let Ok(d) = self.client(i).get::<VmDetail>(&format!("/v1/vms/{}", v.id)) {
-                        s += &format!(
-                            "  {} {:?} exit {:?}\n  log: {}\n",
-                            v.id,
-                            v.kind,
-                            v.exit_code,
-                            d.log.trim()
-                        );
-                    }
-                }
-            }
-        }
-        s
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for d in &mut self.daemons {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-    }
-}
 
 fn assert_ok(h: &Hosts, r: &Run, scenario: &str) {
     assert!(
@@ -295,11 +181,12 @@ fn a_stopped_memory_server_fails_the_remote_clone_clearly() {
 #[test]
 fn corrupt_and_foreign_descriptors_are_refused_by_name() {
     let h = Hosts::start(1);
+    let me = h.cluster.addr(1);
     let req = |descriptor: Vec<u8>| CloneRequest {
         descriptor_hex: sf_api::to_hex(&descriptor),
         mem_size: 64 << 20,
-        memory_server: "10.213.0.1:1".into(),
-        report_to: "10.213.0.1:2".into(),
+        memory_server: format!("{me}:1"),
+        report_to: format!("{me}:2"),
         token_hex: "00".repeat(16),
         ids: vec![1],
         timeout_ms: None,
@@ -309,9 +196,12 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
         multicast: None,
         requested_unix_ns: None,
     };
-    let c = h.client(1);
+    // Clone requests come from peers over mutual TLS; here host 1 itself,
+    // naming its own addresses.
+    let _inside = h.cluster.enter(1);
+    let peer = h.peer_client(1, h.transport(1));
     let refuse = |d: Vec<u8>| {
-        c.post::<_, sf_api::CloneAccepted>("/v1/clones", &req(d))
+        peer.post::<_, sf_api::CloneAccepted>("/v1/clones", &req(d))
             .unwrap_err()
             .to_string()
     };
@@ -326,7 +216,7 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
     bad_crc.extend_from_slice(&0u32.to_le_bytes());
     bad_crc.extend_from_slice(b"junk");
     assert!(refuse(bad_crc).contains("VM descriptor is corrupt: checksum"));
-    let vms: Vec<VmInfo> = c.get("/v1/vms").unwrap();
+    let vms: Vec<VmInfo> = h.client(1).get("/v1/vms").unwrap();
     assert!(vms.is_empty(), "nothing was started: {vms:?}");
 }
 
@@ -387,7 +277,13 @@ fn bench_remote_writes_the_documented_keys() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
     let rows = v["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 2, "{v}");
+    // Each configuration with mutual TLS and with plain TCP, in one run.
+    assert_eq!(rows.len(), 4, "{v}");
+    let transports: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["transport"].as_str())
+        .collect();
+    assert_eq!(transports, ["mtls", "mtls", "plain", "plain"], "{v}");
     for row in rows {
         for key in [
             "clones",

@@ -92,6 +92,24 @@ pub struct Args {
     /// it, create and clone requests get 503 [default: 64].
     #[arg(long, value_name = "N")]
     pub max_vms: Option<usize>,
+    /// The cluster CA certificate (PEM; made by `snowflock cluster init`).
+    /// With --tls-cert and --tls-key, the peer API on --listen speaks only
+    /// mutual TLS to hosts whose certificate this CA signed.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This host's certificate (PEM), signed by the cluster CA; its IP
+    /// address must be the one peers reach this host at.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This host's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// DANGEROUS: serve the peer API on --listen over plain TCP with no
+    /// authentication (anyone who reaches the port can start clones here
+    /// and read clone groups' memory). Only for measurements on a closed
+    /// network.
+    #[arg(long)]
+    pub insecure_no_tls: bool,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -112,6 +130,20 @@ struct FileConfig {
     body_timeout: Option<String>,
     max_connections: Option<usize>,
     max_vms: Option<usize>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    insecure_no_tls: bool,
+}
+
+/// How the peer API and this host's VMMs talk to other hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerSecurity {
+    /// Mutual TLS under the cluster CA.
+    Tls(sf_tls::TlsPaths),
+    /// `--insecure-no-tls`: plain TCP, no authentication.
+    Insecure,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +160,7 @@ pub struct Config {
     pub console_cap: u64,
     pub http: crate::http::Limits,
     pub max_vms: usize,
+    pub security: PeerSecurity,
 }
 
 /// A TOML value in the grammar of its command-line option.
@@ -167,6 +200,28 @@ impl Config {
         if !peers.is_empty() && listen.is_none() {
             bail!("with peers, this daemon needs a TCP API for them: --listen IP:PORT");
         }
+        let security = match (
+            a.tls_ca.or(file.tls_ca),
+            a.tls_cert.or(file.tls_cert),
+            a.tls_key.or(file.tls_key),
+            a.insecure_no_tls || file.insecure_no_tls,
+        ) {
+            (Some(ca), Some(cert), Some(key), false) => {
+                PeerSecurity::Tls(sf_tls::TlsPaths { ca, cert, key })
+            }
+            (None, None, None, true) => PeerSecurity::Insecure,
+            (_, _, _, true) => {
+                bail!("--insecure-no-tls and --tls-* contradict each other; pick one")
+            }
+            (None, None, None, false) if listen.is_some() => bail!(
+                "--listen serves other hosts, so it needs the cluster's credentials: \
+                 --tls-ca ca.pem --tls-cert HOST.pem --tls-key HOST-key.pem \
+                 (make them with `snowflock cluster init --dir DIR --host NAME=IP ...`); \
+                 or, on a closed network only, --insecure-no-tls"
+            ),
+            (None, None, None, false) => PeerSecurity::Insecure,
+            _ => bail!("--tls-ca, --tls-cert and --tls-key go together; one is missing"),
+        };
         let snowflock = match a.snowflock.or(file.snowflock) {
             Some(p) => p,
             None => std::env::current_exe()?.with_file_name("snowflock"),
@@ -238,6 +293,7 @@ impl Config {
                 max_body: crate::http::MAX_BODY,
             },
             max_vms: a.max_vms.or(file.max_vms).unwrap_or(DEFAULT_MAX_VMS),
+            security,
         })
     }
 

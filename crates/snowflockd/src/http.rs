@@ -61,12 +61,14 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
+/// A TCP connection comes with its source address (the peer's identity
+/// in insecure mode, and the log's).
 impl Listener for tokio::net::TcpListener {
-    type Conn = tokio::net::TcpStream;
+    type Conn = (tokio::net::TcpStream, std::net::SocketAddr);
     async fn accept(&mut self) -> io::Result<Self::Conn> {
-        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let (s, from) = tokio::net::TcpListener::accept(self).await?;
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Ok((s, from))
     }
 }
 

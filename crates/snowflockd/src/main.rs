@@ -1,15 +1,16 @@
 //! `snowflockd`: the SnowFlock host daemon. One per host. It boots VMs
 //! (each in its own VMM process, which it spawns and never forks itself),
 //! receives clones sent by VMs on peer hosts, decides where a VM's clones go,
-//! and reports state and metrics, over HTTP/JSON on a Unix socket (local
-//! CLI) and on TCP (peer daemons and VMMs).
+//! and reports state and metrics. The administrative API is on a Unix
+//! socket (mode 0600); other hosts get only the peer API on TCP, over
+//! mutual TLS under the cluster CA.
 
 mod api;
 mod cgroup;
 mod config;
 mod console_file;
 mod http;
-mod placement;
+mod peer_listener;
 mod state;
 mod validate;
 mod vms;
@@ -39,6 +40,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: config::Args) -> anyhow::Result<()> {
     let mut cfg = config::Config::from_args(args)?;
+    let creds = match &cfg.security {
+        config::PeerSecurity::Tls(p) => Some(Arc::new(
+            sf_tls::Credentials::load(p).context("cannot load the cluster credentials")?,
+        )),
+        config::PeerSecurity::Insecure => None,
+    };
     let dir = state::StateDir::open(&cfg.state_dir)?;
     let cgroups = cgroup::Cgroups::detect();
     cgroups.collect_stale();
@@ -67,7 +74,6 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
             }
         }
     });
-    let app = api::router(state.clone());
 
     if cfg.socket.exists() {
         // A socket file left by a daemon that is gone; a live one answers.
@@ -83,18 +89,36 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let unix = tokio::net::UnixListener::bind(&cfg.socket)
-        .with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
+    let unix = bind_private(&cfg.socket)?;
     tracing::info!(socket = %cfg.socket.display(), peers = ?cfg.peers, "snowflockd listening");
-    let unix_server = http::serve(unix, app.clone(), cfg.http.clone(), http::plain);
+    let unix_server = http::serve(
+        unix,
+        api::admin_router(state.clone()),
+        cfg.http.clone(),
+        http::plain,
+    );
 
     let tcp_server = match &cfg.listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening");
-            Some(http::serve(l, app, cfg.http.clone(), http::plain))
+            match &creds {
+                Some(_) => {
+                    tracing::info!(listen = %addr, advertise = %cfg.advertise, "peer API listening (mutual TLS under the cluster CA)")
+                }
+                None => tracing::warn!(
+                    listen = %addr,
+                    "INSECURE: --insecure-no-tls: the peer API is plain TCP with NO authentication; \
+                     anyone who reaches {addr} can start clones here and read clone groups' memory"
+                ),
+            }
+            Some(http::serve(
+                l,
+                api::peer_router(state.clone()),
+                cfg.http.clone(),
+                peer_listener::handshake(creds.clone()),
+            ))
         }
         None => None,
     };
@@ -114,4 +138,21 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     state.kill_all().await;
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// Binds the admin socket with mode 0600 from the start (umask around the
+/// bind, so there is no moment where others may connect), and checks it.
+fn bind_private(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only changes this process's file creation mask; the
+    // daemon creates no other files while it is tightened (one thread
+    // runs here, before the servers start).
+    let old = unsafe { libc::umask(0o177) };
+    let l = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+    Ok(l)
 }

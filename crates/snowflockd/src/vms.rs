@@ -99,6 +99,21 @@ impl Daemon {
             .map_err(|e| self.io_error("record a new VM ID", e))
     }
 
+    /// The options that give a VMM this host's cluster credentials.
+    fn tls_args(&self) -> Vec<String> {
+        match &self.cfg.security {
+            crate::config::PeerSecurity::Tls(p) => [
+                ("--tls-ca", &p.ca),
+                ("--tls-cert", &p.cert),
+                ("--tls-key", &p.key),
+            ]
+            .into_iter()
+            .flat_map(|(k, v)| [k.to_string(), v.display().to_string()])
+            .collect(),
+            crate::config::PeerSecurity::Insecure => vec!["--insecure-no-tls".into()],
+        }
+    }
+
     pub fn peers(&self) -> Vec<String> {
         self.cfg.peers.iter().map(|p| p.to_string()).collect()
     }
@@ -145,6 +160,7 @@ impl Daemon {
         stats: Option<String>,
         limits: (u64, u64),
         wait_early: bool,
+        stdin: Option<Vec<u8>>,
     ) -> Result<VmInfo, ApiError> {
         let console = format!("{id}.console");
         let log = format!("{id}.log");
@@ -196,7 +212,11 @@ impl Daemon {
         let mut cmd = tokio::process::Command::new(&self.cfg.snowflock);
         cmd.args(&args)
             .current_dir(self.state.path())
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::from(console_out))
             .stderr(Stdio::from(err));
         // SAFETY: between fork and exec the closure only makes
@@ -230,6 +250,12 @@ impl Daemon {
             })
             .map_err(|e| self.io_error("start the console copier", e))?;
         cg.close_fds();
+        // What the VMM must know but no file may hold (a clone group's
+        // token): handed over a pipe.
+        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(&bytes).await;
+        }
         let pid = child.id().unwrap_or(0);
         let info = VmInfo {
             id: id.clone(),
@@ -322,11 +348,15 @@ impl Daemon {
         if let Some(t) = req.timeout_ms {
             args.extend(["--timeout".into(), format!("{t}ms")]);
         }
-        args.extend([
-            "--control-socket".into(),
-            self.cfg.socket.display().to_string(),
-        ]);
-        args.extend(["--advertise".into(), self.cfg.advertise.to_string()]);
+        if self.cfg.listen.is_some() {
+            // Clones may go to the peers: the VMM places them itself and
+            // talks to them with this host's credentials.
+            args.extend(["--advertise".into(), self.cfg.advertise.to_string()]);
+            for p in &self.cfg.peers {
+                args.extend(["--peer".into(), p.to_string()]);
+            }
+            args.extend(self.tls_args());
+        }
         let placement = match req.placement {
             Placement::Spread => "spread",
             Placement::Local => "local",
@@ -347,6 +377,7 @@ impl Daemon {
             None,
             cgroup::limits(checked.mem, max_clones),
             true,
+            None,
         )
         .await
     }
@@ -388,38 +419,26 @@ impl Daemon {
                 .map_err(|_| bad(format!("{a:?} is not ip:port")))?;
         }
         self.check_budget(req.ids.len())?;
-        let group = self.new_id("group")?;
-        let request_name = format!("{group}.json");
-        let mut f = self
-            .state
-            .create(&request_name)
-            .map_err(|e| self.io_error("keep the clone request", e))?;
-        std::io::Write::write_all(&mut f, &serde_json::to_vec(&req).expect("serializes"))
-            .map_err(|e| self.io_error("keep the clone request", e))?;
-        drop(f);
-        let request_file = self.state.file(&request_name);
+        // The request holds the group's token: it goes to each clone-host
+        // VMM on its stdin, never into a file.
+        let request = serde_json::to_vec(&req).expect("serializes");
         let limits = cgroup::limits(req.mem_size, req.max_clones);
         let mut vms = Vec::new();
-        for (i, &cid) in req.ids.iter().enumerate() {
+        for &cid in &req.ids {
             let id = self.new_id("clone")?;
             let stats = format!("{id}.stats.json");
             self.state
                 .create(&stats)
                 .map_err(|e| self.io_error("create the counters file", e))?;
-            let mut files = vec![stats.clone()];
-            if i == 0 {
-                // Collected with the group's first clone.
-                files.push(request_name.clone());
-            }
-            let args = vec![
+            let files = vec![stats.clone()];
+            let mut args = vec![
                 "clone-host".to_string(),
-                "--request".into(),
-                request_file.display().to_string(),
                 "--id".into(),
                 cid.to_string(),
                 "--stats".into(),
                 self.state.file(&stats).display().to_string(),
             ];
+            args.extend(self.tls_args());
             let info = self
                 .spawn(
                     id,
@@ -432,6 +451,7 @@ impl Daemon {
                     Some(stats),
                     limits,
                     false,
+                    Some(request.clone()),
                 )
                 .await?;
             self.clones_received.fetch_add(1, Ordering::Relaxed);

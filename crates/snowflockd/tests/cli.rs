@@ -36,6 +36,10 @@ fn help_names_every_option() {
         "--max-connections",
         "--max-vms",
         "/run/snowflock",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--insecure-no-tls",
     ] {
         assert!(out.contains(opt), "--help lacks {opt}:\n{out}");
     }
@@ -103,4 +107,33 @@ fn bad_limits_in_the_config_file_are_named() {
     let (code, _, err) = snowflockd(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("config key `retention`"), "{err}");
+}
+
+#[test]
+fn listening_without_credentials_refuses_to_start_and_says_how_to_make_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let (code, _, err) = snowflockd(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--tls-ca")
+            && err.contains("snowflock cluster init")
+            && err.contains("--insecure-no-tls"),
+        "{err}"
+    );
+    let (code, _, err) = snowflockd(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-ca",
+        "/nonexistent/ca.pem",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("go together"), "{err}");
 }

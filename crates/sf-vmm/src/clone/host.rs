@@ -1,8 +1,11 @@
 //! A clone that runs on this host for a VM on another host: empty guest RAM
 //! filled on demand from the origin's memory holder, a VM built from the
-//! descriptor, heartbeats and the final report over one TCP connection to
-//! the origin.
+//! descriptor, heartbeats and the final report over one connection to the
+//! origin. Both connections use the VMM's [`Transport`]: mutual TLS, where
+//! the holder and the origin must prove they own the addresses the clone
+//! request named.
 
+use super::origin_link::OriginLink;
 use super::remote::HEARTBEAT_EVERY;
 use super::report::CloneReport;
 use super::wire::Frame;
@@ -13,10 +16,11 @@ use crate::remote::{FetchConfig, RemoteMemory};
 use crate::vm::Vm;
 use crate::{Error, Outcome};
 use sf_api::CloneRequest;
+use sf_tls::Transport;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,7 @@ pub fn run(
     stats: Option<&Path>,
     console: &mut dyn Write,
     sandbox: Option<&crate::sandbox::Policy>,
+    transport: &Transport,
 ) -> Result<i32, HostError> {
     // Opened now: after set-up the sandbox opens no files.
     let stats = match stats.map(crate::stats_file::StatsFile::open).transpose() {
@@ -79,24 +84,9 @@ pub fn run(
         .and_then(|d| Instant::now().checked_sub(d))
         .unwrap_or_else(Instant::now);
     let (token, mem_addr, report_addr, desc_bytes) = parse(req)?;
-    let stream =
-        TcpStream::connect_timeout(&report_addr, Duration::from_secs(5)).map_err(|source| {
-            HostError::Origin {
-                addr: report_addr.to_string(),
-                source,
-            }
-        })?;
-    let _ = stream.set_nodelay(true);
-    let conn = Arc::new(Mutex::new(stream));
-    {
-        let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
-        Frame::Hello { token, id }
-            .write_to(&mut *s)
-            .map_err(|source| HostError::Origin {
-                addr: report_addr.to_string(),
-                source,
-            })?;
-    }
+    // The origin answers the handshake only when it looks: connect in the
+    // background and start the clone now.
+    let conn = OriginLink::connect(transport.clone(), report_addr, Frame::Hello { token, id });
     let mut reporter = Reporter::Tcp(conn.clone());
     let report_failure = |reporter: &mut Reporter, outcome: Outcome| {
         let r = CloneReport {
@@ -123,7 +113,7 @@ pub fn run(
             return Ok(1);
         }
     };
-    let vm = build(req, id, desc, token, mem_addr, start).map(|mut vm| {
+    let vm = build(req, id, desc, token, mem_addr, start, transport).map(|mut vm| {
         vm.clones.role = Role::Clone {
             id,
             reporter: Reporter::Tcp(conn.clone()),
@@ -174,6 +164,7 @@ fn build(
     token: [u8; 16],
     mem_addr: SocketAddr,
     start: Instant,
+    transport: &Transport,
 ) -> Result<Vm, Error> {
     desc.vcpu.regs.rax = id as u64;
     let ram = GuestRam::new(desc.mem_size)?;
@@ -182,6 +173,7 @@ fn build(
         on_failure: Some(std::sync::Arc::new(
             move |_: &crate::remote::RemoteError| vcpu_thread.kick(),
         )),
+        transport: transport.clone(),
         ..FetchConfig::default()
     };
     cfg.multicast = req
@@ -213,30 +205,20 @@ fn build(
     Ok(vm)
 }
 
-/// Heartbeats to the origin (and kill orders from it), plus the counters
-/// file for the daemon, from a thread of their own: the vCPU thread may be
-/// blocked on a page that is still on its way.
+/// Heartbeats to the origin, plus the counters file for the daemon, from
+/// a thread of their own: the vCPU thread may be blocked on a page that is
+/// still on its way. (Kill orders are watched by the link's own thread.)
 fn spawn_heartbeats(
-    conn: Arc<Mutex<TcpStream>>,
+    conn: Arc<OriginLink>,
     stats: crate::remote::StatsSource,
     stats_file: Option<Arc<crate::stats_file::StatsFile>>,
 ) {
-    let reader = conn.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
-    if let Ok(mut r) = reader {
-        std::thread::spawn(move || {
-            // Anything from the origin is a kill order (or its death).
-            let _ = Frame::read_from(&mut r);
-            eprintln!("snowflock: the origin ended this clone (kill, or the connection closed)");
-            super::process::exit_now(137);
-        });
-    }
     std::thread::spawn(move || loop {
         std::thread::sleep(HEARTBEAT_EVERY);
         if let Some(f) = &stats_file {
             let _ = f.publish(&stats.get());
         }
-        let mut s = conn.lock().unwrap_or_else(|e| e.into_inner());
-        if Frame::Heartbeat.write_to(&mut *s).is_err() {
+        if conn.heartbeat().is_err() {
             return;
         }
     });
@@ -257,15 +239,14 @@ fn local_v4_towards(peer: SocketAddr) -> Option<std::net::Ipv4Addr> {
 /// sent to the origin, which shows it on the parent's console.
 struct ToOrigin<'a> {
     local: &'a mut dyn Write,
-    conn: Arc<Mutex<TcpStream>>,
+    conn: Arc<OriginLink>,
 }
 
 impl Write for ToOrigin<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.local.write_all(buf)?;
-        let mut s = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         // The origin may be gone; the clone's own report says what matters.
-        let _ = Frame::Console(buf.to_vec()).write_to(&mut *s);
+        self.conn.console(buf);
         Ok(buf.len())
     }
 

@@ -20,6 +20,7 @@
 pub(crate) mod fork;
 pub mod host;
 mod join;
+pub mod origin_link;
 pub mod process;
 pub mod remote;
 pub mod report;
@@ -27,7 +28,6 @@ pub mod tickets;
 pub mod wire;
 
 use sf_abi::clone::CloneStatus;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 use tickets::Tickets;
@@ -101,18 +101,14 @@ pub enum Role {
 /// connection from another host.
 pub enum Reporter {
     Pipe(OwnedFd),
-    Tcp(std::sync::Arc<std::sync::Mutex<std::net::TcpStream>>),
+    Tcp(std::sync::Arc<origin_link::OriginLink>),
 }
 
 impl Reporter {
     pub fn send(&mut self, report: &[u8]) -> std::io::Result<()> {
         match self {
             Reporter::Pipe(fd) => process::write_all(fd, report),
-            Reporter::Tcp(s) => {
-                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-                wire::Frame::Report(report.to_vec()).write_to(&mut *s)?;
-                s.flush()
-            }
+            Reporter::Tcp(link) => link.report(report),
         }
     }
 }

@@ -1,23 +1,30 @@
-//! Clones on other hosts, from the origin's side: where clones go (the
-//! local daemon decides), the frozen-memory holder that starts them on their
-//! hosts and then serves their pages, and the listener that collects their
-//! reports and notices when they or their hosts are gone.
+//! Clones on other hosts, from the origin's side: where clones go (decided
+//! here, from the peer list the daemon handed this VMM), the frozen-memory
+//! holder that starts them on their hosts (mutual TLS to each peer daemon)
+//! and then serves their pages, and the listener that collects their
+//! reports and notices when they or their hosts are gone. Every connection
+//! goes over the VMM's [`Transport`], loaded once at start-up.
 
 use super::report::CloneReport;
 use super::wire::Frame;
 use crate::memory::GuestRam;
-use sf_api::{Client, CloneRequest, Endpoint, Placement, PlacementRequest, PlacementResponse};
+use sf_api::{Client, CloneRequest, Endpoint, Placement};
+use sf_tls::{Stream, Transport};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-/// How a VM reaches its host daemon, for clones on other hosts.
+/// What a VM needs for clones on other hosts (the daemon passes it to the
+/// VMMs it starts).
 #[derive(Clone, Debug)]
 pub struct RemoteLink {
-    /// The local daemon's API (it decides placement).
-    pub control: Endpoint,
-    /// The address peers reach this host at.
+    /// The peer daemons' TCP APIs, "ip:port".
+    pub peers: Vec<String>,
+    /// Mutual TLS with the cluster's credentials (or plain TCP in
+    /// insecure mode), for every connection to other hosts.
+    pub transport: Transport,
+    /// The address peers reach this host at (its certificate names it).
     pub advertise: IpAddr,
     pub placement: Placement,
     /// Readahead limit for remote clones (pages; `None`: the default).
@@ -26,6 +33,9 @@ pub struct RemoteLink {
 
 /// A remote clone that never connects within this long is lost.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection to the report listener that has not authenticated (TLS
+/// handshake and the group's token) within this long is dropped.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(2);
 /// A connected remote clone silent for this long is lost (host down).
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often remote clones send heartbeats.
@@ -37,27 +47,20 @@ pub fn unix_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Asks the daemon where each of `n` clones goes; on any failure all stay
-/// local (a clone here beats no clone).
+/// Where each of `n` clones goes: `None` here, else a peer daemon.
 pub fn place(link: &RemoteLink, n: u32) -> Vec<Option<String>> {
-    let req = PlacementRequest {
-        clones: n,
-        placement: link.placement,
-    };
-    match Client::new(link.control.clone()).post::<_, PlacementResponse>("/v1/placement", &req) {
-        Ok(p) if p.hosts.len() == n as usize => p.hosts,
-        Ok(p) => {
-            tracing::warn!(
-                got = p.hosts.len(),
-                n,
-                "daemon placed the wrong number of clones; keeping them local"
-            );
-            vec![None; n as usize]
-        }
-        Err(e) => {
-            tracing::warn!("no placement from the daemon ({e}); keeping clones local");
-            vec![None; n as usize]
-        }
+    sf_api::place(n, &link.peers, link.placement)
+}
+
+/// The listener remote clones report to, and how they must talk to it.
+pub struct ReportListener {
+    pub listener: TcpListener,
+    pub transport: Transport,
+}
+
+impl ReportListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 }
 
@@ -65,7 +68,8 @@ pub fn place(link: &RemoteLink, n: u32) -> Vec<Option<String>> {
 pub struct RemotePlan {
     pub token: [u8; 16],
     pub memory: TcpListener,
-    pub reports: TcpListener,
+    pub reports: ReportListener,
+    pub transport: Transport,
     /// Peer daemon -> clone IDs it runs.
     pub by_peer: BTreeMap<String, Vec<u32>>,
     pub request: CloneRequest,
@@ -84,7 +88,10 @@ impl RemotePlan {
         parent_path: &str,
     ) -> std::io::Result<RemotePlan> {
         let memory = TcpListener::bind((link.advertise, 0))?;
-        let reports = TcpListener::bind((link.advertise, 0))?;
+        let reports = ReportListener {
+            listener: TcpListener::bind((link.advertise, 0))?,
+            transport: link.transport.clone(),
+        };
         let seed = crate::boot::entropy_bytes();
         let token: [u8; 16] = seed[..16].try_into().expect("16 bytes");
         // An administratively scoped group of its own, on the page server's port.
@@ -119,6 +126,7 @@ impl RemotePlan {
             by_peer,
             request,
             multicast,
+            transport: link.transport.clone(),
         })
     }
 }
@@ -139,18 +147,20 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
         by_peer,
         request,
         multicast,
+        transport,
     } = plan;
     let report_to = reports.local_addr().ok();
     drop(reports);
     // Serve at once: a clone's first fault must not wait for the other
     // hosts' answers. The requests go out from a thread of their own.
-    std::thread::spawn(move || start_remote_clones(report_to, token, by_peer, request));
+    let t = transport.clone();
+    std::thread::spawn(move || start_remote_clones(report_to, token, by_peer, request, t));
     let sender = multicast.and_then(|(group, iface)| {
         crate::remote::multicast::Sender::new(group, iface, token)
             .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
             .ok()
     });
-    crate::remote::serve_frozen(memory, token, ram, sender)
+    crate::remote::serve_frozen(memory, token, ram, sender, transport)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could
@@ -160,12 +170,8 @@ fn start_remote_clones(
     token: [u8; 16],
     by_peer: BTreeMap<String, Vec<u32>>,
     request: CloneRequest,
+    transport: Transport,
 ) {
-    let mut origin =
-        report_to.and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
-    if let Some(s) = origin.as_mut() {
-        let _ = Frame::Hello { token, id: 0 }.write_to(s);
-    }
     let sends: Vec<_> = by_peer
         .into_iter()
         .map(|(peer, ids)| {
@@ -173,13 +179,16 @@ fn start_remote_clones(
                 ids: ids.clone(),
                 ..request.clone()
             };
+            let t = transport.clone();
             std::thread::spawn(move || {
                 let res = Client::new(Endpoint::Tcp(peer.clone()))
+                    .with_transport(t)
                     .post::<_, sf_api::CloneAccepted>("/v1/clones", &req);
                 (peer, ids, res)
             })
         })
         .collect();
+    let mut failed = Vec::new();
     for h in sends {
         let Ok((peer, ids, res)) = h.join() else {
             continue;
@@ -187,28 +196,40 @@ fn start_remote_clones(
         if let Err(e) = res {
             tracing::warn!(%peer, ?ids, "clone host refused: {e}");
             for id in ids {
-                if let Some(s) = origin.as_mut() {
-                    let _ = Frame::Failed {
-                        id,
-                        reason: format!("host {peer} could not start it: {e}"),
-                    }
-                    .write_to(s);
-                }
+                failed.push(Frame::Failed {
+                    id,
+                    reason: format!("host {peer} could not start it: {e}"),
+                });
             }
         }
+    }
+    // Only failures need the origin, which completes a TLS handshake only
+    // when it looks (join, kill): wait as long as a clone would.
+    if failed.is_empty() {
+        return;
+    }
+    let deadline = super::origin_link::CONNECT_DEADLINE;
+    if let Some(mut s) = report_to.and_then(|a| transport.connect(a, deadline).ok()) {
+        let _ = Frame::Hello { token, id: 0 }.write_to(&mut s);
+        for f in failed {
+            let _ = f.write_to(&mut s);
+        }
+        let _ = std::io::Write::flush(&mut s);
     }
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     id: Option<u32>,
+    accepted: Instant,
     last_heard: Instant,
 }
 
 /// The remote half of a clone group, from the origin's side.
 pub struct RemoteGroup {
     pub listener: TcpListener,
+    transport: Transport,
     pub token: [u8; 16],
     pub ids: Vec<u32>,
     started: Instant,
@@ -229,14 +250,19 @@ const CONSOLE_BUFFER: usize = 1 << 20;
 
 impl RemoteGroup {
     pub fn new(
-        listener: TcpListener,
+        reports: ReportListener,
         token: [u8; 16],
         ids: Vec<u32>,
         started: Instant,
     ) -> std::io::Result<RemoteGroup> {
+        let ReportListener {
+            listener,
+            transport,
+        } = reports;
         listener.set_nonblocking(true)?;
         Ok(RemoteGroup {
             listener,
+            transport,
             token,
             ids,
             started,
@@ -263,18 +289,27 @@ impl RemoteGroup {
         let until = Instant::now() + wait;
         loop {
             while let Ok((s, _)) = self.listener.accept() {
+                // The TLS handshake runs on the non-blocking socket as
+                // bytes arrive: a silent client never stalls this loop.
                 if s.set_nonblocking(true).is_ok() {
-                    self.conns.push(Conn {
-                        stream: s,
-                        buf: Vec::new(),
-                        id: None,
-                        last_heard: Instant::now(),
-                    });
+                    if let Ok(stream) = self.transport.accept(s) {
+                        self.conns.push(Conn {
+                            stream,
+                            buf: Vec::new(),
+                            id: None,
+                            accepted: Instant::now(),
+                            last_heard: Instant::now(),
+                        });
+                    }
                 }
             }
             let mut i = 0;
             while i < self.conns.len() {
-                if self.read_conn(i) {
+                // Not authenticated (TLS and the group's token) in time:
+                // a stranger holding a socket open, dropped.
+                let stale =
+                    self.conns[i].id.is_none() && self.conns[i].accepted.elapsed() > HELLO_DEADLINE;
+                if !stale && self.read_conn(i) {
                     i += 1;
                 } else {
                     let c = self.conns.swap_remove(i);
@@ -404,7 +439,7 @@ impl RemoteGroup {
     fn poll(&self, until: Instant) {
         use std::os::fd::AsRawFd;
         let mut fds: Vec<libc::pollfd> = std::iter::once(self.listener.as_raw_fd())
-            .chain(self.conns.iter().map(|c| c.stream.as_raw_fd()))
+            .chain(self.conns.iter().map(|c| c.stream.tcp().as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -467,9 +502,13 @@ impl RemoteGroup {
             if c.id.is_some_and(|id| {
                 id != 0 && !self.reports.contains_key(&id) && !self.lost.contains_key(&id)
             }) {
-                let _ = c.stream.set_nonblocking(false);
+                let _ = c.stream.tcp().set_nonblocking(false);
+                let _ = c
+                    .stream
+                    .tcp()
+                    .set_write_timeout(Some(Duration::from_secs(1)));
                 let _ = Frame::Kill.write_to(&mut c.stream);
-                let _ = c.stream.set_nonblocking(true);
+                let _ = c.stream.tcp().set_nonblocking(true);
                 n += 1;
             }
         }
@@ -480,5 +519,37 @@ impl RemoteGroup {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    #[test]
+    fn report_connections_that_never_say_hello_are_dropped_after_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reports = ReportListener {
+            listener,
+            transport: Transport::Plain,
+        };
+        let mut g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        let silent: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        g.pump(HELLO_DEADLINE + Duration::from_millis(600));
+        assert!(
+            g.conns.is_empty(),
+            "{} connections still held",
+            g.conns.len()
+        );
+        for mut s in silent {
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let r = s.read(&mut [0u8; 1]);
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            if let Err(e) = r {
+                assert_ne!(e.kind(), ErrorKind::WouldBlock, "still open");
+            }
+        }
     }
 }

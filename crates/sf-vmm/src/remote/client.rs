@@ -1,6 +1,7 @@
-//! One connection to a page server: the hello, then request/response with a
-//! deadline on every answer, so a silent server costs at most the request
-//! timeout, never a hang.
+//! One connection to a page server: the TLS handshake (when the VMM has
+//! cluster credentials), the hello, then request/response with a deadline
+//! on every answer, so a silent server costs at most the request timeout,
+//! never a hang.
 
 use super::error::RemoteError;
 use super::protocol::{
@@ -8,8 +9,9 @@ use super::protocol::{
     PROTOCOL_VERSION,
 };
 use super::GroupToken;
+use sf_tls::{Stream, Transport};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Connection settings.
@@ -21,7 +23,7 @@ pub struct Timeouts {
 
 pub struct PageClient {
     server: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
     region_len: u64,
     request_timeout: Duration,
 }
@@ -36,7 +38,7 @@ pub struct Batch {
 /// Reads from a stream, failing with `TimedOut` once `deadline` passes,
 /// however the answer trickles in.
 struct DeadlineReader<'a> {
-    stream: &'a TcpStream,
+    stream: &'a mut Stream,
     deadline: Instant,
 }
 
@@ -46,9 +48,8 @@ impl Read for DeadlineReader<'_> {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.stream.set_read_timeout(Some(left))?;
-        let mut s = self.stream;
-        s.read(buf)
+        self.stream.tcp().set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 
@@ -58,16 +59,18 @@ impl PageClient {
         server: SocketAddr,
         token: &GroupToken,
         t: Timeouts,
+        transport: &Transport,
     ) -> Result<PageClient, RemoteError> {
-        let stream = TcpStream::connect_timeout(&server, t.connect).map_err(|source| {
-            RemoteError::Connect {
-                server,
-                ms: t.connect.as_millis() as u64,
-                source,
-            }
-        })?;
-        // Requests are small and latency-bound: never wait to coalesce them.
-        let _ = stream.set_nodelay(true);
+        // Requests are small and latency-bound: the transport sets
+        // TCP_NODELAY so they are never held back to coalesce.
+        let stream =
+            transport
+                .connect(server, t.connect)
+                .map_err(|source| RemoteError::Connect {
+                    server,
+                    ms: t.connect.as_millis() as u64,
+                    source,
+                })?;
         let mut client = PageClient {
             server,
             stream,
@@ -76,16 +79,15 @@ impl PageClient {
         };
         client
             .stream
+            .tcp()
             .set_write_timeout(Some(t.request))
             .map_err(|e| client.io_error("configuring the socket", e))?;
         client
             .send(&Hello::new(*token).encode())
             .map_err(|e| client.wire_error("saying hello", e))?;
         let mut reply = [0u8; HELLO_REPLY_LEN];
-        client
-            .reader()
-            .read_exact(&mut reply)
-            .map_err(|e| client.wire_error("waiting for the hello reply", e.into()))?;
+        let got = client.reader().read_exact(&mut reply);
+        got.map_err(|e| client.wire_error("waiting for the hello reply", e.into()))?;
         match HelloReply::decode(&reply)
             .map_err(|e| client.wire_error("reading the hello reply", e.into()))?
         {
@@ -108,9 +110,9 @@ impl PageClient {
         self.region_len
     }
 
-    fn reader(&self) -> DeadlineReader<'_> {
+    fn reader(&mut self) -> DeadlineReader<'_> {
         DeadlineReader {
-            stream: &self.stream,
+            stream: &mut self.stream,
             deadline: Instant::now() + self.request_timeout,
         }
     }

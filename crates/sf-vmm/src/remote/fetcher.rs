@@ -44,6 +44,9 @@ pub struct FetchConfig {
     /// address: pages the holder pushes there are installed as they come.
     pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
     pub on_failure: Option<FailureCallback>,
+    /// How to reach the page server: mutual TLS (the server's certificate
+    /// must name its address) or plain TCP in insecure mode.
+    pub transport: sf_tls::Transport,
 }
 
 impl Default for FetchConfig {
@@ -57,6 +60,7 @@ impl Default for FetchConfig {
             private_zero_pages: false,
             multicast: None,
             on_failure: None,
+            transport: sf_tls::Transport::Plain,
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("reconnect", &self.reconnect)
             .field("private_zero_pages", &self.private_zero_pages)
             .field("on_failure", &self.on_failure.is_some())
+            .field("transport", &self.transport.name())
             .finish()
     }
 }
@@ -169,7 +174,7 @@ impl RemoteMemory {
         if !base.is_multiple_of(PAGE_SIZE as u64) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(bad("not page-aligned"));
         }
-        let client = PageClient::connect(server, &token, cfg.timeouts())?;
+        let client = PageClient::connect(server, &token, cfg.timeouts(), &cfg.transport)?;
         if client.region_len() != len as u64 {
             return Err(RemoteError::SizeMismatch {
                 server,

@@ -402,7 +402,12 @@ impl Handler {
         let client = match self.client.as_mut() {
             Some(c) => c,
             None => {
-                let c = PageClient::connect(self.server, &self.token, self.cfg.timeouts())?;
+                let c = PageClient::connect(
+                    self.server,
+                    &self.token,
+                    self.cfg.timeouts(),
+                    &self.cfg.transport,
+                )?;
                 if c.region_len() != self.len {
                     return Err(RemoteError::SizeMismatch {
                         server: self.server,

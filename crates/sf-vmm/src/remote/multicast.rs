@@ -5,47 +5,139 @@
 //! there before its siblings touch it. No reliability layer: a lost
 //! datagram only means a later fault, served over TCP as before.
 //!
-//! Datagram: magic `SFMC`, the group's 16-byte token, the page offset (u64
-//! LE), then the 4096 bytes of the page.
+//! Anyone on the segment can send to the group, so every datagram is
+//! sealed with AES-128-GCM under a key derived (HKDF-SHA256) from the
+//! group's token, which itself only ever travels inside mutual TLS. A
+//! datagram that does not open (forged, another group, altered) is
+//! dropped, and so is one whose sequence number was already seen or is
+//! older than the replay window. The token is never on the wire.
+//!
+//! Datagram: magic `SFM2`, sequence number (u64 LE), page offset (u64
+//! LE), the sealed 4096 bytes of the page, the 16-byte tag. The header is
+//! authenticated as associated data; the nonce is the sequence number (one
+//! sender per group key, so it never repeats).
 
 use super::protocol::PAGE_SIZE;
 use super::GroupToken;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use ring::hkdf;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-const MAGIC: &[u8; 4] = b"SFMC";
-const HEADER_LEN: usize = 4 + 16 + 8;
-pub const DATAGRAM_LEN: usize = HEADER_LEN + PAGE_SIZE;
+const MAGIC: &[u8; 4] = b"SFM2";
+const HEADER_LEN: usize = 4 + 8 + 8;
+const TAG_LEN: usize = 16;
+pub const DATAGRAM_LEN: usize = HEADER_LEN + PAGE_SIZE + TAG_LEN;
+/// How far behind the newest sequence number a datagram may arrive
+/// (reordering on the segment) and still be taken once.
+const REPLAY_WINDOW: u64 = 128;
 
-pub fn encode(token: &GroupToken, offset: u64, page: &[u8]) -> Vec<u8> {
+/// The clone group's page-push key, derived from its token.
+pub struct GroupKey(LessSafeKey);
+
+impl GroupKey {
+    pub fn new(token: &GroupToken) -> GroupKey {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"snowflock multicast v2");
+        let prk = salt.extract(token);
+        let okm = prk
+            .expand(&[b"page push key"], &AES_128_GCM)
+            .expect("an AES-128 key is a valid HKDF output length");
+        let mut key = [0u8; 16];
+        okm.fill(&mut key)
+            .expect("the output length matches the algorithm's key");
+        GroupKey(LessSafeKey::new(
+            UnboundKey::new(&AES_128_GCM, &key).expect("16 bytes is an AES-128 key"),
+        ))
+    }
+}
+
+fn nonce(seq: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&seq.to_le_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// The sealed datagram of page `offset`, sequence number `seq`.
+pub fn encode(key: &GroupKey, seq: u64, offset: u64, page: &[u8]) -> Vec<u8> {
     let mut d = Vec::with_capacity(DATAGRAM_LEN);
     d.extend_from_slice(MAGIC);
-    d.extend_from_slice(token);
+    d.extend_from_slice(&seq.to_le_bytes());
     d.extend_from_slice(&offset.to_le_bytes());
     d.extend_from_slice(page);
+    let (head, body) = d.split_at_mut(HEADER_LEN);
+    let tag = key
+        .0
+        .seal_in_place_separate_tag(nonce(seq), Aad::from(&head[..]), body)
+        .expect("a page is far below AES-GCM's length limit");
+    d.extend_from_slice(tag.as_ref());
     d
 }
 
-/// The page offset and bytes of a datagram of this group; `None` for
-/// anything else (another group, garbage, a truncated or unaligned page).
-pub fn decode<'a>(d: &'a [u8], token: &GroupToken) -> Option<(u64, &'a [u8])> {
-    if d.len() != DATAGRAM_LEN || &d[..4] != MAGIC || d[4..20] != token[..] {
+/// Opens a datagram in place: `(seq, offset, page)` if it was sealed with
+/// `key` and is a whole aligned page; `None` for anything else.
+pub fn decode<'a>(d: &'a mut [u8], key: &GroupKey) -> Option<(u64, u64, &'a [u8])> {
+    if d.len() != DATAGRAM_LEN || &d[..4] != MAGIC {
         return None;
     }
-    let offset = u64::from_le_bytes(d[20..28].try_into().ok()?);
+    let seq = u64::from_le_bytes(d[4..12].try_into().ok()?);
+    let offset = u64::from_le_bytes(d[12..20].try_into().ok()?);
     if offset % PAGE_SIZE as u64 != 0 {
         return None;
     }
-    Some((offset, &d[HEADER_LEN..]))
+    let (head, body) = d.split_at_mut(HEADER_LEN);
+    let page = key
+        .0
+        .open_in_place(nonce(seq), Aad::from(&head[..]), body)
+        .ok()?;
+    Some((seq, offset, page))
+}
+
+/// Sequence numbers taken so far: each at most once, none older than the
+/// window.
+#[derive(Default)]
+pub struct ReplayWindow {
+    top: Option<u64>,
+    /// Bit i: `top - i` was seen.
+    seen: u128,
+}
+
+impl ReplayWindow {
+    /// Whether `seq` is new (and records it).
+    pub fn accept(&mut self, seq: u64) -> bool {
+        let Some(top) = self.top else {
+            self.top = Some(seq);
+            self.seen = 1;
+            return true;
+        };
+        if seq > top {
+            let shift = seq - top;
+            self.seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.top = Some(seq);
+            return true;
+        }
+        let back = top - seq;
+        if back >= REPLAY_WINDOW || self.seen & (1 << back) != 0 {
+            return false;
+        }
+        self.seen |= 1 << back;
+        true
+    }
 }
 
 /// The holder's side: sends pages to the group out of one interface.
 pub struct Sender {
     sock: Socket,
     group: SockAddr,
-    token: GroupToken,
+    key: GroupKey,
+    seq: AtomicU64,
 }
 
 impl Sender {
@@ -57,7 +149,8 @@ impl Sender {
         Ok(Sender {
             sock,
             group: group.into(),
-            token,
+            key: GroupKey::new(&token),
+            seq: AtomicU64::new(0),
         })
     }
 
@@ -73,9 +166,10 @@ impl Sender {
             if page.iter().all(|&b| b == 0) {
                 continue;
             }
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             let _ = self
                 .sock
-                .send_to(&encode(&self.token, at as u64, page), &self.group);
+                .send_to(&encode(&self.key, seq, at as u64, page), &self.group);
         }
     }
 }
@@ -83,8 +177,11 @@ impl Sender {
 /// A clone host's side: a non-blocking socket joined to the group.
 pub struct Receiver {
     sock: std::net::UdpSocket,
-    token: GroupToken,
+    key: GroupKey,
+    replay: ReplayWindow,
     buf: Vec<u8>,
+    /// Datagrams dropped: forged, of another group, or replayed.
+    pub dropped: u64,
 }
 
 impl Receiver {
@@ -99,8 +196,10 @@ impl Receiver {
         sock.set_nonblocking(true)?;
         Ok(Receiver {
             sock: sock.into(),
-            token,
+            key: GroupKey::new(&token),
+            replay: ReplayWindow::default(),
             buf: vec![0; DATAGRAM_LEN + 1],
+            dropped: 0,
         })
     }
 
@@ -110,15 +209,16 @@ impl Receiver {
 
     /// The next page of this group waiting, if any: `(offset, bytes)`.
     pub fn next_page(&mut self) -> Option<(u64, &[u8])> {
-        // Strangers' datagrams are skipped; the valid one is decoded again
-        // outside the loop so the borrow of the buffer can be returned.
-        let n = loop {
+        // Forged, foreign and replayed datagrams are skipped. Opening
+        // decrypts in place, so the page is read back from the buffer.
+        let offset = loop {
             let n = self.sock.recv(&mut self.buf).ok()?;
-            if decode(&self.buf[..n], &self.token).is_some() {
-                break n;
+            match decode(&mut self.buf[..n], &self.key) {
+                Some((seq, offset, _)) if self.replay.accept(seq) => break offset,
+                _ => self.dropped += 1,
             }
         };
-        decode(&self.buf[..n], &self.token)
+        Some((offset, &self.buf[HEADER_LEN..HEADER_LEN + PAGE_SIZE]))
     }
 }
 
@@ -127,16 +227,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn datagrams_round_trip_and_strangers_are_ignored() {
-        let t = [7u8; 16];
+    fn datagrams_round_trip_and_forgeries_are_refused() {
+        let key = GroupKey::new(&[7u8; 16]);
         let page = vec![0xab; PAGE_SIZE];
-        let d = encode(&t, 0x3000, &page);
-        assert_eq!(decode(&d, &t), Some((0x3000, &page[..])));
-        assert_eq!(decode(&d, &[8u8; 16]), None, "another group");
-        assert_eq!(decode(&d[..d.len() - 1], &t), None, "truncated");
-        assert_eq!(decode(&encode(&t, 0x3001, &page), &t), None, "unaligned");
-        let mut bad = d.clone();
-        bad[0] = b'X';
-        assert_eq!(decode(&bad, &t), None);
+        let d = encode(&key, 5, 0x3000, &page);
+        assert!(
+            !d.windows(16).any(|w| w == [7u8; 16]),
+            "the token is never on the wire"
+        );
+        let open =
+            |mut d: Vec<u8>, k: &GroupKey| decode(&mut d, k).map(|(s, o, p)| (s, o, p.to_vec()));
+        assert_eq!(open(d.clone(), &key), Some((5, 0x3000, page.clone())));
+        assert_eq!(
+            open(d.clone(), &GroupKey::new(&[8u8; 16])),
+            None,
+            "another group"
+        );
+        assert_eq!(open(d[..d.len() - 1].to_vec(), &key), None, "truncated");
+        for at in [0, 6, 14, HEADER_LEN + 9, d.len() - 1] {
+            let mut bad = d.clone();
+            bad[at] ^= 1;
+            assert_eq!(open(bad, &key), None, "byte {at} altered");
+        }
+        // The old format (token in clear, no tag) is not accepted.
+        let mut old = b"SFMC".to_vec();
+        old.extend_from_slice(&[7u8; 16]);
+        old.extend_from_slice(&0u64.to_le_bytes());
+        old.extend_from_slice(&page);
+        old.resize(DATAGRAM_LEN, 0);
+        assert_eq!(open(old, &key), None);
+    }
+
+    #[test]
+    fn replayed_and_stale_sequence_numbers_are_dropped() {
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(10));
+        assert!(!w.accept(10), "replay");
+        assert!(w.accept(8), "reordered, inside the window");
+        assert!(!w.accept(8));
+        assert!(w.accept(500));
+        assert!(!w.accept(10), "older than the window");
+        assert!(w.accept(499));
+        assert!(!w.accept(499));
     }
 }

@@ -1,5 +1,9 @@
 //! The page server: serves one memory region to the clone hosts of one
-//! clone group, a thread per connection, to whoever shows the group's token.
+//! clone group, a thread per connection, to whoever completes the mutual
+//! TLS handshake (a certificate of the cluster CA) and then shows the
+//! group's token. A connection has [`HELLO_TIMEOUT`] for both; until it has
+//! passed them it does not count toward the "Busy" limit, so strangers who
+//! connect and say nothing cannot lock a real clone out.
 //!
 //! In production it runs in its own process, a frozen forked copy of the
 //! parent VMM, so the region (the parent's guest RAM at the fork) never
@@ -11,18 +15,23 @@ use super::protocol::{
 };
 use super::region::ServedRegion;
 use super::GroupToken;
+use sf_tls::Transport;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// How long a new connection may take to say hello: a peer that connects
-/// and says nothing must not hold a thread for ever.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection may take for the TLS handshake and the hello
+/// together: a peer that connects and says nothing holds a thread for at
+/// most this long. A clone host on the same network needs a few ms.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections still authenticating, at most; more are closed at once
+/// (they would each hold a thread for up to [`HELLO_TIMEOUT`]).
+pub const MAX_PENDING: usize = 1024;
 /// How long one response may take to leave: a client that stops reading
 /// must not hold a thread for ever either.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,6 +71,9 @@ struct Shared {
     /// it down (new connections refused at once) without racing on the fd.
     listener: TcpListener,
     conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Connections that passed the handshake and the hello (the ones
+    /// "Busy" counts).
+    authenticated: AtomicUsize,
     counters: Counters,
 }
 
@@ -106,6 +118,7 @@ pub struct PageServer {
     /// Also pushes every served page to the clone group's other hosts.
     multicast: Option<super::multicast::Sender>,
     max_connections: usize,
+    transport: Transport,
     shared: Arc<Shared>,
 }
 
@@ -147,6 +160,7 @@ impl PageServer {
             wake: EventFd::new(EFD_NONBLOCK)?,
             listener: listener.try_clone()?,
             conns: Mutex::new(HashMap::new()),
+            authenticated: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         Ok(PageServer {
@@ -155,8 +169,16 @@ impl PageServer {
             token,
             multicast: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            transport: Transport::Plain,
             shared,
         })
+    }
+
+    /// Requires mutual TLS under the cluster CA before the hello (plain
+    /// TCP, the default, only in insecure mode and tests).
+    pub fn with_transport(mut self, t: Transport) -> PageServer {
+        self.transport = t;
+        self
     }
 
     /// Pushes each page served to anyone to the whole group as well.
@@ -206,12 +228,17 @@ impl PageServer {
                     if !self.track(id, &stream) {
                         return Ok(());
                     }
-                    let busy =
-                        self.shared.conns.lock().expect("conns lock").len() > self.max_connections;
+                    let open = self.shared.conns.lock().expect("conns lock").len();
+                    let pending = open.saturating_sub(self.shared.authenticated.load(SeqCst));
+                    if pending > MAX_PENDING {
+                        tracing::debug!("page server: {pending} connections still authenticating; closing a new one");
+                        self.shared.conns.lock().expect("conns lock").remove(&id);
+                        continue;
+                    }
                     std::thread::Builder::new()
                         .name("sf-page-conn".into())
                         .spawn_scoped(scope, move || {
-                            if let Err(e) = self.connection(&stream, busy) {
+                            if let Err(e) = self.connection(stream) {
                                 tracing::debug!("page server connection ended: {e}");
                             }
                             self.shared.conns.lock().expect("conns lock").remove(&id);
@@ -259,21 +286,32 @@ impl PageServer {
         true
     }
 
-    fn connection(&self, stream: &TcpStream, busy: bool) -> io::Result<()> {
+    fn connection(&self, stream: TcpStream) -> io::Result<()> {
         let counters = &self.shared.counters;
+        let deadline = std::time::Instant::now() + HELLO_TIMEOUT;
         stream.set_nonblocking(false)?;
-        let _ = stream.set_nodelay(true);
-        stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        let mut s = stream;
+        let mut s = self.transport.accept(stream)?;
+        s.handshake_until(deadline)?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.tcp().set_read_timeout(Some(left))?;
+        s.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
         let mut hello = [0u8; HELLO_LEN];
         s.read_exact(&mut hello)?;
+        let mut slot = None;
         let refuse = match Hello::decode(&hello) {
             Err(_) => Some(RefuseReason::BadMagic),
             Ok(h) if h.version != PROTOCOL_VERSION => Some(RefuseReason::UnsupportedVersion),
             Ok(h) if !same_token(&h.token, &self.token) => Some(RefuseReason::BadToken),
-            Ok(_) if busy => Some(RefuseReason::Busy),
-            Ok(_) => None,
+            Ok(_) => match AuthSlot::take(&self.shared.authenticated, self.max_connections) {
+                Some(g) => {
+                    slot = Some(g);
+                    None
+                }
+                None => Some(RefuseReason::Busy),
+            },
         };
         if let Some(reason) = refuse {
             counters.refused.fetch_add(1, Relaxed);
@@ -292,7 +330,8 @@ impl PageServer {
         counters.connections.fetch_add(1, Relaxed);
         // A clone host may go quiet for as long as its guest needs no new
         // pages: no read timeout from here on.
-        stream.set_read_timeout(None)?;
+        s.tcp().set_read_timeout(None)?;
+        let _slot = slot;
         let region = self.region.as_slice();
         let mut buf = [0u8; REQUEST_LEN];
         loop {
@@ -321,7 +360,7 @@ impl PageServer {
                     // over TCP per clone at 16 clones; a lone clone keeps
                     // its ~0.2 ms faults).
                     if let Some(m) = &self.multicast {
-                        if self.shared.conns.lock().expect("conns lock").len() > 1 {
+                        if self.shared.authenticated.load(Relaxed) > 1 {
                             m.send_pages(region, req.offset, req.pages);
                         }
                     }
@@ -334,6 +373,24 @@ impl PageServer {
                 }
             }
         }
+    }
+}
+
+/// One of the `max` places for authenticated connections, given back on drop.
+struct AuthSlot<'a>(&'a AtomicUsize);
+
+impl<'a> AuthSlot<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<AuthSlot<'a>> {
+        count
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| AuthSlot(count))
+    }
+}
+
+impl Drop for AuthSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 

@@ -8,12 +8,14 @@ use crate::memory::GuestRam;
 use std::net::TcpListener;
 
 /// In the memory holder: serve `ram` (frozen: this process never runs the
-/// guest) on `listener` to holders of `token`, until killed.
+/// guest) on `listener` to holders of `token` who complete the handshake of
+/// `transport`, until killed.
 pub fn serve_frozen(
     listener: TcpListener,
     token: GroupToken,
     ram: &GuestRam,
     multicast: Option<super::multicast::Sender>,
+    transport: sf_tls::Transport,
 ) -> ! {
     let addr = listener
         .local_addr()
@@ -27,7 +29,8 @@ pub fn serve_frozen(
         process::getpid()
     );
     match PageServer::from_listener(listener, region, token) {
-        Ok(mut server) => {
+        Ok(server) => {
+            let mut server = server.with_transport(transport);
             if let Some(m) = multicast {
                 server = server.with_multicast(m);
             }

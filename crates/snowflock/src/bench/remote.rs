@@ -4,11 +4,18 @@
 //! other hosts, where they fetch memory on demand. For comparison, the same
 //! clones forked locally, and the pages each clone really touches (the same
 //! run with prefetching off, where every fetched page was a faulting touch).
+//!
+//! Every configuration runs twice in one invocation: with mutual TLS under
+//! a cluster CA made for the run (daemons, clone requests, page service,
+//! reports) and with plain TCP (`--insecure-no-tls`), so the cost of
+//! authentication and encryption is measured on the same hosts. Each row
+//! says which in `transport`.
 
 use super::stats::median;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sf_api::{Client, Endpoint, Placement};
+use sf_tls::{Credentials, Transport};
 use sf_vmm::clone::remote::RemoteLink;
 use sf_vmm::{CloneStatus, GuestImage, RunReport, Vm, VmConfig};
 use std::net::{IpAddr, Ipv4Addr};
@@ -40,6 +47,8 @@ pub struct RemoteBenchArgs {
 
 #[derive(Serialize, Debug)]
 pub struct Row {
+    /// "mtls" (mutual TLS, the default) or "plain" (`--insecure-no-tls`).
+    pub transport: String,
     pub mem_mib: u64,
     pub clones: u32,
     pub hosts: usize,
@@ -83,8 +92,11 @@ struct Testbed {
     script: PathBuf,
     name: String,
     subnet: u8,
+    hosts: usize,
     daemons: Vec<Child>,
     dir: tempfile::TempDir,
+    /// How this process (host 1's VMs) talks to the others.
+    transport: Transport,
     /// This thread's own network namespace, to return to before teardown
     /// (which ends every process inside the hosts).
     home: Option<std::fs::File>,
@@ -140,14 +152,39 @@ impl Testbed {
                 ),
             }
         };
-        let mut bed = Testbed {
+        let bed = Testbed {
             script,
             name,
             subnet,
+            hosts,
             daemons: Vec::new(),
             dir: tempfile::tempdir()?,
+            transport: Transport::Plain,
             home: None,
         };
+        let specs: Vec<sf_tls::generate::HostSpec> = (1..=hosts)
+            .map(|i| sf_tls::generate::HostSpec {
+                name: format!("h{i}"),
+                ip: IpAddr::V4(bed.addr(i)),
+            })
+            .collect();
+        sf_tls::generate::init(&bed.tls_dir(), &specs)?;
+        Ok(bed)
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// (Re)starts every host's daemon, with mutual TLS or plain TCP.
+    fn start_daemons(&mut self, tls: bool) -> anyhow::Result<()> {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        self.daemons.clear();
+        let bed = &mut *self;
+        let hosts = bed.hosts;
         let daemon = std::env::current_exe()?.with_file_name("snowflockd");
         if !daemon.is_file() {
             bail!(
@@ -169,6 +206,13 @@ impl Testbed {
             for j in (1..=hosts).filter(|&j| j != i) {
                 c.arg("--peer").arg(format!("{}:7070", bed.addr(j)));
             }
+            if tls {
+                let p = sf_tls::generate::host_paths(&bed.tls_dir(), &format!("h{i}"));
+                c.arg("--tls-ca").arg(p.ca).arg("--tls-cert").arg(p.cert);
+                c.arg("--tls-key").arg(p.key);
+            } else {
+                c.arg("--insecure-no-tls");
+            }
             c.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -187,7 +231,13 @@ impl Testbed {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Ok(bed)
+        bed.transport = if tls {
+            let p = sf_tls::generate::host_paths(&bed.tls_dir(), "h1");
+            Transport::Tls(std::sync::Arc::new(Credentials::load(&p)?))
+        } else {
+            Transport::Plain
+        };
+        Ok(())
     }
 
     fn netns(&self, i: usize) -> String {
@@ -255,7 +305,10 @@ fn run_once(
         max_clones: n.max(sf_vmm::default_max_clones()),
         timeout: Some(Duration::from_secs(300)),
         remote: Some(RemoteLink {
-            control: Endpoint::Unix(bed.socket(1)),
+            peers: (2..=bed.hosts)
+                .map(|j| format!("{}:7070", bed.addr(j)))
+                .collect(),
+            transport: bed.transport.clone(),
             advertise: IpAddr::V4(bed.addr(1)),
             placement,
             prefetch_window: window,
@@ -302,10 +355,31 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
     let mut bed = Testbed::up(a.hosts, a.rate.as_deref())?;
     bed.enter_host1()?;
     let mut rows = Vec::new();
+    for tls in [true, false] {
+        bed.start_daemons(tls)?;
+        rows.extend(measure(&bed, &a, &image)?);
+    }
+    print_table(&rows);
+    if let Some(path) = &a.json {
+        let res = Results {
+            hosts: a.hosts,
+            rate: a.rate.clone(),
+            rows,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&res)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(0)
+}
+
+/// Every configuration over the daemons as they run now.
+fn measure(bed: &Testbed, a: &RemoteBenchArgs, image: &GuestImage) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
     for &mem in &a.mem_mib {
         // What a clone touches does not depend on how many there are: one
         // run with prefetching off counts it (each fetch is then one fault).
-        let base = run_once(&bed, &image, mem, 1, Placement::Remote, Some(1))?;
+        let base = run_once(bed, image, mem, 1, Placement::Remote, Some(1))?;
         let touched = base.clones[0].clones[0]
             .memory
             .as_ref()
@@ -318,7 +392,7 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut desc = 0;
             for _ in 0..a.runs {
-                let r = run_once(&bed, &image, mem, n, Placement::Remote, None)?;
+                let r = run_once(bed, image, mem, n, Placement::Remote, None)?;
                 let f = firsts(&r);
                 push(&mut rf, median(&f));
                 push(&mut rl, f.iter().copied().fold(0.0, f64::max));
@@ -333,7 +407,7 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
                     bytes.push(m.bytes_received as f64);
                     mcast.push(m.multicast_pages as f64);
                 }
-                let l = run_once(&bed, &image, mem, n, Placement::Local, None)?;
+                let l = run_once(bed, image, mem, n, Placement::Local, None)?;
                 let f = firsts(&l);
                 push(&mut lf, median(&f));
                 push(&mut ll, f.iter().copied().fold(0.0, f64::max));
@@ -341,6 +415,7 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
             }
             let bytes_med = median(&bytes);
             rows.push(Row {
+                transport: bed.transport.name().into(),
                 mem_mib: mem,
                 clones: n,
                 hosts: a.hosts,
@@ -362,23 +437,13 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
                 local_join_ms_median: median(&lj),
             });
             eprintln!(
-                "  {mem:>5} MiB x {n:>2} clones: done in {:.1} s",
+                "  {:>5} {mem:>5} MiB x {n:>2} clones: done in {:.1} s",
+                bed.transport.name(),
                 t0.elapsed().as_secs_f64()
             );
         }
     }
-    print_table(&rows);
-    if let Some(path) = &a.json {
-        let res = Results {
-            hosts: a.hosts,
-            rate: a.rate.clone(),
-            rows,
-        };
-        std::fs::write(path, serde_json::to_string_pretty(&res)? + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(0)
+    Ok(rows)
 }
 
 fn push(v: &mut Vec<f64>, x: f64) {
@@ -389,7 +454,8 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>8} {:>10} {:>8} {:>7}",
+        "{:>5} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>8} {:>10} {:>8} {:>7}",
+        "auth",
         "mem MiB",
         "clones",
         "remote ms",
@@ -407,7 +473,8 @@ fn print_table(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:>7} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.0} {:>7.0} {:>9.0} {:>9.0} {:>8.0} {:>10.2} {:>8.3} {:>7}",
+            "{:>5} {:>7} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.0} {:>7.0} {:>9.0} {:>9.0} {:>8.0} {:>10.2} {:>8.3} {:>7}",
+            r.transport,
             r.mem_mib,
             r.clones,
             r.remote_first_instr_ms_median,

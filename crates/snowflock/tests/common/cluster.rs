@@ -119,6 +119,27 @@ impl Cluster {
         cmd
     }
 
+    /// Moves the calling thread (only it) into host `host`'s network
+    /// namespace until the guard drops, so a test can talk to the hosts'
+    /// addresses from there (e.g. play an attacker on that host).
+    pub fn enter(&self, host: usize) -> NetnsGuard {
+        use std::os::fd::AsRawFd;
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        let ns = std::fs::File::open(std::path::Path::new("/var/run/netns").join(self.netns(host)))
+            .expect("host netns");
+        // SAFETY: setns on namespace files we opened; it changes only this
+        // thread's network namespace.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns into {}: {}",
+            self.netns(host),
+            std::io::Error::last_os_error()
+        );
+        NetnsGuard { home }
+    }
+
     fn check(&self, host: usize) {
         assert!(
             (1..=self.hosts).contains(&host),
@@ -126,6 +147,19 @@ impl Cluster {
             self.name,
             self.hosts
         );
+    }
+}
+
+/// Returns the thread to its own network namespace on drop.
+pub struct NetnsGuard {
+    home: std::fs::File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: back to the namespace this thread came from.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
 

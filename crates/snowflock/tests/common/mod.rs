@@ -452,3 +452,4 @@ pub mod asm32 {
 }
 
 pub mod cluster;
+pub mod hosts;

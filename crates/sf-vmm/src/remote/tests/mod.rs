@@ -1,6 +1,7 @@
 //! Tests of remote memory over loopback: a page server in this process, a
 //! fetcher on a fresh anonymous mapping, readers on their own threads.
 
+mod auth;
 mod failure;
 mod fetch;
 mod serve;

@@ -1,7 +1,8 @@
 //! Where a VM's clones go: spread evenly over this host and its peers, or
-//! all here.
+//! all here. A pure function of the peer list, so the VMM that clones
+//! decides by itself (it never needs the daemon's admin socket).
 
-use sf_api::Placement;
+use crate::Placement;
 
 /// One entry per clone (IDs 1..=n in order): `None` = this host.
 pub fn place(n: u32, peers: &[String], policy: Placement) -> Vec<Option<String>> {

@@ -1,0 +1,177 @@
+//! K namespace hosts with a `snowflockd` each, peers of one another, whose
+//! credentials come from `snowflock cluster init` (one certificate per
+//! host, IP SAN = the host's address), as an operator would make them.
+
+use super::cluster::Cluster;
+use super::*;
+use sf_api::{Client, Endpoint, VmDetail, VmInfo};
+use sf_tls::{Credentials, TlsPaths, Transport};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const PORT: u16 = 7070;
+
+pub fn snowflockd_bin() -> PathBuf {
+    let p = Path::new(snowflock_bin()).with_file_name("snowflockd");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace (cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// `snowflock cluster init --dir DIR --host hI=IP ...` for `hosts`.
+pub fn cluster_init(dir: &Path, cluster: &Cluster, hosts: impl IntoIterator<Item = usize>) {
+    let mut cmd = Command::new(snowflock_bin());
+    cmd.args(["cluster", "init", "--dir"]).arg(dir);
+    for i in hosts {
+        cmd.arg("--host").arg(format!("h{i}={}", cluster.addr(i)));
+    }
+    let out = cmd.output().expect("run snowflock cluster init");
+    assert!(
+        out.status.success(),
+        "snowflock cluster init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// K hosts with a daemon each, peers of one another.
+pub struct Hosts {
+    pub cluster: Cluster,
+    pub daemons: Vec<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Hosts {
+    /// Every host gets a certificate; daemons run with mutual TLS.
+    pub fn start(k: usize) -> Hosts {
+        Self::start_with(k, &[])
+    }
+
+    /// Like [`Hosts::start`], with `extra` options for every daemon.
+    pub fn start_with(k: usize, extra: &[&str]) -> Hosts {
+        let cluster = Cluster::new(k);
+        let dir = tempdir();
+        cluster_init(&dir.path().join("tls"), &cluster, 1..=k);
+        let mut daemons = Vec::new();
+        for i in 1..=k {
+            let mut cmd = cluster.command(i, snowflockd_bin());
+            cmd.arg("--socket")
+                .arg(dir.path().join(format!("h{i}.sock")));
+            cmd.arg("--listen")
+                .arg(format!("{}:{PORT}", cluster.addr(i)));
+            cmd.arg("--state-dir").arg(dir.path().join(format!("h{i}")));
+            cmd.arg("--snowflock").arg(snowflock_bin());
+            for j in (1..=k).filter(|&j| j != i) {
+                cmd.arg("--peer").arg(format!("{}:{PORT}", cluster.addr(j)));
+            }
+            if !extra.contains(&"--insecure-no-tls") {
+                let p = sf_tls::generate::host_paths(&dir.path().join("tls"), &format!("h{i}"));
+                cmd.arg("--tls-ca").arg(p.ca);
+                cmd.arg("--tls-cert").arg(p.cert);
+                cmd.arg("--tls-key").arg(p.key);
+            }
+            cmd.args(extra);
+            let log = std::fs::File::create(dir.path().join(format!("h{i}.daemon.log"))).unwrap();
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+            daemons.push(cmd.spawn().expect("start snowflockd"));
+        }
+        let hosts = Hosts {
+            cluster,
+            daemons,
+            dir,
+        };
+        for i in 1..=k {
+            let until = Instant::now() + Duration::from_secs(10);
+            while hosts.client(i).get::<sf_api::Health>("/v1/health").is_err() {
+                assert!(
+                    Instant::now() < until,
+                    "daemon {i} did not come up:\n{}",
+                    hosts.daemon_log(i)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        hosts
+    }
+
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("h{i}.sock"))
+    }
+
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("h{i}"))
+    }
+
+    /// Host `i`'s credentials (from `cluster init`).
+    pub fn tls_paths(&self, i: usize) -> TlsPaths {
+        sf_tls::generate::host_paths(&self.dir.path().join("tls"), &format!("h{i}"))
+    }
+
+    /// Mutual TLS with host `i`'s certificate.
+    pub fn transport(&self, i: usize) -> Transport {
+        Transport::Tls(Arc::new(Credentials::load(&self.tls_paths(i)).unwrap()))
+    }
+
+    /// Host `i`'s admin API (its Unix socket).
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(Endpoint::Unix(self.socket(i)))
+    }
+
+    /// Host `i`'s peer API on TCP, over `t`; use it inside a host
+    /// (`cluster.enter`).
+    pub fn peer_client(&self, i: usize, t: Transport) -> Client {
+        Client::new(Endpoint::Tcp(format!("{}:{PORT}", self.cluster.addr(i))))
+            .with_transport(t)
+            .with_timeout(Duration::from_secs(5))
+    }
+
+    pub fn daemon_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("h{i}.daemon.log")))
+            .unwrap_or_default()
+    }
+
+    /// `snowflock run --daemon` on host `i`'s daemon.
+    pub fn run(&self, i: usize, args: &[&str]) -> Run {
+        let mut cmd = Command::new(snowflock_bin());
+        cmd.arg("run")
+            .arg("--daemon")
+            .arg(self.socket(i))
+            .args(args);
+        run_cmd(cmd, Duration::from_secs(90))
+    }
+
+    /// Everything the daemons know, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for i in 1..=self.cluster.hosts() {
+            s += &format!("--- daemon {i} ---\n{}\n", self.daemon_log(i));
+            if let Ok(vms) = self.client(i).get::<Vec<VmInfo>>("/v1/vms") {
+                for v in vms {
+                    if let Ok(d) = self.client(i).get::<VmDetail>(&format!("/v1/vms/{}", v.id)) {
+                        s += &format!(
+                            "  {} {:?} exit {:?}\n  log: {}\n",
+                            v.id,
+                            v.kind,
+                            v.exit_code,
+                            d.log.trim()
+                        );
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
