@@ -50,13 +50,19 @@ pub fn run_remote(
         info.pid
     );
     let mut shown = 0;
+    // Guest text on a terminal is escaped, as `snowflock run` does.
+    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Box::new(sf_vmm::sanitize::TerminalWriter::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::stdout())
+    };
     loop {
         let d: VmDetail = c.get(&format!("/v1/vms/{}", info.id))?;
         // The daemon keeps the last 64 KiB; print what is new.
         let console = d.console.as_bytes();
         if console.len() > shown {
-            std::io::stdout().write_all(&console[shown..])?;
-            std::io::stdout().flush()?;
+            out.write_all(&console[shown..])?;
+            out.flush()?;
             shown = console.len();
         }
         if d.info.state != "running" {

@@ -207,6 +207,17 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         ));
     }
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
+    // Not std's stdout: its writers retry interrupted writes forever, and a
+    // reader that stops reading must not stop the timeout. On a terminal the
+    // guest's console is escaped (sf_vmm::sanitize says why); into a pipe or
+    // file it stays byte for byte. (Asked before the sandbox: the terminal
+    // check is an ioctl the runner's filter does not allow.)
+    let console = sf_vmm::FdConsole::stdout();
+    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Box::new(sf_vmm::sanitize::TerminalWriter::new(console))
+    } else {
+        Box::new(console)
+    };
     if let Some(p) = &policy {
         sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::Runner, p)?;
     }
@@ -214,16 +225,6 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         let e = sf_vmm::sandbox::selftest();
         anyhow::bail!("the sandbox let execve through (it failed only with: {e})");
     }
-    // Not std's stdout: its writers retry interrupted writes forever, and a
-    // reader that stops reading must not stop the timeout. On a terminal the
-    // guest's console is escaped (sf_vmm::sanitize says why); into a pipe or
-    // file it stays byte for byte.
-    let console = sf_vmm::FdConsole::stdout();
-    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        Box::new(sf_vmm::sanitize::TerminalWriter::new(console))
-    } else {
-        Box::new(console)
-    };
     let report = vm.run(&mut out)?;
     out.flush().ok();
     drop(out);

@@ -6,10 +6,9 @@
 //! and remote clones still work sandboxed.
 
 mod common;
-use common::cluster::Cluster;
+use common::hosts::Hosts;
 use common::*;
-use sf_api::{Client, Endpoint, VmInfo};
-use std::path::{Path, PathBuf};
+use sf_api::VmInfo;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -186,84 +185,14 @@ fn no_sandbox_is_an_explicit_opt_out() {
     assert!(s.uid.starts_with("0\t"), "{s:?}");
 }
 
-fn snowflockd_bin() -> PathBuf {
-    Path::new(snowflock_bin()).with_file_name("snowflockd")
-}
-
-const PORT: u16 = 7070;
-
-/// Daemons on namespace hosts, peers of one another.
-struct Hosts {
-    /// Kept for its Drop, which removes the namespace hosts.
-    _cluster: Cluster,
-    daemons: Vec<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Hosts {
-    fn start(k: usize) -> Hosts {
-        let cluster = Cluster::new(k);
-        let dir = tempdir();
-        let mut daemons = Vec::new();
-        for i in 1..=k {
-            let mut cmd = cluster.command(i, snowflockd_bin());
-            cmd.arg("--socket")
-                .arg(dir.path().join(format!("h{i}.sock")));
-            cmd.arg("--listen")
-                .arg(format!("{}:{PORT}", cluster.addr(i)));
-            cmd.arg("--state-dir").arg(dir.path().join(format!("h{i}")));
-            cmd.arg("--snowflock").arg(snowflock_bin());
-            for j in (1..=k).filter(|&j| j != i) {
-                cmd.arg("--peer").arg(format!("{}:{PORT}", cluster.addr(j)));
-            }
-            let log = std::fs::File::create(dir.path().join(format!("h{i}.log"))).unwrap();
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-            daemons.push(cmd.spawn().expect("start snowflockd"));
-        }
-        let h = Hosts {
-            _cluster: cluster,
-            daemons,
-            dir,
-        };
-        for i in 1..=k {
-            let until = Instant::now() + Duration::from_secs(10);
-            while h.client(i).get::<sf_api::Health>("/v1/health").is_err() {
-                assert!(Instant::now() < until, "daemon {i} did not come up");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        h
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("h{i}.sock"))
-    }
-
-    fn client(&self, i: usize) -> Client {
-        Client::new(Endpoint::Unix(self.socket(i)))
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("h{i}.log"))).unwrap_or_default()
-    }
-
-    fn running(&self, i: usize) -> Vec<VmInfo> {
-        self.client(i)
-            .get::<Vec<VmInfo>>("/v1/vms")
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| v.state == "running")
-            .collect()
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for d in &mut self.daemons {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-    }
+/// The VMs a daemon runs right now.
+fn running(h: &Hosts, i: usize) -> Vec<VmInfo> {
+    h.client(i)
+        .get::<Vec<VmInfo>>("/v1/vms")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.state == "running")
+        .collect()
 }
 
 #[test]
@@ -290,14 +219,14 @@ fn remote_clone_hosts_and_the_memory_holder_run_sandboxed() {
     // Host 2 runs both clones, each in a clone-host VMM.
     let until = Instant::now() + Duration::from_secs(20);
     let clones = loop {
-        let c = h.running(2);
+        let c = running(&h, 2);
         if c.len() == 2 || Instant::now() > until {
             break c;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let clone_status: Vec<_> = clones.iter().map(|v| sandboxed_status(v.pid)).collect();
-    let runner = h.running(1).first().map(|v| v.pid);
+    let runner = running(&h, 1).first().map(|v| v.pid);
     let (runner_status, holder_status) = match runner {
         Some(pid) => (status(pid), children(pid).first().and_then(|&c| status(c))),
         None => (None, None),
@@ -305,8 +234,8 @@ fn remote_clone_hosts_and_the_memory_holder_run_sandboxed() {
     let (code, stdout, stderr) = finish(vm);
     let context = format!(
         "{stdout}\n{stderr}\n--- h1 ---\n{}\n--- h2 ---\n{}",
-        h.log(1),
-        h.log(2)
+        h.daemon_log(1),
+        h.daemon_log(2)
     );
     assert_eq!(clones.len(), 2, "{context}");
     for (v, s) in clones.iter().zip(&clone_status) {
@@ -349,8 +278,8 @@ fn the_daemon_logs_a_vmm_the_sandbox_killed() {
     // SAFETY: kill(2) of the VMM this test started.
     unsafe { libc::kill(vm.pid as i32, libc::SIGSYS) };
     let until = Instant::now() + Duration::from_secs(10);
-    while !h.log(1).contains("killed by its seccomp sandbox") {
-        assert!(Instant::now() < until, "no log line:\n{}", h.log(1));
+    while !h.daemon_log(1).contains("killed by its seccomp sandbox") {
+        assert!(Instant::now() < until, "no log line:\n{}", h.daemon_log(1));
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -86,11 +86,12 @@ impl Write for RotatingFile {
 
 /// Copies a VMM's console pipe into its capped file until every writer of
 /// the pipe (the VMM and its local clones) has closed it. A file that
-/// cannot be written (full disk) is logged once and the rest is drained
-/// and dropped, so the guest never blocks on its console because of the
-/// host's disk. Runs on a thread of its own: a flood must not take the
-/// daemon's event loop.
-pub fn copy_console(id: &str, mut pipe: impl Read, mut file: RotatingFile) {
+/// cannot be written (full disk) is said once, in the daemon's log and in
+/// the VM's own log (`vm_log`, whose first blocks the daemon reserved for
+/// such last words), and the rest is drained and dropped, so the guest
+/// never blocks on its console because of the host's disk. Runs on a
+/// thread of its own: a flood must not take the daemon's event loop.
+pub fn copy_console(id: &str, mut pipe: impl Read, mut file: RotatingFile, mut vm_log: File) {
     let mut buf = vec![0u8; 64 << 10];
     let mut failed = false;
     loop {
@@ -108,6 +109,10 @@ pub fn copy_console(id: &str, mut pipe: impl Read, mut file: RotatingFile) {
         }
         if let Err(e) = file.write_all(&buf[..n]) {
             tracing::warn!(%id, "the console file cannot be written, the rest of this VM's console is dropped: {e}");
+            let _ = writeln!(
+                vm_log,
+                "error: cannot write the guest console: {e}; the rest of the console is dropped (free space in the state directory)"
+            );
             failed = true;
         }
     }
@@ -143,7 +148,8 @@ mod tests {
         std::fs::write(&p, "").unwrap();
         let (r, mut w) = std::io::pipe().unwrap();
         let f = RotatingFile::open(&p, 64 << 10).unwrap();
-        let copier = std::thread::spawn(move || copy_console("vm-1", r, f));
+        let log = tempfile::tempfile().unwrap();
+        let copier = std::thread::spawn(move || copy_console("vm-1", r, f, log));
         for i in 0..20_000u32 {
             writeln!(w, "line {i:08}").unwrap();
         }

@@ -196,6 +196,9 @@ impl Daemon {
             self.cfg.console_cap,
         )
         .map_err(|e| self.io_error("open the console file", e))?;
+        let copier_log = err
+            .try_clone()
+            .map_err(|e| self.io_error("share the log with the console copier", e))?;
         let (console_pipe, console_out) =
             std::io::pipe().map_err(|e| self.io_error("make the console pipe", e))?;
         if !guest_args.is_empty() || kind == VmKind::Vm {
@@ -246,7 +249,12 @@ impl Daemon {
         std::thread::Builder::new()
             .name(format!("console-{id}"))
             .spawn(move || {
-                crate::console_file::copy_console(&copier_id, console_pipe, console_file)
+                crate::console_file::copy_console(
+                    &copier_id,
+                    console_pipe,
+                    console_file,
+                    copier_log,
+                )
             })
             .map_err(|e| self.io_error("start the console copier", e))?;
         cg.close_fds();

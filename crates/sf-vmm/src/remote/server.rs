@@ -29,9 +29,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// together: a peer that connects and says nothing holds a thread for at
 /// most this long. A clone host on the same network needs a few ms.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections still authenticating, at most; more are closed at once
-/// (they would each hold a thread for up to [`HELLO_TIMEOUT`]).
-pub const MAX_PENDING: usize = 1024;
+/// Connections still authenticating, at most. Each holds a thread for up
+/// to [`HELLO_TIMEOUT`], and the holder's threads count against its VM's
+/// cgroup task limit, so a new connection past this closes the *oldest*
+/// pending one: a flood of silent strangers keeps turning over while a
+/// cluster member, whose handshake and hello take a few ms, gets through.
+pub const MAX_PENDING: usize = 16;
 /// How long one response may take to leave: a client that stops reading
 /// must not hold a thread for ever either.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,6 +74,8 @@ struct Shared {
     /// it down (new connections refused at once) without racing on the fd.
     listener: TcpListener,
     conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Connections that have not sent their hello yet, oldest first.
+    pending: Mutex<std::collections::BTreeSet<u64>>,
     /// Connections that passed the handshake and the hello (the ones
     /// "Busy" counts).
     authenticated: AtomicUsize,
@@ -160,6 +165,7 @@ impl PageServer {
             wake: EventFd::new(EFD_NONBLOCK)?,
             listener: listener.try_clone()?,
             conns: Mutex::new(HashMap::new()),
+            pending: Mutex::new(std::collections::BTreeSet::new()),
             authenticated: AtomicUsize::new(0),
             counters: Counters::default(),
         });
@@ -228,21 +234,21 @@ impl PageServer {
                     if !self.track(id, &stream) {
                         return Ok(());
                     }
-                    let open = self.shared.conns.lock().expect("conns lock").len();
-                    let pending = open.saturating_sub(self.shared.authenticated.load(SeqCst));
-                    if pending > MAX_PENDING {
-                        tracing::debug!("page server: {pending} connections still authenticating; closing a new one");
-                        self.shared.conns.lock().expect("conns lock").remove(&id);
-                        continue;
-                    }
-                    std::thread::Builder::new()
+                    self.admit_pending(id);
+                    let spawned = std::thread::Builder::new()
                         .name("sf-page-conn".into())
                         .spawn_scoped(scope, move || {
-                            if let Err(e) = self.connection(stream) {
+                            if let Err(e) = self.connection(id, stream) {
                                 tracing::debug!("page server connection ended: {e}");
                             }
-                            self.shared.conns.lock().expect("conns lock").remove(&id);
-                        })?;
+                            self.forget(id);
+                        });
+                    // Out of threads (the cgroup's task limit): that client
+                    // is dropped, the service goes on.
+                    if let Err(e) = spawned {
+                        tracing::warn!("page server: no thread for a new connection: {e}");
+                        self.forget(id);
+                    }
                 }
             }
         })
@@ -272,6 +278,37 @@ impl PageServer {
         Ok(())
     }
 
+    /// Counts a new connection as pending; past [`MAX_PENDING`] the oldest
+    /// pending one is shut down (its thread then ends at once).
+    fn admit_pending(&self, id: u64) {
+        let oldest = {
+            let mut pending = self.shared.pending.lock().expect("pending lock");
+            pending.insert(id);
+            if pending.len() > MAX_PENDING {
+                pending.pop_first()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = oldest {
+            tracing::debug!(
+                "page server: {MAX_PENDING} connections still authenticating; closing the oldest"
+            );
+            if let Some(c) = self.shared.conns.lock().expect("conns lock").get(&old) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&id);
+        self.shared.conns.lock().expect("conns lock").remove(&id);
+    }
+
     /// Registers a connection so `stop` can close it; false if stopping.
     fn track(&self, id: u64, stream: &TcpStream) -> bool {
         let mut conns = self.shared.conns.lock().expect("conns lock");
@@ -286,7 +323,7 @@ impl PageServer {
         true
     }
 
-    fn connection(&self, stream: TcpStream) -> io::Result<()> {
+    fn connection(&self, id: u64, stream: TcpStream) -> io::Result<()> {
         let counters = &self.shared.counters;
         let deadline = std::time::Instant::now() + HELLO_TIMEOUT;
         stream.set_nonblocking(false)?;
@@ -300,6 +337,12 @@ impl PageServer {
         s.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
         let mut hello = [0u8; HELLO_LEN];
         s.read_exact(&mut hello)?;
+        // It said its hello in time: no longer one a newcomer may evict.
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&id);
         let mut slot = None;
         let refuse = match Hello::decode(&hello) {
             Err(_) => Some(RefuseReason::BadMagic),

@@ -173,7 +173,7 @@ fn local_clone_keeps_the_runner_list_under_its_own_name() {
 }
 
 #[test]
-fn memory_holder_stacks_a_filter_without_kvm_fork_or_files() {
+fn memory_holder_stacks_a_filter_without_kvm_fork_or_file_writes() {
     let (runner, holder) = (prog(Role::Runner), prog(Role::MemoryHolder));
     let holder_child = |act: fn() -> i32| {
         let (runner, holder) = (&runner, &holder);
@@ -211,8 +211,15 @@ fn memory_holder_stacks_a_filter_without_kvm_fork_or_files() {
     );
     assert_killed(
         holder_child(|| {
+            // Reading is allowed (glibc's arena set-up); writing is not.
             // SAFETY: a valid NUL-terminated path.
-            unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+            unsafe {
+                libc::open(
+                    c"/tmp/sf-holder-probe".as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT,
+                    0o600,
+                )
+            };
             10
         }),
         libc::SYS_openat,
