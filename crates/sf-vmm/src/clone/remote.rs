@@ -36,6 +36,12 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A connection to the report listener that has not authenticated (TLS
 /// handshake and the group's token) within this long is dropped.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections to the report listener still authenticating, at most (plus
+/// one per remote clone of the group, which all connect at once when the
+/// origin first looks). Past it a new connection closes the oldest
+/// pending one, so strangers that connect and say nothing cannot pile up
+/// descriptors and handshake state in the origin VMM.
+pub const MAX_PENDING_REPORTS: usize = 64;
 /// A connected remote clone silent for this long is lost (host down).
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often remote clones send heartbeats.
@@ -293,6 +299,7 @@ impl RemoteGroup {
                 // bytes arrive: a silent client never stalls this loop.
                 if s.set_nonblocking(true).is_ok() {
                     if let Ok(stream) = self.transport.accept(s) {
+                        self.close_oldest_pending_at_the_cap();
                         self.conns.push(Conn {
                             stream,
                             buf: Vec::new(),
@@ -325,6 +332,28 @@ impl RemoteGroup {
                 return;
             }
             self.poll(until);
+        }
+    }
+
+    /// Makes room for one more connection that has not said its hello:
+    /// at the cap, the one pending longest goes.
+    fn close_oldest_pending_at_the_cap(&mut self) {
+        let pending = self.conns.iter().filter(|c| c.id.is_none()).count();
+        if pending < MAX_PENDING_REPORTS + self.ids.len() {
+            return;
+        }
+        let oldest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.id.is_none())
+            .min_by_key(|(_, c)| c.accepted)
+            .map(|(i, _)| i);
+        if let Some(i) = oldest {
+            tracing::debug!(
+                "report listener: too many connections without a hello; closing the oldest"
+            );
+            self.conns.swap_remove(i);
         }
     }
 
@@ -551,5 +580,39 @@ mod tests {
                 assert_ne!(e.kind(), ErrorKind::WouldBlock, "still open");
             }
         }
+    }
+
+    #[test]
+    fn a_flood_of_silent_connections_stays_bounded_and_a_clone_still_gets_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reports = ReportListener {
+            listener,
+            transport: Transport::Plain,
+        };
+        let mut g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        // 300 strangers that connect and say nothing, in bursts below the
+        // listen backlog: each one would hold a descriptor (and, with TLS,
+        // a handshake's state) until the hello deadline.
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.extend((0..100).map(|_| TcpStream::connect(addr).unwrap()));
+            g.pump(Duration::from_millis(100));
+        }
+        assert!(
+            g.conns.len() <= MAX_PENDING_REPORTS + 1,
+            "{} unauthenticated connections held",
+            g.conns.len()
+        );
+        let mut clone = TcpStream::connect(addr).unwrap();
+        Frame::Hello {
+            token: [1; 16],
+            id: 1,
+        }
+        .write_to(&mut clone)
+        .unwrap();
+        g.pump(Duration::from_millis(300));
+        assert!(g.connected.contains_key(&1), "the clone's hello was lost");
+        drop(silent);
     }
 }
