@@ -293,3 +293,75 @@ fn the_memory_holder_serves_only_cluster_members_and_silent_strangers_do_not_mak
         h.describe()
     );
 }
+
+/// A descriptor that decodes (the clone host never gets to run it here).
+fn descriptor_hex(mem_size: u64) -> String {
+    use sf_vmm::descriptor::{MemorySource, VcpuState, VmDescriptor};
+    let d = VmDescriptor {
+        mem_size,
+        vcpu: VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            debugregs: Default::default(),
+            events: Default::default(),
+            msrs: Vec::new(),
+        },
+        memory: MemorySource::Inherited,
+    };
+    sf_api::to_hex(&d.encode())
+}
+
+#[test]
+fn concurrent_clone_requests_never_exceed_the_host_budget() {
+    const BUDGET: usize = 2;
+    const REQUESTS: u32 = 8;
+    let h = Hosts::start_with(3, &["--max-vms", "2"]);
+    let peer = h.cluster.enter(3);
+    // Host 3's memory server and report listener accept and never answer
+    // the TLS handshake, so each clone host it gets started stays running
+    // (2 s connect deadline) while the other requests arrive.
+    let memory = std::net::TcpListener::bind((h.cluster.addr(3), 0)).unwrap();
+    let reports = std::net::TcpListener::bind((h.cluster.addr(3), 0)).unwrap();
+    let (mem_addr, rep_addr) = (memory.local_addr().unwrap(), reports.local_addr().unwrap());
+    for l in [memory, reports] {
+        std::thread::spawn(move || {
+            let held: Vec<TcpStream> = l.incoming().map_while(Result::ok).collect();
+            drop(held);
+        });
+    }
+    let start = Arc::new(std::sync::Barrier::new(REQUESTS as usize));
+    // Threads made here share host 3's network namespace.
+    let sends: Vec<_> = (1..=REQUESTS)
+        .map(|id| {
+            let c = h.peer_client(1, h.transport(3));
+            let mut req = clone_request(mem_addr.to_string(), rep_addr.to_string());
+            req.descriptor_hex = descriptor_hex(req.mem_size);
+            req.ids = vec![id];
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                c.post::<_, sf_api::CloneAccepted>("/v1/clones", &req)
+            })
+        })
+        .collect();
+    let answers: Vec<_> = sends.into_iter().map(|t| t.join().unwrap()).collect();
+    drop(peer);
+    let accepted = answers.iter().filter(|a| a.is_ok()).count();
+    let running = h
+        .client(1)
+        .get::<Vec<VmInfo>>("/v1/vms")
+        .unwrap()
+        .iter()
+        .filter(|v| v.state == "running")
+        .count();
+    assert!(
+        (1..=BUDGET).contains(&accepted) && running <= BUDGET,
+        "{accepted} of {REQUESTS} concurrent clone requests accepted, {running} running, budget {BUDGET}: {answers:?}\n{}",
+        h.describe()
+    );
+    for a in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert!(matches!(a, ClientError::Status { status: 503, .. }), "{a}");
+    }
+}

@@ -18,7 +18,7 @@ use sf_api::{
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,35 @@ pub struct Daemon {
     state: StateDir,
     cgroups: Cgroups,
     vms: Mutex<BTreeMap<String, Entry>>,
+    /// VMMs a request has taken from the host budget but not started
+    /// yet (read and changed under the `vms` lock).
+    reserved: AtomicUsize,
     clones_received: AtomicU64,
+}
+
+/// Places in the host budget held by one request while it starts its
+/// VMMs; what it did not use goes back on drop. Starting a VMM awaits (the
+/// clone request goes down a pipe), so without it concurrent requests
+/// would all see the same free places.
+struct Reservation<'a> {
+    daemon: &'a Daemon,
+    left: usize,
+}
+
+impl Reservation<'_> {
+    /// One VMM started: its place is counted as running from now on.
+    fn used_one(&mut self) {
+        let _vms = self.daemon.vms.lock().expect("state lock");
+        self.left -= 1;
+        self.daemon.reserved.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let _vms = self.daemon.vms.lock().expect("state lock");
+        self.daemon.reserved.fetch_sub(self.left, Ordering::Relaxed);
+    }
 }
 
 /// Most clones one request may start here.
@@ -73,6 +101,7 @@ impl Daemon {
             state,
             cgroups,
             vms: Mutex::new(BTreeMap::new()),
+            reserved: AtomicUsize::new(0),
             clones_received: AtomicU64::new(0),
         }
     }
@@ -118,18 +147,12 @@ impl Daemon {
         self.cfg.peers.iter().map(|p| p.to_string()).collect()
     }
 
-    fn running(&self) -> usize {
-        self.vms
-            .lock()
-            .expect("state lock")
-            .values()
-            .filter(|e| e.info.state == "running")
-            .count()
-    }
-
-    /// 503 unless `n` more VMMs fit the host-wide budget.
-    fn check_budget(&self, n: usize) -> Result<(), ApiError> {
-        let running = self.running();
+    /// 503 unless `n` more VMMs fit the host-wide budget; else holds
+    /// their places until they run.
+    fn reserve(&self, n: usize) -> Result<Reservation<'_>, ApiError> {
+        let vms = self.vms.lock().expect("state lock");
+        let running = vms.values().filter(|e| e.info.state == "running").count()
+            + self.reserved.load(Ordering::Relaxed);
         if running + n > self.cfg.max_vms {
             return Err(ApiError(
                 503,
@@ -139,7 +162,12 @@ impl Daemon {
                 ),
             ));
         }
-        Ok(())
+        self.reserved.fetch_add(n, Ordering::Relaxed);
+        drop(vms);
+        Ok(Reservation {
+            daemon: self,
+            left: n,
+        })
     }
 
     /// Spawns one VMM process with console and log files; a task records
@@ -161,6 +189,7 @@ impl Daemon {
         limits: (u64, u64),
         wait_early: bool,
         stdin: Option<Vec<u8>>,
+        place: &mut Reservation<'_>,
     ) -> Result<VmInfo, ApiError> {
         let console = format!("{id}.console");
         let log = format!("{id}.log");
@@ -286,6 +315,7 @@ impl Daemon {
                 ended: None,
             },
         );
+        place.used_one();
         tracing::info!(%id, pid, cgroup = ?cg.path(), ?args, "VMM started");
         let me = self.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -338,7 +368,7 @@ impl Daemon {
 
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmInfo, ApiError> {
         let checked = validate::create_vm(&req, self.cfg.image_dir.as_deref())?;
-        self.check_budget(1)?;
+        let mut place = self.reserve(1)?;
         let id = self.new_id("vm")?;
         let max_clones = req
             .max_clones
@@ -386,6 +416,7 @@ impl Daemon {
             cgroup::limits(checked.mem, max_clones),
             true,
             None,
+            &mut place,
         )
         .await
     }
@@ -426,7 +457,7 @@ impl Daemon {
             a.parse::<std::net::SocketAddr>()
                 .map_err(|_| bad(format!("{a:?} is not ip:port")))?;
         }
-        self.check_budget(req.ids.len())?;
+        let mut places = self.reserve(req.ids.len())?;
         // The request holds the group's token: it goes to each clone-host
         // VMM on its stdin, never into a file.
         let request = serde_json::to_vec(&req).expect("serializes");
@@ -460,6 +491,7 @@ impl Daemon {
                     limits,
                     false,
                     Some(request.clone()),
+                    &mut places,
                 )
                 .await?;
             self.clones_received.fetch_add(1, Ordering::Relaxed);
