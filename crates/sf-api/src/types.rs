@@ -65,6 +65,10 @@ pub struct VmDetail {
     pub info: VmInfo,
     /// The guest's console so far (at most the last 64 KiB).
     pub console: String,
+    /// How many bytes the console has had in all; `console` ends there.
+    /// A follower prints the last `console_end - seen` bytes of each look.
+    #[serde(default)]
+    pub console_end: u64,
     /// The VMM's own messages (stderr), at most the last 16 KiB.
     pub log: String,
     pub memory: Option<FetchStats>,

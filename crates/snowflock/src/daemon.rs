@@ -49,7 +49,8 @@ pub fn run_remote(
         sock.display(),
         info.pid
     );
-    let mut shown = 0;
+    // Console bytes printed so far, counted as the daemon counts them.
+    let mut shown = 0u64;
     // Guest text on a terminal is escaped, as `snowflock run` does.
     let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         Box::new(sf_vmm::sanitize::TerminalWriter::new(std::io::stdout()))
@@ -58,12 +59,20 @@ pub fn run_remote(
     };
     loop {
         let d: VmDetail = c.get(&format!("/v1/vms/{}", info.id))?;
-        // The daemon keeps the last 64 KiB; print what is new.
+        // Each look carries the console's last 64 KiB, ending at byte
+        // `console_end` of the whole console: print what is new.
         let console = d.console.as_bytes();
-        if console.len() > shown {
-            out.write_all(&console[shown..])?;
+        let new = d.console_end.saturating_sub(shown);
+        if new > 0 {
+            let skipped = new.saturating_sub(console.len() as u64);
+            if skipped > 0 {
+                eprintln!(
+                    "snowflock: {skipped} bytes of console output were skipped (more than the daemon's 64 KiB answer was written between two looks; the VM's console file in the daemon's state directory keeps more)"
+                );
+            }
+            out.write_all(&console[console.len() - (new - skipped) as usize..])?;
             out.flush()?;
-            shown = console.len();
+            shown = d.console_end;
         }
         if d.info.state != "running" {
             let log: Vec<&str> = d

@@ -741,3 +741,30 @@ fn records_of_ended_vms_go_after_the_retention() {
     assert_eq!(c, 201, "{v}");
     assert_ne!(v["id"].as_str().unwrap(), id);
 }
+
+/// `snowflock run --daemon` follows the console through the API's 64 KiB
+/// tail: it must keep printing after the first 64 KiB, and say when the
+/// guest wrote more between two looks than the tail holds.
+#[test]
+fn run_daemon_follows_the_console_past_the_tail_and_says_what_it_skipped() {
+    let d = start(&[]);
+    let out = Command::new(snowflock_bin())
+        .arg("run")
+        .arg("--daemon")
+        .arg(&d.sock)
+        .args(["--timeout", "120s", "crash", "--", "flood=512"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        out.stdout.len() > 2 * (64 << 10),
+        "only {} bytes of a 512 MiB console were shown\n{stderr}",
+        out.stdout.len()
+    );
+    assert!(
+        stderr.contains("bytes of console output were skipped"),
+        "{stderr}"
+    );
+}

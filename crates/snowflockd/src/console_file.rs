@@ -18,6 +18,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Bytes a VM's console has had in all. The copier holds the lock while
+/// it writes and rotates, and a reader of the tail holds it while it
+/// reads, so the tail it reads ends exactly at the count.
+pub type ConsoleEnd = Arc<Mutex<u64>>;
 
 pub struct RotatingFile {
     path: PathBuf,
@@ -91,7 +97,14 @@ impl Write for RotatingFile {
 /// such last words), and the rest is drained and dropped, so the guest
 /// never blocks on its console because of the host's disk. Runs on a
 /// thread of its own: a flood must not take the daemon's event loop.
-pub fn copy_console(id: &str, mut pipe: impl Read, mut file: RotatingFile, mut vm_log: File) {
+/// `end` counts every byte read, kept or dropped.
+pub fn copy_console(
+    id: &str,
+    mut pipe: impl Read,
+    mut file: RotatingFile,
+    mut vm_log: File,
+    end: ConsoleEnd,
+) {
     let mut buf = vec![0u8; 64 << 10];
     let mut failed = false;
     loop {
@@ -104,6 +117,8 @@ pub fn copy_console(id: &str, mut pipe: impl Read, mut file: RotatingFile, mut v
                 return;
             }
         };
+        let mut end = end.lock().unwrap_or_else(|e| e.into_inner());
+        *end += n as u64;
         if failed {
             continue;
         }
@@ -149,12 +164,15 @@ mod tests {
         let (r, mut w) = std::io::pipe().unwrap();
         let f = RotatingFile::open(&p, 64 << 10).unwrap();
         let log = tempfile::tempfile().unwrap();
-        let copier = std::thread::spawn(move || copy_console("vm-1", r, f, log));
+        let end = ConsoleEnd::default();
+        let e = end.clone();
+        let copier = std::thread::spawn(move || copy_console("vm-1", r, f, log, e));
         for i in 0..20_000u32 {
             writeln!(w, "line {i:08}").unwrap();
         }
         drop(w);
         copier.join().unwrap();
+        assert_eq!(*end.lock().unwrap(), 20_000 * 14);
         let total = size(&p) + size(&t.path().join("c.1"));
         assert!(total <= (64 << 10) + (64 << 10), "{total}");
         assert!(std::fs::read_to_string(&p)

@@ -35,6 +35,7 @@ struct Entry {
     /// State files of this VM (console, its rotation, log, counters).
     files: Vec<String>,
     console: String,
+    console_end: crate::console_file::ConsoleEnd,
     log: String,
     stats: Option<String>,
     ended: Option<Instant>,
@@ -275,6 +276,8 @@ impl Daemon {
         let mut child =
             spawned.map_err(|e| ApiError(500, format!("cannot start the VMM process: {e}")))?;
         let copier_id = id.clone();
+        let console_end = crate::console_file::ConsoleEnd::default();
+        let copier_end = console_end.clone();
         std::thread::Builder::new()
             .name(format!("console-{id}"))
             .spawn(move || {
@@ -283,6 +286,7 @@ impl Daemon {
                     console_pipe,
                     console_file,
                     copier_log,
+                    copier_end,
                 )
             })
             .map_err(|e| self.io_error("start the console copier", e))?;
@@ -310,6 +314,7 @@ impl Daemon {
                 info: info.clone(),
                 files,
                 console,
+                console_end,
                 log,
                 stats,
                 ended: None,
@@ -333,7 +338,7 @@ impl Daemon {
             tracing::info!(%id, ?code, "VMM exited");
             if code == Some(128 + libc::SIGSYS) {
                 // The VMM's sandbox killed it; its log has the call's name.
-                let why = me.tail(&id, false, 4096);
+                let why = me.log_tail(&id, 4096);
                 let line = why
                     .lines()
                     .rev()
@@ -352,7 +357,7 @@ impl Daemon {
         };
         // It ended at once. Only a VMM that could not build the VM is an
         // error answer; a guest that ran and exited is a finished VM.
-        let log = self.tail(&info.id, false, LOG_TAIL);
+        let log = self.log_tail(&info.id, LOG_TAIL);
         if code == Some(1) {
             if let Some(line) = log.lines().find(|l| is_build_failure(l)) {
                 return Err(bad(line.trim_start_matches("error: ").to_string()));
@@ -509,28 +514,46 @@ impl Daemon {
             .collect()
     }
 
-    /// The last `max` bytes of a VM's console (with its previous rotation
-    /// when the current file is short) or log. Reads only the tail: a
-    /// console of any size costs one seek and at most `max` bytes.
-    fn tail(&self, id: &str, console: bool, max: u64) -> String {
-        let name = {
-            let vms = self.vms.lock().expect("state lock");
-            let Some(e) = vms.get(id) else {
-                return String::new();
-            };
-            if console {
-                e.console.clone()
-            } else {
-                e.log.clone()
-            }
+    /// The last `max` bytes of a VM's log. Reads only the tail: a file of
+    /// any size costs one seek and at most `max` bytes.
+    fn log_tail(&self, id: &str, max: u64) -> String {
+        let Some(name) = self
+            .vms
+            .lock()
+            .expect("state lock")
+            .get(id)
+            .map(|e| e.log.clone())
+        else {
+            return String::new();
         };
-        let mut bytes = read_tail(&self.state, &name, max);
-        if console && (bytes.len() as u64) < max {
-            let mut older = read_tail(&self.state, &format!("{name}.1"), max - bytes.len() as u64);
+        String::from_utf8_lossy(&read_tail(&self.state, &name, max)).into_owned()
+    }
+
+    /// The last 64 KiB of a VM's console (with its previous rotation when
+    /// the current file is short), and the count of console bytes they
+    /// end at: the copier neither writes nor rotates meanwhile.
+    fn console_tail(&self, id: &str) -> (String, u64) {
+        let Some((name, end)) = self
+            .vms
+            .lock()
+            .expect("state lock")
+            .get(id)
+            .map(|e| (e.console.clone(), e.console_end.clone()))
+        else {
+            return (String::new(), 0);
+        };
+        let end = end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = read_tail(&self.state, &name, CONSOLE_TAIL);
+        if (bytes.len() as u64) < CONSOLE_TAIL {
+            let mut older = read_tail(
+                &self.state,
+                &format!("{name}.1"),
+                CONSOLE_TAIL - bytes.len() as u64,
+            );
             older.extend_from_slice(&bytes);
             bytes = older;
         }
-        String::from_utf8_lossy(&bytes).into_owned()
+        (String::from_utf8_lossy(&bytes).into_owned(), *end)
     }
 
     fn stats_of(&self, name: &Option<String>) -> Option<FetchStats> {
@@ -546,10 +569,12 @@ impl Daemon {
             let e = vms.get(id)?;
             (e.info.clone(), e.stats.clone())
         };
+        let (console, console_end) = self.console_tail(id);
         Some(VmDetail {
             info,
-            console: self.tail(id, true, CONSOLE_TAIL),
-            log: self.tail(id, false, LOG_TAIL),
+            console,
+            console_end,
+            log: self.log_tail(id, LOG_TAIL),
             memory: self.stats_of(&stats),
         })
     }
