@@ -108,21 +108,6 @@ pub struct CloneMetrics {
     pub memory: FetchStats,
 }
 
-/// `POST /v1/placement`: where should `clones` clones of a VM here go?
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PlacementRequest {
-    pub clones: u32,
-    #[serde(default)]
-    pub placement: Placement,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlacementResponse {
-    /// One entry per clone ID (1-based, in order): `None` keeps the clone
-    /// on this host, `Some(addr)` sends it to that peer daemon.
-    pub hosts: Vec<Option<String>>,
-}
-
 /// `POST /v1/clones`: start clones of a VM that runs on another host.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CloneRequest {

@@ -1,5 +1,6 @@
-//! The daemon's state directory: where VM consoles, VMM logs, clone
-//! requests (which hold a clone group's token) and memory counters live.
+//! The daemon's state directory: where VM consoles, VMM logs and memory
+//! counters live (never a clone group's token: the daemon hands clone
+//! requests to their VMMs on stdin).
 //!
 //! The directory must belong to the daemon's user and be writable by no one
 //! else, because a file planted there (a symlink to `/etc/shadow`, a
@@ -26,8 +27,9 @@ use std::time::{Duration, SystemTime};
 /// which only root can write, so no other user can create it first.
 pub const DEFAULT_STATE_DIR: &str = "/run/snowflock";
 
-/// Name prefixes of the files a VM leaves ("vm-3.console", "clone-4.log",
-/// "group-2.json"); garbage collection touches nothing else.
+/// Name prefixes of the files a VM leaves ("vm-3.console", "clone-4.log";
+/// "group-2.json" are clone requests, tokens included, that earlier
+/// versions wrote, so they go too); garbage collection touches nothing else.
 const KINDS: [&str; 3] = ["vm-", "clone-", "group-"];
 
 pub struct StateDir {
