@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 pub enum HostError {
     #[error("clone request is malformed: {0}")]
     Request(String),
-    #[error("cannot reach the origin at {addr}: {source}")]
-    Origin {
-        addr: String,
+    #[error("cannot open the counters file {path}: {source}")]
+    Counters {
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -68,13 +68,14 @@ pub fn run(
     transport: &Transport,
 ) -> Result<i32, HostError> {
     // Opened now: after set-up the sandbox opens no files.
-    let stats = match stats.map(crate::stats_file::StatsFile::open).transpose() {
-        Ok(f) => f.map(Arc::new),
-        Err(e) => {
-            return Err(HostError::Request(format!(
-                "cannot open the counters file: {e}"
-            )))
-        }
+    let stats = match stats {
+        Some(path) => Some(Arc::new(crate::stats_file::StatsFile::open(path).map_err(
+            |source| HostError::Counters {
+                path: path.into(),
+                source,
+            },
+        )?)),
+        None => None,
     };
     // Latencies count from the parent's request where the clocks allow.
     let since_request = req
@@ -88,10 +89,14 @@ pub fn run(
     // background and start the clone now.
     let conn = OriginLink::connect(transport.clone(), report_addr, Frame::Hello { token, id });
     let mut reporter = Reporter::Tcp(conn.clone());
-    let report_failure = |reporter: &mut Reporter, outcome: Outcome| {
+    // Said here and reported to the origin; the process then exits 1.
+    let fail = |reporter: &mut Reporter, e: &dyn std::fmt::Display| {
+        eprintln!("snowflock: clone {id} could not start: {e}");
         let r = CloneReport {
             id,
-            outcome,
+            outcome: Outcome::HostError {
+                message: e.to_string(),
+            },
             result: Vec::new(),
             first_entry_us: 0,
             rss_bytes: 0,
@@ -99,19 +104,11 @@ pub fn run(
             memory: None,
         };
         let _ = reporter.send(&r.encode());
+        Ok(1)
     };
     let desc = match VmDescriptor::decode(&desc_bytes) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("snowflock: clone {id}: {e}");
-            report_failure(
-                &mut reporter,
-                Outcome::HostError {
-                    message: e.to_string(),
-                },
-            );
-            return Ok(1);
-        }
+        Err(e) => return fail(&mut reporter, &e),
     };
     let vm = build(req, id, desc, token, mem_addr, start, transport).map(|mut vm| {
         vm.clones.role = Role::Clone {
@@ -123,29 +120,13 @@ pub fn run(
     });
     let mut vm = match vm {
         Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("snowflock: clone {id} could not start: {e}");
-            report_failure(
-                &mut reporter,
-                Outcome::HostError {
-                    message: e.to_string(),
-                },
-            );
-            return Ok(1);
-        }
+        Err(e) => return fail(&mut reporter, &e),
     };
     let conn_for_console = conn.clone();
     spawn_heartbeats(conn, vm.memory_stats_source(), stats);
     if let Some(policy) = sandbox {
         if let Err(e) = crate::sandbox::enter(crate::sandbox::Role::CloneHost, policy) {
-            eprintln!("snowflock: clone {id} could not start: {e}");
-            report_failure(
-                &mut reporter,
-                Outcome::HostError {
-                    message: e.to_string(),
-                },
-            );
-            return Ok(1);
+            return fail(&mut reporter, &e);
         }
     }
     // A clone's run reports to the origin and ends the process itself.
