@@ -34,6 +34,10 @@ pub const DATAGRAM_LEN: usize = HEADER_LEN + PAGE_SIZE + TAG_LEN;
 /// How far behind the newest sequence number a datagram may arrive
 /// (reordering on the segment) and still be taken once.
 const REPLAY_WINDOW: u64 = 128;
+/// Datagrams dropped (forged, foreign, replayed) in one look before it
+/// gives up: anyone on the segment may send them, and each costs an AES-GCM
+/// open, so a flood must not keep the fault handler from its faults.
+const MAX_DROPS_PER_LOOK: u64 = 64;
 
 /// The clone group's page-push key, derived from its token.
 pub struct GroupKey(LessSafeKey);
@@ -208,14 +212,23 @@ impl Receiver {
     }
 
     /// The next page of this group waiting, if any: `(offset, bytes)`.
+    /// `None` also after [`MAX_DROPS_PER_LOOK`] bad datagrams in a row; the
+    /// socket then stays readable for the next look.
     pub fn next_page(&mut self) -> Option<(u64, &[u8])> {
         // Forged, foreign and replayed datagrams are skipped. Opening
         // decrypts in place, so the page is read back from the buffer.
+        let mut drops = 0;
         let offset = loop {
+            if drops == MAX_DROPS_PER_LOOK {
+                return None;
+            }
             let n = self.sock.recv(&mut self.buf).ok()?;
             match decode(&mut self.buf[..n], &self.key) {
                 Some((seq, offset, _)) if self.replay.accept(seq) => break offset,
-                _ => self.dropped += 1,
+                _ => {
+                    self.dropped += 1;
+                    drops += 1;
+                }
             }
         };
         Some((offset, &self.buf[HEADER_LEN..HEADER_LEN + PAGE_SIZE]))
@@ -269,5 +282,35 @@ mod tests {
         assert!(!w.accept(10), "older than the window");
         assert!(w.accept(499));
         assert!(!w.accept(499));
+    }
+
+    #[test]
+    fn a_flood_of_forgeries_never_keeps_the_receiver_from_returning() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        // Room for the whole flood (as the receiver asks for in `join`).
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(8 << 20);
+        let mut rx = Receiver {
+            sock,
+            key: GroupKey::new(&[7u8; 16]),
+            replay: ReplayWindow::default(),
+            buf: vec![0; DATAGRAM_LEN + 1],
+            dropped: 0,
+        };
+        // Sealed under another key: a stranger's datagrams.
+        let forged = encode(&GroupKey::new(&[8u8; 16]), 1, 0, &[1u8; PAGE_SIZE]);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..1000 {
+            tx.send_to(&forged, addr).unwrap();
+        }
+        // While strangers keep sending, one look must end after a bounded
+        // number of drops, so the fault handler gets back to its faults.
+        assert!(rx.next_page().is_none());
+        assert!(
+            rx.dropped <= MAX_DROPS_PER_LOOK,
+            "{} datagrams opened in one look",
+            rx.dropped
+        );
     }
 }
