@@ -28,13 +28,6 @@ impl PeerIdentity {
             PeerIdentity::SourceAddress(a) => *a == ip,
         }
     }
-
-    pub fn addresses(&self) -> Vec<IpAddr> {
-        match self {
-            PeerIdentity::Certificate { ips } => ips.clone(),
-            PeerIdentity::SourceAddress(a) => vec![*a],
-        }
-    }
 }
 
 impl std::fmt::Display for PeerIdentity {
