@@ -235,6 +235,25 @@ impl Daemon {
             args.push("--".into());
             args.extend(guest_args.iter().cloned());
         }
+        // The copier starts first: a VMM must never run with nobody
+        // reading its console (nor untracked, if the thread cannot start).
+        // Until the VMM has the pipe's write end, the command holds it, and
+        // a VMM that does not start drops it, which ends the copier.
+        let copier_id = id.clone();
+        let console_end = crate::console_file::ConsoleEnd::default();
+        let copier_end = console_end.clone();
+        std::thread::Builder::new()
+            .name(format!("console-{id}"))
+            .spawn(move || {
+                crate::console_file::copy_console(
+                    &copier_id,
+                    console_pipe,
+                    console_file,
+                    copier_log,
+                    copier_end,
+                )
+            })
+            .map_err(|e| self.io_error("start the console copier", e))?;
         let mut cg = self
             .cgroups
             .create(&format!("d{}.{id}", std::process::id()), limits.0, limits.1)
@@ -263,8 +282,9 @@ impl Daemon {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The daemon may have died before the prctl took effect.
+                // (No allocation between fork and exec: ESRCH, not a message.)
                 if libc::getppid() != daemon {
-                    return Err(std::io::Error::other("the daemon exited"));
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 cgroup::join_in_child(&join)
             });
@@ -275,21 +295,6 @@ impl Daemon {
         drop(cmd);
         let mut child =
             spawned.map_err(|e| ApiError(500, format!("cannot start the VMM process: {e}")))?;
-        let copier_id = id.clone();
-        let console_end = crate::console_file::ConsoleEnd::default();
-        let copier_end = console_end.clone();
-        std::thread::Builder::new()
-            .name(format!("console-{id}"))
-            .spawn(move || {
-                crate::console_file::copy_console(
-                    &copier_id,
-                    console_pipe,
-                    console_file,
-                    copier_log,
-                    copier_end,
-                )
-            })
-            .map_err(|e| self.io_error("start the console copier", e))?;
         cg.close_fds();
         // What the VMM must know but no file may hold (a clone group's
         // token): handed over a pipe.
