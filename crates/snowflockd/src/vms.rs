@@ -474,40 +474,66 @@ impl Daemon {
         let limits = cgroup::limits(req.mem_size, req.max_clones);
         let mut vms = Vec::new();
         for &cid in &req.ids {
-            let id = self.new_id("clone")?;
-            let stats = format!("{id}.stats.json");
-            self.state
-                .create(&stats)
-                .map_err(|e| self.io_error("create the counters file", e))?;
-            let files = vec![stats.clone()];
-            let mut args = vec![
-                "clone-host".to_string(),
-                "--id".into(),
-                cid.to_string(),
-                "--stats".into(),
-                self.state.file(&stats).display().to_string(),
-            ];
-            args.extend(self.tls_args());
-            let info = self
-                .spawn(
-                    id,
-                    VmKind::Clone,
-                    format!("clone of {}", req.report_to),
-                    Some(cid),
-                    args,
-                    &[],
-                    files,
-                    Some(stats),
-                    limits,
-                    false,
-                    Some(request.clone()),
-                    &mut places,
-                )
-                .await?;
-            self.clones_received.fetch_add(1, Ordering::Relaxed);
-            vms.push(info.id);
+            match self
+                .start_clone(&req, cid, &request, limits, &mut places)
+                .await
+            {
+                Ok(id) => vms.push(id),
+                Err(e) => {
+                    // The sender counts the whole request as failed and
+                    // tells its origin so: the clones already started here
+                    // must not run on as ones nobody waits for.
+                    for id in &vms {
+                        let _ = self.kill(id);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(CloneAccepted { vms })
+    }
+
+    /// Starts the clone-host VMM of clone `cid` of `req`; its VM ID.
+    async fn start_clone(
+        self: &Arc<Self>,
+        req: &CloneRequest,
+        cid: u32,
+        request: &[u8],
+        limits: (u64, u64),
+        places: &mut Reservation<'_>,
+    ) -> Result<String, ApiError> {
+        let id = self.new_id("clone")?;
+        let stats = format!("{id}.stats.json");
+        self.state
+            .create(&stats)
+            .map_err(|e| self.io_error("create the counters file", e))?;
+        let files = vec![stats.clone()];
+        let mut args = vec![
+            "clone-host".to_string(),
+            "--id".into(),
+            cid.to_string(),
+            "--stats".into(),
+            self.state.file(&stats).display().to_string(),
+        ];
+        args.extend(self.tls_args());
+        let info = self
+            .spawn(
+                id,
+                VmKind::Clone,
+                format!("clone of {}", req.report_to),
+                Some(cid),
+                args,
+                &[],
+                files,
+                Some(stats),
+                limits,
+                false,
+                Some(request.to_vec()),
+                places,
+            )
+            .await?;
+        self.clones_received.fetch_add(1, Ordering::Relaxed);
+        Ok(info.id)
     }
 
     pub fn list(&self) -> Vec<VmInfo> {
