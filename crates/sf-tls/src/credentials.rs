@@ -43,16 +43,18 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
         path: path.into(),
         source,
     })?;
-    let pem = |why: String| TlsError::Pem {
-        what,
-        path: path.into(),
-        why,
-    };
     let list = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem(e.to_string()))?;
+        .map_err(|source| TlsError::Pem {
+            what,
+            path: path.into(),
+            source,
+        })?;
     if list.is_empty() {
-        return Err(pem("no CERTIFICATE block".into()));
+        return Err(TlsError::NoPem {
+            what,
+            path: path.into(),
+        });
     }
     Ok(list)
 }
@@ -67,10 +69,16 @@ impl Credentials {
             path: paths.key.clone(),
             source,
         })?;
-        let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Pem {
-            what: "private key",
-            path: paths.key.clone(),
-            why: e.to_string(),
+        let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|source| match source {
+            rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPem {
+                what: "private key",
+                path: paths.key.clone(),
+            },
+            source => TlsError::Pem {
+                what: "private key",
+                path: paths.key.clone(),
+                source,
+            },
         })?;
         let mut roots = RootCertStore::empty();
         for c in ca {

@@ -11,12 +11,15 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} holds no usable {what} in PEM form ({why})")]
+    #[error("{path} holds no usable {what} in PEM form: {source} (use the files `snowflock cluster init` wrote)")]
     Pem {
         what: &'static str,
         path: PathBuf,
-        why: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
     },
+    #[error("{path} holds no {what} (no PEM block of that kind; use the files `snowflock cluster init` wrote)")]
+    NoPem { what: &'static str, path: PathBuf },
     #[error("the TLS configuration is not usable: {0}")]
     Config(#[from] rustls::Error),
     #[error("the cluster CA certificate is not usable: {0}")]
