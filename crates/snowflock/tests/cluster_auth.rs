@@ -5,14 +5,12 @@
 
 mod common;
 use common::hosts::{cluster_init, Hosts};
-use common::snowflock_bin;
 use sf_api::{ClientError, CloneRequest, CreateVm, VmInfo};
 use sf_tls::{Credentials, Transport};
 use sf_vmm::remote::protocol::{Hello, HelloReply, RefuseReason, HELLO_REPLY_LEN};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -238,13 +236,7 @@ fn page_hello(addr: SocketAddr, t: &Transport, token: [u8; 16]) -> Option<HelloR
 #[test]
 fn the_memory_holder_serves_only_cluster_members_and_silent_strangers_do_not_make_it_busy() {
     let h = Hosts::start(3);
-    let mut cmd = Command::new(snowflock_bin());
-    cmd.arg("run")
-        .arg("--daemon")
-        .arg(h.socket(1))
-        .args(["forktest", "--", "slow", "n=3", "ms=3000"]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = h.start_run(1, &["forktest", "--", "slow", "n=3", "ms=3000"]);
     // The origin's log names its memory holder's address.
     let until = Instant::now() + Duration::from_secs(20);
     let holder: SocketAddr = loop {

@@ -8,7 +8,7 @@ mod common;
 use common::hosts::Hosts;
 use common::*;
 use sf_api::{CloneRequest, Metrics, VmDetail, VmInfo};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn assert_ok(h: &Hosts, r: &Run, scenario: &str) {
@@ -73,13 +73,7 @@ fn kill_reaches_clones_on_other_hosts() {
 #[test]
 fn a_dead_clone_host_is_reported_lost_and_the_others_results_arrive() {
     let h = Hosts::start(3);
-    let mut cmd = Command::new(snowflock_bin());
-    cmd.arg("run")
-        .arg("--daemon")
-        .arg(h.socket(1))
-        .args(["forktest", "--", "slow", "n=3", "ms=3000"]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = h.start_run(1, &["forktest", "--", "slow", "n=3", "ms=3000"]);
     // Wait until host 3 runs its clone, then take host 3 down: its daemon and
     // every process in its namespace.
     let until = Instant::now() + Duration::from_secs(20);
@@ -126,12 +120,12 @@ fn a_dead_clone_host_is_reported_lost_and_the_others_results_arrive() {
 #[test]
 fn a_stopped_memory_server_fails_the_remote_clone_clearly() {
     let h = Hosts::start(2);
-    let mut cmd = Command::new(snowflock_bin());
-    cmd.arg("run").arg("--daemon").arg(h.socket(1)).args([
-        "--mem", "256M", "forktest", "--", "scan", "n=2", "mib=64", "ms=4000",
-    ]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = h.start_run(
+        1,
+        &[
+            "--mem", "256M", "forktest", "--", "scan", "n=2", "mib=64", "ms=4000",
+        ],
+    );
     // The origin VM's log names its memory holder; stop it mid-scan.
     let until = Instant::now() + Duration::from_secs(20);
     let holder = loop {

@@ -144,6 +144,18 @@ impl Hosts {
         run_cmd(cmd, Duration::from_secs(90))
     }
 
+    /// `snowflock run --daemon` on host `i`'s daemon, started in the
+    /// background with its output piped (for tests that act mid-run).
+    pub fn start_run(&self, i: usize, args: &[&str]) -> std::process::Child {
+        let mut cmd = Command::new(snowflock_bin());
+        cmd.arg("run")
+            .arg("--daemon")
+            .arg(self.socket(i))
+            .args(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().expect("start snowflock run --daemon")
+    }
+
     /// Everything the daemons know, for failure messages.
     pub fn describe(&self) -> String {
         let mut s = String::new();
