@@ -102,6 +102,25 @@ pub fn prefetch_window(w: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Longest clone path a clone request may carry ("1.2.3": one number per
+/// level of nesting; a family of at most 256 VMs needs far less).
+pub const MAX_PARENT_PATH: usize = 1024;
+
+/// A clone request's `parent_path`: dot-separated clone numbers (or empty,
+/// for a root VM). It prefixes every console line of the clone, so no
+/// other byte (an escape sequence) may come in this way.
+pub fn parent_path(p: &str) -> Result<(), ApiError> {
+    let well_formed = p.is_empty()
+        || p.split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if p.len() > MAX_PARENT_PATH || !well_formed {
+        return Err(bad(format!(
+            "`parent_path` must be clone numbers joined by dots (e.g. \"1.3\"), at most {MAX_PARENT_PATH} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// The guest's command line: bounded, and no NUL (which no process
 /// argument can carry).
 pub fn args(args: &[String]) -> Result<(), ApiError> {
@@ -229,6 +248,13 @@ mod tests {
         assert!(args(&["a".repeat(MAX_ARGS_BYTES)]).is_ok());
         assert!(args(&["a".repeat(MAX_ARGS_BYTES), String::new()]).is_err());
         assert!(args(&["a\0b".into()]).is_err());
+        assert!(parent_path("").is_ok() && parent_path("1.12.3").is_ok());
+        for p in ["\x1b[2J", "1..2", ".1", "1.", &"1.".repeat(600)] {
+            assert!(
+                parent_path(p).unwrap_err().1.contains("`parent_path`"),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

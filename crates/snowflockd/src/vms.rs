@@ -460,6 +460,7 @@ impl Daemon {
             validate::timeout_ms(t)?;
         }
         validate::max_clones(req.max_clones)?;
+        validate::parent_path(&req.parent_path)?;
         if let Some(w) = req.prefetch_window {
             validate::prefetch_window(w)?;
         }
