@@ -42,6 +42,9 @@ pub const HELLO_DEADLINE: Duration = Duration::from_secs(2);
 /// pending one, so strangers that connect and say nothing cannot pile up
 /// descriptors and handshake state in the origin VMM.
 pub const MAX_PENDING_REPORTS: usize = 64;
+/// Connections accepted per turn of the report listener's loop; the
+/// listen queue keeps the rest for the next turn.
+const ACCEPTS_PER_LOOK: usize = 16;
 /// A connected remote clone silent for this long is lost (host down).
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often remote clones send heartbeats.
@@ -294,7 +297,12 @@ impl RemoteGroup {
     pub fn pump(&mut self, wait: Duration) {
         let until = Instant::now() + wait;
         loop {
-            while let Ok((s, _)) = self.listener.accept() {
+            // A few at a time, then everyone's bytes: handshakes under way
+            // move on between bursts instead of being evicted by them.
+            for _ in 0..ACCEPTS_PER_LOOK {
+                let Ok((s, _)) = self.listener.accept() else {
+                    break;
+                };
                 // The TLS handshake runs on the non-blocking socket as
                 // bytes arrive: a silent client never stalls this loop.
                 if s.set_nonblocking(true).is_ok() {
