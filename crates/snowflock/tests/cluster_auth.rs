@@ -357,3 +357,45 @@ fn concurrent_clone_requests_never_exceed_the_host_budget() {
         assert!(matches!(a, ClientError::Status { status: 503, .. }), "{a}");
     }
 }
+
+#[test]
+fn a_flood_of_failed_handshakes_does_not_flood_the_daemon_log() {
+    let h = Hosts::start(3);
+    let before = h.daemon_log(1).lines().count();
+    {
+        let _attacker = h.cluster.enter(3);
+        let port = format!("{}:7070", h.cluster.addr(1));
+        for _ in 0..500 {
+            // Not a TLS ClientHello: refused at the first byte.
+            if let Ok(mut s) = TcpStream::connect(&port) {
+                let _ = s.write_all(b"GET /v1/vms HTTP/1.1\r\n\r\n");
+                let _ = s.read(&mut [0u8; 64]);
+            }
+        }
+    }
+    let log = h.daemon_log(1);
+    let refusals = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("peer refused"))
+        .count();
+    assert!(
+        (1..=20).contains(&refusals),
+        "{refusals} log lines for 500 refused connections\n{log}"
+    );
+    let _ = h.client(1).get::<sf_api::Health>("/v1/health").unwrap();
+    // The count of the ones not logged one by one is said.
+    std::thread::sleep(Duration::from_millis(1100));
+    {
+        let _attacker = h.cluster.enter(3);
+        let mut s = TcpStream::connect(format!("{}:7070", h.cluster.addr(1))).unwrap();
+        let _ = s.write_all(b"x");
+        let _ = s.read(&mut [0u8; 8]);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        h.daemon_log(1).contains("more refused since"),
+        "{}",
+        h.daemon_log(1)
+    );
+}

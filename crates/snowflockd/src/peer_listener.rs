@@ -10,13 +10,37 @@ use sf_tls::{Credentials, PeerIdentity};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// A connection that has not finished its TLS handshake by then is closed.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
+/// Refused connections are logged one by one at most this often; anyone
+/// can make them, so the rest are counted and the count is said with the
+/// next one logged (500 refusals in half a second: one line).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// When a refusal was last logged, and how many went unlogged since.
+static REFUSALS: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+
+/// Logs a refused peer, or counts it when one was logged just now.
+fn refused(from: SocketAddr, why: std::fmt::Arguments<'_>) {
+    let mut r = REFUSALS.lock().unwrap_or_else(|e| e.into_inner());
+    if r.0.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+        r.1 += 1;
+        return;
+    }
+    let unlogged = std::mem::take(&mut r.1);
+    r.0 = Some(Instant::now());
+    drop(r);
+    if unlogged > 0 {
+        tracing::warn!(%from, "peer refused: {why} ({unlogged} more refused since the last such line)");
+    } else {
+        tracing::warn!(%from, "peer refused: {why}");
+    }
+}
 
 /// A peer's byte stream: TLS, or plain TCP in insecure mode.
 pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -37,14 +61,13 @@ pub fn handshake(
             let tls = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::warn!(%from, "peer refused: TLS handshake failed: {e}");
+                    refused(from, format_args!("TLS handshake failed: {e}"));
                     return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
                 }
                 Err(_) => {
-                    tracing::info!(
-                        %from,
-                        "peer refused: no TLS handshake within {} s",
-                        HANDSHAKE_DEADLINE.as_secs()
+                    refused(
+                        from,
+                        format_args!("no TLS handshake within {} s", HANDSHAKE_DEADLINE.as_secs()),
                     );
                     return Err(io::ErrorKind::TimedOut.into());
                 }
