@@ -20,9 +20,10 @@ pub enum Forked {
     Child,
 }
 
-/// fork(2). The caller must only be one thread of its own making: the child
-/// gets just the calling thread (the VMM runs its vCPU on that thread and
-/// keeps no others).
+/// fork(2). The child gets just the calling thread, so it must never need a
+/// lock or stream another thread may hold: a runner has no other thread; a
+/// clone host has its fault, heartbeat and origin-link threads, whose state
+/// the child leaves alone (see `become_clone`).
 pub fn fork() -> io::Result<Forked> {
     // SAFETY: see above; the child only continues the VMM's own code.
     match unsafe { libc::fork() } {
