@@ -58,6 +58,17 @@ fn all_but_none_of(arg: u8, mask: u64, forbidden: u64) -> Vec<SeccompRule> {
     .expect("two conditions")]
 }
 
+/// kill(2) of SIGKILL to one process: a PID above 0 (as the kernel reads
+/// it, a 32-bit int: not 0 and without the sign bit).
+fn sigkill_to_one_pid() -> Vec<SeccompRule> {
+    vec![SeccompRule::new(vec![
+        cond(0, Len::Dword, Op::Ne, 0),
+        cond(0, Len::Dword, Op::MaskedEq(0x8000_0000), 0),
+        cond(1, Len::Dword, Op::Eq, libc::SIGKILL as u64),
+    ])
+    .expect("three conditions")]
+}
+
 /// socket(2) of one of `families`, of type stream or datagram (whatever
 /// the SOCK_CLOEXEC/SOCK_NONBLOCK flags).
 fn stream_or_datagram(families: &[u64]) -> Vec<SeccompRule> {
@@ -286,8 +297,8 @@ fn runner(l: &mut Vec<Entry>) {
     allow!(l, SYS_ioctl if kvm_ioctls(true),
         "the vCPU and VM, and building a clone's VM on the inherited /dev/kvm fd");
     allow!(l, SYS_wait4, "reaping clones");
-    allow!(l, SYS_kill if one_of(1, &[libc::SIGKILL as u64]),
-        "killing this VM's own clones (they run as the same user)");
+    allow!(l, SYS_kill if sigkill_to_one_pid(),
+        "SIGKILL to this VM's own clones, by PID: never 0 or below (a process group, or with -1 every process of the user, which all VMMs share)");
     allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_PDEATHSIG as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
         "a new clone dies with its parent; a memory holder sets no-new-privs (already set) to stack its filter");
     allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
