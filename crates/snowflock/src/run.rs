@@ -132,11 +132,10 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
-    /// The policy, or none with --no-sandbox. `keep_uid`: the VMM must stay
-    /// the same user (it drops every capability instead).
-    pub fn policy(&self, keep_uid: bool) -> Option<sf_vmm::sandbox::Policy> {
+    /// The policy (become `--sandbox-user`), or none with --no-sandbox.
+    pub fn policy(&self) -> Option<sf_vmm::sandbox::Policy> {
         (!self.no_sandbox).then(|| sf_vmm::sandbox::Policy {
-            user: (!keep_uid).then_some(self.sandbox_user),
+            user: Some(self.sandbox_user),
         })
     }
 }
@@ -179,7 +178,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     let max_clones = clamp_max_clones(a.max_clones);
     // Placement comes from the peer list the daemon gave: no VMM needs the
     // daemon's root-only socket, so every runner gives up root.
-    let policy = a.sandbox.policy(false);
+    let policy = a.sandbox.policy();
     let remote = match a.advertise {
         Some(advertise) => Some(sf_vmm::clone::remote::RemoteLink {
             peers: a.peers.clone(),

@@ -287,7 +287,8 @@ fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
 
 /// The runner VMM: runs its VM, serves hypercalls, forks local clones (which
 /// build new KVM VMs, so those ioctls stay allowed), and at a clone call
-/// with remote placement asks its daemon and opens the group's listeners.
+/// with clones for peer hosts (placed from the peer list its daemon gave)
+/// opens the group's listeners.
 /// A local clone keeps exactly this list: it may clone in turn.
 fn runner(l: &mut Vec<Entry>) {
     base(l);
@@ -329,9 +330,8 @@ fn runner(l: &mut Vec<Entry>) {
 }
 
 /// A clone from another host: the runner's list (its VM may clone locally)
-/// plus the userfaultfd requests of the page-fault thread, without Unix
-/// sockets (it never talks to a daemon) or listeners (its clones stay on
-/// this host).
+/// plus the userfaultfd requests of the page-fault thread, without
+/// listeners (its clones stay on this host).
 fn clone_host(l: &mut Vec<Entry>) {
     runner(l);
     let dropped = [

@@ -19,10 +19,9 @@
 //!
 //! | role | distinct calls allowed | runs as after set-up |
 //! | --- | --- | --- |
-//! | runner (`snowflock run`) | 65 | uid/gid 65534, no capabilities |
-//! | runner under a daemon | 65 | uid 0 with no capabilities: clone placement still asks the daemon over its root-owned Unix socket |
+//! | runner (`snowflock run`, also under a daemon) | 65 | uid/gid 65534, no capabilities |
 //! | local clone | 65 (inherited, exact) | as its parent (the drop happened before the fork) |
-//! | memory holder | 55 (stacked on its parent's) | as its parent |
+//! | memory holder | 56 (stacked on its parent's) | as its parent |
 //! | clone host | 63 | uid/gid 65534, no capabilities |
 //!
 //! Nothing here needs root after set-up: KVM works on the inherited
