@@ -134,7 +134,7 @@ pub struct SandboxArgs {
 impl SandboxArgs {
     /// The policy (become `--sandbox-user`), or none with --no-sandbox.
     pub fn policy(&self) -> Option<sf_vmm::sandbox::Policy> {
-        (!self.no_sandbox).then(|| sf_vmm::sandbox::Policy {
+        (!self.no_sandbox).then_some(sf_vmm::sandbox::Policy {
             user: Some(self.sandbox_user),
         })
     }
