@@ -259,14 +259,6 @@ pub fn reap_all(grace: std::time::Duration) {
     }
 }
 
-/// Waits for child `pid` if it has ended, without blocking.
-pub fn try_wait(pid: i32) -> Option<ExitStatus> {
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    (r == pid).then(|| ExitStatus::from_raw(status))
-}
-
 /// One line on stderr, ignoring failure: a full disk or a closed stderr
 /// must not turn into a panic (which reads as "guest panicked", exit 101).
 pub fn note(line: &str) {
