@@ -56,11 +56,17 @@ impl Vm {
         let len = record.len() as u64;
         self.clones.tickets.joined(ticket, record);
         // Orphans of clones killed with clones of their own end up here.
+        // Every group's PIDs are read first: an unread group's clones and
+        // holder are this VMM's children too, and reaping one of them here
+        // would free its PID for a stranger that a later kill would hit.
         let known: Vec<i32> = self
             .clones
             .tickets
             .groups_mut()
-            .flat_map(|g| g.known_pids().collect::<Vec<_>>())
+            .flat_map(|g| {
+                read_spawn_report(g);
+                g.known_pids().collect::<Vec<_>>()
+            })
             .collect();
         process::reap_strays(&known);
         // Clones that hit the same deadline report just before the parent
