@@ -179,6 +179,8 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     // Placement comes from the peer list the daemon gave: no VMM needs the
     // daemon's root-only socket, so every runner gives up root.
     let policy = a.sandbox.policy();
+    // Without peers no clone leaves this host: the runner gets no sockets.
+    let has_peers = a.advertise.is_some();
     let remote = match a.advertise {
         Some(advertise) => Some(sf_vmm::clone::remote::RemoteLink {
             peers: a.peers.clone(),
@@ -218,7 +220,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         Box::new(console)
     };
     if let Some(p) = &policy {
-        sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::Runner, p)?;
+        sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::runner(has_peers), p)?;
     }
     if a.sandbox.sandbox_selftest {
         let e = sf_vmm::sandbox::selftest();

@@ -286,11 +286,12 @@ fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
 }
 
 /// The runner VMM: runs its VM, serves hypercalls, forks local clones (which
-/// build new KVM VMs, so those ioctls stay allowed), and at a clone call
-/// with clones for peer hosts (placed from the peer list its daemon gave)
-/// opens the group's listeners.
-/// A local clone keeps exactly this list: it may clone in turn.
-fn runner(l: &mut Vec<Entry>) {
+/// build new KVM VMs, so those ioctls stay allowed), and, with `peers` (the
+/// peer list its daemon gave), at a clone call with clones for peer hosts
+/// opens the group's listeners and forks the memory holder. Without peers
+/// it has no use for the network, so it gets no socket at all.
+/// A local clone keeps exactly its runner's list: it may clone in turn.
+fn runner(l: &mut Vec<Entry>, peers: bool) {
     base(l);
     thread_start(l);
     allow!(l, SYS_clone if none_of(0, NEW_NAMESPACES),
@@ -302,8 +303,6 @@ fn runner(l: &mut Vec<Entry>) {
         "SIGKILL to this VM's own clones, by PID: never 0 or below (a process group, or with -1 every process of the user, which all VMMs share)");
     allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_PDEATHSIG as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
         "a new clone dies with its parent; a memory holder sets no-new-privs (already set) to stack its filter");
-    allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
-        "a forked memory holder stacks its tighter filter (a filter can only narrow)");
     allow!(l, SYS_pipe2, "report and PID pipes of a clone call");
     allow!(
         l,
@@ -316,6 +315,11 @@ fn runner(l: &mut Vec<Entry>) {
         "the timeout's no-op SIGALRM handler, installed when armed");
     allow!(l, SYS_openat if none_of(2, NOT_READ_ONLY),
         "read-only: a clone reads /proc/self/smaps_rollup at its end (its memory use)");
+    if !peers {
+        return;
+    }
+    allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
+        "a forked memory holder stacks its tighter filter (a filter can only narrow)");
     // No Unix sockets: placement comes from the peer list the daemon gave,
     // so no VMM talks to a daemon's socket.
     sockets(l, &[libc::AF_INET as u64, libc::AF_INET6 as u64]);
@@ -333,7 +337,7 @@ fn runner(l: &mut Vec<Entry>) {
 /// plus the userfaultfd requests of the page-fault thread, without
 /// listeners (its clones stay on this host).
 fn clone_host(l: &mut Vec<Entry>) {
-    runner(l);
+    runner(l, true);
     let dropped = [
         libc::SYS_bind,
         libc::SYS_listen,
@@ -377,7 +381,8 @@ fn memory_holder(l: &mut Vec<Entry>) {
 pub fn allow_list(role: Role) -> AllowList {
     let mut entries = Vec::new();
     match role {
-        Role::Runner | Role::LocalClone => runner(&mut entries),
+        Role::Runner | Role::LocalClone => runner(&mut entries, true),
+        Role::LoneRunner => runner(&mut entries, false),
         Role::CloneHost => clone_host(&mut entries),
         Role::MemoryHolder => memory_holder(&mut entries),
     }

@@ -141,6 +141,60 @@ fn runner_may_not_kill_a_process_group_or_every_process_of_its_user() {
     }
 }
 
+/// `snowflock run` without peers never talks to the network: a
+/// compromised VMM gets no socket to reach other hosts with (the runner's
+/// list, made for clone groups spread over hosts, gave it every TCP and UDP
+/// call), yet still forks and reaps its clones.
+#[test]
+fn a_runner_without_peers_has_no_network() {
+    let p = &prog(Role::LoneRunner);
+    assert_killed(
+        in_child(|| {
+            sandboxed(Role::LoneRunner, p);
+            // SAFETY: socket(2) with integer arguments.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            10
+        }),
+        libc::SYS_socket,
+        "socket",
+        "runner",
+    );
+    let (status, stderr) = in_child(|| {
+        sandboxed(Role::LoneRunner, p);
+        // SAFETY: fork and waitpid in a single-threaded child.
+        unsafe {
+            match libc::fork() {
+                0 => libc::_exit(7),
+                -1 => 13,
+                pid => {
+                    let mut st = 0;
+                    if libc::waitpid(pid, &mut st, 0) != pid || libc::WEXITSTATUS(st) != 7 {
+                        return 14;
+                    }
+                    0
+                }
+            }
+        }
+    });
+    assert_eq!(status, ExitStatus::Code(0), "stderr: {stderr}");
+    let lone = allow_list(Role::LoneRunner);
+    for nr in [
+        libc::SYS_socket,
+        libc::SYS_connect,
+        libc::SYS_bind,
+        libc::SYS_listen,
+        libc::SYS_accept4,
+        libc::SYS_sendto,
+        libc::SYS_seccomp,
+    ] {
+        assert!(
+            lone.entries.iter().all(|e| e.nr != nr),
+            "{}",
+            names::NAMES[nr as usize]
+        );
+    }
+}
+
 #[test]
 fn runner_keeps_what_it_needs_and_clone3_falls_back() {
     let p = prog(Role::Runner);
@@ -365,7 +419,11 @@ fn no_role_may_exec_trace_load_code_or_escape() {
             assert!(!e.why.is_empty());
         }
         // The sizes the documentation quotes.
-        println!("{}: {} system calls", role.name(), list.syscalls());
+        println!(
+            "{} ({role:?}): {} system calls",
+            role.name(),
+            list.syscalls()
+        );
     }
     let holder = allow_list(Role::MemoryHolder).syscalls();
     let runner = allow_list(Role::Runner).syscalls();
