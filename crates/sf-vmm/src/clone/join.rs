@@ -252,16 +252,10 @@ fn wait_reports(fds: &[OwnedFd], deadline: Option<Instant>) -> bool {
         if polls.is_empty() {
             return true;
         }
-        let wait_ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                left.as_millis().min(i32::MAX as u128) as i32 + 1
-            }
-        };
+        let wait_ms = crate::watchdog::poll_timeout_ms(deadline);
+        if wait_ms == 0 {
+            return false;
+        }
         // SAFETY: `polls` is a valid array of pollfds for its length.
         let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, wait_ms) };
         if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
