@@ -381,6 +381,8 @@ fn memory_holder(l: &mut Vec<Entry>) {
 pub fn allow_list(role: Role) -> AllowList {
     let mut entries = Vec::new();
     match role {
+        // A local clone installs nothing: it keeps its runner's filter, at
+        // most this list (the list of a runner with peers).
         Role::Runner | Role::LocalClone => runner(&mut entries, true),
         Role::LoneRunner => runner(&mut entries, false),
         Role::CloneHost => clone_host(&mut entries),

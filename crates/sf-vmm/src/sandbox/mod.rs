@@ -22,7 +22,7 @@
 //! | --- | --- | --- |
 //! | runner with peer hosts (under a daemon that has peers) | 65 | uid/gid 65534, no capabilities |
 //! | runner without peers (`snowflock run`) | 49: no sockets | uid/gid 65534, no capabilities |
-//! | local clone | 65 (inherited, exact) | as its parent (the drop happened before the fork) |
+//! | local clone | its runner's, 65 or 49 (inherited, exact) | as its parent (the drop happened before the fork) |
 //! | memory holder | 56 (stacked on its parent's) | as its parent |
 //! | clone host | 63 | uid/gid 65534, no capabilities |
 //!
