@@ -179,8 +179,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     // Placement comes from the peer list the daemon gave: no VMM needs the
     // daemon's root-only socket, so every runner gives up root.
     let policy = a.sandbox.policy();
-    // Without peers no clone leaves this host: the runner gets no sockets.
-    let has_peers = a.advertise.is_some();
+    // Without peers no clone leaves this host (placement has nowhere else
+    // to put one): the runner gets no sockets.
+    let has_peers = a.advertise.is_some() && !a.peers.is_empty();
     let remote = match a.advertise {
         Some(advertise) => Some(sf_vmm::clone::remote::RemoteLink {
             peers: a.peers.clone(),

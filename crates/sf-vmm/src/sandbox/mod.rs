@@ -5,7 +5,7 @@
 //! Roles and where their set-up ends:
 //! - **runner** (`snowflock run`): after [`crate::Vm::new`] (image loaded,
 //!   VM and vCPU built), before the first `KVM_RUN`; without peer hosts
-//!   (no `--advertise`, so every clone stays local) it gets no sockets;
+//!   (no `--peer`, so every clone stays local) it gets no sockets;
 //! - **local clone**: forked from a runner or clone; keeps the filter it
 //!   inherits (it needs the same calls: it may clone in turn) and only
 //!   takes the role's name for the kill message;
