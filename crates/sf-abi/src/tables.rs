@@ -52,7 +52,11 @@ impl Ring0 {
             && self.isr_stride > 0
             && self.isr_stride <= PAGE
             && self.text_start <= self.isr_base
-            && self.isr_base + IDT_VECTORS * self.isr_stride <= self.text_end;
+            // Both from the image's note: checked, a huge base must not wrap.
+            && self
+                .isr_base
+                .checked_add(IDT_VECTORS * self.isr_stride)
+                .is_some_and(|end| end <= self.text_end);
         if ok {
             Ok(())
         } else {
@@ -348,6 +352,11 @@ mod tests {
             },
             Ring0 {
                 isr_stride: 0,
+                ..RING0
+            },
+            // The stubs' end wraps around: an overflow, not a fit.
+            Ring0 {
+                isr_base: u64::MAX - (IDT_VECTORS * 16 - 1),
                 ..RING0
             },
         ];

@@ -6,7 +6,6 @@
 
 use std::io::{self, Write};
 use std::os::fd::RawFd;
-use std::time::Instant;
 
 /// A buffered writer on a raw file descriptor (stdout) that waits for room
 /// with `poll` bounded by the family's deadline: a consumer that stops
@@ -38,13 +37,7 @@ impl FdConsole {
     /// Waits until `fd` takes bytes, or the deadline passes.
     fn wait_writable(&self) -> io::Result<()> {
         loop {
-            let wait_ms = match crate::watchdog::thread_deadline() {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    left.as_millis().min(i32::MAX as u128) as i32 + i32::from(!left.is_zero())
-                }
-            };
+            let wait_ms = crate::watchdog::poll_timeout_ms(crate::watchdog::thread_deadline());
             let mut p = libc::pollfd {
                 fd: self.fd,
                 events: libc::POLLOUT,
@@ -145,6 +138,7 @@ impl ConsoleSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn a_stalled_reader_makes_writes_fail_at_the_deadline() {

@@ -297,7 +297,6 @@ impl GuestImage {
         seg_end.max(self.note.map_or(0, |n| n.image_end))
     }
 
-    /// Resolves [`BootMode::Auto`] and checks the mode is possible.
     /// Whether the image fits in `mem_size` bytes of guest RAM (checked
     /// again when loading; a daemon checks it before spawning a VMM).
     pub fn check_fits(&self, mem_size: u64) -> Result<(), ImageError> {
@@ -310,6 +309,7 @@ impl GuestImage {
         Ok(())
     }
 
+    /// Resolves [`BootMode::Auto`] and checks the mode is possible.
     pub fn boot_mode(&self, asked: BootMode) -> Result<BootMode, ImageError> {
         match asked {
             BootMode::Auto if self.note.is_some() => Ok(BootMode::Direct),

@@ -34,7 +34,8 @@ pub struct VmConfig {
     /// Most live clones the VM's whole family may have at once, nested
     /// ones included (clamped to [`crate::clone::MAX_CLONES_LIMIT`]).
     pub max_clones: u32,
-    /// The host daemon, when clones may go to other hosts.
+    /// The peer hosts (as the daemon gave them) and the cluster credentials,
+    /// when clones may go to other hosts.
     pub remote: Option<crate::clone::remote::RemoteLink>,
 }
 

@@ -77,3 +77,32 @@ pub fn set_thread_deadline(d: Option<std::time::Instant>) {
 pub fn thread_deadline() -> Option<std::time::Instant> {
     DEADLINE.with(|c| c.get())
 }
+
+/// The `poll(2)` timeout until `deadline`, in whole milliseconds rounded up
+/// (so a wait ends at or after it, never just before): -1 (no limit)
+/// without one, 0 once it has passed, and at most `i32::MAX` however far
+/// away it is (`--timeout` takes up to 10^9 s, past what an int holds).
+pub fn poll_timeout_ms(deadline: Option<std::time::Instant>) -> i32 {
+    let Some(d) = deadline else {
+        return -1;
+    };
+    let left = d.saturating_duration_since(std::time::Instant::now());
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    ms.min(i32::MAX as u128) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn poll_timeouts_round_up_and_stay_in_range() {
+        assert_eq!(poll_timeout_ms(None), -1);
+        assert_eq!(poll_timeout_ms(Some(Instant::now())), 0);
+        let soon = poll_timeout_ms(Some(Instant::now() + Duration::from_micros(1500)));
+        assert!((1..=2).contains(&soon), "{soon}");
+        let far = Instant::now() + Duration::from_secs(1_000_000_000);
+        assert_eq!(poll_timeout_ms(Some(far)), i32::MAX);
+    }
+}

@@ -215,7 +215,7 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let policy = a.sandbox.policy(false);
+    let policy = a.sandbox.policy();
     let code = sf_vmm::clone::host::run(
         &req,
         a.id,

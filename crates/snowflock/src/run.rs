@@ -132,11 +132,10 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
-    /// The policy, or none with --no-sandbox. `keep_uid`: the VMM must stay
-    /// the same user (it drops every capability instead).
-    pub fn policy(&self, keep_uid: bool) -> Option<sf_vmm::sandbox::Policy> {
-        (!self.no_sandbox).then(|| sf_vmm::sandbox::Policy {
-            user: (!keep_uid).then_some(self.sandbox_user),
+    /// The policy (become `--sandbox-user`), or none with --no-sandbox.
+    pub fn policy(&self) -> Option<sf_vmm::sandbox::Policy> {
+        (!self.no_sandbox).then_some(sf_vmm::sandbox::Policy {
+            user: Some(self.sandbox_user),
         })
     }
 }
@@ -179,7 +178,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
     let max_clones = clamp_max_clones(a.max_clones);
     // Placement comes from the peer list the daemon gave: no VMM needs the
     // daemon's root-only socket, so every runner gives up root.
-    let policy = a.sandbox.policy(false);
+    let policy = a.sandbox.policy();
+    // Without peers no clone leaves this host (placement has nowhere else
+    // to put one): the runner gets no sockets.
+    let has_peers = a.advertise.is_some() && !a.peers.is_empty();
     let remote = match a.advertise {
         Some(advertise) => Some(sf_vmm::clone::remote::RemoteLink {
             peers: a.peers.clone(),
@@ -219,7 +221,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         Box::new(console)
     };
     if let Some(p) = &policy {
-        sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::Runner, p)?;
+        sf_vmm::sandbox::enter(sf_vmm::sandbox::Role::runner(has_peers), p)?;
     }
     if a.sandbox.sandbox_selftest {
         let e = sf_vmm::sandbox::selftest();

@@ -401,3 +401,35 @@ fn remote_clones_get_only_the_time_the_family_has_left() {
         r.describe()
     );
 }
+
+#[test]
+fn a_remote_clones_local_clones_may_clone_in_turn() {
+    let h = Hosts::start(2);
+    let started = Instant::now();
+    // Level 1 runs on host 2; level 2 is its local clone, which clones
+    // again. That clone inherited the remote clone's fetcher state without
+    // its thread, and waited forever for it to fetch the memory (ended only
+    // by --timeout: 124 after 20 s).
+    let r = h.run(
+        1,
+        &[
+            "--timeout",
+            "20s",
+            "--placement",
+            "remote",
+            "forktest",
+            "--",
+            "chain",
+            "depth=4",
+            "ms=0",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(
+        r.code == Some(0) && r.stdout.contains("chain: done"),
+        "took {took:?}\n{}\n{}",
+        r.describe(),
+        h.describe()
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}

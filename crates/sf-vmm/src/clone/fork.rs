@@ -157,6 +157,9 @@ impl Vm {
             jobs.push(first);
         }
         let parent = process::getpid();
+        // Fork safety: only the vCPU thread forks, after the memory is whole;
+        // a clone host's other threads keep locks (fetcher counters, origin
+        // link) that the child drops unused or refuses to touch.
         match process::fork().map_err(io("forking the first clone"))? {
             Forked::Parent(first) => {
                 drop((pids_w, jobs));
@@ -303,6 +306,15 @@ impl Vm {
         self.clones = CloneHost::new(budget);
         self.clones.path = path.clone();
         self.clones.role = Role::Clone { id, reporter };
+        // A clone of a remote clone: the RAM was fully fetched before the
+        // fork, but the fetcher's thread did not come along. Its state must
+        // go unused (asking it to fetch again waited forever) and may not be
+        // dropped (that joins the missing thread): forgotten. The counters
+        // file is the parent's, not this clone's.
+        if let Some(m) = self.remote_memory.take() {
+            std::mem::forget(m);
+        }
+        self.stats_file = None;
         let vm_fd = self
             .kvm
             .create_vm()

@@ -56,11 +56,17 @@ impl Vm {
         let len = record.len() as u64;
         self.clones.tickets.joined(ticket, record);
         // Orphans of clones killed with clones of their own end up here.
+        // Every group's PIDs are read first: an unread group's clones and
+        // holder are this VMM's children too, and reaping one of them here
+        // would free its PID for a stranger that a later kill would hit.
         let known: Vec<i32> = self
             .clones
             .tickets
             .groups_mut()
-            .flat_map(|g| g.known_pids().collect::<Vec<_>>())
+            .flat_map(|g| {
+                read_spawn_report(g);
+                g.known_pids().collect::<Vec<_>>()
+            })
             .collect();
         process::reap_strays(&known);
         // Clones that hit the same deadline report just before the parent
@@ -246,16 +252,10 @@ fn wait_reports(fds: &[OwnedFd], deadline: Option<Instant>) -> bool {
         if polls.is_empty() {
             return true;
         }
-        let wait_ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                left.as_millis().min(i32::MAX as u128) as i32 + 1
-            }
-        };
+        let wait_ms = crate::watchdog::poll_timeout_ms(deadline);
+        if wait_ms == 0 {
+            return false;
+        }
         // SAFETY: `polls` is a valid array of pollfds for its length.
         let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, wait_ms) };
         if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {

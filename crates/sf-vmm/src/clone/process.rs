@@ -20,9 +20,10 @@ pub enum Forked {
     Child,
 }
 
-/// fork(2). The caller must only be one thread of its own making: the child
-/// gets just the calling thread (the VMM runs its vCPU on that thread and
-/// keeps no others).
+/// fork(2). The child gets just the calling thread, so it must never need a
+/// lock or stream another thread may hold: a runner has no other thread; a
+/// clone host has its fault, heartbeat and origin-link threads, whose state
+/// the child leaves alone (see `become_clone`).
 pub fn fork() -> io::Result<Forked> {
     // SAFETY: see above; the child only continues the VMM's own code.
     match unsafe { libc::fork() } {
@@ -256,14 +257,6 @@ pub fn reap_all(grace: std::time::Duration) {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-}
-
-/// Waits for child `pid` if it has ended, without blocking.
-pub fn try_wait(pid: i32) -> Option<ExitStatus> {
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    (r == pid).then(|| ExitStatus::from_raw(status))
 }
 
 /// One line on stderr, ignoring failure: a full disk or a closed stderr

@@ -58,6 +58,17 @@ fn all_but_none_of(arg: u8, mask: u64, forbidden: u64) -> Vec<SeccompRule> {
     .expect("two conditions")]
 }
 
+/// kill(2) of SIGKILL to one process: a PID above 0 (as the kernel reads
+/// it, a 32-bit int: not 0 and without the sign bit).
+fn sigkill_to_one_pid() -> Vec<SeccompRule> {
+    vec![SeccompRule::new(vec![
+        cond(0, Len::Dword, Op::Ne, 0),
+        cond(0, Len::Dword, Op::MaskedEq(0x8000_0000), 0),
+        cond(1, Len::Dword, Op::Eq, libc::SIGKILL as u64),
+    ])
+    .expect("three conditions")]
+}
+
 /// socket(2) of one of `families`, of type stream or datagram (whatever
 /// the SOCK_CLOEXEC/SOCK_NONBLOCK flags).
 fn stream_or_datagram(families: &[u64]) -> Vec<SeccompRule> {
@@ -275,10 +286,12 @@ fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
 }
 
 /// The runner VMM: runs its VM, serves hypercalls, forks local clones (which
-/// build new KVM VMs, so those ioctls stay allowed), and at a clone call
-/// with remote placement asks its daemon and opens the group's listeners.
-/// A local clone keeps exactly this list: it may clone in turn.
-fn runner(l: &mut Vec<Entry>) {
+/// build new KVM VMs, so those ioctls stay allowed), and, with `peers` (the
+/// peer list its daemon gave), at a clone call with clones for peer hosts
+/// opens the group's listeners and forks the memory holder. Without peers
+/// it has no use for the network, so it gets no socket at all.
+/// A local clone keeps exactly its runner's list: it may clone in turn.
+fn runner(l: &mut Vec<Entry>, peers: bool) {
     base(l);
     thread_start(l);
     allow!(l, SYS_clone if none_of(0, NEW_NAMESPACES),
@@ -286,12 +299,10 @@ fn runner(l: &mut Vec<Entry>) {
     allow!(l, SYS_ioctl if kvm_ioctls(true),
         "the vCPU and VM, and building a clone's VM on the inherited /dev/kvm fd");
     allow!(l, SYS_wait4, "reaping clones");
-    allow!(l, SYS_kill if one_of(1, &[libc::SIGKILL as u64]),
-        "killing this VM's own clones (they run as the same user)");
+    allow!(l, SYS_kill if sigkill_to_one_pid(),
+        "SIGKILL to this VM's own clones, by PID: never 0 or below (a process group, or with -1 every process of the user, which all VMMs share)");
     allow!(l, SYS_prctl if one_of(0, &[libc::PR_SET_PDEATHSIG as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
         "a new clone dies with its parent; a memory holder sets no-new-privs (already set) to stack its filter");
-    allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
-        "a forked memory holder stacks its tighter filter (a filter can only narrow)");
     allow!(l, SYS_pipe2, "report and PID pipes of a clone call");
     allow!(
         l,
@@ -304,6 +315,11 @@ fn runner(l: &mut Vec<Entry>) {
         "the timeout's no-op SIGALRM handler, installed when armed");
     allow!(l, SYS_openat if none_of(2, NOT_READ_ONLY),
         "read-only: a clone reads /proc/self/smaps_rollup at its end (its memory use)");
+    if !peers {
+        return;
+    }
+    allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
+        "a forked memory holder stacks its tighter filter (a filter can only narrow)");
     // No Unix sockets: placement comes from the peer list the daemon gave,
     // so no VMM talks to a daemon's socket.
     sockets(l, &[libc::AF_INET as u64, libc::AF_INET6 as u64]);
@@ -318,11 +334,10 @@ fn runner(l: &mut Vec<Entry>) {
 }
 
 /// A clone from another host: the runner's list (its VM may clone locally)
-/// plus the userfaultfd requests of the page-fault thread, without Unix
-/// sockets (it never talks to a daemon) or listeners (its clones stay on
-/// this host).
+/// plus the userfaultfd requests of the page-fault thread, without
+/// listeners (its clones stay on this host).
 fn clone_host(l: &mut Vec<Entry>) {
-    runner(l);
+    runner(l, true);
     let dropped = [
         libc::SYS_bind,
         libc::SYS_listen,
@@ -366,7 +381,10 @@ fn memory_holder(l: &mut Vec<Entry>) {
 pub fn allow_list(role: Role) -> AllowList {
     let mut entries = Vec::new();
     match role {
-        Role::Runner | Role::LocalClone => runner(&mut entries),
+        // A local clone installs nothing: it keeps its runner's filter, at
+        // most this list (the list of a runner with peers).
+        Role::Runner | Role::LocalClone => runner(&mut entries, true),
+        Role::LoneRunner => runner(&mut entries, false),
         Role::CloneHost => clone_host(&mut entries),
         Role::MemoryHolder => memory_holder(&mut entries),
     }

@@ -4,7 +4,8 @@
 //!
 //! Roles and where their set-up ends:
 //! - **runner** (`snowflock run`): after [`crate::Vm::new`] (image loaded,
-//!   VM and vCPU built), before the first `KVM_RUN`;
+//!   VM and vCPU built), before the first `KVM_RUN`; without peer hosts
+//!   (no `--peer`, so every clone stays local) it gets no sockets;
 //! - **local clone**: forked from a runner or clone; keeps the filter it
 //!   inherits (it needs the same calls: it may clone in turn) and only
 //!   takes the role's name for the kill message;
@@ -19,10 +20,10 @@
 //!
 //! | role | distinct calls allowed | runs as after set-up |
 //! | --- | --- | --- |
-//! | runner (`snowflock run`) | 65 | uid/gid 65534, no capabilities |
-//! | runner under a daemon | 65 | uid 0 with no capabilities: clone placement still asks the daemon over its root-owned Unix socket |
-//! | local clone | 65 (inherited, exact) | as its parent (the drop happened before the fork) |
-//! | memory holder | 55 (stacked on its parent's) | as its parent |
+//! | runner with peer hosts (under a daemon that has peers) | 65 | uid/gid 65534, no capabilities |
+//! | runner without peers (`snowflock run`) | 49: no sockets | uid/gid 65534, no capabilities |
+//! | local clone | its runner's, 65 or 49 (inherited, exact) | as its parent (the drop happened before the fork) |
+//! | memory holder | 56 (stacked on its parent's) | as its parent |
 //! | clone host | 63 | uid/gid 65534, no capabilities |
 //!
 //! Nothing here needs root after set-up: KVM works on the inherited
@@ -55,23 +56,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Role {
+    /// A runner with peer hosts its clones may go to.
     Runner = 1,
     LocalClone = 2,
     MemoryHolder = 3,
     CloneHost = 4,
+    /// A runner without peers (plain `snowflock run`): no network at all.
+    LoneRunner = 5,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::Runner,
         Role::LocalClone,
         Role::MemoryHolder,
         Role::CloneHost,
+        Role::LoneRunner,
     ];
+
+    /// A runner's role: without peers it needs no sockets.
+    pub fn runner(peers: bool) -> Role {
+        if peers {
+            Role::Runner
+        } else {
+            Role::LoneRunner
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
-            Role::Runner => "runner",
+            Role::Runner | Role::LoneRunner => "runner",
             Role::LocalClone => "local clone",
             Role::MemoryHolder => "memory holder",
             Role::CloneHost => "clone host",

@@ -4,8 +4,9 @@
 //!
 //! With a target user: supplementary groups cleared, then real, effective
 //! and saved group and user IDs set, which also empties every capability
-//! set; no new privileges; the parent-death signal re-armed (the kernel
-//! clears it when credentials change) and the parent checked again.
+//! set; no new privileges; not dumpable; the parent-death signal re-armed
+//! (the kernel clears it when credentials change) and the parent checked
+//! again.
 //! Without one: the user ID stays, every capability (and the bounding set,
 //! so even an exec could not regain them) is dropped.
 
@@ -100,6 +101,10 @@ pub fn drop(to: Option<Credentials>) -> io::Result<Dropped> {
     };
     // SAFETY: prctl with integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    // Every VMM runs as the same user: not dumpable, another VMM cannot
+    // read this one's memory through /proc (whatever fs.suid_dumpable is).
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
     if pdeath != 0 {
         // SAFETY: as above.
         check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, pdeath as libc::c_ulong) })?;

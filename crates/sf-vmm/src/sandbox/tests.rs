@@ -117,6 +117,84 @@ fn runner_dies_logged_on_execve_ptrace_and_packet_sockets() {
     );
 }
 
+/// kill(2) is for the VMM's own clones, which it names by PID. A PID of 0
+/// or below names a process group or, with -1, every process the VMM's user
+/// may signal: all the host's VMMs, which run as the same user.
+#[test]
+fn runner_may_not_kill_a_process_group_or_every_process_of_its_user() {
+    let p = &prog(Role::Runner);
+    for pid in [-1_000_000, 0] {
+        assert_killed(
+            in_child(move || {
+                // Its own group: were the call let through, only this child dies.
+                // SAFETY: setpgid of the calling process.
+                unsafe { libc::setpgid(0, 0) };
+                sandboxed(Role::Runner, p);
+                // SAFETY: kill(2) with integer arguments; -1_000_000 names no group.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                10
+            }),
+            libc::SYS_kill,
+            "kill",
+            "runner",
+        );
+    }
+}
+
+/// `snowflock run` without peers never talks to the network: a
+/// compromised VMM gets no socket to reach other hosts with (the runner's
+/// list, made for clone groups spread over hosts, gave it every TCP and UDP
+/// call), yet still forks and reaps its clones.
+#[test]
+fn a_runner_without_peers_has_no_network() {
+    let p = &prog(Role::LoneRunner);
+    assert_killed(
+        in_child(|| {
+            sandboxed(Role::LoneRunner, p);
+            // SAFETY: socket(2) with integer arguments.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            10
+        }),
+        libc::SYS_socket,
+        "socket",
+        "runner",
+    );
+    let (status, stderr) = in_child(|| {
+        sandboxed(Role::LoneRunner, p);
+        // SAFETY: fork and waitpid in a single-threaded child.
+        unsafe {
+            match libc::fork() {
+                0 => libc::_exit(7),
+                -1 => 13,
+                pid => {
+                    let mut st = 0;
+                    if libc::waitpid(pid, &mut st, 0) != pid || libc::WEXITSTATUS(st) != 7 {
+                        return 14;
+                    }
+                    0
+                }
+            }
+        }
+    });
+    assert_eq!(status, ExitStatus::Code(0), "stderr: {stderr}");
+    let lone = allow_list(Role::LoneRunner);
+    for nr in [
+        libc::SYS_socket,
+        libc::SYS_connect,
+        libc::SYS_bind,
+        libc::SYS_listen,
+        libc::SYS_accept4,
+        libc::SYS_sendto,
+        libc::SYS_seccomp,
+    ] {
+        assert!(
+            lone.entries.iter().all(|e| e.nr != nr),
+            "{}",
+            names::NAMES[nr as usize]
+        );
+    }
+}
+
 #[test]
 fn runner_keeps_what_it_needs_and_clone3_falls_back() {
     let p = prog(Role::Runner);
@@ -140,6 +218,22 @@ fn runner_keeps_what_it_needs_and_clone3_falls_back() {
                     let mut st = 0;
                     if libc::waitpid(pid, &mut st, 0) != pid || libc::WEXITSTATUS(st) != 7 {
                         return 14;
+                    }
+                }
+            }
+            // Killing a clone by its PID.
+            match libc::fork() {
+                0 => loop {
+                    std::hint::spin_loop();
+                },
+                -1 => return 16,
+                pid => {
+                    let mut st = 0;
+                    if libc::kill(pid, libc::SIGKILL) != 0
+                        || libc::waitpid(pid, &mut st, 0) != pid
+                        || !libc::WIFSIGNALED(st)
+                    {
+                        return 17;
                     }
                 }
             }
@@ -325,7 +419,11 @@ fn no_role_may_exec_trace_load_code_or_escape() {
             assert!(!e.why.is_empty());
         }
         // The sizes the documentation quotes.
-        println!("{}: {} system calls", role.name(), list.syscalls());
+        println!(
+            "{} ({role:?}): {} system calls",
+            role.name(),
+            list.syscalls()
+        );
     }
     let holder = allow_list(Role::MemoryHolder).syscalls();
     let runner = allow_list(Role::Runner).syscalls();
@@ -348,6 +446,9 @@ fn root_is_dropped_for_good() {
             }
             if libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1 {
                 return 23;
+            }
+            if libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 {
+                return 24;
             }
         }
         0
