@@ -66,6 +66,10 @@ pub enum Call {
     /// `(ticket)`: kill every clone of the ticket still running. Returns how
     /// many were killed.
     Kill = 21,
+    /// `(header_gpa)`: where the guest keeps its free-page hints (see
+    /// [`crate::hints`]). The host only records the address and reads the
+    /// structure at each clone call. Returns 0.
+    RegisterHints = 22,
 }
 
 impl Call {
@@ -81,6 +85,7 @@ impl Call {
             19 => Call::JoinWait,
             20 => Call::JoinFetch,
             21 => Call::Kill,
+            22 => Call::RegisterHints,
             _ => return None,
         })
     }

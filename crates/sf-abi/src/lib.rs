@@ -11,6 +11,7 @@
 
 pub mod boot_info;
 pub mod clone;
+pub mod hints;
 pub mod hypercall;
 pub mod layout;
 pub mod note;

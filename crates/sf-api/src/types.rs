@@ -34,6 +34,10 @@ pub struct CreateVm {
     /// Readahead limit for its remote clones (pages; 1 = none).
     #[serde(default)]
     pub prefetch_window: Option<u32>,
+    /// Ignore the guest's free-page hints: clones fetch every page they
+    /// touch (`snowflock run --no-hints`), to measure what hints save.
+    #[serde(default)]
+    pub no_hints: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +142,15 @@ pub struct CloneRequest {
     /// report its start latency (meaningful where host clocks agree).
     #[serde(default)]
     pub requested_unix_ns: Option<u64>,
+    /// Pages the guest hinted free, as (first_page, count) pairs: a clone
+    /// may get a zero page for them instead of the parent's bytes. At most
+    /// [`MAX_FREE_RANGES`]; the clone host clamps and merges them again.
+    #[serde(default)]
+    pub free_pages: Vec<[u64; 2]>,
 }
+
+/// Most `CloneRequest::free_pages` ranges a daemon accepts.
+pub const MAX_FREE_RANGES: usize = 16384;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CloneAccepted {

@@ -42,6 +42,9 @@ pub enum Action {
     CloneExit { status: i32, result: Vec<u8> },
     /// A clone-API call; the VM handles it (it may fork).
     Clone(Call),
+    /// The guest's free-page hints live at this GPA (only recorded here;
+    /// read and checked at each clone call, see [`crate::hints`]).
+    RegisterHints(u64),
 }
 
 fn ret(r: Result<u64, HcError>) -> Action {
@@ -100,6 +103,7 @@ pub fn handle(
         Call::TicketRequest | Call::Clone | Call::JoinWait | Call::JoinFetch | Call::Kill => {
             Action::Clone(call)
         }
+        Call::RegisterHints => Action::RegisterHints(args.a0),
         Call::Panic => match read(
             ram,
             caller_for(cpu, args.a1),

@@ -37,6 +37,9 @@ pub struct VmConfig {
     /// The peer hosts (as the daemon gave them) and the cluster credentials,
     /// when clones may go to other hosts.
     pub remote: Option<crate::clone::remote::RemoteLink>,
+    /// Ignore the guest's free-page hints (clones get every page from
+    /// the parent), to measure what they save.
+    pub no_hints: bool,
 }
 
 impl Default for VmConfig {
@@ -49,6 +52,7 @@ impl Default for VmConfig {
             cmdline: String::new(),
             max_clones: crate::clone::default_max_clones(),
             remote: None,
+            no_hints: false,
         }
     }
 }
@@ -109,6 +113,11 @@ pub struct Vm {
     pub(crate) pending_entry: Option<Instant>,
     /// In a clone: request to first vCPU entry.
     pub(crate) first_entry: Option<Duration>,
+    /// Where the guest registered its free-page hints (guest data: read and
+    /// checked at each clone call).
+    pub(crate) hints_gpa: Option<u64>,
+    /// `--no-hints`: registrations are ignored.
+    pub(crate) no_hints: bool,
 }
 
 fn host_tsc() -> u64 {
@@ -176,6 +185,7 @@ impl Vm {
         vm.timings.create_vm = create_vm;
         vm.timings.load = load;
         vm.remote_link = cfg.remote.clone();
+        vm.no_hints = cfg.no_hints;
         Ok(vm)
     }
 
@@ -217,6 +227,8 @@ impl Vm {
             result: Vec::new(),
             pending_entry: None,
             first_entry: None,
+            hints_gpa: None,
+            no_hints: false,
         })
     }
 
@@ -510,6 +522,12 @@ impl Vm {
             Action::CloneExit { status, result } => {
                 self.result = result;
                 return Ok(Some(Outcome::Exited { status }));
+            }
+            Action::RegisterHints(gpa) => {
+                if !self.no_hints {
+                    self.hints_gpa = Some(gpa);
+                }
+                HcReturn::Value(0)
             }
             Action::Clone(call) => match self.clone_call(call, args, console)? {
                 HcReturn::Stop(o) => return Ok(Some(*o)),

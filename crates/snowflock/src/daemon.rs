@@ -24,6 +24,7 @@ pub fn run_remote(
     max_clones: Option<u32>,
     placement: Placement,
     prefetch_window: Option<u32>,
+    no_hints: bool,
 ) -> anyhow::Result<u8> {
     let guest = if Path::new(guest).exists() {
         std::fs::canonicalize(guest)?.display().to_string()
@@ -38,6 +39,7 @@ pub fn run_remote(
         max_clones,
         placement,
         prefetch_window,
+        no_hints,
     };
     let c = client(sock);
     let info: VmInfo = c

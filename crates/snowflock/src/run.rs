@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// host fetches per fault (1 = no prefetch; default 64).
     #[arg(long, value_name = "PAGES")]
     prefetch_window: Option<u32>,
+    /// Ignore the guest's free-page hints: clones on other hosts fetch
+    /// every page they touch, even ones the guest said it will overwrite
+    /// (to measure what hints save).
+    #[arg(long)]
+    no_hints: bool,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -172,6 +177,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             a.max_clones.map(|n| clamp_max_clones(Some(n))),
             a.placement.into(),
             a.prefetch_window,
+            a.no_hints,
         );
     }
     let image = load_image(&a.guest)?;
@@ -200,6 +206,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         cmdline: a.args.join(" "),
         max_clones,
         remote,
+        no_hints: a.no_hints,
     };
     // This VMM reaps its whole family (orphans of killed clones included)
     // before it exits, instead of leaving zombies to PID 1.

@@ -102,6 +102,19 @@ pub fn prefetch_window(w: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A clone request's free-page hints: only their number is bounded here
+/// (the clone host clamps and merges the ranges themselves).
+pub fn free_pages(ranges: &[[u64; 2]]) -> Result<(), ApiError> {
+    if ranges.len() > sf_api::MAX_FREE_RANGES {
+        return Err(bad(format!(
+            "`free_pages` may hold at most {} ranges, not {}",
+            sf_api::MAX_FREE_RANGES,
+            ranges.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Longest clone path a clone request may carry ("1.2.3": one number per
 /// level of nesting; a family of at most 256 VMs needs far less).
 pub const MAX_PARENT_PATH: usize = 1024;
@@ -245,6 +258,11 @@ mod tests {
         assert!(timeout_ms(0).is_ok());
         assert!(max_clones(257).is_err());
         assert!(prefetch_window(0).is_err());
+        assert!(free_pages(&vec![[0, 1]; sf_api::MAX_FREE_RANGES]).is_ok());
+        assert!(free_pages(&vec![[0, 1]; sf_api::MAX_FREE_RANGES + 1])
+            .unwrap_err()
+            .1
+            .contains("`free_pages`"));
         assert!(args(&["a".repeat(MAX_ARGS_BYTES)]).is_ok());
         assert!(args(&["a".repeat(MAX_ARGS_BYTES), String::new()]).is_err());
         assert!(args(&["a\0b".into()]).is_err());

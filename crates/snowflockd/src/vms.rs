@@ -414,6 +414,9 @@ impl Daemon {
         if let Some(w) = req.prefetch_window {
             args.extend(["--prefetch-window".into(), w.to_string()]);
         }
+        if req.no_hints {
+            args.push("--no-hints".into());
+        }
         self.spawn(
             id,
             VmKind::Vm,
@@ -461,6 +464,7 @@ impl Daemon {
         }
         validate::max_clones(req.max_clones)?;
         validate::parent_path(&req.parent_path)?;
+        validate::free_pages(&req.free_pages)?;
         if let Some(w) = req.prefetch_window {
             validate::prefetch_window(w)?;
         }

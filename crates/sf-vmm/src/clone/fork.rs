@@ -48,6 +48,22 @@ enum Job {
 }
 
 impl Vm {
+    /// The guest's free-page hints as they are now (all guest RAM is
+    /// present: the caller fetched it). A missing or corrupt structure
+    /// costs only the hints.
+    fn free_pages(&self) -> crate::hints::FreePages {
+        let Some(gpa) = self.hints_gpa.filter(|_| !self.no_hints) else {
+            return crate::hints::FreePages::none();
+        };
+        match crate::hints::read_guest_hints(&self.ram, gpa) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!("free-page hints not used: {e}");
+                crate::hints::FreePages::none()
+            }
+        }
+    }
+
     pub(crate) fn ticket_request(&mut self, n: u64) -> u64 {
         match self.clones.tickets.request(n) {
             Ok((id, granted)) => ((id as u64) << 32) | granted as u64,
@@ -126,6 +142,8 @@ impl Vm {
                     &self.clones.path,
                 )
                 .map_err(io("opening the clone group's sockets"))?;
+                let mut p = p;
+                p.request.free_pages = self.free_pages().to_wire();
                 Some(p)
             }
             _ => None,
