@@ -66,5 +66,12 @@ int64_t sf_join(const sf_ticket_t *t, int32_t *statuses, size_t cap);
 int64_t sf_join_clones(const sf_ticket_t *t, sf_clone_t *clones, size_t cap);
 /* Kill all running clones of the ticket; returns how many. */
 int64_t sf_kill(const sf_ticket_t *t);
+/* Promise that the whole pages inside [p, p+len) will be fully written
+ * before they are read: in the clones of the next sf_clone (and here after
+ * it) their old contents are undefined (zeros or the old bytes), and a
+ * clone on another host gets them as local zero pages instead of fetching
+ * them. Partial pages at either end keep their bytes. Lasts for one clone
+ * call. Returns 1, or 0 if the hint was dropped (32 already pending). */
+int sf_will_overwrite(const void *p, size_t len);
 
 #endif

@@ -86,6 +86,20 @@ impl FreePages {
         FreePages(v)
     }
 
+    /// Drops every hint below page `floor`: the first MiB (page tables,
+    /// IDT, GDT, TSS and its I/O bitmap, the kernel stack) and the image
+    /// (ring-0 code) must reach a clone as they are, or ring 3 could zero
+    /// ring 0's structures in its clones.
+    pub fn above(mut self, floor: u64) -> FreePages {
+        self.0.retain_mut(|(first, count)| {
+            let end = *first + *count;
+            *first = (*first).max(floor);
+            *count = end.saturating_sub(*first);
+            *count > 0
+        });
+        self
+    }
+
     /// Turns a little-endian bitmap (bit i = page i) into ranges, reading at
     /// most `bits` bits (already clamped by the caller to guest RAM).
     pub fn from_bitmap(bitmap: &[u8], bits: u64) -> FreePages {
@@ -140,8 +154,13 @@ pub enum HintsError {
 /// Reads the guest's hint structure at `header_gpa` through bounds-checked
 /// reads. `bitmap_bits` is clamped to the pages of guest RAM, so the read is
 /// at most RAM/32768 bytes (32 KiB for a 1 GiB guest). Called at each clone
-/// call: the guest may have changed the structure at any time.
-pub fn read_guest_hints(ram: &GuestRam, header_gpa: u64) -> Result<FreePages, HintsError> {
+/// call: the guest may have changed the structure at any time. Pages below
+/// `floor` (ring 0's memory and the image) are never hinted.
+pub fn read_guest_hints(
+    ram: &GuestRam,
+    header_gpa: u64,
+    floor: u64,
+) -> Result<FreePages, HintsError> {
     let mem_pages = ram.size() / HINT_PAGE;
     if header_gpa % 8 != 0 {
         return Err(HintsError::Header(header_gpa));
@@ -161,7 +180,7 @@ pub fn read_guest_hints(ram: &GuestRam, header_gpa: u64) -> Result<FreePages, Hi
     let bitmap = ram
         .read_checked(header.bitmap_gpa, bytes, mem_pages.div_ceil(8))
         .map_err(|_| HintsError::Bitmap(header.bitmap_gpa))?;
-    Ok(FreePages::from_bitmap(&bitmap, bits))
+    Ok(FreePages::from_bitmap(&bitmap, bits).above(floor))
 }
 
 #[cfg(test)]
@@ -209,6 +228,62 @@ mod tests {
         // Bits beyond `bits` are ignored.
         assert_eq!(FreePages::from_bitmap(&b, 20).ranges(), &[(1, 2), (8, 12)]);
         assert!(FreePages::from_bitmap(&b, 10_000).pages() == 20);
+    }
+
+    fn header(ram: &GuestRam, at: u64, magic: u64, bitmap_gpa: u64, bits: u64) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&magic.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&bitmap_gpa.to_le_bytes());
+        b.extend_from_slice(&bits.to_le_bytes());
+        ram.write(at, &b);
+    }
+
+    #[test]
+    fn a_good_structure_is_read_and_clipped_to_the_floor() {
+        let ram = GuestRam::new(4 << 20).unwrap();
+        let magic = sf_abi::hints::HINTS_MAGIC;
+        header(&ram, 0x20_0000, magic, 0x20_1000, 1024);
+        // Pages 0..=511 hinted (the first 2 MiB: ring 0 and the image).
+        ram.write(0x20_1000, &[0xff; 64]);
+        // And pages 600..=607.
+        ram.write(0x20_1000 + 75, &[0xff]);
+        let f = read_guest_hints(&ram, 0x20_0000, 256).unwrap();
+        assert_eq!(f.ranges(), &[(256, 256), (600, 8)]);
+    }
+
+    #[test]
+    fn hostile_structures_cost_only_the_hints() {
+        let ram = GuestRam::new(4 << 20).unwrap();
+        let mem = ram.size();
+        let magic = sf_abi::hints::HINTS_MAGIC;
+        // Header outside RAM, straddling its end, wrapping, misaligned.
+        for at in [mem, mem - 8, u64::MAX - 7, u64::MAX, 0x1001] {
+            assert!(matches!(
+                read_guest_hints(&ram, at, 0),
+                Err(HintsError::Header(_))
+            ));
+        }
+        header(&ram, 0x1000, magic ^ 1, 0x2000, 8);
+        assert_eq!(read_guest_hints(&ram, 0x1000, 0), Err(HintsError::Version));
+        // Bitmap outside RAM, wrapping, straddling the end, misaligned.
+        for gpa in [mem, u64::MAX - 7, mem - 8, 0x2004] {
+            header(&ram, 0x1000, magic, gpa, u64::MAX);
+            assert!(matches!(
+                read_guest_hints(&ram, 0x1000, 0),
+                Err(HintsError::Bitmap(_))
+            ));
+        }
+        // Bits beyond RAM are clamped to RAM's pages: everything hinted
+        // still ends at the last page of RAM, and never below the floor.
+        ram.write(0x10_0000, &vec![0xff; 1024]);
+        header(&ram, 0x1000, magic, 0x10_0000, u64::MAX);
+        let f = read_guest_hints(&ram, 0x1000, 256).unwrap();
+        assert_eq!(f.ranges(), &[(256, mem / 4096 - 256)]);
+        // The header inside its own bitmap, the bitmap over the header.
+        header(&ram, 0x10_0000, magic, 0x10_0000, 4096);
+        let f = read_guest_hints(&ram, 0x10_0000, 0).unwrap();
+        assert!(f.pages() <= mem / 4096);
     }
 
     fn naive(ranges: &[[u64; 2]], mem_pages: u64, page: u64) -> bool {

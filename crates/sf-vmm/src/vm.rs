@@ -118,6 +118,10 @@ pub struct Vm {
     pub(crate) hints_gpa: Option<u64>,
     /// `--no-hints`: registrations are ignored.
     pub(crate) no_hints: bool,
+    /// First page a hint may cover: the end of the image, below which lie
+    /// ring 0's structures and code. Unknown in a VM resumed from a
+    /// descriptor (a remote clone), whose own clones then get no hints.
+    pub(crate) hints_floor: Option<u64>,
 }
 
 fn host_tsc() -> u64 {
@@ -186,6 +190,7 @@ impl Vm {
         vm.timings.load = load;
         vm.remote_link = cfg.remote.clone();
         vm.no_hints = cfg.no_hints;
+        vm.hints_floor = Some(image.end().div_ceil(layout::PAGE));
         Ok(vm)
     }
 
@@ -229,6 +234,7 @@ impl Vm {
             first_entry: None,
             hints_gpa: None,
             no_hints: false,
+            hints_floor: None,
         })
     }
 

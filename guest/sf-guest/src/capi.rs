@@ -158,3 +158,10 @@ pub unsafe extern "C" fn sf_kill(t: *const SfTicket) -> i64 {
         Err(e) => err(e),
     }
 }
+
+/// C form of [`crate::mem::will_overwrite`]: 1 if recorded, 0 if dropped.
+/// Never dereferences `p`.
+#[no_mangle]
+pub extern "C" fn sf_will_overwrite(p: *const u8, len: usize) -> i32 {
+    crate::mem::will_overwrite(p, len) as i32
+}

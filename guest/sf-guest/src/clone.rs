@@ -68,7 +68,11 @@ pub fn request_ticket(n: u64) -> Result<Ticket, Error> {
 pub fn clone(ticket: &Ticket) -> Result<u32, Error> {
     crate::console::flush();
     // SAFETY: no memory is passed.
-    let id = result(unsafe { raw(Call::Clone as u32, ticket.id as u64, 0, 0, 0) })?;
+    let r = result(unsafe { raw(Call::Clone as u32, ticket.id as u64, 0, 0, 0) });
+    // In the parent and in every clone, failed or not: explicit hints
+    // apply to one clone call.
+    crate::heap::after_clone();
+    let id = r?;
     crate::rand::seed(crate::rt::boot().seed);
     Ok(id as u32)
 }

@@ -29,6 +29,7 @@ mod heap;
 pub mod hypercall;
 pub mod kernel;
 mod libc_mem;
+pub mod mem;
 mod panic;
 pub mod rand;
 mod rt;

@@ -52,10 +52,11 @@ impl Vm {
     /// present: the caller fetched it). A missing or corrupt structure
     /// costs only the hints.
     fn free_pages(&self) -> crate::hints::FreePages {
-        let Some(gpa) = self.hints_gpa.filter(|_| !self.no_hints) else {
+        let (Some(gpa), Some(floor)) = (self.hints_gpa.filter(|_| !self.no_hints), self.hints_floor)
+        else {
             return crate::hints::FreePages::none();
         };
-        match crate::hints::read_guest_hints(&self.ram, gpa) {
+        match crate::hints::read_guest_hints(&self.ram, gpa, floor) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!("free-page hints not used: {e}");
