@@ -120,7 +120,15 @@ mod tests {
 
     #[test]
     fn bit_ranges_match_a_bit_by_bit_model() {
-        let cases = [(0, 0), (0, 1), (3, 64), (63, 65), (0, 192), (70, 150), (100, 1000)];
+        let cases = [
+            (0, 0),
+            (0, 1),
+            (3, 64),
+            (63, 65),
+            (0, 192),
+            (70, 150),
+            (100, 1000),
+        ];
         for &(f, e) in &cases {
             for set in [true, false] {
                 let mut words = if set { [0u64; 3] } else { [u64::MAX; 3] };

@@ -166,7 +166,11 @@ pub fn read_guest_hints(
         return Err(HintsError::Header(header_gpa));
     }
     let raw = ram
-        .read_checked(header_gpa, HintsHeader::SIZE as u64, HintsHeader::SIZE as u64)
+        .read_checked(
+            header_gpa,
+            HintsHeader::SIZE as u64,
+            HintsHeader::SIZE as u64,
+        )
         .map_err(|_| HintsError::Header(header_gpa))?;
     let header = HintsHeader::from_bytes(raw.as_slice().try_into().expect("header size"));
     if !header.is_valid() {
@@ -200,7 +204,12 @@ mod tests {
     #[test]
     fn clamps_wild_and_wrapping_ranges() {
         let f = FreePages::from_ranges(
-            vec![[u64::MAX, u64::MAX], [90, u64::MAX], [200, 1], [u64::MAX - 1, 5]],
+            vec![
+                [u64::MAX, u64::MAX],
+                [90, u64::MAX],
+                [200, 1],
+                [u64::MAX - 1, 5],
+            ],
             100,
         );
         assert_eq!(f.ranges(), &[(90, 10)]);
@@ -208,7 +217,9 @@ mod tests {
 
     #[test]
     fn keeps_the_largest_ranges_when_there_are_too_many() {
-        let mut v: Vec<[u64; 2]> = (0..MAX_FREE_RANGES as u64 + 10).map(|i| [i * 3, 1]).collect();
+        let mut v: Vec<[u64; 2]> = (0..MAX_FREE_RANGES as u64 + 10)
+            .map(|i| [i * 3, 1])
+            .collect();
         v.push([10_000_000, 50]);
         let f = FreePages::from_ranges(v, u64::MAX);
         assert_eq!(f.ranges().len(), MAX_FREE_RANGES);
@@ -287,10 +298,7 @@ mod tests {
     }
 
     fn naive(ranges: &[[u64; 2]], mem_pages: u64, page: u64) -> bool {
-        page < mem_pages
-            && ranges
-                .iter()
-                .any(|&[f, c]| page >= f && page - f < c)
+        page < mem_pages && ranges.iter().any(|&[f, c]| page >= f && page - f < c)
     }
 
     proptest! {

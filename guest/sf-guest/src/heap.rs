@@ -127,7 +127,9 @@ unsafe impl GlobalAlloc for HintedHeap {
             // zero here and, for hinted pages, zero pages in a clone. Writing
             // them would only fault in (or fetch) pages for nothing.
             let start = p as u64;
-            let dirty = known_zero_from.saturating_sub(start).min(layout.size() as u64);
+            let dirty = known_zero_from
+                .saturating_sub(start)
+                .min(layout.size() as u64);
             // SAFETY: `p` is a fresh block of `layout.size()` bytes.
             unsafe { core::ptr::write_bytes(p, 0, dirty as usize) };
         }
@@ -221,4 +223,12 @@ pub(crate) fn after_clone() {
         &h.header as *const HintsHeader as u64
     });
     register(gpa);
+}
+
+pub(crate) fn header_ptr() -> *mut HintsHeader {
+    with_hints(|h| &mut h.header as *mut HintsHeader)
+}
+
+pub(crate) fn page_hinted(addr: u64) -> bool {
+    with_hints(|h| hints::bit(h.words(), addr / HINT_PAGE))
 }

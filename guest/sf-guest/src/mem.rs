@@ -17,3 +17,15 @@ pub fn will_overwrite(ptr: *const u8, len: usize) -> bool {
     let start = ptr as u64;
     crate::heap::will_overwrite(start, start.saturating_add(len as u64))
 }
+
+/// The registered hint header, for test guests that corrupt it on purpose.
+#[doc(hidden)]
+pub fn hints_header() -> *mut sf_abi::hints::HintsHeader {
+    crate::heap::header_ptr()
+}
+
+/// Whether the page holding `addr` is hinted now, for test guests.
+#[doc(hidden)]
+pub fn page_hinted(addr: *const u8) -> bool {
+    crate::heap::page_hinted(addr as u64)
+}

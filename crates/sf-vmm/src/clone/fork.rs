@@ -52,7 +52,8 @@ impl Vm {
     /// present: the caller fetched it). A missing or corrupt structure
     /// costs only the hints.
     fn free_pages(&self) -> crate::hints::FreePages {
-        let (Some(gpa), Some(floor)) = (self.hints_gpa.filter(|_| !self.no_hints), self.hints_floor)
+        let (Some(gpa), Some(floor)) =
+            (self.hints_gpa.filter(|_| !self.no_hints), self.hints_floor)
         else {
             return crate::hints::FreePages::none();
         };

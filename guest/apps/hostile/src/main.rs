@@ -14,6 +14,13 @@
 //! past its end into the guard page), `panic-escapes` (a panic message full
 //! of terminal escape sequences); and `console-escapes`, which prints such
 //! sequences on its console and exits 0.
+//!
+//! `hints` checks the runtime's free-page bitmap (allocated pages are never
+//! hinted, freed ones are, `alloc_zeroed` reads zero), then corrupts the hint
+//! structure in each way a hostile guest could (wild header GPA, wild or
+//! misaligned bitmap, every page hinted, lengths that wrap) and clones
+//! across each: a clone must see its parent's bytes or zeros, nothing else,
+//! and the host must keep running. Exits 0 if all held.
 #![no_std]
 #![no_main]
 
@@ -73,6 +80,7 @@ fn main() -> i32 {
         "stub-write" => stub_write(),
         "idt-write" => idt_write(),
         "overflow" => overflow(),
+        "hints" => hints(),
         "console-escapes" => {
             println!("hostile console: \x1b[31mred\x1b]0;title\x07\u{9b}2J\x1b[0m end");
             0
@@ -541,4 +549,116 @@ fn recurse(n: u32) -> u32 {
         return frame[0] as u32;
     }
     1 + recurse(n - 1) + core::hint::black_box(frame[1]) as u32
+}
+
+/// Bytes of the buffer a clone checks in `hints` mode.
+const HINTED_BUF: usize = 1 << 20;
+
+fn pattern(i: usize) -> u8 {
+    (i as u8).wrapping_mul(7) | 1
+}
+
+/// The bitmap as the allocator keeps it, then clones across corrupt hint
+/// structures.
+fn hints() -> i32 {
+    let mut bad = 0;
+    let mut check = |name: &str, ok: bool| {
+        bad += !ok as i32;
+        println!("{} hints {name}", if ok { "ok  " } else { "FAIL" });
+    };
+    let page = 4096usize;
+    // SAFETY: the header is the runtime's, alive for the whole run.
+    let good = unsafe { *sf_guest::mem::hints_header() };
+    check("header registered", good.is_valid() && good.bitmap_bits > 0);
+    let v: Vec<u8> = alloc::vec![0xa5; 64 * page];
+    let unhinted = |v: &[u8]| (1..63).all(|i| !sf_guest::mem::page_hinted(v[i * page..].as_ptr()));
+    check("allocated pages are not hinted", unhinted(&v));
+    let addr = v.as_ptr() as usize;
+    drop(v);
+    check(
+        "whole freed pages are hinted",
+        (1..63).all(|i| sf_guest::mem::page_hinted((addr + i * page) as *const u8)),
+    );
+    let z: Vec<u8> = alloc::vec![0; 64 * page];
+    check("alloc_zeroed reads zero", z.iter().all(|&b| b == 0));
+    check("reallocated pages are not hinted", unhinted(&z));
+    drop(z);
+
+    let buf: Vec<u8> = (0..HINTED_BUF).map(pattern).collect();
+    let ones: Vec<u64> = alloc::vec![u64::MAX; (good.bitmap_bits as usize).div_ceil(64)];
+    let hdr = sf_guest::mem::hints_header();
+    let cases: [(&str, u64, u64, u64); 7] = [
+        ("header at a wild GPA", u64::MAX - 7, 0, 0),
+        ("header outside RAM", 1 << 40, 0, 0),
+        ("misaligned header", hdr as u64 + 1, 0, 0),
+        ("bitmap outside RAM", 0, 1 << 40, u64::MAX),
+        (
+            "bitmap wrapping the address space",
+            0,
+            u64::MAX - 7,
+            u64::MAX,
+        ),
+        (
+            "misaligned bitmap",
+            0,
+            good.bitmap_gpa + 4,
+            good.bitmap_bits,
+        ),
+        ("every page hinted", 0, ones.as_ptr() as u64, u64::MAX),
+    ];
+    for (name, header_gpa, bitmap_gpa, bits) in cases {
+        if header_gpa != 0 {
+            // SAFETY: the host only records the address.
+            unsafe { raw(Call::RegisterHints as u32, header_gpa, 0, 0, 0) };
+        } else {
+            // SAFETY: the runtime's header; restored below, and the
+            // allocator never reads it.
+            unsafe {
+                (*hdr).bitmap_gpa = bitmap_gpa;
+                (*hdr).bitmap_bits = bits;
+            }
+        }
+        let statuses = clone_and_check(&buf);
+        // SAFETY: as above.
+        unsafe { *hdr = good };
+        let ok = match statuses {
+            Some(ref s) => s.iter().all(|&(status, code)| {
+                // A clone that lost its own stack to its hints may crash;
+                // one that saw foreign bytes says so with code 1.
+                (status == clone::CloneStatus::Exited && code == 0)
+                    || (name == "every page hinted" && status == clone::CloneStatus::Crashed)
+            }),
+            None => false,
+        };
+        println!("hints case {name}: {statuses:?}");
+        check(name, ok);
+    }
+    drop(ones);
+    println!("hostile hints: {bad} failed");
+    (bad != 0) as i32
+}
+
+/// Two clones each check that every page of `buf` holds the parent's bytes
+/// or zeros; returns their (status, code).
+fn clone_and_check(buf: &[u8]) -> Option<Vec<(clone::CloneStatus, i32)>> {
+    let t = clone::request_ticket(2).ok()?;
+    match clone::clone(&t) {
+        Ok(0) => {}
+        Ok(_) => {
+            let ok = buf.chunks(4096).enumerate().all(|(p, c)| {
+                c.iter().all(|&b| b == 0)
+                    || c.iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == pattern(p * 4096 + i))
+            });
+            clone::exit(!ok as i32, &[]);
+            sf_guest::exit(3);
+        }
+        Err(e) => {
+            println!("clone: {e:?}");
+            return None;
+        }
+    }
+    let r = clone::join(&t).ok()?;
+    Some(r.into_iter().map(|c| (c.status, c.code)).collect())
 }
