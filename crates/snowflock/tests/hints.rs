@@ -24,9 +24,9 @@ fn a_corrupt_hint_structure_costs_only_the_guests_own_contents() {
         );
         r.assert_no_host_panic();
         // Every case cloned to host 2, which is still serving.
-        assert!(r.stdout.matches("hints case").count() == 7, "{}", r.stdout);
+        assert!(r.stdout.matches("hints case").count() == 8, "{}", r.stdout);
     }
-    // Host 2 ran every clone (7 cases x 2 clones, twice) and still serves.
+    // Host 2 ran every clone (8 cases x 2 clones, twice) and still serves.
     let m: sf_api::Metrics = h.client(2).get("/v1/metrics").unwrap();
-    assert_eq!(m.clones_received, 28, "{m:?}\n{}", h.describe());
+    assert_eq!(m.clones_received, 32, "{m:?}\n{}", h.describe());
 }

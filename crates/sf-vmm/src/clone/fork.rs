@@ -58,7 +58,14 @@ impl Vm {
             return crate::hints::FreePages::none();
         };
         match crate::hints::read_guest_hints(&self.ram, gpa, floor) {
-            Ok(f) => f,
+            Ok(f) => {
+                tracing::debug!(
+                    pages = f.pages(),
+                    ranges = f.ranges().len(),
+                    "free-page hints for the clone group"
+                );
+                f
+            }
             Err(e) => {
                 tracing::debug!("free-page hints not used: {e}");
                 crate::hints::FreePages::none()

@@ -587,7 +587,8 @@ fn hints() -> i32 {
     let buf: Vec<u8> = (0..HINTED_BUF).map(pattern).collect();
     let ones: Vec<u64> = alloc::vec![u64::MAX; (good.bitmap_bits as usize).div_ceil(64)];
     let hdr = sf_guest::mem::hints_header();
-    let cases: [(&str, u64, u64, u64); 7] = [
+    let cases: [(&str, u64, u64, u64); 8] = [
+        ("intact", 0, good.bitmap_gpa, good.bitmap_bits),
         ("header at a wild GPA", u64::MAX - 7, 0, 0),
         ("header outside RAM", 1 << 40, 0, 0),
         ("misaligned header", hdr as u64 + 1, 0, 0),
