@@ -59,6 +59,37 @@ impl GuestRam {
         self.size
     }
 
+    /// Drops this process's copy of the hinted pages: the next touch gets a
+    /// fresh zero page (a whole zero huge page where a 2 MiB range is
+    /// hinted) instead of a copy of the parent's. Only for a local clone
+    /// right after the fork, on its private copy-on-write mapping.
+    pub fn discard(&self, free: &crate::hints::FreePages) {
+        for &(first, count) in free.ranges() {
+            let (Some(gpa), Some(len)) = (first.checked_mul(4096), count.checked_mul(4096)) else {
+                continue;
+            };
+            let Ok(slice) = self.mem.get_slice(GuestAddress(gpa), len as usize) else {
+                continue;
+            };
+            // SAFETY: the slice is inside this process's private mapping of
+            // guest RAM, which no vCPU runs on yet; MADV_DONTNEED only makes
+            // its next read return zeros, which a hinted page allows.
+            let rc = unsafe {
+                libc::madvise(
+                    slice.ptr_guard_mut().as_ptr() as *mut libc::c_void,
+                    len as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                tracing::debug!(
+                    "madvise(MADV_DONTNEED) failed: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+
     pub fn mmap(&self) -> &GuestMemoryMmap<()> {
         &self.mem
     }

@@ -30,3 +30,20 @@ fn a_corrupt_hint_structure_costs_only_the_guests_own_contents() {
     let m: sf_api::Metrics = h.client(2).get("/v1/metrics").unwrap();
     assert_eq!(m.clones_received, 32, "{m:?}\n{}", h.describe());
 }
+
+/// Local clones drop their copy of hinted pages (fresh zero pages instead
+/// of copies of the parent's garbage): the same checksums with hints on and
+/// off, and the parent's freed memory never shows through.
+#[test]
+fn a_local_clone_filling_freed_memory_gets_the_same_answer_with_hints_on_and_off() {
+    for extra in [&[][..], &["--no-hints"][..]] {
+        let mut args = vec!["run", "--timeout", "60s"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["forktest", "--", "reuse", "mib=32", "n=2"]);
+        let r = common::snowflock(&args);
+        r.assert_code(0)
+            .assert_stdout_has("forktest reuse: ok")
+            .assert_stdout_has("reuse: clone 2 fill")
+            .assert_no_host_panic();
+    }
+}

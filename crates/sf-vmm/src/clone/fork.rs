@@ -342,6 +342,8 @@ impl Vm {
             std::mem::forget(m);
         }
         self.stats_file = None;
+        // Hinted pages: fresh zero pages instead of copies of the parent's.
+        self.ram.discard(&self.free_pages());
         let vm_fd = self
             .kvm
             .create_vm()

@@ -2,6 +2,9 @@
 //! its own expectations and exits 0 only if all held, printing
 //! `forktest <scenario>: ok` (or the failures).
 //!
+//! - `reuse mib=64 n=1`: the parent fills `mib` MiB with garbage and frees
+//!   it; it, then each clone, allocates `mib` MiB, fills and checksums it
+//!   and reports the fill time (what free-page hints save a local clone).
 //! - `basic n=4`: fork semantics: 0 in the parent, distinct IDs, memory as
 //!   at the call, later writes private to each VM, results returned.
 //! - `crash`: one clone divides by zero, one panics, one exits: `join`
@@ -731,6 +734,7 @@ fn main() -> i32 {
         "orphans" => orphans(),
         "flood" => flood(),
         "killtree" => killtree(),
+        "reuse" => reuse(&mut c),
         _ => {
             println!("forktest: unknown scenario {scenario:?}; see the source for the list");
             return 2;
@@ -742,5 +746,45 @@ fn main() -> i32 {
     } else {
         println!("forktest {scenario}: {} failures", c.failures);
         1
+    }
+}
+
+/// Allocates `len` bytes, fills every byte, reads them back: (ns, sum).
+fn fill_and_sum(len: usize, seed: u8) -> (u64, u64) {
+    let start = sf_guest::time::now_ns();
+    let mut v: Vec<u8> = Vec::with_capacity(len);
+    v.extend((0..len).map(|i| (i as u8) ^ seed));
+    let sum = v.iter().map(|&b| b as u64).sum::<u64>();
+    (sf_guest::time::now_ns() - start, sum)
+}
+
+fn reuse(c: &mut Check) {
+    let len = (arg_u64("mib", 64) << 20) as usize;
+    let n = arg_u64("n", 1);
+    let garbage: Vec<u8> = (0..len).map(|i| (i as u8) | 0x81).collect();
+    drop(garbage);
+    let (parent_ns, want) = fill_and_sum(len, 0x5a);
+    println!("reuse: parent fill {} us", parent_ns / 1000);
+    let t = ticket(n);
+    let id = fork(&t);
+    if id != 0 {
+        let (ns, sum) = fill_and_sum(len, 0x5a);
+        done_in_clone((sum != want) as i32, &ns.to_le_bytes());
+    }
+    for r in clone::join(&t).unwrap_or_default() {
+        let ns = u64::from_le_bytes(
+            r.result
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 8]),
+        );
+        println!("reuse: clone {} fill {} us", r.id, ns / 1000);
+        check!(
+            c,
+            r.status == CloneStatus::Exited && r.code == 0,
+            "clone {} checksum: {:?}",
+            r.id,
+            r
+        );
     }
 }
