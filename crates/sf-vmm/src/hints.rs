@@ -110,7 +110,7 @@ impl FreePages {
         while page < bits {
             let byte = bitmap[(page / 8) as usize];
             // Whole bytes of zeros or ones move eight pages at once.
-            if page % 8 == 0 && page + 8 <= bits && (byte == 0 || byte == 0xff) {
+            if page.is_multiple_of(8) && page + 8 <= bits && (byte == 0 || byte == 0xff) {
                 match (byte, run) {
                     (0, Some(start)) => {
                         v.push((start, page - start));
@@ -162,7 +162,7 @@ pub fn read_guest_hints(
     floor: u64,
 ) -> Result<FreePages, HintsError> {
     let mem_pages = ram.size() / HINT_PAGE;
-    if header_gpa % 8 != 0 {
+    if !header_gpa.is_multiple_of(8) {
         return Err(HintsError::Header(header_gpa));
     }
     let raw = ram
@@ -176,7 +176,7 @@ pub fn read_guest_hints(
     if !header.is_valid() {
         return Err(HintsError::Version);
     }
-    if header.bitmap_gpa % 8 != 0 {
+    if !header.bitmap_gpa.is_multiple_of(8) {
         return Err(HintsError::Bitmap(header.bitmap_gpa));
     }
     let bits = header.bitmap_bits.min(mem_pages);

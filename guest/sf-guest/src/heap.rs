@@ -137,8 +137,9 @@ unsafe impl GlobalAlloc for HintedHeap {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: single-threaded; `ptr` came from `alloc` with `layout`.
+        // SAFETY: single-threaded (see `Sync` above).
         let heap = unsafe { &mut *self.heap.get() };
+        // SAFETY: the caller passes a block `alloc` returned for `layout`.
         unsafe { heap.deallocate(NonNull::new_unchecked(ptr), layout) };
         let start = ptr as u64;
         // The heap writes its node at the block's start (or grows the
