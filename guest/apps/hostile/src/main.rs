@@ -640,7 +640,8 @@ fn hints() -> i32 {
 }
 
 /// Two clones each check that every page of `buf` holds the parent's bytes
-/// or zeros; returns their (status, code).
+/// or zeros, and that `alloc_zeroed` memory reads zero; returns their
+/// (status, code).
 fn clone_and_check(buf: &[u8]) -> Option<Vec<(clone::CloneStatus, i32)>> {
     let t = clone::request_ticket(2).ok()?;
     match clone::clone(&t) {
@@ -652,6 +653,10 @@ fn clone_and_check(buf: &[u8]) -> Option<Vec<(clone::CloneStatus, i32)>> {
                         .enumerate()
                         .all(|(i, &b)| b == pattern(p * 4096 + i))
             });
+            // Fresh heap the runtime does not zero (it is hinted, so a
+            // clone gets zero pages) and freed heap it must zero.
+            let z: Vec<u8> = alloc::vec![0; 4 << 20];
+            let ok = ok && z.iter().all(|&b| b == 0);
             clone::exit(!ok as i32, &[]);
             sf_guest::exit(3);
         }
