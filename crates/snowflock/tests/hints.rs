@@ -47,3 +47,24 @@ fn a_local_clone_filling_freed_memory_gets_the_same_answer_with_hints_on_and_off
             .assert_no_host_panic();
     }
 }
+
+/// The same corrupt structures with local clones, which drop their copy of
+/// hinted pages: every case ends, and only "every page hinted" may cost the
+/// clones their own heap and stack.
+#[test]
+fn a_corrupt_hint_structure_cannot_hurt_a_local_clones_host() {
+    for extra in [&[][..], &["--no-hints"][..]] {
+        let mut args = vec!["run", "--timeout", "60s"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["hostile", "--", "hints"]);
+        let r = common::snowflock(&args);
+        r.assert_code(0)
+            .assert_stdout_has("hostile hints: 0 failed")
+            .assert_no_host_panic();
+        assert_eq!(r.stdout.matches("hints case").count(), 8, "{}", r.stdout);
+        if !extra.is_empty() {
+            // Without hints nothing is dropped: every clone exits cleanly.
+            r.assert_stdout_has("hints case every page hinted: Some([(Exited, 0), (Exited, 0)])");
+        }
+    }
+}

@@ -8,6 +8,10 @@ int64_t c_fork_sum(uint32_t n) {
     int64_t granted = sf_request_ticket(n, &t);
     if (granted < 1)
         return -1000 + granted;
+    /* A hint for this clone call only (the clones do not read it). */
+    static char scratch[3 * 4096];
+    if (sf_will_overwrite(scratch, sizeof scratch) != 1)
+        return -7000;
     int64_t id = sf_clone(&t);
     if (id < 0)
         return -2000 + id;

@@ -584,6 +584,25 @@ fn hints() -> i32 {
     check("reallocated pages are not hinted", unhinted(&z));
     drop(z);
 
+    // will_overwrite: whole pages only, for one clone call.
+    let w: Vec<u8> = alloc::vec![0x11; 16 * page + 100];
+    let (lo, hi) = (w.as_ptr() as usize, w.as_ptr() as usize + w.len());
+    let (first, end) = (lo.div_ceil(page), hi / page);
+    let hinted = |p: usize| sf_guest::mem::page_hinted((p * page) as *const u8);
+    check(
+        "will_overwrite recorded",
+        sf_guest::mem::will_overwrite(w.as_ptr(), w.len()),
+    );
+    check(
+        "will_overwrite hints the whole pages only",
+        (first..end).all(hinted) && (lo % page == 0 || !hinted(lo / page)) && !hinted(end),
+    );
+    let filler = [0u8; 1];
+    let kept = (0..40)
+        .filter(|_| sf_guest::mem::will_overwrite(filler.as_ptr(), 1))
+        .count();
+    check("will_overwrite keeps at most 32 pending", kept == 31);
+
     let buf: Vec<u8> = (0..HINTED_BUF).map(pattern).collect();
     let ones: Vec<u64> = alloc::vec![u64::MAX; (good.bitmap_bits as usize).div_ceil(64)];
     let hdr = sf_guest::mem::hints_header();
@@ -624,15 +643,26 @@ fn hints() -> i32 {
         unsafe { *hdr = good };
         let ok = match statuses {
             Some(ref s) => s.iter().all(|&(status, code)| {
-                // A clone that lost its own stack to its hints may crash;
-                // one that saw foreign bytes says so with code 1.
+                // A clone that lost its own heap or stack to its hints may
+                // panic or crash; one that saw foreign bytes says so with
+                // code 1.
                 (status == clone::CloneStatus::Exited && code == 0)
-                    || (name == "every page hinted" && status == clone::CloneStatus::Crashed)
+                    || (name == "every page hinted"
+                        && matches!(
+                            status,
+                            clone::CloneStatus::Crashed | clone::CloneStatus::Panicked
+                        ))
             }),
             None => false,
         };
         println!("hints case {name}: {statuses:?}");
         check(name, ok);
+        if name == "intact" {
+            check(
+                "explicit hints end with the clone call",
+                !(first..end).any(hinted),
+            );
+        }
     }
     drop(ones);
     println!("hostile hints: {bad} failed");
