@@ -6,6 +6,7 @@
 //! guest its own contents: a hinted page reads as zeros, never as anything
 //! but the parent's bytes or zeros.
 
+use crate::guest_buffer::{read, Caller};
 use crate::memory::GuestRam;
 use sf_abi::hints::{HintsHeader, HINT_PAGE};
 
@@ -154,10 +155,15 @@ pub enum HintsError {
 /// Reads the guest's hint structure at `header_gpa` through bounds-checked
 /// reads. `bitmap_bits` is clamped to the pages of guest RAM, so the read is
 /// at most RAM/32768 bytes (32 KiB for a 1 GiB guest). Called at each clone
-/// call: the guest may have changed the structure at any time. Pages below
-/// `floor` (ring 0's memory and the image) are never hinted.
+/// call: the guest may have changed the structure at any time. Both reads
+/// go through [`crate::guest_buffer`] as `caller` (the clone call's): ring 3
+/// may name only pages it can read itself, or it could point the bitmap at
+/// ring 0's memory and learn its bits from which of its own pages a clone
+/// gets as zeros. Pages below `floor` (ring 0's memory and the image) are
+/// never hinted.
 pub fn read_guest_hints(
     ram: &GuestRam,
+    caller: Caller,
     header_gpa: u64,
     floor: u64,
 ) -> Result<FreePages, HintsError> {
@@ -165,13 +171,9 @@ pub fn read_guest_hints(
     if !header_gpa.is_multiple_of(8) {
         return Err(HintsError::Header(header_gpa));
     }
-    let raw = ram
-        .read_checked(
-            header_gpa,
-            HintsHeader::SIZE as u64,
-            HintsHeader::SIZE as u64,
-        )
-        .map_err(|_| HintsError::Header(header_gpa))?;
+    let size = HintsHeader::SIZE as u64;
+    let raw =
+        read(ram, caller, header_gpa, size, size).map_err(|_| HintsError::Header(header_gpa))?;
     let header = HintsHeader::from_bytes(raw.as_slice().try_into().expect("header size"));
     if !header.is_valid() {
         return Err(HintsError::Version);
@@ -181,8 +183,7 @@ pub fn read_guest_hints(
     }
     let bits = header.bitmap_bits.min(mem_pages);
     let bytes = bits.div_ceil(8);
-    let bitmap = ram
-        .read_checked(header.bitmap_gpa, bytes, mem_pages.div_ceil(8))
+    let bitmap = read(ram, caller, header.bitmap_gpa, bytes, mem_pages.div_ceil(8))
         .map_err(|_| HintsError::Bitmap(header.bitmap_gpa))?;
     Ok(FreePages::from_bitmap(&bitmap, bits).above(floor))
 }
@@ -259,7 +260,7 @@ mod tests {
         ram.write(0x20_1000, &[0xff; 64]);
         // And pages 600..=607.
         ram.write(0x20_1000 + 75, &[0xff]);
-        let f = read_guest_hints(&ram, 0x20_0000, 256).unwrap();
+        let f = read_guest_hints(&ram, Caller::Kernel, 0x20_0000, 256).unwrap();
         assert_eq!(f.ranges(), &[(256, 256), (600, 8)]);
     }
 
@@ -271,17 +272,20 @@ mod tests {
         // Header outside RAM, straddling its end, wrapping, misaligned.
         for at in [mem, mem - 8, u64::MAX - 7, u64::MAX, 0x1001] {
             assert!(matches!(
-                read_guest_hints(&ram, at, 0),
+                read_guest_hints(&ram, Caller::Kernel, at, 0),
                 Err(HintsError::Header(_))
             ));
         }
         header(&ram, 0x1000, magic ^ 1, 0x2000, 8);
-        assert_eq!(read_guest_hints(&ram, 0x1000, 0), Err(HintsError::Version));
+        assert_eq!(
+            read_guest_hints(&ram, Caller::Kernel, 0x1000, 0),
+            Err(HintsError::Version)
+        );
         // Bitmap outside RAM, wrapping, straddling the end, misaligned.
         for gpa in [mem, u64::MAX - 7, mem - 8, 0x2004] {
             header(&ram, 0x1000, magic, gpa, u64::MAX);
             assert!(matches!(
-                read_guest_hints(&ram, 0x1000, 0),
+                read_guest_hints(&ram, Caller::Kernel, 0x1000, 0),
                 Err(HintsError::Bitmap(_))
             ));
         }
@@ -289,12 +293,51 @@ mod tests {
         // still ends at the last page of RAM, and never below the floor.
         ram.write(0x10_0000, &vec![0xff; 1024]);
         header(&ram, 0x1000, magic, 0x10_0000, u64::MAX);
-        let f = read_guest_hints(&ram, 0x1000, 256).unwrap();
+        let f = read_guest_hints(&ram, Caller::Kernel, 0x1000, 256).unwrap();
         assert_eq!(f.ranges(), &[(256, mem / 4096 - 256)]);
         // The header inside its own bitmap, the bitmap over the header.
         header(&ram, 0x10_0000, magic, 0x10_0000, 4096);
-        let f = read_guest_hints(&ram, 0x10_0000, 0).unwrap();
+        let f = read_guest_hints(&ram, Caller::Kernel, 0x10_0000, 0).unwrap();
         assert!(f.pages() <= mem / 4096);
+    }
+
+    #[test]
+    fn ring3_cannot_point_its_hints_at_ring_0s_memory() {
+        use sf_abi::layout::{self, PML4};
+        use sf_abi::tables::{self, Ring0};
+        let mem = 16 << 20;
+        let ram = GuestRam::new(mem).unwrap();
+        let ring0 = Ring0 {
+            isr_base: 0x10_0000,
+            isr_stride: 16,
+            text_start: 0x10_0000,
+            text_end: 0x10_1000,
+        };
+        tables::build(&mut &ram, mem, &ring0).unwrap();
+        let user = Caller::User { cr3: Some(PML4) };
+        let magic = sf_abi::hints::HINTS_MAGIC;
+        // A header in user memory is read; the same bytes copied onto a
+        // kernel page (as ring 0 could) are not, for ring 3.
+        header(&ram, 0x40_0000, magic, 0x40_1000, 4096);
+        assert!(read_guest_hints(&ram, user, 0x40_0000, 0).is_ok());
+        header(&ram, layout::KERNEL_STACK_TOP - 64, magic, 0x40_1000, 4096);
+        assert!(matches!(
+            read_guest_hints(&ram, user, layout::KERNEL_STACK_TOP - 64, 0),
+            Err(HintsError::Header(_))
+        ));
+        // A bitmap over the page tables or the IDT would tell ring 3 their
+        // bits through which of its pages a clone gets as zeros.
+        for kernel in [PML4, layout::IDT, layout::PD_BASE] {
+            header(&ram, 0x40_0000, magic, kernel, 4096);
+            assert!(
+                matches!(
+                    read_guest_hints(&ram, user, 0x40_0000, 0),
+                    Err(HintsError::Bitmap(_))
+                ),
+                "{kernel:#x}"
+            );
+            assert!(read_guest_hints(&ram, Caller::Kernel, 0x40_0000, 0).is_ok());
+        }
     }
 
     fn naive(ranges: &[[u64; 2]], mem_pages: u64, page: u64) -> bool {

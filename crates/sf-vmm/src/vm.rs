@@ -122,6 +122,8 @@ pub struct Vm {
     /// ring 0's structures and code. Unknown in a VM resumed from a
     /// descriptor (a remote clone), whose own clones then get no hints.
     pub(crate) hints_floor: Option<u64>,
+    /// At a clone call, the hints the local clones apply after the fork.
+    pub(crate) clone_free_pages: crate::hints::FreePages,
 }
 
 fn host_tsc() -> u64 {
@@ -235,6 +237,7 @@ impl Vm {
             hints_gpa: None,
             no_hints: false,
             hints_floor: None,
+            clone_free_pages: crate::hints::FreePages::none(),
         })
     }
 

@@ -8,6 +8,7 @@ use super::remote::{self, RemoteGroup, RemotePlan};
 use super::report::CloneReport;
 use super::{CloneHost, CloneTimeline, Group, Reporter, Role};
 use crate::descriptor::{MemorySource, VmDescriptor};
+use crate::hypercall::CpuView;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 use crate::Error;
@@ -57,7 +58,9 @@ impl Vm {
         else {
             return crate::hints::FreePages::none();
         };
-        match crate::hints::read_guest_hints(&self.ram, gpa, floor) {
+        // The clone call's caller: ring 3 names only what it may read.
+        let caller = crate::hypercall::LiveCpu::new(&self.vcpu.fd).caller();
+        match crate::hints::read_guest_hints(&self.ram, caller, gpa, floor) {
             Ok(f) => {
                 tracing::debug!(
                     pages = f.pages(),
@@ -136,7 +139,7 @@ impl Vm {
         }
         let remote_ids: Vec<u32> = by_peer.values().flatten().copied().collect();
         let share = self.clones.tickets.share(granted);
-        let plan = match (&self.remote_link, by_peer.is_empty()) {
+        let mut plan = match (&self.remote_link, by_peer.is_empty()) {
             (Some(link), false) => {
                 // A clone's RAM may be remote too; the holder serves a full copy.
                 self.fetch_all_memory()?;
@@ -151,8 +154,6 @@ impl Vm {
                     &self.clones.path,
                 )
                 .map_err(io("opening the clone group's sockets"))?;
-                let mut p = p;
-                p.request.free_pages = self.free_pages().to_wire();
                 Some(p)
             }
             _ => None,
@@ -160,6 +161,14 @@ impl Vm {
         if !local_ids.is_empty() {
             self.fetch_all_memory()?;
         }
+        // The hints, read once with all memory here and before the fork (a
+        // child cannot ask the parent's vCPU who called): remote clones get
+        // them in their request, local ones drop their copy of these pages.
+        let free = self.free_pages();
+        if let Some(p) = plan.as_mut() {
+            p.request.free_pages = free.to_wire();
+        }
+        self.clone_free_pages = free;
         console.flush().map_err(Error::Console)?;
 
         let (pids_r, pids_w) = process::pipe().map_err(io("creating a pipe"))?;
@@ -343,7 +352,8 @@ impl Vm {
         }
         self.stats_file = None;
         // Hinted pages: fresh zero pages instead of copies of the parent's.
-        self.ram.discard(&self.free_pages());
+        self.ram
+            .discard(&std::mem::take(&mut self.clone_free_pages));
         let vm_fd = self
             .kvm
             .create_vm()
