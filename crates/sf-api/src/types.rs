@@ -87,6 +87,10 @@ pub struct FetchStats {
     /// Pages that arrived by the clone group's multicast before a fault.
     #[serde(default)]
     pub multicast_pages: u64,
+    /// Pages the clone got as local zero pages because the guest hinted
+    /// them free: never requested from the memory holder.
+    #[serde(default)]
+    pub zero_local_pages: u64,
 }
 
 /// `GET /v1/metrics`.
@@ -138,6 +142,12 @@ pub struct CloneRequest {
     /// report its start latency (meaningful where host clocks agree).
     #[serde(default)]
     pub requested_unix_ns: Option<u64>,
+    /// Pages the guest hinted free at the clone call, as (first_page,
+    /// count) pairs: the clone gets zero pages for them instead of
+    /// fetching them. At most 16384 pairs; untrusted (clamped and merged by
+    /// the clone host).
+    #[serde(default)]
+    pub free_pages: Vec<[u64; 2]>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ mod console;
 pub mod descriptor;
 mod error;
 mod guest_buffer;
+pub mod hints;
 mod hypercall;
 pub mod image;
 pub mod memory;

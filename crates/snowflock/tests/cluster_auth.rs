@@ -29,6 +29,7 @@ fn clone_request(memory_server: String, report_to: String) -> CloneRequest {
         prefetch_window: None,
         multicast: None,
         requested_unix_ns: None,
+        free_pages: Vec::new(),
     }
 }
 

@@ -149,6 +149,7 @@ mod tests {
             prefetch_window: None,
             multicast: Some("239.213.1.1:5000".into()),
             requested_unix_ns: None,
+            free_pages: Vec::new(),
         }
     }
 

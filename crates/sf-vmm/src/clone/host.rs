@@ -11,6 +11,7 @@ use super::report::CloneReport;
 use super::wire::Frame;
 use super::{CloneHost, Reporter, Role};
 use crate::descriptor::VmDescriptor;
+use crate::hints::FreePages;
 use crate::memory::GuestRam;
 use crate::remote::{FetchConfig, RemoteMemory};
 use crate::vm::Vm;
@@ -155,6 +156,11 @@ fn build(
             move |_: &crate::remote::RemoteError| vcpu_thread.kick(),
         )),
         transport: transport.clone(),
+        // Untrusted (the guest's, via the network): clamped to this RAM.
+        free_pages: Arc::new(FreePages::from_ranges(
+            req.free_pages.clone(),
+            desc.mem_size / crate::remote::PAGE_SIZE as u64,
+        )),
         ..FetchConfig::default()
     };
     cfg.multicast = req

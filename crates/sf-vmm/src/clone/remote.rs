@@ -127,6 +127,7 @@ impl RemotePlan {
             prefetch_window: link.prefetch_window,
             multicast: multicast.map(|(g, _)| g.to_string()),
             requested_unix_ns: Some(unix_ns()),
+            free_pages: Vec::new(),
         };
         Ok(RemotePlan {
             token,

@@ -8,6 +8,7 @@ use super::error::RemoteError;
 use super::handler::{Command, Handler, Shared, Target};
 use super::uffd::Userfaultfd;
 use super::{GroupToken, PAGE_SIZE};
+use crate::hints::FreePages;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{mpsc, Arc};
@@ -44,6 +45,9 @@ pub struct FetchConfig {
     /// address: pages the holder pushes there are installed as they come.
     pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
     pub on_failure: Option<FailureCallback>,
+    /// Pages the guest hinted free: a fault on one gets a local zero page
+    /// and no request; readahead, prefetch and multicast never bring one.
+    pub free_pages: Arc<FreePages>,
     /// How to reach the page server: mutual TLS (the server's certificate
     /// must name its address) or plain TCP in insecure mode.
     pub transport: sf_tls::Transport,
@@ -60,6 +64,7 @@ impl Default for FetchConfig {
             private_zero_pages: false,
             multicast: None,
             on_failure: None,
+            free_pages: Arc::default(),
             transport: sf_tls::Transport::Plain,
         }
     }
@@ -75,6 +80,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("reconnect", &self.reconnect)
             .field("private_zero_pages", &self.private_zero_pages)
             .field("on_failure", &self.on_failure.is_some())
+            .field("free_pages", &self.free_pages.pages())
             .field("transport", &self.transport.name())
             .finish()
     }
@@ -107,6 +113,9 @@ pub struct FetchStats {
     pub present_pages: u64,
     /// Pages that arrived by the group's multicast before a fault.
     pub multicast_pages: u64,
+    /// Pages installed as local zero pages because the guest hinted them
+    /// free (never requested).
+    pub zero_local_pages: u64,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -130,6 +139,7 @@ impl StatsHandle {
             reconnects: c.reconnects.load(Relaxed),
             present_pages: c.present_pages.load(Relaxed),
             multicast_pages: c.multicast_pages.load(Relaxed),
+            zero_local_pages: c.zero_local_pages.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }

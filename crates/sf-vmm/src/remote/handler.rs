@@ -42,6 +42,8 @@ pub struct Counters {
     pub present_pages: AtomicU64,
     /// Pages installed from the group's multicast before anything faulted.
     pub multicast_pages: AtomicU64,
+    /// Pages the guest hinted free, installed as local zero pages.
+    pub zero_local_pages: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -198,7 +200,9 @@ impl Handler {
         };
         while let Some((offset, page_bytes)) = rx.next_page() {
             let page = offset / PAGE;
-            if offset >= self.len || self.present.get(page) {
+            // A hinted page is never installed from the wire: the clone
+            // gets zeros for it locally, on touch.
+            if offset >= self.len || self.present.get(page) || self.cfg.free_pages.contains(page) {
                 continue;
             }
             // EEXIST (a fault beat us to it) is fine: the page is there.
@@ -277,6 +281,24 @@ impl Handler {
         }
         let window = self.readahead.on_fault(page);
         let count = self.present.absent_run(page, u64::from(window));
+        let free = self.cfg.free_pages.free_run(page);
+        if free > 0 {
+            // Hinted free: zeros, locally, for the window's worth of the
+            // hinted run (a writer scanning fresh heap faults once per
+            // window, not once per page), no request.
+            let count = count.min(free);
+            match self.zero_local(page, count, write) {
+                Ok(()) => self.readahead.fetched(page, count),
+                Err(e) => {
+                    self.fail(e);
+                    self.zero_fill(page);
+                    self.unregister();
+                }
+            }
+            return;
+        }
+        // A batch never asks for a hinted page.
+        let count = self.cfg.free_pages.unhinted_run(page, count);
         match self.fetch_and_install(page, count, write) {
             Ok(()) => {
                 self.readahead.fetched(page, count);
@@ -303,7 +325,15 @@ impl Handler {
         };
         job.next = first;
         let count = self.present.absent_run(first, u64::from(MAX_BATCH_PAGES));
-        if let Err(e) = self.fetch_and_install(first, count, false) {
+        let free = self.cfg.free_pages.free_run(first);
+        let done = if free > 0 {
+            // The shared zero page: a nested fork copies nothing for it.
+            self.zero_local(first, count.min(free), false)
+        } else {
+            let count = self.cfg.free_pages.unhinted_run(first, count);
+            self.fetch_and_install(first, count, false)
+        };
+        if let Err(e) = done {
             self.fail(e);
             self.unregister();
         }
@@ -359,6 +389,23 @@ impl Handler {
             }
         }
         Ok(())
+    }
+
+    /// Installs `count` hinted pages from `first` on as zeros made here:
+    /// private copies for a write fault (its writer would otherwise take one
+    /// more copy-on-write fault at once), else the shared zero page.
+    fn zero_local(&mut self, first: u64, count: u64, write_fault: bool) -> Result<(), RemoteError> {
+        self.mark_present(first, count);
+        self.shared
+            .counters
+            .zero_local_pages
+            .fetch_add(count, Relaxed);
+        if write_fault || self.cfg.private_zero_pages {
+            let len = (count * PAGE) as usize;
+            self.install(first, count, Some(&ZERO_PAGES[..len]))
+        } else {
+            self.install(first, count, None)
+        }
     }
 
     /// Installs `pages` pages from `page` on: a copy of `src`, or the
