@@ -37,6 +37,9 @@ pub struct VmConfig {
     /// The peer hosts (as the daemon gave them) and the cluster credentials,
     /// when clones may go to other hosts.
     pub remote: Option<crate::clone::remote::RemoteLink>,
+    /// `--no-hints`: the VMM does not read the guest's free-page hints, so
+    /// clones fetch every page they touch (to measure against).
+    pub no_hints: bool,
 }
 
 impl Default for VmConfig {
@@ -49,6 +52,7 @@ impl Default for VmConfig {
             cmdline: String::new(),
             max_clones: crate::clone::default_max_clones(),
             remote: None,
+            no_hints: false,
         }
     }
 }

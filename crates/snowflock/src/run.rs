@@ -200,6 +200,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         cmdline: a.args.join(" "),
         max_clones,
         remote,
+        no_hints: false,
     };
     // This VMM reaps its whole family (orphans of killed clones included)
     // before it exits, instead of leaving zombies to PID 1.

@@ -50,7 +50,11 @@ fn a_scan_never_requests_a_hinted_page() {
     let s = mem.stats();
     eprintln!("hinted scan: {s:?}");
     assert_eq!(s.zero_local_pages, hinted);
-    assert_eq!(s.pages_fetched, PAGES - hinted, "readahead never asks for a hinted page");
+    assert_eq!(
+        s.pages_fetched,
+        PAGES - hinted,
+        "readahead never asks for a hinted page"
+    );
     assert_eq!(s.present_pages, PAGES);
     let served = server_stats_once(&server.handle, |x| {
         x.pages_sent + x.zero_pages == PAGES - hinted
@@ -82,7 +86,10 @@ fn writes_to_hinted_pages_need_no_request() {
             }
         })
     });
-    assert!(ok, "a written hinted page keeps what was written, zeros elsewhere");
+    assert!(
+        ok,
+        "a written hinted page keeps what was written, zeros elsewhere"
+    );
     let s = mem.stats();
     assert_eq!((s.requests, s.pages_fetched), (0, 0), "{s:?}");
     assert_eq!(s.zero_local_pages, 3000);
@@ -114,14 +121,22 @@ fn hostile_hints_only_cost_the_guest_its_own_bytes() {
     let map = AnonMap::new(REGION);
     // Everything, wrapping lengths, beyond RAM, overlapping.
     let free = FreePages::from_ranges(
-        vec![[0, u64::MAX], [u64::MAX, u64::MAX], [PAGES, 10], [5, 3], [1, 1 << 40]],
+        vec![
+            [0, u64::MAX],
+            [u64::MAX, u64::MAX],
+            [PAGES, 10],
+            [5, 3],
+            [1, 1 << 40],
+        ],
         PAGES,
     );
     assert_eq!(free.ranges(), &[(0, PAGES)]);
     let mem = attach(&server, &map, free);
     let view = map.view();
     let zeros = bounded(LIMIT, move || {
-        (0..PAGES).step_by(97).all(|p| view.page(p).iter().all(|&b| b == 0))
+        (0..PAGES)
+            .step_by(97)
+            .all(|p| view.page(p).iter().all(|&b| b == 0))
     });
     assert!(zeros);
     assert_eq!(mem.stats().requests, 0);
@@ -162,7 +177,8 @@ fn multicast_pushes_for_hinted_pages_are_not_installed() {
     for (seq, &p) in pushed.iter().enumerate() {
         let at = p as usize * PAGE_SIZE;
         let d = encode(&key, seq as u64, at as u64, &data[at..at + PAGE_SIZE]);
-        tx.send_to(&d, &std::net::SocketAddr::V4(group).into()).unwrap();
+        tx.send_to(&d, &std::net::SocketAddr::V4(group).into())
+            .unwrap();
     }
     let unhinted = pushed.iter().filter(|&&p| p < 2000).count() as u64;
     let until = std::time::Instant::now() + Duration::from_secs(5);
