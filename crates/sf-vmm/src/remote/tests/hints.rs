@@ -97,6 +97,36 @@ fn writes_to_hinted_pages_need_no_request() {
     assert!(s.faults <= 3000 / 8, "{} faults", s.faults);
 }
 
+/// Writes one byte into each page of the 64 MiB region, hinted or not;
+/// returns the time and the counters.
+fn write_scan(free: FreePages) -> (Duration, crate::remote::FetchStats) {
+    let server = TestServer::start(pattern_region(REGION));
+    let map = AnonMap::new(REGION);
+    let mem = attach(&server, &map, free);
+    let base = map.addr() as usize;
+    let t = std::time::Instant::now();
+    bounded(LIMIT, move || {
+        for p in 0..PAGES as usize {
+            // SAFETY: inside the mapping, which outlives this thread.
+            unsafe { std::ptr::write_volatile((base + p * PAGE_SIZE) as *mut u8, 1) };
+        }
+    });
+    (t.elapsed(), mem.stats())
+}
+
+#[test]
+fn a_hinted_write_scan_costs_no_round_trip() {
+    let (fetched, f) = write_scan(FreePages::default());
+    let (hinted, h) = write_scan(FreePages::from_ranges(vec![[0, PAGES]], PAGES));
+    eprintln!("write scan of 64 MiB: fetched {fetched:?} ({} requests, {} bytes), hinted {hinted:?} ({} requests, {} faults)",
+        f.requests, f.bytes_received, h.requests, h.faults);
+    assert_eq!(f.pages_fetched, PAGES);
+    assert_eq!(
+        (h.requests, h.bytes_received, h.zero_local_pages),
+        (0, 0, PAGES)
+    );
+}
+
 #[test]
 fn prefetch_all_zero_fills_hinted_pages_and_fetches_the_rest() {
     let server = TestServer::start(pattern_region(REGION));
