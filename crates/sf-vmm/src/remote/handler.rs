@@ -2,6 +2,11 @@
 //! events, fetches the faulting page and its readahead window in one
 //! request, installs the batch, and streams a prefetch between faults.
 //!
+//! Pages the guest hinted free ([`crate::hints::FreePages`], from the clone
+//! request) never reach the server: a fault on one is zero-filled here,
+//! readahead and prefetch batches stop short of them, and multicast pushes
+//! for them are dropped.
+//!
 //! It owns the connection and the presence bitmap outright, so neither needs
 //! a lock. Its one promise: no faulting thread stays blocked. A failed
 //! request is retried once on a new connection; after that the error is
