@@ -31,6 +31,9 @@ use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
 const PAGE: u64 = PAGE_SIZE as u64;
+/// How much larger a window of hinted pages (zero-filled here) is than a
+/// fetch window.
+const ZERO_WINDOW_FACTOR: u32 = 8;
 /// Source of private zero pages (one batch's worth, in .bss: costs no
 /// memory until read, and then only the shared zero page).
 static ZERO_PAGES: [u8; MAX_BATCH_PAGES as usize * PAGE_SIZE] =
@@ -285,14 +288,17 @@ impl Handler {
             return;
         }
         let window = self.readahead.on_fault(page);
-        let count = self.present.absent_run(page, u64::from(window));
         let free = self.cfg.free_pages.free_run(page);
         if free > 0 {
-            // Hinted free: zeros, locally, for the window's worth of the
-            // hinted run (a writer scanning fresh heap faults once per
-            // window, not once per page), no request. Measured on loopback
+            // Hinted free: zeros made here, no request, for a window of the
+            // hinted run. Local zeros cost no round trip, only memory, so
+            // the window is eight fetch windows (a random touch costs
+            // 32 KiB, a scan soon 2 MiB per fault). Measured on loopback
             // (a_hinted_write_scan_costs_no_round_trip): a write scan of
-            // 64 MiB takes 18 ms and 0 bytes hinted, 66 ms and 57 MB fetched.
+            // 64 MiB takes 18 ms, 38 faults and 0 bytes hinted, against
+            // 66-95 ms, 262 requests and 57 MB fetched.
+            let window = (window * ZERO_WINDOW_FACTOR).min(MAX_BATCH_PAGES);
+            let count = self.present.absent_run(page, u64::from(window));
             let count = count.min(free);
             match self.zero_local(page, count, write) {
                 Ok(()) => self.readahead.fetched(page, count),
@@ -304,6 +310,7 @@ impl Handler {
             }
             return;
         }
+        let count = self.present.absent_run(page, u64::from(window));
         // A batch never asks for a hinted page.
         let count = self.cfg.free_pages.unhinted_run(page, count);
         match self.fetch_and_install(page, count, write) {
