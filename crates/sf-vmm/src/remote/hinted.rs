@@ -6,15 +6,6 @@
 use crate::hints::FreePages;
 
 impl FreePages {
-    pub fn is_empty(&self) -> bool {
-        self.ranges().is_empty()
-    }
-
-    /// The ranges as a clone request carries them.
-    pub fn to_pairs(&self) -> Vec<[u64; 2]> {
-        self.ranges().iter().map(|&(f, c)| [f, c]).collect()
-    }
-
     /// Index of the first range starting after `page`.
     fn after(&self, page: u64) -> usize {
         self.ranges().partition_point(|&(first, _)| first <= page)
@@ -61,6 +52,5 @@ mod tests {
         assert_eq!(f.unhinted_run(100, 7), 7);
         assert_eq!(FreePages::default().unhinted_run(7, 3), 3);
         assert_eq!(FreePages::default().free_run(7), 0);
-        assert_eq!(f.to_pairs(), vec![[10, 15], [90, 10]]);
     }
 }
