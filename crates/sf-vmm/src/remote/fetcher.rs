@@ -48,6 +48,11 @@ pub struct FetchConfig {
     /// Pages the guest hinted free: a fault on one gets a local zero page
     /// and no request; readahead, prefetch and multicast never bring one.
     pub free_pages: Arc<FreePages>,
+    /// Unregister the whole 2 MiB blocks of hinted runs at attach, so the
+    /// kernel fills them (with huge pages where the region allows them)
+    /// instead of the handler thread (default false: only a gain where
+    /// transparent huge pages back the region).
+    pub release_hinted_blocks: bool,
     /// How to reach the page server: mutual TLS (the server's certificate
     /// must name its address) or plain TCP in insecure mode.
     pub transport: sf_tls::Transport,
@@ -65,6 +70,7 @@ impl Default for FetchConfig {
             multicast: None,
             on_failure: None,
             free_pages: Arc::default(),
+            release_hinted_blocks: false,
             transport: sf_tls::Transport::Plain,
         }
     }
@@ -81,6 +87,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("private_zero_pages", &self.private_zero_pages)
             .field("on_failure", &self.on_failure.is_some())
             .field("free_pages", &self.free_pages.pages())
+            .field("release_hinted_blocks", &self.release_hinted_blocks)
             .field("transport", &self.transport.name())
             .finish()
     }

@@ -154,7 +154,49 @@ impl Handler {
         }
     }
 
+    /// Hands the whole 2 MiB blocks of hinted runs back to the kernel: no
+    /// fault there reaches this thread again, and the guest RAM's
+    /// MADV_HUGEPAGE lets a first write map a whole huge page of zeros at
+    /// once instead of 512 small ones. Measured with the 1 GiB `bench
+    /// avoid` guest (one clone, W = 1 MiB, A = 256 MiB): the clone's work
+    /// took 152 ms with every hinted page zero-filled by this thread and
+    /// 54 ms so (the warm parent: 27-40 ms). Without huge pages it is the
+    /// other way round (a 64 MiB write scan on loopback: 18 ms batched here,
+    /// 57 ms page by page in the kernel), hence the switch. Counted as
+    /// zero-local pages at once: none of them is ever requested. Runs
+    /// shorter than a block stay registered and are zero-filled on touch.
+    fn release_hinted_blocks(&mut self) {
+        const BLOCK: u64 = (2 << 20) / PAGE;
+        let mut released = 0;
+        for &(first, count) in self.cfg.free_pages.clone().ranges() {
+            let start = first.next_multiple_of(BLOCK);
+            let end = (first + count) / BLOCK * BLOCK;
+            if end <= start || end * PAGE > self.len {
+                continue;
+            }
+            match self
+                .uffd
+                .unregister(self.base + start * PAGE, (end - start) * PAGE)
+            {
+                Ok(()) => {
+                    self.present.set_range(start, end - start);
+                    released += end - start;
+                }
+                Err(e) => {
+                    // Still registered: the fault path zero-fills them.
+                    tracing::debug!("keeping hinted pages {start}..{end} registered: {e}");
+                }
+            }
+        }
+        let c = &self.shared.counters;
+        c.zero_local_pages.fetch_add(released, Relaxed);
+        c.present_pages.store(self.present.count(), Relaxed);
+    }
+
     pub fn run(mut self) {
+        if self.cfg.release_hinted_blocks {
+            self.release_hinted_blocks();
+        }
         while !self.shared.stop.load(SeqCst) {
             let prefetching = self.prefetch.is_some();
             if let Err(e) = self.wait(prefetching) {

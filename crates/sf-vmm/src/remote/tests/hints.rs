@@ -233,3 +233,54 @@ fn multicast_pushes_for_hinted_pages_are_not_installed() {
     // (A scan's window may zero-fill a few hinted pages past 2009 too.)
     assert!(s.zero_local_pages >= 10, "{s:?}");
 }
+
+#[test]
+fn hinted_blocks_handed_to_the_kernel_read_zeros_and_keep_writes() {
+    let server = TestServer::start(pattern_region(REGION));
+    let map = AnonMap::new(REGION);
+    let free = hints();
+    let hinted = free.pages();
+    let cfg = FetchConfig {
+        free_pages: Arc::new(free.clone()),
+        release_hinted_blocks: true,
+        ..FetchConfig::default()
+    };
+    let mem = RemoteMemory::attach(map.ptr(), map.len(), server.addr, TOKEN, cfg).unwrap();
+    // 2048..4608 and 15872..16384 are whole 2 MiB blocks: released.
+    let released = (4608 - 2048) + (16384 - 15872);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while mem.stats().zero_local_pages < released && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(mem.stats().zero_local_pages, released);
+    let base = map.addr() as usize;
+    let ok = bounded(LIMIT, move || {
+        (2000..5000usize).all(|p| {
+            let at = base + p * PAGE_SIZE;
+            // SAFETY: inside the mapping, which outlives this thread.
+            unsafe {
+                std::ptr::write_volatile((at + 9) as *mut u8, 0xCD);
+                std::ptr::read_volatile((at + 9) as *const u8) == 0xCD
+                    && std::ptr::read_volatile(at as *const u8) == 0
+            }
+        })
+    });
+    assert!(ok);
+    // The rest as before, and a prefetch for a nested fork finds the
+    // released blocks in place.
+    mem.prefetch_all().unwrap();
+    let s = mem.stats();
+    assert_eq!(s.pages_fetched, PAGES - hinted, "{s:?}");
+    assert_eq!(s.zero_local_pages, hinted, "{s:?}");
+    let view = map.view();
+    let ok = bounded(LIMIT, move || {
+        (0..PAGES).filter(|&p| !(2000..5000).contains(&p)).all(|p| {
+            if free.contains(p) {
+                view.page(p).iter().all(|&b| b == 0)
+            } else {
+                view.has_pattern(p)
+            }
+        })
+    });
+    assert!(ok);
+}
