@@ -134,7 +134,7 @@ impl Handler {
                 .map_err(|e| tracing::warn!(%group, "not joining the clone group's multicast: {e}"))
                 .ok()
         });
-        Handler {
+        let mut h = Handler {
             multicast,
             present: PageBitmap::new(t.len / PAGE),
             readahead: Readahead::new(cfg.min_window_pages, cfg.max_window_pages),
@@ -151,7 +151,12 @@ impl Handler {
             degraded: false,
             registered: true,
             data: Vec::new(),
+        };
+        // Before the thread starts, so attach returns with it done.
+        if h.cfg.release_hinted_blocks {
+            h.release_hinted_blocks();
         }
+        h
     }
 
     /// Hands the whole 2 MiB blocks of hinted runs back to the kernel: no
@@ -194,9 +199,6 @@ impl Handler {
     }
 
     pub fn run(mut self) {
-        if self.cfg.release_hinted_blocks {
-            self.release_hinted_blocks();
-        }
         while !self.shared.stop.load(SeqCst) {
             let prefetching = self.prefetch.is_some();
             if let Err(e) = self.wait(prefetching) {
