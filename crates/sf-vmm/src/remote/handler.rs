@@ -163,9 +163,11 @@ impl Handler {
     /// fault there reaches this thread again, and the guest RAM's
     /// MADV_HUGEPAGE lets a first write map a whole huge page of zeros at
     /// once instead of 512 small ones. Measured with the 1 GiB `bench
-    /// avoid` guest (one clone, W = 1 MiB, A = 256 MiB): the clone's work
-    /// took 152 ms with every hinted page zero-filled by this thread and
-    /// 54 ms so (the warm parent: 27-40 ms). Without huge pages it is the
+    /// avoid` guest, one clone, same machine and load, alternating: with
+    /// W = 64 MiB and A = 256 MiB the clone's work took 141-148 ms so and
+    /// 268-282 ms with every hinted page zero-filled by this thread; with
+    /// W = 1 MiB, 54 against 152 ms (the warm parent: 27-40 ms). Without
+    /// huge pages it is the
     /// other way round (a 64 MiB write scan on loopback: 18 ms batched here,
     /// 57 ms page by page in the kernel), hence the switch. Counted as
     /// zero-local pages at once: none of them is ever requested. Runs
