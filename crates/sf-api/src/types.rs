@@ -91,6 +91,10 @@ pub struct FetchStats {
     /// Pages that arrived by the clone group's multicast before a fault.
     #[serde(default)]
     pub multicast_pages: u64,
+    /// Pages the clone got as local zero pages because the guest hinted
+    /// them free: never requested from the memory holder.
+    #[serde(default)]
+    pub zero_local_pages: u64,
 }
 
 /// `GET /v1/metrics`.

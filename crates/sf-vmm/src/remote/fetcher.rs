@@ -8,6 +8,7 @@ use super::error::RemoteError;
 use super::handler::{Command, Handler, Shared, Target};
 use super::uffd::Userfaultfd;
 use super::{GroupToken, PAGE_SIZE};
+use crate::hints::FreePages;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{mpsc, Arc};
@@ -44,6 +45,14 @@ pub struct FetchConfig {
     /// address: pages the holder pushes there are installed as they come.
     pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
     pub on_failure: Option<FailureCallback>,
+    /// Pages the guest hinted free: a fault on one gets a local zero page
+    /// and no request; readahead, prefetch and multicast never bring one.
+    pub free_pages: Arc<FreePages>,
+    /// Unregister the whole 2 MiB blocks of hinted runs at attach, so the
+    /// kernel fills them (with huge pages where the region allows them)
+    /// instead of the handler thread (default false: only a gain where
+    /// transparent huge pages back the region).
+    pub release_hinted_blocks: bool,
     /// How to reach the page server: mutual TLS (the server's certificate
     /// must name its address) or plain TCP in insecure mode.
     pub transport: sf_tls::Transport,
@@ -60,6 +69,8 @@ impl Default for FetchConfig {
             private_zero_pages: false,
             multicast: None,
             on_failure: None,
+            free_pages: Arc::default(),
+            release_hinted_blocks: false,
             transport: sf_tls::Transport::Plain,
         }
     }
@@ -75,6 +86,8 @@ impl std::fmt::Debug for FetchConfig {
             .field("reconnect", &self.reconnect)
             .field("private_zero_pages", &self.private_zero_pages)
             .field("on_failure", &self.on_failure.is_some())
+            .field("free_pages", &self.free_pages.pages())
+            .field("release_hinted_blocks", &self.release_hinted_blocks)
             .field("transport", &self.transport.name())
             .finish()
     }
@@ -107,6 +120,9 @@ pub struct FetchStats {
     pub present_pages: u64,
     /// Pages that arrived by the group's multicast before a fault.
     pub multicast_pages: u64,
+    /// Pages installed as local zero pages because the guest hinted them
+    /// free (never requested).
+    pub zero_local_pages: u64,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -130,6 +146,7 @@ impl StatsHandle {
             reconnects: c.reconnects.load(Relaxed),
             present_pages: c.present_pages.load(Relaxed),
             multicast_pages: c.multicast_pages.load(Relaxed),
+            zero_local_pages: c.zero_local_pages.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }

@@ -19,6 +19,7 @@ mod client;
 mod error;
 pub mod fetcher;
 mod handler;
+mod hinted;
 mod histogram;
 pub mod multicast;
 pub mod protocol;

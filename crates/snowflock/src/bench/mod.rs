@@ -1,5 +1,6 @@
 //! `snowflock bench`: benchmarks that print a table and can write JSON.
 
+mod avoid;
 mod boot;
 mod clone;
 mod plot;
@@ -19,6 +20,9 @@ pub enum BenchCommand {
     /// Clones on other hosts (network namespaces, root needed): latency,
     /// fault latency, pages and bytes fetched against pages touched.
     Remote(remote::RemoteBenchArgs),
+    /// Free-page hints (namespace hosts, root needed): what remote clones
+    /// fetch and how long their work takes, hints on and off.
+    Avoid(avoid::AvoidBenchArgs),
 }
 
 pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
@@ -26,5 +30,6 @@ pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
         BenchCommand::Boot(a) => boot::main(a),
         BenchCommand::Clone(a) => clone::main(a),
         BenchCommand::Remote(a) => remote::main(a),
+        BenchCommand::Avoid(a) => avoid::main(a),
     }
 }

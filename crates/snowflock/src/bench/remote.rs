@@ -88,15 +88,15 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The cluster and its daemons, torn down on drop.
-struct Testbed {
+pub(super) struct Testbed {
     script: PathBuf,
     name: String,
     subnet: u8,
-    hosts: usize,
+    pub(super) hosts: usize,
     daemons: Vec<Child>,
     dir: tempfile::TempDir,
     /// How this process (host 1's VMs) talks to the others.
-    transport: Transport,
+    pub(super) transport: Transport,
     /// This thread's own network namespace, to return to before teardown
     /// (which ends every process inside the hosts).
     home: Option<std::fs::File>,
@@ -117,7 +117,7 @@ fn find_script() -> anyhow::Result<PathBuf> {
 }
 
 impl Testbed {
-    fn up(hosts: usize, rate: Option<&str>) -> anyhow::Result<Testbed> {
+    pub(super) fn up(hosts: usize, rate: Option<&str>) -> anyhow::Result<Testbed> {
         if hosts < 2 {
             bail!("--hosts must be at least 2 (the origin and one clone host)");
         }
@@ -177,7 +177,7 @@ impl Testbed {
     }
 
     /// (Re)starts every host's daemon, with mutual TLS or plain TCP.
-    fn start_daemons(&mut self, tls: bool) -> anyhow::Result<()> {
+    pub(super) fn start_daemons(&mut self, tls: bool) -> anyhow::Result<()> {
         for d in &mut self.daemons {
             let _ = d.kill();
             let _ = d.wait();
@@ -244,7 +244,7 @@ impl Testbed {
         format!("{}-h{i}", self.name)
     }
 
-    fn addr(&self, i: usize) -> Ipv4Addr {
+    pub(super) fn addr(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, self.subnet, i as u8)
     }
 
@@ -253,7 +253,7 @@ impl Testbed {
     }
 
     /// Moves this thread (the one that runs the VMs) into host 1.
-    fn enter_host1(&mut self) -> anyhow::Result<()> {
+    pub(super) fn enter_host1(&mut self) -> anyhow::Result<()> {
         use std::os::fd::AsRawFd;
         self.home = Some(
             std::fs::File::open("/proc/thread-self/ns/net")

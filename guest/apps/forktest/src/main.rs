@@ -25,6 +25,12 @@
 //!   `k` starts `(k-1) * stagger` ms late) and returns a checksum the parent
 //!   verifies (memory served on demand, pushed to siblings, and what happens
 //!   when the server goes away).
+//! - `avoid n=1 ws=64 alloc=256`: the free-page hints benchmark. The parent
+//!   fills a working set of `ws` MiB, allocates `alloc` MiB, writes garbage
+//!   into it and frees it, then does the clones' work itself once (the warm
+//!   reference, printed as `avoid parent_work_ns=N`). Each clone reads the
+//!   working set, allocates `alloc` MiB, fills it, reads it back and returns
+//!   `[id, checksum, work_ns]`; the parent checks every checksum.
 //! - `bomb n=4 depth=6 hold=300`: a clone bomb: every VM asks for `n` more
 //!   clones, down to `depth` levels, holds `hold` ms, then joins; prints
 //!   how many VMs ran and how many asks got `Again`.
@@ -545,6 +551,68 @@ fn scan(c: &mut Check) {
     );
 }
 
+/// The clones' work in `avoid`: read the working set, allocate and fill
+/// `alloc_words` words, read them back. Returns (checksum, took ns); the
+/// checksum does not depend on who ran it.
+fn avoid_work(ws: &[u64], alloc_words: usize) -> (u64, u64) {
+    let start = sf_guest::time::now_ns();
+    let mut sum = ws.iter().fold(0u64, |a, &w| a.wrapping_add(w));
+    let mut fresh: Vec<u64> = Vec::with_capacity(alloc_words);
+    for i in 0..alloc_words as u64 {
+        fresh.push(i ^ 0x5a5a_5a5a_5a5a_5a5a);
+    }
+    let fresh = core::hint::black_box(fresh);
+    let back = fresh.iter().fold(0u64, |a, &w| a.wrapping_add(w));
+    let want = (0..alloc_words as u64).fold(0u64, |a, i| a.wrapping_add(i ^ 0x5a5a_5a5a_5a5a_5a5a));
+    if back != want {
+        sum = !sum; // the parent's check fails
+    }
+    drop(fresh);
+    (sum.wrapping_add(back), sf_guest::time::now_ns() - start)
+}
+
+fn avoid(c: &mut Check) {
+    let n = arg_u64("n", 1);
+    let ws_words = (arg_u64("ws", 64) << 20) as usize / 8;
+    let alloc_words = (arg_u64("alloc", 256) << 20) as usize / 8;
+    let mut ws: Vec<u64> = Vec::with_capacity(ws_words);
+    for i in 0..ws_words as u64 {
+        ws.push(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    }
+    // Garbage the guest frees before the clone: its old bytes are nothing
+    // a clone needs.
+    let mut garbage: Vec<u8> = Vec::with_capacity(alloc_words * 8);
+    garbage.resize(alloc_words * 8, 0xA5);
+    drop(core::hint::black_box(garbage));
+    let (expect, parent_ns) = avoid_work(&ws, alloc_words);
+    println!("avoid parent_work_ns={parent_ns}");
+    let t = ticket(n);
+    let id = fork(&t);
+    if id != 0 {
+        let (sum, ns) = avoid_work(&ws, alloc_words);
+        done_in_clone(0, &bytes(&[id as u64, sum, ns]));
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    print_results(&rs);
+    for r in &rs {
+        let w = words(&r.result);
+        check!(
+            c,
+            r.status == CloneStatus::Exited
+                && w.len() == 3
+                && w[0] == r.id as u64
+                && w[1] == expect,
+            "clone {} read the working set and its own fresh memory back",
+            r.id
+        );
+    }
+    check!(
+        c,
+        rs.len() == t.granted() as usize,
+        "every clone accounted for"
+    );
+}
+
 /// Counts of one bomb subtree: VMs in it, asks refused with `Again`,
 /// deepest level reached.
 fn bomb_level(n: u64, depth: u64, hold: u64, level: u64) -> [u64; 3] {
@@ -728,6 +796,7 @@ fn main() -> i32 {
         "fill" => fill(),
         "slow" => slow(&mut c),
         "scan" => scan(&mut c),
+        "avoid" => avoid(&mut c),
         "bomb" => bomb(),
         "chain" => chain(),
         "many" => many(),

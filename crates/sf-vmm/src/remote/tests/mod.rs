@@ -4,6 +4,7 @@
 mod auth;
 mod failure;
 mod fetch;
+mod hints;
 mod serve;
 
 use super::{GroupToken, PageServer, ServedRegion, ServerHandle, PAGE_SIZE};
