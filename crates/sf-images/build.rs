@@ -22,11 +22,11 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("guest-target");
 
-    println!("cargo:rerun-if-changed={}", guest_dir.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("crates/sf-abi").display()
-    );
+    // Relative to this package: cargo keeps the paths as given, and an
+    // absolute one would tie a target directory to the checkout that made
+    // it (a copied target then never rebuilt the guests of another one).
+    println!("cargo:rerun-if-changed=../../guest");
+    println!("cargo:rerun-if-changed=../sf-abi");
 
     let linker_script = guest_dir.join("guest.ld");
     let rustflags = [

@@ -11,9 +11,7 @@ use super::stats::median;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sf_api::Placement;
-use sf_vmm::clone::remote::RemoteLink;
 use sf_vmm::{CloneStatus, GuestImage, Vm, VmConfig};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,15 +84,7 @@ fn run_once(
         max_clones: n.max(sf_vmm::default_max_clones()),
         timeout: Some(Duration::from_secs(600)),
         no_hints: !hints,
-        remote: Some(RemoteLink {
-            peers: (2..=bed.hosts)
-                .map(|j| format!("{}:7070", bed.addr(j)))
-                .collect(),
-            transport: bed.transport.clone(),
-            advertise: IpAddr::V4(bed.addr(1)),
-            placement: Placement::Remote,
-            prefetch_window: None,
-        }),
+        remote: Some(bed.link_from_host_1(Placement::Remote, None)),
         ..Default::default()
     };
     let mut out = Vec::new();

@@ -117,6 +117,19 @@ fn find_script() -> anyhow::Result<PathBuf> {
 }
 
 impl Testbed {
+    /// How a VM on host 1 (this process) reaches the other hosts' daemons.
+    pub(super) fn link_from_host_1(&self, placement: Placement, window: Option<u32>) -> RemoteLink {
+        RemoteLink {
+            peers: (2..=self.hosts)
+                .map(|j| format!("{}:7070", self.addr(j)))
+                .collect(),
+            transport: self.transport.clone(),
+            advertise: IpAddr::V4(self.addr(1)),
+            placement,
+            prefetch_window: window,
+        }
+    }
+
     pub(super) fn up(hosts: usize, rate: Option<&str>) -> anyhow::Result<Testbed> {
         if hosts < 2 {
             bail!("--hosts must be at least 2 (the origin and one clone host)");
@@ -304,15 +317,7 @@ fn run_once(
         cmdline: format!("scan n={n} mib={} ms=0", (mem_mib / 16).max(1)),
         max_clones: n.max(sf_vmm::default_max_clones()),
         timeout: Some(Duration::from_secs(300)),
-        remote: Some(RemoteLink {
-            peers: (2..=bed.hosts)
-                .map(|j| format!("{}:7070", bed.addr(j)))
-                .collect(),
-            transport: bed.transport.clone(),
-            advertise: IpAddr::V4(bed.addr(1)),
-            placement,
-            prefetch_window: window,
-        }),
+        remote: Some(bed.link_from_host_1(placement, window)),
         ..Default::default()
     };
     let mut out = Vec::new();
