@@ -565,15 +565,22 @@ mod tests {
     use super::*;
     use std::net::TcpStream;
 
-    #[test]
-    fn report_connections_that_never_say_hello_are_dropped_after_the_deadline() {
+    /// A remote group of one clone (ID 1, token `[1; 16]`) whose report
+    /// listener is plain TCP on loopback, and that listener's address.
+    fn group_on_loopback() -> (RemoteGroup, std::net::SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let reports = ReportListener {
             listener,
             transport: Transport::Plain,
         };
-        let mut g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        let g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        (g, addr)
+    }
+
+    #[test]
+    fn report_connections_that_never_say_hello_are_dropped_after_the_deadline() {
+        let (mut g, addr) = group_on_loopback();
         let silent: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
         g.pump(HELLO_DEADLINE + Duration::from_millis(600));
         assert!(
@@ -593,13 +600,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_silent_connections_stays_bounded_and_a_clone_still_gets_through() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let reports = ReportListener {
-            listener,
-            transport: Transport::Plain,
-        };
-        let mut g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        let (mut g, addr) = group_on_loopback();
         // 300 strangers that connect and say nothing, in bursts below the
         // listen backlog: each one would hold a descriptor (and, with TLS,
         // a handshake's state) until the hello deadline.
