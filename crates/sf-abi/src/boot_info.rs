@@ -34,15 +34,32 @@ pub struct BootInfo {
     pub first_tsc: u64,
     /// Fresh host entropy for the guest's random-number source.
     pub seed: [u64; 4],
+    /// Guest physical address and byte length of the input table (the
+    /// files given with `--input`); 0 and 0 when there are none.
+    pub inputs_table: u64,
+    pub inputs_table_len: u64,
+    /// Guest physical base of the virtio-mmio window
+    /// ([`crate::layout::MMIO_BASE`]); 0 when the VM has no devices there.
+    pub mmio_base: u64,
+    /// This VM's IPv4 address (host byte order in the low 32 bits); 0 when
+    /// it has no network interface. Rewritten for every clone.
+    pub net_ip: u64,
+    pub net_prefix_len: u64,
+    /// The family's network number ([`crate::net::FamilyNet`]), from which
+    /// the guest computes any clone's address.
+    pub family_net: u64,
 }
 
 impl BootInfo {
-    pub const WORDS: usize = 15;
+    pub const WORDS: usize = 21;
     pub const SIZE: usize = Self::WORDS * 8;
     /// Byte offset of `first_tsc`, which the guest's entry stub writes.
     pub const FIRST_TSC_OFFSET: usize = 10 * 8;
     /// Byte offset of `seed`, which the VMM rewrites after each clone.
     pub const SEED_OFFSET: usize = 11 * 8;
+    /// Byte offset of `net_ip`, which the VMM rewrites for each clone with
+    /// a network interface.
+    pub const NET_IP_OFFSET: usize = 18 * 8;
 
     /// The block as little-endian words, in memory order.
     pub fn words(&self) -> [u64; Self::WORDS] {
@@ -63,6 +80,12 @@ impl BootInfo {
             s[1],
             s[2],
             s[3],
+            self.inputs_table,
+            self.inputs_table_len,
+            self.mmio_base,
+            self.net_ip,
+            self.net_prefix_len,
+            self.family_net,
         ]
     }
 
@@ -93,6 +116,12 @@ impl BootInfo {
             stack_top: w(9),
             first_tsc: w(10),
             seed: [w(11), w(12), w(13), w(14)],
+            inputs_table: w(15),
+            inputs_table_len: w(16),
+            mmio_base: w(17),
+            net_ip: w(18),
+            net_prefix_len: w(19),
+            family_net: w(20),
         }
     }
 }
@@ -114,5 +143,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<BootInfo>(), BootInfo::SIZE);
         let off = BootInfo::FIRST_TSC_OFFSET;
         assert_eq!(&bytes[off..off + 2], &[0x22, 0x11]);
+        let net = BootInfo {
+            net_ip: 0x0a01_0001,
+            ..Default::default()
+        }
+        .to_bytes();
+        let off = BootInfo::NET_IP_OFFSET;
+        assert_eq!(&net[off..off + 4], &[1, 0, 1, 10]);
     }
 }

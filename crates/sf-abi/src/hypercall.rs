@@ -70,6 +70,8 @@ pub enum Call {
     /// [`crate::hints`]). The host only records the address and reads the
     /// structure at each clone call. Returns 0.
     RegisterHints = 22,
+    // Reserved, so that work in progress does not collide: 23 `OutputWrite`
+    // and 24..=29 for inputs and outputs; 30..=39 for networking.
 }
 
 impl Call {

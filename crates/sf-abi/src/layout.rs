@@ -35,6 +35,15 @@ pub const KERNEL_STACK_TOP: u64 = 0x60000;
 /// Where guest ELF images must load: everything below is reserved.
 pub const IMAGE_BASE: u64 = 0x10_0000;
 
+/// Guest physical base of the virtio-mmio window: one 4 KiB register
+/// slot per device. Guest RAM must end at or below it when a VM has
+/// devices there.
+pub const MMIO_BASE: u64 = 0xF000_0000;
+/// Size of the virtio-mmio window.
+pub const MMIO_SIZE: u64 = 1 << 20;
+/// Size of one device's register slot in the window.
+pub const MMIO_SLOT: u64 = 4096;
+
 /// Smallest guest RAM the layout supports.
 pub const MIN_MEM: u64 = 4 << 20;
 /// Largest guest RAM the layout supports (one page directory per GiB).

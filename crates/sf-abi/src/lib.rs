@@ -14,10 +14,11 @@ pub mod clone;
 pub mod hints;
 pub mod hypercall;
 pub mod layout;
+pub mod net;
 pub mod note;
 pub mod pagewalk;
 pub mod tables;
 
 /// Version of this ABI; bumped on any incompatible change. The VMM refuses a
 /// guest whose note carries another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;

@@ -92,6 +92,7 @@ pub fn prepare_direct(
         stack_top: regions.stack_top,
         first_tsc: 0,
         seed: entropy(),
+        ..Default::default()
     };
     ram.write(layout::BOOT_INFO, &info.to_bytes());
     Ok((note.user_entry, regions.stack_top))
