@@ -150,7 +150,7 @@ fn output_names_that_escape_are_refused_and_planted_symlinks_are_not_followed() 
     std::os::unix::fs::symlink(&victim, planted2.join("0/victim")).unwrap();
     let r = try_write(&planted2);
     r.assert_no_host_panic().assert_code(3);
-    r.assert_stdout_has("io-try victim: Err(Other(Busy))");
+    r.assert_stdout_has("io-try victim: Err(Exists)");
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     assert_eq!(names(&outside), ["victim"]);
 }
@@ -283,6 +283,7 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
             "--",
             "io",
             "n=2",
+            "cbig=24",
         ],
     );
     assert!(
@@ -312,6 +313,13 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
         let c = std::fs::read_to_string(dir.join(format!("{id}/clone.txt")))
             .unwrap_or_else(|e| panic!("clone {id}: {e}\n{}", h.describe()));
         assert_eq!(c, format!("clone {id} {all:016x}\n"));
+        // 24 MiB from each clone, in 1 MiB hypercalls and 32 KiB frames.
+        let big = std::fs::read(dir.join(format!("{id}/big.bin"))).unwrap();
+        assert_eq!(big.len(), 24 << 20);
+        assert!(big.iter().enumerate().all(|(i, &b)| b as usize == i % 251));
+    }
+    for l in r.stdout.lines().filter(|l| l.contains("MiB of output")) {
+        eprintln!("{l}");
     }
     // A file outside the image directory is refused by name only.
     let r = h.run(1, &["--input", "db=passwd", "hello"]);
