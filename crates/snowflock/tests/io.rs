@@ -326,3 +326,30 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
     assert_eq!(r.code, Some(1), "{}", r.describe());
     assert!(r.stderr.contains("no input file"), "{}", r.describe());
 }
+
+#[test]
+fn the_c_api_reads_inputs_and_writes_outputs() {
+    // guest/apps/capi/src/io.c, compiled against snowflock.h.
+    let t = tempdir();
+    let db = random_bytes(70_000);
+    let f = write_file(t.path(), "db", &db);
+    let out = t.path().join("out");
+    let r = snowflock([
+        "run",
+        "--input",
+        format!("db={}", f.display()).as_str(),
+        "--output",
+        out.to_str().unwrap(),
+        "capi",
+        "--",
+        "io",
+    ]);
+    let h = format!("{:016x}", fnv(&db));
+    r.assert_no_host_panic()
+        .assert_code(0)
+        .assert_stdout_has(&format!("capi io: db {h}, 0 failed"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("0/c-io.txt")).unwrap(),
+        format!("c {h}\n")
+    );
+}
