@@ -104,6 +104,14 @@ pub struct RunArgs {
     /// (to measure what hints save).
     #[arg(long)]
     no_hints: bool,
+    /// Clones on other hosts get no pages by multicast: each fetches what
+    /// it touches over its own connection (to measure what multicast buys).
+    #[arg(long)]
+    no_multicast: bool,
+    /// With multicast: push every page served after answering over TCP,
+    /// without lockstep detection (to measure what it buys).
+    #[arg(long)]
+    no_lockstep: bool,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -178,6 +186,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             a.placement.into(),
             a.prefetch_window,
             a.no_hints,
+            crate::daemon::RemoteKnobs {
+                no_multicast: a.no_multicast,
+                no_lockstep: a.no_lockstep,
+            },
         );
     }
     let image = load_image(&a.guest)?;
@@ -195,6 +207,8 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             advertise,
             placement: a.placement.into(),
             prefetch_window: a.prefetch_window,
+            no_multicast: a.no_multicast,
+            no_lockstep: a.no_lockstep,
         }),
         None => None,
     };

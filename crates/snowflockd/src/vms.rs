@@ -417,6 +417,12 @@ impl Daemon {
         if req.no_hints {
             args.push("--no-hints".into());
         }
+        if req.no_multicast {
+            args.push("--no-multicast".into());
+        }
+        if req.no_lockstep {
+            args.push("--no-lockstep".into());
+        }
         self.spawn(
             id,
             VmKind::Vm,

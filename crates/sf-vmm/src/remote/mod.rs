@@ -20,6 +20,7 @@ mod error;
 pub mod fetcher;
 mod handler;
 mod hinted;
+pub mod lockstep;
 mod histogram;
 pub mod multicast;
 pub mod protocol;

@@ -127,6 +127,8 @@ impl Testbed {
             advertise: IpAddr::V4(self.addr(1)),
             placement,
             prefetch_window: window,
+            no_multicast: false,
+            no_lockstep: false,
         }
     }
 
