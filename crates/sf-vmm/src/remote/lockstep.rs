@@ -83,6 +83,17 @@ impl PushLog {
     }
 }
 
+impl PushLog {
+    /// Claims `page` for a push only if it was never pushed: the pages a
+    /// unicast-served receiver asks for are usually ones its siblings got
+    /// long ago, and pushing them again would cost every host a datagram.
+    pub fn claim_new(&self, page: usize, now: u32) -> bool {
+        self.at
+            .get(page)
+            .is_some_and(|a| a.compare_exchange(0, now, Relaxed, Relaxed).is_ok())
+    }
+}
+
 /// One connection's record of pushed answers and unicast fallbacks.
 #[derive(Default)]
 pub struct LossyReceiver {
@@ -121,6 +132,9 @@ mod tests {
         assert_eq!(log.leading_in_flight(3, 5, 11), 2);
         assert_eq!(log.leading_in_flight(2, 5, 11), 0);
         assert_eq!(log.leading_in_flight(7, 5, 11), 0, "past the end");
+        assert!(!log.claim_new(3, 1000), "pushed before");
+        assert!(log.claim_new(5, 1000));
+        assert!(!log.claim_new(5, 1000));
     }
 
     #[test]

@@ -449,8 +449,10 @@ impl PageServer {
                             Some(log) => {
                                 let now = log.now();
                                 let first = req.offset as usize / PAGE_SIZE;
+                                // Served by unicast: push only pages no
+                                // sibling had yet.
                                 for i in 0..req.pages as usize {
-                                    if log.claim(first + i, now) {
+                                    if log.claim_new(first + i, now) {
                                         let at = ((first + i) * PAGE_SIZE) as u64;
                                         self.count_push(m.send_page(region, at));
                                     }
