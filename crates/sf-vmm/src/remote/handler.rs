@@ -124,6 +124,8 @@ pub struct Handler {
     data: Vec<u8>,
     /// Pages pushed to the whole clone group.
     multicast: Option<super::multicast::Receiver>,
+    /// The run of consecutive pushed pages being gathered for one install.
+    push_run: Vec<u8>,
 }
 
 /// Where a [`Handler`] fetches from and what it installs into.
@@ -170,6 +172,7 @@ impl Handler {
             degraded: false,
             registered: true,
             data: Vec::new(),
+            push_run: Vec::new(),
         };
         // Before the thread starts, so attach returns with it done.
         if h.cfg.release_hinted_blocks {
@@ -263,7 +266,9 @@ impl Handler {
         // and wakes anything still waiting.
     }
 
-    /// Installs the pushed pages still absent, until none are waiting.
+    /// Installs the pushed pages still absent, until none are waiting:
+    /// consecutive pages (a batch the holder pushed comes in order) with one
+    /// UFFDIO_COPY per run, not one per page.
     fn take_multicast(&mut self) {
         if self.degraded {
             return;
@@ -271,6 +276,9 @@ impl Handler {
         let Some(mut rx) = self.multicast.take() else {
             return;
         };
+        let mut run = std::mem::take(&mut self.push_run);
+        run.clear();
+        let (mut first, mut pages) = (0u64, 0u64);
         while let Some((offset, page_bytes)) = rx.next_page() {
             let page = offset / PAGE;
             // A hinted page is never installed from the wire: the clone
@@ -278,16 +286,35 @@ impl Handler {
             if offset >= self.len || self.present.get(page) || self.cfg.free_pages.contains(page) {
                 continue;
             }
-            // EEXIST (a fault beat us to it) is fine: the page is there.
-            if self.install(page, 1, Some(page_bytes)).is_ok() {
-                self.mark_present(page, 1);
-                self.shared.counters.multicast_pages.fetch_add(1, Relaxed);
+            if pages > 0 && (page != first + pages || pages == u64::from(MAX_BATCH_PAGES)) {
+                self.install_pushed(first, pages, &run);
+                run.clear();
+                pages = 0;
             }
+            if pages == 0 {
+                first = page;
+            }
+            run.extend_from_slice(page_bytes);
+            pages += 1;
         }
+        if pages > 0 {
+            self.install_pushed(first, pages, &run);
+        }
+        self.push_run = run;
         let c = &self.shared.counters;
         c.multicast_lost.store(rx.lost(), Relaxed);
         c.multicast_seen.store(rx.seen(), Relaxed);
         self.multicast = Some(rx);
+    }
+
+    /// Installs a run of pushed pages. Pages already there (a fault beat
+    /// the push to them) are skipped by the kernel, not errors.
+    fn install_pushed(&mut self, first: u64, pages: u64, bytes: &[u8]) {
+        if self.install(first, pages, Some(bytes)).is_ok() {
+            self.mark_present(first, pages);
+            let c = &self.shared.counters;
+            c.multicast_pages.fetch_add(pages, Relaxed);
+        }
     }
 
     /// Waits for a fault, a command or pushed pages; does not block while a

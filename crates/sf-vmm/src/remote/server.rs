@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// Smallest request (pages) whose next batch the holder pushes ahead.
+const PUSH_AHEAD_MIN: u32 = 16;
+
 /// How long a new connection may take for the TLS handshake and the hello
 /// together: a peer that connects and says nothing holds a thread for at
 /// most this long. A clone host on the same network needs a few ms.
@@ -483,9 +486,22 @@ impl PageServer {
             return lead;
         }
         let region = self.region.as_slice();
-        for i in 0..req.pages as usize {
-            if log.claim(first + i, now) {
-                self.count_push(m.send_page(region, ((first + i) * PAGE_SIZE) as u64));
+        // A batch of PUSH_AHEAD_MIN pages or more is a clone's readahead
+        // grown on a scan: the group gets the next batch as well, before
+        // any clone asks. Clones in lockstep then find most pages there
+        // when they touch them instead of all faulting on the same page
+        // at once (measured, 1 GiB, 16 clones scanning 64 MiB at 1 Gbit/s:
+        // see the README's numbers); a clone that does not go on wastes
+        // one batch of pushes.
+        let ahead = if req.pages >= PUSH_AHEAD_MIN {
+            req.pages as usize
+        } else {
+            0
+        };
+        let end = (first + req.pages as usize + ahead).min(region.len() / PAGE_SIZE);
+        for page in first..end {
+            if log.claim(page, now) {
+                self.count_push(m.send_page(region, (page * PAGE_SIZE) as u64));
             }
         }
         req.pages
