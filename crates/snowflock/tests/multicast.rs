@@ -60,7 +60,9 @@ fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
         assert!(s.pages_fetched >= 4096, "{s:?}");
     }
     assert!(
-        stats.iter().any(|s| s.pushed_answers > 0 && s.push_timeouts > 0),
+        stats
+            .iter()
+            .any(|s| s.pushed_answers > 0 && s.push_timeouts > 0),
         "the holder sent pages once by multicast, and the clones fell back to unicast: {stats:?}"
     );
 }
@@ -80,7 +82,11 @@ fn a_clone_host_that_loses_every_push_is_served_by_unicast_and_the_others_get_pu
     assert_ok(&h, &r, "scan");
     let (healthy, lossy) = (clone_stats(&h, 2), clone_stats(&h, 3));
     eprintln!("healthy host: {healthy:#?}\nlossy host: {lossy:#?}");
-    assert_eq!((healthy.len(), lossy.len()), (2, 2), "{healthy:?} {lossy:?}");
+    assert_eq!(
+        (healthy.len(), lossy.len()),
+        (2, 2),
+        "{healthy:?} {lossy:?}"
+    );
     for s in &lossy {
         assert_eq!(s.multicast_pages, 0, "{s:?}");
         // After a few lost pushes the holder answers this host by unicast

@@ -155,10 +155,9 @@ impl PageClient {
                     pushed: true,
                 })
             }
-            (Response::Pushed(_), _) => Err(self.wire_error(
-                &what(),
-                protocol::ProtocolError::BadStatus(2).into(),
-            )),
+            (Response::Pushed(_), _) => {
+                Err(self.wire_error(&what(), protocol::ProtocolError::BadStatus(2).into()))
+            }
             (Response::Refused(reason), _) => Err(RemoteError::RequestRefused {
                 server: self.server,
                 offset: req.offset,

@@ -563,9 +563,9 @@ impl Handler {
                 self.shared.counters.reconnects.fetch_add(1, Relaxed);
                 self.try_request(req, unicast)
                     .map_err(|retry| RemoteError::Retried {
-                    first: Box::new(first),
-                    retry: Box::new(retry),
-                })
+                        first: Box::new(first),
+                        retry: Box::new(retry),
+                    })
             }
             other => other,
         }

@@ -158,6 +158,15 @@ impl Sender {
         })
     }
 
+    /// A sender whose datagrams also reach this host (tests on loopback;
+    /// the holder's do not loop back).
+    #[cfg(test)]
+    pub fn looped(group: SocketAddrV4, iface: Ipv4Addr, token: GroupToken) -> io::Result<Sender> {
+        let s = Sender::new(group, iface, token)?;
+        s.sock.set_multicast_loop_v4(true)?;
+        Ok(s)
+    }
+
     /// Sends every page of `[offset, offset + pages * 4 KiB)` of `region`
     /// that is not all zeros (zero pages cost clones nothing to fetch).
     /// Errors are ignored: multicast is only ever a head start.

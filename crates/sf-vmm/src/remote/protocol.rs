@@ -417,7 +417,9 @@ pub fn read_response(
     let (pages, offset) = (u32_at(&h, 4), u64_at(&h, 8));
     // A pushed answer may cover only the first pages of the request.
     let pushed_ok = h[0] == STATUS_PUSHED && (1..=req.pages).contains(&pages);
-    if (pages != req.pages && !pushed_ok) || offset != req.offset {
+    // A refusal echoes the request as sent, unicast flag and all.
+    let refused_ok = h[0] == STATUS_REFUSED && pages & !UNICAST_FLAG == req.pages & !UNICAST_FLAG;
+    if (pages != req.pages && !pushed_ok && !refused_ok) || offset != req.offset {
         return Err(ProtocolError::WrongReply {
             want_offset: req.offset,
             want_pages: req.pages,
@@ -621,6 +623,42 @@ mod tests {
         let wire = encode_response_header(&req, Some(RefuseReason::OutOfRange));
         let (resp, _) = read_response(&mut &wire[..], &req, &mut Vec::new()).unwrap();
         assert_eq!(resp, Response::Refused(RefuseReason::OutOfRange));
+    }
+
+    #[test]
+    fn pushed_answers_cover_at_most_the_request_and_carry_no_data() {
+        let mut region = vec![0u8; 8 * PAGE_SIZE];
+        region[3 * PAGE_SIZE + 5] = 9; // page 3 has data, the rest are zeros
+        let req = Request {
+            offset: 2 * PAGE_SIZE as u64,
+            pages: 4,
+        };
+        let (flagged, unicast) = Request::decode_flagged(&req.encode_unicast());
+        assert_eq!((flagged, unicast), (req, true));
+        assert_eq!(Request::decode_flagged(&req.encode()), (req, false));
+        assert!(
+            Request::decode(&req.encode_unicast())
+                .check(1 << 30)
+                .is_err(),
+            "a server that ignores the flag refuses the request"
+        );
+        for n in 1..=4 {
+            let map = page_map(&region, req.offset as usize, n);
+            let mut wire = Vec::new();
+            let sent = write_pushed(&mut wire, req.offset, &map).unwrap();
+            assert_eq!(sent, wire.len());
+            let mut data = vec![1u8; 9];
+            let (resp, read) = read_response(&mut &wire[..], &req, &mut data).unwrap();
+            assert_eq!((resp, read), (Response::Pushed(map), wire.len()));
+        }
+        // More pages than asked for, or another offset: refused.
+        for (offset, pages) in [(req.offset, 5), (0, 2)] {
+            let map = page_map(&region, offset as usize, pages);
+            let mut wire = Vec::new();
+            write_pushed(&mut wire, offset, &map).unwrap();
+            let got = read_response(&mut &wire[..], &req, &mut Vec::new());
+            assert!(got.is_err(), "{offset} {pages}");
+        }
     }
 
     #[test]

@@ -9,11 +9,11 @@
 //! parent VMM, so the region (the parent's guest RAM at the fork) never
 //! changes while it is served.
 
+use super::lockstep::{LossyReceiver, PushLog};
 use super::protocol::{
     self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
     REQUEST_LEN,
 };
-use super::lockstep::{LossyReceiver, PushLog};
 use super::region::ServedRegion;
 use super::GroupToken;
 use sf_tls::Transport;
@@ -416,9 +416,11 @@ impl PageServer {
             counters.requests.fetch_add(1, Relaxed);
             if let Err(reason) = req.check(region.len() as u64) {
                 // Refused, and the stream stays in step: requests and
-                // refusals are fixed-size frames.
+                // refusals are fixed-size frames. The refusal echoes the
+                // request as sent.
                 counters.refused.fetch_add(1, Relaxed);
-                s.write_all(&protocol::encode_response_header(&req, Some(reason)))?;
+                let raw = Request::decode(&buf);
+                s.write_all(&protocol::encode_response_header(&raw, Some(reason)))?;
                 continue;
             }
             if unicast {

@@ -53,7 +53,12 @@ pub struct RemoteBenchArgs {
     #[arg(long)]
     rate: Option<String>,
     /// Which memory mechanisms to compare, comma separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "all,no-lockstep,no-multicast")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all,no-lockstep,no-multicast"
+    )]
     mechanisms: Vec<Mechanisms>,
     /// Mutual TLS, plain TCP, or both (each a set of rows).
     #[arg(long, value_enum, default_value = "both")]

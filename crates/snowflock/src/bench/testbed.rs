@@ -271,4 +271,3 @@ impl Drop for Testbed {
             .status();
     }
 }
-
