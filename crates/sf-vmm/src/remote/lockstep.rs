@@ -5,8 +5,9 @@
 //! instead of getting its own copy over TCP.
 //!
 //! [`PushLog`] keeps, per page, when it was last pushed. A page pushed less
-//! than [`IN_FLIGHT`] ago is on its way: a request for it gets a "pushed"
-//! answer (a page map, no data) and no second push. A clone host whose push
+//! than [`IN_FLIGHT_MS`] ago is on its way and is not pushed again; every
+//! request gets a "pushed" answer (a page map, no data) once its pages are
+//! pushed or on their way. A clone host whose push
 //! never arrived asks again with the unicast flag after its own bound
 //! (`PUSH_WAIT` in the fault handler) and gets the page over TCP; one that
 //! keeps losing ([`LossyReceiver`]) is served by unicast from then on, so a
@@ -51,17 +52,6 @@ impl PushLog {
 
     fn in_flight_at(stamp: u32, now: u32) -> bool {
         stamp != 0 && now.saturating_sub(stamp) < IN_FLIGHT_MS
-    }
-
-    /// How many pages from `first` on (at most `pages`) are on their way.
-    pub fn leading_in_flight(&self, first: usize, pages: u32, now: u32) -> u32 {
-        (0..pages)
-            .take_while(|&i| {
-                self.at
-                    .get(first + i as usize)
-                    .is_some_and(|a| Self::in_flight_at(a.load(Relaxed), now))
-            })
-            .count() as u32
     }
 
     /// Claims `page` for a push at `now`: true if the caller must send it,
@@ -129,9 +119,6 @@ mod tests {
         assert!(log.claim(3, 10 + IN_FLIGHT_MS), "lost by now: push again");
         assert!(!log.claim(8, 10), "outside the region");
         assert!(log.claim(4, 10));
-        assert_eq!(log.leading_in_flight(3, 5, 11), 2);
-        assert_eq!(log.leading_in_flight(2, 5, 11), 0);
-        assert_eq!(log.leading_in_flight(7, 5, 11), 0, "past the end");
         assert!(!log.claim_new(3, 1000), "pushed before");
         assert!(log.claim_new(5, 1000));
         assert!(!log.claim_new(5, 1000));
