@@ -215,9 +215,9 @@ impl PageServer {
         self
     }
 
-    /// With multicast: sends each page once while it is on its way, and
-    /// answers clones asking for it meanwhile with "pushed" (see
-    /// [`super::lockstep`]).
+    /// With multicast, while several clones are connected: pushes each
+    /// page asked for once while it is on its way and answers "pushed"
+    /// (see [`super::lockstep`]).
     pub fn with_lockstep(mut self) -> PageServer {
         self.lockstep = Some(PushLog::new(self.region.len() / PAGE_SIZE));
         self
@@ -437,8 +437,8 @@ impl PageServer {
                 .filter(|_| self.shared.authenticated.load(Relaxed) > 1);
             match (group, &self.lockstep) {
                 (Some(m), Some(log)) if !unicast && !lossy.unicast_only() => {
-                    let n = self.push_once(m, log, &req);
-                    let map = protocol::page_map(region, req.offset as usize, n);
+                    self.push_once(m, log, &req);
+                    let map = protocol::page_map(region, req.offset as usize, req.pages);
                     let sent = protocol::write_pushed(&mut s, req.offset, &map)?;
                     lossy.pushed();
                     counters.pushed_answers.fetch_add(1, Relaxed);
@@ -482,7 +482,7 @@ impl PageServer {
     /// Lockstep: pushes every page of the request that is not on its way
     /// already, once, and the batches after it for a scanning clone; the
     /// whole request is then answered "pushed".
-    fn push_once(&self, m: &super::multicast::Sender, log: &PushLog, req: &Request) -> u32 {
+    fn push_once(&self, m: &super::multicast::Sender, log: &PushLog, req: &Request) {
         let now = log.now();
         let first = req.offset as usize / PAGE_SIZE;
         let region = self.region.as_slice();
@@ -500,7 +500,6 @@ impl PageServer {
                 self.count_push(m.send_page(region, (page * PAGE_SIZE) as u64));
             }
         }
-        req.pages
     }
 
     fn count_push(&self, sent: bool) {
