@@ -49,6 +49,13 @@ pub struct CreateVm {
     /// Most bytes of output per VM of the family, e.g. "1G" (default 1G).
     #[serde(default)]
     pub output_cap: Option<String>,
+    /// No page pushes to its remote clones' multicast group (`snowflock
+    /// run --no-multicast`).
+    #[serde(default)]
+    pub no_multicast: bool,
+    /// Multicast without lockstep detection (`snowflock run --no-lockstep`).
+    #[serde(default)]
+    pub no_lockstep: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +113,24 @@ pub struct FetchStats {
     /// them free: never requested from the memory holder.
     #[serde(default)]
     pub zero_local_pages: u64,
+    /// Faults on pages that were not there yet: touches that nothing
+    /// (readahead, multicast, working set) had brought in before.
+    #[serde(default)]
+    pub misses: u64,
+    /// Requests the memory holder answered "pushed": the pages were on
+    /// their way by multicast (lockstep detection).
+    #[serde(default)]
+    pub pushed_answers: u64,
+    /// Pushed pages that did not arrive in time and came by unicast.
+    #[serde(default)]
+    pub push_timeouts: u64,
+    /// The group's multicast datagrams that never reached this clone host.
+    #[serde(default)]
+    pub multicast_lost: u64,
+    /// Datagrams the group's memory holder had sent by the time of the
+    /// last one this clone host took (its newest sequence number + 1).
+    #[serde(default)]
+    pub multicast_seen: u64,
 }
 
 /// `GET /v1/metrics`.

@@ -23,6 +23,13 @@ fn client(sock: &Path) -> Client {
 
 /// `snowflock run --daemon SOCKET`: create the VM there, stream its
 /// console, exit with its exit code.
+/// How a VM's remote clones get their memory (`snowflock run` knobs).
+#[derive(Clone, Copy, Default)]
+pub struct RemoteKnobs {
+    pub no_multicast: bool,
+    pub no_lockstep: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run_remote(
     sock: &Path,
@@ -35,6 +42,7 @@ pub fn run_remote(
     prefetch_window: Option<u32>,
     no_hints: bool,
     io: DaemonIo,
+    knobs: RemoteKnobs,
 ) -> anyhow::Result<u8> {
     let guest = if Path::new(guest).exists() {
         std::fs::canonicalize(guest)?.display().to_string()
@@ -53,6 +61,8 @@ pub fn run_remote(
         inputs: io.inputs,
         output: io.output,
         output_cap: io.output_cap.map(|c| format!("{}K", c.div_ceil(1024))),
+        no_multicast: knobs.no_multicast,
+        no_lockstep: knobs.no_lockstep,
     };
     let c = client(sock);
     let info: VmInfo = c

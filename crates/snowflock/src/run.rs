@@ -122,6 +122,14 @@ pub struct RunArgs {
     /// Most bytes one VM (the root or any clone) may write to --output.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     output_cap: u64,
+    /// Clones on other hosts get no pages by multicast: each fetches what
+    /// it touches over its own connection (to measure what multicast buys).
+    #[arg(long)]
+    no_multicast: bool,
+    /// With multicast: push every page served after answering over TCP,
+    /// without lockstep detection (to measure what it buys).
+    #[arg(long)]
+    no_lockstep: bool,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -209,6 +217,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
                 output: a.output.is_some(),
                 output_cap: a.output.as_ref().map(|_| a.output_cap),
             },
+            crate::daemon::RemoteKnobs {
+                no_multicast: a.no_multicast,
+                no_lockstep: a.no_lockstep,
+            },
         );
     }
     let image = load_image(&a.guest)?;
@@ -226,6 +238,8 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             advertise,
             placement: a.placement.into(),
             prefetch_window: a.prefetch_window,
+            no_multicast: a.no_multicast,
+            no_lockstep: a.no_lockstep,
         }),
         None => None,
     };

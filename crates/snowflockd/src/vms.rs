@@ -429,6 +429,11 @@ impl Daemon {
         }
         if let Some(c) = checked.output_cap {
             args.extend(["--output-cap".into(), format!("{}K", c.div_ceil(1024))]);
+        if req.no_multicast {
+            args.push("--no-multicast".into());
+        }
+        if req.no_lockstep {
+            args.push("--no-lockstep".into());
         }
         self.spawn(
             id,

@@ -165,6 +165,9 @@ fn build(
             desc.mem_size / crate::remote::PAGE_SIZE as u64,
         )),
         release_hinted_blocks: huge_pages_possible(),
+        // Test knob, set in the clone-host daemon's environment: this host
+        // loses every page pushed to it.
+        drop_pushes: std::env::var_os(DROP_PUSHES_ENV).is_some_and(|v| v == "1"),
         ..FetchConfig::default()
     };
     cfg.multicast = req
@@ -214,6 +217,10 @@ fn spawn_heartbeats(
         }
     });
 }
+
+/// Test knob: `1` in a clone host's environment drops every page pushed to
+/// its clones (they then fault and fall back to unicast).
+pub const DROP_PUSHES_ENV: &str = "SNOWFLOCK_TEST_DROP_PUSHES";
 
 /// Whether guest RAM (MADV_HUGEPAGE) can get transparent huge pages here:
 /// then hinted 2 MiB blocks are faster filled by the kernel than by the

@@ -29,6 +29,12 @@ pub struct RemoteLink {
     pub placement: Placement,
     /// Readahead limit for remote clones (pages; `None`: the default).
     pub prefetch_window: Option<u32>,
+    /// No page pushes to the clone group's multicast: every clone fetches
+    /// what it touches over its own connection (`--no-multicast`).
+    pub no_multicast: bool,
+    /// Push every page served after answering over TCP, without lockstep
+    /// detection (`--no-lockstep`; to measure what it buys).
+    pub no_lockstep: bool,
 }
 
 /// A remote clone that never connects within this long is lost.
@@ -84,6 +90,8 @@ pub struct RemotePlan {
     pub request: CloneRequest,
     /// Where the holder pushes served pages, and out of which interface.
     pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
+    /// Whether the holder sends a page once while it is on its way.
+    pub lockstep: bool,
 }
 
 impl RemotePlan {
@@ -105,6 +113,7 @@ impl RemotePlan {
         let token: [u8; 16] = seed[..16].try_into().expect("16 bytes");
         // An administratively scoped group of its own, on the page server's port.
         let multicast = match link.advertise {
+            _ if link.no_multicast => None,
             IpAddr::V4(iface) => Some((
                 std::net::SocketAddrV4::new(
                     std::net::Ipv4Addr::new(239, 213, seed[16], seed[17].max(1)),
@@ -137,6 +146,7 @@ impl RemotePlan {
             by_peer,
             request,
             multicast,
+            lockstep: !link.no_lockstep,
             transport: link.transport.clone(),
         })
     }
@@ -158,6 +168,7 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
         by_peer,
         request,
         multicast,
+        lockstep,
         transport,
     } = plan;
     let report_to = reports.local_addr().ok();
@@ -171,7 +182,7 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
             .ok()
     });
-    crate::remote::serve_frozen(memory, token, ram, sender, transport)
+    crate::remote::serve_frozen(memory, token, ram, sender, lockstep, transport)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could

@@ -33,6 +33,9 @@ pub struct PageClient {
 pub struct Batch {
     pub map: PageMap,
     pub bytes_received: usize,
+    /// Lockstep: the server sent the data pages of `map` (which may cover
+    /// only the first pages asked for) to the group's multicast instead.
+    pub pushed: bool,
 }
 
 /// Reads from a stream, failing with `TimedOut` once `deadline` passes,
@@ -122,16 +125,39 @@ impl PageClient {
     }
 
     /// Asks for `req` and reads the answer, its data pages into `data`.
-    pub fn fetch(&mut self, req: Request, data: &mut Vec<u8>) -> Result<Batch, RemoteError> {
+    /// `unicast`: the pages were pushed and never arrived; they must come
+    /// over this connection.
+    pub fn fetch(
+        &mut self,
+        req: Request,
+        data: &mut Vec<u8>,
+        unicast: bool,
+    ) -> Result<Batch, RemoteError> {
         let what = || format!("fetching {} pages at offset {:#x}", req.pages, req.offset);
-        self.send(&req.encode())
-            .map_err(|e| self.wire_error(&what(), e))?;
+        let frame = if unicast {
+            req.encode_unicast()
+        } else {
+            req.encode()
+        };
+        self.send(&frame).map_err(|e| self.wire_error(&what(), e))?;
         let result = protocol::read_response(&mut self.reader(), &req, data);
         match result.map_err(|e| self.wire_error(&what(), e))? {
             (Response::Pages(map), bytes_received) => Ok(Batch {
                 map,
                 bytes_received,
+                pushed: false,
             }),
+            (Response::Pushed(map), bytes_received) if !unicast => {
+                data.clear();
+                Ok(Batch {
+                    map,
+                    bytes_received,
+                    pushed: true,
+                })
+            }
+            (Response::Pushed(_), _) => {
+                Err(self.wire_error(&what(), protocol::ProtocolError::BadStatus(2).into()))
+            }
             (Response::Refused(reason), _) => Err(RemoteError::RequestRefused {
                 server: self.server,
                 offset: req.offset,

@@ -56,6 +56,9 @@ pub struct FetchConfig {
     /// How to reach the page server: mutual TLS (the server's certificate
     /// must name its address) or plain TCP in insecure mode.
     pub transport: sf_tls::Transport,
+    /// Test knob: receive the group's pushes and drop them all (a clone
+    /// host whose multicast is lost), so faults fall back to unicast.
+    pub drop_pushes: bool,
 }
 
 impl Default for FetchConfig {
@@ -72,6 +75,7 @@ impl Default for FetchConfig {
             free_pages: Arc::default(),
             release_hinted_blocks: false,
             transport: sf_tls::Transport::Plain,
+            drop_pushes: false,
         }
     }
 }
@@ -89,6 +93,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("free_pages", &self.free_pages.pages())
             .field("release_hinted_blocks", &self.release_hinted_blocks)
             .field("transport", &self.transport.name())
+            .field("drop_pushes", &self.drop_pushes)
             .finish()
     }
 }
@@ -123,6 +128,16 @@ pub struct FetchStats {
     /// Pages installed as local zero pages because the guest hinted them
     /// free (never requested).
     pub zero_local_pages: u64,
+    /// Faults on pages not there yet (nothing had brought them in).
+    pub misses: u64,
+    /// Requests the holder answered "pushed" (lockstep detection).
+    pub pushed_answers: u64,
+    /// Pushed pages that did not arrive in time and came by unicast.
+    pub push_timeouts: u64,
+    /// The group's datagrams that never arrived (sequence gaps).
+    pub multicast_lost: u64,
+    /// The group's newest sequence number seen, plus one.
+    pub multicast_seen: u64,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -147,6 +162,11 @@ impl StatsHandle {
             present_pages: c.present_pages.load(Relaxed),
             multicast_pages: c.multicast_pages.load(Relaxed),
             zero_local_pages: c.zero_local_pages.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            pushed_answers: c.pushed_answers.load(Relaxed),
+            push_timeouts: c.push_timeouts.load(Relaxed),
+            multicast_lost: c.multicast_lost.load(Relaxed),
+            multicast_seen: c.multicast_seen.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }

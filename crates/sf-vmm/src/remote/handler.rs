@@ -30,6 +30,8 @@ use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
+mod pushed;
+
 const PAGE: u64 = PAGE_SIZE as u64;
 /// How much larger a window of hinted pages (zero-filled here) is than a
 /// fetch window.
@@ -52,6 +54,19 @@ pub struct Counters {
     pub multicast_pages: AtomicU64,
     /// Pages the guest hinted free, installed as local zero pages.
     pub zero_local_pages: AtomicU64,
+    /// Faults on pages that were not there yet (stale and hinted ones
+    /// aside): the touches nothing had brought in before.
+    pub misses: AtomicU64,
+    /// Requests the holder answered "pushed" (lockstep).
+    pub pushed_answers: AtomicU64,
+    /// Pushed pages that did not arrive within the wait, then fetched by
+    /// unicast.
+    pub push_timeouts: AtomicU64,
+    /// The group's datagrams that never reached this clone host (gaps in
+    /// the sequence numbers).
+    pub multicast_lost: AtomicU64,
+    /// The newest sequence number of the group seen, plus one.
+    pub multicast_seen: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -109,6 +124,8 @@ pub struct Handler {
     data: Vec<u8>,
     /// Pages pushed to the whole clone group.
     multicast: Option<super::multicast::Receiver>,
+    /// The run of consecutive pushed pages being gathered for one install.
+    push_run: Vec<u8>,
 }
 
 /// Where a [`Handler`] fetches from and what it installs into.
@@ -133,6 +150,10 @@ impl Handler {
             super::multicast::Receiver::join(group, iface, t.token)
                 .map_err(|e| tracing::warn!(%group, "not joining the clone group's multicast: {e}"))
                 .ok()
+                .map(|mut rx| {
+                    rx.drop_all = cfg.drop_pushes;
+                    rx
+                })
         });
         let mut h = Handler {
             multicast,
@@ -151,6 +172,7 @@ impl Handler {
             degraded: false,
             registered: true,
             data: Vec::new(),
+            push_run: Vec::new(),
         };
         // Before the thread starts, so attach returns with it done.
         if h.cfg.release_hinted_blocks {
@@ -244,7 +266,9 @@ impl Handler {
         // and wakes anything still waiting.
     }
 
-    /// Installs the pushed pages still absent, until none are waiting.
+    /// Installs the pushed pages still absent, until none are waiting:
+    /// consecutive pages (a batch the holder pushed comes in order) with one
+    /// UFFDIO_COPY per run, not one per page.
     fn take_multicast(&mut self) {
         if self.degraded {
             return;
@@ -252,6 +276,9 @@ impl Handler {
         let Some(mut rx) = self.multicast.take() else {
             return;
         };
+        let mut run = std::mem::take(&mut self.push_run);
+        run.clear();
+        let (mut first, mut pages) = (0u64, 0u64);
         while let Some((offset, page_bytes)) = rx.next_page() {
             let page = offset / PAGE;
             // A hinted page is never installed from the wire: the clone
@@ -259,13 +286,35 @@ impl Handler {
             if offset >= self.len || self.present.get(page) || self.cfg.free_pages.contains(page) {
                 continue;
             }
-            // EEXIST (a fault beat us to it) is fine: the page is there.
-            if self.install(page, 1, Some(page_bytes)).is_ok() {
-                self.mark_present(page, 1);
-                self.shared.counters.multicast_pages.fetch_add(1, Relaxed);
+            if pages > 0 && (page != first + pages || pages == u64::from(MAX_BATCH_PAGES)) {
+                self.install_pushed(first, pages, &run);
+                run.clear();
+                pages = 0;
             }
+            if pages == 0 {
+                first = page;
+            }
+            run.extend_from_slice(page_bytes);
+            pages += 1;
         }
+        if pages > 0 {
+            self.install_pushed(first, pages, &run);
+        }
+        self.push_run = run;
+        let c = &self.shared.counters;
+        c.multicast_lost.store(rx.lost(), Relaxed);
+        c.multicast_seen.store(rx.seen(), Relaxed);
         self.multicast = Some(rx);
+    }
+
+    /// Installs a run of pushed pages. Pages already there (a fault beat
+    /// the push to them) are skipped by the kernel, not errors.
+    fn install_pushed(&mut self, first: u64, pages: u64, bytes: &[u8]) {
+        if self.install(first, pages, Some(bytes)).is_ok() {
+            self.mark_present(first, pages);
+            let c = &self.shared.counters;
+            c.multicast_pages.fetch_add(pages, Relaxed);
+        }
     }
 
     /// Waits for a fault, a command or pushed pages; does not block while a
@@ -359,6 +408,7 @@ impl Handler {
         let count = self.present.absent_run(page, u64::from(window));
         // A batch never asks for a hinted page.
         let count = self.cfg.free_pages.unhinted_run(page, count);
+        self.shared.counters.misses.fetch_add(1, Relaxed);
         match self.fetch_and_install(page, count, write) {
             Ok(()) => {
                 self.readahead.fetched(page, count);
@@ -412,7 +462,22 @@ impl Handler {
             offset: first * PAGE,
             pages: count as u32,
         };
-        let batch = self.request(req)?;
+        let batch = self.request(req, false)?;
+        if batch.pushed {
+            return self.await_pushed(first, batch.map, batch.bytes_received, write_fault);
+        }
+        self.install_batch(first, count, batch, write_fault)
+    }
+
+    /// Installs a batch that came over TCP: one ioctl per run of data
+    /// pages or zero pages.
+    fn install_batch(
+        &mut self,
+        first: u64,
+        count: u64,
+        batch: Batch,
+        write_fault: bool,
+    ) -> Result<(), RemoteError> {
         let c = &self.shared.counters;
         c.bytes_received
             .fetch_add(batch.bytes_received as u64, Relaxed);
@@ -491,21 +556,22 @@ impl Handler {
 
     /// Sends `req`; a transport failure gets one new connection and one
     /// retry (when configured) before it counts.
-    fn request(&mut self, req: Request) -> Result<Batch, RemoteError> {
-        match self.try_request(req) {
+    fn request(&mut self, req: Request, unicast: bool) -> Result<Batch, RemoteError> {
+        match self.try_request(req, unicast) {
             Err(first) if first.is_transport() && self.cfg.reconnect => {
                 tracing::warn!("remote memory: {first}; reconnecting once");
                 self.shared.counters.reconnects.fetch_add(1, Relaxed);
-                self.try_request(req).map_err(|retry| RemoteError::Retried {
-                    first: Box::new(first),
-                    retry: Box::new(retry),
-                })
+                self.try_request(req, unicast)
+                    .map_err(|retry| RemoteError::Retried {
+                        first: Box::new(first),
+                        retry: Box::new(retry),
+                    })
             }
             other => other,
         }
     }
 
-    fn try_request(&mut self, req: Request) -> Result<Batch, RemoteError> {
+    fn try_request(&mut self, req: Request, unicast: bool) -> Result<Batch, RemoteError> {
         let client = match self.client.as_mut() {
             Some(c) => c,
             None => {
@@ -526,7 +592,7 @@ impl Handler {
             }
         };
         self.shared.counters.requests.fetch_add(1, Relaxed);
-        let result = client.fetch(req, &mut self.data);
+        let result = client.fetch(req, &mut self.data, unicast);
         if result.is_err() {
             // Whatever went wrong, the stream may be out of step.
             self.client = None;

@@ -21,6 +21,7 @@ pub mod fetcher;
 mod handler;
 mod hinted;
 mod histogram;
+pub mod lockstep;
 pub mod multicast;
 pub mod protocol;
 pub mod readahead;

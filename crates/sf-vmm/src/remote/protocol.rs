@@ -7,12 +7,17 @@
 //! server -> client  reply     magic "SFPM" | version u16 | status u8 | reason u8 | region_len u64   16 bytes
 //!                             status 0 = accepted, 1 = refused (then the server closes)
 //! client -> server  request   offset u64 | pages u32                                       12 bytes
+//!                             bit 31 of `pages` ([`UNICAST_FLAG`]): answer over this connection
+//!                             even if the pages are on their way by multicast (a lost push)
 //! server -> client  response  status u8 | reason u8 | 0 u16 | pages u32 | offset u64       16 bytes
 //!                   status 0: page map, ceil(pages / 8) bytes, bit i set = page i has data
 //!                             (bit i of byte i / 8, least significant first), then the
 //!                             4096 bytes of every data page, in order; a clear bit is an
 //!                             all-zero page and costs no data
 //!                   status 1: refused with `reason`; nothing follows, the connection stays open
+//!                   status 2: pushed: the first `pages` (1..=asked) pages go to the clone
+//!                             group's multicast instead (lockstep); the page map follows,
+//!                             no data: clear bits are zero pages, set bits come as datagrams
 //! ```
 //!
 //! A request must be page-aligned, 1..=[`MAX_BATCH_PAGES`] pages, and inside
@@ -36,6 +41,9 @@ pub const MAX_PAGE_MAP_LEN: usize = MAX_BATCH_PAGES as usize / 8;
 
 const STATUS_OK: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
+const STATUS_PUSHED: u8 = 2;
+/// Set in a request's page count: serve it here, not by multicast.
+pub const UNICAST_FLAG: u32 = 1 << 31;
 
 /// Why a server refused a connection or a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,12 +237,33 @@ impl Request {
         b
     }
 
+    /// The request with [`UNICAST_FLAG`] set: the answer must come on
+    /// this connection (the pages were pushed and did not arrive).
+    pub fn encode_unicast(&self) -> [u8; REQUEST_LEN] {
+        let mut b = self.encode();
+        b[8..12].copy_from_slice(&(self.pages | UNICAST_FLAG).to_le_bytes());
+        b
+    }
+
     /// Any 12 bytes are a request; [`Request::check`] says if it is a good one.
     pub fn decode(b: &[u8; REQUEST_LEN]) -> Request {
         Request {
             offset: u64_at(b, 0),
             pages: u32_at(b, 8),
         }
+    }
+
+    /// [`Request::decode`], with [`UNICAST_FLAG`] taken out of the count.
+    pub fn decode_flagged(b: &[u8; REQUEST_LEN]) -> (Request, bool) {
+        let r = Request::decode(b);
+        let unicast = r.pages & UNICAST_FLAG != 0;
+        (
+            Request {
+                offset: r.offset,
+                pages: r.pages & !UNICAST_FLAG,
+            },
+            unicast,
+        )
     }
 
     /// Whether a server of `region_len` bytes may answer this request.
@@ -343,6 +372,9 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 pub enum Response {
     Pages(PageMap),
     Refused(RefuseReason),
+    /// The first `map.pages()` pages come by multicast (set bits) or are
+    /// zero pages (clear bits).
+    Pushed(PageMap),
 }
 
 /// Reading a frame failed: the transport, or the peer broke the protocol.
@@ -383,7 +415,11 @@ pub fn read_response(
     let mut h = [0u8; RESPONSE_HEADER_LEN];
     r.read_exact(&mut h)?;
     let (pages, offset) = (u32_at(&h, 4), u64_at(&h, 8));
-    if pages != req.pages || offset != req.offset {
+    // A pushed answer may cover only the first pages of the request.
+    let pushed_ok = h[0] == STATUS_PUSHED && (1..=req.pages).contains(&pages);
+    // A refusal echoes the request as sent, unicast flag and all.
+    let refused_ok = h[0] == STATUS_REFUSED && pages & !UNICAST_FLAG == req.pages & !UNICAST_FLAG;
+    if (pages != req.pages && !pushed_ok && !refused_ok) || offset != req.offset {
         return Err(ProtocolError::WrongReply {
             want_offset: req.offset,
             want_pages: req.pages,
@@ -405,6 +441,11 @@ pub fn read_response(
             let total = RESPONSE_HEADER_LEN + page_map_len(pages) + bytes;
             Ok((Response::Pages(map), total))
         }
+        STATUS_PUSHED if pages <= MAX_BATCH_PAGES => {
+            let map = PageMap::read_from(r, pages)?;
+            let total = RESPONSE_HEADER_LEN + page_map_len(pages);
+            Ok((Response::Pushed(map), total))
+        }
         // Only a caller that asked for too much gets here: refuse to
         // buffer it rather than trust the count.
         STATUS_OK => Err(ProtocolError::TooManyPages(pages).into()),
@@ -420,21 +461,39 @@ pub struct Sent {
     pub bytes: usize,
 }
 
+/// Which of `pages` pages from byte `start` of `region` hold data.
+pub fn page_map(region: &[u8], start: usize, pages: u32) -> PageMap {
+    let mut map = PageMap::new(pages);
+    for i in 0..pages {
+        let at = start + i as usize * PAGE_SIZE;
+        if !is_zero_page(&region[at..at + PAGE_SIZE]) {
+            map.set_data(i);
+        }
+    }
+    map
+}
+
+/// Answers the first `map.pages()` pages of a checked request at `offset`
+/// with "pushed": header and page map, no data. Returns the bytes sent.
+pub fn write_pushed(w: &mut impl Write, offset: u64, map: &PageMap) -> io::Result<usize> {
+    let mut b = Vec::with_capacity(RESPONSE_HEADER_LEN + MAX_PAGE_MAP_LEN);
+    let req = Request {
+        offset,
+        pages: map.pages(),
+    };
+    b.extend_from_slice(&encode_response_header(&req, None));
+    b[0] = STATUS_PUSHED;
+    b.extend_from_slice(map.as_bytes());
+    w.write_all(&b)?;
+    Ok(b.len())
+}
+
 /// Answers a checked `req` from `region` (the whole served region): header,
 /// page map, then the data pages straight from the region, one write per run
 /// of data pages.
 pub fn write_pages(w: &mut impl Write, req: &Request, region: &[u8]) -> io::Result<Sent> {
     let start = req.offset as usize;
-    let page = |i: u32| {
-        let at = start + i as usize * PAGE_SIZE;
-        &region[at..at + PAGE_SIZE]
-    };
-    let mut map = PageMap::new(req.pages);
-    for i in 0..req.pages {
-        if !is_zero_page(page(i)) {
-            map.set_data(i);
-        }
-    }
+    let map = page_map(region, start, req.pages);
     let mut head = Vec::with_capacity(RESPONSE_HEADER_LEN + MAX_PAGE_MAP_LEN);
     head.extend_from_slice(&encode_response_header(req, None));
     head.extend_from_slice(map.as_bytes());
@@ -564,6 +623,42 @@ mod tests {
         let wire = encode_response_header(&req, Some(RefuseReason::OutOfRange));
         let (resp, _) = read_response(&mut &wire[..], &req, &mut Vec::new()).unwrap();
         assert_eq!(resp, Response::Refused(RefuseReason::OutOfRange));
+    }
+
+    #[test]
+    fn pushed_answers_cover_at_most_the_request_and_carry_no_data() {
+        let mut region = vec![0u8; 8 * PAGE_SIZE];
+        region[3 * PAGE_SIZE + 5] = 9; // page 3 has data, the rest are zeros
+        let req = Request {
+            offset: 2 * PAGE_SIZE as u64,
+            pages: 4,
+        };
+        let (flagged, unicast) = Request::decode_flagged(&req.encode_unicast());
+        assert_eq!((flagged, unicast), (req, true));
+        assert_eq!(Request::decode_flagged(&req.encode()), (req, false));
+        assert!(
+            Request::decode(&req.encode_unicast())
+                .check(1 << 30)
+                .is_err(),
+            "a server that ignores the flag refuses the request"
+        );
+        for n in 1..=4 {
+            let map = page_map(&region, req.offset as usize, n);
+            let mut wire = Vec::new();
+            let sent = write_pushed(&mut wire, req.offset, &map).unwrap();
+            assert_eq!(sent, wire.len());
+            let mut data = vec![1u8; 9];
+            let (resp, read) = read_response(&mut &wire[..], &req, &mut data).unwrap();
+            assert_eq!((resp, read), (Response::Pushed(map), wire.len()));
+        }
+        // More pages than asked for, or another offset: refused.
+        for (offset, pages) in [(req.offset, 5), (0, 2)] {
+            let map = page_map(&region, offset as usize, pages);
+            let mut wire = Vec::new();
+            write_pushed(&mut wire, offset, &map).unwrap();
+            let got = read_response(&mut &wire[..], &req, &mut Vec::new());
+            assert!(got.is_err(), "{offset} {pages}");
+        }
     }
 
     #[test]

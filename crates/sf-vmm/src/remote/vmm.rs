@@ -15,6 +15,7 @@ pub fn serve_frozen(
     token: GroupToken,
     ram: &GuestRam,
     multicast: Option<super::multicast::Sender>,
+    lockstep: bool,
     transport: sf_tls::Transport,
 ) -> ! {
     let addr = listener
@@ -33,6 +34,9 @@ pub fn serve_frozen(
             let mut server = server.with_transport(transport);
             if let Some(m) = multicast {
                 server = server.with_multicast(m);
+                if lockstep {
+                    server = server.with_lockstep();
+                }
             }
             if let Err(e) = server.serve() {
                 eprintln!("snowflock: memory holder stopped: {e}");
@@ -89,5 +93,10 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         fault_latency_p99_us: s.fault_latency_p99_us,
         multicast_pages: s.multicast_pages,
         zero_local_pages: s.zero_local_pages,
+        misses: s.misses,
+        pushed_answers: s.pushed_answers,
+        push_timeouts: s.push_timeouts,
+        multicast_lost: s.multicast_lost,
+        multicast_seen: s.multicast_seen,
     }
 }

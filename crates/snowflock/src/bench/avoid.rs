@@ -123,7 +123,7 @@ fn run_once(
 
 /// A clone's own work time from the parent's `join` line, `clone ID ->
 /// Exited code 0 result [ID, SUM, NS] ...`.
-fn clone_work_ns(console: &str, id: u32) -> Option<u64> {
+pub(super) fn clone_work_ns(console: &str, id: u32) -> Option<u64> {
     let head = format!("clone {id} -> ");
     console.lines().find_map(|l| {
         let words = l.strip_prefix(&head)?.split("result [").nth(1)?;

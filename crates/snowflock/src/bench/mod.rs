@@ -3,11 +3,13 @@
 mod avoid;
 mod boot;
 mod clone;
+mod group;
 mod plot;
 mod qemu;
 mod qemu_snapshot;
 mod remote;
 mod stats;
+mod testbed;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {

@@ -5,23 +5,34 @@
 //! clones forked locally, and the pages each clone really touches (the same
 //! run with prefetching off, where every fetched page was a faulting touch).
 //!
+//! Each row also runs with some of the group's memory mechanisms off
+//! (`--mechanisms`: all, no-lockstep, no-multicast), and measures each
+//! clone's whole read pass, what the origin sent (its interface counters,
+//! checked against what the clones received), and how many of the pages a
+//! clone touched were there before it touched them.
+//!
 //! Every configuration runs twice in one invocation: with mutual TLS under
 //! a cluster CA made for the run (daemons, clone requests, page service,
 //! reports) and with plain TCP (`--insecure-no-tls`), so the cost of
 //! authentication and encryption is measured on the same hosts. Each row
 //! says which in `transport`.
 
+use super::group::{GroupRun, PerClone};
 use super::stats::median;
+pub(super) use super::testbed::{Mechanisms, Testbed};
 use anyhow::{bail, Context};
 use serde::Serialize;
-use sf_api::{Client, Endpoint, Placement};
-use sf_tls::{Credentials, Transport};
-use sf_vmm::clone::remote::RemoteLink;
+use sf_api::Placement;
 use sf_vmm::{CloneStatus, GuestImage, RunReport, Vm, VmConfig};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    Both,
+    Mtls,
+    Plain,
+}
 
 #[derive(clap::Args)]
 pub struct RemoteBenchArgs {
@@ -41,6 +52,17 @@ pub struct RemoteBenchArgs {
     /// Shape every host's link with a token bucket, e.g. 1gbit.
     #[arg(long)]
     rate: Option<String>,
+    /// Which memory mechanisms to compare, comma separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all,no-lockstep,no-multicast"
+    )]
+    mechanisms: Vec<Mechanisms>,
+    /// Mutual TLS, plain TCP, or both (each a set of rows).
+    #[arg(long, value_enum, default_value = "both")]
+    transport: TransportArg,
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -49,6 +71,8 @@ pub struct RemoteBenchArgs {
 pub struct Row {
     /// "mtls" (mutual TLS, the default) or "plain" (`--insecure-no-tls`).
     pub transport: String,
+    /// Memory mechanisms on: "all", "no-lockstep" or "no-multicast".
+    pub mechanisms: Mechanisms,
     pub mem_mib: u64,
     pub clones: u32,
     pub hosts: usize,
@@ -57,14 +81,33 @@ pub struct Row {
     pub remote_first_instr_ms_median: f64,
     /// Request to the last remote clone's first vCPU entry.
     pub remote_last_first_instr_ms_median: f64,
+    /// A clone's whole read pass, from its first instruction (median over
+    /// clones and runs), and the slowest clone's (median over runs).
+    pub work_ms_median: f64,
+    pub work_ms_last: f64,
+    /// Everything the origin host sent during the remote run (its
+    /// interface's tx_bytes), and the same from the clones' side: bytes
+    /// they received over TCP plus the group's datagrams on the wire.
+    pub origin_tx_bytes: f64,
+    pub origin_tx_bytes_from_clones: f64,
+    /// The group's multicast datagrams on the wire (Ethernet frames).
+    pub multicast_bytes: f64,
+    /// Of the pages a clone touched, the share that was there before it
+    /// touched them (clones 2..N; clone 1 alone in a 1-clone row).
+    pub pages_arrived_before_touch_pct: f64,
+    /// Datagrams of the group lost on their way to the clone hosts (sum
+    /// over the clones of a run).
+    pub multicast_lost_datagrams: f64,
+    /// Pushed pages that came too late and were fetched by unicast, per clone.
+    pub push_timeouts_per_clone: f64,
     pub local_first_instr_ms_median: f64,
     pub local_last_first_instr_ms_median: f64,
     pub fault_latency_p50_us_median: f64,
     pub fault_latency_p99_us_median: f64,
     pub faults_per_clone: f64,
     pub pages_fetched_per_clone: f64,
-    /// Pages that reached a clone by the group's multicast before it
-    /// touched them (not counted in the fetched pages and bytes).
+    /// Pages that reached a clone by the group's multicast (not counted in
+    /// the fetched pages and bytes).
     pub multicast_pages_per_clone: f64,
     pub bytes_fetched_per_clone: f64,
     pub pages_touched_per_clone: f64,
@@ -87,242 +130,26 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The cluster and its daemons, torn down on drop.
-pub(super) struct Testbed {
-    script: PathBuf,
-    name: String,
-    subnet: u8,
-    pub(super) hosts: usize,
-    daemons: Vec<Child>,
-    dir: tempfile::TempDir,
-    /// How this process (host 1's VMs) talks to the others.
-    pub(super) transport: Transport,
-    /// This thread's own network namespace, to return to before teardown
-    /// (which ends every process inside the hosts).
-    home: Option<std::fs::File>,
-}
-
-fn find_script() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let candidates = exe
-        .ancestors()
-        .map(|a| a.join("scripts/cluster.sh"))
-        .chain(std::iter::once(PathBuf::from("scripts/cluster.sh")));
-    for c in candidates {
-        if c.is_file() {
-            return Ok(c);
-        }
-    }
-    bail!("scripts/cluster.sh not found: run the benchmark from a checkout (cargo run --release -- bench remote)")
-}
-
-impl Testbed {
-    /// How a VM on host 1 (this process) reaches the other hosts' daemons.
-    pub(super) fn link_from_host_1(&self, placement: Placement, window: Option<u32>) -> RemoteLink {
-        RemoteLink {
-            peers: (2..=self.hosts)
-                .map(|j| format!("{}:7070", self.addr(j)))
-                .collect(),
-            transport: self.transport.clone(),
-            advertise: IpAddr::V4(self.addr(1)),
-            placement,
-            prefetch_window: window,
-        }
-    }
-
-    pub(super) fn up(hosts: usize, rate: Option<&str>) -> anyhow::Result<Testbed> {
-        if hosts < 2 {
-            bail!("--hosts must be at least 2 (the origin and one clone host)");
-        }
-        let script = find_script()?;
-        // A name and subnet of our own; the script refuses taken ones (exit
-        // status 3), so try the next.
-        let mut attempt = 0u32;
-        let (name, subnet) = loop {
-            let name = format!("sfb{}x{attempt}", std::process::id() % 10000);
-            let subnet = ((std::process::id() + attempt) % 200) as u8 + 20;
-            let mut up = Command::new(&script);
-            up.args([
-                "up",
-                &hosts.to_string(),
-                "--name",
-                &name,
-                "--subnet",
-                &subnet.to_string(),
-            ]);
-            if let Some(r) = rate {
-                up.args(["--rate", r]);
-            }
-            let out = up.output().context(
-                "cannot run scripts/cluster.sh (the benchmark needs root for network namespaces)",
-            )?;
-            match out.status.code() {
-                Some(0) => break (name, subnet),
-                Some(3) if attempt < 20 => attempt += 1,
-                _ => bail!(
-                    "creating the test hosts failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            }
-        };
-        let bed = Testbed {
-            script,
-            name,
-            subnet,
-            hosts,
-            daemons: Vec::new(),
-            dir: tempfile::tempdir()?,
-            transport: Transport::Plain,
-            home: None,
-        };
-        let specs: Vec<sf_tls::generate::HostSpec> = (1..=hosts)
-            .map(|i| sf_tls::generate::HostSpec {
-                name: format!("h{i}"),
-                ip: IpAddr::V4(bed.addr(i)),
-            })
-            .collect();
-        sf_tls::generate::init(&bed.tls_dir(), &specs)?;
-        Ok(bed)
-    }
-
-    fn tls_dir(&self) -> PathBuf {
-        self.dir.path().join("tls")
-    }
-
-    /// (Re)starts every host's daemon, with mutual TLS or plain TCP.
-    pub(super) fn start_daemons(&mut self, tls: bool) -> anyhow::Result<()> {
-        for d in &mut self.daemons {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        self.daemons.clear();
-        let bed = &mut *self;
-        let hosts = bed.hosts;
-        let daemon = std::env::current_exe()?.with_file_name("snowflockd");
-        if !daemon.is_file() {
-            bail!(
-                "{} is missing; build the workspace (cargo build --release)",
-                daemon.display()
-            );
-        }
-        for i in 1..=hosts {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &bed.netns(i)]).arg(&daemon);
-            c.arg("--socket")
-                .arg(bed.socket(i))
-                .arg("--listen")
-                .arg(format!("{}:7070", bed.addr(i)));
-            c.arg("--state-dir")
-                .arg(bed.dir.path().join(format!("h{i}")))
-                .arg("--snowflock")
-                .arg(std::env::current_exe()?);
-            for j in (1..=hosts).filter(|&j| j != i) {
-                c.arg("--peer").arg(format!("{}:7070", bed.addr(j)));
-            }
-            if tls {
-                let p = sf_tls::generate::host_paths(&bed.tls_dir(), &format!("h{i}"));
-                c.arg("--tls-ca").arg(p.ca).arg("--tls-cert").arg(p.cert);
-                c.arg("--tls-key").arg(p.key);
-            } else {
-                c.arg("--insecure-no-tls");
-            }
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            bed.daemons
-                .push(c.spawn().context("cannot start snowflockd")?);
-        }
-        for i in 1..=hosts {
-            let until = Instant::now() + Duration::from_secs(10);
-            while Client::new(Endpoint::Unix(bed.socket(i)))
-                .get::<sf_api::Health>("/v1/health")
-                .is_err()
-            {
-                if Instant::now() > until {
-                    bail!("the daemon of host {i} did not come up");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        bed.transport = if tls {
-            let p = sf_tls::generate::host_paths(&bed.tls_dir(), "h1");
-            Transport::Tls(std::sync::Arc::new(Credentials::load(&p)?))
-        } else {
-            Transport::Plain
-        };
-        Ok(())
-    }
-
-    fn netns(&self, i: usize) -> String {
-        format!("{}-h{i}", self.name)
-    }
-
-    pub(super) fn addr(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 213, self.subnet, i as u8)
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("h{i}.sock"))
-    }
-
-    /// Moves this thread (the one that runs the VMs) into host 1.
-    pub(super) fn enter_host1(&mut self) -> anyhow::Result<()> {
-        use std::os::fd::AsRawFd;
-        self.home = Some(
-            std::fs::File::open("/proc/thread-self/ns/net")
-                .context("cannot open this thread's network namespace")?,
-        );
-        let f = std::fs::File::open(Path::new("/var/run/netns").join(self.netns(1)))
-            .context("cannot open host 1's namespace")?;
-        // SAFETY: setns on a namespace file we opened; it affects only this thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "cannot enter host 1's network namespace: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        if let Some(home) = self.home.take() {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns back to the namespace this thread came from.
-            unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
-        }
-        for d in &mut self.daemons {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        let _ = Command::new(&self.script)
-            .args(["down", "--name", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
+/// One run of the scan guest; the report and the parent's console.
 fn run_once(
     bed: &Testbed,
     image: &GuestImage,
-    mem_mib: u64,
-    n: u32,
+    (mem_mib, n): (u64, u32),
     placement: Placement,
     window: Option<u32>,
-) -> anyhow::Result<RunReport> {
+    mech: Mechanisms,
+) -> anyhow::Result<(RunReport, String)> {
     let cfg = VmConfig {
         mem_size: mem_mib << 20,
         cmdline: format!("scan n={n} mib={} ms=0", (mem_mib / 16).max(1)),
         max_clones: n.max(sf_vmm::default_max_clones()),
         timeout: Some(Duration::from_secs(300)),
-        remote: Some(bed.link_from_host_1(placement, window)),
+        remote: Some(bed.link_with(placement, window, mech)),
         ..Default::default()
     };
     let mut out = Vec::new();
     let report = Vm::new(&cfg, image)?.run(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
+    let text = String::from_utf8_lossy(&out).into_owned();
     if report.outcome.exit_code() != 0 || !text.contains("forktest scan: ok") {
         bail!(
             "the scan guest failed ({mem_mib} MiB x {n}, {placement:?}): {} / {text}",
@@ -333,7 +160,7 @@ fn run_once(
     if t.clones.iter().any(|c| c.status != CloneStatus::Exited) {
         bail!("a clone failed: {:?}", t.clones);
     }
-    Ok(report)
+    Ok((report, text))
 }
 
 fn firsts(r: &RunReport) -> Vec<f64> {
@@ -345,8 +172,13 @@ fn firsts(r: &RunReport) -> Vec<f64> {
 }
 
 pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
-    if a.runs == 0 || a.mem_mib.is_empty() || a.clones.is_empty() || a.clones.contains(&0) {
-        bail!("--runs, --mem-mib and --clones need positive values");
+    if a.runs == 0
+        || a.mem_mib.is_empty()
+        || a.clones.is_empty()
+        || a.clones.contains(&0)
+        || a.mechanisms.is_empty()
+    {
+        bail!("--runs, --mem-mib, --clones and --mechanisms need positive values");
     }
     let image = crate::run::shipped("forktest")?;
     eprintln!(
@@ -360,7 +192,12 @@ pub fn main(a: RemoteBenchArgs) -> anyhow::Result<u8> {
     let mut bed = Testbed::up(a.hosts, a.rate.as_deref())?;
     bed.enter_host1()?;
     let mut rows = Vec::new();
-    for tls in [true, false] {
+    let transports: &[bool] = match a.transport {
+        TransportArg::Both => &[true, false],
+        TransportArg::Mtls => &[true],
+        TransportArg::Plain => &[false],
+    };
+    for &tls in transports {
         bed.start_daemons(tls)?;
         rows.extend(measure(&bed, &a, &image)?);
     }
@@ -383,118 +220,153 @@ fn measure(bed: &Testbed, a: &RemoteBenchArgs, image: &GuestImage) -> anyhow::Re
     let mut rows = Vec::new();
     for &mem in &a.mem_mib {
         // What a clone touches does not depend on how many there are: one
-        // run with prefetching off counts it (each fetch is then one fault).
-        let base = run_once(bed, image, mem, 1, Placement::Remote, Some(1))?;
+        // run with prefetching and multicast off counts it (each fetch is
+        // then one faulting touch).
+        let (base, _) = run_once(
+            bed,
+            image,
+            (mem, 1),
+            Placement::Remote,
+            Some(1),
+            Mechanisms::NoMulticast,
+        )?;
         let touched = base.clones[0].clones[0]
             .memory
             .as_ref()
             .map_or(0, |m| m.pages_fetched) as f64;
         for &n in &a.clones {
-            let t0 = Instant::now();
-            let (mut rf, mut rl, mut lf, mut ll, mut p50, mut p99, mut rj, mut lj) =
-                Default::default();
-            let (mut faults, mut pages, mut bytes, mut mcast) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut desc = 0;
-            for _ in 0..a.runs {
-                let r = run_once(bed, image, mem, n, Placement::Remote, None)?;
-                let f = firsts(&r);
-                push(&mut rf, median(&f));
-                push(&mut rl, f.iter().copied().fold(0.0, f64::max));
-                push(&mut rj, r.clones[0].request_to_joined.map_or(f64::NAN, ms));
-                desc = r.clones[0].descriptor_bytes;
-                for c in &r.clones[0].clones {
-                    let m = c.memory.clone().unwrap_or_default();
-                    push(&mut p50, m.fault_latency_p50_us as f64);
-                    push(&mut p99, m.fault_latency_p99_us as f64);
-                    faults.push(m.faults as f64);
-                    pages.push(m.pages_fetched as f64);
-                    bytes.push(m.bytes_received as f64);
-                    mcast.push(m.multicast_pages as f64);
-                }
-                let l = run_once(bed, image, mem, n, Placement::Local, None)?;
-                let f = firsts(&l);
-                push(&mut lf, median(&f));
-                push(&mut ll, f.iter().copied().fold(0.0, f64::max));
-                push(&mut lj, l.clones[0].request_to_joined.map_or(f64::NAN, ms));
+            for &mech in &a.mechanisms {
+                rows.push(measure_row(bed, a, image, (mem, n), mech, touched)?);
             }
-            let bytes_med = median(&bytes);
-            rows.push(Row {
-                transport: bed.transport.name().into(),
-                mem_mib: mem,
-                clones: n,
-                hosts: a.hosts,
-                runs: a.runs,
-                remote_first_instr_ms_median: median(&rf),
-                remote_last_first_instr_ms_median: median(&rl),
-                local_first_instr_ms_median: median(&lf),
-                local_last_first_instr_ms_median: median(&ll),
-                fault_latency_p50_us_median: median(&p50),
-                fault_latency_p99_us_median: median(&p99),
-                faults_per_clone: median(&faults),
-                pages_fetched_per_clone: median(&pages),
-                multicast_pages_per_clone: median(&mcast),
-                bytes_fetched_per_clone: bytes_med,
-                pages_touched_per_clone: touched,
-                fetched_vs_touched: bytes_med / (touched * 4096.0),
-                descriptor_bytes: desc,
-                remote_join_ms_median: median(&rj),
-                local_join_ms_median: median(&lj),
-            });
-            eprintln!(
-                "  {:>5} {mem:>5} MiB x {n:>2} clones: done in {:.1} s",
-                bed.transport.name(),
-                t0.elapsed().as_secs_f64()
-            );
         }
     }
     Ok(rows)
 }
 
-fn push(v: &mut Vec<f64>, x: f64) {
-    v.push(x);
+fn measure_row(
+    bed: &Testbed,
+    a: &RemoteBenchArgs,
+    image: &GuestImage,
+    (mem, n): (u64, u32),
+    mech: Mechanisms,
+    touched: f64,
+) -> anyhow::Result<Row> {
+    let t0 = Instant::now();
+    let [mut rf, mut rl, mut lf, mut ll, mut rj, mut lj]: [Vec<f64>; 6] = Default::default();
+    let mut groups = Vec::new();
+    let mut clones: Vec<PerClone> = Vec::new();
+    let mut desc = 0;
+    for _ in 0..a.runs {
+        let tx0 = bed.origin_tx_bytes()?;
+        let (r, text) = run_once(bed, image, (mem, n), Placement::Remote, None, mech)?;
+        let tx = bed.origin_tx_bytes()? - tx0;
+        let f = firsts(&r);
+        rf.push(median(&f));
+        rl.push(f.iter().copied().fold(0.0, f64::max));
+        rj.push(r.clones[0].request_to_joined.map_or(f64::NAN, ms));
+        desc = r.clones[0].descriptor_bytes;
+        let g = GroupRun::new(&r.clones[0].clones, &text, tx, touched)?;
+        clones.extend(g.clones.iter().cloned());
+        groups.push(g);
+        // Forked on this host, for reference (once per row, with every
+        // mechanism: they do not apply to local clones).
+        if mech == a.mechanisms[0] {
+            let (l, _) = run_once(bed, image, (mem, n), Placement::Local, None, mech)?;
+            let f = firsts(&l);
+            lf.push(median(&f));
+            ll.push(f.iter().copied().fold(0.0, f64::max));
+            lj.push(l.clones[0].request_to_joined.map_or(f64::NAN, ms));
+        }
+    }
+    let per = |f: fn(&PerClone) -> f64| median(&clones.iter().map(f).collect::<Vec<_>>());
+    let per_group = |f: fn(&GroupRun) -> f64| median(&groups.iter().map(f).collect::<Vec<_>>());
+    let bytes_med = per(|c| c.m.bytes_received as f64);
+    let row = Row {
+        transport: bed.transport.name().into(),
+        mechanisms: mech,
+        mem_mib: mem,
+        clones: n,
+        hosts: a.hosts,
+        runs: a.runs,
+        remote_first_instr_ms_median: median(&rf),
+        remote_last_first_instr_ms_median: median(&rl),
+        work_ms_median: per(|c| c.work_ms),
+        work_ms_last: per_group(|g| g.work_ms_last),
+        origin_tx_bytes: per_group(|g| g.origin_tx_bytes),
+        origin_tx_bytes_from_clones: per_group(|g| g.from_clones_bytes),
+        multicast_bytes: per_group(|g| g.multicast_bytes),
+        pages_arrived_before_touch_pct: per_group(|g| g.arrived_before_touch_pct),
+        multicast_lost_datagrams: per_group(|g| g.lost_datagrams),
+        push_timeouts_per_clone: per(|c| c.m.push_timeouts as f64),
+        local_first_instr_ms_median: median(&lf),
+        local_last_first_instr_ms_median: median(&ll),
+        fault_latency_p50_us_median: per(|c| c.m.fault_latency_p50_us as f64),
+        fault_latency_p99_us_median: per(|c| c.m.fault_latency_p99_us as f64),
+        faults_per_clone: per(|c| c.m.faults as f64),
+        pages_fetched_per_clone: per(|c| c.m.pages_fetched as f64),
+        multicast_pages_per_clone: per(|c| c.m.multicast_pages as f64),
+        bytes_fetched_per_clone: bytes_med,
+        pages_touched_per_clone: touched,
+        fetched_vs_touched: bytes_med / (touched * 4096.0),
+        descriptor_bytes: desc,
+        remote_join_ms_median: median(&rj),
+        local_join_ms_median: median(&lj),
+    };
+    eprintln!(
+        "  {:>5} {mem:>5} MiB x {n:>2} clones, {:?}: done in {:.1} s",
+        bed.transport.name(),
+        mech,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(row)
 }
 
 fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>5} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>8} {:>10} {:>8} {:>7}",
+        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8}",
         "auth",
-        "mem MiB",
-        "clones",
-        "remote ms",
+        "mechanisms",
+        "MiB",
+        "N",
+        "first ms",
         "last ms",
-        "local ms",
-        "last ms",
+        "work ms",
+        "wk last",
+        "origin MB",
+        "mcast MB",
+        "early%",
+        "lost",
         "p50 us",
         "p99 us",
-        "pg touch",
         "pg fetch",
         "pg mcast",
-        "MB fetch",
         "fetch/t",
-        "desc B"
+        "local ms",
     );
     for r in rows {
         println!(
-            "{:>5} {:>7} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.0} {:>7.0} {:>9.0} {:>9.0} {:>8.0} {:>10.2} {:>8.3} {:>7}",
+            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2}",
             r.transport,
+            format!("{:?}", r.mechanisms),
             r.mem_mib,
             r.clones,
             r.remote_first_instr_ms_median,
             r.remote_last_first_instr_ms_median,
-            r.local_first_instr_ms_median,
-            r.local_last_first_instr_ms_median,
+            r.work_ms_median,
+            r.work_ms_last,
+            r.origin_tx_bytes / 1e6,
+            r.multicast_bytes / 1e6,
+            r.pages_arrived_before_touch_pct,
+            r.multicast_lost_datagrams,
             r.fault_latency_p50_us_median,
             r.fault_latency_p99_us_median,
-            r.pages_touched_per_clone,
             r.pages_fetched_per_clone,
             r.multicast_pages_per_clone,
-            r.bytes_fetched_per_clone / 1e6,
             r.fetched_vs_touched,
-            r.descriptor_bytes
+            r.local_first_instr_ms_median,
         );
     }
-    println!("fetch/t = bytes received per clone over TCP / bytes of the pages it touched (goal <= 1.1); pg mcast = pages pushed to it by the group's multicast first");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); lost = multicast datagrams lost per run; fetch/t = bytes received per clone over TCP / bytes of the pages it touched");
 }

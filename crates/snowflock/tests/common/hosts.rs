@@ -53,6 +53,16 @@ impl Hosts {
 
     /// Like [`Hosts::start`], with `extra` options for every daemon.
     pub fn start_with(k: usize, extra: &[&str]) -> Hosts {
+        Self::start_with_env(k, extra, |_| Vec::new())
+    }
+
+    /// Like [`Hosts::start_with`], with environment variables for host
+    /// `i`'s daemon (and so its VMMs) from `env(i)`.
+    pub fn start_with_env(
+        k: usize,
+        extra: &[&str],
+        env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+    ) -> Hosts {
         let cluster = Cluster::new(k);
         let dir = tempdir();
         cluster_init(&dir.path().join("tls"), &cluster, 1..=k);
@@ -75,6 +85,7 @@ impl Hosts {
                 cmd.arg("--tls-key").arg(p.key);
             }
             cmd.args(extra);
+            cmd.envs(env(i));
             let log = std::fs::File::create(dir.path().join(format!("h{i}.daemon.log"))).unwrap();
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
             daemons.push(cmd.spawn().expect("start snowflockd"));

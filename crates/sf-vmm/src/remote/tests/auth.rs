@@ -62,6 +62,7 @@ fn clients_without_a_cluster_certificate_are_refused() {
                 pages: 2,
             },
             &mut data,
+            false,
         )
         .unwrap();
     assert_eq!(b.map.data_pages(), 2);
@@ -93,6 +94,7 @@ fn silent_connections_neither_lock_out_a_clone_nor_stay_open() {
             pages: 1,
         },
         &mut data,
+        false,
     )
     .unwrap();
     // And each silent one is closed once its deadline passes.

@@ -5,6 +5,7 @@ mod auth;
 mod failure;
 mod fetch;
 mod hints;
+mod lockstep;
 mod serve;
 
 use super::{GroupToken, PageServer, ServedRegion, ServerHandle, PAGE_SIZE};

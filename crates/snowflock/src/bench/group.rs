@@ -1,0 +1,79 @@
+//! One remote clone group's run, as `bench remote` reports it: each
+//! clone's work time (from the parent's `join` lines) and counters, what
+//! the origin sent, and the share of touched pages that arrived first.
+
+use sf_vmm::clone::CloneSummary;
+use sf_vmm::remote::multicast::DATAGRAM_LEN;
+
+/// Ethernet + IPv4 header bytes per frame, and the IPv4 payload per frame
+/// at the test network's 1500-byte MTU.
+const FRAME_OVERHEAD: f64 = 14.0 + 20.0;
+const IP_PAYLOAD: f64 = 1480.0;
+/// TCP segments (1448 bytes of payload with timestamps) cost 66 bytes of
+/// headers each on the wire.
+const TCP_OVERHEAD: f64 = 66.0 / 1448.0;
+
+#[derive(Clone, Debug)]
+pub struct PerClone {
+    pub id: u32,
+    pub m: sf_api::FetchStats,
+    /// The clone's read pass, from its first instruction.
+    pub work_ms: f64,
+}
+
+pub struct GroupRun {
+    pub clones: Vec<PerClone>,
+    pub work_ms_last: f64,
+    /// The origin's interface counter over the run.
+    pub origin_tx_bytes: f64,
+    /// The same estimated from the clones' counters: TCP bytes received
+    /// (plus headers) and the group's datagrams on the wire.
+    pub from_clones_bytes: f64,
+    pub multicast_bytes: f64,
+    /// Clones 2..N (clone 1 in a group of one).
+    pub arrived_before_touch_pct: f64,
+    pub lost_datagrams: f64,
+}
+
+/// Bytes on the wire of `n` multicast datagrams (each a UDP datagram
+/// fragmented to the MTU).
+pub fn multicast_wire_bytes(n: u64) -> f64 {
+    let udp = (DATAGRAM_LEN + 8) as f64;
+    n as f64 * (udp + (udp / IP_PAYLOAD).ceil() * FRAME_OVERHEAD)
+}
+
+impl GroupRun {
+    pub fn new(
+        clones: &[CloneSummary],
+        console: &str,
+        origin_tx_bytes: u64,
+        touched: f64,
+    ) -> anyhow::Result<GroupRun> {
+        let mut per = Vec::new();
+        for c in clones {
+            let work_ns = super::avoid::clone_work_ns(console, c.id).ok_or_else(|| {
+                anyhow::anyhow!("the parent printed no work time for clone {}", c.id)
+            })?;
+            per.push(PerClone {
+                id: c.id,
+                m: c.memory.clone().unwrap_or_default(),
+                work_ms: work_ns as f64 / 1e6,
+            });
+        }
+        let datagrams = per.iter().map(|c| c.m.multicast_seen).max().unwrap_or(0);
+        let multicast_bytes = multicast_wire_bytes(datagrams);
+        let tcp: f64 = per.iter().map(|c| c.m.bytes_received as f64).sum();
+        let later: Vec<&PerClone> = per.iter().filter(|c| c.id >= 2 || per.len() == 1).collect();
+        let misses: f64 = later.iter().map(|c| c.m.misses as f64).sum();
+        let pct = 100.0 * (1.0 - misses / (touched * later.len() as f64)).clamp(0.0, 1.0);
+        Ok(GroupRun {
+            work_ms_last: per.iter().map(|c| c.work_ms).fold(0.0, f64::max),
+            origin_tx_bytes: origin_tx_bytes as f64,
+            from_clones_bytes: tcp * (1.0 + TCP_OVERHEAD) + multicast_bytes,
+            multicast_bytes,
+            arrived_before_touch_pct: pct,
+            lost_datagrams: per.iter().map(|c| c.m.multicast_lost as f64).sum(),
+            clones: per,
+        })
+    }
+}
