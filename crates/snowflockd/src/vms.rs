@@ -429,6 +429,7 @@ impl Daemon {
         }
         if let Some(c) = checked.output_cap {
             args.extend(["--output-cap".into(), format!("{}K", c.div_ceil(1024))]);
+        }
         if req.no_multicast {
             args.push("--no-multicast".into());
         }
