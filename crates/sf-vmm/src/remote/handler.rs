@@ -201,9 +201,12 @@ impl Handler {
     }
 
     pub fn run(mut self) {
+        // Fork safety: a fork of this VMM parks this thread in its poll
+        // (see `clone::park`).
+        let helper = crate::clone::park::register("remote memory");
         while !self.shared.stop.load(SeqCst) {
             let prefetching = self.prefetch.is_some();
-            if let Err(e) = self.wait(prefetching) {
+            if let Err(e) = helper.idle(|| self.wait(prefetching)) {
                 self.fail(RemoteError::Uffd {
                     what: "poll",
                     source: e,
