@@ -224,5 +224,61 @@ mod tests {
         assert!(e.to_string().contains("stuck helper"), "{e}");
         busy.join().unwrap();
         park_all().expect("the helper left").resume();
+
+        forked_children_find_the_helpers_locks_free_only_when_parked();
+    }
+
+    /// Forks while a helper holds its lock most of the time: without
+    /// parking, some child finds the lock taken (it would wait forever for
+    /// a thread it does not have: the hazard of forking a clone host as it
+    /// was); with parking, every child finds it free.
+    fn forked_children_find_the_helpers_locks_free_only_when_parked() {
+        let lock = Arc::new(Mutex::new(()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let helper = {
+            let (lock, stop) = (lock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let h = register("lock-holding helper");
+                while !stop.load(SeqCst) {
+                    {
+                        let _g = lock.lock().unwrap();
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    h.checkpoint();
+                }
+            })
+        };
+        // Whether the child of one fork could take the lock (exit 0) or
+        // found it held (exit 1).
+        let fork_and_try = |park: bool| -> bool {
+            let parked = park.then(|| park_all().expect("helper parks"));
+            let forked = crate::clone::process::fork().expect("fork");
+            match forked {
+                crate::clone::process::Forked::Child => {
+                    let free = lock.try_lock().is_ok();
+                    crate::clone::process::exit_now(!free as i32)
+                }
+                crate::clone::process::Forked::Parent(pid) => {
+                    if let Some(p) = parked {
+                        p.resume();
+                    }
+                    let st = crate::clone::process::wait(pid).expect("wait");
+                    st == crate::clone::process::ExitStatus::Code(0)
+                }
+            }
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let unparked_blocked = (0..20).filter(|_| !fork_and_try(false)).count();
+        let parked_blocked = (0..20).filter(|_| !fork_and_try(true)).count();
+        stop.store(true, SeqCst);
+        helper.join().unwrap();
+        assert!(
+            unparked_blocked > 0,
+            "without parking no child ever found the lock held"
+        );
+        assert_eq!(
+            parked_blocked, 0,
+            "a child of a parked fork found the lock held"
+        );
     }
 }
