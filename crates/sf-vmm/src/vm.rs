@@ -244,6 +244,10 @@ impl Vm {
         max_clones: u32,
         started: Instant,
     ) -> Result<Vm, Error> {
+        // The format carries every vCPU; this VMM runs one.
+        if desc.vcpus.len() != 1 {
+            return Err(Error::Vcpus(desc.vcpus.len() as u32));
+        }
         crate::watchdog::install_handler().map_err(Error::Timer)?;
         // This process is the root of the clone's subtree on this host: it
         // reaps the orphans of its killed clones (else PID 1 gets zombies).
