@@ -41,6 +41,9 @@ pub enum Error {
     Remote(String),
     #[error(transparent)]
     Input(#[from] crate::inputs::InputError),
+    Device(#[from] crate::devices::DeviceError),
+    #[error("cannot add the device: {0}")]
+    AddDevice(#[source] crate::devices::AddError),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
 }

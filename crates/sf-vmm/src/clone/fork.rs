@@ -7,7 +7,7 @@ use super::process::{self, Forked};
 use super::remote::{self, RemoteGroup, RemotePlan};
 use super::report::CloneReport;
 use super::{CloneHost, CloneTimeline, Group, Reporter, Role};
-use crate::descriptor::{MemorySource, VmDescriptor};
+use crate::descriptor::{HintSettings, MemorySource, VmDescriptor};
 use crate::hypercall::CpuView;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
@@ -119,7 +119,13 @@ impl Vm {
         let state = self.vcpu.capture()?;
         let descriptor = VmDescriptor {
             mem_size: self.ram.size(),
-            vcpu: state,
+            vcpus: vec![state],
+            devices: self.devices.save()?,
+            hints: HintSettings {
+                floor: self.hints_floor,
+                bitmap_gpa: self.hints_gpa,
+                no_hints: self.no_hints,
+            },
             memory: MemorySource::Inherited,
         }
         .encode();
@@ -197,10 +203,19 @@ impl Vm {
             jobs.push(first);
         }
         let parent = process::getpid();
-        // Fork safety: only the vCPU thread forks, after the memory is whole;
-        // a clone host's other threads keep locks (fetcher counters, origin
-        // link) that the child drops unused or refuses to touch.
-        match process::fork().map_err(io("forking the first clone"))? {
+        // Fork safety: the vCPU thread forks only after the memory is whole
+        // and every helper thread (a remote clone's fault handler, heartbeat
+        // and origin link) is parked at a known point holding no lock and
+        // no stream the child needs (`park`); they resume right after. The
+        // child has none of them and needs none.
+        let parked = super::park::park_all()
+            .map_err(|e| io("parking the helper threads")(std::io::Error::other(e)))?;
+        let forked = process::fork();
+        match forked {
+            Ok(Forked::Child) => parked.in_child(),
+            _ => parked.resume(),
+        }
+        match forked.map_err(io("forking the first clone"))? {
             Forked::Parent(first) => {
                 drop((pids_w, jobs));
                 let remote = match plan {
@@ -275,6 +290,9 @@ impl Vm {
         let mut report = SpawnReport::default();
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
+            // Fork safety: this first child has only the one thread that
+            // forked it (its parent's helpers were parked, and none exist
+            // here), so nothing can hold a lock the siblings need.
             match process::fork_sibling() {
                 Ok(Forked::Child) => {
                     if !process::die_with_parent(parent) {
@@ -337,7 +355,7 @@ impl Vm {
         request: Instant,
     ) -> Result<(), Error> {
         let mut desc = VmDescriptor::decode(descriptor)?;
-        desc.vcpu.regs.rax = id as u64;
+        desc.boot_vcpu_mut().regs.rax = id as u64;
         let path = if self.clones.path.is_empty() {
             id.to_string()
         } else {
@@ -368,9 +386,12 @@ impl Vm {
             .map_err(Error::kvm("creating the clone VM"))?;
         self.register_ram(&vm_fd)?;
         let vcpu = Vcpu::new(&vm_fd, &self.cpuid)?;
-        vcpu.restore(&desc.vcpu)?;
+        vcpu.restore(desc.boot_vcpu())?;
         self.replace_vm(vm_fd, vcpu);
         self.reseed();
+        // The devices came along with the fork: they take the clone's
+        // identity and their fresh host resources.
+        self.devices_on_clone(id, &path)?;
         self.console.set_prefix(format!("[clone {path}] "));
         // Built: from here on the (inherited) filter is all this clone needs.
         crate::sandbox::narrow(crate::sandbox::Role::LocalClone).map_err(Error::Sandbox)?;

@@ -151,7 +151,7 @@ fn build(
     start: Instant,
     transport: &Transport,
 ) -> Result<Vm, Error> {
-    desc.vcpu.regs.rax = id as u64;
+    desc.boot_vcpu_mut().regs.rax = id as u64;
     let ram = GuestRam::new(desc.mem_size)?;
     let vcpu_thread = crate::remote::current_thread_kicker();
     let mut cfg = FetchConfig {
@@ -196,6 +196,7 @@ fn build(
     vm.clones = CloneHost::new(req.max_clones);
     vm.clones.path = path.clone();
     vm.console.set_prefix(format!("[clone {path}] "));
+    vm.devices_on_clone(id, &path)?;
     Ok(vm)
 }
 
@@ -207,13 +208,17 @@ fn spawn_heartbeats(
     stats: crate::remote::StatsSource,
     stats_file: Option<Arc<crate::stats_file::StatsFile>>,
 ) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(HEARTBEAT_EVERY);
-        if let Some(f) = &stats_file {
-            let _ = f.publish(&stats.get());
-        }
-        if conn.heartbeat().is_err() {
-            return;
+    std::thread::spawn(move || {
+        // Fork safety: parked in its sleep (see `clone::park`).
+        let helper = super::park::register("heartbeat");
+        loop {
+            helper.idle(|| std::thread::sleep(HEARTBEAT_EVERY));
+            if let Some(f) = &stats_file {
+                let _ = f.publish(&stats.get());
+            }
+            if conn.heartbeat().is_err() {
+                return;
+            }
         }
     });
 }

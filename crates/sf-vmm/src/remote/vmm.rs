@@ -98,5 +98,6 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         push_timeouts: s.push_timeouts,
         multicast_lost: s.multicast_lost,
         multicast_seen: s.multicast_seen,
+        released_hinted_pages: s.released_hinted_pages,
     }
 }
