@@ -41,6 +41,7 @@ pub enum Error {
     Remote(String),
     #[error(transparent)]
     Input(#[from] crate::inputs::InputError),
+    #[error(transparent)]
     Device(#[from] crate::devices::DeviceError),
     #[error("cannot add the device: {0}")]
     AddDevice(#[source] crate::devices::AddError),
