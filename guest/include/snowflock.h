@@ -74,4 +74,26 @@ int64_t sf_kill(const sf_ticket_t *t);
  * call. Returns 1, or 0 if the hint was dropped (32 already pending). */
 int sf_will_overwrite(const void *p, size_t len);
 
+/* Inputs: the files the host gave with --input NAME=PATH, read-only.
+ * sf_input returns the bytes of input `name` and sets *len (NULL and 0 when
+ * there is none); they stay valid for the whole run, in clones too. */
+const void *sf_input(const char *name, size_t *len);
+/* How many inputs; sf_input_name(i, &n) is input i's name (n bytes, not
+ * NUL-terminated), NULL past the last. */
+size_t sf_input_count(void);
+const char *sf_input_name(size_t i, size_t *name_len);
+
+/* Outputs: files under the host's --output DIR, in DIR/<vm-id>/NAME
+ * (vm-id 0 for the root VM, the clone's ID path such as 2 or 2.3 for a
+ * clone). NAME: 1..SF_NAME_MAX letters, digits, '.', '_', '-', not
+ * starting with '.'. Any size (sent in chunks). Return 0, or -SF_EINVAL
+ * bad name, -SF_EPERM no output directory, -SF_E2BIG over the VM's
+ * output cap (what was written before stays), -SF_ENOENT append to a name
+ * this VM has not written, -SF_EFAULT unreadable buffer, -SF_EIO the host
+ * could not write. sf_output_write creates or replaces; sf_output_append
+ * adds to a file this VM created. */
+#define SF_NAME_MAX 64
+int sf_output_write(const char *name, const void *buf, size_t len);
+int sf_output_append(const char *name, const void *buf, size_t len);
+
 #endif

@@ -70,8 +70,20 @@ pub enum Call {
     /// [`crate::hints`]). The host only records the address and reads the
     /// structure at each clone call. Returns 0.
     RegisterHints = 22,
-    // Reserved, so that work in progress does not collide: 23 `OutputWrite`
-    // and 24..=29 for inputs and outputs; 30..=39 for networking.
+    /// `(name_ptr, name_len, buf_ptr, buf_len)`: create (or truncate) the
+    /// output file `name` of this VM and write the buffer to it (at most
+    /// [`crate::io::OUTPUT_CHUNK_MAX`] bytes). Returns `buf_len`. Errors:
+    /// [`Error::Invalid`] for a name outside [`crate::io::valid_name`],
+    /// [`Error::TooBig`] for a chunk over the limit or past the VM's output
+    /// cap, [`Error::Denied`] when the VM has no output directory,
+    /// [`Error::Io`] when the host could not write.
+    OutputWrite = 23,
+    /// `(name_ptr, name_len, buf_ptr, buf_len)`: append the buffer to the
+    /// output `name` this VM created with [`Call::OutputWrite`]
+    /// ([`Error::NoEntry`] otherwise). Same limits and errors.
+    OutputAppend = 24,
+    // Reserved, so that work in progress does not collide: 25..=29 for
+    // inputs, outputs and applications; 30..=39 for networking.
 }
 
 impl Call {
@@ -88,6 +100,8 @@ impl Call {
             20 => Call::JoinFetch,
             21 => Call::Kill,
             22 => Call::RegisterHints,
+            23 => Call::OutputWrite,
+            24 => Call::OutputAppend,
             _ => return None,
         })
     }
@@ -245,6 +259,9 @@ mod tests {
         assert_eq!(Call::from_u32(1), Some(Call::ConsoleWrite));
         assert_eq!(Call::from_u32(4), Some(Call::Exception));
         assert_eq!(Call::from_u32(21), Some(Call::Kill));
+        assert_eq!(Call::from_u32(23), Some(Call::OutputWrite));
+        assert_eq!(Call::from_u32(24), Some(Call::OutputAppend));
+        assert_eq!(Call::from_u32(25), None);
         assert_eq!(Call::from_u32(15), None);
         assert_eq!(Call::from_u32(0), None);
         assert_eq!(Call::from_u32(u32::MAX), None);

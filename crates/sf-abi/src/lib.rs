@@ -13,6 +13,7 @@ pub mod boot_info;
 pub mod clone;
 pub mod hints;
 pub mod hypercall;
+pub mod io;
 pub mod layout;
 pub mod net;
 pub mod note;

@@ -27,6 +27,9 @@ pub enum LayoutError {
     /// The ring-0 text is not page-aligned inside `[IMAGE_BASE, 2 MiB)`,
     /// or does not hold every exception stub.
     Ring0Text,
+    /// The inputs region is not 2 MiB aligned between the first 2 MiB and
+    /// the block holding the stack guard page.
+    Inputs,
 }
 
 /// Where the guest kernel's ring-0 code is: the exception stubs (vector `v`
@@ -89,9 +92,30 @@ pub const OPEN_PORTS: [(u16, u16); 3] = [
 /// ring-0 text. The caller guarantees the RAM below [`IMAGE_BASE`] is zero,
 /// as it is in a fresh VM.
 pub fn build(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) -> Result<(), LayoutError> {
+    build_with_inputs(m, mem_size, ring0, 0..0)
+}
+
+/// [`build`], with the 2 MiB blocks of `inputs` (the inputs region, see
+/// [`crate::io`]) mapped user read-only: a guest cannot change an input its
+/// clones share, nor make the host write there on its behalf.
+pub fn build_with_inputs(
+    m: &mut impl GuestWords,
+    mem_size: u64,
+    ring0: &Ring0,
+    inputs: core::ops::Range<u64>,
+) -> Result<(), LayoutError> {
     check_mem_size(mem_size)?;
     ring0.check()?;
-    build_page_tables(m, mem_size, ring0);
+    let guard_block = stack_guard(mem_size) & !(LARGE_PAGE - 1);
+    if !inputs.is_empty()
+        && (!inputs.start.is_multiple_of(LARGE_PAGE)
+            || !inputs.end.is_multiple_of(LARGE_PAGE)
+            || inputs.start < LARGE_PAGE
+            || inputs.end > guard_block)
+    {
+        return Err(LayoutError::Inputs);
+    }
+    build_page_tables(m, mem_size, ring0, inputs);
     build_gdt(m);
     build_idt(m, ring0.isr_base, ring0.isr_stride);
     build_tss(m);
@@ -116,7 +140,12 @@ pub fn low_page_flags(addr: u64, ring0: &Ring0) -> u64 {
     }
 }
 
-fn build_page_tables(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) {
+fn build_page_tables(
+    m: &mut impl GuestWords,
+    mem_size: u64,
+    ring0: &Ring0,
+    inputs: core::ops::Range<u64>,
+) {
     // Two 4 KiB page tables: the first 2 MiB (null page, ring-0 structures
     // and text) and the 2 MiB holding the stack guard page; every other
     // 2 MiB is one large user page.
@@ -141,6 +170,8 @@ fn build_page_tables(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) {
         let addr = i * LARGE_PAGE;
         let entry = if addr == guard_region {
             PT_GUARD | PRESENT | WRITABLE | USER
+        } else if inputs.contains(&addr) {
+            addr | PRESENT | USER | LARGE
         } else {
             addr | PRESENT | WRITABLE | USER | LARGE
         };
@@ -316,6 +347,33 @@ mod tests {
             "text is read-only"
         );
         assert_eq!(user(&r, 0x10_1000), Some(0x10_1000));
+    }
+
+    #[test]
+    fn inputs_are_user_read_only() {
+        let mem = 64 << 20;
+        let mut r = Ram(BTreeMap::new());
+        build_with_inputs(&mut r, mem, &RING0, (4 << 20)..(8 << 20)).unwrap();
+        let w = |r: &Ram, va| translate_user(r, PML4, va, Access::Write).map(|t| t.0);
+        for va in [4 << 20, (6 << 20) + 8, (8 << 20) - 8] {
+            assert_eq!(user(&r, va), Some(va));
+            assert_eq!(w(&r, va), None, "{va:#x} must not be writable");
+        }
+        for va in [(4 << 20) - 8, 8 << 20] {
+            assert_eq!(w(&r, va), Some(va), "{va:#x} stays writable");
+        }
+        for bad in [
+            (1 << 20)..(4 << 20),
+            0..(2 << 20),
+            (4 << 20)..(mem - (2 << 20)),
+        ] {
+            let mut r = Ram(BTreeMap::new());
+            assert_eq!(
+                build_with_inputs(&mut r, mem, &RING0, bad.clone()),
+                Err(LayoutError::Inputs),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

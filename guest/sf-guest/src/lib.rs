@@ -2,7 +2,9 @@
 //! entered directly in ring 3 by the SnowFlock VMM) and the ring-3 runtime
 //! applications link against: console, exit, clock, heap, arguments,
 //! randomness, a panic handler that reports its message to the host, and
-//! the SnowFlock clone API ([`clone`], and [`capi`] for C).
+//! the SnowFlock clone API ([`clone`], and [`capi`] for C), and the
+//! host's files: [`input`] (read-only, given with `--input`) and [`output`]
+//! (written under the host's `--output` directory).
 //!
 //! An application is a `#![no_std]`, `#![no_main]` binary that names its
 //! entry point with [`main!`]:
@@ -22,14 +24,17 @@ extern crate alloc;
 
 mod boot;
 pub mod capi;
+pub mod capi_io;
 pub mod clone;
 pub mod console;
 pub mod env;
 mod heap;
 pub mod hypercall;
+pub mod input;
 pub mod kernel;
 mod libc_mem;
 pub mod mem;
+pub mod output;
 mod panic;
 pub mod rand;
 mod rt;
