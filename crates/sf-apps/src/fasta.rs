@@ -209,7 +209,14 @@ mod tests {
 
     #[test]
     fn odd_files_do_not_panic() {
-        for d in [&b""[..], b">", b">\n", b"ACGT\n>x\nAC", b"\n\n>a b\r\nAC\r\n>", b">>>\n>"] {
+        for d in [
+            &b""[..],
+            b">",
+            b">\n",
+            b"ACGT\n>x\nAC",
+            b"\n\n>a b\r\nAC\r\n>",
+            b">>>\n>",
+        ] {
             for k in 1..4 {
                 for i in 1..=k {
                     for r in records(d, crate::share_range(d.len(), i, k)) {

@@ -9,7 +9,11 @@ fn crc32(parts: &[&[u8]]) -> u32 {
         for &b in *part {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
     }
@@ -41,7 +45,11 @@ pub fn encode_rgb(width: u32, height: u32, rgb: &[u8]) -> Option<Vec<u8>> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bits, RGB
     let mut out = Vec::from(&b"\x89PNG\r\n\x1a\n"[..]);
     chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6));
+    chunk(
+        &mut out,
+        b"IDAT",
+        &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6),
+    );
     chunk(&mut out, b"IEND", &[]);
     Some(out)
 }

@@ -135,7 +135,8 @@ fn trace(o: V, d: V, depth: u32) -> V {
     let mut c = color * light;
     if depth < 4 && mirror > 0.0 {
         let r = d - n * (2.0 * d.dot(n));
-        c = c * (1.0 - mirror) + trace(p, r, depth + 1).times(color * 0.5 + V(0.5, 0.5, 0.5)) * mirror;
+        c = c * (1.0 - mirror)
+            + trace(p, r, depth + 1).times(color * 0.5 + V(0.5, 0.5, 0.5)) * mirror;
     }
     c
 }
