@@ -50,13 +50,15 @@ fn entropy() -> [u64; 4] {
     std::array::from_fn(|i| u64::from_le_bytes(seed[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
 }
 
-/// Builds the tables and boot block; returns `(entry, stack_top)`.
+/// Builds the tables and boot block and loads the inputs; returns
+/// `(entry, stack_top, heap_start)`.
 pub fn prepare_direct(
     ram: &GuestRam,
     image: &GuestImage,
     cmdline: &str,
     tsc_khz: Option<u32>,
-) -> Result<(u64, u64), Error> {
+    inputs: crate::inputs::OpenedInputs,
+) -> Result<(u64, u64, u64), Error> {
     let (note, ring0) = match (image.note, image.ring0()) {
         (Some(n), Some(r)) => (n, r),
         _ => {
@@ -68,12 +70,17 @@ pub fn prepare_direct(
         }
     };
     let mem = ram.size();
-    let regions = layout::user_regions(mem, image.end()).ok_or(ImageError::TooBig {
-        end: image.end() + (2 << 20),
-        mem,
-    })?;
-    sf_abi::tables::build(&mut &*ram, mem, &ring0)
+    if layout::user_regions(mem, image.end()).is_none() {
+        return Err(ImageError::TooBig {
+            end: image.end() + (2 << 20),
+            mem,
+        }
+        .into());
+    }
+    let (plan, regions) = inputs.plan(mem, image.end())?;
+    sf_abi::tables::build_with_inputs(&mut &*ram, mem, &ring0, plan.start..plan.end)
         .map_err(|e| ImageError::BadNote(format!("the CPU tables cannot be built: {e:?}")))?;
+    let (inputs_table, inputs_table_len) = inputs.load(ram, &plan)?;
     let cmdline_len = write_cmdline(ram, cmdline)?;
     let mut flags = boot_info::FLAG_HYPERCALLS;
     if tsc_khz.is_some() {
@@ -92,10 +99,12 @@ pub fn prepare_direct(
         stack_top: regions.stack_top,
         first_tsc: 0,
         seed: entropy(),
+        inputs_table,
+        inputs_table_len,
         ..Default::default()
     };
     ram.write(layout::BOOT_INFO, &info.to_bytes());
-    Ok((note.user_entry, regions.stack_top))
+    Ok((note.user_entry, regions.stack_top, regions.heap_start))
 }
 
 /// Writes the PVH start info (one RAM entry, the command line); returns its

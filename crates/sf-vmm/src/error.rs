@@ -40,6 +40,8 @@ pub enum Error {
     #[error("remote memory: {0}")]
     Remote(String),
     #[error(transparent)]
+    Input(#[from] crate::inputs::InputError),
+    #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
 }
 

@@ -19,6 +19,7 @@ pub struct Args {
     pub a0: u64,
     pub a1: u64,
     pub a2: u64,
+    pub a3: u64,
 }
 
 /// The caller, asked only for a buffer that names memory: an empty one
@@ -45,6 +46,13 @@ pub enum Action {
     /// The guest's free-page hints live at this GPA (only recorded here;
     /// read and checked at each clone call, see [`crate::hints`]).
     RegisterHints(u64),
+    /// An output chunk for the VM's output file `name` (checked against
+    /// guest memory; the name is checked by [`crate::output`]).
+    Output {
+        append: bool,
+        name: Vec<u8>,
+        data: Vec<u8>,
+    },
 }
 
 fn ret(r: Result<u64, HcError>) -> Action {
@@ -104,6 +112,7 @@ pub fn handle(
             Action::Clone(call)
         }
         Call::RegisterHints => Action::RegisterHints(args.a0),
+        Call::OutputWrite | Call::OutputAppend => output(ram, args, call, cpu),
         Call::Panic => match read(
             ram,
             caller_for(cpu, args.a1),
@@ -134,6 +143,34 @@ pub fn handle(
     })
 }
 
+/// Reads an output call's name and chunk; a name over the limit is a bad
+/// name, a chunk over the limit is too big.
+fn output(ram: &GuestRam, args: Args, call: Call, cpu: &mut dyn CpuView) -> Action {
+    if args.a1 > sf_abi::io::NAME_MAX as u64 {
+        return ret(Err(HcError::Invalid));
+    }
+    let read_both = || {
+        let name = read(ram, caller_for(cpu, args.a1), args.a0, args.a1, args.a1)?;
+        let data = read(
+            ram,
+            caller_for(cpu, args.a3),
+            args.a2,
+            args.a3,
+            sf_abi::io::OUTPUT_CHUNK_MAX,
+        )?;
+        Ok((name, data))
+    };
+    let mut read_both = read_both;
+    match read_both() {
+        Ok((name, data)) => Action::Output {
+            append: call == Call::OutputAppend,
+            name,
+            data,
+        },
+        Err(e) => ret(Err(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +193,13 @@ mod tests {
         let mut out = Vec::new();
         let a = handle(
             ram,
-            Args { nr, a0, a1, a2: 0 },
+            Args {
+                nr,
+                a0,
+                a1,
+                a2: 0,
+                a3: 0,
+            },
             &mut ConsoleSink::new(),
             &mut out,
             &mut Fixed(caller),

@@ -23,7 +23,9 @@ impl GuestRam {
                 sf_abi::tables::LayoutError::TooLarge => "above the 64 GiB maximum",
                 sf_abi::tables::LayoutError::NotLargePageAligned => "not a multiple of 2 MiB",
                 // Not a size check; check_mem_size never returns it.
-                sf_abi::tables::LayoutError::Ring0Text => "not usable",
+                sf_abi::tables::LayoutError::Ring0Text | sf_abi::tables::LayoutError::Inputs => {
+                    "not usable"
+                }
             },
         })?;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(

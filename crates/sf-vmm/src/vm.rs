@@ -40,6 +40,11 @@ pub struct VmConfig {
     /// Ignore the guest's free-page hints (clones get every page from
     /// the parent), to measure what they save.
     pub no_hints: bool,
+    /// `--input NAME=PATH`: files loaded read-only after the image.
+    pub inputs: Vec<crate::inputs::InputSpec>,
+    /// `--output DIR`: where the guest's output files go (opened before
+    /// the sandbox; see [`crate::output`]).
+    pub output: Option<crate::output::OutputDir>,
 }
 
 impl Default for VmConfig {
@@ -53,6 +58,8 @@ impl Default for VmConfig {
             max_clones: crate::clone::default_max_clones(),
             remote: None,
             no_hints: false,
+            inputs: Vec::new(),
+            output: None,
         }
     }
 }
@@ -124,6 +131,8 @@ pub struct Vm {
     pub(crate) hints_floor: Option<u64>,
     /// At a clone call, the hints the local clones apply after the fork.
     pub(crate) clone_free_pages: crate::hints::FreePages,
+    /// The guest's output files: this VM's directory, names and bytes.
+    pub(crate) outputs: crate::output::Outputs,
 }
 
 fn host_tsc() -> u64 {
@@ -154,6 +163,10 @@ impl Vm {
             return Err(Error::Vcpus(cfg.vcpus));
         }
         let mode = image.boot_mode(cfg.boot)?;
+        let inputs = crate::inputs::OpenedInputs::open(&cfg.inputs)?;
+        if !inputs.is_empty() && mode == BootMode::Pvh {
+            return Err(crate::inputs::InputError::NeedsDirectBoot.into());
+        }
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let ram = GuestRam::new(cfg.mem_size)?;
         if image.end() > cfg.mem_size {
@@ -174,25 +187,30 @@ impl Vm {
         )?;
         let create_vm = started.elapsed();
         image.load(vm.ram.mmap(), vm.ram.size())?;
-        match mode {
+        // Hints never reach below the heap: the image and the inputs hold
+        // bytes every clone reads as they are.
+        let hints_floor = match mode {
             BootMode::Pvh => {
                 let start_info = boot::prepare_pvh(&vm.ram, &cfg.cmdline)?;
                 vm.vcpu
                     .start_pvh(image.pvh_entry.expect("checked by boot_mode"), start_info)?;
+                image.end()
             }
             _ => {
-                let (entry, stack) =
-                    boot::prepare_direct(&vm.ram, image, &cfg.cmdline, vm.tsc_khz)?;
+                let (entry, stack, heap_start) =
+                    boot::prepare_direct(&vm.ram, image, &cfg.cmdline, vm.tsc_khz, inputs)?;
                 vm.vcpu.start_direct(entry, stack)?;
+                heap_start
             }
-        }
+        };
         let load = started.elapsed() - create_vm;
         tracing::debug!(?mode, ?create_vm, ?load, mem = cfg.mem_size, "VM ready");
         vm.timings.create_vm = create_vm;
         vm.timings.load = load;
         vm.remote_link = cfg.remote.clone();
         vm.no_hints = cfg.no_hints;
-        vm.hints_floor = Some(image.end().div_ceil(layout::PAGE));
+        vm.hints_floor = Some(hints_floor.div_ceil(layout::PAGE));
+        vm.outputs = crate::output::Outputs::new(cfg.output.clone());
         Ok(vm)
     }
 
@@ -238,6 +256,7 @@ impl Vm {
             no_hints: false,
             hints_floor: None,
             clone_free_pages: crate::hints::FreePages::none(),
+            outputs: crate::output::Outputs::new(None),
         })
     }
 
@@ -521,6 +540,7 @@ impl Vm {
             a0: regs.rdi,
             a1: regs.rsi,
             a2: regs.r8,
+            a3: regs.r9,
         };
         let mut cpu = hypercall::LiveCpu::new(&self.vcpu.fd);
         let action = hypercall::handle(&self.ram, args, &mut self.console, console, &mut cpu)
@@ -538,6 +558,12 @@ impl Vm {
                 }
                 HcReturn::Value(0)
             }
+            Action::Output { append, name, data } => HcReturn::Value(
+                match self.outputs.write(&self.clones.path, append, &name, &data) {
+                    Ok(n) => n,
+                    Err(e) => e.to_ret(),
+                },
+            ),
             Action::Clone(call) => match self.clone_call(call, args, console)? {
                 HcReturn::Stop(o) => return Ok(Some(*o)),
                 r => r,

@@ -104,6 +104,21 @@ pub struct RunArgs {
     /// (to measure what hints save).
     #[arg(long)]
     no_hints: bool,
+    /// A file the guest reads with `sf_guest::input::get(NAME)` (C:
+    /// `sf_input`), loaded read-only into guest RAM after the image and
+    /// shared by clones (repeatable; at most 64; direct boot only).
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    inputs: Vec<sf_vmm::inputs::InputSpec>,
+    /// Where the guest's `sf_guest::output::write(NAME, ..)` files go:
+    /// DIR/<vm-id>/NAME, vm-id 0 for this VM and the clone's ID path for
+    /// clones (2, or 2.3 for clone 3 of clone 2; remote clones' files are
+    /// shipped back here). Created if missing; the sandbox user becomes its
+    /// owner. Existing files are never overwritten (the guest gets an error).
+    #[arg(long, value_name = "DIR")]
+    output: Option<std::path::PathBuf>,
+    /// Most bytes one VM (the root or any clone) may write to --output.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    output_cap: u64,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -198,6 +213,14 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         }),
         None => None,
     };
+    let owner = policy
+        .as_ref()
+        .and_then(|p| p.user)
+        .map(|c| (c.uid, c.gid));
+    let output = match &a.output {
+        Some(dir) => Some(sf_vmm::output::OutputDir::open(dir, a.output_cap, owner)?),
+        None => None,
+    };
     let cfg = VmConfig {
         mem_size: a.mem,
         vcpus: a.vcpus,
@@ -207,6 +230,8 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         max_clones,
         remote,
         no_hints: a.no_hints,
+        inputs: a.inputs.clone(),
+        output,
     };
     // This VMM reaps its whole family (orphans of killed clones included)
     // before it exits, instead of leaving zombies to PID 1.

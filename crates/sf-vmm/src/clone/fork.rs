@@ -351,6 +351,8 @@ impl Vm {
             std::mem::forget(m);
         }
         self.stats_file = None;
+        // Its own output directory, files and cap (the parent's fds close).
+        self.outputs.reset_for_clone();
         // Hinted pages: fresh zero pages instead of copies of the parent's.
         self.ram
             .discard(&std::mem::take(&mut self.clone_free_pages));

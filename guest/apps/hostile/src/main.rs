@@ -21,6 +21,9 @@
 //! misaligned bitmap, every page hinted, lengths that wrap) and clones
 //! across each: a clone must see its parent's bytes or zeros, nothing else,
 //! and the host must keep running. Exits 0 if all held.
+//!
+//! `io`, `io-cap`, `io-try`, `io-write-input`: inputs and outputs (see
+//! `io.rs`).
 #![no_std]
 #![no_main]
 
@@ -32,6 +35,8 @@ use sf_guest::hypercall::{raw, result};
 use sf_guest::sf_abi::hypercall::{Call, Error};
 use sf_guest::sf_abi::layout;
 use sf_guest::{clone, env, kernel, println};
+
+mod io;
 
 sf_guest::main!(main);
 
@@ -81,6 +86,10 @@ fn main() -> i32 {
         "idt-write" => idt_write(),
         "overflow" => overflow(),
         "hints" => hints(),
+        "io" => io::io(),
+        "io-cap" => io::cap(),
+        "io-try" => io::try_write(env::args().nth(1).unwrap_or("")),
+        "io-write-input" => io::write_input(env::args().nth(1).unwrap_or("")),
         "console-escapes" => {
             println!("hostile console: \x1b[31mred\x1b]0;title\x07\u{9b}2J\x1b[0m end");
             0

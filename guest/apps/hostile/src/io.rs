@@ -1,0 +1,211 @@
+//! Inputs and outputs under attack and at their limits.
+//!
+//! `io [n=N] [big=MIB]`: prints each input's name, length and FNV-1a hash
+//! (the test hashes the files itself), sends output names the host must
+//! refuse (separators, `..`, NUL, too long, wild pointers) straight to the
+//! hypercall, writes `parent.txt` (and `big.bin`, MIB MiB streamed in
+//! chunks), then clones N times: each clone hashes the inputs again, writes
+//! `clone.txt` and returns its hash, which the parent checks. Exits 0 if
+//! every answer was the ABI's.
+//! `io-cap`: writes 1 MiB chunks until the host refuses, then checks the
+//! refusal is `TooBig` and that the VM runs on. `io-try NAME`: writes one
+//! file and prints the answer (exit 0 ok, 3 refused). `io-write-input
+//! NAME`: writes into an input, which must crash the VM (read-only page).
+
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+use sf_guest::output::{self, OutputError};
+use sf_guest::sf_abi::hypercall::{Call, Error};
+use sf_guest::sf_abi::io::OUTPUT_CHUNK_MAX;
+use sf_guest::{clone, env, input, println};
+
+/// FNV-1a, 64 bits: a hash both sides compute in a few lines.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// One line per input; returns a hash over all of them.
+fn summary(who: &str) -> u64 {
+    let mut all = 0u64;
+    for name in input::names() {
+        let bytes = input::get(name).unwrap_or(&[]);
+        let h = fnv(bytes);
+        println!("{who} input {name} {} {h:016x}", bytes.len());
+        all = all.rotate_left(7) ^ h;
+    }
+    all
+}
+
+fn raw_output(name_ptr: u64, name_len: u64, buf: &[u8]) -> i64 {
+    // SAFETY: the arguments are wild on purpose; the host validates them.
+    (unsafe {
+        sf_guest::hypercall::raw(
+            Call::OutputWrite as u32,
+            name_ptr,
+            name_len,
+            buf.as_ptr() as u64,
+            buf.len() as u64,
+        )
+    }) as i64
+}
+
+fn refused_names() -> i32 {
+    let invalid = -(Error::Invalid as i64);
+    let mut bad = 0;
+    let long = [b'x'; 65];
+    let cases: [(&str, &[u8], i64); 9] = [
+        ("slash", b"a/b", invalid),
+        ("dotdot", b"..", invalid),
+        ("dot", b".", invalid),
+        ("escape", b"../../escaped", invalid),
+        ("nul", b"a\0b", invalid),
+        ("too long", &long, invalid),
+        ("empty", b"", invalid),
+        ("absolute", b"/tmp/escaped", invalid),
+        ("hidden", b".hidden", invalid),
+    ];
+    for (what, name, want) in cases {
+        let got = raw_output(name.as_ptr() as u64, name.len() as u64, b"x");
+        let ok = got == want;
+        bad += !ok as i32;
+        println!("{} io name {what}: got {got}, want {want}", if ok { "ok  " } else { "FAIL" });
+    }
+    let fault = -(Error::Fault as i64);
+    for (what, ptr) in [("wild name", u64::MAX - 2), ("kernel name", 0x3000)] {
+        let got = raw_output(ptr, 3, b"x");
+        let ok = got == fault;
+        bad += !ok as i32;
+        println!("{} io {what}: got {got}, want {fault}", if ok { "ok  " } else { "FAIL" });
+    }
+    bad
+}
+
+/// `big.bin`: byte `i` is `i % 251`, streamed one chunk at a time.
+fn write_big(mib: u64) -> Result<(), OutputError> {
+    let chunk = OUTPUT_CHUNK_MAX as usize;
+    let mut buf = vec![0u8; chunk];
+    let total = mib << 20;
+    let mut off = 0u64;
+    output::write("big.bin", &[])?;
+    while off < total {
+        let n = ((total - off) as usize).min(chunk);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = ((off + i as u64) % 251) as u8;
+        }
+        output::append("big.bin", &buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+pub fn io() -> i32 {
+    let n: u64 = env::arg("n").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let big: u64 = env::arg("big").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mine = summary("parent");
+    let mut bad = refused_names();
+    let text = format!("parent {mine:016x}\n");
+    if let Err(e) = output::write("parent.txt", text.as_bytes()) {
+        println!("FAIL io parent.txt: {e:?}");
+        bad += 1;
+    }
+    if big > 0 {
+        if let Err(e) = write_big(big) {
+            println!("FAIL io big.bin: {e:?}");
+            bad += 1;
+        }
+    }
+    if n > 0 {
+        let t = match clone::request_ticket(n) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("FAIL io ticket: {e:?}");
+                return 1;
+            }
+        };
+        match clone::clone(&t) {
+            Ok(0) => {}
+            Ok(id) => {
+                let h = summary(&format!("clone {id}"));
+                let text = format!("clone {id} {h:016x}\n");
+                let status = match output::write("clone.txt", text.as_bytes()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        println!("clone {id}: clone.txt: {e:?}");
+                        1
+                    }
+                };
+                clone::exit(status, &h.to_le_bytes());
+                return 1;
+            }
+            Err(e) => {
+                println!("FAIL io clone: {e:?}");
+                return 1;
+            }
+        }
+        for r in clone::join(&t).unwrap_or_default() {
+            let same = r.result.as_slice() == mine.to_le_bytes();
+            let ok = r.status == clone::CloneStatus::Exited && r.code == 0 && same;
+            bad += !ok as i32;
+            println!(
+                "{} io clone {}: {:?} {} {}",
+                if ok { "ok  " } else { "FAIL" },
+                r.id,
+                r.status,
+                r.code,
+                if same { "same inputs" } else { "different inputs" }
+            );
+        }
+    }
+    println!("io: {bad} failed");
+    (bad != 0) as i32
+}
+
+pub fn cap() -> i32 {
+    let buf: Vec<u8> = vec![0x5a; OUTPUT_CHUNK_MAX as usize];
+    let mut sent = 0u64;
+    let first = output::write("fill", &[]);
+    let err = loop {
+        match output::append("fill", &buf) {
+            Ok(()) => sent += buf.len() as u64,
+            Err(e) => break e,
+        }
+        if sent > 64 << 30 {
+            println!("io-cap: never refused");
+            return 1;
+        }
+    };
+    let after = output::write("after", b"x");
+    println!("io-cap: refused after {sent} bytes with {err:?}; then {after:?}");
+    let ok = first.is_ok() && err == OutputError::TooBig;
+    // The VM runs on: its console still works, and so does exiting.
+    println!("io-cap: still running");
+    (!ok) as i32
+}
+
+pub fn try_write(name: &str) -> i32 {
+    let r = output::write(name, b"x");
+    println!("io-try {name}: {r:?}");
+    if r.is_ok() {
+        0
+    } else {
+        3
+    }
+}
+
+pub fn write_input(name: &str) -> i32 {
+    let Some(bytes) = input::get(name) else {
+        println!("io-write-input: no input {name}");
+        return 2;
+    };
+    println!("io-write-input: writing into {name} at {:p}", bytes.as_ptr());
+    // SAFETY: none: a write to a read-only page on purpose; it must fault.
+    unsafe { core::ptr::write_volatile(bytes.as_ptr() as *mut u8, 1) };
+    println!("io-write-input: the write went through");
+    0
+}
