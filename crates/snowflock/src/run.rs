@@ -213,10 +213,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         }),
         None => None,
     };
-    let owner = policy
-        .as_ref()
-        .and_then(|p| p.user)
-        .map(|c| (c.uid, c.gid));
+    let owner = policy.as_ref().and_then(|p| p.user).map(|c| (c.uid, c.gid));
     let output = match &a.output {
         Some(dir) => Some(sf_vmm::output::OutputDir::open(dir, a.output_cap, owner)?),
         None => None,

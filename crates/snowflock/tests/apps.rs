@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use sf_apps::fasta::{self, GenSpec};
+use sf_apps::fasta;
 use std::process::Command;
 use std::time::Duration;
 
@@ -39,44 +39,92 @@ fn assert_shares_match(r: &Run, app: &str, shares: usize) {
     assert_eq!(matched, shares, "{}", r.describe());
 }
 
-#[test]
-fn align_on_clones_equals_one_vm_and_the_host() {
-    let args = ["seed=4", "queries=8", "db_mib=3", "plant_every=5"];
-    let one = run_app("align", &[&args[..], &["split=3"]].concat());
-    let clones = run_app("align", &[&args[..], &["clones=3", "warm=1"]].concat());
-    assert_shares_match(&clones, "align", 3);
-    assert_eq!(answer(&one, "align"), answer(&clones, "align"));
-    one.assert_stdout_has("align: hits=24 ");
-
-    // The host searches the same database with the same code.
-    let queries = fasta::queries(4, 8, 100);
-    let mut db = Vec::new();
-    let spec = GenSpec {
-        seed: 4,
-        bytes: 3 << 20,
-        queries: &queries,
-        plant_every: 5,
-    };
-    fasta::generate(&spec, |c| db.extend_from_slice(c));
+/// The host's own answer of `align` over `db` (the same compute core).
+fn host_align_answer(db: &[u8], seed: u64, queries: usize) -> String {
+    let queries = fasta::queries(seed, queries, 100);
     let index = sf_apps::align::Index::new(&queries);
     let p = sf_apps::align::Params {
         top: 3,
         min_score: 60,
     };
-    let hits = sf_apps::align::search(&db, 0..db.len(), &queries, &index, &p);
-    let want = format!("{:016x}", sf_apps::digest(&sf_apps::align::encode(&hits)));
-    assert_eq!(answer(&one, "align"), want, "{}", one.describe());
+    let hits = sf_apps::align::search(db, 0..db.len(), &queries, &index, &p);
+    format!("{:016x}", sf_apps::digest(&sf_apps::align::encode(&hits)))
 }
 
 #[test]
-fn render_on_clones_equals_one_vm_and_the_host() {
+fn align_on_clones_equals_one_vm_and_the_host() {
+    let dir = tempdir();
+    let db = dir.path().join("db.fa");
+    let g = snowflock([
+        "gen-fasta",
+        "--out",
+        db.to_str().unwrap(),
+        "--mib",
+        "3",
+        "--seed",
+        "4",
+        "--queries",
+        "8",
+        "--plant-every",
+        "5",
+    ]);
+    g.assert_code(0);
+    let input = format!("db={}", db.display());
+    let run = |extra: &[&str]| {
+        let mut a = vec!["run", "--mem", "256M", "--input", &input, "align", "--"];
+        a.extend_from_slice(&["seed=4", "queries=8"]);
+        a.extend_from_slice(extra);
+        let r = snowflock(&a);
+        r.assert_no_host_panic().assert_code(0);
+        r
+    };
+    let one = run(&["split=3"]);
+    let clones = run(&["clones=3", "warm=1"]);
+    assert_shares_match(&clones, "align", 3);
+    assert_eq!(answer(&one, "align"), answer(&clones, "align"));
+    // Every query was planted more than 3 times: 3 hits each.
+    one.assert_stdout_has("align: hits=24 ");
+    let bytes = std::fs::read(&db).unwrap();
+    assert_eq!(answer(&one, "align"), host_align_answer(&bytes, 4, 8));
+
+    // Without the input the guest makes the same database itself.
+    let own = run_app(
+        "align",
+        &[
+            "seed=4",
+            "queries=8",
+            "db_mib=3",
+            "plant_every=5",
+            "clones=2",
+        ],
+    );
+    assert_eq!(answer(&own, "align"), answer(&one, "align"));
+}
+
+#[test]
+fn render_on_clones_writes_the_image_one_vm_and_the_host_make() {
     // 400 x 200 in tiles of 54 rows: 4 tiles, 2 rounds of 2 clones.
     let args = ["w=400", "h=200", "ss=1"];
     let one = run_app("render", &args);
-    let clones = run_app("render", &[&args[..], &["clones=2", "warm=1"]].concat());
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    let mut a = vec![
+        "run",
+        "--mem",
+        "256M",
+        "--output",
+        out.to_str().unwrap(),
+        "render",
+        "--",
+    ];
+    a.extend_from_slice(&args);
+    a.extend_from_slice(&["clones=2", "warm=1"]);
+    let clones = snowflock(&a);
+    clones.assert_no_host_panic().assert_code(0);
     clones.assert_stdout_has("render: granted=2 of 2 clones, 4 shares");
     assert_shares_match(&clones, "render", 4);
     assert_eq!(answer(&one, "render"), answer(&clones, "render"));
+
     let view = sf_apps::render::View {
         width: 400,
         height: 200,
@@ -85,6 +133,31 @@ fn render_on_clones_equals_one_vm_and_the_host() {
     let rgb = sf_apps::render::render_rows(&view, 0..200);
     let want = format!("{:016x}", sf_apps::digest(&rgb));
     assert_eq!(answer(&one, "render"), want, "{}", one.describe());
+    // The parent's PNG decodes to the host's pixels.
+    let file = std::fs::File::open(out.join("0/render.png")).expect("render.png in DIR/0");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (400, 200));
+    assert_eq!(&buf[..info.buffer_size()], &rgb[..]);
+}
+
+/// Remote clones (namespace hosts, through the daemon) give the answer of
+/// one VM; their shares match the warm parent's.
+#[test]
+fn align_on_remote_clones_equals_one_vm() {
+    let args = ["seed=5", "queries=8", "db_mib=3", "plant_every=5"];
+    let one = run_app("align", &[&args[..], &["split=2"]].concat());
+    let h = common::hosts::Hosts::start(3);
+    let mut a = vec!["--mem", "256M", "--placement", "remote", "align", "--"];
+    a.extend_from_slice(&args);
+    a.extend_from_slice(&["clones=2", "warm=1"]);
+    let r = h.run(1, &a);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.describe(), h.describe());
+    assert_shares_match(&r, "align", 2);
+    assert_eq!(answer(&r, "align"), answer(&one, "align"));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use super::stats::{max, median};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sf_api::Placement;
+use sf_vmm::inputs::InputSpec;
 use sf_vmm::VmConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,15 +109,42 @@ struct Results {
     rows: Vec<Row>,
 }
 
-/// The guest arguments of `app` (without the driver's).
-fn app_args(a: &AppsBenchArgs, app: &str) -> anyhow::Result<String> {
+/// The guest arguments of `app` (without the driver's) and its inputs:
+/// align's database is written by `gen-fasta` into `dir`.
+fn app_args(
+    a: &AppsBenchArgs,
+    app: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, Vec<InputSpec>)> {
     Ok(match app {
-        "align" => format!("seed=1 queries={} db_mib={}", a.queries, a.db_mib),
+        "align" => {
+            let path = dir.join("db.fa");
+            let spec = crate::gen_fasta::GenFastaArgs {
+                out: path.clone(),
+                mib: a.db_mib,
+                seed: 1,
+                queries: a.queries as usize,
+                qlen: 100,
+                plant_every: 50,
+            };
+            let t = std::time::Instant::now();
+            let bytes = crate::gen_fasta::write(&path, &spec)?;
+            eprintln!(
+                "bench apps: align database of {:.1} MiB written in {:.2} s",
+                bytes as f64 / (1 << 20) as f64,
+                t.elapsed().as_secs_f64()
+            );
+            let input = InputSpec {
+                name: "db".into(),
+                path,
+            };
+            (format!("seed=1 queries={}", a.queries), vec![input])
+        }
         "render" => match a.image[..] {
-            [w, h, ss] => format!("w={w} h={h} ss={ss}"),
+            [w, h, ss] => (format!("w={w} h={h} ss={ss}"), vec![]),
             _ => bail!("--image takes WxHxSS, e.g. 640x480x2"),
         },
-        "price" => format!("paths={} steps=64 seed=1", a.paths),
+        "price" => (format!("paths={} steps=64 seed=1", a.paths), vec![]),
         other => bail!("no application {other:?}: align, render or price"),
     })
 }
@@ -143,9 +171,10 @@ pub fn main(a: AppsBenchArgs) -> anyhow::Result<u8> {
         b.start_daemons(true)?;
         bed = Some(b);
     }
+    let scratch = tempfile::tempdir()?;
     let mut rows = Vec::new();
     for app in &a.apps {
-        let args = app_args(&a, app)?;
+        let (args, inputs) = app_args(&a, app, scratch.path())?;
         let image = crate::run::shipped(app)?;
         for &n in &a.clones {
             let mut single: Option<(f64, String)> = None;
@@ -160,6 +189,7 @@ pub fn main(a: AppsBenchArgs) -> anyhow::Result<u8> {
                 let cfg = VmConfig {
                     mem_size: a.mem_mib << 20,
                     cmdline,
+                    inputs: inputs.clone(),
                     max_clones: n.max(sf_vmm::default_max_clones()),
                     timeout: Some(Duration::from_secs(1800)),
                     remote: match (mode, &bed) {
