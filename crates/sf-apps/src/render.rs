@@ -150,9 +150,9 @@ pub struct View {
     pub ss: u32,
 }
 
-/// RGB bytes of rows `rows` of the image.
-pub fn render_rows(v: &View, rows: core::ops::Range<u32>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * v.width as usize * 3);
+/// RGB bytes of rows `rows` of the image, in that order.
+pub fn render_rows(v: &View, rows: impl Iterator<Item = u32>) -> Vec<u8> {
+    let mut out = Vec::new();
     let (w, h) = (v.width as f64, v.height as f64);
     let ss = v.ss.max(1);
     let scale = 2.0 / h;
@@ -176,9 +176,50 @@ pub fn render_rows(v: &View, rows: core::ops::Range<u32>) -> Vec<u8> {
     out
 }
 
-/// Rows per tile so that one tile's RGB bytes fit in `max_bytes`.
-pub fn tile_rows(v: &View, max_bytes: usize) -> u32 {
-    ((max_bytes / (v.width.max(1) as usize * 3)) as u32).clamp(1, v.height.max(1))
+/// The image cut into tiles of at most `max_bytes` of RGB each. Tile `t`
+/// (0-based) of `n` holds rows `t, t + n, t + 2n, ...`: interleaved rows
+/// give every tile the same mix of cheap sky and costly reflections, so the
+/// clones of a round finish together.
+#[derive(Clone, Copy, Debug)]
+pub struct Tiles {
+    pub count: u32,
+    height: u32,
+}
+
+impl Tiles {
+    pub fn new(v: &View, max_bytes: usize) -> Tiles {
+        let rows = ((max_bytes / (v.width.max(1) as usize * 3)) as u32).clamp(1, v.height.max(1));
+        Tiles {
+            count: v.height.div_ceil(rows).max(1),
+            height: v.height,
+        }
+    }
+
+    /// The image rows of tile `t`.
+    pub fn rows(&self, t: u32) -> impl Iterator<Item = u32> {
+        (t..self.height).step_by(self.count as usize)
+    }
+
+    /// The whole image's RGB from every tile's RGB (in tile order), or None
+    /// if a tile has the wrong size.
+    pub fn assemble(&self, v: &View, tiles: &[Vec<u8>]) -> Option<Vec<u8>> {
+        let row = v.width as usize * 3;
+        let mut rgb = alloc::vec![0u8; row * v.height as usize];
+        if tiles.len() != self.count as usize {
+            return None;
+        }
+        for (t, bytes) in tiles.iter().enumerate() {
+            let rows: Vec<u32> = self.rows(t as u32).collect();
+            if bytes.len() != rows.len() * row {
+                return None;
+            }
+            for (y, line) in rows.iter().zip(bytes.chunks(row)) {
+                let at = *y as usize * row;
+                rgb[at..at + row].copy_from_slice(line);
+            }
+        }
+        Some(rgb)
+    }
 }
 
 #[cfg(test)]
@@ -194,16 +235,17 @@ mod tests {
         };
         let whole = render_rows(&v, 0..48);
         assert_eq!(whole.len(), 64 * 48 * 3);
-        let mut tiles = Vec::new();
-        for y in (0..48).step_by(7) {
-            tiles.extend(render_rows(&v, y..(y + 7).min(48)));
-        }
-        assert_eq!(tiles, whole);
+        // 10 rows per tile: 5 tiles, the last one shorter.
+        let t = Tiles::new(&v, 64 * 3 * 10 + 5);
+        assert_eq!(t.count, 5);
+        let tiles: Vec<Vec<u8>> = (0..5).map(|i| render_rows(&v, t.rows(i))).collect();
+        assert_eq!(tiles[4].len(), 9 * 64 * 3);
+        assert_eq!(t.assemble(&v, &tiles).unwrap(), whole);
+        assert!(t.assemble(&v, &tiles[..4]).is_none());
         // Not blank: sky, floor and spheres give many distinct colours.
         let mut colours: Vec<&[u8]> = whole.chunks(3).collect();
         colours.sort();
         colours.dedup();
         assert!(colours.len() > 100, "{}", colours.len());
-        assert_eq!(tile_rows(&v, 64 * 3 * 10 + 5), 10);
     }
 }

@@ -103,7 +103,7 @@ fn align_on_clones_equals_one_vm_and_the_host() {
 
 #[test]
 fn render_on_clones_writes_the_image_one_vm_and_the_host_make() {
-    // 400 x 200 in tiles of 54 rows: 4 tiles, 2 rounds of 2 clones.
+    // 400 x 200 in 4 tiles of at most 54 rows: 2 rounds of 2 clones.
     let args = ["w=400", "h=200", "ss=1"];
     let one = run_app("render", &args);
     let dir = tempdir();

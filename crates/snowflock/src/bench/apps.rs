@@ -34,8 +34,10 @@ pub struct AppsBenchArgs {
     /// Modes, comma separated (remote needs root for network namespaces).
     #[arg(long, value_delimiter = ',', default_value = "single,local,remote")]
     modes: Vec<Mode>,
-    /// Clone counts, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "2")]
+    /// Clone counts, comma separated. With one clone the clone runs alone,
+    /// as the warm parent did: its penalty is the warm-up cost and nothing
+    /// else (with more clones than free cores it also holds CPU sharing).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
     clones: Vec<u32>,
     /// Repetitions of each configuration (medians are reported).
     #[arg(long, default_value_t = 3)]

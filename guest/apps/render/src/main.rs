@@ -1,6 +1,6 @@
-//! Ray tracer: renders a scene in tiles (bands of rows, each small enough to
-//! come back through `join`), clones rendering one tile each, round after
-//! round; the parent assembles the image and writes it as `render.png` when
+//! Ray tracer: renders a scene in tiles (interleaved rows, each tile small
+//! enough to come back through `join`), clones rendering one tile each,
+//! round after round; the parent assembles the image and writes it as `render.png` when
 //! the host gave an output directory.
 //!
 //! Arguments: `w=640 h=480 ss=2` (ss x ss samples per pixel), and the
@@ -10,8 +10,7 @@
 
 extern crate alloc;
 
-use alloc::vec::Vec;
-use sf_apps::render::{self, View};
+use sf_apps::render::{self, Tiles, View};
 use sf_guest::{output, println};
 use sf_shares::{arg_u64, Plan, Shares, SHARE_MAX};
 
@@ -36,22 +35,23 @@ fn run() -> Result<(), i32> {
         println!("render: w and h must be 1..=4096, ss at most 8");
         return Err(2);
     }
-    let rows = render::tile_rows(&view, SHARE_MAX);
-    let tiles = view.height.div_ceil(rows) as u64;
+    let tiles = Tiles::new(&view, SHARE_MAX);
     println!(
-        "render: {}x{} ss={} in {tiles} tiles of {rows} rows",
-        view.width, view.height, view.ss
+        "render: {}x{} ss={} in {} tiles of interleaved rows",
+        view.width, view.height, view.ss, tiles.count
     );
-    let done = sf_shares::run("render", &plan, Shares::Fixed(tiles), |s, _| {
-        let y0 = (s as u32 - 1) * rows;
-        render::render_rows(&view, y0..(y0 + rows).min(view.height))
-    })?;
-    let rgb: Vec<u8> = done.results.concat();
+    let done = sf_shares::run(
+        "render",
+        &plan,
+        Shares::Fixed(tiles.count as u64),
+        |s, _| render::render_rows(&view, tiles.rows(s as u32 - 1)),
+    )?;
+    let Some(rgb) = tiles.assemble(&view, &done.results) else {
+        println!("render: the tiles do not make up the image");
+        return Err(1);
+    };
     let Some(png) = sf_apps::png::encode_rgb(view.width, view.height, &rgb) else {
-        println!(
-            "render: the tiles add up to {} bytes, not the image",
-            rgb.len()
-        );
+        println!("render: the image cannot be encoded");
         return Err(1);
     };
     done.finish("render");
