@@ -240,11 +240,7 @@ impl Outputs {
         }
         let show = String::from_utf8_lossy(name).into_owned();
         let io_err = |what: &str, e: std::io::Error| {
-            tracing::warn!(
-                vm = vm_id(vm_path),
-                name = show,
-                "output {what} failed: {e}"
-            );
+            tracing::warn!(vm = vm_id(vm_path), name = show, "output {what} failed: {e}");
             HcError::Io
         };
         let file = match (append, self.files.contains_key(name)) {

@@ -74,20 +74,14 @@ fn refused_names() -> i32 {
         let got = raw_output(name.as_ptr() as u64, name.len() as u64, b"x");
         let ok = got == want;
         bad += !ok as i32;
-        println!(
-            "{} io name {what}: got {got}, want {want}",
-            if ok { "ok  " } else { "FAIL" }
-        );
+        println!("{} io name {what}: got {got}, want {want}", if ok { "ok  " } else { "FAIL" });
     }
     let fault = -(Error::Fault as i64);
     for (what, ptr) in [("wild name", u64::MAX - 2), ("kernel name", 0x3000)] {
         let got = raw_output(ptr, 3, b"x");
         let ok = got == fault;
         bad += !ok as i32;
-        println!(
-            "{} io {what}: got {got}, want {fault}",
-            if ok { "ok  " } else { "FAIL" }
-        );
+        println!("{} io {what}: got {got}, want {fault}", if ok { "ok  " } else { "FAIL" });
     }
     bad
 }
@@ -164,11 +158,7 @@ pub fn io() -> i32 {
                 r.id,
                 r.status,
                 r.code,
-                if same {
-                    "same inputs"
-                } else {
-                    "different inputs"
-                }
+                if same { "same inputs" } else { "different inputs" }
             );
         }
     }
@@ -213,10 +203,7 @@ pub fn write_input(name: &str) -> i32 {
         println!("io-write-input: no input {name}");
         return 2;
     };
-    println!(
-        "io-write-input: writing into {name} at {:p}",
-        bytes.as_ptr()
-    );
+    println!("io-write-input: writing into {name} at {:p}", bytes.as_ptr());
     // SAFETY: none: a write to a read-only page on purpose; it must fault.
     unsafe { core::ptr::write_volatile(bytes.as_ptr() as *mut u8, 1) };
     println!("io-write-input: the write went through");
