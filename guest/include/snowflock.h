@@ -89,7 +89,8 @@ const char *sf_input_name(size_t i, size_t *name_len);
  * starting with '.'. Any size (sent in chunks). Return 0, or -SF_EINVAL
  * bad name, -SF_EPERM no output directory, -SF_E2BIG over the VM's
  * output cap (what was written before stays), -SF_ENOENT append to a name
- * this VM has not written, -SF_EFAULT unreadable buffer, -SF_EIO the host
+ * this VM has not written, -SF_EBUSY the file was in DIR before this run
+ * (never overwritten), -SF_EFAULT unreadable buffer, -SF_EIO the host
  * could not write. sf_output_write creates or replaces; sf_output_append
  * adds to a file this VM created. */
 #define SF_NAME_MAX 64

@@ -38,6 +38,17 @@ pub struct CreateVm {
     /// touch (`snowflock run --no-hints`), to measure what hints save.
     #[serde(default)]
     pub no_hints: bool,
+    /// Input name -> file name inside the daemon's `--image-dir` (as for
+    /// `guest`), loaded read-only into guest RAM (`snowflock run --input`).
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, String>,
+    /// Keep the guest's output files, under the daemon's `--output-dir`
+    /// in the directory named by the VM's ID.
+    #[serde(default)]
+    pub output: bool,
+    /// Most bytes of output per VM of the family, e.g. "1G" (default 1G).
+    #[serde(default)]
+    pub output_cap: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +162,10 @@ pub struct CloneRequest {
     /// [`MAX_FREE_RANGES`]; the clone host clamps and merges them again.
     #[serde(default)]
     pub free_pages: Vec<[u64; 2]>,
+    /// The origin takes this clone's output files (`--output`), at most
+    /// this many bytes of them; none when absent.
+    #[serde(default)]
+    pub output_cap: Option<u64>,
 }
 
 /// Most `CloneRequest::free_pages` ranges a daemon accepts.

@@ -23,7 +23,9 @@ impl std::str::FromStr for InputSpec {
 
     /// `NAME=PATH`; the name is checked here, the file when it is opened.
     fn from_str(s: &str) -> Result<InputSpec, InputError> {
-        let (name, path) = s.split_once('=').ok_or_else(|| InputError::Syntax(s.into()))?;
+        let (name, path) = s
+            .split_once('=')
+            .ok_or_else(|| InputError::Syntax(s.into()))?;
         check_name(name)?;
         if path.is_empty() {
             return Err(InputError::Syntax(s.into()));
@@ -252,7 +254,10 @@ mod tests {
         ));
         let ram = GuestRam::new(16 << 20).unwrap();
         let (plan, _) = ok.plan(16 << 20, 0x10_2000).unwrap();
-        assert_eq!(ok.load(&ram, &plan).unwrap(), (2 << 20, INPUT_ENTRY_SIZE as u64));
+        assert_eq!(
+            ok.load(&ram, &plan).unwrap(),
+            (2 << 20, INPUT_ENTRY_SIZE as u64)
+        );
         assert_eq!(ram.read_checked((2 << 20) + 4096, 3, 3).unwrap(), b"abc");
         std::fs::remove_dir_all(&dir).unwrap();
     }

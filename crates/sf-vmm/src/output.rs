@@ -185,37 +185,80 @@ pub(crate) fn create_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Where a VM's outputs go.
+#[derive(Default)]
+enum Sink {
+    /// No `--output`: output calls get `Denied`.
+    #[default]
+    None,
+    Local(OutputDir),
+    /// A clone on another host: to its origin, over the report connection,
+    /// with the origin's cap (the origin checks everything again).
+    Origin {
+        link: Arc<crate::clone::origin_link::OriginLink>,
+        cap: u64,
+    },
+}
+
 /// One VM's outputs (or, at the origin, one remote clone's).
 #[derive(Default)]
 pub struct Outputs {
-    dir: Option<OutputDir>,
+    sink: Sink,
     vm_dir: Option<OwnedFd>,
-    files: HashMap<Vec<u8>, File>,
+    /// The files this VM created (locally: their fds).
+    files: HashMap<Vec<u8>, Option<File>>,
     written: u64,
 }
 
 impl Outputs {
     pub fn new(dir: Option<OutputDir>) -> Outputs {
         Outputs {
-            dir,
+            sink: dir.map_or(Sink::None, Sink::Local),
             ..Default::default()
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.dir.is_some()
+    /// A remote clone's outputs, shipped to its origin.
+    pub(crate) fn to_origin(link: Arc<crate::clone::origin_link::OriginLink>, cap: u64) -> Self {
+        Outputs {
+            sink: Sink::Origin { link, cap },
+            ..Default::default()
+        }
+    }
+
+    /// The output directory (the origin's side of remote clones).
+    pub(crate) fn dir(&self) -> Option<&OutputDir> {
+        match &self.sink {
+            Sink::Local(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The cap a clone of this VM gets, if it may write outputs.
+    pub(crate) fn cap(&self) -> Option<u64> {
+        match &self.sink {
+            Sink::None => None,
+            Sink::Local(d) => Some(d.cap),
+            Sink::Origin { cap, .. } => Some(*cap),
+        }
     }
 
     /// In a new clone: its own directory, files and count (the parent's
-    /// fds, inherited by the fork, are closed here).
+    /// fds, inherited by the fork, are closed here). A local clone of a
+    /// remote clone has no outputs: the origin link is its parent's alone
+    /// (a second writer would break the TLS session).
     pub(crate) fn reset_for_clone(&mut self) {
         self.vm_dir = None;
         self.files.clear();
         self.written = 0;
+        if matches!(self.sink, Sink::Origin { .. }) {
+            self.sink = Sink::None;
+        }
     }
 
     /// One output call of the VM whose ID path is `vm_path` (empty for the
-    /// root VM). Every argument is the guest's: checked here.
+    /// root VM). Every argument is the guest's (or a remote clone's):
+    /// checked here.
     pub fn write(
         &mut self,
         vm_path: &str,
@@ -223,62 +266,78 @@ impl Outputs {
         name: &[u8],
         data: &[u8],
     ) -> Result<u64, HcError> {
-        let Some(dir) = &self.dir else {
+        let Some(cap) = self.cap() else {
             return Err(HcError::Denied);
         };
         if !valid_name(name) {
             return Err(HcError::Invalid);
         }
         let len = data.len() as u64;
-        if self.written.saturating_add(len) > dir.cap {
+        if self.written.saturating_add(len) > cap {
             tracing::warn!(
                 vm = vm_id(vm_path),
-                cap = dir.cap,
+                cap,
                 "output refused: the VM's output cap is reached"
             );
             return Err(HcError::TooBig);
         }
+        let known = self.files.contains_key(name);
+        if append && !known {
+            return Err(HcError::NoEntry);
+        }
+        if !known && self.files.len() >= OUTPUTS_MAX {
+            return Err(HcError::TooBig);
+        }
         let show = String::from_utf8_lossy(name).into_owned();
         let io_err = |what: &str, e: std::io::Error| {
-            tracing::warn!(vm = vm_id(vm_path), name = show, "output {what} failed: {e}");
+            tracing::warn!(
+                vm = vm_id(vm_path),
+                name = show,
+                "output {what} failed: {e}"
+            );
             HcError::Io
         };
-        let file = match (append, self.files.contains_key(name)) {
-            (true, false) => return Err(HcError::NoEntry),
-            (_, true) => {
-                let f = self.files.get_mut(name).expect("checked");
-                if !append {
+        match &self.sink {
+            Sink::None => unreachable!("no cap without a sink"),
+            Sink::Origin { link, .. } => {
+                link.output(append, name, data)
+                    .map_err(|e| io_err("send", e))?;
+                self.files.entry(name.to_vec()).or_insert(None);
+            }
+            Sink::Local(dir) => {
+                if !known {
+                    if self.vm_dir.is_none() {
+                        let d = dir
+                            .subdir(&vm_id(vm_path))
+                            .map_err(|e| io_err("directory", e))?;
+                        self.vm_dir = Some(d);
+                    }
+                    let f = match create_at(self.vm_dir.as_ref().expect("set"), name) {
+                        Ok(f) => f,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            tracing::warn!(
+                                vm = vm_id(vm_path),
+                                name = show,
+                                "output refused: the file exists from before this run (never overwritten)"
+                            );
+                            return Err(HcError::Busy);
+                        }
+                        Err(e) => return Err(io_err("create", e)),
+                    };
+                    self.files.insert(name.to_vec(), Some(f));
+                }
+                let f = self
+                    .files
+                    .get_mut(name)
+                    .and_then(|f| f.as_mut())
+                    .expect("a local file");
+                if known && !append {
                     f.set_len(0).map_err(|e| io_err("truncate", e))?;
                     f.rewind().map_err(|e| io_err("rewind", e))?;
                 }
-                f
+                f.write_all(data).map_err(|e| io_err("write", e))?;
             }
-            (false, false) => {
-                if self.files.len() >= OUTPUTS_MAX {
-                    return Err(HcError::TooBig);
-                }
-                if self.vm_dir.is_none() {
-                    let d = dir
-                        .subdir(&vm_id(vm_path))
-                        .map_err(|e| io_err("directory", e))?;
-                    self.vm_dir = Some(d);
-                }
-                let f = match create_at(self.vm_dir.as_ref().expect("set"), name) {
-                    Ok(f) => f,
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        tracing::warn!(
-                            vm = vm_id(vm_path),
-                            name = show,
-                            "output refused: the file exists from before this run (never overwritten)"
-                        );
-                        return Err(HcError::Busy);
-                    }
-                    Err(e) => return Err(io_err("create", e)),
-                };
-                self.files.entry(name.to_vec()).or_insert(f)
-            }
-        };
-        file.write_all(data).map_err(|e| io_err("write", e))?;
+        }
         self.written += len;
         Ok(len)
     }

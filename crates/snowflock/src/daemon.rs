@@ -8,6 +8,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Inputs and outputs of a VM run under a daemon: input files by their
+/// name inside the daemon's `--image-dir`, outputs kept in the daemon's
+/// `--output-dir` under the VM's ID.
+pub struct DaemonIo {
+    pub inputs: std::collections::BTreeMap<String, String>,
+    pub output: bool,
+    pub output_cap: Option<u64>,
+}
+
 fn client(sock: &Path) -> Client {
     Client::new(Endpoint::Unix(sock.to_path_buf()))
 }
@@ -25,6 +34,7 @@ pub fn run_remote(
     placement: Placement,
     prefetch_window: Option<u32>,
     no_hints: bool,
+    io: DaemonIo,
 ) -> anyhow::Result<u8> {
     let guest = if Path::new(guest).exists() {
         std::fs::canonicalize(guest)?.display().to_string()
@@ -40,6 +50,9 @@ pub fn run_remote(
         placement,
         prefetch_window,
         no_hints,
+        inputs: io.inputs,
+        output: io.output,
+        output_cap: io.output_cap.map(|c| format!("{}K", c.div_ceil(1024))),
     };
     let c = client(sock);
     let info: VmInfo = c

@@ -114,6 +114,9 @@ pub struct RunArgs {
     /// clones (2, or 2.3 for clone 3 of clone 2; remote clones' files are
     /// shipped back here). Created if missing; the sandbox user becomes its
     /// owner. Existing files are never overwritten (the guest gets an error).
+    /// With --daemon the files stay in the daemon's --output-dir, under the
+    /// VM's ID (DIR is then only a switch), and --input names files inside
+    /// the daemon's --image-dir by their file name.
     #[arg(long, value_name = "DIR")]
     output: Option<std::path::PathBuf>,
     /// Most bytes one VM (the root or any clone) may write to --output.
@@ -193,6 +196,19 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             a.placement.into(),
             a.prefetch_window,
             a.no_hints,
+            crate::daemon::DaemonIo {
+                // The daemon resolves each file by name in its image dir.
+                inputs: a
+                    .inputs
+                    .iter()
+                    .map(|i| {
+                        let file = i.path.file_name().unwrap_or_default();
+                        (i.name.clone(), file.to_string_lossy().into_owned())
+                    })
+                    .collect(),
+                output: a.output.is_some(),
+                output_cap: a.output.as_ref().map(|_| a.output_cap),
+            },
         );
     }
     let image = load_image(&a.guest)?;

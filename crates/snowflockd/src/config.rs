@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long = "peer", value_name = "IP:PORT")]
     pub peers: Vec<SocketAddr>,
     /// TOML file with any of: socket, listen, advertise, peers = [...],
-    /// state_dir, snowflock, max_clones, image_dir, retention, console_cap,
+    /// state_dir, snowflock, max_clones, image_dir, output_dir, retention, console_cap,
     /// header_timeout, body_timeout, max_connections, max_vms (sizes and
     /// durations as strings, e.g. "8M", "10s"). Command-line flags win.
     #[arg(long, value_name = "FILE")]
@@ -70,6 +70,10 @@ pub struct Args {
     /// none, only shipped guests). Host paths outside it are refused.
     #[arg(long, value_name = "DIR")]
     pub image_dir: Option<PathBuf>,
+    /// Directory for VMs' output files (API `"output": true`): VM `ID`
+    /// writes under `DIR/ID/<vm-id>/NAME` (default: none, outputs refused).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// How long the records of an ended VM are kept [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub retention: Option<Duration>,
@@ -124,6 +128,7 @@ struct FileConfig {
     snowflock: Option<PathBuf>,
     max_clones: Option<u32>,
     image_dir: Option<PathBuf>,
+    output_dir: Option<PathBuf>,
     retention: Option<String>,
     console_cap: Option<String>,
     header_timeout: Option<String>,
@@ -156,6 +161,7 @@ pub struct Config {
     pub snowflock: PathBuf,
     pub max_clones: Option<u32>,
     pub image_dir: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
     pub retention: Duration,
     pub console_cap: u64,
     pub http: crate::http::Limits,
@@ -250,6 +256,15 @@ impl Config {
                 );
             }
         }
+        let output_dir = a.output_dir.or(file.output_dir);
+        if let Some(d) = &output_dir {
+            if !d.is_dir() {
+                bail!(
+                    "the output directory {} is not a directory (--output-dir)",
+                    d.display()
+                );
+            }
+        }
         let console_cap = a
             .console_cap
             .or(parse_file(file.console_cap, "console_cap", size)?)
@@ -272,6 +287,7 @@ impl Config {
             snowflock,
             max_clones,
             image_dir,
+            output_dir,
             retention: a
                 .retention
                 .or(parse_file(file.retention, "retention", duration)?)

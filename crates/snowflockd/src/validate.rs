@@ -32,6 +32,9 @@ pub struct CheckedVm {
     /// What `snowflock run` gets as GUEST: a shipped name or an absolute path.
     pub guest: String,
     pub mem: u64,
+    /// `--input NAME=PATH` arguments, PATH resolved inside the image dir.
+    pub inputs: Vec<String>,
+    pub output_cap: Option<u64>,
 }
 
 /// Checks the fields of `POST /v1/vms` and resolves its guest.
@@ -51,7 +54,80 @@ pub fn create_vm(req: &CreateVm, image_dir: Option<&Path>) -> Result<CheckedVm, 
     }
     args(&req.args)?;
     let guest = guest(&req.guest, image_dir, mem)?;
-    Ok(CheckedVm { guest, mem })
+    let inputs = inputs(&req.inputs, image_dir, mem)?;
+    let output_cap = match &req.output_cap {
+        None => None,
+        Some(c) => {
+            Some(sf_api::units::parse_size(c).map_err(|e| bad(format!("`output_cap`: {e}")))?)
+        }
+    };
+    Ok(CheckedVm {
+        guest,
+        mem,
+        inputs,
+        output_cap,
+    })
+}
+
+/// `inputs`: valid names, each a regular file inside the image directory
+/// (the same single refusal as `guest` for anything else), their total
+/// within the guest's RAM.
+pub fn inputs(
+    inputs: &std::collections::BTreeMap<String, String>,
+    image_dir: Option<&Path>,
+    mem: u64,
+) -> Result<Vec<String>, ApiError> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if inputs.len() > sf_abi::io::INPUTS_MAX {
+        return Err(bad(format!(
+            "`inputs` holds {} files; at most {} are allowed",
+            inputs.len(),
+            sf_abi::io::INPUTS_MAX
+        )));
+    }
+    let Some(dir) = image_dir else {
+        return Err(bad(
+            "`inputs`: this daemon takes no input files (it has no --image-dir)",
+        ));
+    };
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for (name, file) in inputs {
+        if !sf_abi::io::valid_name(name.as_bytes()) {
+            return Err(bad(format!(
+                "`inputs`: name {name:?} is not allowed: use 1 to {} letters, digits, '.', '_' or '-', not starting with '.'",
+                sf_abi::io::NAME_MAX
+            )));
+        }
+        let refused = || {
+            bad(format!(
+                "`inputs`: no input file {file:?} in the image directory; over the API an input is a regular file inside the daemon's --image-dir"
+            ))
+        };
+        if file.contains('/') || file.contains('\0') || file == "." || file == ".." {
+            return Err(refused());
+        }
+        let path = resolve_inside(dir, file).ok_or_else(refused)?;
+        let meta = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|f| f.metadata())
+            .map_err(|_| refused())?;
+        if !meta.file_type().is_file() {
+            return Err(refused());
+        }
+        total = total.saturating_add(meta.len());
+        if total > mem {
+            return Err(bad(format!(
+                "`inputs` total {total} bytes or more, over the guest's {mem} bytes of RAM; give a larger `mem`"
+            )));
+        }
+        out.push(format!("{name}={}", path.display()));
+    }
+    Ok(out)
 }
 
 /// `mem`: the grammar of `snowflock run --mem`, a multiple of 2 MiB from

@@ -378,6 +378,11 @@ impl Daemon {
 
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmInfo, ApiError> {
         let checked = validate::create_vm(&req, self.cfg.image_dir.as_deref())?;
+        if req.output && self.cfg.output_dir.is_none() {
+            return Err(bad(
+                "`output`: this daemon keeps no output files (it has no --output-dir)",
+            ));
+        }
         let mut place = self.reserve(1)?;
         let id = self.new_id("vm")?;
         let max_clones = req
@@ -416,6 +421,15 @@ impl Daemon {
         }
         if req.no_hints {
             args.push("--no-hints".into());
+        }
+        for i in &checked.inputs {
+            args.extend(["--input".into(), i.clone()]);
+        }
+        if let Some(dir) = self.cfg.output_dir.as_ref().filter(|_| req.output) {
+            args.extend(["--output".into(), dir.join(&id).display().to_string()]);
+        }
+        if let Some(c) = checked.output_cap {
+            args.extend(["--output-cap".into(), format!("{}K", c.div_ceil(1024))]);
         }
         self.spawn(
             id,

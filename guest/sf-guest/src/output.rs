@@ -21,6 +21,9 @@ pub enum OutputError {
     TooBig,
     /// `append` to a name this VM has not created with `write`.
     NotCreated,
+    /// A file of that name was in the output directory before this run:
+    /// the host never overwrites one (give the host a fresh directory).
+    Exists,
     /// A buffer the host could not read.
     Fault,
     /// The host failed to write the file (details in its log).
@@ -36,6 +39,7 @@ impl From<Error> for OutputError {
             Error::Denied => OutputError::NoOutputDir,
             Error::TooBig => OutputError::TooBig,
             Error::NoEntry => OutputError::NotCreated,
+            Error::Busy => OutputError::Exists,
             Error::Fault => OutputError::Fault,
             Error::Io => OutputError::Io,
             e => OutputError::Other(e),

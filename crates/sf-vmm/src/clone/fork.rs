@@ -154,6 +154,10 @@ impl Vm {
                     &self.clones.path,
                 )
                 .map_err(io("opening the clone group's sockets"))?;
+                // Remote clones' outputs come back here, to this VM's own
+                // directory (a remote clone's clones stay on its host).
+                let mut p = p;
+                p.request.output_cap = self.outputs.dir().map(|d| d.cap);
                 Some(p)
             }
             _ => None,
@@ -200,10 +204,12 @@ impl Vm {
             Forked::Parent(first) => {
                 drop((pids_w, jobs));
                 let remote = match plan {
-                    Some(p) => Some(
-                        RemoteGroup::new(p.reports, p.token, remote_ids, request)
-                            .map_err(io("listening for clone reports"))?,
-                    ),
+                    Some(p) => {
+                        let mut r = RemoteGroup::new(p.reports, p.token, remote_ids, request)
+                            .map_err(io("listening for clone reports"))?;
+                        r.set_outputs(self.outputs.dir().cloned(), &self.clones.path);
+                        Some(r)
+                    }
                     None => None,
                 };
                 let timeline = Box::new(CloneTimeline {

@@ -117,6 +117,9 @@ pub fn run(
             reporter: Reporter::Tcp(conn.clone()),
         };
         vm.stats_file = stats.clone();
+        if let Some(cap) = req.output_cap {
+            vm.outputs = crate::output::Outputs::to_origin(conn.clone(), cap);
+        }
         vm
     });
     let mut vm = match vm {

@@ -154,6 +154,44 @@ impl OriginLink {
         }
     }
 
+    /// One chunk of an output file, in [`super::wire::OUTPUT_PIECE`]
+    /// frames. Never held or dropped: it waits for the connection (the
+    /// origin listens once its guest joins), then writes, so a clone that
+    /// outputs faster than the origin reads is slowed, not buffered.
+    pub fn output(&self, append: bool, name: &[u8], data: &[u8]) -> std::io::Result<()> {
+        self.check_owner()?;
+        let mut st = self.lock();
+        st = self
+            .changed
+            .wait_timeout_while(st, CONNECT_DEADLINE, |s| matches!(s.conn, Conn::Connecting))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+        let Conn::Up(s) = &mut st.conn else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        let mut append = append;
+        let mut pieces = data.chunks(super::wire::OUTPUT_PIECE);
+        let first = pieces.next().unwrap_or(&[]);
+        let mut r = Ok(());
+        for piece in std::iter::once(first).chain(pieces) {
+            let f = Frame::Output {
+                append,
+                name: name.to_vec(),
+                data: piece.to_vec(),
+            };
+            r = f.write_to(s);
+            if r.is_err() {
+                break;
+            }
+            append = true;
+        }
+        let r = r.and_then(|_| s.flush());
+        if r.is_err() {
+            st.conn = Conn::Down;
+        }
+        r
+    }
+
     /// The final report: waits for the connection, then sends it.
     pub fn report(&self, bytes: &[u8]) -> std::io::Result<()> {
         self.send(&Frame::Report(bytes.to_vec()), true)?;

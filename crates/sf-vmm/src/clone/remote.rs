@@ -128,6 +128,7 @@ impl RemotePlan {
             multicast: multicast.map(|(g, _)| g.to_string()),
             requested_unix_ns: Some(unix_ns()),
             free_pages: Vec::new(),
+            output_cap: None,
         };
         Ok(RemotePlan {
             token,
@@ -252,6 +253,12 @@ pub struct RemoteGroup {
     console: Vec<u8>,
     partial: BTreeMap<u32, Vec<u8>>,
     console_dropped: u64,
+    /// Where the remote clones' output files go (the origin's `--output`),
+    /// each clone's checked and capped on its own, as if it were local.
+    outputs_dir: Option<crate::output::OutputDir>,
+    outputs: BTreeMap<u32, crate::output::Outputs>,
+    /// The origin VM's clone path: clone `id` is `path.id` (or `id`).
+    path: String,
 }
 
 /// Most remote console output held between two looks (the rest is counted
@@ -283,7 +290,40 @@ impl RemoteGroup {
             console: Vec::new(),
             partial: BTreeMap::new(),
             console_dropped: 0,
+            outputs_dir: None,
+            outputs: BTreeMap::new(),
+            path: String::new(),
         })
+    }
+
+    /// The remote clones' output files go under `dir` (the origin VM's
+    /// clone path is `path`).
+    pub(crate) fn set_outputs(&mut self, dir: Option<crate::output::OutputDir>, path: &str) {
+        self.outputs_dir = dir;
+        self.path = path.to_string();
+    }
+
+    /// A piece of a remote clone's output: names, cap and order are checked
+    /// again here, so a clone host can place nothing outside the clone's
+    /// own directory. A refused piece is dropped with a warning (the clone
+    /// was told its call succeeded once its own checks passed).
+    fn output(&mut self, id: u32, append: bool, name: &[u8], data: &[u8]) {
+        let path = if self.path.is_empty() {
+            id.to_string()
+        } else {
+            format!("{}.{id}", self.path)
+        };
+        let dir = self.outputs_dir.clone();
+        let out = self
+            .outputs
+            .entry(id)
+            .or_insert_with(|| crate::output::Outputs::new(dir));
+        if let Err(e) = out.write(&path, append, name, data) {
+            tracing::warn!(
+                clone = path,
+                "a remote clone's output piece was refused: {e:?}"
+            );
+        }
     }
 
     fn resolved(&self, id: u32) -> bool {
@@ -424,6 +464,9 @@ impl RemoteGroup {
                         None => Vec::new(),
                     };
                     self.push_console(&whole);
+                }
+                (Frame::Output { append, name, data }, Some(id)) if id != 0 => {
+                    self.output(id, append, &name, &data);
                 }
                 (Frame::Report(bytes), Some(id)) if id != 0 => {
                     match CloneReport::decode(&bytes).filter(|r| r.id == id) {

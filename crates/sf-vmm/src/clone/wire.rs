@@ -21,7 +21,18 @@ pub enum Frame {
     Failed { id: u32, reason: String },
     /// Console output of the clone (already prefixed with its clone path).
     Console(Vec<u8>),
+    /// A piece of one of the clone's output files (at most
+    /// [`OUTPUT_PIECE`] bytes): the origin checks the name and the cap
+    /// again and writes it under its own output directory.
+    Output {
+        append: bool,
+        name: Vec<u8>,
+        data: Vec<u8>,
+    },
 }
+
+/// Largest piece of an output file one frame carries.
+pub const OUTPUT_PIECE: usize = 32 << 10;
 
 impl Frame {
     pub fn encode(&self) -> Vec<u8> {
@@ -34,6 +45,15 @@ impl Frame {
                 (5, [&id.to_le_bytes()[..], reason.as_bytes()].concat())
             }
             Frame::Console(bytes) => (6, bytes.clone()),
+            Frame::Output { append, name, data } => {
+                let name_len = name.len().min(255);
+                let mut p = Vec::with_capacity(2 + name_len + data.len());
+                p.push(*append as u8);
+                p.push(name_len as u8);
+                p.extend_from_slice(&name[..name_len]);
+                p.extend_from_slice(data);
+                (7, p)
+            }
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         out.push(kind);
@@ -73,6 +93,11 @@ impl Frame {
                 reason: String::from_utf8_lossy(&p[4..]).into_owned(),
             },
             6 => Frame::Console(p.to_vec()),
+            7 if len >= 2 && p[0] <= 1 && len >= 2 + p[1] as usize => Frame::Output {
+                append: p[0] == 1,
+                name: p[2..2 + p[1] as usize].to_vec(),
+                data: p[2 + p[1] as usize..].to_vec(),
+            },
             k => return Err(format!("unknown frame kind {k} of {len} bytes")),
         };
         Ok(Some((f, 5 + len)))
@@ -123,6 +148,11 @@ mod tests {
                 reason: "peer down".into(),
             },
             Frame::Console(b"[clone 2] hi\n".to_vec()),
+            Frame::Output {
+                append: true,
+                name: b"out.txt".to_vec(),
+                data: vec![9; OUTPUT_PIECE],
+            },
         ] {
             let b = f.encode();
             assert_eq!(Frame::decode(&b), Ok(Some((f.clone(), b.len()))));
@@ -140,6 +170,14 @@ mod tests {
         assert!(
             Frame::decode(&[3, 0xff, 0xff, 0xff, 0x7f]).is_err(),
             "huge frame"
+        );
+        assert!(
+            Frame::decode(&[7, 2, 0, 0, 0, 0, 5]).is_err(),
+            "name past the end"
+        );
+        assert!(
+            Frame::decode(&[7, 2, 0, 0, 0, 2, 0]).is_err(),
+            "bad append flag"
         );
     }
 }

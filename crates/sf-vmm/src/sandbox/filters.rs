@@ -133,8 +133,7 @@ const NOT_READ_ONLY: u64 = (libc::O_WRONLY
 
 /// Creating a new file for writing, and nothing else: it must not exist
 /// and must not be a symlink.
-const CREATE_NEW: u64 =
-    (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW) as u64;
+const CREATE_NEW: u64 = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW) as u64;
 const NOT_CREATE_NEW: u64 =
     (libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND | libc::O_TMPFILE | libc::O_PATH) as u64;
 
@@ -324,8 +323,16 @@ fn runner(l: &mut Vec<Entry>, peers: bool) {
         "read-only: a clone reads /proc/self/smaps_rollup at its end (its memory use); a VM's output directory");
     allow!(l, SYS_openat if all_but_none_of(2, CREATE_NEW, NOT_CREATE_NEW),
         "the guest's output files: only new ones (O_CREAT|O_EXCL|O_NOFOLLOW, write-only), never an existing file");
-    allow!(l, SYS_mkdirat, "a VM's output directory DIR/<vm-id>, relative to the DIR fd opened at set-up");
-    allow!(l, SYS_ftruncate, "a guest rewriting an output file this VM created");
+    allow!(
+        l,
+        SYS_mkdirat,
+        "a VM's output directory DIR/<vm-id>, relative to the DIR fd opened at set-up"
+    );
+    allow!(
+        l,
+        SYS_ftruncate,
+        "a guest rewriting an output file this VM created"
+    );
     if !peers {
         return;
     }

@@ -5,8 +5,8 @@
 //! refuse (separators, `..`, NUL, too long, wild pointers) straight to the
 //! hypercall, writes `parent.txt` (and `big.bin`, MIB MiB streamed in
 //! chunks), then clones N times: each clone hashes the inputs again, writes
-//! `clone.txt` and returns its hash, which the parent checks. Exits 0 if
-//! every answer was the ABI's.
+//! `clone.txt` (and, with `cbig=MIB`, its own `big.bin`) and returns its
+//! hash, which the parent checks. Exits 0 if every answer was the ABI's.
 //! `io-cap`: writes 1 MiB chunks until the host refuses, then checks the
 //! refusal is `TooBig` and that the VM runs on. `io-try NAME`: writes one
 //! file and prints the answer (exit 0 ok, 3 refused). `io-write-input
@@ -74,20 +74,26 @@ fn refused_names() -> i32 {
         let got = raw_output(name.as_ptr() as u64, name.len() as u64, b"x");
         let ok = got == want;
         bad += !ok as i32;
-        println!("{} io name {what}: got {got}, want {want}", if ok { "ok  " } else { "FAIL" });
+        println!(
+            "{} io name {what}: got {got}, want {want}",
+            if ok { "ok  " } else { "FAIL" }
+        );
     }
     let fault = -(Error::Fault as i64);
     for (what, ptr) in [("wild name", u64::MAX - 2), ("kernel name", 0x3000)] {
         let got = raw_output(ptr, 3, b"x");
         let ok = got == fault;
         bad += !ok as i32;
-        println!("{} io {what}: got {got}, want {fault}", if ok { "ok  " } else { "FAIL" });
+        println!(
+            "{} io {what}: got {got}, want {fault}",
+            if ok { "ok  " } else { "FAIL" }
+        );
     }
     bad
 }
 
 /// `big.bin`: byte `i` is `i % 251`, streamed one chunk at a time.
-fn write_big(mib: u64) -> Result<(), OutputError> {
+pub fn write_big(mib: u64) -> Result<(), OutputError> {
     let chunk = OUTPUT_CHUNK_MAX as usize;
     let mut buf = vec![0u8; chunk];
     let total = mib << 20;
@@ -95,8 +101,17 @@ fn write_big(mib: u64) -> Result<(), OutputError> {
     output::write("big.bin", &[])?;
     while off < total {
         let n = ((total - off) as usize).min(chunk);
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = ((off + i as u64) % 251) as u8;
+        // One period (251 bytes) at this offset's phase, then doubled: a
+        // multiple of the period copied after itself stays in phase.
+        let phase = (off % 251) as usize;
+        for (i, b) in buf[..251].iter_mut().enumerate() {
+            *b = ((phase + i) % 251) as u8;
+        }
+        let mut have = 251;
+        while have < n {
+            let more = have.min(chunk - have);
+            buf.copy_within(..more, have);
+            have += more;
         }
         output::append("big.bin", &buf[..n])?;
         off += n as u64;
@@ -107,6 +122,7 @@ fn write_big(mib: u64) -> Result<(), OutputError> {
 pub fn io() -> i32 {
     let n: u64 = env::arg("n").and_then(|v| v.parse().ok()).unwrap_or(0);
     let big: u64 = env::arg("big").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let clone_big: u64 = env::arg("cbig").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mine = summary("parent");
     let mut bad = refused_names();
     let text = format!("parent {mine:016x}\n");
@@ -115,10 +131,13 @@ pub fn io() -> i32 {
         bad += 1;
     }
     if big > 0 {
+        let t0 = sf_guest::time::now_ns();
         if let Err(e) = write_big(big) {
             println!("FAIL io big.bin: {e:?}");
             bad += 1;
         }
+        let ms = (sf_guest::time::now_ns() - t0) / 1_000_000;
+        println!("parent: {big} MiB of output in {ms} ms");
     }
     if n > 0 {
         let t = match clone::request_ticket(n) {
@@ -133,13 +152,20 @@ pub fn io() -> i32 {
             Ok(id) => {
                 let h = summary(&format!("clone {id}"));
                 let text = format!("clone {id} {h:016x}\n");
-                let status = match output::write("clone.txt", text.as_bytes()) {
+                let t0 = sf_guest::time::now_ns();
+                let r =
+                    output::write("clone.txt", text.as_bytes()).and_then(|()| write_big(clone_big));
+                let status = match r {
                     Ok(()) => 0,
                     Err(e) => {
-                        println!("clone {id}: clone.txt: {e:?}");
+                        println!("clone {id}: outputs: {e:?}");
                         1
                     }
                 };
+                if clone_big > 0 {
+                    let ms = (sf_guest::time::now_ns() - t0) / 1_000_000;
+                    println!("clone {id}: {clone_big} MiB of output in {ms} ms");
+                }
                 clone::exit(status, &h.to_le_bytes());
                 return 1;
             }
@@ -158,7 +184,11 @@ pub fn io() -> i32 {
                 r.id,
                 r.status,
                 r.code,
-                if same { "same inputs" } else { "different inputs" }
+                if same {
+                    "same inputs"
+                } else {
+                    "different inputs"
+                }
             );
         }
     }
@@ -203,7 +233,10 @@ pub fn write_input(name: &str) -> i32 {
         println!("io-write-input: no input {name}");
         return 2;
     };
-    println!("io-write-input: writing into {name} at {:p}", bytes.as_ptr());
+    println!(
+        "io-write-input: writing into {name} at {:p}",
+        bytes.as_ptr()
+    );
     // SAFETY: none: a write to a read-only page on purpose; it must fault.
     unsafe { core::ptr::write_volatile(bytes.as_ptr() as *mut u8, 1) };
     println!("io-write-input: the write went through");
