@@ -218,6 +218,8 @@ fn bench_apps_writes_the_documented_keys() {
         "96x64x1",
         "--paths",
         "4000",
+        "--clones",
+        "2",
         "--hosts",
         "2",
         "--json",
