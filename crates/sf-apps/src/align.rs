@@ -27,9 +27,19 @@ fn base_code(b: u8) -> Option<u32> {
     }
 }
 
-/// Every `K`-mer of the queries: a presence bitmap and the sorted list of
-/// (code, query, position).
+/// Bits of the small prefilter: 32 KiB, which stays in the L1/L2 cache
+/// where the 2 MiB exact bitmap does not (a lookup per database base made
+/// the scan cost 43 ns per byte with the exact bitmap alone).
+const FILTER_BITS: u32 = 18;
+
+fn filter_slot(code: u32) -> usize {
+    (code.wrapping_mul(0x9e37_79b1) >> (32 - FILTER_BITS)) as usize
+}
+
+/// Every `K`-mer of the queries: a hashed prefilter, an exact presence
+/// bitmap and the sorted list of (code, query, position).
 pub struct Index {
+    filter: Vec<u64>,
     present: Vec<u64>,
     seeds: Vec<(u32, u32, u32)>,
     qlens: Vec<usize>,
@@ -37,23 +47,32 @@ pub struct Index {
 
 impl Index {
     pub fn new(queries: &[Vec<u8>]) -> Index {
+        let mut filter = vec![0u64; (1usize << FILTER_BITS) / 64];
         let mut present = vec![0u64; (1usize << (2 * K)) / 64];
         let mut seeds = Vec::new();
         for (qi, q) in queries.iter().enumerate() {
             for_each_kmer(q, |pos, code| {
+                let slot = filter_slot(code);
+                filter[slot / 64] |= 1 << (slot % 64);
                 present[code as usize / 64] |= 1 << (code % 64);
                 seeds.push((code, qi as u32, pos as u32));
             });
         }
         seeds.sort_unstable();
         Index {
+            filter,
             present,
             seeds,
             qlens: queries.iter().map(Vec::len).collect(),
         }
     }
 
+    #[inline]
     fn lookup(&self, code: u32) -> &[(u32, u32, u32)] {
+        let slot = filter_slot(code);
+        if self.filter[slot / 64] & (1 << (slot % 64)) == 0 {
+            return &[];
+        }
         if self.present[code as usize / 64] & (1 << (code % 64)) == 0 {
             return &[];
         }
