@@ -116,7 +116,7 @@ pub fn generate(spec: &GenSpec, mut sink: impl FnMut(&[u8])) {
             }
         }
         seq.truncate(len);
-        if !spec.queries.is_empty() && index % spec.plant_every.max(1) == 0 {
+        if !spec.queries.is_empty() && index.is_multiple_of(spec.plant_every.max(1)) {
             let q = &spec.queries[(index / spec.plant_every.max(1)) as usize % spec.queries.len()];
             let at = rng.below((len - q.len().min(len)) as u64 + 1) as usize;
             let mut planted = q.clone();
