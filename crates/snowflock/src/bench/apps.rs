@@ -88,6 +88,10 @@ pub struct Row {
     pub result_matches: bool,
     /// The whole VM run on the host (boot, warm pass, clones), median.
     pub vm_ms: f64,
+    /// CPU time of the VMM and its local clones over `vm_ms` (median): the
+    /// cores the run really got. Remote clones run under other hosts'
+    /// daemons and are not counted.
+    pub cores_used: f64,
     pub clone_share_ms_median: Option<f64>,
     pub parent_share_ms_median: Option<f64>,
     /// Remote clones: per clone, medians over runs.
@@ -285,7 +289,7 @@ fn summarize(
         app: app.into(),
         mode,
         clones: if mode == Mode::Single { 0 } else { n },
-        shares: runs[0].shares.len().max(n as usize),
+        shares: runs[0].share_count,
         runs: runs.len(),
         wall_ms: wall,
         speedup: single_wall / wall,
@@ -298,6 +302,7 @@ fn summarize(
         warmup_penalty_max: (!penalties.is_empty()).then(|| max(&penalties)),
         result_matches: answers_agree && runs[0].answer == single_answer,
         vm_ms: median(&runs.iter().map(|r| r.vm_ms).collect::<Vec<_>>()),
+        cores_used: median(&runs.iter().map(|r| r.cores_used).collect::<Vec<_>>()),
         clone_share_ms_median: opt(median(&clone_ms)),
         parent_share_ms_median: opt(median(&parent_ms)),
         pages_fetched_per_clone: per_clone(|f| f.pages_fetched),
@@ -334,7 +339,7 @@ fn print_table(rows: &[Row], cores: u32) {
     );
     for r in rows {
         println!(
-            "{:<7} {:<7} {:>6} {:>10.1} {:>8.2} {:>6.1} {:>9} {:>8} {:>7} {:>10}",
+            "{:<7} {:<7} {:>6} {:>10.1} {:>8.2} {:>6.1} {:>9} {:>8} {:>7} {:>10} {:>6}",
             r.app,
             format!("{:?}", r.mode).to_lowercase(),
             r.clones,
@@ -346,9 +351,15 @@ fn print_table(rows: &[Row], cores: u32) {
             r.result_matches,
             r.bytes_fetched_per_clone
                 .map_or("-".into(), |b| format!("{:.1}", b / 1e6)),
+            if r.mode == Mode::Remote {
+                "-".into()
+            } else {
+                format!("{:.2}", r.cores_used)
+            },
         );
     }
     println!("targets: match everywhere; penalty <= 1.05 local, <= 1.2 remote; speedup within 10% of ideal");
+    println!("cores: CPU time of the VMM and its local clones over the run's wall time");
 }
 
 fn write_plot(rows: &[Row], cores: u32, path: &std::path::Path) -> anyhow::Result<()> {

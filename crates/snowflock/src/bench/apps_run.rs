@@ -13,7 +13,12 @@ pub struct Run {
     pub wall_ms: f64,
     /// The whole VM run as the host saw it (boot, warm pass, clones).
     pub vm_ms: f64,
+    /// CPU time of this process and its reaped children (the VMM and its
+    /// local clones) over `vm_ms`: the cores the run really got.
+    pub cores_used: f64,
     pub answer: String,
+    /// Shares of the job (`share S/N` lines).
+    pub share_count: usize,
     /// Per share: (time on its clone, time on the warm parent), ms.
     pub shares: Vec<(f64, f64)>,
     /// Summed over the run's remote clones.
@@ -34,9 +39,11 @@ pub struct Fetch {
 
 pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<Run> {
     let mut out = Vec::new();
+    let cpu0 = cpu_ms();
     let t = Instant::now();
     let report = Vm::new(cfg, image)?.run(&mut out)?;
     let vm_ms = t.elapsed().as_secs_f64() * 1e3;
+    let cores_used = (cpu_ms() - cpu0) / vm_ms;
     let text = String::from_utf8_lossy(&out);
     if report.outcome.exit_code() != 0 {
         bail!("{app} failed ({}): {}\n{text}", cfg.cmdline, report.outcome);
@@ -61,8 +68,27 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
     let mut run = parse_console(app, &text)
         .with_context(|| format!("{app} ({}) printed no result:\n{text}", cfg.cmdline))?;
     run.vm_ms = vm_ms;
+    run.cores_used = cores_used;
     run.fetch = fetch;
     Ok(run)
+}
+
+/// User and system CPU time of this process and of its children that were
+/// waited for, in ms (the root VMM reaps every local clone before it ends).
+fn cpu_ms() -> f64 {
+    let mut total = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage writes one struct rusage into `u`, which we own.
+        let u = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(who, &mut u);
+            u
+        };
+        for tv in [u.ru_utime, u.ru_stime] {
+            total += tv.tv_sec as f64 * 1e3 + tv.tv_usec as f64 / 1e3;
+        }
+    }
+    total
 }
 
 /// The `APP: ...` lines of the console (see the sf-shares driver).
@@ -76,6 +102,12 @@ pub fn parse_console(app: &str, text: &str) -> Option<Run> {
         }
         if let Some(v) = line.split("answer=").nth(1) {
             run.answer = v.trim().to_string();
+        }
+        if let Some(n) = line
+            .strip_prefix("share ")
+            .and_then(|l| l.split_whitespace().next()?.split('/').nth(1)?.parse().ok())
+        {
+            run.share_count = n;
         }
         if line.starts_with("share ") && line.contains("clone_ns=") {
             let field = |k: &str| -> Option<f64> {
@@ -107,6 +139,12 @@ mod tests {
         assert_eq!(r.answer, "c1483b99f8c02a42");
         assert!((r.wall_ms - 3011.518305).abs() < 1e-6);
         assert_eq!(r.shares, vec![(3.0, 1.5), (2.0, 2.0)]);
+        assert_eq!(r.share_count, 2);
+        let single = parse_console(
+            "render",
+            "render: share 1/15 ns=5\nrender: wall_ns=9\nrender: answer=ab\n",
+        );
+        assert_eq!(single.unwrap().share_count, 15);
         assert!(parse_console("price", "price: wall_ns=5\n").is_none());
         assert!(parse_console("align", text).is_none());
     }
