@@ -381,7 +381,7 @@ fn write_plot(rows: &[Row], cores: u32, path: &std::path::Path) -> anyhow::Resul
                 series.push(Series {
                     name,
                     rgb: COLORS[series.len() % COLORS.len()],
-                    points: vec![(1.0, 1.0)],
+                    points: Vec::new(),
                 });
                 series.len() - 1
             }
