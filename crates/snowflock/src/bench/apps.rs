@@ -325,7 +325,7 @@ fn print_table(rows: &[Row], cores: u32) {
     println!();
     println!("applications on clones ({cores} cores): medians");
     println!(
-        "{:<7} {:<7} {:>6} {:>10} {:>8} {:>6} {:>9} {:>8} {:>7} {:>10}",
+        "{:<7} {:<7} {:>6} {:>10} {:>8} {:>6} {:>9} {:>8} {:>7} {:>10} {:>6}",
         "app",
         "mode",
         "clones",
@@ -335,7 +335,8 @@ fn print_table(rows: &[Row], cores: u32) {
         "penalty",
         "pen max",
         "match",
-        "MB fetch"
+        "MB fetch",
+        "cores"
     );
     for r in rows {
         println!(
