@@ -91,6 +91,10 @@ pub const OPEN_PORTS: [(u16, u16); 3] = [
 /// Writes every table. `ring0` locates the guest's exception stubs and
 /// ring-0 text. The caller guarantees the RAM below [`IMAGE_BASE`] is zero,
 /// as it is in a fresh VM.
+///
+/// Never inlined: the image checks find the table builder in ring 0's call
+/// graph by this symbol (`sf-images/tests/ring0_no_sse.rs`).
+#[inline(never)]
 pub fn build(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) -> Result<(), LayoutError> {
     build_with_inputs(m, mem_size, ring0, 0..0)
 }

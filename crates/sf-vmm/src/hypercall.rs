@@ -149,19 +149,15 @@ fn output(ram: &GuestRam, args: Args, call: Call, cpu: &mut dyn CpuView) -> Acti
     if args.a1 > sf_abi::io::NAME_MAX as u64 {
         return ret(Err(HcError::Invalid));
     }
-    let read_both = || {
-        let name = read(ram, caller_for(cpu, args.a1), args.a0, args.a1, args.a1)?;
-        let data = read(
-            ram,
-            caller_for(cpu, args.a3),
-            args.a2,
-            args.a3,
-            sf_abi::io::OUTPUT_CHUNK_MAX,
-        )?;
-        Ok((name, data))
-    };
-    let mut read_both = read_both;
-    match read_both() {
+    let name = read(ram, caller_for(cpu, args.a1), args.a0, args.a1, args.a1);
+    let data = name.and_then(|name| {
+        let max = sf_abi::io::OUTPUT_CHUNK_MAX;
+        Ok((
+            name,
+            read(ram, caller_for(cpu, args.a3), args.a2, args.a3, max)?,
+        ))
+    });
+    match data {
         Ok((name, data)) => Action::Output {
             append: call == Call::OutputAppend,
             name,
@@ -216,6 +212,43 @@ mod tests {
             call(&ram, 1, 0x20_0000, 2),
             (Action::Return(2), b"hi".to_vec())
         );
+    }
+
+    #[test]
+    fn output_calls_are_read_and_bounded() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x20_0000, b"out.txt");
+        ram.write(0x30_0000, b"data");
+        let out = |a0, a1, a2, a3| {
+            handle(
+                &ram,
+                Args {
+                    nr: Call::OutputAppend as u32,
+                    a0,
+                    a1,
+                    a2,
+                    a3,
+                },
+                &mut ConsoleSink::new(),
+                &mut Vec::new(),
+                &mut Fixed(Caller::Kernel),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            out(0x20_0000, 7, 0x30_0000, 4),
+            Action::Output {
+                append: true,
+                name: b"out.txt".to_vec(),
+                data: b"data".to_vec()
+            }
+        );
+        let err = |e: HcError| Action::Return(e.to_ret());
+        assert_eq!(out(0x20_0000, 65, 0x30_0000, 4), err(HcError::Invalid));
+        assert_eq!(out(u64::MAX, 7, 0x30_0000, 4), err(HcError::Fault));
+        assert_eq!(out(0x20_0000, 7, (8 << 20) - 2, 4), err(HcError::Fault));
+        let over = sf_abi::io::OUTPUT_CHUNK_MAX + 1;
+        assert_eq!(out(0x20_0000, 7, 0, over), err(HcError::TooBig));
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn a_guest_and_its_local_clones_read_inputs_and_write_outputs() {
         "io",
         "n=3",
         "big=3",
+        "nest=1",
     ]);
     r.assert_no_host_panic().assert_code(0);
     r.assert_stdout_has(&input_line("parent", "db", &db));
@@ -86,6 +87,9 @@ fn a_guest_and_its_local_clones_read_inputs_and_write_outputs() {
     for id in 1..=3 {
         let c = std::fs::read_to_string(out.join(format!("{id}/clone.txt"))).unwrap();
         assert_eq!(c, format!("clone {id} {all:016x}\n"));
+        // Clone 1 of clone `id` writes under the ID path `id.1`.
+        let n = std::fs::read_to_string(out.join(format!("{id}.1/nested.txt"))).unwrap();
+        assert_eq!(n, format!("nested {id}.1 {all:016x}\n"));
     }
     // 3 MiB streamed in 1 MiB chunks: byte i is i % 251.
     let big = std::fs::read(out.join("0/big.bin")).unwrap();
@@ -325,4 +329,31 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
     let r = h.run(1, &["--input", "db=passwd", "hello"]);
     assert_eq!(r.code, Some(1), "{}", r.describe());
     assert!(r.stderr.contains("no input file"), "{}", r.describe());
+}
+
+#[test]
+fn the_c_api_reads_inputs_and_writes_outputs() {
+    // guest/apps/capi/src/io.c, compiled against snowflock.h.
+    let t = tempdir();
+    let db = random_bytes(70_000);
+    let f = write_file(t.path(), "db", &db);
+    let out = t.path().join("out");
+    let r = snowflock([
+        "run",
+        "--input",
+        format!("db={}", f.display()).as_str(),
+        "--output",
+        out.to_str().unwrap(),
+        "capi",
+        "--",
+        "io",
+    ]);
+    let h = format!("{:016x}", fnv(&db));
+    r.assert_no_host_panic()
+        .assert_code(0)
+        .assert_stdout_has(&format!("capi io: db {h}, 0 failed"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("0/c-io.txt")).unwrap(),
+        format!("c {h}\n")
+    );
 }

@@ -37,8 +37,17 @@ pub struct CheckedVm {
     pub output_cap: Option<u64>,
 }
 
-/// Checks the fields of `POST /v1/vms` and resolves its guest.
-pub fn create_vm(req: &CreateVm, image_dir: Option<&Path>) -> Result<CheckedVm, ApiError> {
+/// Checks the fields of `POST /v1/vms` and resolves its guest and inputs.
+pub fn create_vm(
+    req: &CreateVm,
+    image_dir: Option<&Path>,
+    output_dir: Option<&Path>,
+) -> Result<CheckedVm, ApiError> {
+    if req.output && output_dir.is_none() {
+        return Err(bad(
+            "`output`: this daemon keeps no output files (it has no --output-dir)",
+        ));
+    }
     let mem = match &req.mem {
         None => DEFAULT_MEM,
         Some(m) => mem(m)?,
@@ -349,6 +358,45 @@ mod tests {
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn inputs_and_outputs_are_checked_by_field() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("db"), vec![1u8; 5 << 20]).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("out")).unwrap();
+        let dir = Some(t.path());
+        let req = |inputs: &[(&str, &str)], output: bool| CreateVm {
+            guest: "hello".into(),
+            inputs: inputs
+                .iter()
+                .map(|(n, f)| (n.to_string(), f.to_string()))
+                .collect(),
+            output,
+            ..Default::default()
+        };
+        let err = |r: &CreateVm, out: Option<&Path>| create_vm(r, dir, out).unwrap_err().1;
+        let ok = create_vm(&req(&[("db", "db")], false), dir, None).unwrap();
+        assert_eq!(ok.inputs.len(), 1);
+        assert!(ok.inputs[0].starts_with("db=/"), "{:?}", ok.inputs);
+        assert!(err(&req(&[("db", "out")], false), None).contains("no input file"));
+        assert_eq!(
+            err(&req(&[("db", "out")], false), None),
+            err(&req(&[("db", "missing")], false), None).replace("missing", "out")
+        );
+        assert!(err(&req(&[("db", "../db")], false), None).contains("no input file"));
+        assert!(err(&req(&[("../x", "db")], false), None).contains("not allowed"));
+        let small = CreateVm {
+            mem: Some("4M".into()),
+            ..req(&[("db", "db")], false)
+        };
+        assert!(err(&small, None).contains("over the guest's"));
+        assert!(err(&req(&[], true), None).contains("--output-dir"));
+        assert!(create_vm(&req(&[], true), dir, dir).is_ok());
+        assert!(create_vm(&req(&[("db", "db")], false), None, None)
+            .unwrap_err()
+            .1
+            .contains("--image-dir"));
     }
 
     #[test]

@@ -377,12 +377,11 @@ impl Daemon {
     }
 
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmInfo, ApiError> {
-        let checked = validate::create_vm(&req, self.cfg.image_dir.as_deref())?;
-        if req.output && self.cfg.output_dir.is_none() {
-            return Err(bad(
-                "`output`: this daemon keeps no output files (it has no --output-dir)",
-            ));
-        }
+        let checked = validate::create_vm(
+            &req,
+            self.cfg.image_dir.as_deref(),
+            self.cfg.output_dir.as_deref(),
+        )?;
         let mut place = self.reserve(1)?;
         let id = self.new_id("vm")?;
         let max_clones = req

@@ -3,9 +3,11 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=src/fork_sum.c");
+    println!("cargo:rerun-if-changed=src/io.c");
     println!("cargo:rerun-if-changed=../../include/snowflock.h");
     cc::Build::new()
         .file("src/fork_sum.c")
+        .file("src/io.c")
         .include("../../include")
         .flag("-ffreestanding")
         .flag("-fno-stack-protector")

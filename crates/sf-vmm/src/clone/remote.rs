@@ -669,3 +669,7 @@ mod tests {
         drop(silent);
     }
 }
+
+#[cfg(test)]
+#[path = "remote_output_tests.rs"]
+mod output_tests;

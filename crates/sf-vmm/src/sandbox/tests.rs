@@ -249,6 +249,62 @@ fn runner_keeps_what_it_needs_and_clone3_falls_back() {
     assert_eq!(stderr, "still here\n");
 }
 
+/// The runner may create new output files (and only new ones): opening an
+/// existing file for writing, or creating without O_EXCL or O_NOFOLLOW,
+/// kills it.
+#[test]
+fn runner_creates_only_new_files() {
+    let dir = std::env::temp_dir().join(format!("sf-sandbox-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("old"), b"keep").unwrap();
+    let path = |n: &str| std::ffi::CString::new(dir.join(n).to_str().unwrap()).unwrap();
+    let (new, old, sub) = (path("new"), path("old"), path("sub"));
+    let p = prog(Role::Runner);
+    let (status, stderr) = in_child(|| {
+        sandboxed(Role::Runner, &p);
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        // SAFETY: valid NUL-terminated paths.
+        unsafe {
+            if libc::mkdirat(libc::AT_FDCWD, sub.as_ptr(), 0o755) != 0 {
+                return 11;
+            }
+            let fd = libc::open(new.as_ptr(), flags, 0o644);
+            if fd < 0 {
+                return 12;
+            }
+            // O_EXCL: an existing file is refused by the kernel, not opened.
+            if libc::open(old.as_ptr(), flags, 0o644) >= 0 {
+                return 13;
+            }
+        }
+        0
+    });
+    assert_eq!(status, ExitStatus::Code(0), "stderr: {stderr}");
+    for flags in [
+        libc::O_WRONLY | libc::O_TRUNC,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+    ] {
+        let p = &p;
+        let old = &old;
+        assert_killed(
+            in_child(move || {
+                sandboxed(Role::Runner, p);
+                // SAFETY: a valid NUL-terminated path.
+                unsafe { libc::open(old.as_ptr(), flags, 0o644) };
+                10
+            }),
+            libc::SYS_openat,
+            "openat",
+            "runner",
+        );
+    }
+    assert_eq!(std::fs::read(dir.join("old")).unwrap(), b"keep");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn local_clone_keeps_the_runner_list_under_its_own_name() {
     let p = prog(Role::Runner);

@@ -2,6 +2,7 @@
 //! is C (src/fork_sum.c); this only calls it and reports. A C parent sums
 //! its clones' statuses, then reads four clones' statuses and results: a
 //! clean exit(-1), a crash, a refused sf_exit(NULL, 8), a result string.
+//! `io`: inputs and outputs from C (src/io.c).
 #![no_std]
 #![no_main]
 
@@ -12,9 +13,17 @@ sf_guest::main!(main);
 extern "C" {
     fn c_fork_sum(n: u32) -> i64;
     fn c_results(null_exit: *mut i64) -> i64;
+    fn c_io(hash: *mut u64) -> i32;
 }
 
 fn main() -> i32 {
+    if env::args().next() == Some("io") {
+        let mut hash = 0u64;
+        // SAFETY: `hash` is a valid place for one u64.
+        let bad = unsafe { c_io(&mut hash) };
+        println!("capi io: db {hash:016x}, {bad} failed");
+        return (bad != 0) as i32;
+    }
     let n: u32 = env::arg("n").and_then(|v| v.parse().ok()).unwrap_or(4);
     // SAFETY: a plain C function with no pointer arguments.
     let sum = unsafe { c_fork_sum(n) };

@@ -6,7 +6,9 @@
 //! hypercall, writes `parent.txt` (and `big.bin`, MIB MiB streamed in
 //! chunks), then clones N times: each clone hashes the inputs again, writes
 //! `clone.txt` (and, with `cbig=MIB`, its own `big.bin`) and returns its
-//! hash, which the parent checks. Exits 0 if every answer was the ABI's.
+//! hash, which the parent checks; with `nest=1` each clone also clones
+//! once, and that clone writes `nested.txt`. Exits 0 if every answer was
+//! the ABI's.
 //! `io-cap`: writes 1 MiB chunks until the host refuses, then checks the
 //! refusal is `TooBig` and that the VM runs on. `io-try NAME`: writes one
 //! file and prints the answer (exit 0 ok, 3 refused). `io-write-input
@@ -123,6 +125,7 @@ pub fn io() -> i32 {
     let n: u64 = env::arg("n").and_then(|v| v.parse().ok()).unwrap_or(0);
     let big: u64 = env::arg("big").and_then(|v| v.parse().ok()).unwrap_or(0);
     let clone_big: u64 = env::arg("cbig").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let nest = env::arg("nest") == Some("1");
     let mine = summary("parent");
     let mut bad = refused_names();
     let text = format!("parent {mine:016x}\n");
@@ -166,6 +169,11 @@ pub fn io() -> i32 {
                     let ms = (sf_guest::time::now_ns() - t0) / 1_000_000;
                     println!("clone {id}: {clone_big} MiB of output in {ms} ms");
                 }
+                let status = if nest && status == 0 {
+                    nested(id, h)
+                } else {
+                    status
+                };
                 clone::exit(status, &h.to_le_bytes());
                 return 1;
             }
@@ -194,6 +202,28 @@ pub fn io() -> i32 {
     }
     println!("io: {bad} failed");
     (bad != 0) as i32
+}
+
+/// In clone `id`: one clone of its own, which writes `nested.txt` (so it
+/// lands in `<id>.1`) and returns its inputs' hash; 0 if all went well.
+fn nested(id: u32, h: u64) -> i32 {
+    let Ok(t) = clone::request_ticket(1) else {
+        return 1;
+    };
+    match clone::clone(&t) {
+        Ok(0) => {}
+        Ok(_) => {
+            let h = summary(&format!("clone {id}.1"));
+            let text = format!("nested {id}.1 {h:016x}\n");
+            let status = output::write("nested.txt", text.as_bytes()).is_err() as i32;
+            clone::exit(status, &h.to_le_bytes());
+            return 1;
+        }
+        Err(_) => return 1,
+    }
+    let rs = clone::join(&t).unwrap_or_default();
+    let ok = rs.len() == 1 && rs[0].code == 0 && rs[0].result.as_slice() == h.to_le_bytes();
+    (!ok) as i32
 }
 
 pub fn cap() -> i32 {

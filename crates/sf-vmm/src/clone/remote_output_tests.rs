@@ -1,0 +1,74 @@
+//! The origin's side of remote clones' outputs: whatever a clone host
+//! sends, names are checked, the cap holds and files land only under the
+//! clone's own directory.
+
+use super::*;
+use std::net::TcpStream;
+
+#[test]
+fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
+    let t = std::env::temp_dir().join(format!("sf-remote-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(&t).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reports = ReportListener {
+        listener,
+        transport: Transport::Plain,
+    };
+    let mut g = RemoteGroup::new(reports, [1; 16], vec![2], Instant::now()).unwrap();
+    let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
+    // The origin VM is clone 4 of the root: its clone 2 is "4.2".
+    g.set_outputs(Some(dir), "4");
+    let mut c = TcpStream::connect(addr).unwrap();
+    let out = |append: bool, name: &[u8], data: &[u8]| Frame::Output {
+        append,
+        name: name.to_vec(),
+        data: data.to_vec(),
+    };
+    // Before its hello, a connection's frames end it.
+    let mut early = TcpStream::connect(addr).unwrap();
+    out(false, b"early", b"x").write_to(&mut early).unwrap();
+    Frame::Hello {
+        token: [1; 16],
+        id: 2,
+    }
+    .write_to(&mut c)
+    .unwrap();
+    for f in [
+        out(false, b"../../escaped", b"x"),
+        out(false, b"/tmp/escaped", b"x"),
+        out(false, b"a\0b", b"x"),
+        out(true, b"never-created", b"x"),
+        out(false, b"ok.txt", b"12345678"),
+        out(true, b"ok.txt", b"9"),
+        // Past the cap of 10 bytes: refused, the file keeps 9.
+        out(true, b"ok.txt", b"ab"),
+    ] {
+        f.write_to(&mut c).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        g.pump(Duration::from_millis(50));
+        if std::fs::read(t.join("out/4.2/ok.txt")).is_ok_and(|b| b.len() == 9) {
+            break;
+        }
+    }
+    g.pump(Duration::from_millis(200));
+    assert_eq!(
+        std::fs::read(t.join("out/4.2/ok.txt")).unwrap(),
+        b"123456789"
+    );
+    let entries: Vec<_> = std::fs::read_dir(t.join("out/4.2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["ok.txt"]);
+    let top: Vec<_> = std::fs::read_dir(&t)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(top, ["out"], "nothing next to the output directory");
+    assert!(!std::path::Path::new("/tmp/escaped").exists());
+    std::fs::remove_dir_all(&t).unwrap();
+}
