@@ -13,7 +13,9 @@ use std::process::Command;
 /// machines; the guests are freestanding programs built for it.
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-const GUESTS: [&str; 6] = ["hello", "pi", "crash", "hostile", "forktest", "capi"];
+const GUESTS: [&str; 9] = [
+    "hello", "pi", "crash", "hostile", "forktest", "capi", "align", "render", "price",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -27,6 +29,7 @@ fn main() {
     // it (a copied target then never rebuilt the guests of another one).
     println!("cargo:rerun-if-changed=../../guest");
     println!("cargo:rerun-if-changed=../sf-abi");
+    println!("cargo:rerun-if-changed=../sf-apps");
 
     let linker_script = guest_dir.join("guest.ld");
     let rustflags = [

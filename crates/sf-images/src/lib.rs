@@ -47,6 +47,24 @@ pub static IMAGES: &[Image] = &[
         "pi -- samples=200000000 seed=1"
     ),
     image!(
+        "align",
+        Kind::Example,
+        "sequence search (seed-and-extend, affine-gap Smith-Waterman) of DNA queries against a FASTA input `db`, split across clones; prints the top hits",
+        "align -- clones=2 (with --input db=FILE from `snowflock gen-fasta`)"
+    ),
+    image!(
+        "render",
+        Kind::Example,
+        "ray tracer rendering a scene in tiles across clones; writes render.png to --output DIR",
+        "render -- clones=2 w=640 h=480"
+    ),
+    image!(
+        "price",
+        Kind::Example,
+        "Monte-Carlo European and Asian option prices across clones, checked against Black-Scholes",
+        "price -- clones=2 paths=1000000"
+    ),
+    image!(
         "crash",
         Kind::Test,
         "crashes on request: divzero ud null outside kernel gp int3 panic spin exit=N",

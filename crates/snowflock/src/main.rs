@@ -5,6 +5,7 @@ mod bench;
 mod cluster;
 mod daemon;
 mod demo;
+mod gen_fasta;
 mod guests;
 mod run;
 mod units;
@@ -28,6 +29,9 @@ enum Command {
     Run(run::RunArgs),
     /// List the guests that ship with SnowFlock (usable by name with `run`).
     Guests(guests::GuestsArgs),
+    /// Write a synthetic FASTA database with planted matches for the
+    /// `align` guest (`--input db=FILE`).
+    GenFasta(gen_fasta::GenFastaArgs),
     /// Measure and compare (prints a table; --json writes the numbers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::main(a),
         Command::Run(a) => run::main(a),
         Command::Guests(a) => guests::main(a),
+        Command::GenFasta(a) => gen_fasta::main(a),
         Command::Bench(b) => bench::main(b),
         Command::Cluster(c) => cluster::main(c),
         Command::Vms(a) => daemon::vms(a),

@@ -1,5 +1,7 @@
 //! `snowflock bench`: benchmarks that print a table and can write JSON.
 
+mod apps;
+mod apps_run;
 mod avoid;
 mod boot;
 mod clone;
@@ -25,6 +27,9 @@ pub enum BenchCommand {
     /// Free-page hints (namespace hosts, root needed): what remote clones
     /// fetch and how long their work takes, hints on and off.
     Avoid(avoid::AvoidBenchArgs),
+    /// The application guests (align, render, price) on one VM, local
+    /// clones and remote clones: speedup and warm-up penalty.
+    Apps(apps::AppsBenchArgs),
 }
 
 pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
@@ -33,5 +38,6 @@ pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
         BenchCommand::Clone(a) => clone::main(a),
         BenchCommand::Remote(a) => remote::main(a),
         BenchCommand::Avoid(a) => avoid::main(a),
+        BenchCommand::Apps(a) => apps::main(a),
     }
 }

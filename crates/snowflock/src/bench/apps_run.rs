@@ -1,0 +1,151 @@
+//! One run of an application guest for `bench apps`: the VM, and what its
+//! console and clone timelines say (wall time, answer, each share's time on
+//! its clone and on the warm parent, memory fetched by remote clones).
+
+use anyhow::{bail, Context};
+use sf_vmm::{CloneStatus, GuestImage, Vm, VmConfig};
+use std::time::Instant;
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// The guest's own time from its first share to the merged answer.
+    pub wall_ms: f64,
+    /// The whole VM run as the host saw it (boot, warm pass, clones).
+    pub vm_ms: f64,
+    /// CPU time of this process and its reaped children (the VMM and its
+    /// local clones) over `vm_ms`: the cores the run really got.
+    pub cores_used: f64,
+    pub answer: String,
+    /// Shares of the job (`share S/N` lines).
+    pub share_count: usize,
+    /// Per share: (time on its clone, time on the warm parent), ms.
+    pub shares: Vec<(f64, f64)>,
+    /// Summed over the run's remote clones.
+    pub fetch: Fetch,
+}
+
+/// Memory remote clones fetched, summed over clones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fetch {
+    pub clones: u64,
+    pub faults: u64,
+    pub pages_fetched: u64,
+    pub bytes: u64,
+    pub zero_local_pages: u64,
+    pub multicast_pages: u64,
+    pub fault_p50_us_sum: u64,
+}
+
+pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<Run> {
+    let mut out = Vec::new();
+    let cpu0 = cpu_ms();
+    let t = Instant::now();
+    let report = Vm::new(cfg, image)?.run(&mut out)?;
+    let vm_ms = t.elapsed().as_secs_f64() * 1e3;
+    let cores_used = (cpu_ms() - cpu0) / vm_ms;
+    let text = String::from_utf8_lossy(&out);
+    if report.outcome.exit_code() != 0 {
+        bail!("{app} failed ({}): {}\n{text}", cfg.cmdline, report.outcome);
+    }
+    let mut fetch = Fetch::default();
+    for t in &report.clones {
+        for c in &t.clones {
+            if c.status != CloneStatus::Exited {
+                bail!("{app}: clone {} ended {:?}: {}", c.id, c.status, c.detail);
+            }
+            if let Some(m) = c.memory.as_ref().filter(|_| c.remote) {
+                fetch.clones += 1;
+                fetch.faults += m.faults;
+                fetch.pages_fetched += m.pages_fetched;
+                fetch.bytes += m.bytes_received;
+                fetch.zero_local_pages += m.zero_local_pages;
+                fetch.multicast_pages += m.multicast_pages;
+                fetch.fault_p50_us_sum += m.fault_latency_p50_us;
+            }
+        }
+    }
+    let mut run = parse_console(app, &text)
+        .with_context(|| format!("{app} ({}) printed no result:\n{text}", cfg.cmdline))?;
+    run.vm_ms = vm_ms;
+    run.cores_used = cores_used;
+    run.fetch = fetch;
+    Ok(run)
+}
+
+/// User and system CPU time of this process and of its children that were
+/// waited for, in ms (the root VMM reaps every local clone before it ends).
+fn cpu_ms() -> f64 {
+    let mut total = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage writes one struct rusage into `u`, which we own.
+        let u = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(who, &mut u);
+            u
+        };
+        for tv in [u.ru_utime, u.ru_stime] {
+            total += tv.tv_sec as f64 * 1e3 + tv.tv_usec as f64 / 1e3;
+        }
+    }
+    total
+}
+
+/// The `APP: ...` lines of the console (see the sf-shares driver).
+pub fn parse_console(app: &str, text: &str) -> Option<Run> {
+    let head = format!("{app}: ");
+    let mut run = Run::default();
+    let mut wall = None;
+    for line in text.lines().filter_map(|l| l.strip_prefix(&head)) {
+        if let Some(v) = line.strip_prefix("wall_ns=") {
+            wall = v.trim().parse::<f64>().ok();
+        }
+        if let Some(v) = line.split("answer=").nth(1) {
+            run.answer = v.trim().to_string();
+        }
+        if let Some(n) = line
+            .strip_prefix("share ")
+            .and_then(|l| l.split_whitespace().next()?.split('/').nth(1)?.parse().ok())
+        {
+            run.share_count = n;
+        }
+        if line.starts_with("share ") && line.contains("clone_ns=") {
+            let field = |k: &str| -> Option<f64> {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|ns| ns / 1e6)
+            };
+            run.shares
+                .push((field("clone_ns=")?, field("ref_ns=").unwrap_or(f64::NAN)));
+        }
+    }
+    run.wall_ms = wall? / 1e6;
+    (!run.answer.is_empty()).then_some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_are_read() {
+        let text = "price: granted=2 of 2 clones, 2 shares\n\
+            price: share 1/2 clone_ns=3000000 ref_ns=1500000 match=yes\n\
+            price: share 2/2 clone_ns=2000000 ref_ns=2000000 match=yes\n\
+            price: wall_ns=3011518305\nprice: paths=10 answer=c1483b99f8c02a42\n\
+            other: wall_ns=1\n";
+        let r = parse_console("price", text).unwrap();
+        assert_eq!(r.answer, "c1483b99f8c02a42");
+        assert!((r.wall_ms - 3011.518305).abs() < 1e-6);
+        assert_eq!(r.shares, vec![(3.0, 1.5), (2.0, 2.0)]);
+        assert_eq!(r.share_count, 2);
+        let single = parse_console(
+            "render",
+            "render: share 1/15 ns=5\nrender: wall_ns=9\nrender: answer=ab\n",
+        );
+        assert_eq!(single.unwrap().share_count, 15);
+        assert!(parse_console("price", "price: wall_ns=5\n").is_none());
+        assert!(parse_console("align", text).is_none());
+    }
+}

@@ -1,0 +1,69 @@
+//! Ray tracer: renders a scene in tiles (interleaved rows, each tile small
+//! enough to come back through `join`), clones rendering one tile each,
+//! round after round; the parent assembles the image and writes it as `render.png` when
+//! the host gave an output directory.
+//!
+//! Arguments: `w=640 h=480 ss=2` (ss x ss samples per pixel), and the
+//! driver's `clones=N split=K warm=1` (`split` does not change the tiles).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use sf_apps::render::{self, Tiles, View};
+use sf_guest::{output, println};
+use sf_shares::{arg_u64, Plan, Shares, SHARE_MAX};
+
+sf_guest::main!(main);
+
+fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+fn run() -> Result<(), i32> {
+    let plan = Plan::from_args("render")?;
+    let view = View {
+        width: arg_u64("render", "w", 640)? as u32,
+        height: arg_u64("render", "h", 480)? as u32,
+        ss: arg_u64("render", "ss", 2)? as u32,
+    };
+    if view.width == 0 || view.height == 0 || view.width > 4096 || view.height > 4096 || view.ss > 8
+    {
+        println!("render: w and h must be 1..=4096, ss at most 8");
+        return Err(2);
+    }
+    let tiles = Tiles::new(&view, SHARE_MAX);
+    println!(
+        "render: {}x{} ss={} in {} tiles of interleaved rows",
+        view.width, view.height, view.ss, tiles.count
+    );
+    let done = sf_shares::run(
+        "render",
+        &plan,
+        Shares::Fixed(tiles.count as u64),
+        |s, _| render::render_rows(&view, tiles.rows(s as u32 - 1)),
+    )?;
+    let Some(rgb) = tiles.assemble(&view, &done.results) else {
+        println!("render: the tiles do not make up the image");
+        return Err(1);
+    };
+    let Some(png) = sf_apps::png::encode_rgb(view.width, view.height, &rgb) else {
+        println!("render: the image cannot be encoded");
+        return Err(1);
+    };
+    done.finish("render");
+    println!(
+        "render: png {} bytes answer={:016x}",
+        png.len(),
+        sf_apps::digest(&rgb)
+    );
+    match output::write("render.png", &png) {
+        Ok(()) => println!("render: wrote output render.png"),
+        Err(output::OutputError::NoOutputDir) => println!("render: no output directory"),
+        Err(e) => println!("render: output render.png not written: {e:?}"),
+    }
+    Ok(())
+}
