@@ -23,7 +23,6 @@ mod outcome;
 pub mod remote;
 pub mod sandbox;
 pub mod sanitize;
-mod serial;
 pub mod stats_file;
 mod vcpu;
 mod vm;

@@ -58,6 +58,9 @@ pub mod reg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     None,
+    /// The device has queue work: the VMM calls [`MmioTransport::run`]
+    /// with guest RAM before the vCPU resumes.
+    Work,
     /// The driver asked to wait this long (the VMM bounds it by the VM's
     /// deadline and calls [`MmioTransport::wait`]).
     Wait(Duration),
@@ -72,7 +75,6 @@ pub trait Waitable {
 /// One virtio device behind its virtio-mmio register slot.
 pub struct MmioTransport<D> {
     pub(super) device: D,
-    pub(super) mem: Mem,
     pub(super) window: DmaWindow,
     pub(super) queues: Vec<Queue>,
     pub(super) device_features_sel: u32,
@@ -81,11 +83,15 @@ pub struct MmioTransport<D> {
     pub(super) queue_sel: u32,
     pub(super) status: u32,
     pub(super) config_generation: u32,
+    /// `DRIVER_OK` was set: the device activates at the next run.
+    pub(super) pending_activate: bool,
+    /// The queue the driver notified since the last run.
+    pub(super) pending_notify: Option<usize>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
-    /// `mem` is the VM's guest RAM; `window` the part of it DMA may touch.
-    pub fn new(device: D, mem: Mem, window: DmaWindow) -> Self {
+    /// `window` is the part of guest RAM DMA may touch.
+    pub fn new(device: D, window: DmaWindow) -> Self {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -93,7 +99,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .collect();
         MmioTransport {
             device,
-            mem,
             window,
             queues,
             device_features_sel: 0,
@@ -102,6 +107,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: 0,
             status: 0,
             config_generation: 0,
+            pending_activate: false,
+            pending_notify: None,
         }
     }
 
@@ -121,12 +128,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.acked_features
     }
 
-    /// Replaces guest RAM (a VM restored from a descriptor maps it anew).
-    pub fn set_memory(&mut self, mem: Mem) {
-        self.mem = mem;
+    pub fn window(&self) -> DmaWindow {
+        self.window
     }
 
-    fn active(&self) -> bool {
+    pub(super) fn active(&self) -> bool {
         self.status & status::DRIVER_OK != 0 && self.status & status::NEEDS_RESET == 0
     }
 
@@ -187,7 +193,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             reg::DRIVER_FEATURES => self.write_driver_features(v),
             reg::QUEUE_SEL => self.queue_sel = v,
             reg::STATUS => self.write_status(v),
-            reg::QUEUE_NOTIFY => self.run(Some(v as usize)),
+            reg::QUEUE_NOTIFY => self.pending_notify = Some(v as usize),
             reg::WAIT => return Action::Wait(Duration::from_micros(v.into())),
             reg::INTERRUPT_ACK => {}
             reg::QUEUE_NUM
@@ -200,7 +206,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             | reg::QUEUE_DEVICE_HIGH => self.write_queue(offset, v),
             _ => {}
         }
-        Action::None
+        // Every write to a working device is an exit it does its work at.
+        if self.active() {
+            Action::Work
+        } else {
+            Action::None
+        }
     }
 
     fn write_driver_features(&mut self, v: u32) {
@@ -296,18 +307,22 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return self.fail(e);
             }
         }
-        self.device
-            .activate(self.acked_features, &mut self.queues, &self.mem);
+        self.pending_activate = true;
     }
 
     /// Does the device's queue work; called at every exit to the device.
-    pub fn run(&mut self, notified: Option<usize>) {
+    pub fn run(&mut self, mem: &Mem) {
+        let notified = self.pending_notify.take();
         if !self.active() {
             return;
         }
+        if std::mem::take(&mut self.pending_activate) {
+            self.device
+                .activate(self.acked_features, &mut self.queues, mem);
+        }
         if let Err(e) = self
             .device
-            .process(&mut self.queues, &self.mem, &self.window, notified)
+            .process(&mut self.queues, mem, &self.window, notified)
         {
             self.fail(e);
         }
@@ -323,6 +338,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.acked_features = 0;
         self.queue_sel = 0;
         self.status = 0;
+        self.pending_activate = false;
+        self.pending_notify = None;
     }
 }
 
@@ -330,14 +347,14 @@ impl<D: VirtioDevice + Waitable> MmioTransport<D> {
     /// Serves [`reg::WAIT`]: does pending work, sleeps until input arrives
     /// or `timeout` passes (the VMM has bounded it by the VM's deadline),
     /// and does the work again so the driver finds its packets.
-    pub fn wait(&mut self, timeout: Duration) {
-        self.run(None);
+    pub fn wait(&mut self, mem: &Mem, timeout: Duration) {
+        self.run(mem);
         if self.active() {
             self.device.wait_input(timeout);
         } else {
             std::thread::sleep(timeout);
         }
-        self.run(None);
+        self.run(mem);
     }
 }
 

@@ -157,10 +157,12 @@ mod hostile {
             let mut d = Driver::new(Net::with_mac(Some(nic_end), [2, 0, 0, 0, 0, 1]));
             for (off, v) in ops {
                 let off = off & !3;
-                if let Action::Wait(_) = d.w(off, v) {
-                    d.t.wait(Duration::ZERO);
+                if off == reg::WAIT {
+                    d.wait(Duration::from_micros(u64::from(v % 100)));
+                } else {
+                    d.w(off, v);
                 }
-                d.t.run(None);
+                d.run();
             }
             prop_assert_eq!(d.r(reg::MAGIC), MAGIC);
         }

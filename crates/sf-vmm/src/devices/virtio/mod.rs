@@ -11,6 +11,7 @@
 //! breaks the rules only breaks its own device (status `NEEDS_RESET`, all
 //! queue work stops until the driver resets it), never the VMM.
 
+pub mod bus_device;
 pub mod dma;
 pub mod mmio;
 pub mod net;

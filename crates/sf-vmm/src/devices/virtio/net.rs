@@ -73,6 +73,9 @@ pub struct Net {
     pub(super) mac: [u8; 6],
     pub(super) stats: NetStats,
     pub(super) rx_frame: Vec<u8>,
+    /// The MAC this NIC had before the last clone: frames still queued
+    /// from before the fork carry it, and are completed unsent (see `state`).
+    pub(super) former_mac: Option<[u8; 6]>,
 }
 
 impl Net {
@@ -87,6 +90,7 @@ impl Net {
             mac: family.mac_of(member)?,
             stats: NetStats::default(),
             rx_frame: vec![0; HDR_LEN + 65536],
+            former_mac: None,
         })
     }
 
@@ -99,6 +103,7 @@ impl Net {
             mac,
             stats: NetStats::default(),
             rx_frame: vec![0; HDR_LEN + 65536],
+            former_mac: None,
         }
     }
 
@@ -127,6 +132,7 @@ impl Net {
             return false;
         };
         self.member = member;
+        self.former_mac = Some(self.mac).filter(|&old| old != mac);
         self.mac = mac;
         true
     }

@@ -64,10 +64,10 @@ fn receive_fills_a_posted_buffer() {
     let mut f = vec![0u8; HDR_LEN];
     f.extend(frame(1000, 2));
     send(&peer, &f);
-    d.t.run(None);
+    d.run();
     assert!(d.take_used(0).is_empty(), "no buffer posted yet");
     d.post_rx(5);
-    d.t.run(None); // posting needs no notify: the next exit takes it
+    d.run(); // posting needs no notify: the next exit takes it
     let used = d.take_used(0);
     assert_eq!(used, vec![(5, f.len() as u32)]);
     let mut got = vec![0u8; f.len()];
@@ -82,7 +82,7 @@ fn oversized_frame_is_dropped_and_the_buffer_reused() {
     send(&peer, &vec![0u8; HDR_LEN + 4000]);
     send(&peer, &vec![0u8; HDR_LEN + 100]);
     d.post_rx(0);
-    d.t.run(None);
+    d.run();
     assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 100) as u32)]);
     assert_eq!(d.t.device().stats().rx_dropped, 1);
     assert!(!d.needs_reset());
@@ -164,7 +164,7 @@ fn available_index_far_ahead_needs_reset() {
     d.mem
         .write_obj(1000u16, GuestAddress(avail(0) + 2))
         .unwrap();
-    d.t.run(None);
+    d.run();
     assert!(d.needs_reset());
 }
 
@@ -173,7 +173,7 @@ fn wait_sleeps_until_a_frame_arrives_and_delivers_it() {
     let (mut d, peer) = nic();
     d.post_rx(0);
     let t = Instant::now();
-    d.t.wait(Duration::from_millis(30));
+    d.wait(Duration::from_millis(30));
     assert!(
         t.elapsed() >= Duration::from_millis(25),
         "slept: {:?}",
@@ -185,7 +185,7 @@ fn wait_sleeps_until_a_frame_arrives_and_delivers_it() {
         send(&peer, &vec![1u8; HDR_LEN + 60]);
         peer
     });
-    d.t.wait(Duration::from_secs(20));
+    d.wait(Duration::from_secs(20));
     assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 60) as u32)]);
     drop(sender.join().unwrap());
 }
@@ -193,30 +193,43 @@ fn wait_sleeps_until_a_frame_arrives_and_delivers_it() {
 #[test]
 fn save_restore_resumes_the_rings_and_clone_gets_a_new_identity() {
     let (mut d, peer) = nic();
+    let fam = FamilyNet::new(7).unwrap();
+    let eth = |src: [u8; 6], n: usize| {
+        let mut f = vec![0xffu8; 6];
+        f.extend_from_slice(&src);
+        f.extend(frame(n, 1));
+        f
+    };
+    let parent_mac = fam.mac_of(3).unwrap();
     for i in 0..3 {
-        d.tx(i, &frame(100, i as u8), false);
+        d.tx(i, &eth(parent_mac, 100), false);
     }
-    d.t.run(None); // what the VMM does before it saves: drain TX
+    d.run();
     assert_eq!(d.take_used(1).len(), 3);
     for _ in 0..3 {
         assert!(recv(&peer).is_some());
     }
+    // Two more queued without a notify: in flight at the fork.
+    d.tx(3, &eth(parent_mac, 60), false);
+    d.tx(4, &eth(parent_mac, 60), false);
     let state = d.t.save();
     let bytes = bincode::serialize(&state).unwrap();
     let state: super::state::NetState = bincode::deserialize(&bytes).unwrap();
     let (dev2, peer2) = socketpair();
-    let mut t2 = MmioTransport::<Net>::restore(&state, d.mem.clone(), None).unwrap();
+    let mut t2 = MmioTransport::<Net>::restore(&state, None).unwrap();
     assert!(t2.on_clone(9, Some(dev2)));
     d.t = t2;
     let mut cfg = [0u8; 6];
     d.t.read(reg::CONFIG, &mut cfg);
     assert_eq!(cfg, FamilyNet::new(7).unwrap().mac_of(9).unwrap());
     assert_eq!(d.r(reg::CONFIG_GENERATION), 1);
-    // The clone's driver goes on where the parent's left off, on its own TAP.
-    d.tx(3, &frame(50, 9), true);
-    d.t.run(None);
-    assert_eq!(d.take_used(1), vec![(3, 0)]);
-    assert_eq!(recv(&peer2).unwrap().len(), HDR_LEN + 50);
+    // The clone's driver goes on where the parent's left off, on its own
+    // TAP: the parent's two frames complete unsent, its own goes out.
+    d.tx(5, &eth(fam.mac_of(9).unwrap(), 50), true);
+    d.run();
+    assert_eq!(d.take_used(1), vec![(3, 0), (4, 0), (5, 0)]);
+    assert_eq!(recv(&peer2).unwrap().len(), HDR_LEN + 62);
+    assert!(recv(&peer2).is_none(), "only the clone's own frame");
     assert!(recv(&peer).is_none(), "nothing on the parent's TAP");
 }
 
@@ -226,16 +239,16 @@ fn restore_refuses_a_corrupt_state() {
     let good = d.t.save();
     let mut s = good.clone();
     s.queues[0].size = 3;
-    assert!(MmioTransport::<Net>::restore(&s, ram(), None).is_err());
+    assert!(MmioTransport::<Net>::restore(&s, None).is_err());
     let mut s = good.clone();
     s.queues[1].used_ring = 0x1000;
-    assert!(MmioTransport::<Net>::restore(&s, ram(), None).is_err());
+    assert!(MmioTransport::<Net>::restore(&s, None).is_err());
     let mut s = good.clone();
     s.queues.pop();
-    assert!(MmioTransport::<Net>::restore(&s, ram(), None).is_err());
+    assert!(MmioTransport::<Net>::restore(&s, None).is_err());
     let mut s = good;
     s.mac = [0; 6];
-    assert!(MmioTransport::<Net>::restore(&s, ram(), None).is_err());
+    assert!(MmioTransport::<Net>::restore(&s, None).is_err());
 }
 
 /// Exits per packet of a bulk stream: TX with a driver that notifies as
@@ -252,7 +265,7 @@ fn exits_per_packet_in_bulk_streams() {
     while sent < PACKETS {
         if in_flight == SIZE {
             d.w(reg::WAIT, 0); // ring full: let the host catch up
-            d.t.wait(Duration::ZERO);
+            d.wait(Duration::ZERO);
             exits += 1;
             in_flight -= d.take_used(1).len() as u16;
             while recv(&peer).is_some() {}
@@ -283,7 +296,7 @@ fn exits_per_packet_in_bulk_streams() {
         }
         let used = d.take_used(0);
         if used.is_empty() {
-            d.t.wait(Duration::from_millis(100));
+            d.wait(Duration::from_millis(100));
             rx_exits += 1;
             continue;
         }

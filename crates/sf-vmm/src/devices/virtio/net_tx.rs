@@ -59,6 +59,12 @@ impl Net {
             self.stats.tx_dropped += 1;
             return Ok(());
         };
+        if let Some(old) = self.former_mac {
+            if source_mac(bufs, mem) == Some(old) {
+                self.stats.tx_dropped += 1;
+                return Ok(()); // queued by the parent before the fork
+            }
+        }
         let mut slices = Vec::with_capacity(bufs.len());
         for b in bufs {
             // Inside the DMA window, which is inside guest RAM: checked again.
@@ -93,6 +99,23 @@ impl Net {
         }
         Ok(())
     }
+}
+
+/// The Ethernet source address of a transmit chain's frame (bytes 6..12
+/// after the header), wherever the chain's buffers split it.
+fn source_mac(bufs: &[dma::Buffer], mem: &Mem) -> Option<[u8; 6]> {
+    let want = HDR_LEN + 12;
+    let mut head = Vec::with_capacity(want);
+    for b in bufs {
+        let take = (b.len as usize).min(want - head.len());
+        let mut part = vec![0u8; take];
+        mem.read_slice(&mut part, GuestAddress(b.addr)).ok()?;
+        head.extend_from_slice(&part);
+        if head.len() == want {
+            return head[HDR_LEN + 6..].try_into().ok();
+        }
+    }
+    None
 }
 
 /// Asks the driver (through `avail_event` in the used ring) to notify

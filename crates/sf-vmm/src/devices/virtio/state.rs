@@ -8,10 +8,14 @@
 //! and the counters.
 //!
 //! Packets in flight at a fork, exactly:
-//! - transmit: the VMM drains the transmit ring ([`MmioTransport::run`])
-//!   before it saves the state, so every frame the guest had queued leaves
-//!   through the parent's TAP; the clone's copy of the ring shows them
-//!   sent, and the clone never sends the parent's frames.
+//! - transmit: frames the guest had queued but the device had not sent
+//!   (batched notifies leave up to 15 queued) are sent by the parent at
+//!   its next exit to the NIC. The clone's copy of the ring still holds
+//!   them: the clone's device completes every frame whose source MAC is
+//!   the parent's unsent ([`MmioTransport::on_clone`] keeps the old MAC for
+//!   that), so the clone never sends a frame with the parent's addresses,
+//!   its driver gets every buffer back, and what its own stack queues
+//!   after the fork (with its new MAC) goes out normally.
 //! - receive, already delivered: frames the parent's device put in receive
 //!   buffers that the guest had not consumed are in guest RAM and the used
 //!   ring, which the clone inherits: its driver sees them, addressed to the
@@ -25,7 +29,6 @@
 use super::dma::DmaWindow;
 use super::mmio::MmioTransport;
 use super::net::Net;
-use super::Mem;
 use sf_abi::net::FamilyNet;
 use std::os::fd::OwnedFd;
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -65,6 +68,8 @@ pub enum RestoreError {
     QueueCount(usize),
     #[error("saved virtio-net queue {queue} is invalid ({why}): the descriptor is corrupt")]
     Queue { queue: usize, why: String },
+    #[error("saved virtio-net DMA window {0:?} is empty or inverted: the descriptor is corrupt")]
+    Window(DmaWindow),
     #[error("saved virtio-net identity is invalid (family {family}, member {member}): the descriptor is corrupt")]
     Identity { family: u8, member: u32 },
 }
@@ -89,7 +94,7 @@ impl MmioTransport<Net> {
 
     /// Rebuilds a NIC from a descriptor on `tap` (the clone's own, or none
     /// yet). Every value is checked as if the guest had written it.
-    pub fn restore(s: &NetState, mem: Mem, tap: Option<OwnedFd>) -> Result<Self, RestoreError> {
+    pub fn restore(s: &NetState, tap: Option<OwnedFd>) -> Result<Self, RestoreError> {
         let mut net = Net::with_mac(tap, s.mac);
         if s.family != 0 {
             let family = FamilyNet::new(s.family).expect("nonzero");
@@ -102,7 +107,10 @@ impl MmioTransport<Net> {
             net.family = Some(family);
             net.member = s.member;
         }
-        let mut t = MmioTransport::new(net, mem, s.window);
+        if s.window.start > s.window.end {
+            return Err(RestoreError::Window(s.window));
+        }
+        let mut t = MmioTransport::new(net, s.window);
         if s.queues.len() != t.queues.len() {
             return Err(RestoreError::QueueCount(s.queues.len()));
         }
@@ -135,6 +143,8 @@ impl MmioTransport<Net> {
         t.driver_features_sel = s.driver_features_sel;
         t.queue_sel = s.queue_sel;
         t.config_generation = s.config_generation;
+        // Re-arms notification suppression at the first run.
+        t.pending_activate = t.active();
         Ok(t)
     }
 

@@ -88,7 +88,7 @@ impl Driver {
     pub fn new(net: Net) -> Driver {
         let mem = ram();
         Driver {
-            t: MmioTransport::new(net, mem.clone(), WINDOW),
+            t: MmioTransport::new(net, WINDOW),
             mem,
             avail_idx: [0; 2],
             used_seen: [0; 2],
@@ -103,8 +103,24 @@ impl Driver {
         u32::from_le_bytes(d)
     }
 
+    /// A register write, and what the VMM does after it.
     pub fn w(&mut self, off: u64, v: u32) -> Action {
-        self.t.write(off, &v.to_le_bytes())
+        let a = self.t.write(off, &v.to_le_bytes());
+        match a {
+            Action::None => {}
+            Action::Work => self.t.run(&self.mem),
+            Action::Wait(d) => self.t.wait(&self.mem, d),
+        }
+        a
+    }
+
+    /// An exit to the device (any register write).
+    pub fn run(&mut self) {
+        self.t.run(&self.mem);
+    }
+
+    pub fn wait(&mut self, d: std::time::Duration) {
+        self.t.wait(&self.mem, d);
     }
 
     /// Negotiates `features` and stops before the queues are set up.
