@@ -86,14 +86,17 @@ impl BusDevice for NetDevice {
     /// The clone's identity (its member number, or its clone ID in a flat
     /// family when the family has no numbering) and its own TAP (none if
     /// no provider gave one: then frames are dropped until the VM ends;
-    /// never the parent's TAP).
+    /// never the parent's TAP). The provider sends TAPs already set up with
+    /// [`crate::net::tap::prepare`].
     fn on_clone(&mut self, ctx: &mut CloneContext) -> Result<(), DeviceError> {
         let member = ctx.member.unwrap_or(ctx.clone_id);
         let mut fds = ctx.take(NET0);
         let tap = fds.pop();
         if let Some(fd) = &tap {
-            crate::net::tap::prepare(fd)
-                .map_err(|e| host_error(format!("the clone's TAP: {e}"), None))?;
+            // The clone is sandboxed already: no TAP ioctls here, the
+            // provider handed it over set up by `tap::prepare`.
+            crate::net::tap::set_nonblocking(fd)
+                .map_err(|e| host_error("making the clone's TAP non-blocking", Some(e)))?;
         }
         if !self.transport.on_clone(member, tap) {
             return Err(host_error(
