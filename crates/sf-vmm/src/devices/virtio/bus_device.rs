@@ -104,6 +104,12 @@ impl BusDevice for NetDevice {
                 None,
             ));
         }
+        // The guest finds its new address where it found the old one.
+        let ip = u64::from(self.transport.device().ip());
+        ctx.guest_writes.push((
+            layout::BOOT_INFO + BootInfo::NET_IP_OFFSET as u64,
+            ip.to_le_bytes().to_vec(),
+        ));
         Ok(())
     }
 }

@@ -314,3 +314,50 @@ fn exits_per_packet_in_bulk_streams() {
     assert!(rx_exits <= PACKETS / 16, "rx exits {rx_exits}");
     assert!(!d.needs_reset());
 }
+
+#[test]
+fn clone_hook_takes_its_tap_and_asks_for_its_new_address() {
+    use super::bus_device::{NetDevice, NET0};
+    use crate::devices::{BusDevice, CloneContext};
+    let (mut d, parent_peer) = nic();
+    let mut dev = NetDevice {
+        transport: std::mem::replace(
+            &mut d.t,
+            MmioTransport::new(Net::with_mac(None, [0; 6]), WINDOW),
+        ),
+    };
+    let (tap, peer) = socketpair();
+    let mut ctx = CloneContext {
+        clone_id: 2,
+        member: Some(12),
+        ..Default::default()
+    };
+    ctx.resources.insert(NET0.into(), vec![tap]);
+    dev.on_clone(&mut ctx).unwrap();
+    let fam = FamilyNet::new(7).unwrap();
+    let want = u64::from(fam.ip_of(12).unwrap()).to_le_bytes().to_vec();
+    assert_eq!(
+        ctx.guest_writes,
+        vec![(
+            sf_abi::layout::BOOT_INFO + sf_abi::boot_info::BootInfo::NET_IP_OFFSET as u64,
+            want
+        )]
+    );
+    assert_eq!(dev.transport.device().mac(), fam.mac_of(12).unwrap());
+    // Frames now go to the clone's TAP only.
+    d.t = dev.transport;
+    d.tx(0, &frame(40, 0), false);
+    d.run();
+    assert!(recv(&peer).is_some());
+    assert!(recv(&parent_peer).is_none());
+    // Without a member number, the clone ID numbers it (flat family); no
+    // TAP means no backend, never the parent's.
+    let mut ctx = CloneContext {
+        clone_id: 5,
+        ..Default::default()
+    };
+    let mut dev = NetDevice { transport: d.t };
+    dev.on_clone(&mut ctx).unwrap();
+    assert_eq!(dev.transport.device().mac(), fam.mac_of(5).unwrap());
+    assert!(dev.save().unwrap().len() < 1024, "state is small");
+}
