@@ -121,15 +121,22 @@ impl Net {
     /// Runs the stack once: re-addresses after a clone, moves frames in
     /// both directions, fires timers. True if any socket may have changed.
     pub fn poll(&mut self) -> bool {
-        let id = self.host.identity();
-        if id != self.id {
-            self.readdress(id);
-        }
+        self.refresh();
         let now = self.now();
         let changed = self.iface.poll(now, &mut self.dev, &mut self.sockets)
             == smoltcp::iface::PollResult::SocketStateChanged;
         self.reap_closing();
         changed
+    }
+
+    /// Re-addresses the stack if this VM became a clone since the last
+    /// look. Every call that creates a socket does this first, so a socket
+    /// made right after a clone belongs to the clone.
+    pub fn refresh(&mut self) {
+        let id = self.host.identity();
+        if id != self.id {
+            self.readdress(id);
+        }
     }
 
     /// The clone's new identity: a fresh interface, and every open socket
@@ -199,6 +206,13 @@ impl Net {
                 self.host.wait(sleep);
             }
         }
+    }
+
+    /// Keeps the stack running (answering peers, sending, retransmitting)
+    /// for `us` microseconds, sleeping in the host when there is nothing
+    /// to do.
+    pub fn idle(&mut self, us: u64) {
+        let _ = self.block_on::<()>(Some(us), |_| None);
     }
 
     pub(crate) fn slot(&self, s: SockId) -> Result<&Slot, NetError> {

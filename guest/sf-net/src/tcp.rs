@@ -43,6 +43,7 @@ impl Net {
         if port == 0 {
             return Err(NetError::InvalidArgument);
         }
+        self.refresh();
         if self.port_taken(port) {
             return Err(NetError::AddrInUse);
         }
@@ -91,6 +92,7 @@ impl Net {
         if port == 0 || addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
             return Err(NetError::InvalidArgument);
         }
+        self.refresh();
         let h = self.new_tcp();
         let local = self.ephemeral_port();
         let cx = self.iface.context();

@@ -338,3 +338,20 @@ fn a_listener_backlog_holds_connections_made_before_accept() {
     net.tcp_accept(l, SEC).unwrap();
     net.tcp_close(c).unwrap();
 }
+
+#[test]
+fn sockets_made_right_after_a_clone_belong_to_the_clone() {
+    let (mut net, h) = loopback(0);
+    let old = net.tcp_listen(7300).unwrap();
+    *h.id.lock().unwrap() = identity(5);
+    // No poll in between: the calls that make sockets look first.
+    let l = net.tcp_listen(7301).unwrap();
+    let u = net.udp_bind(7302).unwrap();
+    assert_eq!(net.my_addr(), Ipv4Addr::new(10, FAMILY, 0, 6));
+    let c = net.tcp_connect(net.my_addr(), 7301, SEC).unwrap();
+    net.tcp_accept(l, SEC).unwrap();
+    net.udp_send_to(u, b"hi", net.my_addr(), 7302, SEC).unwrap();
+    assert_eq!(net.udp_recv_from(u, &mut [0u8; 4], SEC).unwrap().0, 2);
+    assert_eq!(net.tcp_accept(old, Some(1000)), Err(NetError::Reset));
+    net.tcp_close(c).unwrap();
+}

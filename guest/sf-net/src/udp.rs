@@ -22,6 +22,7 @@ impl Net {
 
     /// A UDP socket on `port`, or on a free ephemeral port for 0.
     pub fn udp_bind(&mut self, port: u16) -> Result<SockId, NetError> {
+        self.refresh();
         let port = if port == 0 {
             let mut p = self.ephemeral_port();
             while self.port_taken(p) {

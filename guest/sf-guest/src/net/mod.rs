@@ -111,6 +111,16 @@ pub fn poll() {
     });
 }
 
+/// Sleeps for `d` while keeping the stack running (without a NIC: just
+/// returns).
+pub fn sleep(d: core::time::Duration) {
+    let us = micros(Some(d)).unwrap_or(0);
+    let _ = with(|n| {
+        n.idle(us);
+        Ok(())
+    });
+}
+
 fn micros(d: Option<core::time::Duration>) -> Option<u64> {
     d.map(|d| d.as_micros().min(u64::MAX as u128) as u64)
 }
