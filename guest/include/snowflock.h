@@ -75,8 +75,8 @@ int64_t sf_kill(const sf_ticket_t *t);
 int sf_will_overwrite(const void *p, size_t len);
 
 /* Networking over the VM's NIC (a clone family shares one subnet; member
- * m, the family's first VM being 0 and a clone's member number its clone
- * ID, has address sf_addr_of(m)). Addresses are IPv4 in host byte order
+ * m, the family's first VM being 0, has address sf_addr_of(m); in a flat
+ * family clone j is member j). Addresses are IPv4 in host byte order
  * (10.1.0.2 is 0x0a010002); sockets are numbers >= 0; timeout_ms < 0 waits
  * forever. Blocking calls poll the NIC and sleep in the host when idle.
  * After sf_clone, a clone has a new address and every socket open at the
@@ -95,8 +95,13 @@ int sf_will_overwrite(const void *p, size_t len);
 
 /* This VM's address (changes at a clone), or -SF_ENETDOWN. */
 int64_t sf_my_addr(void);
-/* Family member `member`'s address. */
+/* Family member `member`'s address (the family's first VM is 0). */
 int64_t sf_addr_of(uint32_t member);
+/* This VM's parent; clone j of the clone call that made this VM (its
+ * sibling); clone k of this VM's latest clone call (-SF_EINVAL: none). */
+int64_t sf_parent_addr(void);
+int64_t sf_sibling_addr(uint32_t j);
+int64_t sf_child_addr(uint32_t k);
 /* TCP: listen on port (backlog 8); accept returns a new socket. */
 int64_t sf_net_listen(uint32_t port);
 int64_t sf_net_accept(int64_t listener, int64_t timeout_ms);
@@ -108,7 +113,7 @@ int64_t sf_net_recv(int64_t s, void *buf, size_t len, int64_t timeout_ms);
 /* Closes any socket; a TCP stream waits (at most 5 s) until the peer has
  * all data sent, then sends FIN. */
 int64_t sf_net_close(int64_t s);
-/* UDP: port 0 binds a free port. Datagrams of at most 1472 bytes. */
+/* UDP: port 0 binds a free port. Datagrams of at most 1422 bytes. */
 int64_t sf_udp_bind(uint32_t port);
 int64_t sf_udp_send_to(int64_t s, const void *buf, size_t len, uint32_t ip,
                        uint32_t port, int64_t timeout_ms);

@@ -26,18 +26,21 @@ extern crate alloc;
 extern crate std;
 
 mod device;
+mod family;
 mod stack;
 mod tcp;
 #[cfg(test)]
 mod tests;
 mod udp;
 
+pub use family::Relatives;
 pub use sf_abi::net::FamilyNet;
 pub use smoltcp::wire::Ipv4Address as Ipv4Addr;
 pub use stack::{Net, SockId};
 
-/// Ethernet payload size the stack assumes (the usual 1500).
-pub const MTU: usize = 1500;
+/// IP packet size the stack sends: a family network spans hosts over
+/// VXLAN, whose 50 bytes of encapsulation leave 1450 of the usual 1500.
+pub const MTU: usize = 1450;
 /// Largest Ethernet frame the stack sends or accepts: MTU plus the header.
 pub const MAX_FRAME: usize = MTU + 14;
 
@@ -92,7 +95,8 @@ pub trait Nic {
 pub trait Host {
     /// A monotonic clock in microseconds.
     fn now_us(&mut self) -> u64;
-    /// Sleeps until a frame may have arrived, at most `timeout_us`.
+    /// Sleeps until a frame may have arrived, at most `timeout_us`; also
+    /// makes the NIC send what is queued. 0: only that, no sleep.
     fn wait(&mut self, timeout_us: u64);
     /// This VM's identity now; cheap, called at every poll.
     fn identity(&mut self) -> Identity;

@@ -129,6 +129,14 @@ impl Net {
         changed
     }
 
+    /// Puts queued frames on the wire now rather than at the next blocking
+    /// call: the NIC may hold back its notification to batch frames, and a
+    /// program may compute (or end) right after sending.
+    pub fn flush(&mut self) {
+        self.poll();
+        self.host.wait(0);
+    }
+
     /// Re-addresses the stack if this VM became a clone since the last
     /// look. Every call that creates a socket does this first, so a socket
     /// made right after a clone belongs to the clone.

@@ -159,8 +159,7 @@ impl Net {
             }
             None
         })?;
-        // Put it on the wire now rather than at the next blocking call.
-        self.poll();
+        self.flush();
         Ok(n)
     }
 
@@ -249,7 +248,7 @@ impl Net {
             self.closing.push(h);
         }
         self.slots[s.0 as usize] = Slot::Free;
-        self.poll();
+        self.flush();
         Ok(())
     }
 

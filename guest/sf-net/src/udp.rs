@@ -76,7 +76,7 @@ impl Net {
                 Err(SendError::Unaddressable) => Some(Err(NetError::InvalidArgument)),
             }
         })?;
-        self.poll();
+        self.flush();
         Ok(())
     }
 

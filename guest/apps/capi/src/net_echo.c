@@ -43,6 +43,7 @@ static int64_t no_network(void) {
     if (sf_net_connect(0x0a010001, PORT, 10) != -SF_ENETDOWN) bad |= 1 << 2;
     if (sf_udp_bind(0) != -SF_ENETDOWN) bad |= 1 << 3;
     if (sf_addr_of(0) != -SF_ENETDOWN) bad |= 1 << 4;
+    if (sf_parent_addr() != -SF_ENETDOWN) bad |= 1 << 6;
     if (sf_net_close(0) != -SF_ENETDOWN) bad |= 1 << 5;
     return bad | (1 << 30);
 }
@@ -54,7 +55,7 @@ static int64_t clone_side(void) {
     uint64_t sum = fnv64(msg, MSG);
     for (int i = 0; i < 8; i++)
         msg[MSG + i] = (uint8_t)(sum >> (8 * i));
-    uint32_t parent = (uint32_t)sf_addr_of(0);
+    uint32_t parent = (uint32_t)sf_parent_addr();
     int64_t s = -1;
     for (int tries = 0; tries < 100 && s < 0; tries++)
         s = sf_net_connect(parent, PORT, 2000);
@@ -111,7 +112,7 @@ int64_t c_net(void) {
     uint8_t d[16];
     uint32_t from = 0;
     uint16_t port = 0;
-    if (sf_udp_recv_from(u, d, sizeof d, &from, &port, 20000) != 8 || from != (uint32_t)sf_addr_of(1) || port == 0)
+    if (sf_udp_recv_from(u, d, sizeof d, &from, &port, 20000) != 8 || from != (uint32_t)sf_child_addr(1) || port == 0)
         bad |= 1 << 14;
     int32_t status = -1;
     if (sf_join(&t, &status, 1) != 1 || status != 0) bad |= 1 << 15;

@@ -33,8 +33,9 @@ fn clone_side(me: u32, k: u32, port: u16, bytes: usize, deadline: u64) -> Result
     // Phase 1: send to everyone.
     let mut out: Vec<(u32, TcpStream, u64)> = Vec::new();
     for &j in &peers {
-        let addr = net::addr_of(net::member_of_clone(j)).ok_or("no address for a peer")?;
-        let mut s = connect_retry(addr, port, deadline).map_err(|e| format!("connect to {j} ({addr}): {e:?}"))?;
+        let addr = net::sibling_addr(j).ok_or("no address for a peer")?;
+        let mut s = connect_retry(addr, port, deadline)
+            .map_err(|e| format!("connect to {j} ({addr}): {e:?}"))?;
         s.set_timeout(Some(wire::left(deadline)));
         let f = encode(me, j, &payload(me, j, bytes));
         s.write_all(&f).map_err(|e| format!("send to {j}: {e:?}"))?;
@@ -56,14 +57,16 @@ fn clone_side(me: u32, k: u32, port: u16, bytes: usize, deadline: u64) -> Result
         if f.payload != payload(f.from, me, bytes) {
             return Err(format!("the frame from {} has the wrong bytes", f.from));
         }
-        s.write_all(&f.checksum.to_le_bytes()).map_err(|e| format!("ack to {}: {e:?}", f.from))?;
+        s.write_all(&f.checksum.to_le_bytes())
+            .map_err(|e| format!("ack to {}: {e:?}", f.from))?;
         got.push((f.from, f.checksum));
         incoming.push(s);
     }
     // Phase 3: every peer acknowledged exactly what was sent.
     for (j, s, sum) in &mut out {
         let mut ack = [0u8; 8];
-        s.read_exact(&mut ack).map_err(|e| format!("ack from {j}: {e:?}"))?;
+        s.read_exact(&mut ack)
+            .map_err(|e| format!("ack from {j}: {e:?}"))?;
         if u64::from_le_bytes(ack) != *sum {
             return Err(format!("{j} acknowledged a different checksum"));
         }
@@ -76,7 +79,11 @@ fn clone_side(me: u32, k: u32, port: u16, bytes: usize, deadline: u64) -> Result
     }
     got.sort();
     let sums: Vec<u8> = got.iter().flat_map(|g| g.1.to_le_bytes()).collect();
-    println!("allpairs: clone {me} verified {} in, {} out", got.len(), peers.len());
+    println!(
+        "allpairs: clone {me} verified {} in, {} out",
+        got.len(),
+        peers.len()
+    );
     Ok(fnv64(&sums))
 }
 
@@ -104,7 +111,10 @@ pub fn run(wanted: u64, port: u16, bytes: usize, timeout_ms: u64) -> i32 {
         return 1;
     };
     let k = t.granted();
-    println!("allpairs: {k} clones, {bytes} bytes per message, parent at {:?}", net::my_addr());
+    println!(
+        "allpairs: {k} clones, {bytes} bytes per message, parent at {:?}",
+        net::my_addr()
+    );
     let id = match clone::clone(&t) {
         Ok(id) => id,
         Err(e) => {
@@ -121,9 +131,11 @@ pub fn run(wanted: u64, port: u16, bytes: usize, timeout_ms: u64) -> i32 {
         let r = clone_side(id, k, port, bytes, deadline).and_then(|digest| {
             let mut p = Vec::new();
             p.extend_from_slice(&digest.to_le_bytes());
-            let parent = net::addr_of(0).ok_or("no parent address")?;
-            let mut s = connect_retry(parent, report_port, deadline).map_err(|e| format!("report: {e:?}"))?;
-            s.write_all(&encode(id, 0, &p)).map_err(|e| format!("report: {e:?}"))?;
+            let parent = net::parent_addr().ok_or("no parent address")?;
+            let mut s = connect_retry(parent, report_port, deadline)
+                .map_err(|e| format!("report: {e:?}"))?;
+            s.write_all(&encode(id, 0, &p))
+                .map_err(|e| format!("report: {e:?}"))?;
             s.close().map_err(|e| format!("report: {e:?}"))
         });
         if let Err(e) = r {
@@ -139,17 +151,23 @@ pub fn run(wanted: u64, port: u16, bytes: usize, timeout_ms: u64) -> i32 {
     let mut failure = None;
     for _ in 0..k {
         reports.set_timeout(Some(wire::left(deadline)));
-        let frame = reports.accept().map_err(|e| format!("accept a report: {e:?}")).and_then(|mut s| {
-            s.set_timeout(Some(wire::left(deadline)));
-            read_frame(&mut s)
-        });
+        let frame = reports
+            .accept()
+            .map_err(|e| format!("accept a report: {e:?}"))
+            .and_then(|mut s| {
+                s.set_timeout(Some(wire::left(deadline)));
+                read_frame(&mut s)
+            });
         match frame {
             Ok(f) if (1..=k).contains(&f.from) && f.payload.len() == 8 => {
                 let digest = u64::from_le_bytes(f.payload[..8].try_into().unwrap());
                 if digest == expected_digest(f.from, k, bytes) && !ok.contains(&f.from) {
                     ok.push(f.from);
                 } else {
-                    failure = Some(format!("clone {} reported frames that were not all right", f.from));
+                    failure = Some(format!(
+                        "clone {} reported frames that were not all right",
+                        f.from
+                    ));
                     break;
                 }
             }
@@ -168,7 +186,10 @@ pub fn run(wanted: u64, port: u16, bytes: usize, timeout_ms: u64) -> i32 {
     }
     match clone::join(&t) {
         Ok(results) => {
-            for r in results.iter().filter(|r| r.status != CloneStatus::Exited || r.code != 0) {
+            for r in results
+                .iter()
+                .filter(|r| r.status != CloneStatus::Exited || r.code != 0)
+            {
                 println!(
                     "allpairs: clone {} ended {:?} {}: {}",
                     r.id,

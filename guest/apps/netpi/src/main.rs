@@ -38,7 +38,9 @@ fn main() -> i32 {
         parse("bytes", 4096),
         parse("timeout_ms", 60_000),
     ) else {
-        println!("netpi: samples=, seed=, clones=, port=, bytes= and timeout_ms= take unsigned integers");
+        println!(
+            "netpi: samples=, seed=, clones=, port=, bytes= and timeout_ms= take unsigned integers"
+        );
         return 2;
     };
     let port = match u16::try_from(port) {
@@ -49,7 +51,10 @@ fn main() -> i32 {
         }
     };
     if clones == 0 || samples == 0 || bytes as usize > wire::MAX_PAYLOAD {
-        println!("netpi: clones and samples must be positive, bytes at most {}", wire::MAX_PAYLOAD);
+        println!(
+            "netpi: clones and samples must be positive, bytes at most {}",
+            wire::MAX_PAYLOAD
+        );
         return 2;
     }
     if env::args().any(|a| a == "allpairs") {

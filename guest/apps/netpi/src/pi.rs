@@ -68,7 +68,7 @@ pub fn run(samples: u64, seed: u64, wanted: u64, port: u16, timeout_ms: u64) -> 
             let mut p = Vec::new();
             p.extend_from_slice(&inside.to_le_bytes());
             p.extend_from_slice(&n.to_le_bytes());
-            let parent = net::addr_of(0).unwrap();
+            let parent = net::parent_addr().unwrap_or(sf_guest::net::Ipv4Addr::UNSPECIFIED);
             let sent = connect_retry(parent, port, deadline)
                 .and_then(|mut c| c.write_all(&encode(id, 0, &p)).and_then(|()| c.close()));
             if let Err(e) = sent {
@@ -83,12 +83,17 @@ pub fn run(samples: u64, seed: u64, wanted: u64, port: u16, timeout_ms: u64) -> 
     if let Some(l) = &mut { listener } {
         for _ in 0..k {
             l.set_timeout(Some(wire::left(deadline)));
-            let frame = l.accept().map_err(|e| alloc::format!("accept: {e:?}")).and_then(|mut s| {
-                s.set_timeout(Some(wire::left(deadline)));
-                read_frame(&mut s)
-            });
+            let frame = l
+                .accept()
+                .map_err(|e| alloc::format!("accept: {e:?}"))
+                .and_then(|mut s| {
+                    s.set_timeout(Some(wire::left(deadline)));
+                    read_frame(&mut s)
+                });
             match frame {
-                Ok(f) if f.to == 0 && (1..=k).contains(&(f.from as u64)) && f.payload.len() == 16 => {
+                Ok(f)
+                    if f.to == 0 && (1..=k).contains(&(f.from as u64)) && f.payload.len() == 16 =>
+                {
                     let inside = u64::from_le_bytes(f.payload[..8].try_into().unwrap());
                     by_tcp[f.from as usize - 1] = Some(inside);
                 }
@@ -117,7 +122,11 @@ pub fn run(samples: u64, seed: u64, wanted: u64, port: u16, timeout_ms: u64) -> 
         }
         let joined = u64::from_le_bytes(r.result[..8].try_into().unwrap());
         if tcp && by_tcp[r.id as usize - 1] != Some(joined) {
-            println!("netpi: FAIL clone {} sent {:?} over TCP but {joined} through join", r.id, by_tcp[r.id as usize - 1]);
+            println!(
+                "netpi: FAIL clone {} sent {:?} over TCP but {joined} through join",
+                r.id,
+                by_tcp[r.id as usize - 1]
+            );
             return 1;
         }
         inside += joined;

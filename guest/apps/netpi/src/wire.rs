@@ -19,8 +19,9 @@ const HEADER: usize = 16;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
 pub fn fnv64(data: &[u8]) -> u64 {
-    data.iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The bytes member `from` sends member `to`: anyone can recompute them.
@@ -61,7 +62,8 @@ pub struct Frame {
 /// Reads one frame and checks it; the error says what was wrong.
 pub fn read_frame(s: &mut TcpStream) -> Result<Frame, String> {
     let mut h = [0u8; HEADER];
-    s.read_exact(&mut h).map_err(|e| format!("reading a header: {e:?}"))?;
+    s.read_exact(&mut h)
+        .map_err(|e| format!("reading a header: {e:?}"))?;
     if &h[..4] != MAGIC {
         return Err(String::from("bad magic"));
     }
@@ -71,13 +73,16 @@ pub fn read_frame(s: &mut TcpStream) -> Result<Frame, String> {
         return Err(format!("payload of {len} bytes is over the limit"));
     }
     let mut rest = vec![0u8; len + 8];
-    s.read_exact(&mut rest).map_err(|e| format!("reading {len} bytes from {from}: {e:?}"))?;
+    s.read_exact(&mut rest)
+        .map_err(|e| format!("reading {len} bytes from {from}: {e:?}"))?;
     let mut all = Vec::with_capacity(HEADER + len);
     all.extend_from_slice(&h);
     all.extend_from_slice(&rest[..len]);
     let checksum = u64::from_le_bytes(rest[len..].try_into().unwrap());
     if fnv64(&all) != checksum {
-        return Err(format!("checksum mismatch on the frame from {from} to {to}"));
+        return Err(format!(
+            "checksum mismatch on the frame from {from} to {to}"
+        ));
     }
     rest.truncate(len);
     Ok(Frame {

@@ -65,6 +65,31 @@ pub extern "C" fn sf_addr_of(member: u32) -> i64 {
     }))
 }
 
+fn addr(a: Option<Ipv4Addr>) -> i64 {
+    if !super::available() {
+        return code(Error::NoNetwork);
+    }
+    a.map(|a| a.to_bits() as i64).unwrap_or(-EINVAL)
+}
+
+/// This VM's parent's address.
+#[no_mangle]
+pub extern "C" fn sf_parent_addr() -> i64 {
+    addr(super::parent_addr())
+}
+
+/// Clone `j` of the clone call that made this VM.
+#[no_mangle]
+pub extern "C" fn sf_sibling_addr(j: u32) -> i64 {
+    addr(super::sibling_addr(j))
+}
+
+/// Clone `k` of this VM's latest clone call.
+#[no_mangle]
+pub extern "C" fn sf_child_addr(k: u32) -> i64 {
+    addr(super::child_addr(k))
+}
+
 #[no_mangle]
 pub extern "C" fn sf_net_listen(port_: u32) -> i64 {
     ret(with(|n| Ok(n.tcp_listen(port(port_)?)?.0 as u64)))
@@ -72,7 +97,9 @@ pub extern "C" fn sf_net_listen(port_: u32) -> i64 {
 
 #[no_mangle]
 pub extern "C" fn sf_net_accept(listener: i64, timeout_ms: i64) -> i64 {
-    ret(with(|n| Ok(n.tcp_accept(sock(listener)?, timeout(timeout_ms))?.0 as u64)))
+    ret(with(|n| {
+        Ok(n.tcp_accept(sock(listener)?, timeout(timeout_ms))?.0 as u64)
+    }))
 }
 
 #[no_mangle]
@@ -98,7 +125,9 @@ pub unsafe extern "C" fn sf_net_send(s: i64, buf: *const u8, len: usize, timeout
         // SAFETY: the caller promises `len` readable bytes at `buf`.
         unsafe { core::slice::from_raw_parts(buf, len) }
     };
-    ret(with(|n| Ok(n.tcp_send(sock(s)?, data, timeout(timeout_ms))? as u64)))
+    ret(with(|n| {
+        Ok(n.tcp_send(sock(s)?, data, timeout(timeout_ms))? as u64)
+    }))
 }
 
 /// Receives up to `len` bytes; 0 when the peer closed.
@@ -116,7 +145,9 @@ pub unsafe extern "C" fn sf_net_recv(s: i64, buf: *mut u8, len: usize, timeout_m
         // SAFETY: the caller promises `len` writable bytes at `buf`.
         unsafe { core::slice::from_raw_parts_mut(buf, len) }
     };
-    ret(with(|n| Ok(n.tcp_recv(sock(s)?, data, timeout(timeout_ms))? as u64)))
+    ret(with(|n| {
+        Ok(n.tcp_recv(sock(s)?, data, timeout(timeout_ms))? as u64)
+    }))
 }
 
 /// Closes any socket (a stream gracefully, at most 5 s).
@@ -151,7 +182,13 @@ pub unsafe extern "C" fn sf_udp_send_to(
         unsafe { core::slice::from_raw_parts(buf, len) }
     };
     ret(with(|n| {
-        n.udp_send_to(sock(s)?, data, Ipv4Addr::from_bits(ip), port(port_)?, timeout(timeout_ms))?;
+        n.udp_send_to(
+            sock(s)?,
+            data,
+            Ipv4Addr::from_bits(ip),
+            port(port_)?,
+            timeout(timeout_ms),
+        )?;
         Ok(len as u64)
     }))
 }

@@ -1,23 +1,23 @@
 //! What the network stack needs from this VM: the TSC clock, the host's
-//! wait (hypercall 24 `NetWait`), and the identity the VMM wrote in the
+//! wait (the NIC's WAIT register), and the identity the VMM wrote in the
 //! boot information, which it rewrites for every clone.
 
-use crate::{hypercall, rand, rt, time};
+use crate::{rand, rt, time};
 use sf_abi::net::FamilyNet;
 use sf_net::{Host, Identity, Ipv4Addr};
 
-/// `NetWait(timeout_us)`: the VMM polls the NIC's backend for at most
-/// `timeout_us` (less if a frame arrives), fills receive buffers and
-/// returns. Hypercall numbers 24 and 30..=39 are the network's.
-pub(crate) const NET_WAIT: u32 = 24;
+/// The NIC's WAIT register (a u32 of microseconds, in slot 0): the VMM
+/// sends the frames queued for transmission, waits for the TAP for at most
+/// that long (less if a frame arrives, bounded by the run's deadline),
+/// fills receive buffers and resumes the guest. 0: no wait.
+const WAIT_REGISTER: u64 = 0xF0;
 
 pub(crate) struct GuestHost {
     /// The identity last computed, and the `net_ip` word it came from.
     id: Identity,
     ip_word: u64,
-    /// False once the VMM answered that it has no `NetWait`: then the
-    /// stack polls the rings without sleeping.
-    can_wait: bool,
+    /// The NIC's slot (`BootInfo::mmio_base`).
+    base: u64,
 }
 
 /// The boot block's `net_ip` word, read afresh: the VMM rewrites it when
@@ -35,7 +35,7 @@ pub(crate) fn net_ip_word() -> u64 {
 pub(crate) fn identity(ip_word: u64) -> Identity {
     let b = rt::boot();
     let ip = Ipv4Addr::from_bits(ip_word as u32);
-    let family = FamilyNet::from_word(b.family_net);
+    let family = family_net();
     let mac = family
         .and_then(|f| f.mac_of(f.member_of(ip.to_bits())?))
         .unwrap_or_else(|| config_mac(b.mmio_base));
@@ -45,6 +45,19 @@ pub(crate) fn identity(ip_word: u64) -> Identity {
         prefix_len: b.net_prefix_len.min(32) as u8,
         family,
     }
+}
+
+/// The boot block's `family_net` word, read afresh: the VMM rewrites it in
+/// a clone, and in a parent at each clone call (its children's numbers).
+pub(crate) fn family_word() -> u64 {
+    let b: *const sf_abi::boot_info::BootInfo = rt::boot();
+    // SAFETY: as in `net_ip_word`.
+    unsafe { core::ptr::addr_of!((*b).family_net).read_volatile() }
+}
+
+/// The family's network number: the word's low 8 bits.
+pub(crate) fn family_net() -> Option<FamilyNet> {
+    FamilyNet::new(family_word() as u8)
 }
 
 /// The MAC in slot 0's virtio-net configuration space (offset 0x100).
@@ -66,7 +79,7 @@ impl GuestHost {
         GuestHost {
             id: identity(ip_word),
             ip_word,
-            can_wait: rt::has_hypercalls(),
+            base: rt::boot().mmio_base,
         }
     }
 }
@@ -77,15 +90,14 @@ impl Host for GuestHost {
     }
 
     fn wait(&mut self, timeout_us: u64) {
-        if !self.can_wait {
-            core::hint::spin_loop();
+        if self.base != sf_abi::layout::MMIO_BASE {
             return;
         }
-        // SAFETY: no memory is passed.
-        let r = unsafe { hypercall::raw(NET_WAIT, timeout_us, 0, 0, 0) };
-        if let Err(sf_abi::hypercall::Error::NoSys) = hypercall::result(r) {
-            self.can_wait = false;
-        }
+        let us = timeout_us.min(u32::MAX as u64) as u32;
+        // SAFETY: the NIC's slot is mapped for ring 3 whenever the stack
+        // runs (it was opened there); writing this register only makes the
+        // host do the NIC's work and sleep.
+        unsafe { ((self.base + WAIT_REGISTER) as *mut u32).write_volatile(us) };
     }
 
     fn identity(&mut self) -> Identity {

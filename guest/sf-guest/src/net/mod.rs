@@ -17,9 +17,11 @@
 //! program that computes for long stretches while peers talk to it may call
 //! [`poll`] now and then; otherwise TCP simply retransmits.
 //!
-//! Addresses: a clone family shares one subnet; member `m` (the parent is
-//! 0) has [`addr_of`]`(m)`. A clone's member number is its clone ID
-//! ([`member_of_clone`]). After a clone the VMM has given the NIC a new MAC
+//! Addresses: a clone family shares one subnet; member `m` (the family's
+//! first VM is 0) has [`addr_of`]`(m)`. The VMM numbers members as clones
+//! are made and tells each VM its relatives: [`parent_addr`],
+//! [`sibling_addr`] (clones of the same clone call), [`child_addr`] (clones
+//! of this VM's latest call). In a flat family, clone `j` is member `j`. After a clone the VMM has given the NIC a new MAC
 //! and address; the stack notices at its next poll, re-addresses itself,
 //! and every socket that was open at the clone call answers
 //! [`Error::Reset`] in the clone (in the parent it goes on as before).
@@ -97,10 +99,22 @@ pub fn addr_of(member: u32) -> Option<Ipv4Addr> {
     with(|n| n.addr_of(member).ok_or(Error::InvalidArgument)).ok()
 }
 
-/// The family member number of clone `id` of this VM's clone call: in a
-/// flat family (clones of the root) it is the clone ID, the root being 0.
-pub fn member_of_clone(id: u32) -> u32 {
-    id
+/// The address of this VM's parent (`None` in the family's first VM).
+pub fn parent_addr() -> Option<Ipv4Addr> {
+    addr_of(sf_net::Relatives::from_word(host::family_word()).parent?)
+}
+
+/// The address of clone `j` (1-based) of the clone call that made this VM:
+/// its sibling, or itself for its own clone ID.
+pub fn sibling_addr(j: u32) -> Option<Ipv4Addr> {
+    let base = sf_net::Relatives::from_word(host::family_word()).siblings_base?;
+    addr_of(base.checked_add(j.checked_sub(1)?)?)
+}
+
+/// The address of clone `k` (1-based) of this VM's latest clone call.
+pub fn child_addr(k: u32) -> Option<Ipv4Addr> {
+    let base = sf_net::Relatives::from_word(host::family_word()).children_base?;
+    addr_of(base.checked_add(k.checked_sub(1)?)?)
 }
 
 /// Moves pending frames and timers without blocking.

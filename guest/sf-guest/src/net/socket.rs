@@ -59,7 +59,11 @@ impl TcpStream {
     }
 
     /// Connects, giving up after `timeout`.
-    pub fn connect_timeout(addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<TcpStream, Error> {
+    pub fn connect_timeout(
+        addr: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<TcpStream, Error> {
         let id = with(|n| n.tcp_connect(addr, port, micros(Some(timeout))))?;
         Ok(TcpStream { id, timeout: None })
     }
@@ -124,7 +128,7 @@ impl UdpSocket {
         with(|n| n.udp_port(self.id))
     }
 
-    /// Sends one datagram (at most 1472 bytes).
+    /// Sends one datagram (at most 1422 bytes).
     pub fn send_to(&mut self, buf: &[u8], addr: Ipv4Addr, port: u16) -> Result<(), Error> {
         let t = micros(self.timeout);
         with(|n| n.udp_send_to(self.id, buf, addr, port, t))
