@@ -147,6 +147,9 @@ impl crate::Vm {
             )));
         }
         crate::net::tap::prepare(&nic.tap).map_err(|e| bad(format!("the TAP: {e}")))?;
+        // The guest's driver runs in ring 3: its page tables map the window.
+        sf_abi::tables::map_mmio_window(&mut &self.ram, mem)
+            .map_err(|e| bad(format!("mapping the device window: {e:?}")))?;
         let ip = nic
             .family
             .ip_of(nic.member)
