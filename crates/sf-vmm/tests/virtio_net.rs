@@ -35,46 +35,55 @@ fn vmm_child() {
     let Ok(names) = std::env::var(ROLE) else {
         return; // only in the child the test below starts
     };
-    let (a, b, bridge) = {
-        let v: Vec<&str> = names.split(',').collect();
-        (v[0].to_string(), v[1].to_string(), v[2].to_string())
-    };
-    let tap_a = Tap::open(&a).expect("TAP");
-    let tap_b = Tap::open(&b).expect("TAP");
-    for t in [&a, &b] {
-        sh(&["ip", "link", "set", t, "master", &bridge, "up"]);
+    // "TAP,TAP,...,BRIDGE": the VM's TAP, then one per clone (clone i gets
+    // the i-th after the first).
+    let v: Vec<String> = names.split(',').map(str::to_string).collect();
+    let (taps, bridge) = v.split_at(v.len() - 1);
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = Vec::new();
+    for t in taps {
+        fds.push(Some(Tap::open(t).expect("TAP").fd));
+        sh(&["ip", "link", "set", t, "master", &bridge[0], "up"]);
     }
     let image = sf_images::find("netpi").expect("netpi guest");
     let image = GuestImage::from_bytes(image.elf.to_vec()).expect("ELF");
+    let cmdline = std::env::var("SF_VNET_TEST_ARGS")
+        .unwrap_or_else(|_| "samples=300000000 clones=1 timeout_ms=40000".into());
     let cfg = VmConfig {
         mem_size: 256 << 20,
         vcpus: 1,
         timeout: Some(Duration::from_secs(60)),
         boot: BootMode::Auto,
-        cmdline: "samples=300000000 clones=1 timeout_ms=40000".into(),
-        max_clones: 4,
+        cmdline,
+        max_clones: 8,
         remote: None,
         no_hints: false,
     };
     let mut vm = Vm::new(&cfg, &image).expect("VM");
     let family = FamilyNet::new(FAMILY).unwrap();
+    let first = fds[0].take().unwrap();
     vm.add_nic(NicConfig {
-        tap: tap_a.fd,
+        tap: first,
         family,
         member: 0,
     })
     .expect("NIC");
-    let mut spare = Some(tap_b.fd);
     vm.set_clone_resources(Box::new(move |ctx| {
         let mut m = BTreeMap::new();
-        if ctx.clone_id == 1 {
-            m.insert(NET0.to_string(), spare.take().into_iter().collect());
+        if let Some(fd) = fds.get_mut(ctx.clone_id as usize).and_then(Option::take) {
+            m.insert(NET0.to_string(), vec![fd]);
         }
         Ok(m)
     }));
     let mut out = std::io::stdout();
     let report = vm.run(&mut out).expect("run");
-    println!("\nVMM outcome: {}", report.outcome);
+    let t = &report.timings;
+    println!(
+        "\nVMM outcome: {} | {:.1} ms, {} exits, {} hypercalls (this VM)",
+        report.outcome,
+        t.total.as_secs_f64() * 1e3,
+        t.exits,
+        t.hypercalls
+    );
     std::process::exit(if report.outcome.is_clean_exit() { 0 } else { 1 });
 }
 
