@@ -167,10 +167,7 @@ fn source_macs((s, ifindex): &(socket2::Socket, i32), seen: &mut Vec<[u8; 6]>) {
         if n < 0 {
             return;
         }
-        if n >= 12
-            && from.sll_ifindex == *ifindex
-            && from.sll_pkttype != libc::PACKET_OUTGOING as u8
-        {
+        if n >= 12 && from.sll_ifindex == *ifindex && from.sll_pkttype != libc::PACKET_OUTGOING {
             let src: [u8; 6] = buf[6..12].try_into().unwrap();
             if !seen.contains(&src) {
                 seen.push(src);

@@ -79,8 +79,8 @@ fn receive_fills_a_posted_buffer() {
 #[test]
 fn oversized_frame_is_dropped_and_the_buffer_reused() {
     let (mut d, peer) = nic();
-    send(&peer, &vec![0u8; HDR_LEN + 4000]);
-    send(&peer, &vec![0u8; HDR_LEN + 100]);
+    send(&peer, &[0u8; HDR_LEN + 4000]);
+    send(&peer, &[0u8; HDR_LEN + 100]);
     d.post_rx(0);
     d.run();
     assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 100) as u32)]);
@@ -121,7 +121,7 @@ fn buffers_outside_the_window_are_refused() {
         d.mem
             .write_slice(&[0xaa; 64], GuestAddress(0x1000))
             .unwrap();
-        send(&peer, &vec![0u8; HDR_LEN + 64]);
+        send(&peer, &[0u8; HDR_LEN + 64]);
         d.write_desc(0, 0, addr, BUF as u32, WRITE, 0);
         d.publish(0, 0, true);
         d.kick(0);
@@ -145,7 +145,7 @@ fn wrong_direction_and_short_chains_need_reset() {
     d.kick(1);
     assert!(d.needs_reset(), "shorter than the header");
     let (mut d, peer) = nic();
-    send(&peer, &vec![0u8; 100]);
+    send(&peer, &[0u8; 100]);
     d.write_desc(0, 0, buf(0, 0), 200, WRITE, 0);
     d.publish(0, 0, true);
     d.kick(0);
@@ -182,7 +182,7 @@ fn wait_sleeps_until_a_frame_arrives_and_delivers_it() {
     assert!(d.take_used(0).is_empty());
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
-        send(&peer, &vec![1u8; HDR_LEN + 60]);
+        send(&peer, &[1u8; HDR_LEN + 60]);
         peer
     });
     d.wait(Duration::from_secs(20));
