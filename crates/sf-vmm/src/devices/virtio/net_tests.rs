@@ -361,3 +361,42 @@ fn clone_hook_takes_its_tap_and_asks_for_its_new_address() {
     assert_eq!(dev.transport.device().mac(), fam.mac_of(5).unwrap());
     assert!(dev.save().unwrap().len() < 1024, "state is small");
 }
+
+#[test]
+fn a_remote_clone_rebuilds_the_nic_from_the_descriptor() {
+    use super::bus_device::{factory, NET0};
+    use crate::devices::{registry, BusDevice, CloneContext, RestoreContext};
+    let (mut d, _parent_peer) = nic();
+    d.tx(0, &frame(60, 0), true);
+    d.run();
+    let dev = super::bus_device::NetDevice {
+        transport: std::mem::replace(
+            &mut d.t,
+            MmioTransport::new(Net::with_mac(None, [0; 6]), WINDOW),
+        ),
+    };
+    let saved = dev.save().unwrap();
+    let ctx = RestoreContext { mem_size: RAM };
+    // The descriptor names the kind; the registry builds it.
+    let mut remote = registry::build(super::bus_device::KIND, &ctx).unwrap();
+    remote.restore(&saved, &ctx).unwrap();
+    let (tap, peer) = socketpair();
+    let mut cctx = CloneContext {
+        clone_id: 1,
+        member: Some(20),
+        ..Default::default()
+    };
+    cctx.resources.insert(NET0.into(), vec![tap]);
+    remote.on_clone(&mut cctx).unwrap();
+    let mut cfg = [0u8; 6];
+    remote.read(reg::CONFIG, &mut cfg);
+    assert_eq!(cfg, FamilyNet::new(7).unwrap().mac_of(20).unwrap());
+    // A saved window past this host's RAM, or garbage, is refused.
+    let small = RestoreContext { mem_size: 1 << 20 };
+    assert!(factory(&small).unwrap().restore(&saved, &small).is_err());
+    assert!(factory(&ctx)
+        .unwrap()
+        .restore(&saved[..saved.len() / 2], &ctx)
+        .is_err());
+    drop(peer);
+}
