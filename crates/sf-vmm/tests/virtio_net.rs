@@ -29,11 +29,36 @@ fn sh(args: &[&str]) {
     );
 }
 
-/// The VMM (in the child): parent on TAP a, its clone 1 on TAP b.
+/// In the child the test below starts: the VMM, the VM on the first TAP,
+/// clone i on the (i+1)-th. Run directly: a VM whose RAM reaches into the
+/// device window is refused a NIC, by name.
 #[test]
 fn vmm_child() {
     let Ok(names) = std::env::var(ROLE) else {
-        return; // only in the child the test below starts
+        let image = sf_images::find("hello").expect("hello guest");
+        let image = GuestImage::from_bytes(image.elf.to_vec()).expect("ELF");
+        let cfg = VmConfig {
+            mem_size: 4 << 30,
+            vcpus: 1,
+            timeout: None,
+            boot: BootMode::Auto,
+            cmdline: String::new(),
+            max_clones: 8,
+            remote: None,
+            no_hints: false,
+        };
+        let mut vm = Vm::new(&cfg, &image).expect("VM");
+        let tap = std::fs::File::open("/dev/null").unwrap().into();
+        let family = FamilyNet::new(FAMILY).unwrap();
+        let e = vm
+            .add_nic(NicConfig {
+                tap,
+                family,
+                member: 0,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("device window"), "{e}");
+        return;
     };
     // "TAP,TAP,...,BRIDGE": the VM's TAP, then one per clone (clone i gets
     // the i-th after the first).
