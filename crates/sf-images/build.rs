@@ -13,8 +13,8 @@ use std::process::Command;
 /// machines; the guests are freestanding programs built for it.
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-const GUESTS: [&str; 9] = [
-    "hello", "pi", "crash", "hostile", "forktest", "capi", "align", "render", "price",
+const GUESTS: [&str; 10] = [
+    "hello", "pi", "crash", "hostile", "forktest", "capi", "align", "render", "price", "netpi",
 ];
 
 fn main() {

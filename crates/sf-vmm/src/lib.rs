@@ -19,6 +19,7 @@ mod hypercall;
 pub mod image;
 pub mod inputs;
 pub mod memory;
+pub mod net;
 mod outcome;
 pub mod output;
 pub mod remote;

@@ -2,9 +2,10 @@
 //! entered directly in ring 3 by the SnowFlock VMM) and the ring-3 runtime
 //! applications link against: console, exit, clock, heap, arguments,
 //! randomness, a panic handler that reports its message to the host, and
-//! the SnowFlock clone API ([`clone`], and [`capi`] for C), and the
-//! host's files: [`input`] (read-only, given with `--input`) and [`output`]
-//! (written under the host's `--output` directory).
+//! the SnowFlock clone API ([`clone`], and [`capi`] for C), TCP/UDP
+//! networking over the VM's NIC ([`net`]), and the host's files: [`input`]
+//! (read-only, given with `--input`) and [`output`] (written under the
+//! host's `--output` directory).
 //!
 //! An application is a `#![no_std]`, `#![no_main]` binary that names its
 //! entry point with [`main!`]:
@@ -35,6 +36,7 @@ pub mod kernel;
 mod libc_mem;
 pub mod mem;
 pub mod output;
+pub mod net;
 mod panic;
 pub mod rand;
 mod rt;

@@ -17,6 +17,7 @@ pub mod legacy;
 pub mod persist;
 pub mod registry;
 mod set;
+pub mod virtio;
 
 pub use bus::{Bus, BusError, BusKind, BusRange};
 pub use exit::{handle_exit, ExitAction, VcpuExitView};

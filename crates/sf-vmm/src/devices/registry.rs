@@ -9,7 +9,10 @@ use super::{BusDevice, DeviceError};
 pub type Factory = fn(&RestoreContext) -> Result<Box<dyn BusDevice>, DeviceError>;
 
 /// Every device kind a descriptor may name, with its factory.
-pub const FACTORIES: &[(&str, Factory)] = &[];
+pub const FACTORIES: &[(&str, Factory)] = &[(
+    super::virtio::bus_device::KIND,
+    super::virtio::bus_device::factory,
+)];
 
 /// A fresh device of `kind`.
 pub fn build(kind: &str, ctx: &RestoreContext) -> Result<Box<dyn BusDevice>, DeviceError> {

@@ -2,7 +2,8 @@
 //! is C (src/fork_sum.c); this only calls it and reports. A C parent sums
 //! its clones' statuses, then reads four clones' statuses and results: a
 //! clean exit(-1), a crash, a refused sf_exit(NULL, 8), a result string.
-//! `io`: inputs and outputs from C (src/io.c).
+//! `io`: inputs and outputs from C (src/io.c). `capi -- net` runs the
+//! network calls instead (src/net_echo.c).
 #![no_std]
 #![no_main]
 
@@ -14,6 +15,23 @@ extern "C" {
     fn c_fork_sum(n: u32) -> i64;
     fn c_results(null_exit: *mut i64) -> i64;
     fn c_io(hash: *mut u64) -> i32;
+    fn c_net() -> i64;
+}
+
+/// `capi -- net`: the network calls from C (src/net_echo.c).
+fn net() -> i32 {
+    // SAFETY: a plain C function with no arguments.
+    let bad = unsafe { c_net() };
+    if bad == 1 << 30 {
+        println!("capi: net: no network; every call said ENETDOWN: ok");
+        return 0;
+    }
+    if bad == 0 {
+        println!("capi: net: TCP and UDP between parent and clone: ok");
+        return 0;
+    }
+    println!("capi: net: FAIL (checks {bad:#x})");
+    1
 }
 
 fn main() -> i32 {
@@ -23,6 +41,9 @@ fn main() -> i32 {
         let bad = unsafe { c_io(&mut hash) };
         println!("capi io: db {hash:016x}, {bad} failed");
         return (bad != 0) as i32;
+    }
+    if env::args().any(|a| a == "net") {
+        return net();
     }
     let n: u32 = env::arg("n").and_then(|v| v.parse().ok()).unwrap_or(4);
     // SAFETY: a plain C function with no pointer arguments.
