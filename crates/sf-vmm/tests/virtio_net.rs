@@ -46,6 +46,7 @@ fn vmm_child() {
             max_clones: 8,
             remote: None,
             no_hints: false,
+            ..Default::default()
         };
         let mut vm = Vm::new(&cfg, &image).expect("VM");
         let tap = std::fs::File::open("/dev/null").unwrap().into();
@@ -82,6 +83,7 @@ fn vmm_child() {
         max_clones: 8,
         remote: None,
         no_hints: false,
+        ..Default::default()
     };
     let mut vm = Vm::new(&cfg, &image).expect("VM");
     let family = FamilyNet::new(FAMILY).unwrap();
