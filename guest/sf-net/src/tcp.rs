@@ -44,7 +44,7 @@ impl Net {
             return Err(NetError::InvalidArgument);
         }
         self.refresh();
-        if self.port_taken(port) {
+        if self.port_taken(port, true) {
             return Err(NetError::AddrInUse);
         }
         let mut pending = Vec::new();

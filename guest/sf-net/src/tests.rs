@@ -269,7 +269,10 @@ fn bad_arguments_and_refusals_are_errors_not_hangs() {
     assert_eq!(net.tcp_listen(0), Err(NetError::InvalidArgument));
     let l = net.tcp_listen(80).unwrap();
     assert_eq!(net.tcp_listen(80), Err(NetError::AddrInUse));
+    // UDP has ports of its own.
+    let u = net.udp_bind(80).unwrap();
     assert_eq!(net.udp_bind(80), Err(NetError::AddrInUse));
+    net.close(u).unwrap();
     assert_eq!(
         net.tcp_connect(me, 81, SEC),
         Err(NetError::ConnectionRefused)

@@ -159,6 +159,9 @@ impl crate::Vm {
             len: layout::MMIO_SLOT,
         };
         self.add_device(NET0, BusKind::Mmio, range, Box::new(dev))?;
+        // The guest's driver runs in ring 3: map the window for it.
+        sf_abi::tables::map_mmio_window(&mut &self.ram, mem)
+            .map_err(|e| bad(format!("the device window cannot be mapped: {e:?}")))?;
         // Words 17..=20 of the boot information (ABI 3).
         for (off, v) in [
             (17 * 8, layout::MMIO_BASE),
