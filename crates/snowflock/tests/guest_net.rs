@@ -252,6 +252,12 @@ fn bridge_with_taps(n: u32) {
     }
 }
 
+/// The links' counters, to tell which VM sent and got what.
+fn links() -> String {
+    let o = Command::new("ip").args(["-s", "link"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn parent_on_bridge() -> OwnedFd {
     let tap = Tap::open("sfgt0").expect("TAP");
     ip("link set sfgt0 master sfbr up");
@@ -263,8 +269,8 @@ fn every_clone_exchanges_checksummed_messages_with_every_other_over_tcp() {
     enter_new_netns();
     bridge_with_taps(4);
     let tap = parent_on_bridge();
-    let (code, console) = run_vm("netpi", "allpairs clones=4 bytes=20000 timeout_ms=60000", tap, true);
-    assert_eq!(code, 0, "{console}");
+    let (code, console) = run_vm("netpi", "allpairs clones=4 bytes=20000 timeout_ms=25000", tap, true);
+    assert_eq!(code, 0, "{console}\n{}", links());
     assert!(console.contains("allpairs: ok pairs=12 clones=4"), "{console}");
     for c in 1..=4 {
         assert!(console.contains(&format!("allpairs: clone {c} verified 3 in, 3 out")), "{console}");
