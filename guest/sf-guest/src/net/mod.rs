@@ -41,7 +41,7 @@ enum State {
     Unopened,
     /// Why there is no network.
     Down(&'static str),
-    Up(Net),
+    Up(Box<Net>),
 }
 
 struct Global(UnsafeCell<State>);
@@ -62,7 +62,7 @@ fn open() -> State {
         Err(e) => return State::Down(e.why()),
     };
     match Net::new(Box::new(nic), Box::new(host::GuestHost::new())) {
-        Ok(net) => State::Up(net),
+        Ok(net) => State::Up(Box::new(net)),
         Err(_) => State::Down("the boot information gives no usable address"),
     }
 }
