@@ -351,3 +351,18 @@ fn a_c_clone_sends_its_parent_a_checksummed_message_and_a_datagram() {
         "{console}"
     );
 }
+
+#[test]
+fn two_vms_on_a_bridge_measure_round_trip_and_throughput() {
+    enter_new_netns();
+    bridge_with_taps(1);
+    let tap = parent_on_bridge();
+    let (code, console) = run_vm("netpi", "stream mib=16 rounds=200", tap, true);
+    assert_eq!(code, 0, "{console}\n{}", links());
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("stream: rtt"))
+        .unwrap_or_default();
+    assert!(line.contains("bytes=16777216"), "{console}");
+    eprintln!("VM<->VM on one bridge: {line}");
+}

@@ -16,6 +16,9 @@ impl Net {
         let n = self.tcp_buffer;
         let mut s = Socket::new(SocketBuffer::new(vec![0; n]), SocketBuffer::new(vec![0; n]));
         // Request/response traffic: no Nagle delay on small writes.
+        // (smoltcp's delayed ACK stays: ACKing every segment at once gave
+        // no better stream between two VMs, 65-84 Mbit/s either way, and
+        // doubled the 64-byte round trip, 213 to 440 us, in one run each.)
         s.set_nagle_enabled(false);
         self.sockets.add(s)
     }

@@ -401,7 +401,10 @@ mod raw {
         let mut p = vec![0u8; ip.buffer_len() + icmp.buffer_len()];
         let mut packet = Ipv4Packet::new_unchecked(&mut p);
         ip.emit(&mut packet, &caps);
-        icmp.emit(&mut Icmpv4Packet::new_unchecked(packet.payload_mut()), &caps);
+        icmp.emit(
+            &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
+            &caps,
+        );
         eth(EthernetAddress(to.mac), EthernetProtocol::Ipv4, &p)
     }
 
@@ -459,9 +462,15 @@ fn the_stack_answers_ping_while_a_program_waits() {
     let u = net.udp_bind(6200).unwrap();
     let mut answered = Vec::new();
     for seq in 0..3u16 {
-        peer.tx.lock().unwrap().push_back(raw::echo_request(id, seq));
+        peer.tx
+            .lock()
+            .unwrap()
+            .push_back(raw::echo_request(id, seq));
         // A program blocked in a receive: the stack still runs.
-        assert_eq!(net.udp_recv_from(u, &mut [0u8; 4], Some(20_000)), Err(NetError::TimedOut));
+        assert_eq!(
+            net.udp_recv_from(u, &mut [0u8; 4], Some(20_000)),
+            Err(NetError::TimedOut)
+        );
         while let Some(f) = peer.rx.lock().unwrap().pop_front() {
             if let Some(a) = raw::arp_answer(&f) {
                 peer.tx.lock().unwrap().push_back(a);
@@ -471,5 +480,8 @@ fn the_stack_answers_ping_while_a_program_waits() {
         }
     }
     // The first request may be spent on resolving the peer's address.
-    assert!(answered.contains(&1) && answered.contains(&2), "answered {answered:?}");
+    assert!(
+        answered.contains(&1) && answered.contains(&2),
+        "answered {answered:?}"
+    );
 }
