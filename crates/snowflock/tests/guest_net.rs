@@ -366,3 +366,35 @@ fn two_vms_on_a_bridge_measure_round_trip_and_throughput() {
     assert!(line.contains("bytes=16777216"), "{console}");
     eprintln!("VM<->VM on one bridge: {line}");
 }
+
+#[test]
+fn without_a_nic_every_call_says_so_and_pi_falls_back_to_join() {
+    let run = |guest: &str, args: &str| {
+        let cfg = VmConfig {
+            cmdline: args.into(),
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let r = Vm::new(&cfg, &image(guest)).unwrap().run(&mut out).unwrap();
+        (
+            r.outcome.exit_code(),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    };
+    let (code, console) = run("capi", "net");
+    assert_eq!(code, 0, "{console}");
+    assert!(
+        console.contains("every call said ENETDOWN: ok"),
+        "{console}"
+    );
+    let (code, console) = run("netpi", "samples=100000 clones=2");
+    assert_eq!(code, 0, "{console}");
+    assert!(console.contains("via=join"), "{console}");
+    let (code, console) = run("netpi", "allpairs clones=2");
+    assert_eq!(code, 1, "{console}");
+    assert!(
+        console.contains("allpairs: FAIL no network interface"),
+        "{console}"
+    );
+}
