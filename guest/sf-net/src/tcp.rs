@@ -10,6 +10,9 @@ use smoltcp::socket::tcp::{ConnectError, Socket, SocketBuffer, State};
 /// Longest a close waits for the peer to acknowledge the data still
 /// queued, so a dead peer cannot hang the program.
 const CLOSE_TIMEOUT_US: u64 = 5_000_000;
+/// Closed streams kept finishing their FIN exchange; past this the oldest
+/// is dropped (a peer that never closes its side would keep it forever).
+const MAX_CLOSING: usize = 64;
 
 impl Net {
     fn new_tcp(&mut self) -> SocketHandle {
@@ -248,6 +251,10 @@ impl Net {
         });
         if let Slot::Stream(h) = self.slots[s.0 as usize] {
             self.sockets.get_mut::<Socket>(h).close();
+            if self.closing.len() >= MAX_CLOSING {
+                let old = self.closing.remove(0);
+                self.sockets.remove(old);
+            }
             self.closing.push(h);
         }
         self.slots[s.0 as usize] = Slot::Free;

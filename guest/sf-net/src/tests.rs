@@ -485,3 +485,21 @@ fn the_stack_answers_ping_while_a_program_waits() {
         "answered {answered:?}"
     );
 }
+
+#[test]
+fn closed_streams_whose_peer_never_closes_do_not_pile_up() {
+    let (mut net, _) = loopback(0);
+    let me = net.my_addr();
+    net.backlog = 1;
+    net.tcp_buffer = 1024;
+    let l = net.tcp_listen(7400).unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..100 {
+        let c = net.tcp_connect(me, 7400, SEC).unwrap();
+        // The accepted side stays open: the closed side waits in FIN-WAIT-2.
+        kept.push(net.tcp_accept(l, SEC).unwrap());
+        net.tcp_close(c).unwrap();
+    }
+    assert!(net.closing.len() <= 64, "{} closing", net.closing.len());
+    assert!(net.sockets.iter().count() <= 64 + 100 + 1);
+}
