@@ -32,6 +32,9 @@ pub(crate) enum Slot {
 /// Longest single sleep: the identity is re-checked at least this often
 /// even when smoltcp has no timer due.
 const MAX_SLEEP_US: u64 = 100_000;
+/// Passes of the stack that may run back to back, while sockets change,
+/// before the host is asked to move frames.
+const MAX_BUSY_PASSES: u32 = 4;
 
 pub struct Net {
     pub(crate) iface: Interface,
@@ -189,6 +192,7 @@ impl Net {
     ) -> Result<T, NetError> {
         let start = self.host.now_us();
         let deadline = timeout_us.map(|t| start.saturating_add(t));
+        let mut busy = 0;
         loop {
             let changed = self.poll();
             if let Some(r) = ready(self) {
@@ -198,9 +202,14 @@ impl Net {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(NetError::TimedOut);
             }
-            if changed {
+            // A few passes without the host while the stack makes progress;
+            // then the host always gets its turn, even for no sleep at all:
+            // a virtual NIC moves frames only when the guest exits to it.
+            if changed && busy < MAX_BUSY_PASSES {
+                busy += 1;
                 continue;
             }
+            busy = 0;
             let t = self.now();
             let mut sleep = match self.iface.poll_delay(t, &self.sockets) {
                 Some(d) => d.total_micros(),
@@ -210,9 +219,7 @@ impl Net {
             if let Some(d) = deadline {
                 sleep = sleep.min(d - now);
             }
-            if sleep > 0 {
-                self.host.wait(sleep);
-            }
+            self.host.wait(sleep);
         }
     }
 
@@ -247,12 +254,13 @@ impl Net {
         p
     }
 
-    /// Whether some listener or UDP socket holds `port`.
-    pub(crate) fn port_taken(&self, port: u16) -> bool {
+    /// Whether a TCP listener (`tcp`) or a UDP socket holds `port`: the two
+    /// protocols have separate ports.
+    pub(crate) fn port_taken(&self, port: u16, tcp: bool) -> bool {
         use smoltcp::socket::udp;
         self.slots.iter().any(|s| match s {
-            Slot::Listener { port: p, .. } => *p == port,
-            Slot::Udp(h) => self.sockets.get::<udp::Socket>(*h).endpoint().port == port,
+            Slot::Listener { port: p, .. } => tcp && *p == port,
+            Slot::Udp(h) => !tcp && self.sockets.get::<udp::Socket>(*h).endpoint().port == port,
             _ => false,
         })
     }

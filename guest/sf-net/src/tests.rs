@@ -269,7 +269,10 @@ fn bad_arguments_and_refusals_are_errors_not_hangs() {
     assert_eq!(net.tcp_listen(0), Err(NetError::InvalidArgument));
     let l = net.tcp_listen(80).unwrap();
     assert_eq!(net.tcp_listen(80), Err(NetError::AddrInUse));
+    // UDP has ports of its own.
+    let u = net.udp_bind(80).unwrap();
     assert_eq!(net.udp_bind(80), Err(NetError::AddrInUse));
+    net.close(u).unwrap();
     assert_eq!(
         net.tcp_connect(me, 81, SEC),
         Err(NetError::ConnectionRefused)
@@ -354,4 +357,149 @@ fn sockets_made_right_after_a_clone_belong_to_the_clone() {
     assert_eq!(net.udp_recv_from(u, &mut [0u8; 4], SEC).unwrap().0, 2);
     assert_eq!(net.tcp_accept(old, Some(1000)), Err(NetError::Reset));
     net.tcp_close(c).unwrap();
+}
+
+/// A peer that speaks raw frames: what the host's kernel does on a TAP.
+mod raw {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::*;
+
+    pub const PEER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x99]);
+
+    pub fn peer_ip() -> Ipv4Addr {
+        Ipv4Addr::new(10, FAMILY, 255, 254)
+    }
+
+    pub fn eth(dst: EthernetAddress, ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+        let repr = EthernetRepr {
+            src_addr: PEER_MAC,
+            dst_addr: dst,
+            ethertype,
+        };
+        let mut f = vec![0u8; repr.buffer_len() + payload.len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut f);
+        repr.emit(&mut frame);
+        frame.payload_mut().copy_from_slice(payload);
+        f
+    }
+
+    pub fn echo_request(to: Identity, seq: u16) -> Vec<u8> {
+        let icmp = Icmpv4Repr::EchoRequest {
+            ident: 0x5346,
+            seq_no: seq,
+            data: b"snowflock",
+        };
+        let ip = Ipv4Repr {
+            src_addr: peer_ip(),
+            dst_addr: to.ip,
+            next_header: IpProtocol::Icmp,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 64,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut p = vec![0u8; ip.buffer_len() + icmp.buffer_len()];
+        let mut packet = Ipv4Packet::new_unchecked(&mut p);
+        ip.emit(&mut packet, &caps);
+        icmp.emit(
+            &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
+            &caps,
+        );
+        eth(EthernetAddress(to.mac), EthernetProtocol::Ipv4, &p)
+    }
+
+    /// The answer to an ARP request for the peer, if `frame` is one.
+    pub fn arp_answer(frame: &[u8]) -> Option<Vec<u8>> {
+        let f = EthernetFrame::new_checked(frame).ok()?;
+        if f.ethertype() != EthernetProtocol::Arp {
+            return None;
+        }
+        let ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).ok()?).ok()?
+        else {
+            return None;
+        };
+        if target_protocol_addr != peer_ip() {
+            return None;
+        }
+        let reply = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: PEER_MAC,
+            source_protocol_addr: peer_ip(),
+            target_hardware_addr: source_hardware_addr,
+            target_protocol_addr: source_protocol_addr,
+        };
+        let mut p = vec![0u8; reply.buffer_len()];
+        reply.emit(&mut ArpPacket::new_unchecked(&mut p));
+        Some(eth(source_hardware_addr, EthernetProtocol::Arp, &p))
+    }
+
+    /// The sequence number of an ICMP echo reply to the peer.
+    pub fn echo_reply_seq(frame: &[u8]) -> Option<u16> {
+        let f = EthernetFrame::new_checked(frame).ok()?;
+        let ip = Ipv4Packet::new_checked(f.payload()).ok()?;
+        if f.ethertype() != EthernetProtocol::Ipv4 || ip.dst_addr() != peer_ip() {
+            return None;
+        }
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+        match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).ok()? {
+            Icmpv4Repr::EchoReply { seq_no, data, .. } if data == b"snowflock" => Some(seq_no),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn the_stack_answers_ping_while_a_program_waits() {
+    let (peer, nic) = pair();
+    let (mut net, _) = stack(nic, 0);
+    let id = net.identity();
+    let u = net.udp_bind(6200).unwrap();
+    let mut answered = Vec::new();
+    for seq in 0..3u16 {
+        peer.tx
+            .lock()
+            .unwrap()
+            .push_back(raw::echo_request(id, seq));
+        // A program blocked in a receive: the stack still runs.
+        assert_eq!(
+            net.udp_recv_from(u, &mut [0u8; 4], Some(20_000)),
+            Err(NetError::TimedOut)
+        );
+        while let Some(f) = peer.rx.lock().unwrap().pop_front() {
+            if let Some(a) = raw::arp_answer(&f) {
+                peer.tx.lock().unwrap().push_back(a);
+            } else if let Some(s) = raw::echo_reply_seq(&f) {
+                answered.push(s);
+            }
+        }
+    }
+    // The first request may be spent on resolving the peer's address.
+    assert!(
+        answered.contains(&1) && answered.contains(&2),
+        "answered {answered:?}"
+    );
+}
+
+#[test]
+fn closed_streams_whose_peer_never_closes_do_not_pile_up() {
+    let (mut net, _) = loopback(0);
+    let me = net.my_addr();
+    net.backlog = 1;
+    net.tcp_buffer = 1024;
+    let l = net.tcp_listen(7400).unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..100 {
+        let c = net.tcp_connect(me, 7400, SEC).unwrap();
+        // The accepted side stays open: the closed side waits in FIN-WAIT-2.
+        kept.push(net.tcp_accept(l, SEC).unwrap());
+        net.tcp_close(c).unwrap();
+    }
+    assert!(net.closing.len() <= 64, "{} closing", net.closing.len());
+    assert!(net.sockets.iter().count() <= 64 + 100 + 1);
 }

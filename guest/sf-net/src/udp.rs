@@ -25,14 +25,14 @@ impl Net {
         self.refresh();
         let port = if port == 0 {
             let mut p = self.ephemeral_port();
-            while self.port_taken(p) {
+            while self.port_taken(p, false) {
                 p = self.ephemeral_port();
             }
             p
         } else {
             port
         };
-        if self.port_taken(port) {
+        if self.port_taken(port, false) {
             return Err(NetError::AddrInUse);
         }
         let buf =

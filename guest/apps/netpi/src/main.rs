@@ -9,13 +9,20 @@
 //!   and checks what it gets; the parent checks all of them. Prints
 //!   `allpairs: ok pairs=P clones=C` and exits 0, or `allpairs: FAIL ...`
 //!   and exits 1.
+//! - `netpi -- echo [port=7000] [conns=1] [dgrams=0] [timeout_ms=60000]`:
+//!   echoes `conns` TCP connections, then `dgrams` UDP datagrams (for
+//!   tests and measurements from the host).
+//! - `netpi -- stream [port=7000] [mib=16] [rounds=200]`: one clone and its
+//!   parent measure the TCP round trip and throughput between two VMs.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
 mod allpairs;
+mod echo;
 mod pi;
+mod stream;
 mod wire;
 
 use sf_guest::{env, println};
@@ -56,6 +63,20 @@ fn main() -> i32 {
             wire::MAX_PAYLOAD
         );
         return 2;
+    }
+    if env::args().any(|a| a == "echo") {
+        let (Some(conns), Some(dgrams)) = (parse("conns", 1), parse("dgrams", 0)) else {
+            println!("netpi: conns= and dgrams= take unsigned integers");
+            return 2;
+        };
+        return echo::run(port, conns, dgrams, timeout_ms);
+    }
+    if env::args().any(|a| a == "stream") {
+        let (Some(mib), Some(rounds)) = (parse("mib", 16), parse("rounds", 200)) else {
+            println!("netpi: mib= and rounds= take unsigned integers");
+            return 2;
+        };
+        return stream::run(port, mib, rounds, timeout_ms);
     }
     if env::args().any(|a| a == "allpairs") {
         allpairs::run(clones, port, bytes as usize, timeout_ms)

@@ -39,8 +39,9 @@ pub use socket::{TcpListener, TcpStream, UdpSocket};
 
 enum State {
     Unopened,
-    Down,
-    Up(Net),
+    /// Why there is no network.
+    Down(&'static str),
+    Up(Box<Net>),
 }
 
 struct Global(UnsafeCell<State>);
@@ -54,14 +55,27 @@ static NET: Global = Global(UnsafeCell::new(State::Unopened));
 fn open() -> State {
     let b = rt::boot();
     if b.mmio_base == 0 || host::net_ip_word() == 0 {
-        return State::Down;
+        return State::Down("this VM has no network interface");
     }
-    let Ok(nic) = virtio::VirtioNic::open(b.mmio_base) else {
-        return State::Down;
+    let nic = match virtio::VirtioNic::open(b.mmio_base) {
+        Ok(nic) => nic,
+        Err(e) => return State::Down(e.why()),
     };
     match Net::new(Box::new(nic), Box::new(host::GuestHost::new())) {
-        Ok(net) => State::Up(net),
-        Err(_) => State::Down,
+        Ok(net) => State::Up(Box::new(net)),
+        Err(_) => State::Down("the boot information gives no usable address"),
+    }
+}
+
+/// Why there is no network (`None` when there is one).
+pub fn why_down() -> Option<&'static str> {
+    match with(|_| Ok(())) {
+        Ok(()) => None,
+        // SAFETY: as in `with`; `open` has run, nothing holds the state.
+        Err(_) => match unsafe { &*NET.0.get() } {
+            State::Down(why) => Some(why),
+            _ => None,
+        },
     }
 }
 
@@ -76,7 +90,7 @@ pub fn with<T>(f: impl FnOnce(&mut Net) -> Result<T, Error>) -> Result<T, Error>
     }
     match state {
         State::Up(net) => f(net),
-        _ => Err(Error::NoNetwork),
+        State::Down(_) | State::Unopened => Err(Error::NoNetwork),
     }
 }
 

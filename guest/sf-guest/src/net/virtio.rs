@@ -75,6 +75,17 @@ pub(crate) struct VirtioNic {
 pub(crate) enum NicError {
     NotNetwork,
     Driver,
+    Queue,
+}
+
+impl NicError {
+    pub(crate) fn why(&self) -> &'static str {
+        match self {
+            NicError::NotNetwork => "no virtio-net device in the MMIO window's first slot",
+            NicError::Driver => "the virtio-net device refused the driver's set-up",
+            NicError::Queue => "the virtio-net device refused a receive buffer",
+        }
+    }
 }
 
 impl VirtioNic {
@@ -100,7 +111,7 @@ impl VirtioNic {
             let mut b: Box<[u8]> = vec![0u8; BUF].into_boxed_slice();
             // SAFETY: the buffer lives in `rx` (heap, never moved) until the
             // device hands it back through `receive_complete`.
-            let t = unsafe { raw.receive_begin(&mut b) }.map_err(|_| NicError::Driver)?;
+            let t = unsafe { raw.receive_begin(&mut b) }.map_err(|_| NicError::Queue)?;
             rx[t as usize] = Some(b);
         }
         let mut tx_busy = Vec::new();

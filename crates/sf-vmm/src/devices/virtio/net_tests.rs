@@ -191,6 +191,24 @@ fn wait_sleeps_until_a_frame_arrives_and_delivers_it() {
 }
 
 #[test]
+fn wait_does_not_sleep_when_its_own_run_delivered_a_frame() {
+    let (mut d, peer) = nic();
+    // A frame waits in the TAP, but the guest has posted no buffer yet.
+    send(&peer, &[2u8; HDR_LEN + 60]);
+    d.post_rx(0);
+    let t = Instant::now();
+    // The run that starts the wait delivers it: the guest must get it now,
+    // not after the timeout (nothing else arrives).
+    d.wait(Duration::from_secs(5));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "slept: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 60) as u32)]);
+}
+
+#[test]
 fn save_restore_resumes_the_rings_and_clone_gets_a_new_identity() {
     let (mut d, peer) = nic();
     let fam = FamilyNet::new(7).unwrap();
