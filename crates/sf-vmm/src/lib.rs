@@ -17,6 +17,7 @@ pub mod hints;
 mod hypercall;
 pub mod image;
 pub mod memory;
+pub mod net;
 mod outcome;
 pub mod remote;
 pub mod sandbox;
