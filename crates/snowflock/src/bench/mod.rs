@@ -3,6 +3,7 @@
 mod avoid;
 mod boot;
 mod clone;
+mod net;
 mod plot;
 mod qemu;
 mod qemu_snapshot;
@@ -23,6 +24,9 @@ pub enum BenchCommand {
     /// Free-page hints (namespace hosts, root needed): what remote clones
     /// fetch and how long their work takes, hints on and off.
     Avoid(avoid::AvoidBenchArgs),
+    /// Family networks (namespace hosts, root needed): TCP throughput and
+    /// RTT on one host and across two, against host sockets on the same path.
+    Net(net::NetBenchArgs),
 }
 
 pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
@@ -31,5 +35,6 @@ pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
         BenchCommand::Clone(a) => clone::main(a),
         BenchCommand::Remote(a) => remote::main(a),
         BenchCommand::Avoid(a) => avoid::main(a),
+        BenchCommand::Net(a) => net::main(a),
     }
 }
