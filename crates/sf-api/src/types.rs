@@ -151,6 +151,24 @@ pub struct CloneRequest {
     /// [`MAX_FREE_RANGES`]; the clone host clamps and merges them again.
     #[serde(default)]
     pub free_pages: Vec<[u64; 2]>,
+    /// The family's private network, when it has one: the clone host joins
+    /// the family's segment (bridge + VXLAN) before starting the clones.
+    #[serde(default)]
+    pub net: Option<CloneNet>,
+}
+
+/// A clone family's network as a clone request carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneNet {
+    /// Family number F (1..=255): the subnet 10.F.0.0/16.
+    pub family: u8,
+    /// The family's VXLAN network identifier (origin host id << 8 | F).
+    pub vni: u32,
+    /// The parent's member number.
+    pub parent: u32,
+    /// For each entry of `ids`, in order: the clone's member number and the
+    /// first number of its descendants' block (`max_clones` long).
+    pub members: Vec<[u32; 2]>,
 }
 
 /// Most `CloneRequest::free_pages` ranges a daemon accepts.

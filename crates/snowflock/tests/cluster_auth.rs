@@ -30,6 +30,7 @@ fn clone_request(memory_server: String, report_to: String) -> CloneRequest {
         multicast: None,
         requested_unix_ns: None,
         free_pages: Vec::new(),
+        net: None,
     }
 }
 

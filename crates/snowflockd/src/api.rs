@@ -150,6 +150,7 @@ mod tests {
             multicast: Some("239.213.1.1:5000".into()),
             requested_unix_ns: None,
             free_pages: Vec::new(),
+            net: None,
         }
     }
 

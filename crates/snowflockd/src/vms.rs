@@ -465,6 +465,9 @@ impl Daemon {
         validate::max_clones(req.max_clones)?;
         validate::parent_path(&req.parent_path)?;
         validate::free_pages(&req.free_pages)?;
+        if let Some(net) = &req.net {
+            sf_vmm::net::remote::check(net, &req.ids, req.max_clones).map_err(bad)?;
+        }
         if let Some(w) = req.prefetch_window {
             validate::prefetch_window(w)?;
         }

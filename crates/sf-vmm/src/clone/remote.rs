@@ -128,6 +128,7 @@ impl RemotePlan {
             multicast: multicast.map(|(g, _)| g.to_string()),
             requested_unix_ns: Some(unix_ns()),
             free_pages: Vec::new(),
+            net: None,
         };
         Ok(RemotePlan {
             token,

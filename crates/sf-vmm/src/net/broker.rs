@@ -71,6 +71,16 @@ impl BrokerClient {
         if let Ok(c) = BrokerClient::connect(spec.vni) {
             return Ok(c);
         }
+        match BrokerClient::start(exe, spec) {
+            // Another process started it meanwhile: use that one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => BrokerClient::connect(spec.vni),
+            other => other,
+        }
+    }
+
+    /// Starts the broker of a new family; `AlreadyExists` if the family
+    /// (its VNI) is taken on this host.
+    pub fn start(exe: &Path, spec: &FamilySpec) -> io::Result<BrokerClient> {
         let mut cmd = Command::new(exe);
         cmd.arg("net-broker")
             .args(["--family", &spec.family.number().to_string()])
@@ -96,6 +106,13 @@ impl BrokerClient {
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped");
         BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() == "taken" {
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("family VNI {:#x} already has a broker here", spec.vni),
+            ));
+        }
         if line.trim() != "ready" {
             let status = child.wait()?;
             return Err(io::Error::other(format!(
@@ -165,13 +182,14 @@ impl BrokerClient {
 }
 
 /// The broker's main loop (the `net-broker` command). Prints `ready` on
-/// stdout once the family's devices exist and it accepts connections.
+/// stdout once the family's devices exist and it accepts connections, or
+/// `taken` when another broker serves the family.
 pub fn serve(spec: &FamilySpec) -> io::Result<()> {
     let listener = match UnixListener::bind_addr(&addr(spec.vni)?) {
         Ok(l) => l,
         // Another broker of this family won the race: it serves.
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            println!("ready");
+            println!("taken");
             return Ok(());
         }
         Err(e) => return Err(e),

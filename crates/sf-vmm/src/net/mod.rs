@@ -19,6 +19,8 @@ pub mod broker;
 pub mod endpoint;
 pub mod links;
 pub mod members;
+pub mod origin;
+pub mod remote;
 pub mod tun;
 
 use sf_abi::net::FamilyNet;
