@@ -40,6 +40,10 @@ pub enum Error {
     #[error("remote memory: {0}")]
     Remote(String),
     #[error(transparent)]
+    Device(#[from] crate::devices::DeviceError),
+    #[error("cannot add the device: {0}")]
+    AddDevice(#[source] crate::devices::AddError),
+    #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
 }
 

@@ -5,18 +5,18 @@ use crate::boot;
 use crate::clone::fork::HcReturn;
 use crate::clone::{CloneHost, CloneTimeline};
 use crate::console::ConsoleSink;
+use crate::devices::{self, BusDevice, BusKind, BusRange, Devices, ExitAction, VcpuExitView};
 use crate::hypercall::{self, Action, Args, CpuView};
 use crate::image::{BootMode, GuestImage};
 use crate::memory::GuestRam;
 use crate::outcome::Outcome;
-use crate::serial::LegacySerial;
 use crate::vcpu::Vcpu;
 use crate::watchdog::Alarm;
 use crate::Error;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
 use sf_abi::boot_info::BootInfo;
-use sf_abi::hypercall::{Call, DEBUG_EXIT_PORT, PORT, PROBE_MAGIC, SERIAL_PORT};
+use sf_abi::hypercall::{Call, DEBUG_EXIT_PORT, PORT, SERIAL_PORT};
 use sf_abi::layout;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -90,7 +90,9 @@ pub struct Vm {
     vm_fd: VmFd,
     pub(crate) vcpu: Vcpu,
     pub(crate) ram: GuestRam,
-    serial: LegacySerial,
+    /// The port-I/O and MMIO devices (serial, debug exit, hypercall port,
+    /// and whatever [`Vm::add_device`] added).
+    pub(crate) devices: Devices,
     pub(crate) console: ConsoleSink,
     mode: BootMode,
     pub(crate) timeout: Option<Duration>,
@@ -124,6 +126,9 @@ pub struct Vm {
     pub(crate) hints_floor: Option<u64>,
     /// At a clone call, the hints the local clones apply after the fork.
     pub(crate) clone_free_pages: crate::hints::FreePages,
+    /// Hands a new clone's devices their host resources (see
+    /// [`devices::CloneContext::resources`]).
+    pub(crate) clone_resources: Option<devices::ResourceProvider>,
 }
 
 fn host_tsc() -> u64 {
@@ -132,19 +137,6 @@ fn host_tsc() -> u64 {
     unsafe {
         core::arch::x86_64::_rdtsc()
     }
-}
-
-/// A VM exit, copied out of the vCPU's shared run area so the vCPU can be
-/// used again while it is handled.
-enum Exit {
-    Out { port: u16, value: u32 },
-    Handled,
-    Hlt,
-    Shutdown,
-    InternalError,
-    Mmio { gpa: u64, write: bool },
-    Interrupted,
-    Other(String),
 }
 
 impl Vm {
@@ -217,7 +209,7 @@ impl Vm {
             vm_fd,
             vcpu,
             ram,
-            serial: LegacySerial::new(),
+            devices: builtin_devices(),
             console: ConsoleSink::new(),
             mode,
             timeout,
@@ -238,6 +230,7 @@ impl Vm {
             no_hints: false,
             hints_floor: None,
             clone_free_pages: crate::hints::FreePages::none(),
+            clone_resources: None,
         })
     }
 
@@ -267,7 +260,18 @@ impl Vm {
             started,
             host_tsc(),
         )?;
-        vm.vcpu.restore(&desc.vcpu)?;
+        vm.vcpu.restore(desc.boot_vcpu())?;
+        vm.devices.restore(
+            &desc.devices,
+            &devices::RestoreContext {
+                mem_size: desc.mem_size,
+            },
+        )?;
+        // The family's hint settings: this clone's own clones honour the
+        // guest's hints as the root did (or ignore them with --no-hints).
+        vm.no_hints = desc.hints.no_hints;
+        vm.hints_floor = desc.hints.floor;
+        vm.hints_gpa = desc.hints.bitmap_gpa.filter(|_| !vm.no_hints);
         vm.timings.create_vm = started.elapsed();
         vm.remote_memory = Some(memory);
         vm.pending_entry = Some(started);
@@ -391,7 +395,7 @@ impl Vm {
 
     fn run_loop(&mut self, console: &mut dyn Write) -> Result<Outcome, Error> {
         Ok(loop {
-            let exit = self.next_exit(console)?;
+            let action = self.next_exit()?;
             self.timings.exits += 1;
             // Once remote memory has failed, missing pages read as zeros:
             // stop before the guest acts on them.
@@ -400,26 +404,31 @@ impl Vm {
                     message: format!("guest memory could not be fetched from the origin: {why}"),
                 };
             }
-            let stop = match exit {
-                Exit::Handled => None,
-                Exit::Out { port: PORT, value } => self.hypercall(value, console)?,
-                Exit::Out {
-                    port: DEBUG_EXIT_PORT,
-                    value,
-                } => Some(Outcome::Exited {
-                    status: (value & 0xff) as i32,
-                }),
-                Exit::Out { port, value } => {
-                    tracing::debug!(port, value, "write to an unclaimed port ignored");
+            let stop = match action {
+                ExitAction::Resume => None,
+                ExitAction::Console(bytes) => {
+                    self.console
+                        .write(console, &bytes)
+                        .and_then(|()| match bytes.contains(&b'\n') {
+                            true => console.flush(),
+                            false => Ok(()),
+                        })
+                        .map_err(Error::Console)?;
                     None
                 }
-                Exit::Hlt => Some(Outcome::Halted {
+                ExitAction::Hypercall(nr) => self.hypercall(nr, console)?,
+                ExitAction::Exit(status) => Some(Outcome::Exited { status }),
+                ExitAction::Work { slot, wait } => {
+                    self.device_work(slot, wait)?;
+                    None
+                }
+                ExitAction::Halted => Some(Outcome::Halted {
                     regs: self.vcpu.dump(),
                 }),
-                Exit::Shutdown => Some(Outcome::TripleFault {
+                ExitAction::TripleFault => Some(Outcome::TripleFault {
                     regs: self.vcpu.dump(),
                 }),
-                Exit::InternalError => {
+                ExitAction::EmulationFailure => {
                     // SAFETY: KVM filled the `internal` member for this exit reason.
                     let suberror = unsafe {
                         self.vcpu
@@ -434,16 +443,16 @@ impl Vm {
                         regs: self.vcpu.dump(),
                     })
                 }
-                Exit::Mmio { gpa, write } => Some(Outcome::UnbackedAccess {
+                ExitAction::Unbacked { gpa, write } => Some(Outcome::UnbackedAccess {
                     gpa,
                     write,
                     regs: self.vcpu.dump(),
                 }),
-                Exit::Interrupted => match self.deadline {
+                ExitAction::Interrupted => match self.deadline {
                     Some(d) if Instant::now() >= d => Some(self.timed_out()),
                     _ => None,
                 },
-                Exit::Other(what) => {
+                ExitAction::Unexpected(what) => {
                     tracing::warn!("unexpected VM exit: {what}");
                     Some(Outcome::Halted {
                         regs: self.vcpu.dump(),
@@ -456,57 +465,86 @@ impl Vm {
         })
     }
 
-    fn next_exit(&mut self, console: &mut dyn Write) -> Result<Exit, Error> {
+    /// Runs the vCPU to its next exit and routes it through the buses.
+    fn next_exit(&mut self) -> Result<ExitAction, Error> {
         if let Some(request) = self.pending_entry.take() {
             self.first_entry = Some(request.elapsed());
         }
-        let (serial, sink) = (&mut self.serial, &mut self.console);
-        Ok(match self.vcpu.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
-                    let v = data.first().copied().unwrap_or(0);
-                    serial
-                        .write((port - SERIAL_PORT) as u8, v, sink, console)
-                        .map_err(Error::Console)?;
-                    Exit::Handled
-                } else {
-                    let mut v = [0u8; 4];
-                    let n = data.len().min(4);
-                    v[..n].copy_from_slice(&data[..n]);
-                    Exit::Out {
-                        port,
-                        value: u32::from_le_bytes(v),
-                    }
-                }
+        let view = match self.vcpu.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => VcpuExitView::IoOut { port, data },
+            Ok(VcpuExit::IoIn(port, data)) => VcpuExitView::IoIn { port, data },
+            Ok(VcpuExit::MmioRead(gpa, data)) => VcpuExitView::MmioRead { gpa, data },
+            Ok(VcpuExit::MmioWrite(gpa, data)) => VcpuExitView::MmioWrite { gpa, data },
+            Ok(VcpuExit::Hlt) => VcpuExitView::Hlt,
+            Ok(VcpuExit::Shutdown) => VcpuExitView::Shutdown,
+            Ok(VcpuExit::InternalError) => VcpuExitView::InternalError,
+            Ok(VcpuExit::Intr) => VcpuExitView::Interrupted,
+            Ok(other) => VcpuExitView::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                VcpuExitView::Interrupted
             }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                if port == PORT {
-                    let m = PROBE_MAGIC.to_le_bytes();
-                    let n = data.len().min(4);
-                    data[..n].copy_from_slice(&m[..n]);
-                } else if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) {
-                    data.fill(0);
-                    data[0] = serial.read((port - SERIAL_PORT) as u8);
-                } else {
-                    data.fill(0xff);
-                }
-                Exit::Handled
-            }
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(VcpuExit::InternalError) => Exit::InternalError,
-            Ok(VcpuExit::MmioRead(gpa, _)) => Exit::Mmio { gpa, write: false },
-            Ok(VcpuExit::MmioWrite(gpa, _)) => Exit::Mmio { gpa, write: true },
-            Ok(VcpuExit::Intr) => Exit::Interrupted,
-            Ok(other) => Exit::Other(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => {
                 return Err(Error::Kvm {
                     what: "running the vCPU",
                     source: e,
                 })
             }
-        })
+        };
+        Ok(devices::handle_exit(view, &mut self.devices))
+    }
+
+    /// Work a device asked for in an exit, blocking at most `wait` and never
+    /// past the family's deadline.
+    fn device_work(&mut self, slot: usize, wait: Duration) -> Result<(), Error> {
+        let wait = match self.time_left() {
+            Some(left) => wait.min(left),
+            None => wait,
+        };
+        let mut ctx = devices::WorkContext {
+            ram: &self.ram,
+            wait,
+        };
+        match self.devices.slot_mut(slot) {
+            Some(dev) => dev.work(&mut ctx).map_err(Error::Device),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a device on the port-I/O or MMIO bus (before [`Vm::run`]). Its
+    /// state goes into the descriptor at each clone call, and each clone
+    /// gives it its identity through [`BusDevice::on_clone`].
+    pub fn add_device(
+        &mut self,
+        id: &str,
+        bus: BusKind,
+        range: BusRange,
+        device: Box<dyn BusDevice>,
+    ) -> Result<(), Error> {
+        self.devices
+            .add(id, bus, range, device)
+            .map_err(Error::AddDevice)
+    }
+
+    /// In a new clone (local or remote), before its first instruction:
+    /// every device takes the clone's identity and its fresh resources.
+    pub(crate) fn devices_on_clone(&mut self, id: u32, path: &str) -> Result<(), Error> {
+        let mut ctx = devices::CloneContext {
+            clone_id: id,
+            path: path.to_string(),
+            member: None,
+            resources: Default::default(),
+        };
+        if let Some(provider) = self.clone_resources.as_mut() {
+            ctx.resources = provider(&ctx)?;
+        }
+        self.devices.on_clone(&mut ctx)?;
+        Ok(())
+    }
+
+    /// Sets what hands a new clone's devices their fresh host resources
+    /// (called in each new clone before its first instruction).
+    pub fn set_clone_resources(&mut self, provider: devices::ResourceProvider) {
+        self.clone_resources = Some(provider);
     }
 
     fn hypercall(&mut self, nr: u32, console: &mut dyn Write) -> Result<Option<Outcome>, Error> {
@@ -598,6 +636,39 @@ impl Drop for Vm {
             self.end_family();
         }
     }
+}
+
+/// The port devices every VM has.
+fn builtin_devices() -> Devices {
+    let mut d = Devices::new();
+    let port = |p: u16, len| BusRange {
+        base: p as u64,
+        len,
+    };
+    let builtins: [(&str, BusRange, Box<dyn BusDevice>); 3] = [
+        (
+            "serial",
+            port(SERIAL_PORT, 8),
+            Box::new(devices::legacy::SerialPort::new()),
+        ),
+        // One port, as before (the TSS opens four for QEMU's device; the
+        // other three are nobody's).
+        (
+            "debug-exit",
+            port(DEBUG_EXIT_PORT, 1),
+            Box::new(devices::legacy::DebugExit),
+        ),
+        (
+            "hypercall",
+            port(PORT, 1),
+            Box::new(devices::legacy::HypercallPort),
+        ),
+    ];
+    for (id, range, dev) in builtins {
+        d.add_builtin(id, BusKind::Pio, range, dev)
+            .expect("the built-in ports are distinct");
+    }
+    d
 }
 
 fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {

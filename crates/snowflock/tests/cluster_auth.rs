@@ -293,7 +293,7 @@ fn descriptor_hex(mem_size: u64) -> String {
     use sf_vmm::descriptor::{MemorySource, VcpuState, VmDescriptor};
     let d = VmDescriptor {
         mem_size,
-        vcpu: VcpuState {
+        vcpus: vec![VcpuState {
             regs: Default::default(),
             sregs: Default::default(),
             xsave: Default::default(),
@@ -301,7 +301,9 @@ fn descriptor_hex(mem_size: u64) -> String {
             debugregs: Default::default(),
             events: Default::default(),
             msrs: Vec::new(),
-        },
+        }],
+        devices: Vec::new(),
+        hints: Default::default(),
         memory: MemorySource::Inherited,
     };
     sf_api::to_hex(&d.encode())

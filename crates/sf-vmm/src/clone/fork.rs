@@ -7,7 +7,7 @@ use super::process::{self, Forked};
 use super::remote::{self, RemoteGroup, RemotePlan};
 use super::report::CloneReport;
 use super::{CloneHost, CloneTimeline, Group, Reporter, Role};
-use crate::descriptor::{MemorySource, VmDescriptor};
+use crate::descriptor::{HintSettings, MemorySource, VmDescriptor};
 use crate::hypercall::CpuView;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
@@ -119,7 +119,13 @@ impl Vm {
         let state = self.vcpu.capture()?;
         let descriptor = VmDescriptor {
             mem_size: self.ram.size(),
-            vcpu: state,
+            vcpus: vec![state],
+            devices: self.devices.save()?,
+            hints: HintSettings {
+                floor: self.hints_floor,
+                bitmap_gpa: self.hints_gpa,
+                no_hints: self.no_hints,
+            },
             memory: MemorySource::Inherited,
         }
         .encode();
@@ -331,7 +337,7 @@ impl Vm {
         request: Instant,
     ) -> Result<(), Error> {
         let mut desc = VmDescriptor::decode(descriptor)?;
-        desc.vcpu.regs.rax = id as u64;
+        desc.boot_vcpu_mut().regs.rax = id as u64;
         let path = if self.clones.path.is_empty() {
             id.to_string()
         } else {
@@ -360,9 +366,12 @@ impl Vm {
             .map_err(Error::kvm("creating the clone VM"))?;
         self.register_ram(&vm_fd)?;
         let vcpu = Vcpu::new(&vm_fd, &self.cpuid)?;
-        vcpu.restore(&desc.vcpu)?;
+        vcpu.restore(desc.boot_vcpu())?;
         self.replace_vm(vm_fd, vcpu);
         self.reseed();
+        // The devices came along with the fork: they take the clone's
+        // identity and their fresh host resources.
+        self.devices_on_clone(id, &path)?;
         self.console.set_prefix(format!("[clone {path}] "));
         // Built: from here on the (inherited) filter is all this clone needs.
         crate::sandbox::narrow(crate::sandbox::Role::LocalClone).map_err(Error::Sandbox)?;

@@ -148,7 +148,7 @@ fn build(
     start: Instant,
     transport: &Transport,
 ) -> Result<Vm, Error> {
-    desc.vcpu.regs.rax = id as u64;
+    desc.boot_vcpu_mut().regs.rax = id as u64;
     let ram = GuestRam::new(desc.mem_size)?;
     let vcpu_thread = crate::remote::current_thread_kicker();
     let mut cfg = FetchConfig {
@@ -190,6 +190,7 @@ fn build(
     vm.clones = CloneHost::new(req.max_clones);
     vm.clones.path = path.clone();
     vm.console.set_prefix(format!("[clone {path}] "));
+    vm.devices_on_clone(id, &path)?;
     Ok(vm)
 }
 

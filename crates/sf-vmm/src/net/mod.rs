@@ -12,6 +12,8 @@
 //! `ip`, records each device's owner in its link alias and sweeps devices
 //! whose owner died.
 //!
+//! [`tap`] is the NIC's side of a TAP (the virtio-net backend).
+//!
 //! Names (at most 15 bytes, IFNAMSIZ): bridge `sfb<vni:06x>`, VXLAN
 //! `sfx<vni:06x>`, TAP `sft<vni:06x>.<n>`.
 
@@ -21,6 +23,7 @@ pub mod links;
 pub mod members;
 pub mod origin;
 pub mod remote;
+pub mod tap;
 pub mod tun;
 
 use sf_abi::net::FamilyNet;

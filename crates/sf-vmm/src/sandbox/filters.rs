@@ -133,14 +133,22 @@ const NOT_READ_ONLY: u64 = (libc::O_WRONLY
 
 /// Every role: memory, threads' synchronization, its own fds, time, exit.
 fn base(l: &mut Vec<Entry>) {
-    allow!(l, SYS_read, "fds the role owns: pipes, sockets, console");
+    allow!(
+        l,
+        SYS_read,
+        "fds the role owns: pipes, sockets, console; frames from the NIC's TAP"
+    );
     allow!(
         l,
         SYS_write,
         "console, logs, pipes, sockets; the SIGSYS message"
     );
     allow!(l, SYS_readv, "std's vectored reads");
-    allow!(l, SYS_writev, "std's vectored writes (eprintln)");
+    allow!(
+        l,
+        SYS_writev,
+        "std's vectored writes (eprintln); a NIC frame to its TAP straight from guest RAM"
+    );
     allow!(l, SYS_pread64, "std reads at offsets");
     allow!(
         l,
@@ -218,7 +226,7 @@ fn base(l: &mut Vec<Entry>) {
     allow!(
         l,
         SYS_poll,
-        "waiting for clone reports, sockets, userfaultfd"
+        "waiting for clone reports, sockets, userfaultfd; the NIC's wait register on its TAP"
     );
     allow!(l, SYS_ppoll, "glibc's poll on some versions");
     allow!(l, SYS_exit, "a thread ends");

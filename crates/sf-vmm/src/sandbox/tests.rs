@@ -493,3 +493,66 @@ fn the_kill_line_names_call_role_and_arguments() {
         .unwrap()
         .starts_with("snowflock: seccomp: syscall 99999 (unknown)"));
 }
+
+/// The NIC's host side after set-up: frames out with writev, in with
+/// non-blocking reads, the wait register's poll, and F_SETFL on a clone's
+/// new TAP. Every VMM role that runs a VM may do them (a datagram socket
+/// pair stands in for the TAP: the calls are the same).
+#[test]
+fn every_vm_role_may_drive_a_nic() {
+    for role in [Role::Runner, Role::LoneRunner, Role::CloneHost] {
+        let p = prog(role);
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let (status, stderr) = in_child(|| {
+            sandboxed(role, &p);
+            let frame = [0x5au8; 64];
+            let iov = [
+                libc::iovec {
+                    iov_base: frame.as_ptr() as *mut _,
+                    iov_len: 12,
+                },
+                libc::iovec {
+                    iov_base: frame[12..].as_ptr() as *mut _,
+                    iov_len: 52,
+                },
+            ];
+            let mut buf = [0u8; 128];
+            // SAFETY: raw calls on the two fds with buffers on the stack.
+            unsafe {
+                let fl = libc::fcntl(fds[0], libc::F_GETFL);
+                if fl < 0 || libc::fcntl(fds[0], libc::F_SETFL, fl | libc::O_NONBLOCK) != 0 {
+                    return 21;
+                }
+                if libc::writev(fds[1], iov.as_ptr(), 2) != 64 {
+                    return 22;
+                }
+                let mut pfd = libc::pollfd {
+                    fd: fds[0],
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                if libc::poll(&mut pfd, 1, 1000) != 1 {
+                    return 23;
+                }
+                if libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) != 64 {
+                    return 24;
+                }
+                if libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) != -1
+                    || *libc::__errno_location() != libc::EAGAIN
+                {
+                    return 25;
+                }
+            }
+            0
+        });
+        // SAFETY: closing the parent's copies.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        assert_eq!(status, ExitStatus::Code(0), "{role:?}: {stderr}");
+    }
+}
