@@ -129,6 +129,8 @@ pub struct Vm {
     /// Hands a new clone's devices their host resources (see
     /// [`devices::CloneContext::resources`]).
     pub(crate) clone_resources: Option<devices::ResourceProvider>,
+    /// Its place in the family network, when it has a NIC on one.
+    pub(crate) family: Option<crate::net::family::VmFamily>,
 }
 
 fn host_tsc() -> u64 {
@@ -231,6 +233,7 @@ impl Vm {
             hints_floor: None,
             clone_free_pages: crate::hints::FreePages::none(),
             clone_resources: None,
+            family: None,
         })
     }
 
@@ -531,7 +534,7 @@ impl Vm {
         let mut ctx = devices::CloneContext {
             clone_id: id,
             path: path.to_string(),
-            member: None,
+            member: self.family_member(),
             resources: Default::default(),
         };
         if let Some(provider) = self.clone_resources.as_mut() {

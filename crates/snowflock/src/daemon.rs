@@ -218,7 +218,7 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     // The family's network: join its segment on this host (bridge and
     // VXLAN through the family's broker) before the VMM sandboxes itself,
     // and keep the clone's TAP and broker connection while it runs.
-    let _family_lease = match &req.net {
+    let family_lease = match &req.net {
         Some(net) => {
             let family = sf_vmm::net::remote::check(net, &req.ids, req.max_clones)
                 .map_err(anyhow::Error::msg)?;
@@ -244,6 +244,7 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
         &mut out,
         policy.as_ref(),
         &transport,
+        family_lease,
     )?;
     Ok(code as u8)
 }

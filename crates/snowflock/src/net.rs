@@ -55,9 +55,34 @@ pub struct HoldArgs {
 
 pub fn broker_main(a: FamilyArgs) -> anyhow::Result<u8> {
     let spec = a.spec()?;
+    detach()?;
     broker::serve(&spec)
         .with_context(|| format!("network broker of family {}", spec.family.number()))?;
     Ok(0)
+}
+
+/// The broker must not be a child of the VMM that started it: a VMM reaps
+/// its whole family before it exits (it is a child subreaper), and would
+/// wait for a broker that ends only after that VMM's connection closes. So
+/// it forks once more and the intermediate exits; the broker is re-parented
+/// above the VMM and sits in a session of its own.
+fn detach() -> anyhow::Result<()> {
+    // SAFETY: fork in a single-threaded process (this command starts no
+    // thread before it), so the child holds no lock another thread had; the
+    // parent only exits.
+    match unsafe { libc::fork() } {
+        -1 => bail!(
+            "cannot fork the network broker: {}",
+            std::io::Error::last_os_error()
+        ),
+        // SAFETY: _exit ends the intermediate without running destructors
+        // that belong to the child.
+        0 => {}
+        _ => unsafe { libc::_exit(0) },
+    }
+    // SAFETY: setsid has no memory effects; it fails only for a group leader.
+    unsafe { libc::setsid() };
+    Ok(())
 }
 
 pub fn hold(a: HoldArgs) -> anyhow::Result<u8> {
@@ -97,4 +122,49 @@ fn tap_name(fd: &std::os::fd::OwnedFd) -> anyhow::Result<String> {
     }
     let end = req[..16].iter().position(|&b| b == 0).unwrap_or(16);
     Ok(String::from_utf8_lossy(&req[..end]).into_owned())
+}
+
+/// `snowflock run --net`: a new family on this host (its broker, bridge,
+/// and VXLAN towards `peer` when clones may go to other hosts). Before the
+/// VMM becomes a subreaper, so that the detached broker is not its child.
+pub fn start_family(
+    advertise: Option<std::net::IpAddr>,
+    peer: Option<std::net::SocketAddr>,
+    host_access: bool,
+    max_clones: u32,
+) -> anyhow::Result<net::origin::OriginFamily> {
+    // Host id 0 (no cluster address ends in .0.0) for one-host families.
+    let host_id = match advertise {
+        Some(std::net::IpAddr::V4(ip)) => net::host_id(ip),
+        _ => 0,
+    };
+    let underlay = match peer {
+        Some(p) => Some(net::remote::underlay_towards(p.ip())?),
+        None => None,
+    };
+    let exe = std::env::current_exe()?;
+    let fam = net::origin::start(&exe, host_id, host_access, underlay, max_clones)
+        .context("cannot set up the family's network")?;
+    let f = fam.spec.family;
+    tracing::info!(
+        family = f.number(),
+        vni = fam.spec.vni,
+        bridge = net::bridge_name(fam.spec.vni),
+        "family network 10.{}.0.0/16",
+        f.number()
+    );
+    Ok(fam)
+}
+
+/// The root VM's NIC as member 0 of `fam`. Before the VMM sandboxes itself.
+pub fn give_family(vm: &mut sf_vmm::Vm, fam: net::origin::OriginFamily) -> anyhow::Result<()> {
+    let f = fam.spec.family;
+    vm.add_nic(sf_vmm::devices::virtio::bus_device::NicConfig {
+        tap: fam.root.tap,
+        family: f,
+        member: 0,
+    })
+    .context("cannot give the VM its NIC")?;
+    vm.join_family_as_root(f, fam.spec.vni, fam.client);
+    Ok(())
 }

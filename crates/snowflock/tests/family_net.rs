@@ -50,6 +50,8 @@ fn hold(c: &Cluster, host: usize, family: u8, vni: u32, taps: u32, extra: &[&str
 }
 
 /// Links of a host that belong to some family: (name, master, mtu, alias).
+/// Bridges and VXLAN devices carry their owner in the alias; TAPs are
+/// known by name.
 fn family_links(c: &Cluster, host: usize) -> Vec<(String, String, u64, String)> {
     let out = Command::new("ip")
         .args(["-n", &c.netns(host), "-j", "link", "show"])
@@ -58,8 +60,9 @@ fn family_links(c: &Cluster, host: usize) -> Vec<(String, String, u64, String)> 
     let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     v.iter()
         .filter_map(|l| {
-            let alias = l.get("ifalias")?.as_str()?;
-            alias.starts_with("snowflock owner=").then(|| {
+            let alias = l.get("ifalias").and_then(|a| a.as_str()).unwrap_or("");
+            let name = l["ifname"].as_str().unwrap();
+            (alias.starts_with("snowflock owner=") || name.starts_with("sft")).then(|| {
                 (
                     l["ifname"].as_str().unwrap().to_string(),
                     l.get("master")
@@ -172,7 +175,17 @@ fn a_sigkilled_broker_is_swept() {
         .unwrap();
     // SAFETY: kill(2) on the broker's pid, read from the alias it wrote.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    std::thread::sleep(Duration::from_millis(300));
+    // Dead once it is a zombie (nobody may reap it here) or gone.
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the broker survives SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let left = family_links(&c, 1);
     assert!(
         left.iter().any(|l| l.0 == bridge_name(v)),
@@ -188,11 +201,18 @@ fn a_sigkilled_broker_is_swept() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The sweep deletes the bridge, the VXLAN device and the TAP the VMM
-    // still holds.
-    wait_until_no_family_links(&c, 1, "after the sweep");
+    // The sweep deletes the bridge and the VXLAN device; the TAP the VMM
+    // still holds goes with the VMM.
+    let left = family_links(&c, 1);
+    assert!(
+        left.iter()
+            .all(|l| l.0.starts_with("sft") && l.3.is_empty()),
+        "after the sweep: {left:?}"
+    );
+    assert_eq!(left.len(), 1, "only the held TAP: {left:?}");
     drop(h.child.stdin.take());
     h.child.wait().unwrap();
+    wait_until_no_family_links(&c, 1, "after the VMM ended");
 }
 
 #[test]

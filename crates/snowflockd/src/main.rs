@@ -52,7 +52,9 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     // Bridges, VXLAN devices and TAPs of clone families whose broker died
     // (SIGKILL, a crash of this host) go before new families arrive.
     match sf_vmm::net::links::sweep() {
-        Ok(gone) if !gone.is_empty() => tracing::info!(?gone, "removed dead families' network devices"),
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(?gone, "removed dead families' network devices")
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot sweep dead families' network devices: {e}"),
     }

@@ -199,7 +199,7 @@ pub fn serve(spec: &FamilySpec) -> io::Result<()> {
         .ok_or_else(|| io::Error::other("cannot read our own /proc/self/stat"))?;
     links::sweep()?;
     links::create_family(spec, &me)?;
-    let result = Broker::new(spec, me, listener).and_then(|mut b| {
+    let result = Broker::new(spec, listener).and_then(|mut b| {
         println!("ready");
         io::stdout().flush()?;
         b.run(signals)
@@ -210,7 +210,6 @@ pub fn serve(spec: &FamilySpec) -> io::Result<()> {
 
 struct Broker<'a> {
     spec: &'a FamilySpec,
-    owner: String,
     listener: UnixListener,
     conns: Vec<UnixStream>,
     pool: Vec<OwnedFd>,
@@ -218,11 +217,10 @@ struct Broker<'a> {
 }
 
 impl<'a> Broker<'a> {
-    fn new(spec: &'a FamilySpec, owner: String, listener: UnixListener) -> io::Result<Broker<'a>> {
+    fn new(spec: &'a FamilySpec, listener: UnixListener) -> io::Result<Broker<'a>> {
         listener.set_nonblocking(true)?;
         let mut b = Broker {
             spec,
-            owner,
             listener,
             conns: vec![],
             pool: vec![],
@@ -239,12 +237,7 @@ impl<'a> Broker<'a> {
         let name = tap_name(self.spec.vni, self.made);
         self.made += 1;
         let fd = tun::create_tap(&name)?;
-        let tag = links::alias(&self.owner, self.spec.vni);
-        let mtu = FAMILY_MTU.to_string();
-        let br = bridge_name(self.spec.vni);
-        links::ip(&[
-            "link", "set", &name, "mtu", &mtu, "alias", &tag, "master", &br, "up",
-        ])?;
+        tun::attach_to_bridge(&name, &bridge_name(self.spec.vni), FAMILY_MTU)?;
         Ok(fd)
     }
 

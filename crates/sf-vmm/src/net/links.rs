@@ -2,7 +2,8 @@
 //! (present wherever the project runs; each call costs ~2 ms, which is why
 //! TAPs are made ahead of need by the broker, never on the clone path).
 //!
-//! Ownership is recorded in each device's link alias,
+//! Ownership of the bridge and the VXLAN device is recorded in their link
+//! alias (TAPs need none: they vanish with their last descriptor),
 //! `snowflock owner=<pid>:<start time> vni=<vni>`, so that a sweep can tell
 //! the devices of a live family from those of one whose broker died
 //! (SIGKILL, host crash) and delete the latter.
@@ -36,11 +37,17 @@ fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
 
 /// This process's owner tag: pid and start time (clock ticks since boot,
 /// field 22 of /proc/PID/stat), so a reused pid is not taken for the owner.
+/// `None` for a process that is gone or a zombie (a killed broker whose
+/// parent has not reaped it yet is dead all the same).
 pub fn owner_tag(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: skip past the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let start = rest.split(' ').nth(19)?;
+    let mut fields = rest.split(' ');
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    let start = fields.nth(18)?;
     Some(format!("{pid}:{start}"))
 }
 

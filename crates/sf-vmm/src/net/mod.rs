@@ -19,6 +19,7 @@
 
 pub mod broker;
 pub mod endpoint;
+pub mod family;
 pub mod links;
 pub mod members;
 pub mod origin;

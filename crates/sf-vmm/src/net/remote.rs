@@ -92,10 +92,34 @@ mod tests {
             (net(vec![[4, 3], [2, 9]]), "twice"),
             (net(vec![[1, u32::MAX], [2, 5]]), "outside"),
             (net(vec![[MAX_MEMBERS, 3], [2, 5]]), "outside"),
-            (CloneNet { vni: 0x0102_04, ..net(vec![[1, 3], [2, 5]]) }, "family number"),
-            (CloneNet { vni: 0x0100_0003, ..net(vec![[1, 3], [2, 5]]) }, "outside"),
-            (CloneNet { family: 0, ..net(vec![[1, 3], [2, 5]]) }, "1..=255"),
-            (CloneNet { parent: u32::MAX, ..net(vec![[1, 3], [2, 5]]) }, "parent"),
+            (
+                CloneNet {
+                    vni: 0x0102_04,
+                    ..net(vec![[1, 3], [2, 5]])
+                },
+                "family number",
+            ),
+            (
+                CloneNet {
+                    vni: 0x0100_0003,
+                    ..net(vec![[1, 3], [2, 5]])
+                },
+                "outside",
+            ),
+            (
+                CloneNet {
+                    family: 0,
+                    ..net(vec![[1, 3], [2, 5]])
+                },
+                "1..=255",
+            ),
+            (
+                CloneNet {
+                    parent: u32::MAX,
+                    ..net(vec![[1, 3], [2, 5]])
+                },
+                "parent",
+            ),
         ];
         for (n, why) in bad {
             let e = check(&n, &[1, 2], 2).expect_err(why);

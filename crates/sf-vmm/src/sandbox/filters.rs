@@ -324,6 +324,13 @@ fn runner(l: &mut Vec<Entry>, peers: bool) {
     allow!(l, SYS_openat if none_of(2, NOT_READ_ONLY),
         "read-only: a clone reads /proc/self/smaps_rollup at its end (its memory use)");
     if !peers {
+        allow!(
+            l,
+            SYS_sendto,
+            "a new clone asks the family's network broker for its TAP (an inherited Unix socket)"
+        );
+        allow!(l, SYS_sendmsg, "the same, as a vectored write");
+        allow!(l, SYS_recvmsg, "the TAP comes back as SCM_RIGHTS");
         return;
     }
     allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),
