@@ -189,7 +189,7 @@ pub fn serve(spec: &FamilySpec) -> io::Result<()> {
         Ok(l) => l,
         // Another broker of this family won the race: it serves.
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            println!("taken");
+            let _ = writeln!(io::stdout(), "taken");
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -198,14 +198,28 @@ pub fn serve(spec: &FamilySpec) -> io::Result<()> {
     let me = links::owner_tag(std::process::id())
         .ok_or_else(|| io::Error::other("cannot read our own /proc/self/stat"))?;
     links::sweep()?;
+    // From here the family's devices go when this function ends, however
+    // (error, panic, or the end of the family).
+    let _devices = FamilyDevices(spec.vni);
     links::create_family(spec, &me)?;
-    let result = Broker::new(spec, listener).and_then(|mut b| {
-        println!("ready");
-        io::stdout().flush()?;
-        b.run(signals)
-    });
-    links::delete_family(spec.vni);
-    result
+    let mut broker = Broker::new(spec, listener)?;
+    // The VMM that started us may be gone already (killed during set-up):
+    // then nobody will connect, and the family ends now.
+    let mut out = io::stdout();
+    if writeln!(out, "ready").and_then(|()| out.flush()).is_err() {
+        tracing::debug!("the VMM that started the network broker is gone");
+        return Ok(());
+    }
+    broker.run(signals)
+}
+
+/// Deletes the family's bridge and VXLAN device when dropped.
+struct FamilyDevices(u32);
+
+impl Drop for FamilyDevices {
+    fn drop(&mut self) {
+        links::delete_family(self.0);
+    }
 }
 
 struct Broker<'a> {

@@ -124,10 +124,11 @@ fn create_inner(spec: &FamilySpec, owner: &str) -> io::Result<()> {
 /// Deletes the family's bridge and VXLAN device (the TAPs go with their
 /// last file descriptor). Errors are ignored: the devices may be gone.
 pub fn delete_family(vni: u32) {
+    // Rules first: the bridge's absence is what says the family is gone.
+    delete_rules(vni);
     for name in [vxlan_name(vni), bridge_name(vni)] {
         let _ = ip(&["link", "del", &name]);
     }
-    delete_rules(vni);
 }
 
 /// The policy-routing rules of host access for family `f`: preference and
