@@ -38,6 +38,18 @@ pub struct CreateVm {
     /// touch (`snowflock run --no-hints`), to measure what hints save.
     #[serde(default)]
     pub no_hints: bool,
+    /// A private network for the VM's family (`snowflock run --net`).
+    #[serde(default)]
+    pub net: Option<VmNet>,
+}
+
+/// `CreateVm::net`: the family gets a NIC in every VM, a bridge per host
+/// and VXLAN between hosts (see `snowflock run --net`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNet {
+    /// The daemon's host gets 10.F.255.254 on the family network.
+    #[serde(default)]
+    pub host_access: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +181,20 @@ pub struct CloneNet {
     /// For each entry of `ids`, in order: the clone's member number and the
     /// first number of its descendants' block (`max_clones` long).
     pub members: Vec<[u32; 2]>,
+}
+
+impl CloneNet {
+    /// From the numbers of all of a clone call's clones (entry `k - 1` for
+    /// clone `k`), those of `ids`, for the request that carries them.
+    pub fn for_ids(&self, ids: &[u32]) -> CloneNet {
+        CloneNet {
+            members: ids
+                .iter()
+                .filter_map(|&k| self.members.get((k as usize).wrapping_sub(1)).copied())
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Most `CloneRequest::free_pages` ranges a daemon accepts.

@@ -25,6 +25,7 @@ pub fn run_remote(
     placement: Placement,
     prefetch_window: Option<u32>,
     no_hints: bool,
+    net: Option<sf_api::VmNet>,
 ) -> anyhow::Result<u8> {
     let guest = if Path::new(guest).exists() {
         std::fs::canonicalize(guest)?.display().to_string()
@@ -40,6 +41,7 @@ pub fn run_remote(
         placement,
         prefetch_window,
         no_hints,
+        net,
     };
     let c = client(sock);
     let info: VmInfo = c

@@ -188,6 +188,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             a.placement.into(),
             a.prefetch_window,
             a.no_hints,
+            a.net.then(|| sf_api::VmNet {
+                host_access: a.net_host_access,
+            }),
         );
     }
     let image = load_image(&a.guest)?;

@@ -270,6 +270,7 @@ fn the_daemon_logs_a_vmm_the_sandbox_killed() {
                 placement: sf_api::Placement::Spread,
                 prefetch_window: None,
                 no_hints: false,
+                net: None,
             },
         )
         .expect("VM created");

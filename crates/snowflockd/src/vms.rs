@@ -417,6 +417,12 @@ impl Daemon {
         if req.no_hints {
             args.push("--no-hints".into());
         }
+        if let Some(net) = &req.net {
+            args.push("--net".into());
+            if net.host_access {
+                args.push("--net-host-access".into());
+            }
+        }
         self.spawn(
             id,
             VmKind::Vm,

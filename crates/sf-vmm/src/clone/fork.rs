@@ -178,7 +178,8 @@ impl Vm {
         let free = self.free_pages();
         if let Some(p) = plan.as_mut() {
             p.request.free_pages = free.to_wire();
-            p.request.net = self.family_wire(&remote_ids);
+            // Every clone's numbers; each host's request gets its own.
+            p.request.net = self.family_wire(&(1..=granted).collect::<Vec<_>>());
         }
         self.clone_free_pages = free;
         console.flush().map_err(Error::Console)?;

@@ -188,6 +188,7 @@ fn start_remote_clones(
         .map(|(peer, ids)| {
             let req = CloneRequest {
                 ids: ids.clone(),
+                net: request.net.as_ref().map(|n| n.for_ids(&ids)),
                 ..request.clone()
             };
             let t = transport.clone();
