@@ -13,7 +13,9 @@ use std::process::Command;
 /// machines; the guests are freestanding programs built for it.
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-const GUESTS: [&str; 6] = ["hello", "pi", "crash", "hostile", "forktest", "capi"];
+const GUESTS: [&str; 7] = [
+    "hello", "pi", "crash", "hostile", "forktest", "capi", "netpi",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

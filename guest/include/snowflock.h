@@ -74,4 +74,52 @@ int64_t sf_kill(const sf_ticket_t *t);
  * call. Returns 1, or 0 if the hint was dropped (32 already pending). */
 int sf_will_overwrite(const void *p, size_t len);
 
+/* Networking over the VM's NIC (a clone family shares one subnet; member
+ * m, the family's first VM being 0, has address sf_addr_of(m); in a flat
+ * family clone j is member j). Addresses are IPv4 in host byte order
+ * (10.1.0.2 is 0x0a010002); sockets are numbers >= 0; timeout_ms < 0 waits
+ * forever. Blocking calls poll the NIC and sleep in the host when idle.
+ * After sf_clone, a clone has a new address and every socket open at the
+ * clone call fails there with -SF_ENETRESET (close it, open a new one).
+ * Errors: -SF_ENETDOWN no NIC, -SF_EINVAL bad port/address/member,
+ * -SF_EADDRINUSE port taken, -SF_ECONNREFUSED, -SF_ECONNRESET (also: the
+ * peer closed before the data was exchanged), -SF_ETIMEDOUT, -SF_EBADF no
+ * such socket or wrong kind, -SF_EFAULT NULL buffer with len > 0. */
+#define SF_EBADF 9
+#define SF_EADDRINUSE 98
+#define SF_ENETDOWN 100
+#define SF_ENETRESET 102
+#define SF_ECONNRESET 104
+#define SF_ETIMEDOUT 110
+#define SF_ECONNREFUSED 111
+
+/* This VM's address (changes at a clone), or -SF_ENETDOWN. */
+int64_t sf_my_addr(void);
+/* Family member `member`'s address (the family's first VM is 0). */
+int64_t sf_addr_of(uint32_t member);
+/* This VM's parent; clone j of the clone call that made this VM (its
+ * sibling); clone k of this VM's latest clone call (-SF_EINVAL: none). */
+int64_t sf_parent_addr(void);
+int64_t sf_sibling_addr(uint32_t j);
+int64_t sf_child_addr(uint32_t k);
+/* TCP: listen on port (backlog 8); accept returns a new socket. */
+int64_t sf_net_listen(uint32_t port);
+int64_t sf_net_accept(int64_t listener, int64_t timeout_ms);
+int64_t sf_net_connect(uint32_t ip, uint32_t port, int64_t timeout_ms);
+/* Sends some of buf[0..len): returns the bytes taken, >= 1 when len > 0. */
+int64_t sf_net_send(int64_t s, const void *buf, size_t len, int64_t timeout_ms);
+/* Receives up to len bytes, at least 1; 0 when the peer closed its side. */
+int64_t sf_net_recv(int64_t s, void *buf, size_t len, int64_t timeout_ms);
+/* Closes any socket; a TCP stream waits (at most 5 s) until the peer has
+ * all data sent, then sends FIN. */
+int64_t sf_net_close(int64_t s);
+/* UDP: port 0 binds a free port. Datagrams of at most 1422 bytes. */
+int64_t sf_udp_bind(uint32_t port);
+int64_t sf_udp_send_to(int64_t s, const void *buf, size_t len, uint32_t ip,
+                       uint32_t port, int64_t timeout_ms);
+/* Receives one datagram (cut to len); sender into *ip, *port if not NULL. */
+int64_t sf_udp_recv_from(int64_t s, void *buf, size_t len, uint32_t *ip,
+                         uint16_t *port, int64_t timeout_ms);
+int64_t sf_udp_close(int64_t s);
+
 #endif

@@ -24,6 +24,9 @@ pub const PT_LOW: u64 = 0xA000;
 /// 4 KiB page table for the 2 MiB around the stack guard page, so the guard
 /// alone is absent.
 pub const PT_GUARD: u64 = 0xB000;
+/// 4 KiB page table for the 2 MiB holding the virtio-mmio window, so only
+/// the window's own pages are mapped (see [`crate::tables::map_mmio_window`]).
+pub const PT_MMIO: u64 = 0xC000;
 /// Page directories, one per GiB of guest RAM.
 pub const PD_BASE: u64 = 0x10000;
 /// Kernel command line (the guest's arguments), NUL terminated.
@@ -124,7 +127,11 @@ const _: () = {
     assert!(IDT + IDT_VECTORS * 16 <= TSS);
     assert!(TSS + TSS_LIMIT < PVH_START_INFO);
     assert!(PT_LOW + PAGE <= PT_GUARD);
-    assert!(PT_GUARD + PAGE <= PD_BASE);
+    assert!(PT_GUARD + PAGE <= PT_MMIO);
+    assert!(PT_MMIO + PAGE <= PD_BASE);
+    // The window fits in one 2 MiB region of one page directory.
+    assert!(MMIO_BASE % LARGE_PAGE + MMIO_SIZE <= LARGE_PAGE);
+    assert!(MMIO_BASE + MMIO_SIZE <= MAX_MEM);
     // The guard page never falls in the first 2 MiB (mapped by PT_LOW).
     assert!(stack_guard(MIN_MEM) >= LARGE_PAGE);
     assert!(PD_BASE + (MAX_MEM >> 30) * PAGE <= CMDLINE);

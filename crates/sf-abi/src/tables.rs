@@ -17,6 +17,9 @@ pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
 pub const USER: u64 = 1 << 2;
 pub const LARGE: u64 = 1 << 7;
+/// Write-through and cache-disable: device registers must not be cached.
+pub const PWT: u64 = 1 << 3;
+pub const PCD: u64 = 1 << 4;
 
 /// Why the tables cannot be built for the requested RAM size or image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +158,39 @@ fn build_page_tables(m: &mut impl GuestWords, mem_size: u64, ring0: &Ring0) {
         );
     }
     m.write_u64(PML4, PDPT | PRESENT | WRITABLE | USER);
+}
+
+/// Maps the virtio-mmio window `[MMIO_BASE, MMIO_BASE + MMIO_SIZE)` for
+/// ring 3 (read/write, uncached), after [`build`], for a VM that has
+/// devices there: the guest's drivers run in ring 3 and poll. The rest of
+/// the window's 2 MiB stays unmapped. Refused with
+/// [`LayoutError::TooLarge`] when guest RAM reaches into the window (RAM
+/// must end at or below `MMIO_BASE`).
+pub fn map_mmio_window(m: &mut impl GuestWords, mem_size: u64) -> Result<(), LayoutError> {
+    check_mem_size(mem_size)?;
+    if mem_size > MMIO_BASE {
+        return Err(LayoutError::TooLarge);
+    }
+    let region = MMIO_BASE & !(LARGE_PAGE - 1);
+    for page in 0..512u64 {
+        let addr = region + page * PAGE;
+        let entry = if (MMIO_BASE..MMIO_BASE + MMIO_SIZE).contains(&addr) {
+            addr | PRESENT | WRITABLE | USER | PWT | PCD
+        } else {
+            0
+        };
+        m.write_u64(PT_MMIO + page * 8, entry);
+    }
+    let gib = MMIO_BASE >> 30;
+    let pd = PD_BASE + gib * PAGE;
+    m.write_u64(
+        pd + ((MMIO_BASE >> 21) & 511) * 8,
+        PT_MMIO | PRESENT | WRITABLE | USER,
+    );
+    // RAM below 3 GiB leaves this GiB's directory unused: link it in. (Its
+    // other entries are zero, as all RAM below the image is in a new VM.)
+    m.write_u64(PDPT + gib * 8, pd | PRESENT | WRITABLE | USER);
+    Ok(())
 }
 
 /// Flat 64-bit segments; DPL in bits 45..47.
@@ -390,6 +426,44 @@ mod tests {
         assert!((0x3f8..0x400).all(open));
         assert!(open(0xf4));
         assert!(!open(0x50f) && !open(0x514) && !open(0x60) && !open(0xcf8));
+    }
+
+    #[test]
+    fn the_mmio_window_is_mapped_for_ring3_uncached_and_nothing_around_it() {
+        for mem in [64 << 20, 3 << 30, MMIO_BASE] {
+            let mut r = built(mem);
+            assert_eq!(user(&r, MMIO_BASE), None, "unmapped before the call");
+            map_mmio_window(&mut r, mem).unwrap();
+            for va in [MMIO_BASE, MMIO_BASE + 0x100, MMIO_BASE + MMIO_SIZE - 8] {
+                let t = translate_user(&r, PML4, va, Access::Write).map(|t| t.0);
+                assert_eq!(t, Some(va), "mem {mem:#x} va {va:#x}");
+            }
+            let pte = r.0[&(PT_MMIO + ((MMIO_BASE >> 12) & 511) * 8)];
+            assert_eq!(pte & (PCD | PWT), PCD | PWT, "uncached");
+            assert_eq!(user(&r, MMIO_BASE + MMIO_SIZE), None);
+            assert_eq!(
+                user(&r, MMIO_BASE - 8),
+                if mem == MMIO_BASE {
+                    Some(MMIO_BASE - 8)
+                } else {
+                    None
+                }
+            );
+            // RAM is still mapped as before.
+            assert_eq!(user(&r, mem - 8), Some(mem - 8));
+            assert_eq!(
+                user(&r, mem),
+                if mem == MMIO_BASE { Some(mem) } else { None }
+            );
+        }
+    }
+
+    #[test]
+    fn the_mmio_window_is_refused_over_ram() {
+        let mem = MMIO_BASE + LARGE_PAGE;
+        let mut r = built(mem);
+        assert_eq!(map_mmio_window(&mut r, mem), Err(LayoutError::TooLarge));
+        assert_eq!(user(&r, MMIO_BASE), Some(MMIO_BASE), "RAM left as it was");
     }
 
     #[test]

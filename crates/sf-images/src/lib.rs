@@ -47,6 +47,12 @@ pub static IMAGES: &[Image] = &[
         "pi -- samples=200000000 seed=1"
     ),
     image!(
+        "netpi",
+        Kind::Example,
+        "networked clones: pi whose clones report over TCP, or `allpairs` (every clone sends every other a checksummed message over TCP; the parent checks all)",
+        "netpi -- allpairs clones=8"
+    ),
+    image!(
         "crash",
         Kind::Test,
         "crashes on request: divzero ud null outside kernel gp int3 panic spin exit=N",

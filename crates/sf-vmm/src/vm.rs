@@ -536,11 +536,21 @@ impl Vm {
             path: path.to_string(),
             member: self.family_member(),
             resources: Default::default(),
+            guest_writes: Vec::new(),
         };
         if let Some(provider) = self.clone_resources.as_mut() {
             ctx.resources = provider(&ctx)?;
         }
         self.devices.on_clone(&mut ctx)?;
+        for (gpa, bytes) in &ctx.guest_writes {
+            self.ram.write_checked(*gpa, bytes).map_err(|e| {
+                Error::Device(devices::DeviceError::Host {
+                    device: "clone hook".into(),
+                    what: format!("writing {} bytes at {gpa:#x}: {e:?}", bytes.len()),
+                    source: None,
+                })
+            })?;
+        }
         Ok(())
     }
 

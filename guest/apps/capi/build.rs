@@ -3,9 +3,11 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=src/fork_sum.c");
+    println!("cargo:rerun-if-changed=src/net_echo.c");
     println!("cargo:rerun-if-changed=../../include/snowflock.h");
     cc::Build::new()
         .file("src/fork_sum.c")
+        .file("src/net_echo.c")
         .include("../../include")
         .flag("-ffreestanding")
         .flag("-fno-stack-protector")

@@ -2,7 +2,8 @@
 //! entered directly in ring 3 by the SnowFlock VMM) and the ring-3 runtime
 //! applications link against: console, exit, clock, heap, arguments,
 //! randomness, a panic handler that reports its message to the host, and
-//! the SnowFlock clone API ([`clone`], and [`capi`] for C).
+//! the SnowFlock clone API ([`clone`], and [`capi`] for C), and TCP/UDP
+//! networking over the VM's NIC ([`net`]).
 //!
 //! An application is a `#![no_std]`, `#![no_main]` binary that names its
 //! entry point with [`main!`]:
@@ -30,6 +31,7 @@ pub mod hypercall;
 pub mod kernel;
 mod libc_mem;
 pub mod mem;
+pub mod net;
 mod panic;
 pub mod rand;
 mod rt;

@@ -72,6 +72,11 @@ pub struct CloneContext {
     /// Fresh host resources per device id (e.g. `net0` -> its new TAP fd).
     /// A device takes its own out of the map; what is left is closed.
     pub resources: BTreeMap<String, Vec<OwnedFd>>,
+    /// Bytes the VMM writes into the clone's guest RAM after every
+    /// device's `on_clone`, before the clone's first instruction, as
+    /// (guest physical address, bytes): e.g. a NIC's new address in the
+    /// boot information.
+    pub guest_writes: Vec<(u64, Vec<u8>)>,
 }
 
 impl CloneContext {

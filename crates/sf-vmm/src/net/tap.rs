@@ -139,12 +139,14 @@ pub fn prepare(fd: &OwnedFd) -> Result<(), TapError> {
 /// a TAP handed to it (its filter allows no TAP ioctls, so the sender runs
 /// [`prepare`] first).
 pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on an fd we hold.
+    // SAFETY: F_GETFL on an fd we hold.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL on an fd we hold, with its own flags plus O_NONBLOCK.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

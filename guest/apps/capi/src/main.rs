@@ -2,6 +2,7 @@
 //! is C (src/fork_sum.c); this only calls it and reports. A C parent sums
 //! its clones' statuses, then reads four clones' statuses and results: a
 //! clean exit(-1), a crash, a refused sf_exit(NULL, 8), a result string.
+//! `capi -- net` runs the network calls instead (src/net_echo.c).
 #![no_std]
 #![no_main]
 
@@ -12,9 +13,29 @@ sf_guest::main!(main);
 extern "C" {
     fn c_fork_sum(n: u32) -> i64;
     fn c_results(null_exit: *mut i64) -> i64;
+    fn c_net() -> i64;
+}
+
+/// `capi -- net`: the network calls from C (src/net_echo.c).
+fn net() -> i32 {
+    // SAFETY: a plain C function with no arguments.
+    let bad = unsafe { c_net() };
+    if bad == 1 << 30 {
+        println!("capi: net: no network; every call said ENETDOWN: ok");
+        return 0;
+    }
+    if bad == 0 {
+        println!("capi: net: TCP and UDP between parent and clone: ok");
+        return 0;
+    }
+    println!("capi: net: FAIL (checks {bad:#x})");
+    1
 }
 
 fn main() -> i32 {
+    if env::args().any(|a| a == "net") {
+        return net();
+    }
     let n: u32 = env::arg("n").and_then(|v| v.parse().ok()).unwrap_or(4);
     // SAFETY: a plain C function with no pointer arguments.
     let sum = unsafe { c_fork_sum(n) };

@@ -104,6 +104,12 @@ impl BusDevice for NetDevice {
                 None,
             ));
         }
+        // The guest finds its new address where it found the old one.
+        let ip = u64::from(self.transport.device().ip());
+        ctx.guest_writes.push((
+            layout::BOOT_INFO + BootInfo::NET_IP_OFFSET as u64,
+            ip.to_le_bytes().to_vec(),
+        ));
         Ok(())
     }
 }
@@ -141,6 +147,9 @@ impl crate::Vm {
             )));
         }
         crate::net::tap::prepare(&nic.tap).map_err(|e| bad(format!("the TAP: {e}")))?;
+        // The guest's driver runs in ring 3: its page tables map the window.
+        sf_abi::tables::map_mmio_window(&mut &self.ram, mem)
+            .map_err(|e| bad(format!("mapping the device window: {e:?}")))?;
         let ip = nic
             .family
             .ip_of(nic.member)

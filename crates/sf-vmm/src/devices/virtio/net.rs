@@ -76,6 +76,10 @@ pub struct Net {
     /// The MAC this NIC had before the last clone: frames still queued
     /// from before the fork carry it, and are completed unsent (see `state`).
     pub(super) former_mac: Option<[u8; 6]>,
+    /// `stats.rx_packets` when the last wait began: frames delivered since
+    /// (by the run that starts every wait, or by an exit in between) have
+    /// not been seen by the guest yet, so that wait must not sleep.
+    pub(super) rx_at_wait: u64,
 }
 
 impl Net {
@@ -89,6 +93,7 @@ impl Net {
             member,
             mac: family.mac_of(member)?,
             stats: NetStats::default(),
+            rx_at_wait: 0,
             rx_frame: vec![0; HDR_LEN + 65536],
             former_mac: None,
         })
@@ -102,6 +107,7 @@ impl Net {
             member: 0,
             mac,
             stats: NetStats::default(),
+            rx_at_wait: 0,
             rx_frame: vec![0; HDR_LEN + 65536],
             former_mac: None,
         }
@@ -200,6 +206,14 @@ impl VirtioDevice for Net {
 impl Waitable for Net {
     fn wait_input(&mut self, timeout: Duration) {
         self.stats.waits += 1;
+        // Frames just put in the receive ring: the guest has work, and
+        // sleeping until the next frame (or the timeout) would stall it
+        // (measured: a VM-to-VM TCP stream ran at 7 Mbit/s instead of 69).
+        let fresh = self.stats.rx_packets != self.rx_at_wait;
+        self.rx_at_wait = self.stats.rx_packets;
+        if fresh {
+            return;
+        }
         let mut pfd = libc::pollfd {
             fd: self.tap.as_ref().map_or(-1, |t| t.as_raw_fd()),
             events: libc::POLLIN,

@@ -55,7 +55,6 @@ impl Net {
                 self.stats.rx_dropped += 1;
                 continue;
             }
-            drop(iter);
             let mut done = 0;
             for b in &bufs {
                 let take = (b.len as usize).min(n - done);

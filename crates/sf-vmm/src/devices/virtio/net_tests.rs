@@ -79,8 +79,8 @@ fn receive_fills_a_posted_buffer() {
 #[test]
 fn oversized_frame_is_dropped_and_the_buffer_reused() {
     let (mut d, peer) = nic();
-    send(&peer, &vec![0u8; HDR_LEN + 4000]);
-    send(&peer, &vec![0u8; HDR_LEN + 100]);
+    send(&peer, &[0u8; HDR_LEN + 4000]);
+    send(&peer, &[0u8; HDR_LEN + 100]);
     d.post_rx(0);
     d.run();
     assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 100) as u32)]);
@@ -121,7 +121,7 @@ fn buffers_outside_the_window_are_refused() {
         d.mem
             .write_slice(&[0xaa; 64], GuestAddress(0x1000))
             .unwrap();
-        send(&peer, &vec![0u8; HDR_LEN + 64]);
+        send(&peer, &[0u8; HDR_LEN + 64]);
         d.write_desc(0, 0, addr, BUF as u32, WRITE, 0);
         d.publish(0, 0, true);
         d.kick(0);
@@ -145,7 +145,7 @@ fn wrong_direction_and_short_chains_need_reset() {
     d.kick(1);
     assert!(d.needs_reset(), "shorter than the header");
     let (mut d, peer) = nic();
-    send(&peer, &vec![0u8; 100]);
+    send(&peer, &[0u8; 100]);
     d.write_desc(0, 0, buf(0, 0), 200, WRITE, 0);
     d.publish(0, 0, true);
     d.kick(0);
@@ -182,12 +182,30 @@ fn wait_sleeps_until_a_frame_arrives_and_delivers_it() {
     assert!(d.take_used(0).is_empty());
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
-        send(&peer, &vec![1u8; HDR_LEN + 60]);
+        send(&peer, &[1u8; HDR_LEN + 60]);
         peer
     });
     d.wait(Duration::from_secs(20));
     assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 60) as u32)]);
     drop(sender.join().unwrap());
+}
+
+#[test]
+fn wait_does_not_sleep_when_its_own_run_delivered_a_frame() {
+    let (mut d, peer) = nic();
+    // A frame waits in the TAP, but the guest has posted no buffer yet.
+    send(&peer, &[2u8; HDR_LEN + 60]);
+    d.post_rx(0);
+    let t = Instant::now();
+    // The run that starts the wait delivers it: the guest must get it now,
+    // not after the timeout (nothing else arrives).
+    d.wait(Duration::from_secs(5));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "slept: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.take_used(0), vec![(0, (HDR_LEN + 60) as u32)]);
 }
 
 #[test]
@@ -313,4 +331,51 @@ fn exits_per_packet_in_bulk_streams() {
     );
     assert!(rx_exits <= PACKETS / 16, "rx exits {rx_exits}");
     assert!(!d.needs_reset());
+}
+
+#[test]
+fn clone_hook_takes_its_tap_and_asks_for_its_new_address() {
+    use super::bus_device::{NetDevice, NET0};
+    use crate::devices::{BusDevice, CloneContext};
+    let (mut d, parent_peer) = nic();
+    let mut dev = NetDevice {
+        transport: std::mem::replace(
+            &mut d.t,
+            MmioTransport::new(Net::with_mac(None, [0; 6]), WINDOW),
+        ),
+    };
+    let (tap, peer) = socketpair();
+    let mut ctx = CloneContext {
+        clone_id: 2,
+        member: Some(12),
+        ..Default::default()
+    };
+    ctx.resources.insert(NET0.into(), vec![tap]);
+    dev.on_clone(&mut ctx).unwrap();
+    let fam = FamilyNet::new(7).unwrap();
+    let want = u64::from(fam.ip_of(12).unwrap()).to_le_bytes().to_vec();
+    assert_eq!(
+        ctx.guest_writes,
+        vec![(
+            sf_abi::layout::BOOT_INFO + sf_abi::boot_info::BootInfo::NET_IP_OFFSET as u64,
+            want
+        )]
+    );
+    assert_eq!(dev.transport.device().mac(), fam.mac_of(12).unwrap());
+    // Frames now go to the clone's TAP only.
+    d.t = dev.transport;
+    d.tx(0, &frame(40, 0), false);
+    d.run();
+    assert!(recv(&peer).is_some());
+    assert!(recv(&parent_peer).is_none());
+    // Without a member number, the clone ID numbers it (flat family); no
+    // TAP means no backend, never the parent's.
+    let mut ctx = CloneContext {
+        clone_id: 5,
+        ..Default::default()
+    };
+    let mut dev = NetDevice { transport: d.t };
+    dev.on_clone(&mut ctx).unwrap();
+    assert_eq!(dev.transport.device().mac(), fam.mac_of(5).unwrap());
+    assert!(dev.save().unwrap().len() < 1024, "state is small");
 }
