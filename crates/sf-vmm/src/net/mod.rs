@@ -109,7 +109,7 @@ mod tests {
     fn names_fit_ifnamsiz_and_vnis_name_their_family() {
         let f = FamilyNet::new(200).unwrap();
         let v = vni(host_id(Ipv4Addr::new(10, 213, 255, 253)), f);
-        assert_eq!(v, 0xfffd_c8);
+        assert_eq!(v, 0x00ff_fdc8);
         assert!(check_vni(v, f).is_ok());
         assert!(check_vni(v, FamilyNet::new(7).unwrap()).is_err());
         assert!(check_vni(0x0100_00c8, f).is_err());

@@ -76,7 +76,7 @@ mod tests {
     fn net(members: Vec<[u32; 2]>) -> CloneNet {
         CloneNet {
             family: 3,
-            vni: 0x0102_03,
+            vni: 0x0001_0203,
             parent: 0,
             members,
         }
@@ -94,7 +94,7 @@ mod tests {
             (net(vec![[MAX_MEMBERS, 3], [2, 5]]), "outside"),
             (
                 CloneNet {
-                    vni: 0x0102_04,
+                    vni: 0x0001_0204,
                     ..net(vec![[1, 3], [2, 5]])
                 },
                 "family number",
