@@ -75,9 +75,9 @@ fn detach() -> anyhow::Result<()> {
             "cannot fork the network broker: {}",
             std::io::Error::last_os_error()
         ),
+        0 => {}
         // SAFETY: _exit ends the intermediate without running destructors
         // that belong to the child.
-        0 => {}
         _ => unsafe { libc::_exit(0) },
     }
     // SAFETY: setsid has no memory effects; it fails only for a group leader.

@@ -188,7 +188,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             a.placement.into(),
             a.prefetch_window,
             a.no_hints,
-            a.net.then(|| sf_api::VmNet {
+            a.net.then_some(sf_api::VmNet {
                 host_access: a.net_host_access,
             }),
         );
