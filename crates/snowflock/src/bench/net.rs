@@ -4,8 +4,14 @@
 //!
 //! The reference is two plain host processes' sockets over exactly that
 //! path: endpoints (veth into small namespaces) that are ports of the same
-//! family bridges a VM's TAP would be. The VM half needs a guest NIC; until
-//! the VMM has one its columns are empty (JSON `null`), never invented.
+//! family bridges a VM's TAP would be. The VM half: a `netpi echo` VM on
+//! host 1 is member 0 of the family; a host endpoint (on host 1, then on
+//! host 2) measures RTT (1-byte ping-pong) and echo throughput (it writes
+//! and reads back for `--seconds`) against it, and against a host echo
+//! server on an endpoint of host 1 as the reference, over the same path.
+//! One side of the VM rows is a host endpoint: the guest stack is measured
+//! once per round trip, not twice. `reference_stream_mbit_s` is a one-way
+//! host stream on the same path, for scale.
 
 use super::stats::median;
 use anyhow::{bail, Context};
@@ -41,21 +47,23 @@ struct Row {
     vm_rtt_us: Option<f64>,
     reference_rtt_us: f64,
     vm_vs_reference_throughput: Option<f64>,
+    reference_stream_mbit_s: f64,
     runs: usize,
 }
 
-const FAMILY: u8 = 1;
 const PORT: u16 = 7300;
+const VM_PORT: u16 = 7400;
 
 pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
     if a.runs == 0 || a.round_trips == 0 || !(a.seconds > 0.0 && a.seconds <= 60.0) {
         bail!("--runs and --round-trips must be at least 1, --seconds within (0, 60]");
     }
     let hosts = Hosts::up()?;
-    let family = FamilyNet::new(FAMILY).expect("nonzero");
-    let vni = sf_vmm::net::vni(sf_vmm::net::host_id(hosts.addr(1)), family);
-    eprintln!("family {FAMILY} (VNI {vni:#x}) on 2 namespace hosts; starting its brokers...");
-    let _holders = [hosts.hold(1, vni)?, hosts.hold(2, vni)?];
+    eprintln!("a netpi echo VM with --net on host 1...");
+    let vm = hosts.echo_vm(2)?;
+    let vni = vm.vni;
+    let family = FamilyNet::new(vni as u8).context("the VM's family")?;
+    let _holder = hosts.hold(2, vni, family)?;
     let tag = std::process::id() % 100_000;
     let at = |host: usize, m: u32| {
         Endpoint::member(
@@ -68,27 +76,39 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot attach endpoint {m} on host {host}"))
     };
     let (e1, e2, e3) = (at(1, 1)?, at(1, 2)?, at(2, 3)?);
+    let vm_ip = std::net::Ipv4Addr::from(family.ip_of(0).expect("member 0"));
+    let time = Duration::from_secs_f64(a.seconds);
     let mut rows = vec![];
-    for (path, to) in [("same-host", &e2), ("cross-host", &e3)] {
+    for (path, from) in [("same-host", &e1), ("cross-host", &e3)] {
         eprintln!(
             "  {path}: {} runs of {} s, {} round trips...",
             a.runs, a.seconds, a.round_trips
         );
-        let mut mbit = vec![];
+        let mut stream = vec![];
+        let mut echo = vec![];
         for _ in 0..a.runs {
-            mbit.push(throughput(&e1, to, Duration::from_secs_f64(a.seconds))?);
+            stream.push(throughput(from, &e2, time)?);
+            echo.push(host_echo(from, &e2, time, a.round_trips)?);
         }
-        let rtt = rtt_us(&e1, to, a.round_trips)?;
+        let (vm_rtt, vm_mbit) = echo_client(
+            from,
+            SocketAddr::from((vm_ip, VM_PORT)),
+            time,
+            a.round_trips,
+        )?;
+        let reference = median(&echo.iter().map(|e| e.1).collect::<Vec<_>>());
         rows.push(Row {
             path,
-            vm_mbit_s: None,
-            reference_mbit_s: median(&mbit),
-            vm_rtt_us: None,
-            reference_rtt_us: rtt,
-            vm_vs_reference_throughput: None,
+            vm_mbit_s: Some(vm_mbit),
+            reference_mbit_s: reference,
+            vm_rtt_us: Some(vm_rtt),
+            reference_rtt_us: median(&echo.iter().map(|e| e.0).collect::<Vec<_>>()),
+            vm_vs_reference_throughput: Some(vm_mbit / reference),
+            reference_stream_mbit_s: median(&stream),
             runs: a.runs,
         });
     }
+    drop(vm);
     println!(
         "{:<11} {:>12} {:>17} {:>10} {:>16}",
         "path", "VM Mbit/s", "reference Mbit/s", "VM RTT us", "reference RTT us"
@@ -105,7 +125,7 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
         );
     }
     println!(
-        "(VM columns need the guest NIC; reference: host sockets on the same bridge/VXLAN path)"
+        "(echo throughput and 1-byte RTT from a host endpoint to a netpi echo VM; reference: a host echo server on the same path)"
     );
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
@@ -147,19 +167,45 @@ fn throughput(from: &Endpoint, to: &Endpoint, time: Duration) -> anyhow::Result<
     Ok(bytes as f64 * 8.0 / took.as_secs_f64() / 1e6)
 }
 
-/// Median µs of a 1-byte request and 1-byte answer over TCP (NODELAY).
-fn rtt_us(from: &Endpoint, to: &Endpoint, n: usize) -> anyhow::Result<f64> {
-    let listener = to.within(|| TcpListener::bind(("0.0.0.0", PORT + 1)))??;
-    let target = SocketAddr::from((to.ip, PORT + 1));
-    let mut c =
-        from.within(move || TcpStream::connect_timeout(&target, Duration::from_secs(3)))??;
-    let (mut s, _) = listener.accept()?;
-    c.set_nodelay(true)?;
-    s.set_nodelay(true)?;
-    let echo = std::thread::spawn(move || {
-        let mut b = [0u8; 1];
-        while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+/// RTT (median µs) and echo throughput (Mbit/s each way) against a host
+/// echo server on `to`.
+fn host_echo(
+    from: &Endpoint,
+    to: &Endpoint,
+    time: Duration,
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let listener = to.within(|| TcpListener::bind(("0.0.0.0", PORT + 2)))??;
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
     });
+    let r = echo_client(from, SocketAddr::from((to.ip, PORT + 2)), time, n);
+    let _ = server.join();
+    r
+}
+
+/// Against an echo server at `target`: the median µs of `n` 1-byte round
+/// trips, then Mbit/s echoed while writing for `time` (a reader thread
+/// takes the echo back).
+fn echo_client(
+    from: &Endpoint,
+    target: SocketAddr,
+    time: Duration,
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut c = from
+        .within(move || TcpStream::connect_timeout(&target, Duration::from_secs(5)))?
+        .with_context(|| format!("cannot connect to the echo server at {target}"))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut times = Vec::with_capacity(n);
     let mut b = [7u8; 1];
     for _ in 0..n {
@@ -168,9 +214,32 @@ fn rtt_us(from: &Endpoint, to: &Endpoint, n: usize) -> anyhow::Result<f64> {
         c.read_exact(&mut b)?;
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    drop(c);
-    let _ = echo.join();
-    Ok(median(&times))
+    let mut rx = c.try_clone()?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        while let Ok(k) = rx.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            total += k as u64;
+        }
+        total
+    });
+    let buf = vec![0x5au8; 16 << 10];
+    let start = Instant::now();
+    while start.elapsed() < time {
+        c.write_all(&buf)?;
+    }
+    c.shutdown(std::net::Shutdown::Write)?;
+    let echoed = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let took = start.elapsed();
+    Ok((
+        median(&times),
+        echoed as f64 * 8.0 / took.as_secs_f64() / 1e6,
+    ))
 }
 
 /// Two namespace hosts (scripts/cluster.sh), removed when dropped.
@@ -216,15 +285,55 @@ impl Hosts {
         std::net::Ipv4Addr::new(10, 213, self.subnet, host as u8)
     }
 
+    /// A `netpi echo` VM on host 1 with a family network reaching host 2
+    /// (echoing `conns` connections); its VNI read off its bridge.
+    fn echo_vm(&self, conns: u32) -> anyhow::Result<EchoVm> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns(1)])
+            .arg(std::env::current_exe()?)
+            .args(["run", "--net", "--mem", "64M", "--timeout", "120s"])
+            .args(["--advertise", &self.addr(1).to_string()])
+            .args(["--peer", &format!("{}:7070", self.addr(2))])
+            // It never clones: the peer only sets up its VXLAN underlay.
+            .arg("--insecure-no-tls")
+            .args([
+                "netpi",
+                "--",
+                "echo",
+                &format!("port={VM_PORT}"),
+                &format!("conns={conns}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut vm = EchoVm { child, vni: 0 };
+        let out = vm.child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(out).lines();
+        while let Some(line) = lines.next() {
+            if line?.starts_with("echo: listening") {
+                // Keep reading its console: a VM whose console breaks ends.
+                std::thread::spawn(move || lines.for_each(drop));
+                let links = sf_vmm::net::links::ip(&["-n", &self.netns(1), "-br", "link"])?;
+                vm.vni = links
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next()?.strip_prefix("sfb"))
+                    .find_map(|hex| u32::from_str_radix(hex, 16).ok())
+                    .context("the VM's family bridge is missing")?;
+                return Ok(vm);
+            }
+        }
+        bail!("the echo VM did not start: {:?}", vm.child.wait()?)
+    }
+
     /// Keeps the family alive on `host` (its broker, bridge and VXLAN).
-    fn hold(&self, host: usize, vni: u32) -> anyhow::Result<Holder> {
+    fn hold(&self, host: usize, vni: u32, family: FamilyNet) -> anyhow::Result<Holder> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.netns(host)])
             .arg(std::env::current_exe()?)
             .args([
                 "net-hold",
                 "--family",
-                &FAMILY.to_string(),
+                &family.number().to_string(),
                 "--vni",
                 &vni.to_string(),
             ])
@@ -246,6 +355,18 @@ impl Hosts {
 }
 
 struct Holder(Child);
+
+struct EchoVm {
+    child: Child,
+    vni: u32,
+}
+
+impl Drop for EchoVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 impl Drop for Holder {
     fn drop(&mut self) {
