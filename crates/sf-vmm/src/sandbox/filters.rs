@@ -297,7 +297,8 @@ fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
 /// build new KVM VMs, so those ioctls stay allowed), and, with `peers` (the
 /// peer list its daemon gave), at a clone call with clones for peer hosts
 /// opens the group's listeners and forks the memory holder. Without peers
-/// it has no use for the network, so it gets no socket at all.
+/// it has no use for the network: it creates no socket, and only talks on
+/// the family network broker's, inherited from set-up (a clone's TAP).
 /// A local clone keeps exactly its runner's list: it may clone in turn.
 fn runner(l: &mut Vec<Entry>, peers: bool) {
     base(l);
