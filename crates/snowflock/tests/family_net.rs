@@ -316,3 +316,55 @@ fn a_sigkilled_vm_leaves_no_device() {
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(!rules.contains("prohibit"), "rules left: {rules}");
 }
+
+/// A VM's family against a second family on the same host: a member of
+/// the second family that even takes an address of the first cannot reach
+/// the VM, while a member of the VM's own family can.
+#[test]
+fn a_second_family_cannot_reach_a_vm_of_the_first() {
+    let c = Cluster::new(1);
+    let mut vm = c
+        .command(1, snowflock_bin())
+        .args(["run", "--net", "--mem", "64M", "--timeout", "60s"])
+        .args(["netpi", "--", "echo", "port=7400", "conns=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(vm.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("echo: listening") => break,
+            Some(Ok(_)) => {}
+            other => panic!("the echo VM ended early: {other:?}"),
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let links = family_links(&c, 1);
+    let br = links
+        .iter()
+        .find(|l| l.0.starts_with("sfb"))
+        .expect("a bridge");
+    let va = u32::from_str_radix(&br.0[3..], 16).unwrap();
+    let fa = family(va as u8);
+    let vm_addr = SocketAddr::from((Ipv4Addr::from(fa.ip_of(0).unwrap()), 7400));
+    // A second family on the same host, one of its members posing as A's.
+    let fb = family(if fa.number() == 2 { 3 } else { 2 });
+    let vb = vni(0, fb);
+    let mut hb = hold(&c, 1, fb.number(), vb, 1, &[]);
+    let intruder = ep(&c, 1, vb, Ipv4Addr::from(fa.ip_of(9).unwrap()));
+    let friend = ep(&c, 1, va, Ipv4Addr::from(fa.ip_of(8).unwrap()));
+    let try_connect = |e: &Endpoint| {
+        e.within(move || TcpStream::connect_timeout(&vm_addr, Duration::from_secs(2)).is_ok())
+            .unwrap()
+    };
+    assert!(!try_connect(&intruder), "the second family reached the VM");
+    assert!(
+        try_connect(&friend),
+        "a member of the VM's own family cannot reach it"
+    );
+    assert!(vm.wait().unwrap().success(), "the echo VM failed");
+    drop((intruder, friend));
+    drop(hb.child.stdin.take());
+    hb.child.wait().unwrap();
+    wait_until_no_family_links(&c, 1, "after both families ended");
+}
