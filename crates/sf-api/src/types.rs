@@ -103,10 +103,14 @@ pub struct FetchStats {
     /// Pages that arrived by the clone group's multicast before a fault.
     #[serde(default)]
     pub multicast_pages: u64,
-    /// Pages the clone got as local zero pages because the guest hinted
-    /// them free: never requested from the memory holder.
+    /// Pages the guest hinted free that the clone's fault handler
+    /// installed as zero pages: never requested from the memory holder.
     #[serde(default)]
     pub zero_local_pages: u64,
+    /// Pages of whole hinted 2 MiB blocks left to the kernel (huge pages):
+    /// never requested, zero-filled by the kernel on first touch.
+    #[serde(default)]
+    pub released_hinted_pages: u64,
 }
 
 /// `GET /v1/metrics`.

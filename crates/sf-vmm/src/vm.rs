@@ -16,7 +16,7 @@ use crate::Error;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
 use sf_abi::boot_info::BootInfo;
-use sf_abi::hypercall::{Call, DEBUG_EXIT_PORT, PORT, SERIAL_PORT};
+use sf_abi::hypercall::Call;
 use sf_abi::layout;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -211,7 +211,7 @@ impl Vm {
             vm_fd,
             vcpu,
             ram,
-            devices: builtin_devices(),
+            devices: devices::legacy::builtin_devices(),
             console: ConsoleSink::new(),
             mode,
             timeout,
@@ -247,6 +247,10 @@ impl Vm {
         max_clones: u32,
         started: Instant,
     ) -> Result<Vm, Error> {
+        // The format carries every vCPU; this VMM runs one.
+        if desc.vcpus.len() != 1 {
+            return Err(Error::Vcpus(desc.vcpus.len() as u32));
+        }
         crate::watchdog::install_handler().map_err(Error::Timer)?;
         // This process is the root of the clone's subtree on this host: it
         // reaps the orphans of its killed clones (else PID 1 gets zombies).
@@ -649,39 +653,6 @@ impl Drop for Vm {
             self.end_family();
         }
     }
-}
-
-/// The port devices every VM has.
-fn builtin_devices() -> Devices {
-    let mut d = Devices::new();
-    let port = |p: u16, len| BusRange {
-        base: p as u64,
-        len,
-    };
-    let builtins: [(&str, BusRange, Box<dyn BusDevice>); 3] = [
-        (
-            "serial",
-            port(SERIAL_PORT, 8),
-            Box::new(devices::legacy::SerialPort::new()),
-        ),
-        // One port, as before (the TSS opens four for QEMU's device; the
-        // other three are nobody's).
-        (
-            "debug-exit",
-            port(DEBUG_EXIT_PORT, 1),
-            Box::new(devices::legacy::DebugExit),
-        ),
-        (
-            "hypercall",
-            port(PORT, 1),
-            Box::new(devices::legacy::HypercallPort),
-        ),
-    ];
-    for (id, range, dev) in builtins {
-        d.add_builtin(id, BusKind::Pio, range, dev)
-            .expect("the built-in ports are distinct");
-    }
-    d
 }
 
 fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {

@@ -101,3 +101,76 @@ fn bench_avoid_writes_the_documented_keys() {
         "{off}"
     );
 }
+
+/// A remote clone's own clones honour the guest's hints (the hint floor and
+/// bitmap travel in the descriptor) and `--no-hints` reaches them: the
+/// freed pages a nested local clone sees are all zero pages with hints and
+/// all the garbage without; `alloc_zeroed` memory reads zero either way.
+/// Before the hint settings were in the descriptor, the nested clone saw
+/// the garbage with hints on too.
+#[test]
+fn a_remote_clones_own_clones_honour_hints_and_no_hints() {
+    let h = Hosts::start(2);
+    for no_hints in [false, true] {
+        let mut args = vec!["--mem", "256M", "--placement", "remote"];
+        if no_hints {
+            args.push("--no-hints");
+        }
+        args.extend_from_slice(&["forktest", "--", "hintnest", "mib=16", "zeroed=4"]);
+        let r = h.run(1, &args);
+        assert!(
+            r.code == Some(0) && r.stdout.contains("forktest hintnest: ok"),
+            "no_hints={no_hints}\n{}\n{}",
+            r.describe(),
+            h.describe()
+        );
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("hintnest: zero_pages="))
+            .expect("the counts line");
+        let nums: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (zero, total) = (nums[0], nums[1]);
+        assert!(total > 4000, "{line}");
+        if no_hints {
+            assert_eq!(zero, 0, "--no-hints: the garbage stays: {line}");
+        } else {
+            assert_eq!(zero, total, "hinted pages are dropped: {line}");
+        }
+    }
+}
+
+/// The same work (read a working set, allocate, fill and checksum fresh
+/// memory) on remote clones gives the same checksums with hints on and off;
+/// with hints the clones fetch fewer pages.
+#[test]
+fn remote_clones_get_the_same_answer_with_hints_on_and_off() {
+    let mut fetched = Vec::new();
+    for no_hints in [false, true] {
+        let h = Hosts::start(2);
+        let mut args = vec!["--mem", "256M", "--placement", "remote"];
+        if no_hints {
+            args.push("--no-hints");
+        }
+        args.extend_from_slice(&["forktest", "--", "avoid", "n=1", "ws=8", "alloc=64"]);
+        let r = h.run(1, &args);
+        assert!(
+            r.code == Some(0) && r.stdout.contains("forktest avoid: ok"),
+            "no_hints={no_hints}\n{}\n{}",
+            r.describe(),
+            h.describe()
+        );
+        let m: Metrics = h.client(2).get("/v1/metrics").unwrap();
+        fetched.push(m.clones[0].memory.pages_fetched);
+    }
+    // 64 MiB of freed garbage is 16384 pages the hinted clone never fetches.
+    assert!(
+        fetched[0] + 8000 < fetched[1],
+        "pages fetched with hints {} and without {}",
+        fetched[0],
+        fetched[1]
+    );
+}

@@ -202,12 +202,20 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
             .to_string()
     };
     assert!(refuse(b"not a descriptor at all".to_vec()).contains("not a VM descriptor (bad magic)"));
-    let mut v2 = b"SFVMDESC".to_vec();
-    v2.extend_from_slice(&2u32.to_le_bytes());
-    v2.extend_from_slice(&[0; 8]);
-    assert!(refuse(v2).contains("format version 2; this VMM reads version 1"));
+    // Older and newer formats alike: both versions and the fix are named.
+    for other in [1u32, 3] {
+        let mut foreign = b"SFVMDESC".to_vec();
+        foreign.extend_from_slice(&other.to_le_bytes());
+        foreign.extend_from_slice(&[0; 8]);
+        let e = refuse(foreign);
+        assert!(
+            e.contains(&format!("format version {other}; this VMM reads version 2"))
+                && e.contains("same snowflock version on every host"),
+            "{e}"
+        );
+    }
     let mut bad_crc = b"SFVMDESC".to_vec();
-    bad_crc.extend_from_slice(&1u32.to_le_bytes());
+    bad_crc.extend_from_slice(&2u32.to_le_bytes());
     bad_crc.extend_from_slice(&4u32.to_le_bytes());
     bad_crc.extend_from_slice(&0u32.to_le_bytes());
     bad_crc.extend_from_slice(b"junk");

@@ -206,10 +206,19 @@ impl Vm {
             jobs.push(first);
         }
         let parent = process::getpid();
-        // Fork safety: only the vCPU thread forks, after the memory is whole;
-        // a clone host's other threads keep locks (fetcher counters, origin
-        // link) that the child drops unused or refuses to touch.
-        match process::fork().map_err(io("forking the first clone"))? {
+        // Fork safety: the vCPU thread forks only after the memory is whole
+        // and every helper thread (a remote clone's fault handler, heartbeat
+        // and origin link) is parked at a known point holding no lock and
+        // no stream the child needs (`park`); they resume right after. The
+        // child has none of them and needs none.
+        let parked = super::park::park_all()
+            .map_err(|e| io("parking the helper threads")(std::io::Error::other(e)))?;
+        let forked = process::fork();
+        match forked {
+            Ok(Forked::Child) => parked.in_child(),
+            _ => parked.resume(),
+        }
+        match forked.map_err(io("forking the first clone"))? {
             Forked::Parent(first) => {
                 drop((pids_w, jobs));
                 let remote = match plan {
@@ -283,6 +292,9 @@ impl Vm {
         let mut report = SpawnReport::default();
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
+            // Fork safety: this first child has only the one thread that
+            // forked it (its parent's helpers were parked, and none exist
+            // here), so nothing can hold a lock the siblings need.
             match process::fork_sibling() {
                 Ok(Forked::Child) => {
                     if !process::die_with_parent(parent) {

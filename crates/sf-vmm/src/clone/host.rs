@@ -213,13 +213,17 @@ fn spawn_heartbeats(
     stats: crate::remote::StatsSource,
     stats_file: Option<Arc<crate::stats_file::StatsFile>>,
 ) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(HEARTBEAT_EVERY);
-        if let Some(f) = &stats_file {
-            let _ = f.publish(&stats.get());
-        }
-        if conn.heartbeat().is_err() {
-            return;
+    std::thread::spawn(move || {
+        // Fork safety: parked in its sleep (see `clone::park`).
+        let helper = super::park::register("heartbeat");
+        loop {
+            helper.idle(|| std::thread::sleep(HEARTBEAT_EVERY));
+            if let Some(f) = &stats_file {
+                let _ = f.publish(&stats.get());
+            }
+            if conn.heartbeat().is_err() {
+                return;
+            }
         }
     });
 }

@@ -21,6 +21,7 @@ pub(crate) mod fork;
 pub mod host;
 mod join;
 pub mod origin_link;
+pub mod park;
 pub mod process;
 pub mod remote;
 pub mod report;

@@ -63,7 +63,11 @@ impl OriginLink {
         });
         let me = link.clone();
         std::thread::spawn(move || {
-            match transport.connect(addr, CONNECT_DEADLINE) {
+            // Fork safety: parked while connecting and while waiting for
+            // bytes from the origin, never while holding the link's lock
+            // (see `clone::park`).
+            let helper = super::park::register("origin link");
+            match helper.idle(|| transport.connect(addr, CONNECT_DEADLINE)) {
                 Ok(s) => me.up(s),
                 Err(e) => {
                     eprintln!("snowflock: cannot reach the origin at {addr}: {e}");
@@ -71,7 +75,7 @@ impl OriginLink {
                     super::process::exit_now(1);
                 }
             }
-            me.watch_for_kill();
+            me.watch_for_kill(&helper);
         });
         link
     }
@@ -176,7 +180,7 @@ impl OriginLink {
     /// stream is shared with the writers, so wait for bytes without the
     /// lock, then read them under it with a short timeout (a TLS record
     /// may arrive in pieces).
-    fn watch_for_kill(&self) -> ! {
+    fn watch_for_kill(&self, helper: &super::park::Helper) -> ! {
         use std::os::fd::AsRawFd;
         let fd = match &self.lock().conn {
             Conn::Up(s) => Some(s.tcp().as_raw_fd()),
@@ -190,7 +194,7 @@ impl OriginLink {
             };
             // SAFETY: one valid pollfd; the stream (and its fd) stays in
             // this link, which lives as long as the process.
-            if unsafe { libc::poll(&mut p, 1, -1) } <= 0 {
+            if helper.idle(|| unsafe { libc::poll(&mut p, 1, -1) }) <= 0 {
                 continue;
             }
             let mut st = self.lock();

@@ -21,9 +21,10 @@ pub enum Forked {
 }
 
 /// fork(2). The child gets just the calling thread, so it must never need a
-/// lock or stream another thread may hold: a runner has no other thread; a
-/// clone host has its fault, heartbeat and origin-link threads, whose state
-/// the child leaves alone (see `become_clone`).
+/// lock or stream another thread may hold. Rule: call it only while every
+/// other thread of the process is parked (`super::park::park_all`): a
+/// runner has no other thread; a clone host's fault, heartbeat and
+/// origin-link threads park at known points holding nothing.
 pub fn fork() -> io::Result<Forked> {
     // SAFETY: see above; the child only continues the VMM's own code.
     match unsafe { libc::fork() } {

@@ -2,8 +2,8 @@
 //! debug-exit port (0xf4, as QEMU's `isa-debug-exit`) and the hypercall
 //! port (0x510). Every VM has all three; they are not in the descriptor.
 
-use super::{BusDevice, WriteAction};
-use sf_abi::hypercall::PROBE_MAGIC;
+use super::{BusDevice, BusKind, BusRange, Devices, WriteAction};
+use sf_abi::hypercall::{DEBUG_EXIT_PORT, PORT, PROBE_MAGIC, SERIAL_PORT};
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 
 /// Little-endian value of up to 4 bytes of an access (wider ones are cut).
@@ -100,4 +100,25 @@ impl BusDevice for HypercallPort {
     fn write(&mut self, _offset: u64, data: &[u8]) -> WriteAction {
         WriteAction::Hypercall(le_value(data))
     }
+}
+
+/// The port devices every VM has.
+pub(crate) fn builtin_devices() -> Devices {
+    let mut d = Devices::new();
+    let port = |p: u16, len| BusRange {
+        base: p as u64,
+        len,
+    };
+    let builtins: [(&str, BusRange, Box<dyn BusDevice>); 3] = [
+        ("serial", port(SERIAL_PORT, 8), Box::new(SerialPort::new())),
+        // One port, as before (the TSS opens four for QEMU's device; the
+        // other three are nobody's).
+        ("debug-exit", port(DEBUG_EXIT_PORT, 1), Box::new(DebugExit)),
+        ("hypercall", port(PORT, 1), Box::new(HypercallPort)),
+    ];
+    for (id, range, dev) in builtins {
+        d.add_builtin(id, BusKind::Pio, range, dev)
+            .expect("the built-in ports are distinct");
+    }
+    d
 }

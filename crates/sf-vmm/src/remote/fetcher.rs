@@ -120,9 +120,14 @@ pub struct FetchStats {
     pub present_pages: u64,
     /// Pages that arrived by the group's multicast before a fault.
     pub multicast_pages: u64,
-    /// Pages installed as local zero pages because the guest hinted them
-    /// free (never requested).
+    /// Pages the guest hinted free that the fault handler installed as
+    /// zero pages itself (on a fault, or in a readahead or prefetch batch);
+    /// never requested.
     pub zero_local_pages: u64,
+    /// Pages of whole hinted 2 MiB blocks handed back to the kernel at
+    /// attach (with huge pages): never requested either, zero-filled by the
+    /// kernel on first touch if the guest touches them at all.
+    pub released_hinted_pages: u64,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -147,6 +152,7 @@ impl StatsHandle {
             present_pages: c.present_pages.load(Relaxed),
             multicast_pages: c.multicast_pages.load(Relaxed),
             zero_local_pages: c.zero_local_pages.load(Relaxed),
+            released_hinted_pages: c.released_hinted_pages.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }

@@ -50,8 +50,12 @@ pub struct Counters {
     pub present_pages: AtomicU64,
     /// Pages installed from the group's multicast before anything faulted.
     pub multicast_pages: AtomicU64,
-    /// Pages the guest hinted free, installed as local zero pages.
+    /// Pages the guest hinted free that this handler installed as zero
+    /// pages (on a fault, or in a readahead or prefetch batch).
     pub zero_local_pages: AtomicU64,
+    /// Pages of whole hinted 2 MiB blocks handed to the kernel at attach:
+    /// zero on first touch (by the kernel, unseen here), if ever touched.
+    pub released_hinted_pages: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -169,9 +173,11 @@ impl Handler {
     /// W = 1 MiB, 54 against 152 ms (the warm parent: 27-40 ms). Without
     /// huge pages it is the
     /// other way round (a 64 MiB write scan on loopback: 18 ms batched here,
-    /// 57 ms page by page in the kernel), hence the switch. Counted as
-    /// zero-local pages at once: none of them is ever requested. Runs
-    /// shorter than a block stay registered and are zero-filled on touch.
+    /// 57 ms page by page in the kernel), hence the switch. Counted apart,
+    /// as released pages (none of them is ever requested, and the kernel
+    /// zero-fills them on touch unseen by this thread), not as zero-local
+    /// pages. Runs shorter than a block stay registered and are
+    /// zero-filled here on touch.
     fn release_hinted_blocks(&mut self) {
         const BLOCK: u64 = (2 << 20) / PAGE;
         let mut released = 0;
@@ -196,14 +202,17 @@ impl Handler {
             }
         }
         let c = &self.shared.counters;
-        c.zero_local_pages.fetch_add(released, Relaxed);
+        c.released_hinted_pages.fetch_add(released, Relaxed);
         c.present_pages.store(self.present.count(), Relaxed);
     }
 
     pub fn run(mut self) {
+        // Fork safety: a fork of this VMM parks this thread in its poll
+        // (see `clone::park`).
+        let helper = crate::clone::park::register("remote memory");
         while !self.shared.stop.load(SeqCst) {
             let prefetching = self.prefetch.is_some();
-            if let Err(e) = self.wait(prefetching) {
+            if let Err(e) = helper.idle(|| self.wait(prefetching)) {
                 self.fail(RemoteError::Uffd {
                     what: "poll",
                     source: e,

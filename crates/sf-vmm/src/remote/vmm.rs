@@ -89,5 +89,6 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         fault_latency_p99_us: s.fault_latency_p99_us,
         multicast_pages: s.multicast_pages,
         zero_local_pages: s.zero_local_pages,
+        released_hinted_pages: s.released_hinted_pages,
     }
 }

@@ -113,7 +113,8 @@ fn run_once(
         per_clone.push([
             m.bytes_received as f64,
             m.pages_fetched as f64,
-            m.zero_local_pages as f64,
+            // Never requested: zero-filled by the handler or the kernel.
+            (m.zero_local_pages + m.released_hinted_pages) as f64,
             m.multicast_pages as f64,
             work_ns as f64 / 1e6,
         ]);

@@ -125,6 +125,7 @@ fn fork_children(n: u32) -> anyhow::Result<f64> {
     let t0 = mono_ns();
     let mut pids = Vec::new();
     for _ in 0..n {
+        // Fork safety: the benchmark has only this thread (no helper to park).
         match process::fork()? {
             Forked::Child => {
                 let _ = process::write_all(&w, &mono_ns().to_le_bytes());

@@ -43,6 +43,7 @@
 //! - `killtree rounds=20`: each round makes a clone that makes two clones of
 //!   its own, all spinning, then kills and joins it; then holds `hold` ms.
 //! - `flood`: prints lines forever.
+//! - `forkstorm`, `hintnest`: clones of clones on other hosts (see `storm`).
 #![no_std]
 #![no_main]
 
@@ -76,6 +77,8 @@ impl Check {
 macro_rules! check {
     ($c:expr, $ok:expr, $($fmt:tt)*) => { $c.that($ok, format_args!($($fmt)*)) };
 }
+
+mod storm;
 
 fn arg_u64(name: &str, default: u64) -> u64 {
     env::arg(name)
@@ -804,6 +807,8 @@ fn main() -> i32 {
         "flood" => flood(),
         "killtree" => killtree(),
         "reuse" => reuse(&mut c),
+        "forkstorm" => storm::forkstorm(&mut c),
+        "hintnest" => storm::hintnest(&mut c),
         _ => {
             println!("forktest: unknown scenario {scenario:?}; see the source for the list");
             return 2;

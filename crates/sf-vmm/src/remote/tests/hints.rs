@@ -248,7 +248,13 @@ fn hinted_blocks_handed_to_the_kernel_read_zeros_and_keep_writes() {
     let mem = RemoteMemory::attach(map.ptr(), map.len(), server.addr, TOKEN, cfg).unwrap();
     // 2048..4608 and 15872..16384 are whole 2 MiB blocks: released.
     let released = (4608 - 2048) + (16384 - 15872);
-    assert_eq!(mem.stats().zero_local_pages, released);
+    assert_eq!(
+        (
+            mem.stats().released_hinted_pages,
+            mem.stats().zero_local_pages
+        ),
+        (released, 0)
+    );
     let base = map.addr() as usize;
     let ok = bounded(LIMIT, move || {
         (2000..5000usize).all(|p| {
@@ -267,7 +273,12 @@ fn hinted_blocks_handed_to_the_kernel_read_zeros_and_keep_writes() {
     mem.prefetch_all().unwrap();
     let s = mem.stats();
     assert_eq!(s.pages_fetched, PAGES - hinted, "{s:?}");
-    assert_eq!(s.zero_local_pages, hinted, "{s:?}");
+    assert_eq!(
+        s.zero_local_pages + s.released_hinted_pages,
+        hinted,
+        "{s:?}"
+    );
+    assert_eq!(s.released_hinted_pages, released, "{s:?}");
     let view = map.view();
     let ok = bounded(LIMIT, move || {
         (0..PAGES).filter(|&p| !(2000..5000).contains(&p)).all(|p| {
