@@ -56,6 +56,18 @@ pub struct CreateVm {
     /// Multicast without lockstep detection (`snowflock run --no-lockstep`).
     #[serde(default)]
     pub no_lockstep: bool,
+    /// A private network for the VM's family (`snowflock run --net`).
+    #[serde(default)]
+    pub net: Option<VmNet>,
+}
+
+/// `CreateVm::net`: the family gets a NIC in every VM, a bridge per host
+/// and VXLAN between hosts (see `snowflock run --net`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNet {
+    /// The daemon's host gets 10.F.255.254 on the family network.
+    #[serde(default)]
+    pub host_access: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +207,38 @@ pub struct CloneRequest {
     /// this many bytes of them; none when absent.
     #[serde(default)]
     pub output_cap: Option<u64>,
+    /// The family's private network, when it has one: the clone host joins
+    /// the family's segment (bridge + VXLAN) before starting the clones.
+    #[serde(default)]
+    pub net: Option<CloneNet>,
+}
+
+/// A clone family's network as a clone request carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneNet {
+    /// Family number F (1..=255): the subnet 10.F.0.0/16.
+    pub family: u8,
+    /// The family's VXLAN network identifier (origin host id << 8 | F).
+    pub vni: u32,
+    /// The parent's member number.
+    pub parent: u32,
+    /// For each entry of `ids`, in order: the clone's member number and the
+    /// first number of its descendants' block (`max_clones` long).
+    pub members: Vec<[u32; 2]>,
+}
+
+impl CloneNet {
+    /// From the numbers of all of a clone call's clones (entry `k - 1` for
+    /// clone `k`), those of `ids`, for the request that carries them.
+    pub fn for_ids(&self, ids: &[u32]) -> CloneNet {
+        CloneNet {
+            members: ids
+                .iter()
+                .filter_map(|&k| self.members.get((k as usize).wrapping_sub(1)).copied())
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Most `CloneRequest::free_pages` ranges a daemon accepts.

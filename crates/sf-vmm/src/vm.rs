@@ -138,6 +138,8 @@ pub struct Vm {
     /// Hands a new clone's devices their host resources (see
     /// [`devices::CloneContext::resources`]).
     pub(crate) clone_resources: Option<devices::ResourceProvider>,
+    /// Its place in the family network, when it has a NIC on one.
+    pub(crate) family: Option<crate::net::family::VmFamily>,
 }
 
 fn host_tsc() -> u64 {
@@ -250,6 +252,7 @@ impl Vm {
             clone_free_pages: crate::hints::FreePages::none(),
             outputs: crate::output::Outputs::new(None),
             clone_resources: None,
+            family: None,
         })
     }
 
@@ -554,7 +557,7 @@ impl Vm {
         let mut ctx = devices::CloneContext {
             clone_id: id,
             path: path.to_string(),
-            member: None,
+            member: self.family_member(),
             resources: Default::default(),
             guest_writes: Vec::new(),
         };

@@ -43,6 +43,7 @@ pub fn run_remote(
     no_hints: bool,
     io: DaemonIo,
     knobs: RemoteKnobs,
+    net: Option<sf_api::VmNet>,
 ) -> anyhow::Result<u8> {
     let guest = if Path::new(guest).exists() {
         std::fs::canonicalize(guest)?.display().to_string()
@@ -63,6 +64,7 @@ pub fn run_remote(
         output_cap: io.output_cap.map(|c| format!("{}K", c.div_ceil(1024))),
         no_multicast: knobs.no_multicast,
         no_lockstep: knobs.no_lockstep,
+        net,
     };
     let c = client(sock);
     let info: VmInfo = c
@@ -238,6 +240,25 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
     if !req.ids.contains(&a.id) {
         bail!("clone {} is not part of this request", a.id);
     }
+    // The family's network: join its segment on this host (bridge and
+    // VXLAN through the family's broker) before the VMM sandboxes itself,
+    // and keep the clone's TAP and broker connection while it runs.
+    let family_lease = match &req.net {
+        Some(net) => {
+            let family = sf_vmm::net::remote::check(net, &req.ids, req.max_clones)
+                .map_err(anyhow::Error::msg)?;
+            let origin: std::net::SocketAddr = req
+                .memory_server
+                .parse()
+                .context("the clone request's memory_server is not ip:port")?;
+            let exe = std::env::current_exe()?;
+            Some(
+                sf_vmm::net::remote::join(&exe, net, family, origin.ip())
+                    .context("cannot join the family's network on this host")?,
+            )
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let policy = a.sandbox.policy();
@@ -248,6 +269,7 @@ pub fn clone_host(a: CloneHostArgs) -> anyhow::Result<u8> {
         &mut out,
         policy.as_ref(),
         &transport,
+        family_lease,
     )?;
     Ok(code as u8)
 }

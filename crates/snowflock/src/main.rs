@@ -7,6 +7,7 @@ mod daemon;
 mod demo;
 mod gen_fasta;
 mod guests;
+mod net;
 mod run;
 mod units;
 
@@ -49,6 +50,16 @@ enum Command {
     /// starts this).
     #[command(hide = true)]
     CloneHost(daemon::CloneHostArgs),
+    /// Internal: a family's network broker (the VMM or daemon starts it).
+    #[command(hide = true)]
+    NetBroker(net::FamilyArgs),
+    /// Internal: take a family's TAPs and hold them until stdin closes
+    /// (a stand-in for a VMM in tests and benchmarks).
+    #[command(hide = true)]
+    NetHold(net::HoldArgs),
+    /// Remove the network devices (bridges, VXLAN, TAPs) of clone families
+    /// whose owner died.
+    NetSweep,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +82,9 @@ fn main() -> ExitCode {
         Command::Kill(a) => daemon::kill(a),
         Command::Metrics(a) => daemon::metrics(a),
         Command::CloneHost(a) => daemon::clone_host(a),
+        Command::NetBroker(a) => net::broker_main(a),
+        Command::NetHold(a) => net::hold(a),
+        Command::NetSweep => net::sweep(),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -130,6 +130,16 @@ pub struct RunArgs {
     /// without lockstep detection (to measure what it buys).
     #[arg(long)]
     no_lockstep: bool,
+    /// Give the guest's family a private network: a virtio-net NIC in every
+    /// VM of the family on 10.F.0.0/16 (the guest is 10.F.0.1, clone k of
+    /// the first clone call 10.F.0.(k+1)), a bridge on each host, VXLAN to
+    /// the peers. F is the first family number free on this host.
+    #[arg(long)]
+    net: bool,
+    /// With --net: this host gets 10.F.255.254 on the family network (and
+    /// can reach its VMs; nothing is forwarded between it and other networks).
+    #[arg(long, requires = "net")]
+    net_host_access: bool,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -221,6 +231,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
                 no_multicast: a.no_multicast,
                 no_lockstep: a.no_lockstep,
             },
+            a.net.then_some(sf_api::VmNet {
+                host_access: a.net_host_access,
+            }),
         );
     }
     let image = load_image(&a.guest)?;
@@ -260,6 +273,23 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         inputs: a.inputs.clone(),
         output,
     };
+    // Before this process becomes a subreaper: the family's broker must
+    // not end up as its child (see `net::start_family`).
+    let family = if a.net {
+        let peer = a
+            .peers
+            .first()
+            .and_then(|p| p.parse::<std::net::SocketAddr>().ok());
+        let advertise = a.advertise.filter(|_| has_peers);
+        Some(crate::net::start_family(
+            advertise,
+            peer,
+            a.net_host_access,
+            max_clones,
+        )?)
+    } else {
+        None
+    };
     // This VMM reaps its whole family (orphans of killed clones included)
     // before it exits, instead of leaving zombies to PID 1.
     if let Err(e) = sf_vmm::clone::process::become_subreaper() {
@@ -268,6 +298,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         ));
     }
     let mut vm = Vm::new(&cfg, &image).context("cannot start the VM")?;
+    if let Some(fam) = family {
+        crate::net::give_family(&mut vm, fam)?;
+    }
     // Not std's stdout: its writers retry interrupted writes forever, and a
     // reader that stops reading must not stop the timeout. On a terminal the
     // guest's console is escaped (sf_vmm::sanitize says why); into a pipe or

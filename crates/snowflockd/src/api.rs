@@ -151,6 +151,7 @@ mod tests {
             requested_unix_ns: None,
             free_pages: Vec::new(),
             output_cap: None,
+            net: None,
         }
     }
 

@@ -49,6 +49,15 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     let dir = state::StateDir::open(&cfg.state_dir)?;
     let cgroups = cgroup::Cgroups::detect();
     cgroups.collect_stale();
+    // Bridges, VXLAN devices and TAPs of clone families whose broker died
+    // (SIGKILL, a crash of this host) go before new families arrive.
+    match sf_vmm::net::links::sweep() {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(?gone, "removed dead families' network devices")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot sweep dead families' network devices: {e}"),
+    }
     let listeners = 1 + usize::from(cfg.listen.is_some());
     cfg.http.max_connections =
         http::fit_connections(cfg.http.max_connections, listeners, cfg.max_vms);

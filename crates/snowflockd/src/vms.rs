@@ -436,6 +436,12 @@ impl Daemon {
         if req.no_lockstep {
             args.push("--no-lockstep".into());
         }
+        if let Some(net) = &req.net {
+            args.push("--net".into());
+            if net.host_access {
+                args.push("--net-host-access".into());
+            }
+        }
         self.spawn(
             id,
             VmKind::Vm,
@@ -484,6 +490,9 @@ impl Daemon {
         validate::max_clones(req.max_clones)?;
         validate::parent_path(&req.parent_path)?;
         validate::free_pages(&req.free_pages)?;
+        if let Some(net) = &req.net {
+            sf_vmm::net::remote::check(net, &req.ids, req.max_clones).map_err(bad)?;
+        }
         if let Some(w) = req.prefetch_window {
             validate::prefetch_window(w)?;
         }

@@ -145,6 +145,11 @@ impl Vm {
         }
         let remote_ids: Vec<u32> = by_peer.values().flatten().copied().collect();
         let share = self.clones.tickets.share(granted);
+        // Member numbers for the family network (a fragmented block may
+        // lower the share; never raise it).
+        let Ok(share) = self.family_place(ticket, granted, share) else {
+            return err(HcError::Again);
+        };
         let mut plan = match (&self.remote_link, by_peer.is_empty()) {
             (Some(link), false) => {
                 // A clone's RAM may be remote too; the holder serves a full copy.
@@ -177,6 +182,8 @@ impl Vm {
         let free = self.free_pages();
         if let Some(p) = plan.as_mut() {
             p.request.free_pages = free.to_wire();
+            // Every clone's numbers; each host's request gets its own.
+            p.request.net = self.family_wire(&(1..=granted).collect::<Vec<_>>());
         }
         self.clone_free_pages = free;
         console.flush().map_err(Error::Console)?;
@@ -253,6 +260,7 @@ impl Vm {
                     timeline,
                 };
                 self.clones.tickets.cloned(ticket, Box::new(group));
+                self.family_parent_resumes();
                 self.reseed();
                 tracing::debug!(
                     ticket,
@@ -389,6 +397,7 @@ impl Vm {
         vcpu.restore(desc.boot_vcpu())?;
         self.replace_vm(vm_fd, vcpu);
         self.reseed();
+        self.family_become_clone(id);
         // The devices came along with the fork: they take the clone's
         // identity and their fresh host resources.
         self.devices_on_clone(id, &path)?;

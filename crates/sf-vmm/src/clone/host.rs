@@ -67,6 +67,7 @@ pub fn run(
     console: &mut dyn Write,
     sandbox: Option<&crate::sandbox::Policy>,
     transport: &Transport,
+    family: Option<crate::net::broker::Lease>,
 ) -> Result<i32, HostError> {
     // Opened now: after set-up the sandbox opens no files.
     let stats = match stats {
@@ -111,7 +112,18 @@ pub fn run(
         Ok(d) => d,
         Err(e) => return fail(&mut reporter, &e),
     };
-    let vm = build(req, id, desc, token, mem_addr, start, transport).map(|mut vm| {
+    let vm = build(req, id, desc, token, mem_addr, start, transport).and_then(|mut vm| {
+        // The family network: this clone's number and its TAP (leased
+        // before the sandbox), then the devices take the clone's identity.
+        let index = req.ids.iter().position(|&i| i == id);
+        if let (Some(net), Some(lease), Some(index)) = (&req.net, family, index) {
+            vm.join_family_remote(net, index, id, lease.tap, lease.conn);
+        }
+        let path = vm.clones.path.clone();
+        vm.devices_on_clone(id, &path)?;
+        Ok(vm)
+    });
+    let vm = vm.map(|mut vm| {
         vm.clones.role = Role::Clone {
             id,
             reporter: Reporter::Tcp(conn.clone()),
@@ -196,7 +208,6 @@ fn build(
     vm.clones = CloneHost::new(req.max_clones);
     vm.clones.path = path.clone();
     vm.console.set_prefix(format!("[clone {path}] "));
-    vm.devices_on_clone(id, &path)?;
     Ok(vm)
 }
 

@@ -98,6 +98,7 @@ impl Vm {
             return err(e);
         }
         self.clones.tickets.release(ticket);
+        self.family_release(ticket);
         Ok(HcReturn::Value(len))
     }
 

@@ -138,6 +138,7 @@ impl RemotePlan {
             requested_unix_ns: Some(unix_ns()),
             free_pages: Vec::new(),
             output_cap: None,
+            net: None,
         };
         Ok(RemotePlan {
             token,
@@ -199,6 +200,7 @@ fn start_remote_clones(
         .map(|(peer, ids)| {
             let req = CloneRequest {
                 ids: ids.clone(),
+                net: request.net.as_ref().map(|n| n.for_ids(&ids)),
                 ..request.clone()
             };
             let t = transport.clone();

@@ -53,6 +53,11 @@ impl Tickets {
         }
     }
 
+    /// The most live descendants this VM may have.
+    pub fn budget(&self) -> u32 {
+        self.budget
+    }
+
     /// The budget each of `granted` clones inherits if they are forked now.
     pub fn share(&self, granted: u32) -> u32 {
         (self.budget - self.reserved) / 2 / granted.max(1)

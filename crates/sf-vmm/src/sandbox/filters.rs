@@ -303,7 +303,8 @@ fn sockets(l: &mut Vec<Entry>, families: &[u64]) {
 /// build new KVM VMs, so those ioctls stay allowed), and, with `peers` (the
 /// peer list its daemon gave), at a clone call with clones for peer hosts
 /// opens the group's listeners and forks the memory holder. Without peers
-/// it has no use for the network, so it gets no socket at all.
+/// it has no use for the network: it creates no socket, and only talks on
+/// the family network broker's, inherited from set-up (a clone's TAP).
 /// A local clone keeps exactly its runner's list: it may clone in turn.
 fn runner(l: &mut Vec<Entry>, peers: bool) {
     base(l);
@@ -342,6 +343,13 @@ fn runner(l: &mut Vec<Entry>, peers: bool) {
         "a guest rewriting an output file this VM created"
     );
     if !peers {
+        allow!(
+            l,
+            SYS_sendto,
+            "a new clone asks the family's network broker for its TAP (an inherited Unix socket)"
+        );
+        allow!(l, SYS_sendmsg, "the same, as a vectored write");
+        allow!(l, SYS_recvmsg, "the TAP comes back as SCM_RIGHTS");
         return;
     }
     allow!(l, SYS_seccomp if one_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64]),

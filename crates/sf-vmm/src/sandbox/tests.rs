@@ -177,14 +177,18 @@ fn a_runner_without_peers_has_no_network() {
         }
     });
     assert_eq!(status, ExitStatus::Code(0), "stderr: {stderr}");
+    // It makes, binds and connects no socket; it may only talk on the one
+    // it inherited from set-up (the family's network broker, for its
+    // clones' TAPs).
     let lone = allow_list(Role::LoneRunner);
     for nr in [
         libc::SYS_socket,
+        libc::SYS_socketpair,
         libc::SYS_connect,
         libc::SYS_bind,
         libc::SYS_listen,
         libc::SYS_accept4,
-        libc::SYS_sendto,
+        libc::SYS_accept,
         libc::SYS_seccomp,
     ] {
         assert!(

@@ -6,6 +6,7 @@ mod avoid;
 mod boot;
 mod clone;
 mod group;
+mod net;
 mod plot;
 mod qemu;
 mod qemu_snapshot;
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     /// The application guests (align, render, price) on one VM, local
     /// clones and remote clones: speedup and warm-up penalty.
     Apps(apps::AppsBenchArgs),
+    /// Family networks (namespace hosts, root needed): TCP throughput and
+    /// RTT on one host and across two, against host sockets on the same path.
+    Net(net::NetBenchArgs),
 }
 
 pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
@@ -39,5 +43,6 @@ pub fn main(c: BenchCommand) -> anyhow::Result<u8> {
         BenchCommand::Remote(a) => remote::main(a),
         BenchCommand::Avoid(a) => avoid::main(a),
         BenchCommand::Apps(a) => apps::main(a),
+        BenchCommand::Net(a) => net::main(a),
     }
 }

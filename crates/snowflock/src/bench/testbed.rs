@@ -39,7 +39,7 @@ pub(super) struct Testbed {
     home: Option<std::fs::File>,
 }
 
-fn find_script() -> anyhow::Result<PathBuf> {
+pub(super) fn find_script() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let candidates = exe
         .ancestors()

@@ -1,0 +1,192 @@
+//! A VM's place in its family network: its member number and block
+//! ([`super::members`]), the packed `BootInfo::family_net` word the guest
+//! reads its peers' numbers from, and where its clones' TAPs come from.
+//! The clone path uses it to number clones (local and remote) and to give
+//! each its identity before its first instruction.
+
+use super::broker::BrokerClient;
+use super::members::{MemberBlock, Placement};
+use crate::devices::{DeviceError, ResourceProvider};
+use sf_abi::boot_info::BootInfo;
+use sf_abi::layout;
+use sf_abi::net::{FamilyNet, FamilyWord, NO_MEMBER};
+use sf_api::CloneNet;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+/// The NIC's device id, under which its TAP travels in clone resources.
+const NIC: &str = "net0";
+/// Byte offset of `BootInfo::family_net` (word 20, ABI 3).
+const FAMILY_NET_OFFSET: u64 = 20 * 8;
+const _: () = assert!(BootInfo::NET_IP_OFFSET == 18 * 8, "ABI 3 layout");
+
+pub(crate) struct VmFamily {
+    pub block: MemberBlock,
+    pub word: FamilyWord,
+    pub vni: u32,
+    /// The latest clone call's placement, for the clones it forks.
+    pub placement: Option<Placement>,
+}
+
+fn word16(m: u32) -> u16 {
+    u16::try_from(m).unwrap_or(NO_MEMBER)
+}
+
+/// Gives new clones their TAPs: first any handed in (a remote clone's,
+/// leased before its VMM sandboxed itself), then one per clone from the
+/// family's broker (a forked clone shares the connection: each request is
+/// for one TAP, so the answers are interchangeable).
+pub fn tap_provider(mut first: Option<OwnedFd>, mut broker: BrokerClient) -> ResourceProvider {
+    Box::new(move |_ctx| {
+        let tap = match first.take() {
+            Some(t) => t,
+            None => {
+                let mut l = broker.take(1).map_err(|e| DeviceError::Host {
+                    device: NIC.to_string(),
+                    what: "no TAP from the family's network broker".to_string(),
+                    source: Some(e),
+                })?;
+                l.pop().expect("take(1) gives one").tap
+            }
+        };
+        Ok(BTreeMap::from([(NIC.to_string(), vec![tap])]))
+    })
+}
+
+impl crate::Vm {
+    /// Makes this VM (with its NIC already added as member 0) the root of
+    /// family `family`, whose clones get TAPs from `broker`.
+    pub fn join_family_as_root(&mut self, family: FamilyNet, vni: u32, broker: BrokerClient) {
+        let budget = self.clones.tickets.budget();
+        self.family = Some(VmFamily {
+            block: MemberBlock::root(budget),
+            word: FamilyWord::root(family),
+            vni,
+            placement: None,
+        });
+        self.write_family_word();
+        self.set_clone_resources(tap_provider(None, broker));
+    }
+
+    /// A remote clone's place, from its (checked) request; `index` is its
+    /// position in the request's ids.
+    pub(crate) fn join_family_remote(
+        &mut self,
+        net: &CloneNet,
+        index: usize,
+        id: u32,
+        tap: OwnedFd,
+        broker: BrokerClient,
+    ) {
+        let Some(family) = FamilyNet::new(net.family) else {
+            return;
+        };
+        let [member, first] = net.members[index];
+        let budget = self.clones.tickets.budget();
+        // Siblings: clone k is base + k - 1, so base follows from any one.
+        let base = (member + 1).checked_sub(id).map_or(NO_MEMBER, word16);
+        self.family = Some(VmFamily {
+            block: MemberBlock::new(member, first, budget),
+            word: FamilyWord {
+                family,
+                parent: word16(net.parent),
+                siblings_base: base,
+                children_base: NO_MEMBER,
+            },
+            vni: net.vni,
+            placement: None,
+        });
+        self.write_family_word();
+        self.set_clone_resources(tap_provider(Some(tap), broker));
+    }
+
+    pub(crate) fn family_member(&self) -> Option<u32> {
+        self.family.as_ref().map(|f| f.block.member)
+    }
+
+    /// The identity words of the boot information: `family_net` and, for
+    /// the VM's own member number, `net_ip` (the guest's stack reads its
+    /// address there, so a clone has it before its first instruction).
+    fn write_family_word(&self) {
+        if let Some(f) = &self.family {
+            let ip = f.word.family.ip_of(f.block.member).unwrap_or(0);
+            let at = layout::BOOT_INFO + BootInfo::NET_IP_OFFSET as u64;
+            self.ram.write(at, &u64::from(ip).to_le_bytes());
+            self.ram.write(
+                layout::BOOT_INFO + FAMILY_NET_OFFSET,
+                &f.word.pack().to_le_bytes(),
+            );
+        }
+    }
+
+    /// At a clone call: numbers the ticket's clones. `Ok(share)`, perhaps
+    /// smaller than asked when the block is fragmented; `Err` when not
+    /// even the clones fit (the call fails with `Again`).
+    pub(crate) fn family_place(
+        &mut self,
+        ticket: u32,
+        granted: u32,
+        share: u32,
+    ) -> Result<u32, ()> {
+        let Some(f) = self.family.as_mut() else {
+            return Ok(share);
+        };
+        let p = f.block.place(ticket, granted, share).ok_or(())?;
+        f.placement = Some(p);
+        Ok(p.share)
+    }
+
+    /// In the parent, once its clones are forked: its clones' numbers are
+    /// in its boot information before it resumes.
+    pub(crate) fn family_parent_resumes(&mut self) {
+        if let Some(f) = self.family.as_mut() {
+            if let Some(p) = f.placement.take() {
+                f.word.children_base = word16(p.base);
+            }
+        }
+        self.write_family_word();
+    }
+
+    /// In a new local clone `id`: its member number, block and word.
+    pub(crate) fn family_become_clone(&mut self, id: u32) {
+        if let Some(f) = self.family.as_mut() {
+            if let Some(p) = f.placement.take() {
+                let parent = f.block.member;
+                f.block = p.clone_block(id);
+                f.word = FamilyWord {
+                    family: f.word.family,
+                    parent: word16(parent),
+                    siblings_base: word16(p.base),
+                    children_base: NO_MEMBER,
+                };
+            }
+        }
+        self.write_family_word();
+    }
+
+    /// What a clone request tells other hosts about the family, for the
+    /// clones `ids` of the latest placement.
+    pub(crate) fn family_wire(&self, ids: &[u32]) -> Option<CloneNet> {
+        let f = self.family.as_ref()?;
+        let p = f.placement?;
+        Some(CloneNet {
+            family: f.word.family.number(),
+            vni: f.vni,
+            parent: f.block.member,
+            members: ids
+                .iter()
+                .map(|&k| {
+                    let b = p.clone_block(k);
+                    [b.member, b.first]
+                })
+                .collect(),
+        })
+    }
+
+    /// A ticket is released: its clones' numbers are free again.
+    pub(crate) fn family_release(&mut self, ticket: u32) {
+        if let Some(f) = self.family.as_mut() {
+            f.block.release(ticket);
+        }
+    }
+}
