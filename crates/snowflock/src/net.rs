@@ -55,10 +55,32 @@ pub struct HoldArgs {
 
 pub fn broker_main(a: FamilyArgs) -> anyhow::Result<u8> {
     let spec = a.spec()?;
+    let starter = starter_pidfd();
     detach()?;
-    broker::serve(&spec)
+    broker::serve(&spec, starter)
         .with_context(|| format!("network broker of family {}", spec.family.number()))?;
     Ok(0)
+}
+
+/// A pidfd of the VMM that started the broker, so that a VMM killed before
+/// it ever connected ends the family at once instead of after
+/// [`broker::FIRST_CONNECT`]. `None` when the starter is already gone (the
+/// broker was re-parented) or pidfds are unavailable: the timeout remains.
+fn starter_pidfd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a descriptor pidfd_open just returned to us alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // The parent may have died between getppid and pidfd_open, and its pid
+    // been reused: still our parent afterwards means the pidfd is its own.
+    // SAFETY: as above.
+    (unsafe { libc::getppid() } == parent && parent > 1).then_some(fd)
 }
 
 /// The broker must not be a child of the VMM that started it: a VMM reaps

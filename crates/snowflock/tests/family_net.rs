@@ -368,3 +368,35 @@ fn a_second_family_cannot_reach_a_vm_of_the_first() {
     hb.child.wait().unwrap();
     wait_until_no_family_links(&c, 1, "after both families ended");
 }
+
+/// A VMM killed after its broker is up but before it connected (it is
+/// killed during set-up) must not leave the family's devices for the
+/// broker's 30 s first-connect timeout, nor let the broker grow its TAP pool
+/// meanwhile. Here the starter is a shell that ends as soon as the broker
+/// says `ready`. (Under load, the SIGKILL test above sometimes killed its VM
+/// in that window and found 26 TAPs still there after 10 s.)
+#[test]
+fn a_starter_that_dies_before_connecting_takes_the_family_along() {
+    let c = Cluster::new(1);
+    let broker = format!(
+        "{} net-broker --family 9 --vni {} 2>/dev/null | head -n 1",
+        snowflock_bin(),
+        vni(0, FamilyNet::new(9).unwrap())
+    );
+    let out = c.command(1, "sh").args(["-c", &broker]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ready");
+    let start = Instant::now();
+    while !family_links(&c, 1).is_empty() {
+        let taps = family_links(&c, 1)
+            .iter()
+            .filter(|l| l.0.starts_with("sft"))
+            .count();
+        assert!(taps <= 16, "the idle broker grew its pool to {taps} TAPs");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "devices left 5 s after the broker's starter died: {:?}",
+            family_links(&c, 1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

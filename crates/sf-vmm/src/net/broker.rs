@@ -184,7 +184,10 @@ impl BrokerClient {
 /// The broker's main loop (the `net-broker` command). Prints `ready` on
 /// stdout once the family's devices exist and it accepts connections, or
 /// `taken` when another broker serves the family.
-pub fn serve(spec: &FamilySpec) -> io::Result<()> {
+///
+/// `starter`: a pidfd of the VMM that started the broker; if it ends before
+/// anyone connected, so does the family (it was killed during set-up).
+pub fn serve(spec: &FamilySpec, starter: Option<OwnedFd>) -> io::Result<()> {
     let listener = match UnixListener::bind_addr(&addr(spec.vni)?) {
         Ok(l) => l,
         // Another broker of this family won the race: it serves.
@@ -210,7 +213,7 @@ pub fn serve(spec: &FamilySpec) -> io::Result<()> {
         tracing::debug!("the VMM that started the network broker is gone");
         return Ok(());
     }
-    broker.run(signals)
+    broker.run(signals, starter)
 }
 
 /// Deletes the family's bridge and VXLAN device when dropped.
@@ -255,7 +258,7 @@ impl<'a> Broker<'a> {
         Ok(fd)
     }
 
-    fn run(&mut self, signals: OwnedFd) -> io::Result<()> {
+    fn run(&mut self, signals: OwnedFd, starter: Option<OwnedFd>) -> io::Result<()> {
         let started = Instant::now();
         let mut ever = false;
         loop {
@@ -274,6 +277,12 @@ impl<'a> Broker<'a> {
                 pollfd(self.listener.as_raw_fd()),
             ];
             pfds.extend(self.conns.iter().map(|c| pollfd(c.as_raw_fd())));
+            // Watched only until the first connection: from then on the
+            // connections say when the family ends.
+            let watch_starter = starter.as_ref().filter(|_| !ever);
+            if let Some(s) = watch_starter {
+                pfds.push(pollfd(s.as_raw_fd()));
+            }
             // SAFETY: `pfds` is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, idle_ms) };
             if n < 0 {
@@ -284,9 +293,16 @@ impl<'a> Broker<'a> {
                 return Err(e);
             }
             if n == 0 {
-                let tap = self.make_tap()?;
-                self.pool.push(tap);
+                if self.pool.len() < POOL {
+                    let tap = self.make_tap()?;
+                    self.pool.push(tap);
+                }
                 continue;
+            }
+            if watch_starter.is_some() && pfds.last().is_some_and(|p| p.revents != 0) {
+                return Err(io::Error::other(
+                    "the VMM that started the network broker ended before it connected",
+                ));
             }
             if pfds[0].revents != 0 {
                 tracing::debug!("signalled: removing the family's devices");
@@ -296,7 +312,7 @@ impl<'a> Broker<'a> {
                 ever |= self.accept();
             }
             let mut closed = vec![];
-            for (i, p) in pfds[2..].iter().enumerate() {
+            for (i, p) in pfds[2..2 + self.conns.len()].iter().enumerate() {
                 if p.revents != 0 && !self.serve_one(i) {
                     closed.push(i);
                 }
