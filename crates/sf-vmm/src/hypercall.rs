@@ -12,6 +12,17 @@ use crate::outcome::Outcome;
 use sf_abi::hypercall::{Call, Error as HcError, ExceptionFrame, CONSOLE_WRITE_MAX, PANIC_MSG_MAX};
 use std::io::Write;
 
+/// A hypercall's effect on the vCPU.
+pub enum HcReturn {
+    /// Put this in `rax` and resume.
+    Value(u64),
+    /// The vCPU's registers are already set (a new clone, or the parent
+    /// after a clone).
+    AlreadySet,
+    /// The run ends here (the family's deadline passed during a join).
+    Stop(Box<crate::Outcome>),
+}
+
 /// The guest's registers at a hypercall.
 #[derive(Clone, Copy, Debug)]
 pub struct Args {

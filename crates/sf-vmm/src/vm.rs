@@ -2,10 +2,10 @@
 //! exits into hypercalls, device accesses or an [`Outcome`].
 
 use crate::boot;
-use crate::clone::fork::HcReturn;
 use crate::clone::{CloneHost, CloneTimeline};
 use crate::console::ConsoleSink;
 use crate::devices::{self, BusDevice, BusKind, BusRange, Devices, ExitAction, VcpuExitView};
+use crate::hypercall::HcReturn;
 use crate::hypercall::{self, Action, Args, CpuView};
 use crate::image::{BootMode, GuestImage};
 use crate::memory::GuestRam;

@@ -217,7 +217,7 @@ pub struct CloneHostArgs {
     #[arg(long)]
     stats: Option<PathBuf>,
     #[command(flatten)]
-    sandbox: crate::run::SandboxArgs,
+    sandbox: crate::sandbox_args::SandboxArgs,
     #[command(flatten)]
     tls: crate::cluster::TlsArgs,
 }

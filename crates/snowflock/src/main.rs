@@ -9,6 +9,7 @@ mod gen_fasta;
 mod guests;
 mod net;
 mod run;
+mod sandbox_args;
 mod units;
 
 use clap::{Parser, Subcommand};

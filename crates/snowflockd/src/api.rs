@@ -4,7 +4,8 @@
 //! root); the peer router (health and clone requests) only on TCP, where
 //! every connection has proven a certificate of the cluster CA.
 
-use crate::vms::{ApiError, Daemon};
+use crate::api_error::ApiError;
+use crate::vms::Daemon;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -6,6 +6,7 @@
 //! mutual TLS under the cluster CA.
 
 mod api;
+mod api_error;
 mod cgroup;
 mod config;
 mod console_file;

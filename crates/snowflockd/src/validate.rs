@@ -4,7 +4,7 @@
 //! or a file inside the operator's image directory, never any other host
 //! path.
 
-use crate::vms::ApiError;
+use crate::api_error::{bad, ApiError};
 use sf_api::CreateVm;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,10 +21,6 @@ pub const MAX_PREFETCH_WINDOW: u32 = 512;
 pub const MAX_ARGS_BYTES: usize = sf_abi::layout::CMDLINE_MAX as usize - 1;
 /// Guest RAM when a request names none (as `snowflock run`).
 pub const DEFAULT_MEM: u64 = 256 << 20;
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(400, msg.into())
-}
 
 /// A request whose fields all passed: what the VMM is told.
 #[derive(Debug)]

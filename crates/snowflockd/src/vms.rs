@@ -7,6 +7,8 @@
 //! with it, and a restarted daemon (which never reuses an ID) starts with
 //! none running and no files of theirs touched.
 
+use crate::api_error::bad;
+pub use crate::api_error::ApiError;
 use crate::cgroup::{self, Cgroups, VmCgroup};
 use crate::config::Config;
 use crate::state::StateDir;
@@ -21,14 +23,6 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// An API error: HTTP status and message.
-#[derive(Debug)]
-pub struct ApiError(pub u16, pub String);
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(400, msg.into())
-}
 
 struct Entry {
     info: VmInfo,

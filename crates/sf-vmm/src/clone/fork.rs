@@ -9,6 +9,7 @@ use super::report::CloneReport;
 use super::{CloneHost, CloneTimeline, Group, Reporter, Role};
 use crate::descriptor::{HintSettings, MemorySource, VmDescriptor};
 use crate::hypercall::CpuView;
+use crate::hypercall::HcReturn;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 use crate::Error;
@@ -17,17 +18,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
-
-/// A hypercall's effect on the vCPU.
-pub enum HcReturn {
-    /// Put this in `rax` and resume.
-    Value(u64),
-    /// The vCPU's registers are already set (a new clone, or the parent
-    /// after a clone).
-    AlreadySet,
-    /// The run ends here (the family's deadline passed during a join).
-    Stop(Box<crate::Outcome>),
-}
 
 fn err(e: HcError) -> Result<HcReturn, Error> {
     Ok(HcReturn::Value(e.to_ret()))

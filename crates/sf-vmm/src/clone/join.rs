@@ -2,11 +2,11 @@
 //! handing the guest the join record, killing clones, and turning what
 //! each clone process left behind into one record entry.
 
-use super::fork::HcReturn;
 use super::process;
 use super::report::{classify, CloneReport, REPORT_MAX};
 use super::tickets::TicketState;
 use super::{CloneSummary, Group};
+use crate::hypercall::HcReturn;
 use crate::vm::Vm;
 use crate::Error;
 use sf_abi::clone::{encode_entry, CloneStatus, Entry, RESULT_MAX};

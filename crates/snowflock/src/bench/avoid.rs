@@ -6,8 +6,9 @@
 //! (default 1/4 of RAM), fills it and checks it. Rows: hints on and off
 //! (`--no-hints`) x clone counts; mutual TLS throughout.
 
-use super::remote::Testbed;
+use super::group::clone_work_ns;
 use super::stats::median;
+use super::testbed::Testbed;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sf_api::Placement;
@@ -122,17 +123,6 @@ fn run_once(
     Ok((per_clone, parent_ns / 1e6))
 }
 
-/// A clone's own work time from the parent's `join` line, `clone ID ->
-/// Exited code 0 result [ID, SUM, NS] ...`.
-pub(super) fn clone_work_ns(console: &str, id: u32) -> Option<u64> {
-    let head = format!("clone {id} -> ");
-    console.lines().find_map(|l| {
-        let words = l.strip_prefix(&head)?.split("result [").nth(1)?;
-        let words = words.split(']').next()?;
-        words.split(',').nth(2)?.trim().parse().ok()
-    })
-}
-
 pub fn main(a: AvoidBenchArgs) -> anyhow::Result<u8> {
     if a.runs == 0 || a.mem_mib.is_empty() || a.clones.is_empty() || a.clones.contains(&0) {
         bail!("--runs, --mem-mib and --clones need positive values");
@@ -234,15 +224,4 @@ fn print_table(rows: &[Row]) {
     println!(
         "targets (hints on): MB fetch <= MB target (1.1 W + 1% of A); clone ms <= 1.5 x parent ms"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_work_time_is_read_from_the_join_line() {
-        let text = "avoid parent_work_ns=5\nclone 1 -> Exited code 0 result [1, 99, 123456] detail \"\"\nclone 2 -> Exited code 0 result [2, 99, 7] detail \"\"\n";
-        assert_eq!(super::clone_work_ns(text, 1), Some(123456));
-        assert_eq!(super::clone_work_ns(text, 2), Some(7));
-        assert_eq!(super::clone_work_ns(text, 3), None);
-    }
 }

@@ -51,7 +51,7 @@ impl GroupRun {
     ) -> anyhow::Result<GroupRun> {
         let mut per = Vec::new();
         for c in clones {
-            let work_ns = super::avoid::clone_work_ns(console, c.id).ok_or_else(|| {
+            let work_ns = clone_work_ns(console, c.id).ok_or_else(|| {
                 anyhow::anyhow!("the parent printed no work time for clone {}", c.id)
             })?;
             per.push(PerClone {
@@ -75,5 +75,27 @@ impl GroupRun {
             lost_datagrams: per.iter().map(|c| c.m.multicast_lost as f64).sum(),
             clones: per,
         })
+    }
+}
+
+/// A clone's own work time from the parent's `join` line, `clone ID ->
+/// Exited code 0 result [ID, SUM, NS] ...`.
+pub(super) fn clone_work_ns(console: &str, id: u32) -> Option<u64> {
+    let head = format!("clone {id} -> ");
+    console.lines().find_map(|l| {
+        let words = l.strip_prefix(&head)?.split("result [").nth(1)?;
+        let words = words.split(']').next()?;
+        words.split(',').nth(2)?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_work_time_is_read_from_the_join_line() {
+        let text = "avoid parent_work_ns=5\nclone 1 -> Exited code 0 result [1, 99, 123456] detail \"\"\nclone 2 -> Exited code 0 result [2, 99, 7] detail \"\"\n";
+        assert_eq!(super::clone_work_ns(text, 1), Some(123456));
+        assert_eq!(super::clone_work_ns(text, 2), Some(7));
+        assert_eq!(super::clone_work_ns(text, 3), None);
     }
 }
