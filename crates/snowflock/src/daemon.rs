@@ -28,6 +28,7 @@ fn client(sock: &Path) -> Client {
 pub struct RemoteKnobs {
     pub no_multicast: bool,
     pub no_lockstep: bool,
+    pub no_working_set: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -63,6 +64,7 @@ pub fn run_remote(
         output_cap: io.output_cap.map(|c| format!("{}K", c.div_ceil(1024))),
         no_multicast: knobs.no_multicast,
         no_lockstep: knobs.no_lockstep,
+        no_working_set: knobs.no_working_set,
     };
     let c = client(sock);
     let info: VmInfo = c

@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// without lockstep detection (to measure what it buys).
     #[arg(long)]
     no_lockstep: bool,
+    /// Do not record the first remote clone's working set nor push it to
+    /// later clones ahead of their faults (to measure what it buys).
+    #[arg(long)]
+    no_working_set: bool,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -220,6 +224,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             crate::daemon::RemoteKnobs {
                 no_multicast: a.no_multicast,
                 no_lockstep: a.no_lockstep,
+                no_working_set: a.no_working_set,
             },
         );
     }
@@ -240,6 +245,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             prefetch_window: a.prefetch_window,
             no_multicast: a.no_multicast,
             no_lockstep: a.no_lockstep,
+            no_working_set: a.no_working_set,
         }),
         None => None,
     };

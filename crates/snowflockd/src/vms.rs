@@ -436,6 +436,9 @@ impl Daemon {
         if req.no_lockstep {
             args.push("--no-lockstep".into());
         }
+        if req.no_working_set {
+            args.push("--no-working-set".into());
+        }
         self.spawn(
             id,
             VmKind::Vm,

@@ -8,6 +8,8 @@
 use super::report::CloneReport;
 use super::wire::Frame;
 use crate::memory::GuestRam;
+use crate::remote::working_set::WorkingSet;
+use crate::remote::working_set_holder::HolderSet;
 use sf_api::{Client, CloneRequest, Endpoint, Placement};
 use sf_tls::{Stream, Transport};
 use std::collections::BTreeMap;
@@ -35,6 +37,8 @@ pub struct RemoteLink {
     /// Push every page served after answering over TCP, without lockstep
     /// detection (`--no-lockstep`; to measure what it buys).
     pub no_lockstep: bool,
+    /// No recorded working set pushed ahead of faults (`--no-working-set`).
+    pub no_working_set: bool,
 }
 
 /// A remote clone that never connects within this long is lost.
@@ -92,6 +96,9 @@ pub struct RemotePlan {
     pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
     /// Whether the holder sends a page once while it is on its way.
     pub lockstep: bool,
+    /// The parent's recorded working set (mapped by the parent, so this
+    /// holder and every later one share it), unless `--no-working-set`.
+    pub working_set: Option<&'static WorkingSet>,
 }
 
 impl RemotePlan {
@@ -147,6 +154,12 @@ impl RemotePlan {
             request,
             multicast,
             lockstep: !link.no_lockstep,
+            // Mapped here, in the parent, before it forks the holder.
+            working_set: if link.no_working_set {
+                None
+            } else {
+                WorkingSet::of_parent()
+            },
             transport: link.transport.clone(),
         })
     }
@@ -169,8 +182,28 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
         request,
         multicast,
         lockstep,
+        working_set,
         transport,
     } = plan;
+    let pages = ram.size() / crate::remote::PAGE_SIZE as u64;
+    let free = crate::hints::FreePages::from_ranges(request.free_pages.clone(), pages);
+    let working_set = working_set.map(|ws| {
+        let pid = super::process::getpid() as u32;
+        let set = HolderSet::new(ws, pid, pages, |p| free.contains(p));
+        let what = if set.recording() {
+            "recording its clones' requests".to_string()
+        } else {
+            format!(
+                "pushing {} recorded pages ahead of faults",
+                set.to_push().len()
+            )
+        };
+        eprintln!(
+            "snowflock: memory holder working set: {what} ({} dropped as stale so far)",
+            ws.drops()
+        );
+        set
+    });
     let report_to = reports.local_addr().ok();
     drop(reports);
     // Serve at once: a clone's first fault must not wait for the other
@@ -182,7 +215,7 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
             .ok()
     });
-    crate::remote::serve_frozen(memory, token, ram, sender, lockstep, transport)
+    crate::remote::serve_frozen(memory, token, ram, sender, lockstep, working_set, transport)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could

@@ -29,6 +29,8 @@ mod region;
 pub mod server;
 pub mod uffd;
 mod vmm;
+pub mod working_set;
+pub mod working_set_holder;
 
 #[cfg(test)]
 mod tests;
