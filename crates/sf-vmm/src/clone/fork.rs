@@ -149,6 +149,11 @@ impl Vm {
             (Some(link), false) => {
                 // A clone's RAM may be remote too; the holder serves a full copy.
                 self.fetch_all_memory()?;
+                let working_set = if link.no_working_set {
+                    None
+                } else {
+                    self.clones.working_set()
+                };
                 let p = RemotePlan::new(
                     link,
                     by_peer,
@@ -158,6 +163,7 @@ impl Vm {
                     self.time_left(),
                     share,
                     &self.clones.path,
+                    working_set,
                 )
                 .map_err(io("opening the clone group's sockets"))?;
                 // Remote clones' outputs come back here, to this VM's own

@@ -15,6 +15,7 @@ use sf_tls::{Stream, Transport};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a VM needs for clones on other hosts (the daemon passes it to the
@@ -98,7 +99,7 @@ pub struct RemotePlan {
     pub lockstep: bool,
     /// The parent's recorded working set (mapped by the parent, so this
     /// holder and every later one share it), unless `--no-working-set`.
-    pub working_set: Option<&'static WorkingSet>,
+    pub working_set: Option<Arc<WorkingSet>>,
 }
 
 impl RemotePlan {
@@ -110,6 +111,7 @@ impl RemotePlan {
         timeout: Option<Duration>,
         max_clones: u32,
         parent_path: &str,
+        working_set: Option<Arc<WorkingSet>>,
     ) -> std::io::Result<RemotePlan> {
         let memory = TcpListener::bind((link.advertise, 0))?;
         let reports = ReportListener {
@@ -154,12 +156,7 @@ impl RemotePlan {
             request,
             multicast,
             lockstep: !link.no_lockstep,
-            // Mapped here, in the parent, before it forks the holder.
-            working_set: if link.no_working_set {
-                None
-            } else {
-                WorkingSet::of_parent()
-            },
+            working_set,
             transport: link.transport.clone(),
         })
     }
@@ -189,7 +186,7 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
     let free = crate::hints::FreePages::from_ranges(request.free_pages.clone(), pages);
     let working_set = working_set.map(|ws| {
         let pid = super::process::getpid() as u32;
-        let set = HolderSet::new(ws, pid, pages, |p| free.contains(p));
+        let set = HolderSet::new(ws.clone(), pid, pages, |p| free.contains(p));
         let what = if set.recording() {
             "recording its clones' requests".to_string()
         } else {

@@ -4,8 +4,9 @@
 //! from it before they fault.
 //!
 //! The record lives in a bounded `MAP_SHARED` anonymous region the parent
-//! maps once, before it forks its first memory holder: every holder is a
-//! fork of the parent, so each one sees the same region. The holder of the
+//! VM maps once, before it forks its first memory holder: every holder is
+//! a fork of the parent, so each one sees the same region (a clone's VM
+//! starts without one: its own clones record their own). The holder of the
 //! first family records into it; holders of later families read it and
 //! push the pages, in order, to their group's multicast as soon as a clone
 //! asks for its first page. Only page *indices* are shared: the content
@@ -19,7 +20,6 @@
 //! afresh ([`WorkingSet::drops`] counts it).
 
 use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
-use std::sync::OnceLock;
 
 /// Pages a record holds at most: 256 MiB of guest memory pushed, 256 KiB
 /// of indices shared. A family touching more is served by faults past it.
@@ -50,10 +50,12 @@ pub struct WorkingSet {
     header: *const Header,
     entries: *const AtomicU32,
     cap: u32,
+    /// Bytes mapped.
+    len: usize,
 }
 
 // SAFETY: every field of the shared region is an atomic; the pointers are
-// to a mapping that lives as long as the process (never unmapped).
+// to a mapping that lives as long as this value.
 unsafe impl Send for WorkingSet {}
 // SAFETY: as above: shared access only through atomics.
 unsafe impl Sync for WorkingSet {}
@@ -66,8 +68,6 @@ pub enum Role {
     /// Push these pages, in this order (already checked and filtered).
     Push(Vec<u32>),
 }
-
-static PARENT: OnceLock<Option<WorkingSet>> = OnceLock::new();
 
 impl WorkingSet {
     /// A new, empty record of at most `cap` pages (clamped to
@@ -97,25 +97,13 @@ impl WorkingSet {
             header,
             entries,
             cap,
+            len,
         })
     }
 
-    /// The parent VM's record, made on first use (before the parent forks
-    /// its first memory holder, so every holder shares it). `None` if the
-    /// mapping failed: no working set then, faults as before.
-    pub fn of_parent() -> Option<&'static WorkingSet> {
-        PARENT
-            .get_or_init(|| {
-                WorkingSet::new(MAX_PAGES)
-                    .map_err(|e| tracing::warn!("no working set recorded: {e}"))
-                    .ok()
-            })
-            .as_ref()
-    }
-
     fn header(&self) -> &Header {
-        // SAFETY: points into a live mapping (never unmapped) that starts
-        // zeroed, a valid Header of atomics.
+        // SAFETY: points into this value's live mapping, which starts
+        // zeroed: a valid Header of atomics.
         unsafe { &*self.header }
     }
 
@@ -187,6 +175,14 @@ impl WorkingSet {
     }
 }
 
+impl Drop for WorkingSet {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of `len` bytes; no reference
+        // into it outlives `self`. Other processes keep their own mapping.
+        unsafe { libc::munmap(self.header as *mut libc::c_void, self.len) };
+    }
+}
+
 /// Whether a pushed clone's requests show the set no longer matches: it
 /// asked for more pages outside the set than the set holds (plus a floor).
 pub fn is_stale(set_len: u64, outside: u64) -> bool {
@@ -201,7 +197,7 @@ mod tests {
     fn a_record_is_bounded_and_owned_by_one_holder() {
         let ws = WorkingSet::new(4).unwrap();
         assert_eq!(ws.role(7, 100, |_| false), Role::Record);
-        for p in [5, 9, 5, 200, 3] {
+        for p in [5, 9, 5, 200] {
             assert!(ws.record(7, p));
         }
         assert!(!ws.record(7, 1), "full at 4 pages");

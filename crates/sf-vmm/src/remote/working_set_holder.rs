@@ -6,7 +6,7 @@
 use super::bitmap::PageBitmap;
 use super::working_set::{is_stale, Role, WorkingSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 enum Mode {
     /// Pages recorded so far (each once).
@@ -25,7 +25,7 @@ enum Mode {
 
 /// One memory holder's use of the parent's record.
 pub struct HolderSet {
-    set: &'static WorkingSet,
+    set: Arc<WorkingSet>,
     pid: u32,
     mode: Mode,
     /// Whether a push of the set began.
@@ -37,7 +37,7 @@ impl HolderSet {
     /// index, `free` says which pages the clones were told are free (never
     /// pushed).
     pub fn new(
-        set: &'static WorkingSet,
+        set: Arc<WorkingSet>,
         pid: u32,
         region_pages: u64,
         free: impl Fn(u64) -> bool,
@@ -127,14 +127,14 @@ impl HolderSet {
 mod tests {
     use super::*;
 
-    fn leaked(cap: u32) -> &'static WorkingSet {
-        Box::leak(Box::new(WorkingSet::new(cap).unwrap()))
+    fn shared(cap: u32) -> Arc<WorkingSet> {
+        Arc::new(WorkingSet::new(cap).unwrap())
     }
 
     #[test]
     fn the_first_holder_records_in_order_and_the_next_pushes_it() {
-        let ws = leaked(64);
-        let first = HolderSet::new(ws, 1, 32, |_| false);
+        let ws = shared(64);
+        let first = HolderSet::new(ws.clone(), 1, 32, |_| false);
         assert!(first.recording());
         let mut outside = 0;
         first.on_request(8, 4, &mut outside);
@@ -148,10 +148,10 @@ mod tests {
 
     #[test]
     fn a_clone_that_diverges_drops_the_set_once() {
-        let ws = leaked(64);
-        let rec = HolderSet::new(ws, 1, 4096, |_| false);
+        let ws = shared(64);
+        let rec = HolderSet::new(ws.clone(), 1, 4096, |_| false);
         rec.on_request(0, 4, &mut 0);
-        let push = HolderSet::new(ws, 2, 4096, |_| false);
+        let push = HolderSet::new(ws.clone(), 2, 4096, |_| false);
         let mut outside = 0;
         push.on_request(0, 4, &mut outside);
         assert_eq!(outside, 0);

@@ -174,7 +174,7 @@ fn base(l: &mut Vec<Entry>) {
         "glibc's fstat of an open fd (AT_EMPTY_PATH)");
     allow!(l, SYS_brk, "the allocator");
     allow!(l, SYS_mmap if none_of(2, libc::PROT_EXEC as u64),
-        "the allocator, thread stacks, the vCPU's run area; never executable");
+        "the allocator, thread stacks, the vCPU's run area, the working set record (MAP_SHARED, shared with the memory holders); never executable");
     allow!(l, SYS_mprotect if none_of(2, libc::PROT_EXEC as u64),
         "thread stack guards; never executable");
     allow!(l, SYS_munmap, "the allocator");
