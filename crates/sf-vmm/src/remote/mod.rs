@@ -23,6 +23,7 @@ mod hinted;
 mod histogram;
 pub mod lockstep;
 pub mod multicast;
+pub mod pacer;
 pub mod protocol;
 pub mod readahead;
 mod region;

@@ -10,6 +10,7 @@
 //! changes while it is served.
 
 use super::lockstep::{LossyReceiver, PushLog};
+use super::pacer::{Pacer, Report, STEP_PAGES};
 use super::protocol::{
     self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
     REQUEST_LEN,
@@ -69,6 +70,10 @@ pub struct ServerStats {
     pub multicast_datagrams: u64,
     /// Pages of the recorded working set pushed ahead of faults.
     pub working_set_pushed: u64,
+    /// Receivers' loss and backlog reports.
+    pub reports: u64,
+    /// The pace of bulk pushes now (pages per second).
+    pub push_rate_pps: u64,
 }
 
 #[derive(Default)]
@@ -83,6 +88,7 @@ struct Counters {
     unicast_fallbacks: AtomicU64,
     multicast_datagrams: AtomicU64,
     working_set_pushed: AtomicU64,
+    reports: AtomicU64,
 }
 
 /// State shared by the accept loop, the connection threads and the handles.
@@ -99,6 +105,8 @@ struct Shared {
     /// "Busy" counts).
     authenticated: AtomicUsize,
     counters: Counters,
+    /// Paces bulk pushes to the slowest healthy receiver.
+    pacer: Pacer,
 }
 
 /// Stops a running [`PageServer`] and reads its counters from any thread.
@@ -135,6 +143,8 @@ impl ServerHandle {
             unicast_fallbacks: c.unicast_fallbacks.load(Relaxed),
             multicast_datagrams: c.multicast_datagrams.load(Relaxed),
             working_set_pushed: c.working_set_pushed.load(Relaxed),
+            reports: c.reports.load(Relaxed),
+            push_rate_pps: self.0.pacer.rate(),
         }
     }
 }
@@ -197,6 +207,7 @@ impl PageServer {
             pending: Mutex::new(std::collections::BTreeSet::new()),
             authenticated: AtomicUsize::new(0),
             counters: Counters::default(),
+            pacer: Pacer::default(),
         });
         Ok(PageServer {
             listener,
@@ -438,6 +449,11 @@ impl PageServer {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e),
             }
+            if let Some(report) = Report::decode(&buf) {
+                counters.reports.fetch_add(1, Relaxed);
+                self.shared.pacer.report(report, !lossy.unicast_only());
+                continue;
+            }
             let (req, unicast) = Request::decode_flagged(&buf);
             counters.requests.fetch_add(1, Relaxed);
             if let Err(reason) = req.check(region.len() as u64) {
@@ -550,9 +566,12 @@ impl PageServer {
                 let region = self.region.as_slice();
                 let c = &self.shared.counters;
                 let began = std::time::Instant::now();
-                for &page in ws.to_push() {
+                for (i, &page) in ws.to_push().iter().enumerate() {
                     if self.shared.stop.load(Relaxed) {
                         return;
+                    }
+                    if i % STEP_PAGES as usize == 0 {
+                        self.shared.pacer.pace(STEP_PAGES);
                     }
                     let page = page as usize;
                     if let Some(log) = &self.lockstep {

@@ -378,10 +378,16 @@ fn clone_host(l: &mut Vec<Entry>) {
     let mut rules = kvm_ioctls(true);
     rules.extend(one_of(
         1,
-        &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_UNREGISTER],
+        &[
+            UFFDIO_COPY,
+            UFFDIO_ZEROPAGE,
+            UFFDIO_WAKE,
+            UFFDIO_UNREGISTER,
+            libc::FIONREAD,
+        ],
     ));
     allow!(l, SYS_ioctl if rules,
-        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone");
+        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone; FIONREAD: the multicast backlog the fault thread reports to the holder");
     allow!(
         l,
         SYS_ftruncate,
