@@ -34,6 +34,11 @@ fn scan(extra: &[&'static str], mutate: bool) -> Vec<FetchStats> {
         r.describe(),
         h.describe()
     );
+    // The memory holders' own account: recording, pushing, and how well
+    // the parent's touched pages would have predicted the clones' asks.
+    for line in h.describe().lines().filter(|l| l.contains("working")) {
+        eprintln!("{line}");
+    }
     let m: Metrics = h.client(2).get("/v1/metrics").unwrap();
     m.clones.into_iter().map(|c| c.memory).collect()
 }

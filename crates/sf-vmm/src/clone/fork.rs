@@ -149,11 +149,6 @@ impl Vm {
             (Some(link), false) => {
                 // A clone's RAM may be remote too; the holder serves a full copy.
                 self.fetch_all_memory()?;
-                let working_set = if link.no_working_set {
-                    None
-                } else {
-                    self.clones.working_set()
-                };
                 let p = RemotePlan::new(
                     link,
                     by_peer,
@@ -163,13 +158,16 @@ impl Vm {
                     self.time_left(),
                     share,
                     &self.clones.path,
-                    working_set,
                 )
                 .map_err(io("opening the clone group's sockets"))?;
                 // Remote clones' outputs come back here, to this VM's own
                 // directory (a remote clone's clones stay on its host).
                 let mut p = p;
                 p.request.output_cap = self.outputs.dir().map(|d| d.cap);
+                // Mapped here, before the fork, so the holder shares it.
+                if !link.no_working_set {
+                    p.working_set = self.clones.working_set();
+                }
                 Some(p)
             }
             _ => None,

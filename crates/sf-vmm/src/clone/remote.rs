@@ -98,7 +98,8 @@ pub struct RemotePlan {
     /// Whether the holder sends a page once while it is on its way.
     pub lockstep: bool,
     /// The parent's recorded working set (mapped by the parent, so this
-    /// holder and every later one share it), unless `--no-working-set`.
+    /// holder and every later one share it), unless `--no-working-set`;
+    /// the clone call sets it.
     pub working_set: Option<Arc<WorkingSet>>,
 }
 
@@ -111,7 +112,6 @@ impl RemotePlan {
         timeout: Option<Duration>,
         max_clones: u32,
         parent_path: &str,
-        working_set: Option<Arc<WorkingSet>>,
     ) -> std::io::Result<RemotePlan> {
         let memory = TcpListener::bind((link.advertise, 0))?;
         let reports = ReportListener {
@@ -156,7 +156,7 @@ impl RemotePlan {
             request,
             multicast,
             lockstep: !link.no_lockstep,
-            working_set,
+            working_set: None,
             transport: link.transport.clone(),
         })
     }
@@ -166,6 +166,14 @@ impl RemotePlan {
 /// start the clones on their hosts, tell the origin which could not start,
 /// then serve guest RAM to the clones until the origin kills this process.
 pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
+    // Before the narrower filter: what the parent touched since boot, to
+    // compare with the recorded working set.
+    let resident = plan.working_set.as_ref().and_then(|_| {
+        crate::remote::working_set_holder::resident_pages(
+            ram.host_base() as *const u8,
+            ram.size() as usize,
+        )
+    });
     // A frozen copy that only serves: no KVM, no processes, no files.
     if let Err(e) = crate::sandbox::narrow(crate::sandbox::Role::MemoryHolder) {
         eprintln!("snowflock: memory holder could not start: {e}");
@@ -186,7 +194,8 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
     let free = crate::hints::FreePages::from_ranges(request.free_pages.clone(), pages);
     let working_set = working_set.map(|ws| {
         let pid = super::process::getpid() as u32;
-        let set = HolderSet::new(ws.clone(), pid, pages, |p| free.contains(p));
+        let set = HolderSet::new(ws.clone(), pid, pages, |p| free.contains(p))
+            .with_resident(resident.clone());
         let what = if set.recording() {
             "recording its clones' requests".to_string()
         } else {
@@ -199,6 +208,9 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             "snowflock: memory holder working set: {what} ({} dropped as stale so far)",
             ws.drops()
         );
+        if let Some(line) = set.compare_predictors().filter(|_| !set.recording()) {
+            eprintln!("snowflock: memory holder working set: recorded {line}");
+        }
         set
     });
     let report_to = reports.local_addr().ok();

@@ -446,7 +446,16 @@ impl PageServer {
         loop {
             match s.read_exact(&mut buf) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    if let Some(line) = self
+                        .working_set
+                        .as_ref()
+                        .and_then(|w| w.compare_predictors())
+                    {
+                        eprintln!("snowflock: memory holder working set: {line}");
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
             if let Some(report) = Report::decode(&buf) {

@@ -30,6 +30,9 @@ pub struct HolderSet {
     mode: Mode,
     /// Whether a push of the set began.
     started: AtomicBool,
+    /// The other predictor, to compare: the pages of the parent's RAM
+    /// resident at the fork (what the parent touched since boot).
+    resident: Option<PageBitmap>,
 }
 
 impl HolderSet {
@@ -64,7 +67,41 @@ impl HolderSet {
             pid,
             mode,
             started: AtomicBool::new(false),
+            resident: None,
         }
+    }
+
+    /// Keeps the parent's resident pages (see [`resident_pages`]) to
+    /// compare with what the clones ask for.
+    pub fn with_resident(mut self, resident: Option<PageBitmap>) -> HolderSet {
+        self.resident = resident;
+        self
+    }
+
+    /// How well the parent's touched pages predict what clones asked for
+    /// (recorded so far here, or recorded by an earlier family): recall
+    /// and precision, printed for the operator.
+    pub fn compare_predictors(&self) -> Option<String> {
+        let resident = self.resident.as_ref()?;
+        let guard;
+        let seen = match &self.mode {
+            Mode::Record { seen, .. } => {
+                guard = seen.lock().expect("working set lock");
+                &*guard
+            }
+            Mode::Push { member, .. } => member,
+        };
+        let asked = seen.count();
+        let both = (0..resident.len())
+            .filter(|&p| seen.get(p) && resident.get(p))
+            .count();
+        Some(format!(
+            "clones asked for {asked} pages; the {} pages resident in the parent at the fork \
+             held {both} of them (recall {:.1}%, precision {:.1}%)",
+            resident.count(),
+            pct(both as u64, asked),
+            pct(both as u64, resident.count()),
+        ))
     }
 
     /// Whether a push of the set began before (marks it begun).
@@ -123,6 +160,36 @@ impl HolderSet {
     }
 }
 
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
+}
+
+/// The pages of `[base, base + len)` resident in this process (mincore),
+/// which in a freshly forked holder are the ones the parent touched since
+/// its boot. `None` if the kernel refuses.
+pub fn resident_pages(base: *const u8, len: usize) -> Option<PageBitmap> {
+    let pages = len / super::PAGE_SIZE;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: mincore only reads the page tables of the mapping at `base`
+    // (page-aligned guest RAM of `len` bytes, alive for the call) and
+    // writes one byte per page into `vec`, which has `pages` bytes.
+    let rc = unsafe { libc::mincore(base as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    let mut b = PageBitmap::new(pages as u64);
+    for (p, v) in vec.iter().enumerate() {
+        if v & 1 != 0 {
+            b.set(p as u64);
+        }
+    }
+    Some(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +228,27 @@ mod tests {
         assert_eq!(outside, 384);
         assert_eq!(ws.drops(), 1);
         assert!(HolderSet::new(ws, 3, 4096, |_| false).recording());
+    }
+
+    #[test]
+    fn resident_pages_are_the_touched_ones_and_predictors_compare() {
+        let map = crate::remote::tests::AnonMap::new(16 * 4096);
+        for p in [1usize, 3, 4] {
+            // SAFETY: inside the 16-page mapping.
+            unsafe { *map.ptr().add(p * 4096) = 1 };
+        }
+        let resident = resident_pages(map.ptr(), map.len()).unwrap();
+        assert_eq!(
+            (0..16).filter(|&p| resident.get(p)).collect::<Vec<_>>(),
+            [1, 3, 4]
+        );
+        let rec = HolderSet::new(shared(16), 1, 16, |_| false).with_resident(Some(resident));
+        rec.on_request(3 * 4096 / 4096, 3, &mut 0);
+        let line = rec.compare_predictors().unwrap();
+        assert!(
+            line.contains("asked for 3 pages") && line.contains("held 2"),
+            "{line}"
+        );
+        assert!(line.contains("recall 66.7%, precision 66.7%"), "{line}");
     }
 }

@@ -179,6 +179,8 @@ fn base(l: &mut Vec<Entry>) {
         "thread stack guards; never executable");
     allow!(l, SYS_munmap, "the allocator");
     allow!(l, SYS_mremap, "the allocator (realloc of large buffers)");
+    allow!(l, SYS_mincore,
+        "a new memory holder reads which guest pages the parent touched, to compare with the recorded working set");
     allow!(
         l,
         SYS_madvise,
