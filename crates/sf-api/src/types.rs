@@ -56,6 +56,10 @@ pub struct CreateVm {
     /// Multicast without lockstep detection (`snowflock run --no-lockstep`).
     #[serde(default)]
     pub no_lockstep: bool,
+    /// No recorded working set pushed ahead of its remote clones' faults
+    /// (`snowflock run --no-working-set`).
+    #[serde(default)]
+    pub no_working_set: bool,
     /// A private network for the VM's family (`snowflock run --net`).
     #[serde(default)]
     pub net: Option<VmNet>,

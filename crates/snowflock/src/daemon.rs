@@ -28,6 +28,7 @@ fn client(sock: &Path) -> Client {
 pub struct RemoteKnobs {
     pub no_multicast: bool,
     pub no_lockstep: bool,
+    pub no_working_set: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -65,6 +66,7 @@ pub fn run_remote(
         no_multicast: knobs.no_multicast,
         no_lockstep: knobs.no_lockstep,
         net,
+        no_working_set: knobs.no_working_set,
     };
     let c = client(sock);
     let info: VmInfo = c

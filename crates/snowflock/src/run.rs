@@ -140,6 +140,10 @@ pub struct RunArgs {
     /// can reach its VMs; nothing is forwarded between it and other networks).
     #[arg(long, requires = "net")]
     net_host_access: bool,
+    /// Do not record the first remote clone's working set nor push it to
+    /// later clones ahead of their faults (to measure what it buys).
+    #[arg(long)]
+    no_working_set: bool,
     /// Internal: the address other hosts reach this one at (given by the
     /// daemon, with its peers and credentials, for clones on other hosts).
     #[arg(long, value_name = "IP", hide = true)]
@@ -205,6 +209,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             crate::daemon::RemoteKnobs {
                 no_multicast: a.no_multicast,
                 no_lockstep: a.no_lockstep,
+                no_working_set: a.no_working_set,
             },
             a.net.then_some(sf_api::VmNet {
                 host_access: a.net_host_access,
@@ -228,6 +233,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
             prefetch_window: a.prefetch_window,
             no_multicast: a.no_multicast,
             no_lockstep: a.no_lockstep,
+            no_working_set: a.no_working_set,
         }),
         None => None,
     };

@@ -283,20 +283,21 @@ fn bench_remote_writes_the_documented_keys() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
     let rows = v["rows"].as_array().expect("rows");
     // Each configuration with mutual TLS and with plain TCP, in one run,
-    // with all memory mechanisms, without lockstep and without multicast.
-    assert_eq!(rows.len(), 12, "{v}");
+    // with all memory mechanisms, without lockstep, without multicast and
+    // without the recorded working set.
+    assert_eq!(rows.len(), 16, "{v}");
     let transports: Vec<&str> = rows
         .iter()
         .filter_map(|r| r["transport"].as_str())
         .collect();
-    assert_eq!(transports, [["mtls"; 6], ["plain"; 6]].concat(), "{v}");
+    assert_eq!(transports, [["mtls"; 8], ["plain"; 8]].concat(), "{v}");
     let mechanisms: Vec<&str> = rows
         .iter()
         .filter_map(|r| r["mechanisms"].as_str())
         .collect();
     assert_eq!(
-        mechanisms[..3],
-        ["all", "no-lockstep", "no-multicast"],
+        mechanisms[..4],
+        ["all", "no-lockstep", "no-multicast", "no-working-set"],
         "{v}"
     );
     for row in rows {
@@ -319,6 +320,8 @@ fn bench_remote_writes_the_documented_keys() {
             "multicast_bytes",
             "multicast_lost_datagrams",
             "bytes_fetched_per_clone",
+            "next_family_first_clone_arrived_before_touch_pct",
+            "next_family_first_clone_multicast_pages",
         ] {
             assert!(
                 row[key].as_f64().is_some_and(|x| x >= 0.0),

@@ -436,6 +436,9 @@ impl Daemon {
                 args.push("--net-host-access".into());
             }
         }
+        if req.no_working_set {
+            args.push("--no-working-set".into());
+        }
         self.spawn(
             id,
             VmKind::Vm,

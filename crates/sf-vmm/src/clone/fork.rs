@@ -159,6 +159,10 @@ impl Vm {
                 // directory (a remote clone's clones stay on its host).
                 let mut p = p;
                 p.request.output_cap = self.outputs.dir().map(|d| d.cap);
+                // Mapped here, before the fork, so the holder shares it.
+                if !link.no_working_set {
+                    p.working_set = self.clones.working_set();
+                }
                 Some(p)
             }
             _ => None,

@@ -156,6 +156,9 @@ pub struct CloneHost {
     pub path: String,
     /// The last [`TIMELINES_KEPT`] joined clone calls, oldest first.
     pub timelines: std::collections::VecDeque<CloneTimeline>,
+    /// This VM's recorded working set, shared with its memory holders
+    /// (mapped at its first remote clone call, before that fork).
+    working_set: Option<std::sync::Arc<crate::remote::working_set::WorkingSet>>,
 }
 
 impl CloneHost {
@@ -167,7 +170,24 @@ impl CloneHost {
             role: Role::Root,
             path: String::new(),
             timelines: std::collections::VecDeque::new(),
+            working_set: None,
         }
+    }
+
+    /// This VM's working set record, mapped on first use (in the parent,
+    /// before it forks the holder that records into it). `None` if the
+    /// mapping failed: clones then fault as without one.
+    pub fn working_set(
+        &mut self,
+    ) -> Option<std::sync::Arc<crate::remote::working_set::WorkingSet>> {
+        use crate::remote::working_set::{WorkingSet, MAX_PAGES};
+        if self.working_set.is_none() {
+            self.working_set = WorkingSet::new(MAX_PAGES)
+                .map_err(|e| tracing::warn!("no working set recorded: {e}"))
+                .ok()
+                .map(std::sync::Arc::new);
+        }
+        self.working_set.clone()
     }
 
     /// Keeps a finished call's timeline, forgetting the oldest beyond the cap.

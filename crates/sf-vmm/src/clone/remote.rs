@@ -8,11 +8,14 @@
 use super::report::CloneReport;
 use super::wire::Frame;
 use crate::memory::GuestRam;
+use crate::remote::working_set::WorkingSet;
+use crate::remote::working_set_holder::HolderSet;
 use sf_api::{Client, CloneRequest, Endpoint, Placement};
 use sf_tls::{Stream, Transport};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a VM needs for clones on other hosts (the daemon passes it to the
@@ -35,6 +38,8 @@ pub struct RemoteLink {
     /// Push every page served after answering over TCP, without lockstep
     /// detection (`--no-lockstep`; to measure what it buys).
     pub no_lockstep: bool,
+    /// No recorded working set pushed ahead of faults (`--no-working-set`).
+    pub no_working_set: bool,
 }
 
 /// A remote clone that never connects within this long is lost.
@@ -92,6 +97,10 @@ pub struct RemotePlan {
     pub multicast: Option<(std::net::SocketAddrV4, std::net::Ipv4Addr)>,
     /// Whether the holder sends a page once while it is on its way.
     pub lockstep: bool,
+    /// The parent's recorded working set (mapped by the parent, so this
+    /// holder and every later one share it), unless `--no-working-set`;
+    /// the clone call sets it.
+    pub working_set: Option<Arc<WorkingSet>>,
 }
 
 impl RemotePlan {
@@ -148,6 +157,7 @@ impl RemotePlan {
             request,
             multicast,
             lockstep: !link.no_lockstep,
+            working_set: None,
             transport: link.transport.clone(),
         })
     }
@@ -157,6 +167,14 @@ impl RemotePlan {
 /// start the clones on their hosts, tell the origin which could not start,
 /// then serve guest RAM to the clones until the origin kills this process.
 pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
+    // Before the narrower filter: what the parent touched since boot, to
+    // compare with the recorded working set.
+    let resident = plan.working_set.as_ref().and_then(|_| {
+        crate::remote::working_set_holder::resident_pages(
+            ram.host_base() as *const u8,
+            ram.size() as usize,
+        )
+    });
     // A frozen copy that only serves: no KVM, no processes, no files.
     if let Err(e) = crate::sandbox::narrow(crate::sandbox::Role::MemoryHolder) {
         eprintln!("snowflock: memory holder could not start: {e}");
@@ -170,8 +188,32 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
         request,
         multicast,
         lockstep,
+        working_set,
         transport,
     } = plan;
+    let pages = ram.size() / crate::remote::PAGE_SIZE as u64;
+    let free = crate::hints::FreePages::from_ranges(request.free_pages.clone(), pages);
+    let working_set = working_set.map(|ws| {
+        let pid = super::process::getpid() as u32;
+        let set = HolderSet::new(ws.clone(), pid, pages, |p| free.contains(p))
+            .with_resident(resident.clone());
+        let what = if set.recording() {
+            "recording its clones' requests".to_string()
+        } else {
+            format!(
+                "pushing {} recorded pages ahead of faults",
+                set.to_push().len()
+            )
+        };
+        eprintln!(
+            "snowflock: memory holder working set: {what} ({} dropped as stale so far)",
+            ws.drops()
+        );
+        if let Some(line) = set.compare_predictors().filter(|_| !set.recording()) {
+            eprintln!("snowflock: memory holder working set: recorded {line}");
+        }
+        set
+    });
     let report_to = reports.local_addr().ok();
     drop(reports);
     // Serve at once: a clone's first fault must not wait for the other
@@ -183,7 +225,7 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
             .ok()
     });
-    crate::remote::serve_frozen(memory, token, ram, sender, lockstep, transport)
+    crate::remote::serve_frozen(memory, token, ram, sender, lockstep, working_set, transport)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could

@@ -18,6 +18,11 @@ impl PageBitmap {
         }
     }
 
+    /// Pages the bitmap covers.
+    pub fn len(&self) -> u64 {
+        self.pages
+    }
+
     /// Pages marked present.
     pub fn count(&self) -> u64 {
         self.set

@@ -124,6 +124,12 @@ impl PageClient {
         self.stream.write_all(bytes).map_err(WireError::Io)
     }
 
+    /// Tells the holder this receiver's losses and backlog (no answer).
+    pub fn report(&mut self, r: super::pacer::Report) -> Result<(), RemoteError> {
+        self.send(&r.encode())
+            .map_err(|e| self.wire_error("reporting multicast losses", e))
+    }
+
     /// Asks for `req` and reads the answer, its data pages into `data`.
     /// `unicast`: the pages were pushed and never arrived; they must come
     /// over this connection.

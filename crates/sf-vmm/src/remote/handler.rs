@@ -600,6 +600,13 @@ impl Handler {
                 self.client.insert(c)
             }
         };
+        if let Some(report) = self.multicast.as_mut().and_then(|m| m.report_due()) {
+            if let Err(e) = client.report(report) {
+                self.client = None;
+                return Err(e);
+            }
+        }
+        let client = self.client.as_mut().expect("connected above");
         self.shared.counters.requests.fetch_add(1, Relaxed);
         let result = client.fetch(req, &mut self.data, unicast);
         if result.is_err() {

@@ -23,12 +23,15 @@ mod hinted;
 mod histogram;
 pub mod lockstep;
 pub mod multicast;
+pub mod pacer;
 pub mod protocol;
 pub mod readahead;
 mod region;
 pub mod server;
 pub mod uffd;
 mod vmm;
+pub mod working_set;
+pub mod working_set_holder;
 
 #[cfg(test)]
 mod tests;

@@ -243,7 +243,14 @@ pub struct Receiver {
     /// Test knob: read and discard every datagram (a receiver whose pushes
     /// are all lost).
     pub drop_all: bool,
+    /// Losses told to the holder so far, and when.
+    reported_lost: u64,
+    last_report: Option<std::time::Instant>,
 }
+
+/// A receiver with nothing new to say reports this often at most (while
+/// it faults), so the holder's pace can climb back.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Receiver {
     /// Joins `group` on the interface with address `iface`. Several clones
@@ -265,7 +272,38 @@ impl Receiver {
             seq_first: None,
             taken: 0,
             drop_all: false,
+            reported_lost: 0,
+            last_report: None,
         })
+    }
+
+    /// Bytes waiting in the socket (0 if the kernel does not say).
+    fn backlog_bytes(&self) -> u64 {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on this socket writes one int to `n`.
+        let rc = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if rc == 0 {
+            n.max(0) as u64
+        } else {
+            0
+        }
+    }
+
+    /// A report for the holder's pacing, if one is due: new losses, a
+    /// backlog, or [`REPORT_EVERY`] since the last one (once pushes came).
+    pub fn report_due(&mut self) -> Option<super::pacer::Report> {
+        if self.seen() == 0 {
+            return None;
+        }
+        let lost = self.lost().saturating_sub(self.reported_lost);
+        let backlog = self.backlog_bytes();
+        let quiet = self.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
+        if lost == 0 && backlog <= super::pacer::BACKLOG_LIMIT && !quiet {
+            return None;
+        }
+        self.reported_lost = self.reported_lost.max(self.lost());
+        self.last_report = Some(std::time::Instant::now());
+        Some(super::pacer::Report::new(lost, backlog))
     }
 
     /// The newest sequence number taken, plus one: how many datagrams the
@@ -385,6 +423,8 @@ mod tests {
             seq_first: None,
             taken: 0,
             drop_all: false,
+            reported_lost: 0,
+            last_report: None,
         };
         // Sealed under another key: a stranger's datagrams.
         let forged = encode(&GroupKey::new(&[8u8; 16]), 1, 0, &[1u8; PAGE_SIZE]);

@@ -9,6 +9,8 @@
 //! client -> server  request   offset u64 | pages u32                                       12 bytes
 //!                             bit 31 of `pages` ([`UNICAST_FLAG`]): answer over this connection
 //!                             even if the pages are on their way by multicast (a lost push)
+//! client -> server  report    backlog_bytes u64 | lost u32 with bit 30 set (not bit 31): a
+//!                             receiver's losses and socket backlog; no response
 //! server -> client  response  status u8 | reason u8 | 0 u16 | pages u32 | offset u64       16 bytes
 //!                   status 0: page map, ceil(pages / 8) bytes, bit i set = page i has data
 //!                             (bit i of byte i / 8, least significant first), then the
@@ -44,6 +46,9 @@ const STATUS_REFUSED: u8 = 1;
 const STATUS_PUSHED: u8 = 2;
 /// Set in a request's page count: serve it here, not by multicast.
 pub const UNICAST_FLAG: u32 = 1 << 31;
+/// Bit 30 of a request's page count: not a request but a receiver's report
+/// of its losses and backlog (`super::pacer::Report`), never answered.
+pub const REPORT_FLAG: u32 = 1 << 30;
 
 /// Why a server refused a connection or a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,11 +10,13 @@
 //! changes while it is served.
 
 use super::lockstep::{LossyReceiver, PushLog};
+use super::pacer::{Pacer, Report, STEP_PAGES};
 use super::protocol::{
     self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
     REQUEST_LEN,
 };
 use super::region::ServedRegion;
+use super::working_set_holder::HolderSet;
 use super::GroupToken;
 use sf_tls::Transport;
 use std::collections::HashMap;
@@ -66,6 +68,12 @@ pub struct ServerStats {
     pub unicast_fallbacks: u64,
     /// Datagrams sent to the group's multicast.
     pub multicast_datagrams: u64,
+    /// Pages of the recorded working set pushed ahead of faults.
+    pub working_set_pushed: u64,
+    /// Receivers' loss and backlog reports.
+    pub reports: u64,
+    /// The pace of bulk pushes now (pages per second).
+    pub push_rate_pps: u64,
 }
 
 #[derive(Default)]
@@ -79,6 +87,8 @@ struct Counters {
     pushed_answers: AtomicU64,
     unicast_fallbacks: AtomicU64,
     multicast_datagrams: AtomicU64,
+    working_set_pushed: AtomicU64,
+    reports: AtomicU64,
 }
 
 /// State shared by the accept loop, the connection threads and the handles.
@@ -95,6 +105,8 @@ struct Shared {
     /// "Busy" counts).
     authenticated: AtomicUsize,
     counters: Counters,
+    /// Paces bulk pushes to the slowest healthy receiver.
+    pacer: Pacer,
 }
 
 /// Stops a running [`PageServer`] and reads its counters from any thread.
@@ -130,6 +142,9 @@ impl ServerHandle {
             pushed_answers: c.pushed_answers.load(Relaxed),
             unicast_fallbacks: c.unicast_fallbacks.load(Relaxed),
             multicast_datagrams: c.multicast_datagrams.load(Relaxed),
+            working_set_pushed: c.working_set_pushed.load(Relaxed),
+            reports: c.reports.load(Relaxed),
+            push_rate_pps: self.0.pacer.rate(),
         }
     }
 }
@@ -143,6 +158,9 @@ pub struct PageServer {
     /// Lockstep detection (with multicast): `None` pushes every page
     /// served after answering over TCP, as before lockstep detection.
     lockstep: Option<PushLog>,
+    /// The parent's recorded working set: recorded here, or pushed (with
+    /// multicast) ahead of each clone's faults.
+    working_set: Option<HolderSet>,
     max_connections: usize,
     transport: Transport,
     shared: Arc<Shared>,
@@ -189,6 +207,7 @@ impl PageServer {
             pending: Mutex::new(std::collections::BTreeSet::new()),
             authenticated: AtomicUsize::new(0),
             counters: Counters::default(),
+            pacer: Pacer::default(),
         });
         Ok(PageServer {
             listener,
@@ -196,6 +215,7 @@ impl PageServer {
             token,
             multicast: None,
             lockstep: None,
+            working_set: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             transport: Transport::Plain,
             shared,
@@ -220,6 +240,13 @@ impl PageServer {
     /// (see [`super::lockstep`]).
     pub fn with_lockstep(mut self) -> PageServer {
         self.lockstep = Some(PushLog::new(self.region.len() / PAGE_SIZE));
+        self
+    }
+
+    /// Records the pages clones ask for into the parent's working set, or
+    /// pushes the recorded ones (with multicast) when a clone first asks.
+    pub fn with_working_set(mut self, set: HolderSet) -> PageServer {
+        self.working_set = Some(set);
         self
     }
 
@@ -268,7 +295,7 @@ impl PageServer {
                     let spawned = std::thread::Builder::new()
                         .name("sf-page-conn".into())
                         .spawn_scoped(scope, move || {
-                            if let Err(e) = self.connection(id, stream) {
+                            if let Err(e) = self.connection(scope, id, stream) {
                                 tracing::debug!("page server connection ended: {e}");
                             }
                             self.forget(id);
@@ -353,7 +380,12 @@ impl PageServer {
         true
     }
 
-    fn connection(&self, id: u64, stream: TcpStream) -> io::Result<()> {
+    fn connection<'s>(
+        &'s self,
+        scope: &'s std::thread::Scope<'s, '_>,
+        id: u64,
+        stream: TcpStream,
+    ) -> io::Result<()> {
         let counters = &self.shared.counters;
         let deadline = std::time::Instant::now() + HELLO_TIMEOUT;
         stream.set_nonblocking(false)?;
@@ -408,11 +440,28 @@ impl PageServer {
         let region = self.region.as_slice();
         let mut buf = [0u8; REQUEST_LEN];
         let mut lossy = LossyReceiver::default();
+        // Pages this clone asked for outside the pushed working set.
+        let mut outside = 0u64;
+        let mut first_request = true;
         loop {
             match s.read_exact(&mut buf) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    if let Some(line) = self
+                        .working_set
+                        .as_ref()
+                        .and_then(|w| w.compare_predictors())
+                    {
+                        eprintln!("snowflock: memory holder working set: {line}");
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
+            }
+            if let Some(report) = Report::decode(&buf) {
+                counters.reports.fetch_add(1, Relaxed);
+                self.shared.pacer.report(report, !lossy.unicast_only());
+                continue;
             }
             let (req, unicast) = Request::decode_flagged(&buf);
             counters.requests.fetch_add(1, Relaxed);
@@ -424,6 +473,12 @@ impl PageServer {
                 let raw = Request::decode(&buf);
                 s.write_all(&protocol::encode_response_header(&raw, Some(reason)))?;
                 continue;
+            }
+            if let Some(ws) = &self.working_set {
+                ws.on_request(req.offset / PAGE_SIZE as u64, req.pages, &mut outside);
+            }
+            if std::mem::take(&mut first_request) {
+                self.start_working_set_push(scope);
             }
             if unicast {
                 lossy.fell_back();
@@ -499,6 +554,53 @@ impl PageServer {
             if log.claim(page, now) {
                 self.count_push(m.send_page(region, (page * PAGE_SIZE) as u64));
             }
+        }
+    }
+
+    /// Pushes the recorded working set to the group, in order, from a
+    /// thread of its own, when a clone asks for its first page: by then its
+    /// host has joined the group, and its first fault is not held up. With
+    /// lockstep detection a page on its way (another clone's push) is not
+    /// sent again; without it only the first clone triggers a push.
+    fn start_working_set_push<'s>(&'s self, scope: &'s std::thread::Scope<'s, '_>) {
+        let (Some(ws), Some(m)) = (&self.working_set, &self.multicast) else {
+            return;
+        };
+        if ws.to_push().is_empty() || (self.lockstep.is_none() && ws.started()) {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("sf-ws-push".into())
+            .spawn_scoped(scope, move || {
+                let region = self.region.as_slice();
+                let c = &self.shared.counters;
+                let began = std::time::Instant::now();
+                for (i, &page) in ws.to_push().iter().enumerate() {
+                    if self.shared.stop.load(Relaxed) {
+                        return;
+                    }
+                    if i % STEP_PAGES as usize == 0 {
+                        self.shared.pacer.pace(STEP_PAGES);
+                    }
+                    let page = page as usize;
+                    if let Some(log) = &self.lockstep {
+                        if !log.claim(page, log.now()) {
+                            continue;
+                        }
+                    }
+                    if m.send_page(region, (page * PAGE_SIZE) as u64) {
+                        c.multicast_datagrams.fetch_add(1, Relaxed);
+                        c.working_set_pushed.fetch_add(1, Relaxed);
+                    }
+                }
+                eprintln!(
+                    "snowflock: memory holder pushed {} working-set pages in {:?}",
+                    c.working_set_pushed.load(Relaxed),
+                    began.elapsed()
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("page server: no thread to push the working set: {e}");
         }
     }
 

@@ -16,6 +16,7 @@ pub fn serve_frozen(
     ram: &GuestRam,
     multicast: Option<super::multicast::Sender>,
     lockstep: bool,
+    working_set: Option<super::working_set_holder::HolderSet>,
     transport: sf_tls::Transport,
 ) -> ! {
     let addr = listener
@@ -32,6 +33,9 @@ pub fn serve_frozen(
     match PageServer::from_listener(listener, region, token) {
         Ok(server) => {
             let mut server = server.with_transport(transport);
+            if let Some(ws) = working_set {
+                server = server.with_working_set(ws);
+            }
             if let Some(m) = multicast {
                 server = server.with_multicast(m);
                 if lockstep {

@@ -174,11 +174,13 @@ fn base(l: &mut Vec<Entry>) {
         "glibc's fstat of an open fd (AT_EMPTY_PATH)");
     allow!(l, SYS_brk, "the allocator");
     allow!(l, SYS_mmap if none_of(2, libc::PROT_EXEC as u64),
-        "the allocator, thread stacks, the vCPU's run area; never executable");
+        "the allocator, thread stacks, the vCPU's run area, the working set record (MAP_SHARED, shared with the memory holders); never executable");
     allow!(l, SYS_mprotect if none_of(2, libc::PROT_EXEC as u64),
         "thread stack guards; never executable");
     allow!(l, SYS_munmap, "the allocator");
     allow!(l, SYS_mremap, "the allocator (realloc of large buffers)");
+    allow!(l, SYS_mincore,
+        "a new memory holder reads which guest pages the parent touched, to compare with the recorded working set");
     allow!(
         l,
         SYS_madvise,
@@ -386,10 +388,16 @@ fn clone_host(l: &mut Vec<Entry>) {
     let mut rules = kvm_ioctls(true);
     rules.extend(one_of(
         1,
-        &[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_UNREGISTER],
+        &[
+            UFFDIO_COPY,
+            UFFDIO_ZEROPAGE,
+            UFFDIO_WAKE,
+            UFFDIO_UNREGISTER,
+            libc::FIONREAD,
+        ],
     ));
     allow!(l, SYS_ioctl if rules,
-        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone");
+        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone; FIONREAD: the multicast backlog the fault thread reports to the holder");
     allow!(
         l,
         SYS_ftruncate,

@@ -57,7 +57,7 @@ pub struct RemoteBenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "all,no-lockstep,no-multicast"
+        default_value = "all,no-lockstep,no-multicast,no-working-set"
     )]
     mechanisms: Vec<Mechanisms>,
     /// Mutual TLS, plain TCP, or both (each a set of rows).
@@ -71,7 +71,8 @@ pub struct RemoteBenchArgs {
 pub struct Row {
     /// "mtls" (mutual TLS, the default) or "plain" (`--insecure-no-tls`).
     pub transport: String,
-    /// Memory mechanisms on: "all", "no-lockstep" or "no-multicast".
+    /// Memory mechanisms on: "all", "no-lockstep", "no-multicast" or
+    /// "no-working-set".
     pub mechanisms: Mechanisms,
     pub mem_mib: u64,
     pub clones: u32,
@@ -95,6 +96,12 @@ pub struct Row {
     /// Of the pages a clone touched, the share that was there before it
     /// touched them (clones 2..N; clone 1 alone in a 1-clone row).
     pub pages_arrived_before_touch_pct: f64,
+    /// The same for the first clone of a second family cloned from the same
+    /// parent (the first family's holder recorded the working set the
+    /// second one's pushes; one extra run per row).
+    pub next_family_first_clone_arrived_before_touch_pct: f64,
+    /// Pages that clone got before touching them (pushed by multicast).
+    pub next_family_first_clone_multicast_pages: f64,
     /// Datagrams of the group lost on their way to the clone hosts (sum
     /// over the clones of a run).
     pub multicast_lost_datagrams: f64,
@@ -138,10 +145,14 @@ fn run_once(
     placement: Placement,
     window: Option<u32>,
     mech: Mechanisms,
+    families: u32,
 ) -> anyhow::Result<(RunReport, String)> {
     let cfg = VmConfig {
         mem_size: mem_mib << 20,
-        cmdline: format!("scan n={n} mib={} ms=0", (mem_mib / 16).max(1)),
+        cmdline: format!(
+            "scan n={n} mib={} ms=0 families={families}",
+            (mem_mib / 16).max(1)
+        ),
         max_clones: n.max(sf_vmm::default_max_clones()),
         timeout: Some(Duration::from_secs(300)),
         remote: Some(bed.link_with(placement, window, mech)),
@@ -156,9 +167,13 @@ fn run_once(
             report.outcome
         );
     }
-    let t = report.clones.first().context("no clone call")?;
-    if t.clones.iter().any(|c| c.status != CloneStatus::Exited) {
-        bail!("a clone failed: {:?}", t.clones);
+    if report.clones.len() < families as usize {
+        bail!("{families} clone calls asked, {} made", report.clones.len());
+    }
+    for t in &report.clones {
+        if t.clones.iter().any(|c| c.status != CloneStatus::Exited) {
+            bail!("a clone failed: {:?}", t.clones);
+        }
     }
     Ok((report, text))
 }
@@ -229,6 +244,7 @@ fn measure(bed: &Testbed, a: &RemoteBenchArgs, image: &GuestImage) -> anyhow::Re
             Placement::Remote,
             Some(1),
             Mechanisms::NoMulticast,
+            1,
         )?;
         let touched = base.clones[0].clones[0]
             .memory
@@ -258,7 +274,7 @@ fn measure_row(
     let mut desc = 0;
     for _ in 0..a.runs {
         let tx0 = bed.origin_tx_bytes()?;
-        let (r, text) = run_once(bed, image, (mem, n), Placement::Remote, None, mech)?;
+        let (r, text) = run_once(bed, image, (mem, n), Placement::Remote, None, mech, 1)?;
         let tx = bed.origin_tx_bytes()? - tx0;
         let f = firsts(&r);
         rf.push(median(&f));
@@ -271,13 +287,23 @@ fn measure_row(
         // Forked on this host, for reference (once per row, with every
         // mechanism: they do not apply to local clones).
         if mech == a.mechanisms[0] {
-            let (l, _) = run_once(bed, image, (mem, n), Placement::Local, None, mech)?;
+            let (l, _) = run_once(bed, image, (mem, n), Placement::Local, None, mech, 1)?;
             let f = firsts(&l);
             lf.push(median(&f));
             ll.push(f.iter().copied().fold(0.0, f64::max));
             lj.push(l.clones[0].request_to_joined.map_or(f64::NAN, ms));
         }
     }
+    // A second family from the same parent: what the first one's recorded
+    // working set buys its first clone.
+    let (r2, _) = run_once(bed, image, (mem, n), Placement::Remote, None, mech, 2)?;
+    let next = r2.clones[1]
+        .clones
+        .iter()
+        .find(|c| c.id == 1)
+        .and_then(|c| c.memory.clone())
+        .unwrap_or_default();
+    let next_pct = 100.0 * (1.0 - next.misses as f64 / touched).clamp(0.0, 1.0);
     let per = |f: fn(&PerClone) -> f64| median(&clones.iter().map(f).collect::<Vec<_>>());
     let per_group = |f: fn(&GroupRun) -> f64| median(&groups.iter().map(f).collect::<Vec<_>>());
     let bytes_med = per(|c| c.m.bytes_received as f64);
@@ -296,6 +322,8 @@ fn measure_row(
         origin_tx_bytes_from_clones: per_group(|g| g.from_clones_bytes),
         multicast_bytes: per_group(|g| g.multicast_bytes),
         pages_arrived_before_touch_pct: per_group(|g| g.arrived_before_touch_pct),
+        next_family_first_clone_arrived_before_touch_pct: next_pct,
+        next_family_first_clone_multicast_pages: next.multicast_pages as f64,
         multicast_lost_datagrams: per_group(|g| g.lost_datagrams),
         push_timeouts_per_clone: per(|c| c.m.push_timeouts as f64),
         local_first_instr_ms_median: median(&lf),
@@ -325,7 +353,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8}",
+        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8}",
         "auth",
         "mechanisms",
         "MiB",
@@ -337,6 +365,7 @@ fn print_table(rows: &[Row]) {
         "origin MB",
         "mcast MB",
         "early%",
+        "next%",
         "lost",
         "p50 us",
         "p99 us",
@@ -347,7 +376,7 @@ fn print_table(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2}",
+            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2}",
             r.transport,
             format!("{:?}", r.mechanisms),
             r.mem_mib,
@@ -359,6 +388,7 @@ fn print_table(rows: &[Row]) {
             r.origin_tx_bytes / 1e6,
             r.multicast_bytes / 1e6,
             r.pages_arrived_before_touch_pct,
+            r.next_family_first_clone_arrived_before_touch_pct,
             r.multicast_lost_datagrams,
             r.fault_latency_p50_us_median,
             r.fault_latency_p99_us_median,
@@ -368,5 +398,5 @@ fn print_table(rows: &[Row]) {
             r.local_first_instr_ms_median,
         );
     }
-    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); lost = multicast datagrams lost per run; fetch/t = bytes received per clone over TCP / bytes of the pages it touched");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; fetch/t = bytes received per clone over TCP / bytes of the pages it touched");
 }

@@ -22,6 +22,9 @@ pub enum Mechanisms {
     NoLockstep,
     /// No multicast (`run --no-multicast`).
     NoMulticast,
+    /// Multicast with lockstep detection, no recorded working set pushed
+    /// ahead of faults (`run --no-working-set`).
+    NoWorkingSet,
 }
 
 /// The cluster and its daemons, torn down on drop.
@@ -76,6 +79,7 @@ impl Testbed {
             prefetch_window: window,
             no_multicast: mech == Mechanisms::NoMulticast,
             no_lockstep: mech == Mechanisms::NoLockstep,
+            no_working_set: mech == Mechanisms::NoWorkingSet,
         }
     }
 

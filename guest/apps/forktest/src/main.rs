@@ -510,15 +510,33 @@ fn slow(c: &mut Check) {
     );
 }
 
+/// `families=F` clones F families one after another from the same parent
+/// (the later ones get the first's recorded working set); `mutate=1` has
+/// the parent change every page it scans between families, so a clone
+/// that got a page from an older family's memory reads a wrong sum.
 fn scan(c: &mut Check) {
     let (n, mib, ms) = (arg_u64("n", 2), arg_u64("mib", 64), arg_u64("ms", 3000));
     let stagger = arg_u64("stagger", 0);
+    let (families, mutate) = (arg_u64("families", 1), arg_u64("mutate", 0) != 0);
     let words_per_page = 512;
     let pages = (mib << 20) / 4096;
     let mut buf: Vec<u64> = Vec::with_capacity((pages * words_per_page) as usize);
     for i in 0..pages * words_per_page {
         buf.push(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     }
+    for family in 0..families {
+        if family > 0 && mutate {
+            for p in 0..pages {
+                let w = &mut buf[(p * words_per_page) as usize];
+                *w = w.wrapping_add(family);
+            }
+        }
+        scan_family(c, &buf, (n, pages, ms, stagger));
+    }
+}
+
+fn scan_family(c: &mut Check, buf: &[u64], (n, pages, ms, stagger): (u64, u64, u64, u64)) {
+    let words_per_page = 512;
     let expect: u64 = (0..pages)
         .map(|p| buf[(p * words_per_page) as usize])
         .fold(0, u64::wrapping_add);

@@ -166,3 +166,26 @@ fn connections_over_the_limit_are_refused_as_busy() {
     let (_second, reply) = hello(server.addr, &Hello::new(TOKEN).encode());
     assert_eq!(refused(reply), RefuseReason::Busy);
 }
+
+#[test]
+fn loss_reports_get_no_answer_and_slow_the_pushes_within_bounds() {
+    use crate::remote::pacer::{Report, MAX_PPS, MIN_PPS};
+    let server = TestServer::start(pattern_region(REGION));
+    let (mut s, _) = hello(server.addr, &Hello::new(TOKEN).encode());
+    // A report, one with the largest numbers, then a request: the only
+    // answer is the request's, so reports keep the stream in step.
+    s.write_all(&Report::new(5, 0).encode()).unwrap();
+    s.write_all(&Report::new(u64::MAX, u64::MAX).encode())
+        .unwrap();
+    let req = Request {
+        offset: 0,
+        pages: 2,
+    };
+    s.write_all(&req.encode()).unwrap();
+    let mut data = Vec::new();
+    let (resp, _) = protocol::read_response(&mut s, &req, &mut data).unwrap();
+    assert!(matches!(resp, Response::Pages(_)), "{resp:?}");
+    let stats = server.handle.stats();
+    assert_eq!((stats.reports, stats.requests), (2, 1), "{stats:?}");
+    assert_eq!(stats.push_rate_pps, (MAX_PPS / 4).max(MIN_PPS), "{stats:?}");
+}
