@@ -277,6 +277,8 @@ impl<'a> Broker<'a> {
                 pollfd(self.listener.as_raw_fd()),
             ];
             pfds.extend(self.conns.iter().map(|c| pollfd(c.as_raw_fd())));
+            // `accept` below adds connections: only these were polled.
+            let polled = 2..pfds.len();
             // Watched only until the first connection: from then on the
             // connections say when the family ends.
             let watch_starter = starter.as_ref().filter(|_| !ever);
@@ -312,7 +314,7 @@ impl<'a> Broker<'a> {
                 ever |= self.accept();
             }
             let mut closed = vec![];
-            for (i, p) in pfds[2..2 + self.conns.len()].iter().enumerate() {
+            for (i, p) in pfds[polled].iter().enumerate() {
                 if p.revents != 0 && !self.serve_one(i) {
                     closed.push(i);
                 }
