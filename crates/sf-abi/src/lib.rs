@@ -18,6 +18,7 @@ pub mod layout;
 pub mod net;
 pub mod note;
 pub mod pagewalk;
+pub mod rand;
 pub mod tables;
 
 /// Version of this ABI; bumped on any incompatible change. The VMM refuses a

@@ -1,38 +1,26 @@
-//! xoshiro256** seeded by splitmix64: the apps' own deterministic random
-//! stream (the same on host and guest), plus normal draws for pricing.
+//! The apps' deterministic random stream: `sf_abi::rand::Xoshiro256`, the
+//! same on host and guest, plus bounded and normal draws for the apps.
+
+use sf_abi::rand::Xoshiro256;
 
 #[derive(Clone, Debug)]
-pub struct Rng([u64; 4]);
+pub struct Rng(Xoshiro256);
 
 impl Rng {
-    pub fn new(mut x: u64) -> Self {
-        let mut s = [0u64; 4];
-        for w in &mut s {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            *w = z ^ (z >> 31);
-        }
-        Rng(s)
+    #[inline]
+    pub fn new(seed: u64) -> Self {
+        Rng(Xoshiro256::from_seed(seed))
     }
 
+    #[inline]
     pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.0;
-        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        out
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
+    #[inline]
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.0.next_f64()
     }
 
     /// Uniform in [0, n) (n > 0; the tiny modulo bias does not matter here).
