@@ -263,9 +263,15 @@ impl Receiver {
         sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port()).into())?;
         sock.join_multicast_v4(group.ip(), &iface)?;
         sock.set_nonblocking(true)?;
-        Ok(Receiver {
-            sock: sock.into(),
-            key: GroupKey::new(&token),
+        Ok(Receiver::on(sock.into(), &token))
+    }
+
+    /// A receiver of `token`'s group on a socket already set up (joined,
+    /// non-blocking).
+    fn on(sock: std::net::UdpSocket, token: &GroupToken) -> Receiver {
+        Receiver {
+            sock,
+            key: GroupKey::new(token),
             replay: ReplayWindow::default(),
             buf: vec![0; DATAGRAM_LEN + 1],
             dropped: 0,
@@ -274,7 +280,7 @@ impl Receiver {
             drop_all: false,
             reported_lost: 0,
             last_report: None,
-        })
+        }
     }
 
     /// Bytes waiting in the socket (0 if the kernel does not say).
@@ -414,18 +420,7 @@ mod tests {
         sock.set_nonblocking(true).unwrap();
         // Room for the whole flood (as the receiver asks for in `join`).
         let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(8 << 20);
-        let mut rx = Receiver {
-            sock,
-            key: GroupKey::new(&[7u8; 16]),
-            replay: ReplayWindow::default(),
-            buf: vec![0; DATAGRAM_LEN + 1],
-            dropped: 0,
-            seq_first: None,
-            taken: 0,
-            drop_all: false,
-            reported_lost: 0,
-            last_report: None,
-        };
+        let mut rx = Receiver::on(sock, &[7u8; 16]);
         // Sealed under another key: a stranger's datagrams.
         let forged = encode(&GroupKey::new(&[8u8; 16]), 1, 0, &[1u8; PAGE_SIZE]);
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
