@@ -1,5 +1,5 @@
-//! The compute cores of the application guests `align`, `render` and
-//! `price`, shared by the guests (ring 3, no_std) and the host (the FASTA
+//! The compute cores of the application guests `align`, `render`, `price`
+//! and `pi`/`netpi`, shared by the guests (ring 3, no_std) and the host (the FASTA
 //! generator, reference answers, tests). Everything is deterministic for a
 //! given seed: the same share of work gives the same bytes on any VM, which
 //! is how a run on N clones is checked against one VM.
@@ -13,6 +13,7 @@ extern crate std;
 pub mod align;
 pub mod codec;
 pub mod fasta;
+pub mod pi;
 pub mod png;
 pub mod price;
 pub mod render;

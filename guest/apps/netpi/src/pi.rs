@@ -5,27 +5,10 @@
 use crate::wire::{self, connect_retry, encode, read_frame};
 use alloc::vec;
 use alloc::vec::Vec;
+use sf_apps::pi::{hits, slice};
 use sf_guest::clone::{self, CloneStatus};
 use sf_guest::net::{self, TcpListener};
-use sf_guest::rand::Xoshiro256;
 use sf_guest::{println, time};
-
-/// Points of `samples` uniform draws that fall inside the unit quarter circle.
-fn hits(samples: u64, seed: u64) -> u64 {
-    let mut rng = Xoshiro256::from_seed(seed);
-    let mut inside = 0;
-    for _ in 0..samples {
-        let (x, y) = (rng.next_f64(), rng.next_f64());
-        inside += (x * x + y * y < 1.0) as u64;
-    }
-    inside
-}
-
-/// Slice `i` (1-based) of `k`, as the `pi` guest cuts them.
-fn slice(samples: u64, seed: u64, i: u64, k: u64) -> (u64, u64) {
-    let n = samples / k + if i == 1 { samples % k } else { 0 };
-    (n, seed.wrapping_mul(1_000_003).wrapping_add(i))
-}
 
 pub fn run(samples: u64, seed: u64, wanted: u64, port: u16, timeout_ms: u64) -> i32 {
     let deadline = time::now_ns() + timeout_ms * 1_000_000;

@@ -11,8 +11,8 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
+use sf_apps::pi::{hits, slice};
 use sf_guest::clone::{self, CloneStatus};
-use sf_guest::rand::Xoshiro256;
 use sf_guest::{env, println, time};
 
 sf_guest::main!(main);
@@ -22,24 +22,6 @@ fn parse(name: &str, default: u64) -> Option<u64> {
         None => Some(default),
         Some(v) => v.parse().ok(),
     }
-}
-
-/// Points of `samples` uniform draws that fall inside the unit quarter circle.
-fn hits(samples: u64, seed: u64) -> u64 {
-    let mut rng = Xoshiro256::from_seed(seed);
-    let mut inside = 0;
-    for _ in 0..samples {
-        let (x, y) = (rng.next_f64(), rng.next_f64());
-        inside += (x * x + y * y < 1.0) as u64;
-    }
-    inside
-}
-
-/// Slice `i` (1-based) of `k`: its sample count and seed. Slice 1 takes the
-/// remainder, so the slices always add up to `samples`.
-fn slice(samples: u64, seed: u64, i: u64, k: u64) -> (u64, u64) {
-    let n = samples / k + if i == 1 { samples % k } else { 0 };
-    (n, seed.wrapping_mul(1_000_003).wrapping_add(i))
 }
 
 fn report(samples: u64, inside: u64, slices: u64, ms: f64) {
