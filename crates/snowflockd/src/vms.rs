@@ -73,6 +73,9 @@ impl Drop for Reservation<'_> {
 
 /// Most clones one request may start here.
 const MAX_CLONES_PER_REQUEST: usize = 256;
+/// How long an exited VMM's console copier may take to drain the pipe
+/// before the VM is reported exited anyway (a live clone may hold it).
+const COPIER_DRAIN: Duration = Duration::from_secs(1);
 /// How long a new VMM gets to fail fast (bad image, bad size) so the error
 /// can go back in the API answer.
 const EARLY_FAILURE_WINDOW: Duration = Duration::from_millis(300);
@@ -236,6 +239,9 @@ impl Daemon {
         let copier_id = id.clone();
         let console_end = crate::console_file::ConsoleEnd::default();
         let copier_end = console_end.clone();
+        // Says when the copier has written the VMM's last console bytes, so
+        // a VM is not reported exited with its console still in the pipe.
+        let (copied_tx, copied_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("console-{id}"))
             .spawn(move || {
@@ -245,7 +251,8 @@ impl Daemon {
                     console_file,
                     copier_log,
                     copier_end,
-                )
+                );
+                let _ = copied_tx.send(());
             })
             .map_err(|e| self.io_error("start the console copier", e))?;
         let mut cg = self
@@ -325,6 +332,9 @@ impl Daemon {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let status = child.wait().await.ok();
+            // The pipe ends when the VMM and any clone still holding it are
+            // gone; clones are killed below, so wait a bounded time only.
+            let _ = tokio::time::timeout(COPIER_DRAIN, copied_rx).await;
             let code = status.and_then(|s| {
                 s.code()
                     .or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|s| 128 + s))
