@@ -1,8 +1,9 @@
 //! Adapts a [`Nic`] to smoltcp's `phy::Device`: one receive buffer and one
 //! transmit buffer, reused for every frame, so the data path allocates
-//! nothing.
+//! nothing. On a NIC with offloads the stack builds TCP segments of up to
+//! 64 KiB and leaves their checksums to the NIC.
 
-use crate::{Nic, MAX_FRAME, MTU};
+use crate::{Nic, MAX_FRAME, MTU, OFFLOAD_FRAME, OFFLOAD_MTU};
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -17,10 +18,15 @@ pub(crate) struct NicDevice {
 
 impl NicDevice {
     pub(crate) fn new(nic: Box<dyn Nic>) -> NicDevice {
+        let frame = if nic.offloads() {
+            OFFLOAD_FRAME
+        } else {
+            MAX_FRAME
+        };
         NicDevice {
             nic,
-            rx: vec![0; MAX_FRAME],
-            tx: vec![0; MAX_FRAME],
+            rx: vec![0; frame],
+            tx: vec![0; frame],
         }
     }
 }
@@ -77,8 +83,15 @@ impl phy::Device for NicDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MTU + 14;
         caps.max_burst_size = None;
+        if self.nic.offloads() {
+            // TCP only: UDP payloads are bounded by `MTU` where they are
+            // sent, and smoltcp sends no other large packet.
+            caps.max_transmission_unit = OFFLOAD_MTU + 14;
+            caps.checksum.tcp = smoltcp::phy::Checksum::Rx;
+        } else {
+            caps.max_transmission_unit = MTU + 14;
+        }
         caps
     }
 }

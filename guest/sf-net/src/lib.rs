@@ -43,6 +43,15 @@ pub use stack::{Net, SockId};
 pub const MTU: usize = 1450;
 /// Largest Ethernet frame the stack sends or accepts: MTU plus the header.
 pub const MAX_FRAME: usize = MTU + 14;
+/// IP packet size of a TCP segment on a NIC with segmentation offloads
+/// ([`Nic::offloads`]): the host kernel cuts it to [`MTU`] on the wire
+/// (or hands it whole to a peer VM's NIC that takes offloads too). Not
+/// 65535: the kernel segments in software any packet of 64 KiB or more
+/// with its link-layer headers (`gso_max_size`), VXLAN's 50 bytes
+/// included; with 65535 a peer VM's TAP got 1410-byte segments only.
+pub const OFFLOAD_MTU: usize = 64000;
+/// Largest Ethernet frame on a NIC with offloads.
+pub const OFFLOAD_FRAME: usize = OFFLOAD_MTU + 14;
 
 /// What went wrong, in terms a program can act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,13 +91,22 @@ pub struct Identity {
 /// A network card that moves whole Ethernet frames, polled.
 pub trait Nic {
     /// Copies the next received frame into `buf` (at least [`MAX_FRAME`]
-    /// bytes) and returns its length, or `None` when nothing is waiting.
+    /// bytes, [`OFFLOAD_FRAME`] with offloads) and returns its length, or
+    /// `None` when nothing is waiting.
     fn receive(&mut self, buf: &mut [u8]) -> Option<usize>;
     /// Whether a frame can be queued for sending now.
     fn can_transmit(&mut self) -> bool;
     /// Queues one frame; false if the NIC had no room (it is dropped, and
     /// TCP resends it).
     fn transmit(&mut self, frame: &[u8]) -> bool;
+    /// Whether the NIC offloads TCP: it takes TCP frames of up to
+    /// [`OFFLOAD_FRAME`] bytes whose checksum field is zero, and fills in
+    /// the checksum and cuts them into [`MTU`]-sized segments as needed;
+    /// it may deliver frames of up to [`OFFLOAD_FRAME`] bytes, with valid
+    /// checksums. Other protocols still fit [`MTU`].
+    fn offloads(&self) -> bool {
+        false
+    }
 }
 
 /// What the stack needs from the machine it runs on.

@@ -83,6 +83,9 @@ impl Net {
         if id.ip.is_unspecified() || id.prefix_len == 0 || id.prefix_len > 32 {
             return Err(NetError::NoNetwork);
         }
+        // With 64 KiB segments, a 64 KiB window would allow one segment in
+        // flight; four keep the stream going while ACKs travel.
+        let tcp_buffer = if nic.offloads() { 256 << 10 } else { 64 << 10 };
         let mut dev = NicDevice::new(nic);
         let now = Instant::from_micros(host.now_us() as i64);
         let seed = host.random();
@@ -96,7 +99,7 @@ impl Net {
             slots: Vec::new(),
             closing: Vec::new(),
             next_port: ephemeral(seed >> 16),
-            tcp_buffer: 64 << 10,
+            tcp_buffer,
             backlog: 8,
             readdressed: 0,
         })

@@ -20,7 +20,11 @@ const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `_IOW('T', 216, int)`
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `_IOW('T', 208, unsigned int)`
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// The reader takes frames with a partial checksum (`NEEDS_CSUM`).
+pub const TUN_F_CSUM: libc::c_uint = 0x01;
+/// The reader takes TCPv4 segments of up to 64 KiB (`gso_type` TCPV4).
+pub const TUN_F_TSO4: libc::c_uint = 0x02;
 /// The header virtio-net puts before every frame.
 pub const VNET_HDR_LEN: libc::c_int = 12;
 
@@ -105,9 +109,9 @@ impl Tap {
 }
 
 /// Checks that `fd` is a TAP with `IFF_VNET_HDR` and no packet info, and
-/// sets what the NIC relies on: a 12-byte header, no offloads (the guest
-/// handles plain frames, so the kernel must not hand it GSO or partial
-/// checksums), and non-blocking reads and writes.
+/// sets what the NIC relies on: a 12-byte header, no offloads until a
+/// driver acks them (see [`set_offloads`]), and non-blocking reads and
+/// writes.
 pub fn prepare(fd: &OwnedFd) -> Result<(), TapError> {
     let setup = |what| move |source| TapError::Setup { what, source };
     let mut req = IfReq {
@@ -128,11 +132,21 @@ pub fn prepare(fd: &OwnedFd) -> Result<(), TapError> {
     if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
         return Err(setup("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
     }
-    // SAFETY: TUNSETOFFLOAD takes its flags by value; 0 = no offloads.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
-        return Err(setup("TUNSETOFFLOAD")(io::Error::last_os_error()));
-    }
+    set_offloads(fd, 0).map_err(setup("TUNSETOFFLOAD"))?;
     set_nonblocking(fd).map_err(setup("O_NONBLOCK"))
+}
+
+/// What the TAP may hand its reader (`TUN_F_*` flags; 0: only plain,
+/// fully checksummed frames of at most the MTU, the host kernel segments
+/// and checksums everything else first). Writes to the TAP may carry
+/// offload headers whatever this says. The NIC sets it from the features
+/// its driver acked, so a sandboxed VMM may make this one TAP ioctl.
+pub fn set_offloads(fd: &OwnedFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags by value and touches no memory.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Makes reads and writes on `fd` non-blocking: all a sandboxed VMM does to

@@ -313,8 +313,10 @@ fn runner(l: &mut Vec<Entry>, peers: bool) {
     thread_start(l);
     allow!(l, SYS_clone if none_of(0, NEW_NAMESPACES),
         "fork of the first clone, clones as siblings (CLONE_PARENT), threads; never namespaces");
-    allow!(l, SYS_ioctl if kvm_ioctls(true),
-        "the vCPU and VM, and building a clone's VM on the inherited /dev/kvm fd");
+    let mut ioctls = kvm_ioctls(true);
+    ioctls.extend(one_of(1, &[crate::net::tap::TUNSETOFFLOAD]));
+    allow!(l, SYS_ioctl if ioctls,
+        "the vCPU and VM, and building a clone's VM on the inherited /dev/kvm fd; TUNSETOFFLOAD: the NIC's TAP takes the offloads its driver acked");
     allow!(l, SYS_wait4, "reaping clones");
     allow!(l, SYS_kill if sigkill_to_one_pid(),
         "SIGKILL to this VM's own clones, by PID: never 0 or below (a process group, or with -1 every process of the user, which all VMMs share)");
@@ -389,6 +391,7 @@ fn clone_host(l: &mut Vec<Entry>) {
     rules.extend(one_of(
         1,
         &[
+            crate::net::tap::TUNSETOFFLOAD,
             UFFDIO_COPY,
             UFFDIO_ZEROPAGE,
             UFFDIO_WAKE,
@@ -397,7 +400,7 @@ fn clone_host(l: &mut Vec<Entry>) {
         ],
     ));
     allow!(l, SYS_ioctl if rules,
-        "KVM as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone; FIONREAD: the multicast backlog the fault thread reports to the holder");
+        "KVM and TUNSETOFFLOAD as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone; FIONREAD: the multicast backlog the fault thread reports to the holder");
     allow!(
         l,
         SYS_ftruncate,

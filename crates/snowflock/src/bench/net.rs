@@ -1,19 +1,22 @@
-//! `snowflock bench net`: TCP throughput and round-trip time on a family
-//! network, on one host (through the family bridge) and across two
+//! `snowflock bench net`: TCP throughput and round-trip time between two
+//! VMs of one family, on one host (through the family bridge) and on two
 //! namespace hosts (bridge, VXLAN, the hosts' link, VXLAN, bridge).
 //!
-//! The reference is two plain host processes' sockets over exactly that
-//! path: endpoints (veth into small namespaces) that are ports of the same
-//! family bridges a VM's TAP would be. The VM half: a `netpi echo` VM on
-//! host 1 is member 0 of the family; a host endpoint (on host 1, then on
-//! host 2) measures RTT (1-byte ping-pong) and echo throughput (it writes
-//! and reads back for `--seconds`) against it, and against a host echo
-//! server on an endpoint of host 1 as the reference, over the same path.
-//! One side of the VM rows is a host endpoint: the guest stack is measured
-//! once per round trip, not twice. `reference_stream_mbit_s` is a one-way
-//! host stream on the same path, for scale.
+//! The VM rows: `netpi stream` on host 1 clones itself once, locally
+//! (`--placement local`) or onto host 2 (`--placement remote`, through host
+//! 2's daemon); the clone times 64-byte round trips to its parent, then
+//! streams `--mib` MiB to it, and the parent times the stream and checks
+//! its checksum. A fresh pair of VMs per run.
+//!
+//! The reference: two plain host processes over the same path, a bridge
+//! and a VXLAN device made by the family broker, exactly as for a VM
+//! family, held open on both hosts (`net-hold`), with the processes in
+//! endpoints (veth into small namespaces) that are ports of those bridges
+//! where a VM's TAP would be: a one-way stream for `--seconds`, and
+//! 64-byte round trips against an echo server.
 
 use super::stats::median;
+use super::testbed::Testbed;
 use anyhow::{bail, Context};
 use sf_abi::net::FamilyNet;
 use sf_vmm::net::endpoint::Endpoint;
@@ -28,12 +31,15 @@ pub struct NetBenchArgs {
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Throughput runs per path (the median is reported).
+    /// Runs per path and side (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Seconds of each throughput run.
+    /// Seconds of each reference stream.
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
+    /// MiB each VM stream moves.
+    #[arg(long, default_value_t = 64)]
+    mib: u64,
     /// Round trips per RTT measurement.
     #[arg(long, default_value_t = 2000)]
     round_trips: usize,
@@ -42,90 +48,109 @@ pub struct NetBenchArgs {
 #[derive(serde::Serialize)]
 struct Row {
     path: &'static str,
-    vm_mbit_s: Option<f64>,
+    vm_mbit_s: f64,
     reference_mbit_s: f64,
-    vm_rtt_us: Option<f64>,
+    vm_rtt_us: f64,
     reference_rtt_us: f64,
-    vm_vs_reference_throughput: Option<f64>,
-    reference_stream_mbit_s: f64,
+    vm_vs_reference_throughput: f64,
+    /// Every VM run's Mbit/s, for the spread.
+    vm_runs_mbit_s: Vec<f64>,
     runs: usize,
 }
 
 const PORT: u16 = 7300;
-const VM_PORT: u16 = 7400;
+/// The reference's family: far above the numbers VM families take first
+/// (the lowest free), and a VNI no origin host makes (theirs carry the
+/// host id above the low byte).
+const REFERENCE_FAMILY: u8 = 250;
+/// Bytes of each round trip, VM and reference alike.
+const PING: usize = 64;
 
 pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
-    if a.runs == 0 || a.round_trips == 0 || !(a.seconds > 0.0 && a.seconds <= 60.0) {
-        bail!("--runs and --round-trips must be at least 1, --seconds within (0, 60]");
+    if a.runs == 0
+        || a.round_trips == 0
+        || a.mib == 0
+        || a.mib > 4096
+        || !(a.seconds > 0.0 && a.seconds <= 60.0)
+    {
+        bail!("--runs and --round-trips must be at least 1, --mib within 1..=4096, --seconds within (0, 60]");
     }
-    let hosts = Hosts::up()?;
-    eprintln!("a netpi echo VM with --net on host 1...");
-    let vm = hosts.echo_vm(2)?;
-    let vni = vm.vni;
-    let family = FamilyNet::new(vni as u8).context("the VM's family")?;
-    let _holder = hosts.hold(2, vni, family)?;
-    let tag = std::process::id() % 100_000;
-    let at = |host: usize, m: u32| {
-        Endpoint::member(
-            Some(&hosts.netns(host)),
-            &format!("sfn{tag}-{m}"),
-            vni,
-            family,
-            m,
-        )
-        .with_context(|| format!("cannot attach endpoint {m} on host {host}"))
-    };
-    let (e1, e2, e3) = (at(1, 1)?, at(1, 2)?, at(2, 3)?);
-    let vm_ip = std::net::Ipv4Addr::from(family.ip_of(0).expect("member 0"));
+    let mut bed = Testbed::up(2, None)?;
+    bed.start_daemons(false)?;
     let time = Duration::from_secs_f64(a.seconds);
-    let mut rows = vec![];
-    for (path, from) in [("same-host", &e1), ("cross-host", &e3)] {
-        eprintln!(
-            "  {path}: {} runs of {} s, {} round trips...",
-            a.runs, a.seconds, a.round_trips
-        );
-        let mut stream = vec![];
-        let mut echo = vec![];
-        for _ in 0..a.runs {
-            stream.push(throughput(from, &e2, time)?);
-            echo.push(host_echo(from, &e2, time, a.round_trips)?);
+    let paths = [("same-host", "local"), ("cross-host", "remote")];
+    let mut reference = vec![];
+    {
+        eprintln!("reference: host processes on a held family's bridges...");
+        let family = FamilyNet::new(REFERENCE_FAMILY).expect("nonzero");
+        let vni = u32::from(REFERENCE_FAMILY);
+        let _holders = (hold(&bed, 1, vni, family)?, hold(&bed, 2, vni, family)?);
+        let tag = std::process::id() % 100_000;
+        let at = |host: usize, m: u32| {
+            Endpoint::member(
+                Some(&bed.netns(host)),
+                &format!("sfn{tag}-{m}"),
+                vni,
+                family,
+                m,
+            )
+            .with_context(|| format!("cannot attach endpoint {m} on host {host}"))
+        };
+        let (e1, e2, e3) = (at(1, 1)?, at(1, 2)?, at(2, 3)?);
+        for (path, from) in [(paths[0].0, &e1), (paths[1].0, &e3)] {
+            eprintln!("  {path}: {} runs of {} s...", a.runs, a.seconds);
+            let mut stream = vec![];
+            let mut rtt = vec![];
+            for _ in 0..a.runs {
+                stream.push(throughput(from, &e2, time)?);
+                rtt.push(host_rtt(from, &e2, a.round_trips)?);
+            }
+            reference.push((median(&stream), median(&rtt)));
         }
-        let (vm_rtt, vm_mbit) = echo_client(
-            from,
-            SocketAddr::from((vm_ip, VM_PORT)),
-            time,
-            a.round_trips,
-        )?;
-        let reference = median(&echo.iter().map(|e| e.1).collect::<Vec<_>>());
+    }
+    let mut rows = vec![];
+    for ((path, placement), (ref_mbit, ref_rtt)) in paths.into_iter().zip(reference) {
+        eprintln!(
+            "VMs, {path}: {} runs of netpi stream mib={} (--placement {placement})...",
+            a.runs, a.mib
+        );
+        let mut mbit = vec![];
+        let mut rtt = vec![];
+        for _ in 0..a.runs {
+            let (r, m) = vm_stream(&bed, placement, a.mib, a.round_trips)?;
+            rtt.push(r);
+            mbit.push(m);
+        }
+        let vm_mbit = median(&mbit);
         rows.push(Row {
             path,
-            vm_mbit_s: Some(vm_mbit),
-            reference_mbit_s: reference,
-            vm_rtt_us: Some(vm_rtt),
-            reference_rtt_us: median(&echo.iter().map(|e| e.0).collect::<Vec<_>>()),
-            vm_vs_reference_throughput: Some(vm_mbit / reference),
-            reference_stream_mbit_s: median(&stream),
+            vm_mbit_s: vm_mbit,
+            reference_mbit_s: ref_mbit,
+            vm_rtt_us: median(&rtt),
+            reference_rtt_us: ref_rtt,
+            vm_vs_reference_throughput: vm_mbit / ref_mbit,
+            vm_runs_mbit_s: mbit,
             runs: a.runs,
         });
     }
-    drop(vm);
     println!(
-        "{:<11} {:>12} {:>17} {:>10} {:>16}",
-        "path", "VM Mbit/s", "reference Mbit/s", "VM RTT us", "reference RTT us"
+        "{:<11} {:>10} {:>17} {:>7} {:>10} {:>16}",
+        "path", "VM Mbit/s", "reference Mbit/s", "ratio", "VM RTT us", "reference RTT us"
     );
-    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
     for r in &rows {
         println!(
-            "{:<11} {:>12} {:>17.1} {:>10} {:>16.1}",
+            "{:<11} {:>10.1} {:>17.1} {:>6.1}% {:>10.1} {:>16.1}",
             r.path,
-            show(r.vm_mbit_s),
+            r.vm_mbit_s,
             r.reference_mbit_s,
-            show(r.vm_rtt_us),
+            100.0 * r.vm_vs_reference_throughput,
+            r.vm_rtt_us,
             r.reference_rtt_us
         );
     }
     println!(
-        "(echo throughput and 1-byte RTT from a host endpoint to a netpi echo VM; reference: a host echo server on the same path)"
+        "(VM to VM of one family: one TCP stream and {PING}-byte round trips; reference: host processes on the same kind of bridge and VXLAN; medians of {})",
+        a.runs
     );
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
@@ -133,6 +158,47 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
         eprintln!("wrote {}", path.display());
     }
     Ok(0)
+}
+
+/// One `netpi stream` pair on host 1 (the clone where `placement` puts
+/// it): (median RTT µs, stream Mbit/s) as the parent VM printed them.
+fn vm_stream(
+    bed: &Testbed,
+    placement: &str,
+    mib: u64,
+    rounds: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &bed.netns(1)])
+        .arg(std::env::current_exe()?)
+        .args(["run", "--net", "--mem", "64M", "--timeout", "120s"])
+        .args(["--advertise", &bed.addr(1).to_string()])
+        .args(["--peer", &format!("{}:7070", bed.addr(2))])
+        .args(["--insecure-no-tls", "--placement", placement])
+        .args(["netpi", "--", "stream"])
+        .arg(format!("mib={mib}"))
+        .arg(format!("rounds={rounds}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run the stream VMs")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("stream: rtt_median_us="))
+        .with_context(|| {
+            format!(
+                "the stream VMs failed ({}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in {line:?}"))
+    };
+    Ok((field("rtt_median_us=")?, field("mbit_s=")?))
 }
 
 /// Mbit/s of one TCP stream from `from` to `to` for `time`.
@@ -167,220 +233,72 @@ fn throughput(from: &Endpoint, to: &Endpoint, time: Duration) -> anyhow::Result<
     Ok(bytes as f64 * 8.0 / took.as_secs_f64() / 1e6)
 }
 
-/// RTT (median µs) and echo throughput (Mbit/s each way) against a host
-/// echo server on `to`.
-fn host_echo(
-    from: &Endpoint,
-    to: &Endpoint,
-    time: Duration,
-    n: usize,
-) -> anyhow::Result<(f64, f64)> {
+/// Median µs of `n` round trips of [`PING`] bytes from `from` to an echo
+/// server on `to`.
+fn host_rtt(from: &Endpoint, to: &Endpoint, n: usize) -> anyhow::Result<f64> {
     let listener = to.within(|| TcpListener::bind(("0.0.0.0", PORT + 2)))??;
     let server = std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; PING];
+            while s.read_exact(&mut buf).is_ok() && s.write_all(&buf).is_ok() {}
         }
     });
-    let r = echo_client(from, SocketAddr::from((to.ip, PORT + 2)), time, n);
+    let target = SocketAddr::from((to.ip, PORT + 2));
+    let r = (|| {
+        let mut c = from
+            .within(move || TcpStream::connect_timeout(&target, Duration::from_secs(5)))?
+            .with_context(|| format!("cannot connect to the echo server at {target}"))?;
+        c.set_nodelay(true)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut times = Vec::with_capacity(n);
+        let mut b = [7u8; PING];
+        for _ in 0..n {
+            let t = Instant::now();
+            c.write_all(&b)?;
+            c.read_exact(&mut b)?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(median(&times))
+    })();
     let _ = server.join();
     r
 }
 
-/// Against an echo server at `target`: the median µs of `n` 1-byte round
-/// trips, then Mbit/s echoed while writing for `time` (a reader thread
-/// takes the echo back).
-fn echo_client(
-    from: &Endpoint,
-    target: SocketAddr,
-    time: Duration,
-    n: usize,
-) -> anyhow::Result<(f64, f64)> {
-    let mut c = from
-        .within(move || TcpStream::connect_timeout(&target, Duration::from_secs(5)))?
-        .with_context(|| format!("cannot connect to the echo server at {target}"))?;
-    c.set_nodelay(true)?;
-    c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    c.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut times = Vec::with_capacity(n);
-    let mut b = [7u8; 1];
-    for _ in 0..n {
-        let t = Instant::now();
-        c.write_all(&b)?;
-        c.read_exact(&mut b)?;
-        times.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let mut rx = c.try_clone()?;
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        while let Ok(k) = rx.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-            total += k as u64;
+/// Keeps family `family` (VXLAN `vni`) alive on `host`: its broker,
+/// bridge and VXLAN device, until dropped.
+fn hold(bed: &Testbed, host: usize, vni: u32, family: FamilyNet) -> anyhow::Result<Holder> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &bed.netns(host)])
+        .arg(std::env::current_exe()?)
+        .args([
+            "net-hold",
+            "--family",
+            &family.number().to_string(),
+            "--vni",
+            &vni.to_string(),
+        ])
+        .args(["--taps", "0", "--underlay", "eth0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = child.stdout.take().expect("piped");
+    for line in BufReader::new(out).lines() {
+        if line? == "holding" {
+            return Ok(Holder(child));
         }
-        total
-    });
-    let buf = vec![0x5au8; 16 << 10];
-    let start = Instant::now();
-    while start.elapsed() < time {
-        c.write_all(&buf)?;
     }
-    c.shutdown(std::net::Shutdown::Write)?;
-    let echoed = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    let took = start.elapsed();
-    Ok((
-        median(&times),
-        echoed as f64 * 8.0 / took.as_secs_f64() / 1e6,
-    ))
-}
-
-/// Two namespace hosts (scripts/cluster.sh), removed when dropped.
-struct Hosts {
-    script: PathBuf,
-    name: String,
-    subnet: u8,
-}
-
-impl Hosts {
-    fn up() -> anyhow::Result<Hosts> {
-        let script = super::testbed::find_script()?;
-        for attempt in 0..20u32 {
-            let name = format!("sfn{}x{attempt}", std::process::id() % 10000);
-            let subnet = ((std::process::id() + attempt) % 200) as u8 + 20;
-            let out = Command::new(&script)
-                .args(["up", "2", "--name", &name, "--subnet", &subnet.to_string()])
-                .output()
-                .context("cannot run scripts/cluster.sh (the benchmark needs root)")?;
-            match out.status.code() {
-                Some(0) => {
-                    return Ok(Hosts {
-                        script,
-                        name,
-                        subnet,
-                    })
-                }
-                Some(3) => continue,
-                _ => bail!(
-                    "creating the test hosts failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            }
-        }
-        bail!("no free cluster name/subnet after 20 attempts")
-    }
-
-    fn netns(&self, host: usize) -> String {
-        format!("{}-h{host}", self.name)
-    }
-
-    fn addr(&self, host: usize) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::new(10, 213, self.subnet, host as u8)
-    }
-
-    /// A `netpi echo` VM on host 1 with a family network reaching host 2
-    /// (echoing `conns` connections); its VNI read off its bridge.
-    fn echo_vm(&self, conns: u32) -> anyhow::Result<EchoVm> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns(1)])
-            .arg(std::env::current_exe()?)
-            .args(["run", "--net", "--mem", "64M", "--timeout", "120s"])
-            .args(["--advertise", &self.addr(1).to_string()])
-            .args(["--peer", &format!("{}:7070", self.addr(2))])
-            // It never clones: the peer only sets up its VXLAN underlay.
-            .arg("--insecure-no-tls")
-            .args([
-                "netpi",
-                "--",
-                "echo",
-                &format!("port={VM_PORT}"),
-                &format!("conns={conns}"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut vm = EchoVm { child, vni: 0 };
-        let out = vm.child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(out).lines();
-        while let Some(line) = lines.next() {
-            if line?.starts_with("echo: listening") {
-                // Keep reading its console: a VM whose console breaks ends.
-                std::thread::spawn(move || lines.for_each(drop));
-                let links = sf_vmm::net::links::ip(&["-n", &self.netns(1), "-br", "link"])?;
-                vm.vni = links
-                    .lines()
-                    .filter_map(|l| l.split_whitespace().next()?.strip_prefix("sfb"))
-                    .find_map(|hex| u32::from_str_radix(hex, 16).ok())
-                    .context("the VM's family bridge is missing")?;
-                return Ok(vm);
-            }
-        }
-        bail!("the echo VM did not start: {:?}", vm.child.wait()?)
-    }
-
-    /// Keeps the family alive on `host` (its broker, bridge and VXLAN).
-    fn hold(&self, host: usize, vni: u32, family: FamilyNet) -> anyhow::Result<Holder> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns(host)])
-            .arg(std::env::current_exe()?)
-            .args([
-                "net-hold",
-                "--family",
-                &family.number().to_string(),
-                "--vni",
-                &vni.to_string(),
-            ])
-            .args(["--taps", "1", "--underlay", "eth0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let out = child.stdout.take().expect("piped");
-        for line in BufReader::new(out).lines() {
-            if line? == "holding" {
-                return Ok(Holder(child));
-            }
-        }
-        bail!(
-            "the family's broker did not start on host {host}: {:?}",
-            child.wait()?
-        )
-    }
+    bail!(
+        "the family's broker did not start on host {host}: {:?}",
+        child.wait()?
+    )
 }
 
 struct Holder(Child);
-
-struct EchoVm {
-    child: Child,
-    vni: u32,
-}
-
-impl Drop for EchoVm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 impl Drop for Holder {
     fn drop(&mut self) {
         drop(self.0.stdin.take());
         let _ = self.0.wait();
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.script)
-            .args(["down", "--name", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }

@@ -225,7 +225,7 @@ impl Testbed {
             })
     }
 
-    fn netns(&self, i: usize) -> String {
+    pub(super) fn netns(&self, i: usize) -> String {
         format!("{}-h{i}", self.name)
     }
 
