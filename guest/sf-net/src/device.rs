@@ -88,7 +88,7 @@ impl phy::Device for NicDevice {
             // TCP only: UDP payloads are bounded by `MTU` where they are
             // sent, and smoltcp sends no other large packet.
             caps.max_transmission_unit = OFFLOAD_MTU + 14;
-            caps.checksum.tcp = smoltcp::phy::Checksum::Rx;
+            caps.checksum.tcp = smoltcp::phy::Checksum::None;
         } else {
             caps.max_transmission_unit = MTU + 14;
         }

@@ -102,8 +102,9 @@ pub trait Nic {
     /// Whether the NIC offloads TCP: it takes TCP frames of up to
     /// [`OFFLOAD_FRAME`] bytes whose checksum field is zero, and fills in
     /// the checksum and cuts them into [`MTU`]-sized segments as needed;
-    /// it may deliver frames of up to [`OFFLOAD_FRAME`] bytes, with valid
-    /// checksums. Other protocols still fit [`MTU`].
+    /// it may deliver frames of up to [`OFFLOAD_FRAME`] bytes, and checks
+    /// received TCP checksums itself (the stack then checks none). Other
+    /// protocols still fit [`MTU`] and are checked by the stack.
     fn offloads(&self) -> bool {
         false
     }
