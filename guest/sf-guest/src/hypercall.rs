@@ -11,6 +11,9 @@ use sf_abi::hypercall::{Call, Error, DEBUG_EXIT_PORT, PORT, SERIAL_PORT};
 /// must pass pointers it owns for the duration of the call.
 #[inline(always)]
 pub unsafe fn raw(call: u32, a0: u64, a1: u64, a2: u64, a3: u64) -> u64 {
+    // Frames a TCP send left queued leave first: this call may block, or
+    // end or clone the VM.
+    crate::net::flush_pending();
     let ret: u64;
     asm!(
         "out dx, eax",

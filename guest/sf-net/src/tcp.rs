@@ -165,7 +165,8 @@ impl Net {
             }
             None
         })?;
-        self.flush();
+        self.poll();
+        self.host.flush_soon();
         Ok(n)
     }
 

@@ -3,6 +3,7 @@
 //! boot information, which it rewrites for every clone.
 
 use crate::{rand, rt, time};
+use core::sync::atomic::{AtomicBool, Ordering};
 use sf_abi::net::FamilyNet;
 use sf_net::{Host, Identity, Ipv4Addr};
 
@@ -11,6 +12,32 @@ use sf_net::{Host, Identity, Ipv4Addr};
 /// that long (less if a frame arrives, bounded by the run's deadline),
 /// fills receive buffers and resumes the guest. 0: no wait.
 const WAIT_REGISTER: u64 = 0xF0;
+
+/// Frames are queued that the NIC has not been told to send: the next
+/// hypercall tells it first ([`flush_pending`]), or the next wait does.
+static FLUSH_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Before any exit to the host: lets the NIC send what the stack queued
+/// (one MMIO write, itself an exit, only when something is queued). A
+/// program that sends and then computes without a network call or a
+/// hypercall keeps its data queued until it makes one, as it keeps its
+/// peers' data unread (see the module).
+pub(crate) fn flush_pending() {
+    if FLUSH_PENDING.swap(false, Ordering::Relaxed) {
+        write_wait(rt::boot().mmio_base, 0);
+    }
+}
+
+/// Writes the NIC's WAIT register: `us` microseconds at most.
+fn write_wait(base: u64, us: u32) {
+    if base != sf_abi::layout::MMIO_BASE {
+        return;
+    }
+    // SAFETY: the NIC's slot is mapped for ring 3 whenever the stack runs
+    // (it was opened there); writing this register only makes the host do
+    // the NIC's work and sleep.
+    unsafe { ((base + WAIT_REGISTER) as *mut u32).write_volatile(us) };
+}
 
 pub(crate) struct GuestHost {
     /// The identity last computed, and the `net_ip` word it came from.
@@ -90,14 +117,12 @@ impl Host for GuestHost {
     }
 
     fn wait(&mut self, timeout_us: u64) {
-        if self.base != sf_abi::layout::MMIO_BASE {
-            return;
-        }
-        let us = timeout_us.min(u32::MAX as u64) as u32;
-        // SAFETY: the NIC's slot is mapped for ring 3 whenever the stack
-        // runs (it was opened there); writing this register only makes the
-        // host do the NIC's work and sleep.
-        unsafe { ((self.base + WAIT_REGISTER) as *mut u32).write_volatile(us) };
+        FLUSH_PENDING.store(false, Ordering::Relaxed);
+        write_wait(self.base, timeout_us.min(u32::MAX as u64) as u32);
+    }
+
+    fn flush_soon(&mut self) {
+        FLUSH_PENDING.store(true, Ordering::Relaxed);
     }
 
     fn identity(&mut self) -> Identity {

@@ -15,7 +15,10 @@
 //! the NIC and, when there is nothing to do, sleeps in the host
 //! (hypercall 24, `NetWait`) until a frame arrives or a timer is due. A
 //! program that computes for long stretches while peers talk to it may call
-//! [`poll`] now and then; otherwise TCP simply retransmits.
+//! [`poll`] now and then; otherwise TCP simply retransmits. Data a TCP send
+//! queued leaves at the VM's next exit (a blocking call, a hypercall,
+//! [`poll`]... ), so a request and the wait for its answer cost one exit;
+//! a program that sends and then computes for long calls [`poll`] first.
 //!
 //! Addresses: a clone family shares one subnet; member `m` (the family's
 //! first VM is 0) has [`addr_of`]`(m)`. The VMM numbers members as clones
@@ -30,6 +33,8 @@ mod capi;
 mod host;
 mod socket;
 mod virtio;
+
+pub(crate) use host::flush_pending;
 
 use crate::rt;
 use alloc::boxed::Box;
@@ -131,12 +136,14 @@ pub fn child_addr(k: u32) -> Option<Ipv4Addr> {
     addr_of(base.checked_add(k.checked_sub(1)?)?)
 }
 
-/// Moves pending frames and timers without blocking.
+/// Moves pending frames and timers without blocking, and has the NIC send
+/// what is queued.
 pub fn poll() {
     let _ = with(|n| {
         n.poll();
         Ok(())
     });
+    flush_pending();
 }
 
 /// Sleeps for `d` while keeping the stack running (without a NIC: just

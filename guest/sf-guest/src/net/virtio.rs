@@ -9,12 +9,11 @@
 //! notified only when it asked to be, with event indexes) and their buffers
 //! reclaimed later, so a burst costs fewer VM exits than frames.
 //!
-//! Offloads, when the device offers them (as Linux's driver does): TCP
-//! frames go out with a partial checksum (`NEEDS_CSUM`) and, when larger
-//! than the family MTU, as one TSO segment (`gso_type` TCPV4, `gso_size`
-//! the MSS), which the host kernel cuts up only where a link needs it;
-//! received frames may be 64 KiB segments, and a partial checksum is
-//! completed here before the stack sees the frame.
+//! Offloads, when the device offers all of them (as Linux's driver uses
+//! them): TCP frames go out with a partial checksum and, when larger than
+//! the family MTU, as one TSO segment, which the host kernel cuts up only
+//! where a link needs it; received frames may be 64 KiB segments. The
+//! header work is `sf_net::offload`'s.
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use alloc::boxed::Box;
@@ -22,7 +21,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use sf_abi::layout;
-use sf_net::{Nic, MTU, OFFLOAD_FRAME};
+use sf_net::offload::{self, HDR};
+use sf_net::{Nic, OFFLOAD_FRAME};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
@@ -30,8 +30,6 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 /// Descriptors per queue: receive buffers posted, frames in flight.
 const QUEUE: usize = 64;
-/// `virtio_net_hdr` with `VERSION_1` (`num_buffers` included).
-const HDR: usize = 12;
 /// A buffer without offloads: the header and one frame.
 const BUF: usize = 2048;
 /// A buffer with offloads: the header and a 64 KiB segment (the spec asks
@@ -53,12 +51,6 @@ const RX_NOTIFY_BATCH: usize = 8;
 
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
-/// `virtio_net_hdr.flags`: the checksum from `csum_start` on is partial.
-const NEEDS_CSUM: u8 = 1;
-/// `virtio_net_hdr.flags`: the host already checked the checksum.
-const DATA_VALID: u8 = 2;
-/// `virtio_net_hdr.gso_type`: a TCPv4 segment to cut at `gso_size`.
-const GSO_TCPV4: u8 = 1;
 
 bitflags::bitflags! {
     /// The virtio-net features this driver knows (virtio 1.x, 5.1.3).
@@ -257,7 +249,9 @@ impl Nic for VirtioNic {
                 let frame_len = len.saturating_sub(HDR);
                 let (hdr, frame) = b.split_at_mut(HDR);
                 let frame = &mut frame[..frame_len];
-                let ok = frame_len <= buf.len() && checksum_ok(hdr, frame, self.offloads);
+                let hdr: &[u8; HDR] = (&*hdr).try_into().expect("HDR bytes");
+                let ok =
+                    frame_len <= buf.len() && offload::rx_checksum_ok(hdr, frame, self.offloads);
                 ok.then(|| {
                     buf[..frame_len].copy_from_slice(frame);
                     frame_len
@@ -290,7 +284,7 @@ impl Nic for VirtioNic {
         b[HDR..len].copy_from_slice(&frame[..len - HDR]);
         if self.offloads {
             let (hdr, frame) = b[..len].split_at_mut(HDR);
-            offload_tcp(hdr, frame);
+            offload::mark_tx(hdr.try_into().expect("HDR bytes"), frame);
         }
         // SAFETY: `b` stays in `tx_busy` until `pop_used`.
         match unsafe { self.txq.add(&[&b[..len]], &mut []) } {
@@ -311,108 +305,4 @@ impl Nic for VirtioNic {
     fn offloads(&self) -> bool {
         self.offloads
     }
-}
-
-/// Where a TCPv4 frame's headers are: (IP header length, TCP header
-/// length, IP total length); `None` for anything else.
-fn tcp4_layout(frame: &[u8]) -> Option<(usize, usize, usize)> {
-    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
-        return None;
-    }
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-    let thl = usize::from(*frame.get(14 + ihl + 12)? >> 4) * 4;
-    if ihl < 20 || thl < 20 || total < ihl + thl || 14 + total > frame.len() {
-        return None;
-    }
-    Some((ihl, thl, total))
-}
-
-/// Marks a TCPv4 frame the stack left unchecksummed for the host: the
-/// pseudo-header sum in the checksum field, `NEEDS_CSUM`, and, beyond the
-/// MTU, TSO with the MSS that fits the family MTU with these headers.
-fn offload_tcp(hdr: &mut [u8], frame: &mut [u8]) {
-    let Some((ihl, thl, total)) = tcp4_layout(frame) else {
-        return;
-    };
-    let tcp = 14 + ihl;
-    let mut sum = sum16(&frame[14 + 12..14 + 20], 0);
-    sum += 6 + (total - ihl) as u32;
-    let pseudo = fold(sum);
-    frame[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
-    hdr[0] = NEEDS_CSUM;
-    hdr[6..8].copy_from_slice(&(tcp as u16).to_le_bytes());
-    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
-    if total > MTU {
-        hdr[1] = GSO_TCPV4;
-        hdr[2..4].copy_from_slice(&((tcp + thl) as u16).to_le_bytes());
-        hdr[4..6].copy_from_slice(&((MTU - ihl - thl) as u16).to_le_bytes());
-    }
-}
-
-/// Whether a received frame may go to the stack, its checksums settled.
-/// With offloads the stack checks no TCP checksum, so it is done here,
-/// as Linux does: a partial one (`NEEDS_CSUM`: the frame never left this
-/// host, its sender's kernel or VM handed it over in memory) or one the
-/// host checked (`DATA_VALID`) passes as it is, any other TCPv4 frame is
-/// summed. A partial checksum on anything else is completed for the stack.
-/// Without offloads the stack checks everything.
-fn checksum_ok(hdr: &[u8], frame: &mut [u8], offloads: bool) -> bool {
-    let tcp = if offloads { tcp4_layout(frame) } else { None };
-    if hdr[0] & NEEDS_CSUM != 0 {
-        return tcp.is_some() || complete_checksum(hdr, frame);
-    }
-    match tcp {
-        Some((ihl, _, total)) if hdr[0] & DATA_VALID == 0 => {
-            let pseudo = sum16(&frame[14 + 12..14 + 20], 6 + (total - ihl) as u32);
-            fold(sum16(&frame[14 + ihl..14 + total], pseudo)) == 0xffff
-        }
-        _ => true,
-    }
-}
-
-/// Completes a partial checksum: the field holds the pseudo-header sum,
-/// the rest is summed from `csum_start`; false when the marks point
-/// outside the frame.
-fn complete_checksum(hdr: &[u8], frame: &mut [u8]) -> bool {
-    let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
-    let at = start + usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
-    if at + 2 > frame.len() {
-        return false;
-    }
-    let c = !fold(sum16(&frame[start..], 0));
-    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    true
-}
-
-/// The ones'-complement sum of `data` as big-endian 16-bit words (an odd
-/// last byte padded with zero), added to `sum`, unfolded. Eight bytes at a
-/// time: a 64 KiB segment takes ~10 us at ring 3.
-fn sum16(data: &[u8], sum: u32) -> u32 {
-    let mut acc = u64::from(sum);
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
-        acc += (w >> 32) + (w & 0xffff_ffff);
-    }
-    let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
-    }
-    if let [last] = pairs.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    while acc >> 32 != 0 {
-        acc = (acc & 0xffff_ffff) + (acc >> 32);
-    }
-    acc as u32
-}
-
-/// Folds a 32-bit ones'-complement sum to 16 bits.
-fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
