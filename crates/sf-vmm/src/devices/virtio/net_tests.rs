@@ -4,8 +4,12 @@
 
 use super::features::{RING_EVENT_IDX, VERSION_1};
 use super::mmio::{reg, MmioTransport};
-use super::net::{Net, F_MAC, HDR_LEN, TX_NOTIFY_EVERY};
+use super::net::{
+    tap_offloads, Net, FEATURES, F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_HOST_TSO4, F_MAC, HDR_LEN,
+    MAX_GSO_FRAME, TX_NOTIFY_EVERY,
+};
 use super::test_driver::*;
+use crate::net::tap::{TUN_F_CSUM, TUN_F_TSO4};
 use sf_abi::net::FamilyNet;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
@@ -417,4 +421,79 @@ fn a_remote_clone_rebuilds_the_nic_from_the_descriptor() {
         .restore(&saved[..saved.len() / 2], &ctx)
         .is_err());
     drop(peer);
+}
+
+const OFFLOADS: u64 = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4;
+
+#[test]
+fn offloads_are_offered_and_the_tap_takes_only_what_the_driver_acked() {
+    assert_eq!(FEATURES & OFFLOADS, OFFLOADS);
+    assert_eq!(tap_offloads(VERSION_1 | F_MAC), 0);
+    assert_eq!(
+        tap_offloads(VERSION_1 | F_CSUM | F_HOST_TSO4),
+        0,
+        "sending only"
+    );
+    assert_eq!(tap_offloads(VERSION_1 | F_GUEST_CSUM), TUN_F_CSUM);
+    assert_eq!(tap_offloads(VERSION_1 | F_GUEST_TSO4), 0, "TSO needs CSUM");
+    assert_eq!(tap_offloads(VERSION_1 | OFFLOADS), TUN_F_CSUM | TUN_F_TSO4);
+    // A driver that acks none of them negotiates and moves frames as before.
+    let (mut d, peer) = nic();
+    assert_eq!(d.t.acked_features() & OFFLOADS, 0);
+    d.tx(0, &frame(100, 3), false);
+    d.w(reg::QUEUE_NOTIFY, 1);
+    assert_eq!(recv(&peer).map(|f| f.len()), Some(HDR_LEN + 100));
+}
+
+/// A TCPv4-looking frame of `len` bytes after a header marked for TSO.
+fn tso_chain(len: usize) -> Vec<u8> {
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[0] = 1; // NEEDS_CSUM
+    hdr[1] = 1; // GSO TCPV4
+    hdr[2..4].copy_from_slice(&66u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&1398u16.to_le_bytes());
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let mut c = hdr.to_vec();
+    c.extend(frame(len, 9));
+    c
+}
+
+#[test]
+fn offload_headers_and_64k_segments_pass_through_both_ways() {
+    let (dev, peer) = socketpair();
+    let mut d = Driver::start(
+        Net::with_mac(Some(dev), [2, 0, 0, 0, 0, 1]),
+        VERSION_1 | F_MAC | RING_EVENT_IDX | OFFLOADS,
+    );
+    // Transmit: a 64 KiB segment in one chain, its header untouched.
+    let chain = tso_chain(MAX_GSO_FRAME);
+    let at = buf(1, 0);
+    d.mem.write_slice(&chain, GuestAddress(at)).unwrap();
+    d.write_desc(1, 0, at, chain.len() as u32, 0, 0);
+    d.publish(1, 0, false);
+    d.w(reg::QUEUE_NOTIFY, 1);
+    assert_eq!(recv(&peer).as_deref(), Some(&chain[..]));
+    assert!(!d.needs_reset());
+    // Receive: the TAP's header reaches the driver as it came, with
+    // `num_buffers` 1, in a buffer big enough for a segment.
+    let big = tso_chain(MAX_GSO_FRAME);
+    send(&peer, &big);
+    let rx = buf(0, 0);
+    d.write_desc(0, 0, rx, big.len() as u32, WRITE, 0);
+    d.publish(0, 0, false);
+    d.run();
+    assert_eq!(d.take_used(0), vec![(0, big.len() as u32)]);
+    let mut got = vec![0u8; big.len()];
+    d.mem.read_slice(&mut got, GuestAddress(rx)).unwrap();
+    assert_eq!(&got[..10], &big[..10]);
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+    assert_eq!(&got[HDR_LEN..], &big[HDR_LEN..]);
+    // One byte more than a segment is a driver error.
+    let too_long = tso_chain(MAX_GSO_FRAME + 1);
+    d.mem.write_slice(&too_long, GuestAddress(at)).unwrap();
+    d.write_desc(1, 1, at, too_long.len() as u32, 0, 0);
+    d.publish(1, 1, false);
+    d.w(reg::QUEUE_NOTIFY, 1);
+    assert!(d.needs_reset());
 }

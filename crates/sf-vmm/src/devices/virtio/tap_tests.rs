@@ -5,7 +5,7 @@
 //! with its fd.
 
 use super::features::{RING_EVENT_IDX, VERSION_1};
-use super::net::{Net, F_MAC, HDR_LEN};
+use super::net::{Net, F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_HOST_TSO4, F_MAC, HDR_LEN};
 use super::test_driver::*;
 use crate::net::tap::Tap;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -35,6 +35,11 @@ fn sh(args: &[&str]) {
 }
 
 fn link(net: u8) -> Link {
+    link_acking(net, VERSION_1 | F_MAC | RING_EVENT_IDX)
+}
+
+/// A link whose driver acks `features`.
+fn link_acking(net: u8, features: u64) -> Link {
     let name = format!("sfvn{}x{net}", std::process::id() % 100_000);
     let tap = Tap::open(&name).expect("TAP (tests run as root)");
     let (host, guest) = (
@@ -66,10 +71,7 @@ fn link(net: u8) -> Link {
     for (i, h) in text.trim().split(':').enumerate() {
         tap_mac[i] = u8::from_str_radix(h, 16).unwrap();
     }
-    let d = Driver::start(
-        Net::with_mac(Some(tap.fd), GUEST_MAC),
-        VERSION_1 | F_MAC | RING_EVENT_IDX,
-    );
+    let d = Driver::start(Net::with_mac(Some(tap.fd), GUEST_MAC), features);
     Link {
         tap_mac,
         host,
@@ -297,4 +299,37 @@ fn bulk_stream_from_a_host_process() {
     );
     assert!(frames > 100, "only {frames} datagrams arrived");
     assert!(!l.d.needs_reset());
+}
+
+/// The TAP hands the driver what it acked: with the guest offloads a host
+/// datagram keeps its checksum partial (`NEEDS_CSUM`: the kernel left the
+/// sum to the NIC), without them it arrives summed and unmarked.
+#[test]
+fn the_taps_offloads_follow_what_the_driver_acked() {
+    let base = VERSION_1 | F_MAC | RING_EVENT_IDX;
+    let offloads = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4;
+    for (net, features, flags) in [(5, base, 0u8), (6, base | offloads, 1)] {
+        let mut l = link_acking(net, features);
+        for i in 0..8 {
+            l.d.post_rx(i);
+        }
+        let sock = UdpSocket::bind((l.host, 0)).unwrap();
+        sock.send_to(b"flags?", (l.guest, 9998)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = None;
+        while got.is_none() && Instant::now() < deadline {
+            l.d.wait(Duration::from_millis(200));
+            for (id, len) in l.d.take_used(0) {
+                let mut f = vec![0u8; len as usize];
+                l.d.mem
+                    .read_slice(&mut f, GuestAddress(buf(0, id as u16)))
+                    .unwrap();
+                l.d.post_rx(id as u16);
+                if ipv4_payload(&f[HDR_LEN..], 17).is_some_and(|u| u.ends_with(b"flags?")) {
+                    got = Some(f[0]);
+                }
+            }
+        }
+        assert_eq!(got, Some(flags), "header flags with features {features:#x}");
+    }
 }
