@@ -367,6 +367,40 @@ fn two_vms_on_a_bridge_measure_round_trip_and_throughput() {
     eprintln!("VM<->VM on one bridge: {line}");
 }
 
+/// With offloads negotiated, 64 MiB go from a clone to its parent in
+/// segments larger than the MTU (the clone's persistent TAP counts what
+/// its VM wrote), and the parent checks the stream's checksum.
+#[test]
+fn two_vms_stream_a_checksummed_64_mib_in_segments_past_the_mtu() {
+    enter_new_netns();
+    bridge_with_taps(1);
+    let tap = parent_on_bridge();
+    let (code, console) = run_vm("netpi", "stream mib=64 rounds=50", tap, true);
+    assert_eq!(code, 0, "{console}\n{}", links());
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("stream: rtt"))
+        .unwrap_or_default();
+    assert!(line.contains("bytes=67108864 offloads=on"), "{console}");
+    // `ip`, not /sys/class/net: sysfs shows the namespace it was mounted in.
+    let out = Command::new("ip")
+        .args(["-j", "-s", "link", "show", "dev", "sfgt1"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rx = &v[0]["stats64"]["rx"];
+    let (bytes, frames) = (
+        rx["bytes"].as_u64().unwrap(),
+        rx["packets"].as_u64().unwrap(),
+    );
+    assert!(
+        bytes > 64 << 20 && bytes / frames > 1514,
+        "the clone wrote {bytes} bytes in {frames} frames\n{}",
+        links()
+    );
+    eprintln!("{line}; {} bytes per frame from the clone", bytes / frames);
+}
+
 #[test]
 fn without_a_nic_every_call_says_so_and_pi_falls_back_to_join() {
     let run = |guest: &str, args: &str| {

@@ -114,6 +114,12 @@ impl Net {
         self.id
     }
 
+    /// Whether the NIC offloads TCP checksums and segmentation (see
+    /// [`Nic::offloads`]).
+    pub fn offloads(&self) -> bool {
+        self.dev.nic.offloads()
+    }
+
     /// The address of family member `member` (0 is the parent), when this
     /// VM belongs to a family network.
     pub fn addr_of(&self, member: u32) -> Option<Ipv4Addr> {

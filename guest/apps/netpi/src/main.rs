@@ -14,6 +14,7 @@
 //!   tests and measurements from the host).
 //! - `netpi -- stream [port=7000] [mib=16] [rounds=200]`: one clone and its
 //!   parent measure the TCP round trip and throughput between two VMs.
+//!   Prints `stream: rtt_median_us=R mbit_s=M bytes=B offloads=on|off`.
 #![no_std]
 #![no_main]
 

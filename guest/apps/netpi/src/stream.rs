@@ -1,7 +1,8 @@
 //! `stream`: VM-to-VM round trip and throughput. The parent listens; its
 //! one clone connects, times `rounds` 64-byte ping-pongs, then sends `mib`
 //! MiB; the parent times the stream (first byte to last, on its clock),
-//! checks its checksum, and prints both measurements. The clone writes
+//! checks its checksum, and prints both measurements and whether the NIC
+//! offloads TCP. The clone writes
 //! 256 KiB at a time, as a bulk sender would (the host reference writes
 //! 1 MiB): each write costs one exit to flush it, and with 32 KiB writes
 //! the stack sent 32 KiB segments (1.1-1.8 Gbit/s; 2.6-4.6 with 256 KiB,
@@ -123,9 +124,10 @@ pub fn run(port: u16, mib: u64, rounds: u64, timeout_ms: u64) -> i32 {
         (Ok((rtt, secs, true)), Ok(true)) => {
             let mbit = (chunks * CHUNK as u64) as f64 * 8.0 / secs / 1e6;
             println!(
-                "stream: rtt_median_us={:.1} mbit_s={mbit:.1} bytes={}",
+                "stream: rtt_median_us={:.1} mbit_s={mbit:.1} bytes={} offloads={}",
                 rtt as f64 / 1e3,
-                chunks * CHUNK as u64
+                chunks * CHUNK as u64,
+                if net::offloads() { "on" } else { "off" }
             );
             0
         }

@@ -113,6 +113,12 @@ pub fn my_addr() -> Option<Ipv4Addr> {
     .ok()
 }
 
+/// Whether the NIC offloads TCP checksums and segmentation to the host
+/// (the VMM offered it and the driver took it).
+pub fn offloads() -> bool {
+    with(|n| Ok(n.offloads())).unwrap_or(false)
+}
+
 /// The address of family member `member` (0 = the family's first VM).
 pub fn addr_of(member: u32) -> Option<Ipv4Addr> {
     with(|n| n.addr_of(member).ok_or(Error::InvalidArgument)).ok()
