@@ -13,7 +13,8 @@
 //! family, held open on both hosts (`net-hold`), with the processes in
 //! endpoints (veth into small namespaces) that are ports of those bridges
 //! where a VM's TAP would be: a one-way stream for `--seconds`, and
-//! 64-byte round trips against an echo server.
+//! 64-byte round trips against an echo server. Reference and VM runs
+//! alternate.
 
 use super::stats::median;
 use super::testbed::Testbed;
@@ -37,8 +38,8 @@ pub struct NetBenchArgs {
     /// Seconds of each reference stream.
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
-    /// MiB each VM stream moves.
-    #[arg(long, default_value_t = 64)]
+    /// MiB each VM stream moves (at 3 Gbit/s, 256 MiB take ~0.7 s).
+    #[arg(long, default_value_t = 256)]
     mib: u64,
     /// Round trips per RTT measurement.
     #[arg(long, default_value_t = 2000)]
@@ -78,57 +79,46 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
     let mut bed = Testbed::up(2, None)?;
     bed.start_daemons(false)?;
     let time = Duration::from_secs_f64(a.seconds);
-    let paths = [("same-host", "local"), ("cross-host", "remote")];
-    let mut reference = vec![];
-    {
-        eprintln!("reference: host processes on a held family's bridges...");
-        let family = FamilyNet::new(REFERENCE_FAMILY).expect("nonzero");
-        let vni = u32::from(REFERENCE_FAMILY);
-        let _holders = (hold(&bed, 1, vni, family)?, hold(&bed, 2, vni, family)?);
-        let tag = std::process::id() % 100_000;
-        let at = |host: usize, m: u32| {
-            Endpoint::member(
-                Some(&bed.netns(host)),
-                &format!("sfn{tag}-{m}"),
-                vni,
-                family,
-                m,
-            )
-            .with_context(|| format!("cannot attach endpoint {m} on host {host}"))
-        };
-        let (e1, e2, e3) = (at(1, 1)?, at(1, 2)?, at(2, 3)?);
-        for (path, from) in [(paths[0].0, &e1), (paths[1].0, &e3)] {
-            eprintln!("  {path}: {} runs of {} s...", a.runs, a.seconds);
-            let mut stream = vec![];
-            let mut rtt = vec![];
-            for _ in 0..a.runs {
-                stream.push(throughput(from, &e2, time)?);
-                rtt.push(host_rtt(from, &e2, a.round_trips)?);
-            }
-            reference.push((median(&stream), median(&rtt)));
-        }
-    }
+    eprintln!("reference: host processes on a held family's bridges...");
+    let family = FamilyNet::new(REFERENCE_FAMILY).expect("nonzero");
+    let vni = u32::from(REFERENCE_FAMILY);
+    let _holders = (hold(&bed, 1, vni, family)?, hold(&bed, 2, vni, family)?);
+    let tag = std::process::id() % 100_000;
+    let at = |host: usize, m: u32| {
+        Endpoint::member(
+            Some(&bed.netns(host)),
+            &format!("sfn{tag}-{m}"),
+            vni,
+            family,
+            m,
+        )
+        .with_context(|| format!("cannot attach endpoint {m} on host {host}"))
+    };
+    let (e1, e2, e3) = (at(1, 1)?, at(1, 2)?, at(2, 3)?);
     let mut rows = vec![];
-    for ((path, placement), (ref_mbit, ref_rtt)) in paths.into_iter().zip(reference) {
+    for (path, placement, from) in [("same-host", "local", &e1), ("cross-host", "remote", &e3)] {
         eprintln!(
-            "VMs, {path}: {} runs of netpi stream mib={} (--placement {placement})...",
-            a.runs, a.mib
+            "  {path}: {} runs, each a {} s reference stream, {} reference round trips and netpi stream mib={} (--placement {placement})...",
+            a.runs, a.seconds, a.round_trips, a.mib
         );
-        let mut mbit = vec![];
-        let mut rtt = vec![];
+        // Reference and VMs take turns, so both see the machine's load
+        // as it was at that moment.
+        let (mut ref_mbit, mut ref_rtt, mut mbit, mut rtt) = (vec![], vec![], vec![], vec![]);
         for _ in 0..a.runs {
+            ref_mbit.push(throughput(from, &e2, time)?);
+            ref_rtt.push(host_rtt(from, &e2, a.round_trips)?);
             let (r, m) = vm_stream(&bed, placement, a.mib, a.round_trips)?;
             rtt.push(r);
             mbit.push(m);
         }
-        let vm_mbit = median(&mbit);
+        let (vm_mbit, reference) = (median(&mbit), median(&ref_mbit));
         rows.push(Row {
             path,
             vm_mbit_s: vm_mbit,
-            reference_mbit_s: ref_mbit,
+            reference_mbit_s: reference,
             vm_rtt_us: median(&rtt),
-            reference_rtt_us: ref_rtt,
-            vm_vs_reference_throughput: vm_mbit / ref_mbit,
+            reference_rtt_us: median(&ref_rtt),
+            vm_vs_reference_throughput: vm_mbit / reference,
             vm_runs_mbit_s: mbit,
             runs: a.runs,
         });

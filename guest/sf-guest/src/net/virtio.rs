@@ -38,9 +38,9 @@ const BIG_BUF: usize = HDR + OFFLOAD_FRAME;
 /// Receive buffers posted with offloads: 2 MiB of guest RAM, where 64
 /// small ones took 128 KiB; a stream of small frames still gets 32 per exit.
 const BIG_RX: usize = 32;
-/// Transmit buffers with offloads: the stack's 256 KiB window is four
-/// segments, so eight keep it busy.
-const BIG_TX: usize = 8;
+/// Transmit buffers with offloads: the stack's 512 KiB window is eight
+/// segments, so sixteen (1 MiB) keep it busy.
+const BIG_TX: usize = 16;
 /// Receive buffers re-posted between notifies at most. virtio-drivers'
 /// `should_notify` compares indexes without wrap-around, so the device's
 /// "never notify" `avail_event` (one behind its position) reads as
