@@ -178,7 +178,11 @@ impl Net {
     /// frames are completed and dropped, and nothing is received.
     pub fn set_tap(&mut self, tap: Option<OwnedFd>) {
         self.tap = tap;
-        self.apply_offloads();
+        // A TAP arrives with none (`tap::prepare`): no ioctl on the clone
+        // path unless the driver took offloads.
+        if self.tap_offloads != 0 {
+            self.apply_offloads();
+        }
     }
 
     /// Tells the TAP what it may hand the driver: with offloads off the
