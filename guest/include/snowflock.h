@@ -128,8 +128,13 @@ int64_t sf_child_addr(uint32_t k);
 int64_t sf_net_listen(uint32_t port);
 int64_t sf_net_accept(int64_t listener, int64_t timeout_ms);
 int64_t sf_net_connect(uint32_t ip, uint32_t port, int64_t timeout_ms);
-/* Sends some of buf[0..len): returns the bytes taken, >= 1 when len > 0. */
+/* Sends some of buf[0..len): returns the bytes taken, >= 1 when len > 0.
+ * They leave at the VM's next exit to the host (a blocking call, any call
+ * into the host, sf_net_poll), so a request and the wait for its answer
+ * cost one exit; call sf_net_poll before computing for long. */
 int64_t sf_net_send(int64_t s, const void *buf, size_t len, int64_t timeout_ms);
+/* Moves frames and timers without blocking, and sends what is queued. */
+void sf_net_poll(void);
 /* Receives up to len bytes, at least 1; 0 when the peer closed its side. */
 int64_t sf_net_recv(int64_t s, void *buf, size_t len, int64_t timeout_ms);
 /* Closes any socket; a TCP stream waits (at most 5 s) until the peer has

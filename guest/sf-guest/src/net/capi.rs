@@ -150,6 +150,12 @@ pub unsafe extern "C" fn sf_net_recv(s: i64, buf: *mut u8, len: usize, timeout_m
     }))
 }
 
+/// Moves frames and timers without blocking, and sends what is queued.
+#[no_mangle]
+pub extern "C" fn sf_net_poll() {
+    super::poll();
+}
+
 /// Closes any socket (a stream gracefully, at most 5 s).
 #[no_mangle]
 pub extern "C" fn sf_net_close(s: i64) -> i64 {
