@@ -9,7 +9,7 @@
 //! parent VMM, so the region (the parent's guest RAM at the fork) never
 //! changes while it is served.
 
-use super::lockstep::{LossyReceiver, PushLog};
+use super::lockstep::{Lockstep, LossyReceiver};
 use super::pacer::{Pacer, Report, STEP_PAGES};
 use super::protocol::{
     self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
@@ -74,6 +74,15 @@ pub struct ServerStats {
     pub reports: u64,
     /// The pace of bulk pushes now (pages per second).
     pub push_rate_pps: u64,
+    /// Lockstep: 2 MiB chunks that turned shared (a second connection
+    /// asked in them within the window); their pages go by multicast.
+    pub lockstep_shared_chunks: u64,
+    /// Lockstep: chunks a followed connection (one whose chunks another
+    /// asked for) entered as shared before any other asked there.
+    pub lockstep_predicted_chunks: u64,
+    /// Lockstep: pages answered by unicast alone because only one
+    /// connection was asking in their chunk (nothing pushed).
+    pub unicast_private_pages: u64,
 }
 
 #[derive(Default)]
@@ -89,6 +98,9 @@ struct Counters {
     multicast_datagrams: AtomicU64,
     working_set_pushed: AtomicU64,
     reports: AtomicU64,
+    lockstep_shared_chunks: AtomicU64,
+    lockstep_predicted_chunks: AtomicU64,
+    unicast_private_pages: AtomicU64,
 }
 
 /// State shared by the accept loop, the connection threads and the handles.
@@ -145,6 +157,9 @@ impl ServerHandle {
             working_set_pushed: c.working_set_pushed.load(Relaxed),
             reports: c.reports.load(Relaxed),
             push_rate_pps: self.0.pacer.rate(),
+            lockstep_shared_chunks: c.lockstep_shared_chunks.load(Relaxed),
+            lockstep_predicted_chunks: c.lockstep_predicted_chunks.load(Relaxed),
+            unicast_private_pages: c.unicast_private_pages.load(Relaxed),
         }
     }
 }
@@ -157,7 +172,7 @@ pub struct PageServer {
     multicast: Option<super::multicast::Sender>,
     /// Lockstep detection (with multicast): `None` pushes every page
     /// served after answering over TCP, as before lockstep detection.
-    lockstep: Option<PushLog>,
+    lockstep: Option<Lockstep>,
     /// The parent's recorded working set: recorded here, or pushed (with
     /// multicast) ahead of each clone's faults.
     working_set: Option<HolderSet>,
@@ -235,11 +250,12 @@ impl PageServer {
         self
     }
 
-    /// With multicast, while several clones are connected: pushes each
-    /// page asked for once while it is on its way and answers "pushed"
-    /// (see [`super::lockstep`]).
+    /// With multicast, while several clones ask for pages of one chunk:
+    /// pushes each page asked for once while it is on its way and answers
+    /// "pushed"; pages only one clone asks for go by unicast alone (see
+    /// [`super::lockstep`]).
     pub fn with_lockstep(mut self) -> PageServer {
-        self.lockstep = Some(PushLog::new(self.region.len() / PAGE_SIZE));
+        self.lockstep = Some(Lockstep::new(self.region.len() / PAGE_SIZE));
         self
     }
 
@@ -491,54 +507,75 @@ impl PageServer {
                 .as_ref()
                 .filter(|_| self.shared.authenticated.load(Relaxed) > 1);
             match (group, &self.lockstep) {
-                (Some(m), Some(log)) if !unicast && !lossy.unicast_only() => {
-                    self.push_once(m, log, &req);
-                    let map = protocol::page_map(region, req.offset as usize, req.pages);
-                    let sent = protocol::write_pushed(&mut s, req.offset, &map)?;
-                    lossy.pushed();
-                    counters.pushed_answers.fetch_add(1, Relaxed);
-                    counters.bytes_sent.fetch_add(sent as u64, Relaxed);
-                }
-                (group, log) => {
-                    self.answer(&mut s, &req)?;
-                    // After the answer (the asking clone comes first).
-                    // Pushing in line also paces each clone's next
-                    // request to what the group receives (measured
-                    // before lockstep detection: 4x fewer bytes over TCP
-                    // per clone at 16 clones).
-                    if let Some(m) = group {
-                        match log {
-                            Some(log) => {
-                                let now = log.now();
-                                let first = req.offset as usize / PAGE_SIZE;
-                                // Served by unicast: push only pages no
-                                // sibling had yet.
-                                for i in 0..req.pages as usize {
-                                    if log.claim_new(first + i, now) {
-                                        let at = ((first + i) * PAGE_SIZE) as u64;
-                                        self.count_push(m.send_page(region, at));
-                                    }
+                (Some(m), Some(ls)) => {
+                    let now = ls.log.now();
+                    let first = req.offset as usize / PAGE_SIZE;
+                    let pages = req.pages as usize;
+                    let verdict = ls.sharing.on_request(id, first, pages, now);
+                    counters
+                        .lockstep_shared_chunks
+                        .fetch_add(u64::from(verdict.newly_shared), Relaxed);
+                    counters
+                        .lockstep_predicted_chunks
+                        .fetch_add(u64::from(verdict.predicted), Relaxed);
+                    let by_push = !unicast && !lossy.unicast_only();
+                    // Pages on their way already (a sibling's push, the
+                    // working set) are waited for even in a private chunk.
+                    if by_push && (verdict.shared || ls.log.all_in_flight(first, pages, now)) {
+                        if verdict.shared {
+                            self.push_once(m, ls, &req, now);
+                        }
+                        let map = protocol::page_map(region, req.offset as usize, req.pages);
+                        let sent = protocol::write_pushed(&mut s, req.offset, &map)?;
+                        lossy.pushed();
+                        counters.pushed_answers.fetch_add(1, Relaxed);
+                        counters.bytes_sent.fetch_add(sent as u64, Relaxed);
+                    } else {
+                        self.answer(&mut s, &req)?;
+                        if verdict.shared {
+                            // A lost push or a lossy receiver: the pages
+                            // go to it by unicast, and to the group only
+                            // if no sibling had them yet.
+                            for page in first..first + pages {
+                                if ls.log.claim_new(page, now) {
+                                    let at = (page * PAGE_SIZE) as u64;
+                                    self.count_push(m.send_page(region, at));
                                 }
                             }
-                            None => {
-                                let before = m.datagrams();
-                                m.send_pages(region, req.offset, req.pages);
-                                counters
-                                    .multicast_datagrams
-                                    .fetch_add(m.datagrams() - before, Relaxed);
-                            }
+                        } else {
+                            counters
+                                .unicast_private_pages
+                                .fetch_add(u64::from(req.pages), Relaxed);
                         }
                     }
                 }
+                (group, None) => {
+                    self.answer(&mut s, &req)?;
+                    // Without lockstep detection every page served is
+                    // pushed, after the answer (the asking clone comes
+                    // first). Pushing in line also paces each clone's next
+                    // request to what the group receives (measured before
+                    // lockstep detection: 4x fewer bytes over TCP per
+                    // clone at 16 clones).
+                    if let Some(m) = group {
+                        let before = m.datagrams();
+                        m.send_pages(region, req.offset, req.pages);
+                        counters
+                            .multicast_datagrams
+                            .fetch_add(m.datagrams() - before, Relaxed);
+                    }
+                }
+                (None, Some(_)) => self.answer(&mut s, &req)?,
             }
         }
     }
 
-    /// Lockstep: pushes every page of the request that is not on its way
-    /// already, once, and the batches after it for a scanning clone; the
-    /// whole request is then answered "pushed".
-    fn push_once(&self, m: &super::multicast::Sender, log: &PushLog, req: &Request) {
-        let now = log.now();
+    /// Lockstep, in a shared chunk: pushes every page of the request that
+    /// is not on its way already, once, and the batches after it for a
+    /// scanning clone (lending them the chunk's lease, see
+    /// [`super::lockstep::Sharing::lend`]); the whole request is then
+    /// answered "pushed".
+    fn push_once(&self, m: &super::multicast::Sender, ls: &Lockstep, req: &Request, now: u32) {
         let first = req.offset as usize / PAGE_SIZE;
         let region = self.region.as_slice();
         // A batch of PUSH_AHEAD_MIN pages or more is a clone's readahead
@@ -549,9 +586,17 @@ impl PageServer {
         } else {
             0
         };
-        let end = (first + req.pages as usize + ahead).min(region.len() / PAGE_SIZE);
+        let asked_end = first + req.pages as usize;
+        let end = (asked_end + ahead).min(region.len() / PAGE_SIZE);
+        if end > asked_end {
+            let until = ls
+                .sharing
+                .own_lease(first)
+                .max(ls.sharing.own_lease(asked_end - 1));
+            ls.sharing.lend(asked_end, end - asked_end, until);
+        }
         for page in first..end {
-            if log.claim(page, now) {
+            if ls.log.claim(page, now) {
                 self.count_push(m.send_page(region, (page * PAGE_SIZE) as u64));
             }
         }
@@ -583,8 +628,8 @@ impl PageServer {
                         self.shared.pacer.pace(STEP_PAGES);
                     }
                     let page = page as usize;
-                    if let Some(log) = &self.lockstep {
-                        if !log.claim(page, log.now()) {
+                    if let Some(ls) = &self.lockstep {
+                        if !ls.log.claim(page, ls.log.now()) {
                             continue;
                         }
                     }
