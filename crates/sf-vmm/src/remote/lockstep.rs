@@ -23,7 +23,9 @@
 //! A clone that runs ahead of its siblings (they wait for a CPU: 16 clones
 //! share 2 cores here) would still get every chunk by unicast first, each
 //! pushed again when the others catch up: twice the bytes. So a connection
-//! whose chunk another one asked for is *followed*: the next
+//! whose chunk another one scanned in (asked for [`SCAN_PAGES`] pages or
+//! more: a readahead grown on a scan, not the few common pages every clone
+//! touches first) is *followed*: the next
 //! [`FOLLOWED_CHUNKS`] chunks it enters within [`SHARE_WINDOW_MS`] are
 //! shared at once. Each detection in one of its chunks renews that credit;
 //! a clone reading its own part after a few common pages (program, stack)
@@ -131,10 +133,11 @@ pub const CHUNK_PAGES: usize = 512;
 /// A chunk turns shared when a second connection asks for a page in it
 /// within this long of the previous asker. Clones in step ask within a few
 /// ms of each other (the first instructions of 16 clones spread over about
-/// 30 ms in `bench remote`); clones working on their own parts that meet
-/// in one chunk reach it at the end of one's part and the start of the
-/// other's, seconds apart for any part worth splitting.
-pub const SHARE_WINDOW_MS: u32 = 1000;
+/// 30 ms in `bench remote`), but a clone that waited for a CPU, or started
+/// a second late, still gains from one push for both; clones working on
+/// their own parts meet at most in the chunk where the parts join (one
+/// chunk, and the few its owner then enters as followed).
+pub const SHARE_WINDOW_MS: u32 = 3000;
 /// How long a chunk stays shared after the last time a second connection
 /// asked in it (a detection or a renewal).
 pub const SHARE_LEASE_MS: u32 = 1000;
@@ -144,6 +147,10 @@ pub const SHARE_LEASE_MS: u32 = 1000;
 /// leader by unicast first (a quarter more bytes at worst); alone, at most
 /// this many chunks (6 MiB) are pushed in vain per detection.
 pub const FOLLOWED_CHUNKS: u32 = 3;
+/// Smallest request that shows a scan: the fault handler's readahead
+/// doubles from 1 page on sequential faults, so 16 pages follow at least
+/// four faults in a row.
+pub const SCAN_PAGES: u32 = 16;
 /// Followed connections remembered at most (ids of closed connections are
 /// forgotten past this, once their credit ran out).
 const MAX_FOLLOWED: usize = 512;
@@ -239,7 +246,9 @@ impl Sharing {
                 if !was_shared {
                     v.newly_shared += 1;
                 }
-                self.follow(before, now);
+                if pages >= SCAN_PAGES as usize {
+                    self.follow(before, now);
+                }
             } else if !was_shared && before != conn && self.spend_credit(conn, now) {
                 c.lent_until.fetch_max(now + SHARE_LEASE_MS, Relaxed);
                 v.predicted += 1;
@@ -443,6 +452,11 @@ mod tests {
         for k in 8..12 {
             assert!(!s.on_request(3, chunk(k), 64, 100).shared, "chunk {k}");
         }
+        // A few common pages asked by both share their chunk, but make
+        // nobody followed.
+        s.on_request(3, chunk(12), 2, 200);
+        assert!(s.on_request(4, chunk(12), 2, 201).shared);
+        assert!(!s.on_request(3, chunk(13), 64, 202).shared);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::protocol::{
     REQUEST_LEN,
 };
 use super::region::ServedRegion;
+pub use super::server_stats::{ServerStats, SharedStats};
 use super::working_set_holder::HolderSet;
 use super::GroupToken;
 use sf_tls::Transport;
@@ -23,13 +24,13 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Smallest request (pages) whose next batches the holder pushes ahead.
-const PUSH_AHEAD_MIN: u32 = 16;
+const PUSH_AHEAD_MIN: u32 = super::lockstep::SCAN_PAGES;
 /// How many batches the holder pushes ahead of a scanning clone.
 const PUSH_AHEAD_BATCHES: u32 = 4;
 
@@ -49,60 +50,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are refused as busy.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
-/// A snapshot of the server's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Connections accepted (hello accepted).
-    pub connections: u64,
-    pub requests: u64,
-    /// Pages sent with data.
-    pub pages_sent: u64,
-    /// Pages answered as zero (no data sent).
-    pub zero_pages: u64,
-    pub bytes_sent: u64,
-    /// Refused hellos and refused requests.
-    pub refused: u64,
-    /// Requests answered "pushed" (lockstep: the pages went by multicast).
-    pub pushed_answers: u64,
-    /// Requests with the unicast flag: a push that never arrived.
-    pub unicast_fallbacks: u64,
-    /// Datagrams sent to the group's multicast.
-    pub multicast_datagrams: u64,
-    /// Pages of the recorded working set pushed ahead of faults.
-    pub working_set_pushed: u64,
-    /// Receivers' loss and backlog reports.
-    pub reports: u64,
-    /// The pace of bulk pushes now (pages per second).
-    pub push_rate_pps: u64,
-    /// Lockstep: 2 MiB chunks that turned shared (a second connection
-    /// asked in them within the window); their pages go by multicast.
-    pub lockstep_shared_chunks: u64,
-    /// Lockstep: chunks a followed connection (one whose chunks another
-    /// asked for) entered as shared before any other asked there.
-    pub lockstep_predicted_chunks: u64,
-    /// Lockstep: pages answered by unicast alone because only one
-    /// connection was asking in their chunk (nothing pushed).
-    pub unicast_private_pages: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    connections: AtomicU64,
-    requests: AtomicU64,
-    pages_sent: AtomicU64,
-    zero_pages: AtomicU64,
-    bytes_sent: AtomicU64,
-    refused: AtomicU64,
-    pushed_answers: AtomicU64,
-    unicast_fallbacks: AtomicU64,
-    multicast_datagrams: AtomicU64,
-    working_set_pushed: AtomicU64,
-    reports: AtomicU64,
-    lockstep_shared_chunks: AtomicU64,
-    lockstep_predicted_chunks: AtomicU64,
-    unicast_private_pages: AtomicU64,
-}
-
 /// State shared by the accept loop, the connection threads and the handles.
 struct Shared {
     stop: AtomicBool,
@@ -116,7 +63,9 @@ struct Shared {
     /// Connections that passed the handshake and the hello (the ones
     /// "Busy" counts).
     authenticated: AtomicUsize,
-    counters: Counters,
+    /// In a shared mapping, so the VMM that forked the memory holder
+    /// reads them after the join.
+    counters: Arc<SharedStats>,
     /// Paces bulk pushes to the slowest healthy receiver.
     pacer: Pacer,
 }
@@ -143,23 +92,9 @@ impl ServerHandle {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let c = &self.0.counters;
         ServerStats {
-            connections: c.connections.load(Relaxed),
-            requests: c.requests.load(Relaxed),
-            pages_sent: c.pages_sent.load(Relaxed),
-            zero_pages: c.zero_pages.load(Relaxed),
-            bytes_sent: c.bytes_sent.load(Relaxed),
-            refused: c.refused.load(Relaxed),
-            pushed_answers: c.pushed_answers.load(Relaxed),
-            unicast_fallbacks: c.unicast_fallbacks.load(Relaxed),
-            multicast_datagrams: c.multicast_datagrams.load(Relaxed),
-            working_set_pushed: c.working_set_pushed.load(Relaxed),
-            reports: c.reports.load(Relaxed),
             push_rate_pps: self.0.pacer.rate(),
-            lockstep_shared_chunks: c.lockstep_shared_chunks.load(Relaxed),
-            lockstep_predicted_chunks: c.lockstep_predicted_chunks.load(Relaxed),
-            unicast_private_pages: c.unicast_private_pages.load(Relaxed),
+            ..self.0.counters.stats()
         }
     }
 }
@@ -221,7 +156,7 @@ impl PageServer {
             conns: Mutex::new(HashMap::new()),
             pending: Mutex::new(std::collections::BTreeSet::new()),
             authenticated: AtomicUsize::new(0),
-            counters: Counters::default(),
+            counters: Arc::new(SharedStats::new()?),
             pacer: Pacer::default(),
         });
         Ok(PageServer {
@@ -261,6 +196,17 @@ impl PageServer {
 
     /// Records the pages clones ask for into the parent's working set, or
     /// pushes the recorded ones (with multicast) when a clone first asks.
+    /// Counts into `stats` (a mapping the VMM made before forking this
+    /// memory holder, so it reads the counters after the join).
+    pub fn with_shared_stats(mut self, stats: Arc<SharedStats>) -> PageServer {
+        // No handle or connection holds `shared` yet: a server is tuned
+        // before it serves.
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.counters = stats;
+        }
+        self
+    }
+
     pub fn with_working_set(mut self, set: HolderSet) -> PageServer {
         self.working_set = Some(set);
         self
@@ -477,6 +423,9 @@ impl PageServer {
             if let Some(report) = Report::decode(&buf) {
                 counters.reports.fetch_add(1, Relaxed);
                 self.shared.pacer.report(report, !lossy.unicast_only());
+                counters
+                    .push_rate_pps
+                    .store(self.shared.pacer.rate(), Relaxed);
                 continue;
             }
             let (req, unicast) = Request::decode_flagged(&buf);

@@ -18,6 +18,7 @@ pub fn serve_frozen(
     lockstep: bool,
     working_set: Option<super::working_set_holder::HolderSet>,
     transport: sf_tls::Transport,
+    stats: Option<std::sync::Arc<super::SharedStats>>,
 ) -> ! {
     let addr = listener
         .local_addr()
@@ -33,6 +34,9 @@ pub fn serve_frozen(
     match PageServer::from_listener(listener, region, token) {
         Ok(server) => {
             let mut server = server.with_transport(transport);
+            if let Some(stats) = stats {
+                server = server.with_shared_stats(stats);
+            }
             if let Some(ws) = working_set {
                 server = server.with_working_set(ws);
             }
