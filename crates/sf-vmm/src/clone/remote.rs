@@ -233,16 +233,14 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
             .ok()
     });
-    crate::remote::serve_frozen(
-        memory,
-        token,
-        ram,
-        sender,
+    let how = crate::remote::Serving {
+        transport,
+        multicast: sender,
         lockstep,
         working_set,
-        transport,
-        holder_stats,
-    )
+        stats: holder_stats,
+    };
+    crate::remote::serve_frozen(memory, token, ram, how)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could

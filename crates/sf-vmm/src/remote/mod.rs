@@ -43,7 +43,7 @@ pub use protocol::{ProtocolError, RefuseReason, MAX_BATCH_PAGES, PAGE_SIZE, PROT
 pub use region::ServedRegion;
 pub use server::{PageServer, ServerHandle};
 pub use server_stats::{ServerStats, SharedStats};
-pub use vmm::{api_stats, current_thread_kicker, serve_frozen, StatsSource, ThreadKicker};
+pub use vmm::{api_stats, current_thread_kicker, serve_frozen, Serving, StatsSource, ThreadKicker};
 
 /// The secret that admits a clone host to one clone group's pages.
 pub type GroupToken = [u8; 16];

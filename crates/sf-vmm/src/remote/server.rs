@@ -9,7 +9,7 @@
 //! parent VMM, so the region (the parent's guest RAM at the fork) never
 //! changes while it is served.
 
-use super::lockstep::{Lockstep, LossyReceiver};
+use super::lockstep::{Lockstep, LossyReceiver, SHARE_WINDOW_MS};
 use super::pacer::{Pacer, Report, STEP_PAGES};
 use super::protocol::{
     self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
@@ -554,8 +554,9 @@ impl PageServer {
     /// Pushes the recorded working set to the group, in order, from a
     /// thread of its own, when a clone asks for its first page: by then its
     /// host has joined the group, and its first fault is not held up. With
-    /// lockstep detection a page on its way (another clone's push) is not
-    /// sent again; without it only the first clone triggers a push.
+    /// lockstep detection a page pushed in the last [`SHARE_WINDOW_MS`]
+    /// (for a clone that joined about as early) is not sent again; without
+    /// it only the first clone triggers a push.
     fn start_working_set_push<'s>(&'s self, scope: &'s std::thread::Scope<'s, '_>) {
         let (Some(ws), Some(m)) = (&self.working_set, &self.multicast) else {
             return;
@@ -578,7 +579,8 @@ impl PageServer {
                     }
                     let page = page as usize;
                     if let Some(ls) = &self.lockstep {
-                        if !ls.log.claim(page, ls.log.now()) {
+                        let now = ls.log.now();
+                        if !ls.log.claim_unless_within(page, now, SHARE_WINDOW_MS) {
                             continue;
                         }
                     }
