@@ -23,9 +23,9 @@
 //! A clone that runs ahead of its siblings (they wait for a CPU: 16 clones
 //! share 2 cores here) would still get every chunk by unicast first, each
 //! pushed again when the others catch up: twice the bytes. So a connection
-//! whose chunk another one scanned in (asked for [`SCAN_PAGES`] pages or
-//! more: a readahead grown on a scan, not the few common pages every clone
-//! touches first) is *followed*: the next
+//! that scanned a chunk (asked there for [`SCAN_PAGES`] pages or more at
+//! once: a readahead grown on a scan, not the few common pages every clone
+//! touches first) in which another one then asks is *followed*: the next
 //! [`FOLLOWED_CHUNKS`] chunks it enters within [`SHARE_WINDOW_MS`] are
 //! shared at once. Each detection in one of its chunks renews that credit;
 //! a clone reading its own part after a few common pages (program, stack)
@@ -174,6 +174,8 @@ struct Chunk {
     shared_until: AtomicU32,
     /// Shared until then, lent by a push ahead of a scan.
     lent_until: AtomicU32,
+    /// The connection that last asked here for a scan's batch (0 = none).
+    scanner: AtomicU32,
 }
 
 /// The sharing detector (see the module comment). Relaxed atomics: two
@@ -247,6 +249,12 @@ impl Sharing {
             let was_shared = now < until;
             let before = c.asker.swap(conn, Relaxed);
             let at = c.asked_at.swap(now, Relaxed);
+            // The follower's own request may be small: its readahead starts
+            // over where pushes filled the pages before.
+            let scanned_by_before = c.scanner.load(Relaxed) == before;
+            if pages >= SCAN_PAGES as usize {
+                c.scanner.store(conn, Relaxed);
+            }
             let other_recently =
                 before != 0 && before != conn && now.saturating_sub(at) < SHARE_WINDOW_MS;
             let mut predicted = false;
@@ -255,7 +263,7 @@ impl Sharing {
                 if !was_shared {
                     v.newly_shared += 1;
                 }
-                if pages >= SCAN_PAGES as usize {
+                if scanned_by_before {
                     self.follow(before, now);
                 }
             } else if !was_shared && before != conn && self.spend_credit(conn, now) {
@@ -470,8 +478,13 @@ mod tests {
         // A few common pages asked by both share their chunk, but make
         // nobody followed.
         s.on_request(3, chunk(12), 2, 200);
-        assert!(s.on_request(4, chunk(12), 2, 201).shared);
+        assert!(s.on_request(4, chunk(12), 64, 201).shared);
         assert!(!s.on_request(3, chunk(13), 64, 202).shared);
+        // A scan followed by a small request (a readahead starting over)
+        // does.
+        s.on_request(5, chunk(14), 32, 300);
+        assert!(s.on_request(6, chunk(14) + 100, 1, 301).shared);
+        assert!(s.on_request(5, chunk(15), 32, 302).predicted == 1);
     }
 
     #[test]
