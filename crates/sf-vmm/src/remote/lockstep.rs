@@ -120,9 +120,7 @@ impl PushLog {
             .get(page)
             .is_some_and(|a| a.compare_exchange(0, now, Relaxed, Relaxed).is_ok())
     }
-}
 
-impl PushLog {
     /// Whether every page of `first..first + pages` is on its way (pushed
     /// less than [`IN_FLIGHT_MS`] ago): the asker only has to wait for it.
     pub fn all_in_flight(&self, first: usize, pages: usize, now: u32) -> bool {
@@ -140,9 +138,9 @@ impl PushLog {
 /// (two clones' parts meet in it) costs at most one chunk pushed in vain.
 pub const CHUNK_PAGES: usize = 512;
 /// A chunk turns shared when a second connection asks for a page in it
-/// within this long of the previous asker. Clones in step ask within a few
-/// ms of each other (the first instructions of 16 clones spread over about
-/// 30 ms in `bench remote`), but a clone that waited for a CPU, or started
+/// within this long of the previous asker. Clones in step ask within tens
+/// of ms of each other (the first instructions of 16 clones spread over 40
+/// to 120 ms in `bench remote` on a busy machine), but a clone that waited for a CPU, or started
 /// a second late, still gains from one push for both; clones working on
 /// their own parts meet at most in the chunk where the parts join (one
 /// chunk, and the few its owner then enters as followed).
