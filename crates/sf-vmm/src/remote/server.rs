@@ -201,8 +201,9 @@ impl PageServer {
     pub fn with_shared_stats(mut self, stats: Arc<SharedStats>) -> PageServer {
         // No handle or connection holds `shared` yet: a server is tuned
         // before it serves.
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.counters = stats;
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.counters = stats,
+            None => tracing::warn!("page server: counters not shared (a handle was taken first)"),
         }
         self
     }
