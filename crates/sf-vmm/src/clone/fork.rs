@@ -219,6 +219,7 @@ impl Vm {
         match forked.map_err(io("forking the first clone"))? {
             Forked::Parent(first) => {
                 drop((pids_w, jobs));
+                let holder_stats = plan.as_ref().and_then(|p| p.holder_stats.clone());
                 let remote = match plan {
                     Some(p) => {
                         let mut r = RemoteGroup::new(p.reports, p.token, remote_ids, request)
@@ -237,6 +238,7 @@ impl Vm {
                     request_to_resumed: request.elapsed(),
                     request_to_joined: None,
                     clones: Vec::new(),
+                    holder: None,
                 });
                 let group = Group {
                     granted,
@@ -244,6 +246,7 @@ impl Vm {
                     pid_pipe: Some(pids_r),
                     pids: Vec::new(),
                     holder: None,
+                    holder_stats,
                     reaped: vec![false; local_ids.len()],
                     local_ids,
                     results: read_ends,

@@ -52,6 +52,7 @@ impl Vm {
         let mut t = std::mem::replace(&mut group.timeline, Box::new(empty_timeline()));
         t.request_to_joined = Some(group.request.elapsed());
         t.clones = summaries;
+        t.holder = group.holder_stats.as_ref().map(|s| s.stats());
         self.clones.keep_timeline(*t);
         let len = record.len() as u64;
         self.clones.tickets.joined(ticket, record);
@@ -145,6 +146,7 @@ fn empty_timeline() -> super::CloneTimeline {
         request_to_resumed: Duration::ZERO,
         request_to_joined: None,
         clones: Vec::new(),
+        holder: None,
     }
 }
 

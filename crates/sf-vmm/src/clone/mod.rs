@@ -63,6 +63,8 @@ pub struct Group {
     pub pids: Vec<i32>,
     /// The process serving this group's frozen memory to remote clones.
     pub holder: Option<i32>,
+    /// Its counters (a mapping it shares with this process).
+    pub holder_stats: Option<std::sync::Arc<crate::remote::SharedStats>>,
     /// Which local clones have been waited for.
     pub reaped: Vec<bool>,
     /// One report pipe per local clone, aligned with `local_ids`.
@@ -146,6 +148,8 @@ pub struct CloneTimeline {
     /// Request to the end of the join (all clones reported).
     pub request_to_joined: Option<Duration>,
     pub clones: Vec<CloneSummary>,
+    /// What the memory holder sent (remote clones), read at the join.
+    pub holder: Option<crate::remote::ServerStats>,
 }
 
 /// Per-VM clone state.

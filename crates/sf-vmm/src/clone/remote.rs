@@ -101,6 +101,9 @@ pub struct RemotePlan {
     /// holder and every later one share it), unless `--no-working-set`;
     /// the clone call sets it.
     pub working_set: Option<Arc<WorkingSet>>,
+    /// The holder's counters, mapped before the fork so the parent reads
+    /// them at the join (`None` if the mapping failed: no counters).
+    pub holder_stats: Option<Arc<crate::remote::SharedStats>>,
 }
 
 impl RemotePlan {
@@ -159,6 +162,10 @@ impl RemotePlan {
             lockstep: !link.no_lockstep,
             working_set: None,
             transport: link.transport.clone(),
+            holder_stats: crate::remote::SharedStats::new()
+                .map_err(|e| tracing::warn!("no memory holder counters: {e}"))
+                .ok()
+                .map(Arc::new),
         })
     }
 }
@@ -190,6 +197,7 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
         lockstep,
         working_set,
         transport,
+        holder_stats,
     } = plan;
     let pages = ram.size() / crate::remote::PAGE_SIZE as u64;
     let free = crate::hints::FreePages::from_ranges(request.free_pages.clone(), pages);
@@ -225,7 +233,14 @@ pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
             .map_err(|e| tracing::warn!(%group, "no multicast push: {e}"))
             .ok()
     });
-    crate::remote::serve_frozen(memory, token, ram, sender, lockstep, working_set, transport)
+    let how = crate::remote::Serving {
+        transport,
+        multicast: sender,
+        lockstep,
+        working_set,
+        stats: holder_stats,
+    };
+    crate::remote::serve_frozen(memory, token, ram, how)
 }
 
 /// Asks each peer daemon to start its clones; tells the origin which could

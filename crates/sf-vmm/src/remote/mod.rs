@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod readahead;
 mod region;
 pub mod server;
+pub mod server_stats;
 pub mod uffd;
 mod vmm;
 pub mod working_set;
@@ -40,8 +41,9 @@ pub use error::RemoteError;
 pub use fetcher::{FailureCallback, FetchConfig, FetchStats, RemoteMemory, StatsHandle};
 pub use protocol::{ProtocolError, RefuseReason, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION};
 pub use region::ServedRegion;
-pub use server::{PageServer, ServerHandle, ServerStats};
-pub use vmm::{api_stats, current_thread_kicker, serve_frozen, StatsSource, ThreadKicker};
+pub use server::{PageServer, ServerHandle};
+pub use server_stats::{ServerStats, SharedStats};
+pub use vmm::{api_stats, current_thread_kicker, serve_frozen, Serving, StatsSource, ThreadKicker};
 
 /// The secret that admits a clone host to one clone group's pages.
 pub type GroupToken = [u8; 16];

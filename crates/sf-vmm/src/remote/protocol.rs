@@ -24,12 +24,17 @@
 //!
 //! A request must be page-aligned, 1..=[`MAX_BATCH_PAGES`] pages, and inside
 //! the served region. Every `decode` accepts any bytes without panicking.
+//!
+//! Version 2 added the pushed answer, the unicast flag and the report
+//! frame. A version 1 peer would read a pushed answer as a bad status and
+//! send its reports as requests, so the two refuse each other at the hello
+//! ([`RefuseReason::UnsupportedVersion`]) instead.
 
 use std::io::{self, Read, Write};
 
 pub const PAGE_SIZE: usize = 4096;
 pub const MAGIC: [u8; 4] = *b"SFPM";
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Most pages one request may ask for (2 MiB): bounds what a client buffers
 /// and how long one request holds a server thread.
 pub const MAX_BATCH_PAGES: u32 = 512;
@@ -96,7 +101,11 @@ impl std::fmt::Display for RefuseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RefuseReason::BadMagic => write!(f, "not a SnowFlock page client (bad magic)"),
-            RefuseReason::UnsupportedVersion => write!(f, "unsupported protocol version"),
+            RefuseReason::UnsupportedVersion => write!(
+                f,
+                "unsupported protocol version (this side speaks {PROTOCOL_VERSION}; run the same \
+                 SnowFlock release on the origin and the clone hosts)"
+            ),
             RefuseReason::BadToken => write!(f, "wrong clone-group token"),
             RefuseReason::Busy => write!(f, "too many connections"),
             RefuseReason::OutOfRange => write!(f, "pages outside the served region"),
@@ -160,7 +169,7 @@ impl Hello {
         let mut b = [0u8; HELLO_LEN];
         b[0..4].copy_from_slice(&MAGIC);
         b[4..6].copy_from_slice(&self.version.to_le_bytes());
-        // 6..8: flags, none defined in version 1.
+        // 6..8: flags, none defined yet.
         b[8..24].copy_from_slice(&self.token);
         b
     }

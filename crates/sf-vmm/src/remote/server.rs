@@ -9,13 +9,14 @@
 //! parent VMM, so the region (the parent's guest RAM at the fork) never
 //! changes while it is served.
 
-use super::lockstep::{LossyReceiver, PushLog};
+use super::lockstep::{Lockstep, LossyReceiver, SHARE_WINDOW_MS};
 use super::pacer::{Pacer, Report, STEP_PAGES};
 use super::protocol::{
     self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
     REQUEST_LEN,
 };
 use super::region::ServedRegion;
+pub use super::server_stats::{ServerStats, SharedStats};
 use super::working_set_holder::HolderSet;
 use super::GroupToken;
 use sf_tls::Transport;
@@ -23,13 +24,13 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Smallest request (pages) whose next batches the holder pushes ahead.
-const PUSH_AHEAD_MIN: u32 = 16;
+const PUSH_AHEAD_MIN: u32 = super::lockstep::SCAN_PAGES;
 /// How many batches the holder pushes ahead of a scanning clone.
 const PUSH_AHEAD_BATCHES: u32 = 4;
 
@@ -49,48 +50,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are refused as busy.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
-/// A snapshot of the server's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Connections accepted (hello accepted).
-    pub connections: u64,
-    pub requests: u64,
-    /// Pages sent with data.
-    pub pages_sent: u64,
-    /// Pages answered as zero (no data sent).
-    pub zero_pages: u64,
-    pub bytes_sent: u64,
-    /// Refused hellos and refused requests.
-    pub refused: u64,
-    /// Requests answered "pushed" (lockstep: the pages went by multicast).
-    pub pushed_answers: u64,
-    /// Requests with the unicast flag: a push that never arrived.
-    pub unicast_fallbacks: u64,
-    /// Datagrams sent to the group's multicast.
-    pub multicast_datagrams: u64,
-    /// Pages of the recorded working set pushed ahead of faults.
-    pub working_set_pushed: u64,
-    /// Receivers' loss and backlog reports.
-    pub reports: u64,
-    /// The pace of bulk pushes now (pages per second).
-    pub push_rate_pps: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    connections: AtomicU64,
-    requests: AtomicU64,
-    pages_sent: AtomicU64,
-    zero_pages: AtomicU64,
-    bytes_sent: AtomicU64,
-    refused: AtomicU64,
-    pushed_answers: AtomicU64,
-    unicast_fallbacks: AtomicU64,
-    multicast_datagrams: AtomicU64,
-    working_set_pushed: AtomicU64,
-    reports: AtomicU64,
-}
-
 /// State shared by the accept loop, the connection threads and the handles.
 struct Shared {
     stop: AtomicBool,
@@ -104,7 +63,9 @@ struct Shared {
     /// Connections that passed the handshake and the hello (the ones
     /// "Busy" counts).
     authenticated: AtomicUsize,
-    counters: Counters,
+    /// In a shared mapping, so the VMM that forked the memory holder
+    /// reads them after the join.
+    counters: Arc<SharedStats>,
     /// Paces bulk pushes to the slowest healthy receiver.
     pacer: Pacer,
 }
@@ -131,20 +92,9 @@ impl ServerHandle {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let c = &self.0.counters;
         ServerStats {
-            connections: c.connections.load(Relaxed),
-            requests: c.requests.load(Relaxed),
-            pages_sent: c.pages_sent.load(Relaxed),
-            zero_pages: c.zero_pages.load(Relaxed),
-            bytes_sent: c.bytes_sent.load(Relaxed),
-            refused: c.refused.load(Relaxed),
-            pushed_answers: c.pushed_answers.load(Relaxed),
-            unicast_fallbacks: c.unicast_fallbacks.load(Relaxed),
-            multicast_datagrams: c.multicast_datagrams.load(Relaxed),
-            working_set_pushed: c.working_set_pushed.load(Relaxed),
-            reports: c.reports.load(Relaxed),
             push_rate_pps: self.0.pacer.rate(),
+            ..self.0.counters.stats()
         }
     }
 }
@@ -157,7 +107,7 @@ pub struct PageServer {
     multicast: Option<super::multicast::Sender>,
     /// Lockstep detection (with multicast): `None` pushes every page
     /// served after answering over TCP, as before lockstep detection.
-    lockstep: Option<PushLog>,
+    lockstep: Option<Lockstep>,
     /// The parent's recorded working set: recorded here, or pushed (with
     /// multicast) ahead of each clone's faults.
     working_set: Option<HolderSet>,
@@ -206,7 +156,7 @@ impl PageServer {
             conns: Mutex::new(HashMap::new()),
             pending: Mutex::new(std::collections::BTreeSet::new()),
             authenticated: AtomicUsize::new(0),
-            counters: Counters::default(),
+            counters: Arc::new(SharedStats::new()?),
             pacer: Pacer::default(),
         });
         Ok(PageServer {
@@ -235,16 +185,29 @@ impl PageServer {
         self
     }
 
-    /// With multicast, while several clones are connected: pushes each
-    /// page asked for once while it is on its way and answers "pushed"
-    /// (see [`super::lockstep`]).
+    /// With multicast, while several clones ask for pages of one chunk:
+    /// pushes each page asked for once while it is on its way and answers
+    /// "pushed"; pages only one clone asks for go by unicast alone (see
+    /// [`super::lockstep`]).
     pub fn with_lockstep(mut self) -> PageServer {
-        self.lockstep = Some(PushLog::new(self.region.len() / PAGE_SIZE));
+        self.lockstep = Some(Lockstep::new(self.region.len() / PAGE_SIZE));
         self
     }
 
     /// Records the pages clones ask for into the parent's working set, or
     /// pushes the recorded ones (with multicast) when a clone first asks.
+    /// Counts into `stats` (a mapping the VMM made before forking this
+    /// memory holder, so it reads the counters after the join).
+    pub fn with_shared_stats(mut self, stats: Arc<SharedStats>) -> PageServer {
+        // No handle or connection holds `shared` yet: a server is tuned
+        // before it serves.
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.counters = stats,
+            None => tracing::warn!("page server: counters not shared (a handle was taken first)"),
+        }
+        self
+    }
+
     pub fn with_working_set(mut self, set: HolderSet) -> PageServer {
         self.working_set = Some(set);
         self
@@ -461,6 +424,9 @@ impl PageServer {
             if let Some(report) = Report::decode(&buf) {
                 counters.reports.fetch_add(1, Relaxed);
                 self.shared.pacer.report(report, !lossy.unicast_only());
+                counters
+                    .push_rate_pps
+                    .store(self.shared.pacer.rate(), Relaxed);
                 continue;
             }
             let (req, unicast) = Request::decode_flagged(&buf);
@@ -491,54 +457,75 @@ impl PageServer {
                 .as_ref()
                 .filter(|_| self.shared.authenticated.load(Relaxed) > 1);
             match (group, &self.lockstep) {
-                (Some(m), Some(log)) if !unicast && !lossy.unicast_only() => {
-                    self.push_once(m, log, &req);
-                    let map = protocol::page_map(region, req.offset as usize, req.pages);
-                    let sent = protocol::write_pushed(&mut s, req.offset, &map)?;
-                    lossy.pushed();
-                    counters.pushed_answers.fetch_add(1, Relaxed);
-                    counters.bytes_sent.fetch_add(sent as u64, Relaxed);
-                }
-                (group, log) => {
-                    self.answer(&mut s, &req)?;
-                    // After the answer (the asking clone comes first).
-                    // Pushing in line also paces each clone's next
-                    // request to what the group receives (measured
-                    // before lockstep detection: 4x fewer bytes over TCP
-                    // per clone at 16 clones).
-                    if let Some(m) = group {
-                        match log {
-                            Some(log) => {
-                                let now = log.now();
-                                let first = req.offset as usize / PAGE_SIZE;
-                                // Served by unicast: push only pages no
-                                // sibling had yet.
-                                for i in 0..req.pages as usize {
-                                    if log.claim_new(first + i, now) {
-                                        let at = ((first + i) * PAGE_SIZE) as u64;
-                                        self.count_push(m.send_page(region, at));
-                                    }
+                (Some(m), Some(ls)) => {
+                    let now = ls.log.now();
+                    let first = req.offset as usize / PAGE_SIZE;
+                    let pages = req.pages as usize;
+                    let verdict = ls.sharing.on_request(id, first, pages, now);
+                    counters
+                        .lockstep_shared_chunks
+                        .fetch_add(u64::from(verdict.newly_shared), Relaxed);
+                    counters
+                        .lockstep_predicted_chunks
+                        .fetch_add(u64::from(verdict.predicted), Relaxed);
+                    let by_push = !unicast && !lossy.unicast_only();
+                    // Pages on their way already (a sibling's push, the
+                    // working set) are waited for even in a private chunk.
+                    if by_push && (verdict.shared || ls.log.all_in_flight(first, pages, now)) {
+                        if verdict.shared {
+                            self.push_once(m, ls, &req, now);
+                        }
+                        let map = protocol::page_map(region, req.offset as usize, req.pages);
+                        let sent = protocol::write_pushed(&mut s, req.offset, &map)?;
+                        lossy.pushed();
+                        counters.pushed_answers.fetch_add(1, Relaxed);
+                        counters.bytes_sent.fetch_add(sent as u64, Relaxed);
+                    } else {
+                        self.answer(&mut s, &req)?;
+                        if verdict.shared {
+                            // A lost push or a lossy receiver: the pages
+                            // go to it by unicast, and to the group only
+                            // if no sibling had them yet.
+                            for page in first..first + pages {
+                                if ls.log.claim_new(page, now) {
+                                    let at = (page * PAGE_SIZE) as u64;
+                                    self.count_push(m.send_page(region, at));
                                 }
                             }
-                            None => {
-                                let before = m.datagrams();
-                                m.send_pages(region, req.offset, req.pages);
-                                counters
-                                    .multicast_datagrams
-                                    .fetch_add(m.datagrams() - before, Relaxed);
-                            }
+                        } else {
+                            counters
+                                .unicast_private_pages
+                                .fetch_add(u64::from(req.pages), Relaxed);
                         }
                     }
                 }
+                (group, None) => {
+                    self.answer(&mut s, &req)?;
+                    // Without lockstep detection every page served is
+                    // pushed, after the answer (the asking clone comes
+                    // first). Pushing in line also paces each clone's next
+                    // request to what the group receives (measured before
+                    // lockstep detection: 4x fewer bytes over TCP per
+                    // clone at 16 clones).
+                    if let Some(m) = group {
+                        let before = m.datagrams();
+                        m.send_pages(region, req.offset, req.pages);
+                        counters
+                            .multicast_datagrams
+                            .fetch_add(m.datagrams() - before, Relaxed);
+                    }
+                }
+                (None, Some(_)) => self.answer(&mut s, &req)?,
             }
         }
     }
 
-    /// Lockstep: pushes every page of the request that is not on its way
-    /// already, once, and the batches after it for a scanning clone; the
-    /// whole request is then answered "pushed".
-    fn push_once(&self, m: &super::multicast::Sender, log: &PushLog, req: &Request) {
-        let now = log.now();
+    /// Lockstep, in a shared chunk: pushes every page of the request that
+    /// is not on its way already, once, and the batches after it for a
+    /// scanning clone (lending them the chunk's lease, see
+    /// [`super::lockstep::Sharing::lend`]); the whole request is then
+    /// answered "pushed".
+    fn push_once(&self, m: &super::multicast::Sender, ls: &Lockstep, req: &Request, now: u32) {
         let first = req.offset as usize / PAGE_SIZE;
         let region = self.region.as_slice();
         // A batch of PUSH_AHEAD_MIN pages or more is a clone's readahead
@@ -549,9 +536,17 @@ impl PageServer {
         } else {
             0
         };
-        let end = (first + req.pages as usize + ahead).min(region.len() / PAGE_SIZE);
+        let asked_end = first + req.pages as usize;
+        let end = (asked_end + ahead).min(region.len() / PAGE_SIZE);
+        if end > asked_end {
+            let until = ls
+                .sharing
+                .own_lease(first)
+                .max(ls.sharing.own_lease(asked_end - 1));
+            ls.sharing.lend(asked_end, end - asked_end, until);
+        }
         for page in first..end {
-            if log.claim(page, now) {
+            if ls.log.claim(page, now) {
                 self.count_push(m.send_page(region, (page * PAGE_SIZE) as u64));
             }
         }
@@ -560,8 +555,9 @@ impl PageServer {
     /// Pushes the recorded working set to the group, in order, from a
     /// thread of its own, when a clone asks for its first page: by then its
     /// host has joined the group, and its first fault is not held up. With
-    /// lockstep detection a page on its way (another clone's push) is not
-    /// sent again; without it only the first clone triggers a push.
+    /// lockstep detection a page pushed in the last [`SHARE_WINDOW_MS`]
+    /// (for a clone that joined about as early) is not sent again; without
+    /// it only the first clone triggers a push.
     fn start_working_set_push<'s>(&'s self, scope: &'s std::thread::Scope<'s, '_>) {
         let (Some(ws), Some(m)) = (&self.working_set, &self.multicast) else {
             return;
@@ -583,8 +579,9 @@ impl PageServer {
                         self.shared.pacer.pace(STEP_PAGES);
                     }
                     let page = page as usize;
-                    if let Some(log) = &self.lockstep {
-                        if !log.claim(page, log.now()) {
+                    if let Some(ls) = &self.lockstep {
+                        let now = ls.log.now();
+                        if !ls.log.claim_unless_within(page, now, SHARE_WINDOW_MS) {
                             continue;
                         }
                     }

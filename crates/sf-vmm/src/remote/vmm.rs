@@ -7,18 +7,23 @@ use crate::clone::process;
 use crate::memory::GuestRam;
 use std::net::TcpListener;
 
+/// How the memory holder serves, beyond the pages themselves.
+pub struct Serving {
+    /// Mutual TLS (or plain TCP in insecure mode) before the hello.
+    pub transport: sf_tls::Transport,
+    /// The group's multicast, and whether lockstep detection decides what
+    /// goes there.
+    pub multicast: Option<super::multicast::Sender>,
+    pub lockstep: bool,
+    pub working_set: Option<super::working_set_holder::HolderSet>,
+    /// Counters the VMM that forked this holder reads at the join.
+    pub stats: Option<std::sync::Arc<super::SharedStats>>,
+}
+
 /// In the memory holder: serve `ram` (frozen: this process never runs the
 /// guest) on `listener` to holders of `token` who complete the handshake of
-/// `transport`, until killed.
-pub fn serve_frozen(
-    listener: TcpListener,
-    token: GroupToken,
-    ram: &GuestRam,
-    multicast: Option<super::multicast::Sender>,
-    lockstep: bool,
-    working_set: Option<super::working_set_holder::HolderSet>,
-    transport: sf_tls::Transport,
-) -> ! {
+/// `how.transport`, until killed.
+pub fn serve_frozen(listener: TcpListener, token: GroupToken, ram: &GuestRam, how: Serving) -> ! {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -32,13 +37,16 @@ pub fn serve_frozen(
     );
     match PageServer::from_listener(listener, region, token) {
         Ok(server) => {
-            let mut server = server.with_transport(transport);
-            if let Some(ws) = working_set {
+            let mut server = server.with_transport(how.transport);
+            if let Some(stats) = how.stats {
+                server = server.with_shared_stats(stats);
+            }
+            if let Some(ws) = how.working_set {
                 server = server.with_working_set(ws);
             }
-            if let Some(m) = multicast {
+            if let Some(m) = how.multicast {
                 server = server.with_multicast(m);
-                if lockstep {
+                if how.lockstep {
                     server = server.with_lockstep();
                 }
             }

@@ -33,6 +33,8 @@ pub struct GroupRun {
     /// Clones 2..N (clone 1 in a group of one).
     pub arrived_before_touch_pct: f64,
     pub lost_datagrams: f64,
+    /// The memory holder's own counters (set by the caller).
+    pub holder: sf_vmm::remote::ServerStats,
 }
 
 /// Bytes on the wire of `n` multicast datagrams (each a UDP datagram
@@ -73,6 +75,7 @@ impl GroupRun {
             multicast_bytes,
             arrived_before_touch_pct: pct,
             lost_datagrams: per.iter().map(|c| c.m.multicast_lost as f64).sum(),
+            holder: Default::default(),
             clones: per,
         })
     }

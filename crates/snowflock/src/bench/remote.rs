@@ -105,6 +105,15 @@ pub struct Row {
     /// Datagrams of the group lost on their way to the clone hosts (sum
     /// over the clones of a run).
     pub multicast_lost_datagrams: f64,
+    /// The memory holder's lockstep detection (its own counters, median
+    /// over runs): 2 MiB chunks that turned shared (a second clone asked
+    /// within 3 s), chunks a followed clone entered as shared before a
+    /// sibling asked, pages answered by unicast alone because only one
+    /// clone asked in their chunk, and the datagrams it pushed.
+    pub lockstep_shared_chunks: f64,
+    pub lockstep_predicted_chunks: f64,
+    pub unicast_private_pages: f64,
+    pub holder_multicast_datagrams: f64,
     /// Pushed pages that came too late and were fetched by unicast, per clone.
     pub push_timeouts_per_clone: f64,
     pub local_first_instr_ms_median: f64,
@@ -281,7 +290,8 @@ fn measure_row(
         rl.push(f.iter().copied().fold(0.0, f64::max));
         rj.push(r.clones[0].request_to_joined.map_or(f64::NAN, ms));
         desc = r.clones[0].descriptor_bytes;
-        let g = GroupRun::new(&r.clones[0].clones, &text, tx, touched)?;
+        let mut g = GroupRun::new(&r.clones[0].clones, &text, tx, touched)?;
+        g.holder = r.clones[0].holder.unwrap_or_default();
         clones.extend(g.clones.iter().cloned());
         groups.push(g);
         // Forked on this host, for reference (once per row, with every
@@ -325,6 +335,10 @@ fn measure_row(
         next_family_first_clone_arrived_before_touch_pct: next_pct,
         next_family_first_clone_multicast_pages: next.multicast_pages as f64,
         multicast_lost_datagrams: per_group(|g| g.lost_datagrams),
+        lockstep_shared_chunks: per_group(|g| g.holder.lockstep_shared_chunks as f64),
+        lockstep_predicted_chunks: per_group(|g| g.holder.lockstep_predicted_chunks as f64),
+        unicast_private_pages: per_group(|g| g.holder.unicast_private_pages as f64),
+        holder_multicast_datagrams: per_group(|g| g.holder.multicast_datagrams as f64),
         push_timeouts_per_clone: per(|c| c.m.push_timeouts as f64),
         local_first_instr_ms_median: median(&lf),
         local_last_first_instr_ms_median: median(&ll),
@@ -353,7 +367,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8}",
+        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8}",
         "auth",
         "mechanisms",
         "MiB",
@@ -373,10 +387,12 @@ fn print_table(rows: &[Row]) {
         "pg mcast",
         "fetch/t",
         "local ms",
+        "shr ch",
+        "priv pg",
     );
     for r in rows {
         println!(
-            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2}",
+            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0}",
             r.transport,
             format!("{:?}", r.mechanisms),
             r.mem_mib,
@@ -396,7 +412,9 @@ fn print_table(rows: &[Row]) {
             r.multicast_pages_per_clone,
             r.fetched_vs_touched,
             r.local_first_instr_ms_median,
+            r.lockstep_shared_chunks,
+            r.unicast_private_pages,
         );
     }
-    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; fetch/t = bytes received per clone over TCP / bytes of the pages it touched");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk)");
 }

@@ -514,8 +514,11 @@ fn slow(c: &mut Check) {
 /// (the later ones get the first's recorded working set); `mutate=1` has
 /// the parent change every page it scans between families, so a clone
 /// that got a page from an older family's memory reads a wrong sum.
+/// `part=1`: each clone reads only its own slice of the buffer (clone `i`
+/// of `n` the `i`-th), as a job split across clones does.
 fn scan(c: &mut Check) {
     let (n, mib, ms) = (arg_u64("n", 2), arg_u64("mib", 64), arg_u64("ms", 3000));
+    let part = arg_u64("part", 0) != 0;
     let stagger = arg_u64("stagger", 0);
     let (families, mutate) = (arg_u64("families", 1), arg_u64("mutate", 0) != 0);
     let words_per_page = 512;
@@ -531,24 +534,41 @@ fn scan(c: &mut Check) {
                 *w = w.wrapping_add(family);
             }
         }
-        scan_family(c, &buf, (n, pages, ms, stagger));
+        scan_family(c, &buf, (n, pages, ms, stagger), part);
     }
 }
 
-fn scan_family(c: &mut Check, buf: &[u64], (n, pages, ms, stagger): (u64, u64, u64, u64)) {
+/// The pages clone `id` of `n` reads: all of them, or its slice.
+fn scan_range(id: u64, n: u64, pages: u64, part: bool) -> core::ops::Range<u64> {
+    if part {
+        (id - 1) * pages / n..id * pages / n
+    } else {
+        0..pages
+    }
+}
+
+fn scan_family(
+    c: &mut Check,
+    buf: &[u64],
+    (n, pages, ms, stagger): (u64, u64, u64, u64),
+    part: bool,
+) {
     let words_per_page = 512;
-    let expect: u64 = (0..pages)
-        .map(|p| buf[(p * words_per_page) as usize])
-        .fold(0, u64::wrapping_add);
+    let sum_of = |range: core::ops::Range<u64>| {
+        range
+            .map(|p| buf[(p * words_per_page) as usize])
+            .fold(0, u64::wrapping_add)
+    };
     let t = ticket(n);
     let id = fork(&t);
     if id != 0 {
         busy_wait_ms((id as u64 - 1) * stagger);
-        let step_ns = ms * 1_000_000 / pages.max(1);
+        let range = scan_range(id as u64, t.granted() as u64, pages, part);
+        let step_ns = ms * 1_000_000 / (range.end - range.start).max(1);
         let mut sum = 0u64;
         // The whole read pass, for `bench remote`'s work time.
         let start = sf_guest::time::now_ns();
-        for p in 0..pages {
+        for p in range {
             let until = sf_guest::time::now_ns() + step_ns;
             sum = sum.wrapping_add(buf[(p * words_per_page) as usize]);
             while sf_guest::time::now_ns() < until {}
@@ -560,6 +580,7 @@ fn scan_family(c: &mut Check, buf: &[u64], (n, pages, ms, stagger): (u64, u64, u
     print_results(&rs);
     for r in &rs {
         if r.status == CloneStatus::Exited {
+            let expect = sum_of(scan_range(r.id as u64, t.granted() as u64, pages, part));
             check!(
                 c,
                 words(&r.result).get(..2) == Some(&[r.id as u64, expect][..]),

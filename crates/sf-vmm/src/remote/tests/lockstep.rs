@@ -1,6 +1,7 @@
 //! Lockstep detection over loopback: clone memories that scan one region
-//! at the same time get each page pushed once, and one that loses every
-//! push still reads the right bytes, by unicast.
+//! at the same time get each page pushed once, ones that scan their own
+//! parts get them by unicast and nothing pushed to the others, and one
+//! that loses every push still reads the right bytes, by unicast.
 
 use super::*;
 use crate::remote::multicast::Sender;
@@ -35,11 +36,22 @@ fn scan_together(
     group: SocketAddrV4,
     drop_pushes: &[bool],
 ) -> Vec<FetchStats> {
-    let maps: Vec<AnonMap> = drop_pushes.iter().map(|_| AnonMap::new(REGION)).collect();
+    let parts: Vec<_> = drop_pushes.iter().map(|&d| (0..SCANNED, d)).collect();
+    scan_parts(server, group, &parts)
+}
+
+/// Attaches one clone memory per part and scans each one's pages in all of
+/// them at once (`true`: that clone drops every push it gets).
+fn scan_parts(
+    server: &TestServer,
+    group: SocketAddrV4,
+    parts: &[(std::ops::Range<u64>, bool)],
+) -> Vec<FetchStats> {
+    let maps: Vec<AnonMap> = parts.iter().map(|_| AnonMap::new(REGION)).collect();
     let mems: Vec<RemoteMemory> = maps
         .iter()
-        .zip(drop_pushes)
-        .map(|(m, &drop_pushes)| {
+        .zip(parts)
+        .map(|(m, &(_, drop_pushes))| {
             let cfg = FetchConfig {
                 multicast: Some((group, Ipv4Addr::LOCALHOST)),
                 drop_pushes,
@@ -48,11 +60,15 @@ fn scan_together(
             RemoteMemory::attach(m.ptr(), m.len(), server.addr, TOKEN, cfg).unwrap()
         })
         .collect();
-    let views: Vec<View> = maps.iter().map(|m| m.view()).collect();
+    let views: Vec<(View, std::ops::Range<u64>)> = maps
+        .iter()
+        .zip(parts)
+        .map(|(m, (range, _))| (m.view(), range.clone()))
+        .collect();
     let ok = bounded(LIMIT, move || {
         let readers: Vec<_> = views
             .into_iter()
-            .map(|v| std::thread::spawn(move || (0..SCANNED).all(|p| v.has_pattern(p))))
+            .map(|(v, range)| std::thread::spawn(move || range.clone().all(|p| v.has_pattern(p))))
             .collect();
         readers.into_iter().all(|r| r.join().unwrap())
     });
@@ -68,11 +84,16 @@ fn clones_scanning_in_step_get_each_page_pushed_about_once() {
     let s = server.handle.stats();
     let data_pages = (0..SCANNED).filter(|&p| !zero_page(p)).count() as u64;
     eprintln!("server {s:?}\nclones {stats:#?}");
-    assert!(s.pushed_answers > 0, "{s:?}");
-    // Without lockstep detection each of the three would get every page
-    // over TCP, and every page served would be pushed again.
     assert!(
-        s.pages_sent + s.multicast_datagrams < data_pages * 2,
+        s.pushed_answers > 0 && s.lockstep_shared_chunks > 0,
+        "{s:?}"
+    );
+    // Without lockstep detection each of the three would get every page
+    // over TCP, and every page served would be pushed again. With it, only
+    // a chunk's first batches before a second clone asks there go by
+    // unicast as well.
+    assert!(
+        (s.pages_sent + s.multicast_datagrams) * 2 <= data_pages * 3,
         "pages sent once, not once per clone: {s:?} for {data_pages} data pages"
     );
     let by_push: u64 = stats.iter().map(|c| c.multicast_pages).sum();
@@ -92,4 +113,38 @@ fn a_clone_that_loses_every_push_reads_the_right_bytes_by_unicast() {
         "the lossy clone fetched every page itself: {lossy:?}"
     );
     assert!(healthy.multicast_pages > 0, "{healthy:?}");
+}
+
+#[test]
+fn clones_scanning_their_own_parts_get_them_by_unicast_and_push_nothing_to_the_others() {
+    let g = group();
+    let server = server(g);
+    // Two parts that meet inside a chunk (page 5000 of 2 MiB chunks of
+    // 512 pages), as a database split by bytes would.
+    let (a, b) = (0..5000, 5000..10_000);
+    let stats = scan_parts(&server, g, &[(a, false), (b, false)]);
+    let s = server.handle.stats();
+    eprintln!("server {s:?}\nclones {stats:#?}");
+    let data_pages = (0..10_000).filter(|&p| !zero_page(p)).count() as u64;
+    // The parts go by unicast, once. At most the chunk where they meet,
+    // the chunks the clone asked there last then enters as followed, and
+    // the batches pushed ahead of its scan there also went to the group
+    // (push-all sent every page to both: twice the data on each host).
+    use crate::remote::lockstep::{CHUNK_PAGES, FOLLOWED_CHUNKS};
+    let bound = (1 + u64::from(FOLLOWED_CHUNKS)) * CHUNK_PAGES as u64 + 256;
+    assert!(
+        s.multicast_datagrams <= bound,
+        "{} pages pushed to both clones: {s:?}",
+        s.multicast_datagrams
+    );
+    assert!(
+        s.unicast_private_pages >= data_pages - bound,
+        "private pages went by unicast: {s:?}"
+    );
+    assert!(
+        s.pages_sent + s.multicast_datagrams <= data_pages + data_pages / 10,
+        "each page sent about once: {s:?} for {data_pages} data pages"
+    );
+    let by_push: u64 = stats.iter().map(|c| c.multicast_pages).sum();
+    assert!(by_push <= 2 * bound, "{stats:?}");
 }

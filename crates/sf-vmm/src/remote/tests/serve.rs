@@ -31,7 +31,7 @@ fn bad_requests_are_refused_and_the_server_stays_up() {
     assert_eq!(
         reply,
         HelloReply::Accept {
-            version: 1,
+            version: protocol::PROTOCOL_VERSION,
             region_len: REGION as u64
         }
     );
@@ -128,14 +128,22 @@ fn bad_requests_are_refused_and_the_server_stays_up() {
 #[test]
 fn bad_hellos_are_refused_with_a_reason() {
     let server = TestServer::start(pattern_region(PAGE_SIZE * 16));
-    let mut wrong_version = Hello::new(TOKEN);
-    wrong_version.version = 2;
+    // Version 1 had no pushed answers, unicast flag or reports.
+    let older = Hello {
+        version: protocol::PROTOCOL_VERSION - 1,
+        token: TOKEN,
+    };
+    let newer = Hello {
+        version: protocol::PROTOCOL_VERSION + 1,
+        token: TOKEN,
+    };
     let cases = [
         (
             Hello::new(*b"0123456789abcdef").encode(),
             RefuseReason::BadToken,
         ),
-        (wrong_version.encode(), RefuseReason::UnsupportedVersion),
+        (older.encode(), RefuseReason::UnsupportedVersion),
+        (newer.encode(), RefuseReason::UnsupportedVersion),
         ([0x47u8; 24], RefuseReason::BadMagic),
     ];
     for (bytes, reason) in cases {
@@ -154,7 +162,54 @@ fn bad_hellos_are_refused_with_a_reason() {
     }
     let (_s, reply) = hello(server.addr, &Hello::new(TOKEN).encode());
     assert!(matches!(reply, HelloReply::Accept { region_len, .. } if region_len == 16 * 4096));
-    assert!(server.handle.stats().refused >= 3);
+    assert!(server.handle.stats().refused >= 4);
+}
+
+/// A page server of another release: it answers every hello with `reply`.
+fn other_release(reply: HelloReply) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut s)) = listener.incoming().next() {
+            let mut hello = [0u8; protocol::HELLO_LEN];
+            if s.read_exact(&mut hello).is_ok() {
+                let _ = s.write_all(&reply.encode());
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_clone_host_and_a_holder_of_another_protocol_version_refuse_each_other_clearly() {
+    let old = protocol::PROTOCOL_VERSION - 1;
+    // The holder refuses this host's hello (what this release's holder
+    // does to an older host, checked in bad_hellos_are_refused_with_a_reason).
+    let refusing = other_release(HelloReply::Refuse {
+        version: old,
+        reason: RefuseReason::UnsupportedVersion,
+    });
+    // An older holder that accepted anyway: the host refuses to go on.
+    let accepting = other_release(HelloReply::Accept {
+        version: old,
+        region_len: REGION as u64,
+    });
+    for (addr, want) in [
+        (refusing, "unsupported protocol version"),
+        (
+            accepting,
+            "peer speaks protocol version 1, this side speaks 2",
+        ),
+    ] {
+        let map = AnonMap::new(REGION);
+        let e = RemoteMemory::attach(map.ptr(), REGION, addr, TOKEN, FetchConfig::default())
+            .err()
+            .expect("attached to another release");
+        let msg = format!("{e}: {:?}", std::error::Error::source(&e));
+        eprintln!("{msg}");
+        assert!(msg.contains(want), "{msg}");
+        assert!(msg.contains(&addr.to_string()), "{msg}");
+    }
 }
 
 #[test]
