@@ -1,6 +1,7 @@
-//! End-to-end tests of the clone group's multicast: lockstep detection in
-//! the memory holder, the unicast fallback for lost pushes, and the
-//! end-game for a clone host that keeps losing them. Three namespace
+//! End-to-end tests of the clone group's multicast: one receiver per clone
+//! host for all the group's clones there, lockstep detection in the memory
+//! holder, the unicast fallback for lost pushes, and the end-game for a
+//! clone host that keeps losing them. Three namespace
 //! hosts; clones of a VM on host 1 go to hosts 2 and 3 and scan the same
 //! buffer in step.
 
@@ -39,6 +40,66 @@ const SCAN: &[&str] = &[
     "ms=0",
 ];
 
+/// Whether process `pid` still runs (a zombie has ended).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn the_clones_of_a_group_on_one_host_share_one_receiver() {
+    let h = Hosts::start(3);
+    let r = h.run(1, SCAN);
+    assert_ok(&h, &r, "scan");
+    let mut receivers = Vec::new();
+    for i in [2, 3] {
+        let stats = clone_stats(&h, i);
+        eprintln!("host {i}: {stats:#?}");
+        assert_eq!(stats.len(), 2, "{stats:?}");
+        let pid = stats[0].multicast_receiver_pid;
+        let sent = stats.iter().map(|s| s.multicast_seen).max().unwrap();
+        let host = stats
+            .iter()
+            .map(|s| s.multicast_host_datagrams)
+            .max()
+            .unwrap();
+        for s in &stats {
+            assert!(
+                pid != 0 && s.multicast_receiver_pid == pid,
+                "one receiver per host: {stats:?}"
+            );
+            assert_eq!(
+                s.multicast_datagrams_received, 0,
+                "no clone receives itself: {s:?}"
+            );
+            assert!(
+                s.multicast_pages > 0,
+                "both clones installed pushed pages: {s:?}"
+            );
+        }
+        // Each of the group's datagrams reached this host's receiver once
+        // for both clones: had every clone received for itself, the host
+        // would have read twice what the holder sent.
+        assert!(
+            host > 0 && host <= sent,
+            "host {i} read {host} datagrams of the {sent} the holder sent: {stats:?}"
+        );
+        receivers.push(pid);
+    }
+    assert_ne!(receivers[0], receivers[1], "one receiver per host");
+    // The group ended on both hosts: so did their receivers.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while receivers.iter().any(|&p| running(p)) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !receivers.iter().any(|&p| running(p)),
+        "a receiver outlived its group: {receivers:?}"
+    );
+}
+
 #[test]
 fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
     let h = Hosts::start_with_env(3, &[], |i| {
@@ -56,6 +117,10 @@ fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
     assert_eq!(stats.len(), 4, "{stats:?}");
     for s in &stats {
         assert_eq!(s.multicast_pages, 0, "every push was dropped: {s:?}");
+        assert_ne!(
+            s.multicast_receiver_pid, 0,
+            "the host's receiver dropped them: {s:?}"
+        );
         // 16 MiB is 4096 pages, all with data: each came by unicast.
         assert!(s.pages_fetched >= 4096, "{s:?}");
     }

@@ -21,6 +21,8 @@ pub mod fetcher;
 mod handler;
 mod hinted;
 mod histogram;
+pub mod host_cache;
+pub mod host_receiver;
 pub mod lockstep;
 pub mod multicast;
 pub mod pacer;
