@@ -22,8 +22,10 @@ pub fn main() -> anyhow::Result<u8> {
         let _ = writeln!(out, "taken");
         return Ok(0);
     };
+    raise_priority();
     let mut service =
         Service::new(spec, listener).with_context(|| format!("page receiver of {spec}: set-up"))?;
+    quiet_stderr()?;
     // Root's user ID without any capability: VMMs (uid 65534) can neither
     // signal nor trace it.
     sf_vmm::sandbox::enter(Role::PageReceiver, &Policy { user: None })
@@ -75,4 +77,40 @@ fn leave_vm_cgroup() {
             }
         }
     }
+}
+
+/// The receiver's nice value. It serves every clone of the group on this
+/// host: while it waits for a CPU behind their vCPUs, their faults miss the
+/// cache and the holder pushes those pages again (seen at 32 clones on 3
+/// hosts, load ~15: 62,769 datagrams for 16,404 pages at nice 0). Its work
+/// is small (one AES-GCM open and one copy per page, ~2 us), so it costs
+/// the vCPUs little.
+const NICE: libc::c_int = -10;
+
+/// Needs CAP_SYS_NICE: before the sandbox drops the capabilities.
+fn raise_priority() {
+    // SAFETY: setpriority with integer arguments, on this process.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) } != 0 {
+        tracing::warn!(
+            "page receiver keeps its priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// From here on the receiver's stderr is /dev/null: it was the starting
+/// clone's, whose end the daemon waits for (its copier reads the pipe to
+/// its end) while the receiver serves the group's other clones. Set-up
+/// errors went to that clone's log before this.
+fn quiet_stderr() -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .context("page receiver: cannot open /dev/null")?;
+    // SAFETY: dup2 onto fd 2 of two descriptors this process owns.
+    if unsafe { libc::dup2(null.as_raw_fd(), 2) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("page receiver: dup2 of stderr");
+    }
+    Ok(())
 }

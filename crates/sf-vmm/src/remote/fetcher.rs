@@ -237,7 +237,23 @@ impl RemoteMemory {
         if !base.is_multiple_of(PAGE_SIZE as u64) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(bad("not page-aligned"));
         }
-        let client = PageClient::connect(server, &token, cfg.timeouts(), &cfg.transport)?;
+        let connect = || PageClient::connect(server, &token, cfg.timeouts(), &cfg.transport);
+        let client = match connect() {
+            // The holder closes the oldest of more than 16 handshakes in
+            // progress (a defence against silent strangers): 32 clones
+            // connecting at once on a loaded machine lost 2 to 11 of theirs
+            // that way (bench remote, 32 clones, load ~12). Once more, as
+            // a request that fails. (A refused or unreachable server is
+            // not retried: nothing listens there.)
+            Err(first) if first.closed_by_server() && cfg.reconnect => {
+                tracing::warn!("remote memory: {first}; connecting once more");
+                connect().map_err(|retry| RemoteError::Retried {
+                    first: Box::new(first),
+                    retry: Box::new(retry),
+                })?
+            }
+            other => other?,
+        };
         if client.region_len() != len as u64 {
             return Err(RemoteError::SizeMismatch {
                 server,

@@ -226,6 +226,10 @@ impl Handler {
         if h.cfg.release_hinted_blocks {
             h.release_hinted_blocks();
         }
+        if let Some(Pushes::Host(p)) = &h.multicast {
+            let pid = p.view.get(super::host_cache::Word::ReceiverPid);
+            h.shared.counters.multicast_receiver_pid.store(pid, Relaxed);
+        }
         h
     }
 

@@ -237,6 +237,8 @@ fn base(l: &mut Vec<Entry>) {
         "waiting for clone reports, sockets, userfaultfd; the NIC's wait register on its TAP"
     );
     allow!(l, SYS_ppoll, "glibc's poll on some versions");
+    allow!(l, SYS_restart_syscall,
+        "the kernel resumes a sleep or poll that a stop interrupted: a VMM stopped (SIGSTOP, a debugger, the cgroup freezer) and continued died of SIGSYS without it");
     allow!(l, SYS_exit, "a thread ends");
     allow!(l, SYS_exit_group, "the process ends");
     allow!(

@@ -30,7 +30,7 @@
 //! | local clone | its runner's, 65 or 49 (inherited, exact) | as its parent (the drop happened before the fork) |
 //! | memory holder | 56 (stacked on its parent's) | as its parent |
 //! | clone host | 63 | uid/gid 65534, no capabilities |
-//! | page receiver | 44 | uid 0, no capabilities |
+//! | page receiver | 45 | uid 0, no capabilities |
 //!
 //! Nothing here needs root after set-up: KVM works on the inherited
 //! /dev/kvm fd (a local clone makes its VM with it), and the clone host's

@@ -33,6 +33,42 @@ pub struct GroupRun {
     /// Clones 2..N (clone 1 in a group of one).
     pub arrived_before_touch_pct: f64,
     pub lost_datagrams: f64,
+    /// Pushed pages already there when they came.
+    pub stale_drops: f64,
+    /// Processes that received the group's datagrams: one per clone host
+    /// (its page receiver), or one per clone where a clone received itself.
+    pub receivers: f64,
+    /// Datagrams those processes read, all together.
+    pub datagrams_received: f64,
+}
+
+/// The group's receiving processes' counters `(datagrams, lost, stale)`: a
+/// host's page receiver once (every clone there shows the same counters,
+/// read at different times: the largest is the latest), a clone that
+/// received itself on its own.
+fn receiving(per: &[PerClone]) -> Vec<(u64, u64, u64)> {
+    let mut hosts = std::collections::BTreeMap::<u64, (u64, u64, u64)>::new();
+    let mut own = Vec::new();
+    for c in per {
+        let m = &c.m;
+        if m.multicast_receiver_pid == 0 {
+            own.push((
+                m.multicast_datagrams_received,
+                m.multicast_lost,
+                m.multicast_stale_drops,
+            ));
+            continue;
+        }
+        let e = hosts.entry(m.multicast_receiver_pid).or_default();
+        *e = (
+            e.0.max(m.multicast_host_datagrams),
+            e.1.max(m.multicast_lost),
+            e.2.max(m.multicast_stale_drops),
+        );
+    }
+    own.extend(hosts.into_values());
+    own.retain(|&(d, _, _)| d > 0);
+    own
 }
 
 /// Bytes on the wire of `n` multicast datagrams (each a UDP datagram
@@ -66,13 +102,17 @@ impl GroupRun {
         let later: Vec<&PerClone> = per.iter().filter(|c| c.id >= 2 || per.len() == 1).collect();
         let misses: f64 = later.iter().map(|c| c.m.misses as f64).sum();
         let pct = 100.0 * (1.0 - misses / (touched * later.len() as f64)).clamp(0.0, 1.0);
+        let rx = receiving(&per);
         Ok(GroupRun {
             work_ms_last: per.iter().map(|c| c.work_ms).fold(0.0, f64::max),
             origin_tx_bytes: origin_tx_bytes as f64,
             from_clones_bytes: tcp * (1.0 + TCP_OVERHEAD) + multicast_bytes,
             multicast_bytes,
             arrived_before_touch_pct: pct,
-            lost_datagrams: per.iter().map(|c| c.m.multicast_lost as f64).sum(),
+            lost_datagrams: rx.iter().map(|r| r.1 as f64).sum(),
+            stale_drops: rx.iter().map(|r| r.2 as f64).sum(),
+            receivers: rx.len() as f64,
+            datagrams_received: rx.iter().map(|r| r.0 as f64).sum(),
             clones: per,
         })
     }
