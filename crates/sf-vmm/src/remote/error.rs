@@ -85,8 +85,6 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    /// Whether a new connection might help (as opposed to a refusal or a
-    /// local failure, which would only repeat).
     /// The server closed the connection before its hello reply (during
     /// the handshake, or while the hello was awaited).
     pub fn closed_by_server(&self) -> bool {
@@ -102,6 +100,8 @@ impl RemoteError {
         }
     }
 
+    /// Whether a new connection might help (as opposed to a refusal or a
+    /// local failure, which would only repeat).
     pub fn is_transport(&self) -> bool {
         matches!(
             self,

@@ -45,7 +45,8 @@ pub struct GroupRun {
 /// The group's receiving processes' counters `(datagrams, lost, stale)`: a
 /// host's page receiver once (every clone there shows the same counters,
 /// read at different times: the largest is the latest), a clone that
-/// received itself on its own.
+/// received itself on its own. Receivers are told apart by their pid: the
+/// bench's hosts are network namespaces of one machine, one pid space.
 fn receiving(per: &[PerClone]) -> Vec<(u64, u64, u64)> {
     let mut hosts = std::collections::BTreeMap::<u64, (u64, u64, u64)>::new();
     let mut own = Vec::new();
@@ -131,6 +132,33 @@ pub(super) fn clone_work_ns(console: &str, id: u32) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_receiver_counts_once_for_all_its_clones() {
+        let clone = |pid, host, own, lost| PerClone {
+            id: 1,
+            m: sf_api::FetchStats {
+                multicast_receiver_pid: pid,
+                multicast_host_datagrams: host,
+                multicast_datagrams_received: own,
+                multicast_lost: lost,
+                ..Default::default()
+            },
+            work_ms: 0.0,
+        };
+        let per = [
+            clone(7, 100, 0, 2),
+            clone(7, 90, 0, 1),
+            clone(8, 100, 0, 0),
+            clone(0, 0, 100, 5),
+            clone(0, 0, 0, 0),
+        ];
+        let mut rx = receiving(&per);
+        rx.sort_unstable();
+        assert_eq!(rx, vec![(100, 0, 0), (100, 2, 0), (100, 5, 0)]);
+    }
+
     #[test]
     fn the_work_time_is_read_from_the_join_line() {
         let text = "avoid parent_work_ns=5\nclone 1 -> Exited code 0 result [1, 99, 123456] detail \"\"\nclone 2 -> Exited code 0 result [2, 99, 7] detail \"\"\n";
