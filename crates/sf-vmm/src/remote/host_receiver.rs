@@ -48,6 +48,10 @@ pub const FIRST_CONNECT: Duration = Duration::from_secs(30);
 /// Datagrams read per turn of the loop before it looks at its clients
 /// again (~36 ms of a 1 Gbit/s push).
 const DRAIN_PER_TURN: usize = 1024;
+/// Datagrams between two wake-ups of the clients while the receiver
+/// drains a backlog: 32 pages take 1.1 ms at 1 Gbit/s, and one wake-up is
+/// an eventfd write per clone (11 clones per host at 32 clones on 3 hosts).
+const NOTIFY_EVERY: usize = 32;
 /// The longest run published as one ring entry (a clone installs it with
 /// one UFFDIO_COPY).
 const MAX_RUN: u64 = super::MAX_BATCH_PAGES as u64;
@@ -450,36 +454,35 @@ impl Service {
     }
 
     /// Reads the datagrams waiting (up to [`DRAIN_PER_TURN`]), writes the
-    /// new pages into the cache, publishes them as runs and wakes the
-    /// clients.
+    /// new pages into the cache, and publishes them as runs, waking the
+    /// clients every [`NOTIFY_EVERY`] datagrams: a clone waiting for one
+    /// page must not wait for the whole turn.
     fn drain(&mut self) {
         let mut run: Option<(u64, u64)> = None;
-        let mut published = false;
-        for _ in 0..DRAIN_PER_TURN {
+        for i in 1..=DRAIN_PER_TURN {
             let Some((offset, bytes)) = self.rx.next_page() else {
                 break;
             };
             let page = offset / PAGE;
-            if !self.cache.put(page, bytes) {
+            if self.cache.put(page, bytes) {
+                run = match run {
+                    Some((first, n)) if first + n == page && n < MAX_RUN => Some((first, n + 1)),
+                    Some(done) => {
+                        self.cache.publish(done.0, done.1);
+                        Some((page, 1))
+                    }
+                    None => Some((page, 1)),
+                };
+            } else {
                 // Outside the RAM only if the holder is broken: counted
                 // with the stale ones, never written.
                 self.stale += 1;
-                continue;
             }
-            run = match run {
-                Some((first, n)) if first + n == page && n < MAX_RUN => Some((first, n + 1)),
-                Some((first, n)) => {
-                    self.cache.publish(first, n);
-                    published = true;
-                    Some((page, 1))
-                }
-                None => Some((page, 1)),
-            };
+            if i % NOTIFY_EVERY == 0 {
+                self.publish(run.take());
+            }
         }
-        if let Some((first, n)) = run {
-            self.cache.publish(first, n);
-            published = true;
-        }
+        self.publish(run.take());
         let c = &self.cache;
         c.set(Word::Received, self.rx.received);
         c.set(Word::Opened, self.rx.taken());
@@ -488,10 +491,16 @@ impl Service {
         c.set(Word::Lost, self.rx.lost());
         c.set(Word::Seen, self.rx.seen());
         c.set(Word::Backlog, self.rx.backlog_bytes());
-        if published {
-            for client in &self.clients {
-                let _ = client.events.write(1);
-            }
+    }
+
+    /// Publishes the run being gathered, if any, and wakes the clients.
+    fn publish(&mut self, run: Option<(u64, u64)>) {
+        let Some((first, n)) = run else {
+            return;
+        };
+        self.cache.publish(first, n);
+        for client in &self.clients {
+            let _ = client.events.write(1);
         }
     }
 }
