@@ -483,6 +483,12 @@ impl Service {
             }
         }
         self.publish(run.take());
+    }
+
+    /// Publishes the run being gathered, if any, and wakes the clients;
+    /// the counters in any case (a clone waiting for pushed pages waits
+    /// longer while `Received` grows: see `wait_for_pushes`).
+    fn publish(&mut self, run: Option<(u64, u64)>) {
         let c = &self.cache;
         c.set(Word::Received, self.rx.received);
         c.set(Word::Opened, self.rx.taken());
@@ -491,10 +497,6 @@ impl Service {
         c.set(Word::Lost, self.rx.lost());
         c.set(Word::Seen, self.rx.seen());
         c.set(Word::Backlog, self.rx.backlog_bytes());
-    }
-
-    /// Publishes the run being gathered, if any, and wakes the clients.
-    fn publish(&mut self, run: Option<(u64, u64)>) {
         let Some((first, n)) = run else {
             return;
         };
