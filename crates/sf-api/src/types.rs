@@ -147,6 +147,22 @@ pub struct FetchStats {
     /// last one this clone host took (its newest sequence number + 1).
     #[serde(default)]
     pub multicast_seen: u64,
+    /// Pushed pages that were already there when they came (counted by
+    /// the clone host's receiver of the group, once per host).
+    #[serde(default)]
+    pub multicast_stale_drops: u64,
+    /// The group's datagrams this clone's own process received (0 when
+    /// the host's one receiver of the group receives for all its clones).
+    #[serde(default)]
+    pub multicast_datagrams_received: u64,
+    /// The group's datagrams the host's receiver received, once for every
+    /// clone of the group on this host.
+    #[serde(default)]
+    pub multicast_host_datagrams: u64,
+    /// The process id of that receiver (0: none, the clone received
+    /// itself); the same for every clone of the group on one host.
+    #[serde(default)]
+    pub multicast_receiver_pid: u64,
     /// Pages of whole hinted 2 MiB blocks left to the kernel (huge pages):
     /// never requested, zero-filled by the kernel on first touch.
     #[serde(default)]

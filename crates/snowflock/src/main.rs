@@ -8,6 +8,7 @@ mod demo;
 mod gen_fasta;
 mod guests;
 mod net;
+mod page_receiver;
 mod run;
 mod sandbox_args;
 mod units;
@@ -54,6 +55,10 @@ enum Command {
     /// Internal: a family's network broker (the VMM or daemon starts it).
     #[command(hide = true)]
     NetBroker(net::FamilyArgs),
+    /// Internal: a clone host's one receiver of a clone group's page
+    /// pushes (the group's first clone VMM on the host starts it).
+    #[command(hide = true)]
+    PageReceiver,
     /// Internal: take a family's TAPs and hold them until stdin closes
     /// (a stand-in for a VMM in tests and benchmarks).
     #[command(hide = true)]
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
         Command::CloneHost(a) => daemon::clone_host(a),
         Command::NetBroker(a) => net::broker_main(a),
         Command::NetHold(a) => net::hold(a),
+        Command::PageReceiver => page_receiver::main(),
         Command::NetSweep => net::sweep(),
     };
     match result {

@@ -66,7 +66,7 @@ pub fn broker_main(a: FamilyArgs) -> anyhow::Result<u8> {
 /// it ever connected ends the family at once instead of after
 /// [`broker::FIRST_CONNECT`]. `None` when the starter is already gone (the
 /// broker was re-parented) or pidfds are unavailable: the timeout remains.
-fn starter_pidfd() -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn starter_pidfd() -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
@@ -88,7 +88,7 @@ fn starter_pidfd() -> Option<std::os::fd::OwnedFd> {
 /// wait for a broker that ends only after that VMM's connection closes. So
 /// it forks once more and the intermediate exits; the broker is re-parented
 /// above the VMM and sits in a session of its own.
-fn detach() -> anyhow::Result<()> {
+pub(crate) fn detach() -> anyhow::Result<()> {
     // SAFETY: fork in a single-threaded process (this command starts no
     // thread before it), so the child holds no lock another thread had; the
     // parent only exits.

@@ -1,7 +1,8 @@
-//! End-to-end tests of the clone group's multicast: lockstep detection in
-//! the memory holder (pages clones share go once by multicast, pages only
-//! one reads go to it alone), the unicast fallback for lost pushes, and
-//! the end-game for a clone host that keeps losing them. Three namespace
+//! End-to-end tests of the clone group's multicast: one receiver per clone
+//! host for all the group's clones there, lockstep detection in the memory
+//! holder (pages clones share go once by multicast, pages only one reads go
+//! to it alone), the unicast fallback for lost pushes, and the end-game for
+//! a clone host that keeps losing them. Three namespace
 //! hosts; clones of a VM on host 1 go to hosts 2 and 3 and scan the same
 //! buffer in step, or their own parts of it.
 
@@ -40,6 +41,154 @@ const SCAN: &[&str] = &[
     "ms=0",
 ];
 
+/// Whether process `pid` still runs (a zombie has ended).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn the_clones_of_a_group_on_one_host_share_one_receiver() {
+    let h = Hosts::start(3);
+    let r = h.run(1, SCAN);
+    assert_ok(&h, &r, "scan");
+    let mut receivers = Vec::new();
+    for i in [2, 3] {
+        let stats = clone_stats(&h, i);
+        eprintln!("host {i}: {stats:#?}");
+        assert_eq!(stats.len(), 2, "{stats:?}");
+        let pid = stats[0].multicast_receiver_pid;
+        let sent = stats.iter().map(|s| s.multicast_seen).max().unwrap();
+        let host = stats
+            .iter()
+            .map(|s| s.multicast_host_datagrams)
+            .max()
+            .unwrap();
+        for s in &stats {
+            assert!(
+                pid != 0 && s.multicast_receiver_pid == pid,
+                "one receiver per host: {stats:?}"
+            );
+            assert_eq!(
+                s.multicast_datagrams_received, 0,
+                "no clone receives itself: {s:?}"
+            );
+            assert!(
+                s.multicast_pages > 0,
+                "both clones installed pushed pages: {s:?}"
+            );
+        }
+        // Each of the group's datagrams reached this host's receiver once
+        // for both clones: had every clone received for itself, the host
+        // would have read twice what the holder sent.
+        assert!(
+            host > 0 && host <= sent,
+            "host {i} read {host} datagrams of the {sent} the holder sent: {stats:?}"
+        );
+        receivers.push(pid);
+    }
+    assert_ne!(receivers[0], receivers[1], "one receiver per host");
+    // The group ended on both hosts: so did their receivers.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while receivers.iter().any(|&p| running(p)) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !receivers.iter().any(|&p| running(p)),
+        "a receiver outlived its group: {receivers:?}"
+    );
+}
+
+/// The clone VMs a host's daemon runs.
+/// How long one clone is stopped: well below the 3 s after which the origin
+/// counts a silent clone lost (heartbeats come every 500 ms).
+const STALL_MS: u64 = 1800;
+
+fn clone_vms(h: &Hosts, i: usize) -> Vec<sf_api::VmInfo> {
+    let vms: Vec<sf_api::VmInfo> = h.client(i).get("/v1/vms").unwrap();
+    vms.into_iter()
+        .filter(|v| v.kind == sf_api::VmKind::Clone)
+        .collect()
+}
+
+#[test]
+fn a_stalled_clone_does_not_hold_back_its_siblings_on_the_host() {
+    let h = Hosts::start(3);
+    // Each clone's pass is spread over a second, so the stall below starts
+    // while the clones still read.
+    let run = h.start_run(1, &[&SCAN[..SCAN.len() - 1], &["ms=1000"]].concat());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Both clones on host 2 attached to the host's receiver and faulted
+    // (their counters are published every 500 ms).
+    let (stalled, sibling) = loop {
+        let vms = clone_vms(&h, 2);
+        let stats = clone_stats(&h, 2);
+        let started = |s: &FetchStats| s.multicast_receiver_pid != 0 && s.faults > 0;
+        if vms.len() == 2 && stats.len() == 2 && stats.iter().all(started) {
+            break (vms[0].clone(), vms[1].clone());
+        }
+        assert!(std::time::Instant::now() < until, "{}", h.describe());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // SAFETY: stops a clone VMM this test's daemon started.
+    unsafe { libc::kill(stalled.pid as i32, libc::SIGSTOP) };
+    // The origin gives a silent clone 3 s: resume well before.
+    let stop = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(STALL_MS));
+    let stalled_for = stop.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(stalled.pid as i32, libc::SIGCONT) };
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("forktest scan: ok"),
+        "every clone, the stalled one too, read the parent's memory: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.describe()
+    );
+    let stats = clone_stats(&h, 2);
+    eprintln!("stalled {stalled_for:?}; host 2: {stats:#?}");
+    // Each clone's pass, from its join line: the stalled one's holds the
+    // stall; its sibling on the same host (same receiver, same cache) was
+    // not held back by it.
+    let work_ms = |v: &sf_api::VmInfo| {
+        let head = format!("clone {} -> ", v.clone_id.unwrap());
+        stdout
+            .lines()
+            .find_map(|l| {
+                let words = l.strip_prefix(&head)?.split("result [").nth(1)?;
+                let ns: u64 = words
+                    .split(']')
+                    .next()?
+                    .split(',')
+                    .nth(2)?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(ns / 1_000_000)
+            })
+            .unwrap_or_else(|| panic!("no work time for {head}: {stdout}"))
+    };
+    let (stalled_ms, sibling_ms) = (work_ms(&stalled), work_ms(&sibling));
+    let others: Vec<u64> = clone_vms(&h, 3).iter().map(work_ms).collect();
+    let slowest_other = others.iter().copied().max().unwrap();
+    eprintln!(
+        "work: stalled clone {stalled_ms} ms, its sibling {sibling_ms} ms, host 3's clones {others:?} ms"
+    );
+    // Held back, the sibling would have waited out most of the stall.
+    assert!(
+        sibling_ms < slowest_other + STALL_MS / 2,
+        "stopped {stalled_for:?}: the sibling of the stalled clone took {sibling_ms} ms, \
+         the other host's clones {others:?} ms: {stats:?}"
+    );
+    for s in &stats {
+        assert!(s.multicast_pages > 0, "both installed pushed pages: {s:?}");
+        assert_eq!(s.multicast_receiver_pid, stats[0].multicast_receiver_pid);
+    }
+}
+
 #[test]
 fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
     let h = Hosts::start_with_env(3, &[], |i| {
@@ -57,6 +206,10 @@ fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
     assert_eq!(stats.len(), 4, "{stats:?}");
     for s in &stats {
         assert_eq!(s.multicast_pages, 0, "every push was dropped: {s:?}");
+        assert_ne!(
+            s.multicast_receiver_pid, 0,
+            "the host's receiver dropped them: {s:?}"
+        );
         // 16 MiB is 4096 pages, all with data: each came by unicast.
         assert!(s.pages_fetched >= 4096, "{s:?}");
     }

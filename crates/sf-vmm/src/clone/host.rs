@@ -180,6 +180,9 @@ fn build(
         // Test knob, set in the clone-host daemon's environment: this host
         // loses every page pushed to it.
         drop_pushes: std::env::var_os(DROP_PUSHES_ENV).is_some_and(|v| v == "1"),
+        // The clone host runs as `snowflock clone-host`; the same program's
+        // `page-receiver` is the host's one receiver of the group's pushes.
+        page_receiver: std::env::current_exe().ok(),
         ..FetchConfig::default()
     };
     cfg.multicast = req

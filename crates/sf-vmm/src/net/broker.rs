@@ -386,7 +386,7 @@ impl<'a> Broker<'a> {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
+pub(crate) fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -394,7 +394,7 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
     }
 }
 
-fn peer_uid(s: &UnixStream) -> io::Result<u32> {
+pub(crate) fn peer_uid(s: &UnixStream) -> io::Result<u32> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,
@@ -419,7 +419,7 @@ fn peer_uid(s: &UnixStream) -> io::Result<u32> {
 
 /// Blocks SIGTERM, SIGINT and SIGHUP and returns a signalfd that reports
 /// them, so the loop can clean up instead of dying with the devices left.
-fn block_signals() -> io::Result<OwnedFd> {
+pub(crate) fn block_signals() -> io::Result<OwnedFd> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; the calls only write into it, then

@@ -85,6 +85,21 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// The server closed the connection before its hello reply (during
+    /// the handshake, or while the hello was awaited).
+    pub fn closed_by_server(&self) -> bool {
+        match self {
+            RemoteError::Closed { .. } => true,
+            RemoteError::Connect { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether a new connection might help (as opposed to a refusal or a
     /// local failure, which would only repeat).
     pub fn is_transport(&self) -> bool {

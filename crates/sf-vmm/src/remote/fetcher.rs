@@ -59,6 +59,11 @@ pub struct FetchConfig {
     /// Test knob: receive the group's pushes and drop them all (a clone
     /// host whose multicast is lost), so faults fall back to unicast.
     pub drop_pushes: bool,
+    /// With multicast: the program whose `page-receiver` command is the
+    /// host's one receiver of the group (started by the group's first
+    /// clone on the host; later ones share it). `None`: this process joins
+    /// the group and receives every datagram itself.
+    pub page_receiver: Option<std::path::PathBuf>,
 }
 
 impl Default for FetchConfig {
@@ -76,6 +81,7 @@ impl Default for FetchConfig {
             release_hinted_blocks: false,
             transport: sf_tls::Transport::Plain,
             drop_pushes: false,
+            page_receiver: None,
         }
     }
 }
@@ -94,6 +100,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("release_hinted_blocks", &self.release_hinted_blocks)
             .field("transport", &self.transport.name())
             .field("drop_pushes", &self.drop_pushes)
+            .field("page_receiver", &self.page_receiver)
             .finish()
     }
 }
@@ -139,6 +146,15 @@ pub struct FetchStats {
     pub multicast_lost: u64,
     /// The group's newest sequence number seen, plus one.
     pub multicast_seen: u64,
+    /// Pushed pages already there when they came (counted by the host's
+    /// receiver when there is one).
+    pub multicast_stale_drops: u64,
+    /// Datagrams this clone process read itself (0 with a host receiver).
+    pub multicast_datagrams_received: u64,
+    /// Datagrams the host's receiver read for all the group's clones here.
+    pub multicast_host_datagrams: u64,
+    /// The host receiver's process id (0: this process receives itself).
+    pub multicast_receiver_pid: u64,
     /// Pages of whole hinted 2 MiB blocks handed back to the kernel at
     /// attach (with huge pages): never requested either, zero-filled by the
     /// kernel on first touch if the guest touches them at all.
@@ -172,6 +188,10 @@ impl StatsHandle {
             push_timeouts: c.push_timeouts.load(Relaxed),
             multicast_lost: c.multicast_lost.load(Relaxed),
             multicast_seen: c.multicast_seen.load(Relaxed),
+            multicast_stale_drops: c.multicast_stale_drops.load(Relaxed),
+            multicast_datagrams_received: c.multicast_datagrams_received.load(Relaxed),
+            multicast_host_datagrams: c.multicast_host_datagrams.load(Relaxed),
+            multicast_receiver_pid: c.multicast_receiver_pid.load(Relaxed),
             released_hinted_pages: c.released_hinted_pages.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
@@ -217,7 +237,23 @@ impl RemoteMemory {
         if !base.is_multiple_of(PAGE_SIZE as u64) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(bad("not page-aligned"));
         }
-        let client = PageClient::connect(server, &token, cfg.timeouts(), &cfg.transport)?;
+        let connect = || PageClient::connect(server, &token, cfg.timeouts(), &cfg.transport);
+        let client = match connect() {
+            // The holder closes the oldest of more than 16 handshakes in
+            // progress (a defence against silent strangers): 32 clones
+            // connecting at once on a loaded machine lost 2 to 11 of theirs
+            // that way (bench remote, 32 clones, load ~12). Once more, as
+            // a request that fails. (A refused or unreachable server is
+            // not retried: nothing listens there.)
+            Err(first) if first.closed_by_server() && cfg.reconnect => {
+                tracing::warn!("remote memory: {first}; connecting once more");
+                connect().map_err(|retry| RemoteError::Retried {
+                    first: Box::new(first),
+                    retry: Box::new(retry),
+                })?
+            }
+            other => other?,
+        };
         if client.region_len() != len as u64 {
             return Err(RemoteError::SizeMismatch {
                 server,

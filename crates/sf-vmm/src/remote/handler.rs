@@ -31,6 +31,9 @@ use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
 mod pushed;
+mod pushes;
+
+use pushes::Pushes;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// How much larger a window of hinted pages (zero-filled here) is than a
@@ -68,6 +71,17 @@ pub struct Counters {
     pub multicast_lost: AtomicU64,
     /// The newest sequence number of the group seen, plus one.
     pub multicast_seen: AtomicU64,
+    /// Pushed pages that were already there when they came (the host's
+    /// receiver's count when it has one).
+    pub multicast_stale_drops: AtomicU64,
+    /// Datagrams this process read from its own socket (0 with the host's
+    /// receiver).
+    pub multicast_datagrams_received: AtomicU64,
+    /// Datagrams the host's receiver read, for all the group's clones on
+    /// this host.
+    pub multicast_host_datagrams: AtomicU64,
+    /// The host receiver's process id (0: none, this process receives).
+    pub multicast_receiver_pid: AtomicU64,
     /// Pages of whole hinted 2 MiB blocks handed to the kernel at attach:
     /// zero on first touch (by the kernel, unseen here), if ever touched.
     pub released_hinted_pages: AtomicU64,
@@ -127,7 +141,7 @@ pub struct Handler {
     /// The data pages of the batch being installed.
     data: Vec<u8>,
     /// Pages pushed to the whole clone group.
-    multicast: Option<super::multicast::Receiver>,
+    multicast: Option<Pushes>,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
 }
@@ -143,6 +157,42 @@ pub struct Target {
     pub client: PageClient,
 }
 
+/// Where pushed pages come from: the host's receiver of the group (started
+/// if none runs), else this process's own socket.
+fn pushes_for(
+    cfg: &FetchConfig,
+    group: std::net::SocketAddrV4,
+    iface: std::net::Ipv4Addr,
+    token: GroupToken,
+    len: u64,
+) -> Option<Pushes> {
+    if let Some(exe) = &cfg.page_receiver {
+        let spec = super::host_receiver::ReceiverSpec {
+            token,
+            mem_size: len,
+            group,
+            iface,
+            drop_all: cfg.drop_pushes,
+        };
+        match super::host_receiver::HostPushes::attach(exe, &spec) {
+            Ok(h) => return Some(Pushes::Host(h)),
+            Err(e) => tracing::warn!(
+                "no page receiver for {spec} on this host ({e}); this clone receives the group's pushes itself"
+            ),
+        }
+    }
+    match super::multicast::Receiver::join(group, iface, token) {
+        Ok(mut rx) => {
+            rx.drop_all = cfg.drop_pushes;
+            Some(Pushes::Own(Box::new(rx)))
+        }
+        Err(e) => {
+            tracing::warn!(%group, "not joining the clone group's multicast: {e}");
+            None
+        }
+    }
+}
+
 impl Handler {
     pub fn new(
         t: Target,
@@ -150,15 +200,9 @@ impl Handler {
         shared: std::sync::Arc<Shared>,
         commands: mpsc::Receiver<Command>,
     ) -> Handler {
-        let multicast = cfg.multicast.and_then(|(group, iface)| {
-            super::multicast::Receiver::join(group, iface, t.token)
-                .map_err(|e| tracing::warn!(%group, "not joining the clone group's multicast: {e}"))
-                .ok()
-                .map(|mut rx| {
-                    rx.drop_all = cfg.drop_pushes;
-                    rx
-                })
-        });
+        let multicast = cfg
+            .multicast
+            .and_then(|(group, iface)| pushes_for(&cfg, group, iface, t.token, t.len));
         let mut h = Handler {
             multicast,
             present: PageBitmap::new(t.len / PAGE),
@@ -181,6 +225,10 @@ impl Handler {
         // Before the thread starts, so attach returns with it done.
         if h.cfg.release_hinted_blocks {
             h.release_hinted_blocks();
+        }
+        if let Some(Pushes::Host(p)) = &h.multicast {
+            let pid = p.view.get(super::host_cache::Word::ReceiverPid);
+            h.shared.counters.multicast_receiver_pid.store(pid, Relaxed);
         }
         h
     }
@@ -273,47 +321,6 @@ impl Handler {
         }
         // Dropping `self.uffd` closes it: the kernel ends the registration
         // and wakes anything still waiting.
-    }
-
-    /// Installs the pushed pages still absent, until none are waiting:
-    /// consecutive pages (a batch the holder pushed comes in order) with one
-    /// UFFDIO_COPY per run, not one per page.
-    fn take_multicast(&mut self) {
-        if self.degraded {
-            return;
-        }
-        let Some(mut rx) = self.multicast.take() else {
-            return;
-        };
-        let mut run = std::mem::take(&mut self.push_run);
-        run.clear();
-        let (mut first, mut pages) = (0u64, 0u64);
-        while let Some((offset, page_bytes)) = rx.next_page() {
-            let page = offset / PAGE;
-            // A hinted page is never installed from the wire: the clone
-            // gets zeros for it locally, on touch.
-            if offset >= self.len || self.present.get(page) || self.cfg.free_pages.contains(page) {
-                continue;
-            }
-            if pages > 0 && (page != first + pages || pages == u64::from(MAX_BATCH_PAGES)) {
-                self.install_pushed(first, pages, &run);
-                run.clear();
-                pages = 0;
-            }
-            if pages == 0 {
-                first = page;
-            }
-            run.extend_from_slice(page_bytes);
-            pages += 1;
-        }
-        if pages > 0 {
-            self.install_pushed(first, pages, &run);
-        }
-        self.push_run = run;
-        let c = &self.shared.counters;
-        c.multicast_lost.store(rx.lost(), Relaxed);
-        c.multicast_seen.store(rx.seen(), Relaxed);
-        self.multicast = Some(rx);
     }
 
     /// Installs a run of pushed pages. Pages already there (a fault beat
@@ -412,6 +419,13 @@ impl Handler {
                     self.unregister();
                 }
             }
+            return;
+        }
+        if self.fault_from_host_cache(page, u64::from(MAX_BATCH_PAGES)) {
+            // Pushed to this host before the touch, not yet installed here:
+            // no request, and not a miss (the network brought it in time).
+            let us = start.elapsed().as_micros() as u64;
+            self.shared.latency.lock().expect("latency lock").record(us);
             return;
         }
         let count = self.present.absent_run(page, u64::from(window));

@@ -9,6 +9,10 @@
 //! readahead window ([`readahead`]) so a scan costs a few dozen round trips
 //! instead of one per page.
 //!
+//! Pages the holder pushes to the group's multicast are received once per
+//! clone host, by the group's [`host_receiver`], into a [`host_cache`]
+//! every clone of the group on that host installs from.
+//!
 //! Failure is contained: a dead or silent server never leaves a faulting
 //! thread blocked. The fetcher records why, calls the VMM's `on_failure`
 //! callback (to kick its vCPU) and lets every pending and later fault
@@ -21,6 +25,8 @@ pub mod fetcher;
 mod handler;
 mod hinted;
 mod histogram;
+pub mod host_cache;
+pub mod host_receiver;
 pub mod lockstep;
 pub mod multicast;
 pub mod pacer;

@@ -233,6 +233,8 @@ pub struct Receiver {
     key: GroupKey,
     replay: ReplayWindow,
     buf: Vec<u8>,
+    /// Datagrams read from the socket, whatever they held.
+    pub received: u64,
     /// Datagrams dropped: forged, of another group, or replayed.
     pub dropped: u64,
     /// Losses, from the sequence numbers: the ones between the first and
@@ -250,11 +252,12 @@ pub struct Receiver {
 
 /// A receiver with nothing new to say reports this often at most (while
 /// it faults), so the holder's pace can climb back.
-const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Receiver {
-    /// Joins `group` on the interface with address `iface`. Several clones
-    /// of one group on one host each join (the port is shared).
+    /// Joins `group` on the interface with address `iface`: the host's one
+    /// receiver of the group ([`super::host_receiver`]), or a clone that
+    /// could not reach it (the port is shared).
     pub fn join(group: SocketAddrV4, iface: Ipv4Addr, token: GroupToken) -> io::Result<Receiver> {
         let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         sock.set_reuse_address(true)?;
@@ -274,6 +277,7 @@ impl Receiver {
             key: GroupKey::new(token),
             replay: ReplayWindow::default(),
             buf: vec![0; DATAGRAM_LEN + 1],
+            received: 0,
             dropped: 0,
             seq_first: None,
             taken: 0,
@@ -284,7 +288,7 @@ impl Receiver {
     }
 
     /// Bytes waiting in the socket (0 if the kernel does not say).
-    fn backlog_bytes(&self) -> u64 {
+    pub(crate) fn backlog_bytes(&self) -> u64 {
         let mut n: libc::c_int = 0;
         // SAFETY: FIONREAD on this socket writes one int to `n`.
         let rc = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::FIONREAD, &mut n) };
@@ -331,6 +335,11 @@ impl Receiver {
         self.sock.as_raw_fd()
     }
 
+    /// Datagrams of the group taken (opened, new sequence number).
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
     /// The next page of this group waiting, if any: `(offset, bytes)`.
     /// `None` also after [`MAX_DROPS_PER_LOOK`] bad datagrams in a row; the
     /// socket then stays readable for the next look.
@@ -343,6 +352,7 @@ impl Receiver {
                 return None;
             }
             let n = self.sock.recv(&mut self.buf).ok()?;
+            self.received += 1;
             if self.drop_all {
                 drops += 1;
                 continue;

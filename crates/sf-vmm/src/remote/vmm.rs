@@ -110,6 +110,10 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         push_timeouts: s.push_timeouts,
         multicast_lost: s.multicast_lost,
         multicast_seen: s.multicast_seen,
+        multicast_stale_drops: s.multicast_stale_drops,
+        multicast_datagrams_received: s.multicast_datagrams_received,
+        multicast_host_datagrams: s.multicast_host_datagrams,
+        multicast_receiver_pid: s.multicast_receiver_pid,
         released_hinted_pages: s.released_hinted_pages,
     }
 }

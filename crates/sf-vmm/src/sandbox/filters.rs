@@ -237,6 +237,8 @@ fn base(l: &mut Vec<Entry>) {
         "waiting for clone reports, sockets, userfaultfd; the NIC's wait register on its TAP"
     );
     allow!(l, SYS_ppoll, "glibc's poll on some versions");
+    allow!(l, SYS_restart_syscall,
+        "the kernel resumes a sleep or poll that a stop interrupted: a VMM stopped (SIGSTOP, a debugger, the cgroup freezer) and continued died of SIGSYS without it");
     allow!(l, SYS_exit, "a thread ends");
     allow!(l, SYS_exit_group, "the process ends");
     allow!(
@@ -423,6 +425,30 @@ fn memory_holder(l: &mut Vec<Entry>) {
         "read-only: glibc reads /sys/devices/system/cpu/online when a connection thread makes a malloc arena (seen with 300 connections)");
 }
 
+/// A clone host's page receiver: reads one group's datagrams, writes the
+/// pages through its mapping of the shared cache, and answers each of the
+/// group's clone VMMs on this host once, on a Unix connection it accepts.
+/// No KVM, no threads or processes, no files, no new sockets.
+fn page_receiver(l: &mut Vec<Entry>) {
+    base(l);
+    allow!(l, SYS_accept4, "the group's clone VMMs on this host");
+    allow!(l, SYS_accept, "the group's clone VMMs on this host");
+    allow!(
+        l,
+        SYS_getsockopt,
+        "SO_PEERCRED: only root's clients are admitted"
+    );
+    allow!(l, SYS_setsockopt, "the timeout of a client's hello");
+    allow!(l, SYS_recvfrom, "the group's datagrams; a client's hello");
+    allow!(
+        l,
+        SYS_sendmsg,
+        "the answer to a client, with the cache's descriptors"
+    );
+    allow!(l, SYS_ioctl if one_of(1, &[libc::FIONREAD, libc::FIONBIO]),
+        "FIONREAD: the backlog the host reports to the holder; FIONBIO: std's set_nonblocking");
+}
+
 pub fn allow_list(role: Role) -> AllowList {
     let mut entries = Vec::new();
     match role {
@@ -432,6 +458,7 @@ pub fn allow_list(role: Role) -> AllowList {
         Role::LoneRunner => runner(&mut entries, false),
         Role::CloneHost => clone_host(&mut entries),
         Role::MemoryHolder => memory_holder(&mut entries),
+        Role::PageReceiver => page_receiver(&mut entries),
     }
     AllowList { role, entries }
 }

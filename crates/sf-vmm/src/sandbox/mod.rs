@@ -12,7 +12,12 @@
 //! - **memory holder**: forked at a clone call with remote clones; stacks a
 //!   tighter filter (no KVM, no fork, no files) before serving pages;
 //! - **clone host** (`snowflock clone-host`): after its userfaultfd, VM,
-//!   connections and counters file exist, before the first `KVM_RUN`.
+//!   connections and counters file exist, before the first `KVM_RUN`;
+//! - **page receiver** (`snowflock page-receiver`, one per clone group per
+//!   clone host): after it joined the group and made the shared cache,
+//!   before it accepts its first client. It keeps root's user ID without
+//!   any capability, so the clone VMMs (uid 65534) can neither signal nor
+//!   trace it.
 //!
 //! A call outside the list raises SIGSYS; [`sigsys`] writes one line naming
 //! the call and the role to stderr and the process dies of SIGSYS, which
@@ -25,6 +30,7 @@
 //! | local clone | its runner's, 65 or 49 (inherited, exact) | as its parent (the drop happened before the fork) |
 //! | memory holder | 56 (stacked on its parent's) | as its parent |
 //! | clone host | 63 | uid/gid 65534, no capabilities |
+//! | page receiver | 45 | uid 0, no capabilities |
 //!
 //! Nothing here needs root after set-up: KVM works on the inherited
 //! /dev/kvm fd (a local clone makes its VM with it), and the clone host's
@@ -63,15 +69,19 @@ pub enum Role {
     CloneHost = 4,
     /// A runner without peers (plain `snowflock run`): no network at all.
     LoneRunner = 5,
+    /// A clone host's one receiver of a clone group's page pushes
+    /// (`snowflock page-receiver`).
+    PageReceiver = 6,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Runner,
         Role::LocalClone,
         Role::MemoryHolder,
         Role::CloneHost,
         Role::LoneRunner,
+        Role::PageReceiver,
     ];
 
     /// A runner's role: without peers it needs no sockets.
@@ -89,6 +99,7 @@ impl Role {
             Role::LocalClone => "local clone",
             Role::MemoryHolder => "memory holder",
             Role::CloneHost => "clone host",
+            Role::PageReceiver => "page receiver",
         }
     }
 }

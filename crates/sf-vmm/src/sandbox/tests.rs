@@ -383,6 +383,50 @@ fn memory_holder_stacks_a_filter_without_kvm_fork_or_file_writes() {
 }
 
 #[test]
+fn page_receiver_opens_no_socket_file_or_process() {
+    let p = prog(Role::PageReceiver);
+    let receiver = |act: fn() -> i32| {
+        let p = &p;
+        in_child(move || {
+            sandboxed(Role::PageReceiver, p);
+            act()
+        })
+    };
+    assert_killed(
+        receiver(|| {
+            // SAFETY: plain socket(2) call.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            10
+        }),
+        libc::SYS_socket,
+        "socket",
+        "page receiver",
+    );
+    assert_killed(
+        receiver(|| {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDONLY) };
+            10
+        }),
+        libc::SYS_openat,
+        "openat",
+        "page receiver",
+    );
+    assert_killed(
+        receiver(|| {
+            // SAFETY: fork in a single-threaded child.
+            if unsafe { libc::fork() } == 0 {
+                process::exit_now(0);
+            }
+            10
+        }),
+        libc::SYS_clone,
+        "clone",
+        "page receiver",
+    );
+}
+
+#[test]
 fn clone_host_refuses_unix_sockets_writes_to_paths_and_executable_memory() {
     let p = prog(Role::CloneHost);
     let host_child = |act: fn() -> i32| {

@@ -35,6 +35,43 @@ pub struct GroupRun {
     pub lost_datagrams: f64,
     /// The memory holder's own counters (set by the caller).
     pub holder: sf_vmm::remote::ServerStats,
+    /// Pushed pages already there when they came.
+    pub stale_drops: f64,
+    /// Processes that received the group's datagrams: one per clone host
+    /// (its page receiver), or one per clone where a clone received itself.
+    pub receivers: f64,
+    /// Datagrams those processes read, all together.
+    pub datagrams_received: f64,
+}
+
+/// The group's receiving processes' counters `(datagrams, lost, stale)`: a
+/// host's page receiver once (every clone there shows the same counters,
+/// read at different times: the largest is the latest), a clone that
+/// received itself on its own. Receivers are told apart by their pid: the
+/// bench's hosts are network namespaces of one machine, one pid space.
+fn receiving(per: &[PerClone]) -> Vec<(u64, u64, u64)> {
+    let mut hosts = std::collections::BTreeMap::<u64, (u64, u64, u64)>::new();
+    let mut own = Vec::new();
+    for c in per {
+        let m = &c.m;
+        if m.multicast_receiver_pid == 0 {
+            own.push((
+                m.multicast_datagrams_received,
+                m.multicast_lost,
+                m.multicast_stale_drops,
+            ));
+            continue;
+        }
+        let e = hosts.entry(m.multicast_receiver_pid).or_default();
+        *e = (
+            e.0.max(m.multicast_host_datagrams),
+            e.1.max(m.multicast_lost),
+            e.2.max(m.multicast_stale_drops),
+        );
+    }
+    own.extend(hosts.into_values());
+    own.retain(|&(d, _, _)| d > 0);
+    own
 }
 
 /// Bytes on the wire of `n` multicast datagrams (each a UDP datagram
@@ -68,13 +105,17 @@ impl GroupRun {
         let later: Vec<&PerClone> = per.iter().filter(|c| c.id >= 2 || per.len() == 1).collect();
         let misses: f64 = later.iter().map(|c| c.m.misses as f64).sum();
         let pct = 100.0 * (1.0 - misses / (touched * later.len() as f64)).clamp(0.0, 1.0);
+        let rx = receiving(&per);
         Ok(GroupRun {
             work_ms_last: per.iter().map(|c| c.work_ms).fold(0.0, f64::max),
             origin_tx_bytes: origin_tx_bytes as f64,
             from_clones_bytes: tcp * (1.0 + TCP_OVERHEAD) + multicast_bytes,
             multicast_bytes,
             arrived_before_touch_pct: pct,
-            lost_datagrams: per.iter().map(|c| c.m.multicast_lost as f64).sum(),
+            lost_datagrams: rx.iter().map(|r| r.1 as f64).sum(),
+            stale_drops: rx.iter().map(|r| r.2 as f64).sum(),
+            receivers: rx.len() as f64,
+            datagrams_received: rx.iter().map(|r| r.0 as f64).sum(),
             holder: Default::default(),
             clones: per,
         })
@@ -94,6 +135,33 @@ pub(super) fn clone_work_ns(console: &str, id: u32) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_receiver_counts_once_for_all_its_clones() {
+        let clone = |pid, host, own, lost| PerClone {
+            id: 1,
+            m: sf_api::FetchStats {
+                multicast_receiver_pid: pid,
+                multicast_host_datagrams: host,
+                multicast_datagrams_received: own,
+                multicast_lost: lost,
+                ..Default::default()
+            },
+            work_ms: 0.0,
+        };
+        let per = [
+            clone(7, 100, 0, 2),
+            clone(7, 90, 0, 1),
+            clone(8, 100, 0, 0),
+            clone(0, 0, 100, 5),
+            clone(0, 0, 0, 0),
+        ];
+        let mut rx = receiving(&per);
+        rx.sort_unstable();
+        assert_eq!(rx, vec![(100, 0, 0), (100, 2, 0), (100, 5, 0)]);
+    }
+
     #[test]
     fn the_work_time_is_read_from_the_join_line() {
         let text = "avoid parent_work_ns=5\nclone 1 -> Exited code 0 result [1, 99, 123456] detail \"\"\nclone 2 -> Exited code 0 result [2, 99, 7] detail \"\"\n";

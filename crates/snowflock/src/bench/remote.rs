@@ -103,7 +103,7 @@ pub struct Row {
     /// Pages that clone got before touching them (pushed by multicast).
     pub next_family_first_clone_multicast_pages: f64,
     /// Datagrams of the group lost on their way to the clone hosts (sum
-    /// over the clones of a run).
+    /// over the receiving processes of a run: a host's page receiver once).
     pub multicast_lost_datagrams: f64,
     /// The memory holder's lockstep detection (its own counters, median
     /// over runs): 2 MiB chunks that turned shared (a second clone asked
@@ -114,6 +114,16 @@ pub struct Row {
     pub lockstep_predicted_chunks: f64,
     pub unicast_private_pages: f64,
     pub holder_multicast_datagrams: f64,
+    /// Pushed pages that were already there when they came (same sum).
+    pub multicast_stale_drops: f64,
+    /// Processes that received the group's datagrams in a run: one per
+    /// clone host with the host's page receiver (one per clone before).
+    pub multicast_receivers: f64,
+    /// Datagrams all of them read in a run, per clone host used and per
+    /// clone: with one receiver per host the first is what the holder
+    /// sent, and the second falls as clones are added.
+    pub multicast_datagrams_received_per_host: f64,
+    pub multicast_datagrams_received_per_clone: f64,
     /// Pushed pages that came too late and were fetched by unicast, per clone.
     pub push_timeouts_per_clone: f64,
     pub local_first_instr_ms_median: f64,
@@ -339,6 +349,12 @@ fn measure_row(
         lockstep_predicted_chunks: per_group(|g| g.holder.lockstep_predicted_chunks as f64),
         unicast_private_pages: per_group(|g| g.holder.unicast_private_pages as f64),
         holder_multicast_datagrams: per_group(|g| g.holder.multicast_datagrams as f64),
+        multicast_stale_drops: per_group(|g| g.stale_drops),
+        multicast_receivers: per_group(|g| g.receivers),
+        multicast_datagrams_received_per_host: per_group(|g| g.datagrams_received)
+            / (a.hosts.saturating_sub(1).min(n as usize).max(1)) as f64,
+        multicast_datagrams_received_per_clone: per_group(|g| g.datagrams_received)
+            / f64::from(n.max(1)),
         push_timeouts_per_clone: per(|c| c.m.push_timeouts as f64),
         local_first_instr_ms_median: median(&lf),
         local_last_first_instr_ms_median: median(&ll),
@@ -367,7 +383,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8}",
+        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>4} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8}",
         "auth",
         "mechanisms",
         "MiB",
@@ -381,6 +397,9 @@ fn print_table(rows: &[Row]) {
         "early%",
         "next%",
         "lost",
+        "stale",
+        "rcvs",
+        "rcv/host",
         "p50 us",
         "p99 us",
         "pg fetch",
@@ -392,7 +411,7 @@ fn print_table(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0}",
+            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>4.0} {:>8.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0}",
             r.transport,
             format!("{:?}", r.mechanisms),
             r.mem_mib,
@@ -406,6 +425,9 @@ fn print_table(rows: &[Row]) {
             r.pages_arrived_before_touch_pct,
             r.next_family_first_clone_arrived_before_touch_pct,
             r.multicast_lost_datagrams,
+            r.multicast_stale_drops,
+            r.multicast_receivers,
+            r.multicast_datagrams_received_per_host,
             r.fault_latency_p50_us_median,
             r.fault_latency_p99_us_median,
             r.pages_fetched_per_clone,
@@ -416,5 +438,5 @@ fn print_table(rows: &[Row]) {
             r.unicast_private_pages,
         );
     }
-    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk)");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk)");
 }

@@ -4,8 +4,10 @@
 //! ones that did not come within [`PUSH_WAIT`] are fetched by unicast. A
 //! lost datagram so costs one bounded wait and one round trip, never more.
 
+use super::pushes::Pushes;
 use super::{Handler, PAGE, ZERO_PAGES};
 use crate::remote::error::RemoteError;
+use crate::remote::host_cache::Word;
 use crate::remote::protocol::{PageMap, Request};
 use crate::remote::PAGE_SIZE;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,6 +22,11 @@ use std::time::{Duration, Instant};
 /// too busy to read it in time) and one unicast round trip (~0.3 ms on the
 /// test network) is cheaper than waiting on.
 pub(super) const PUSH_WAIT: Duration = Duration::from_millis(20);
+/// The longest wait while the host's receiver keeps reading datagrams (it
+/// serves every clone of the group on the host and may be behind: at 32
+/// clones on 3 hosts with the machine loaded, 20 ms fallbacks made the
+/// holder serve whole clones by unicast).
+const PUSH_WAIT_MAX: Duration = Duration::from_millis(100);
 
 impl Handler {
     /// Installs the zero pages of `map` (the batch from page `first`),
@@ -88,9 +95,13 @@ impl Handler {
     }
 
     /// Installs pushed pages as they come until every data page of `map` is
-    /// here or [`PUSH_WAIT`] has passed.
+    /// here or [`PUSH_WAIT`] has passed; longer (up to [`PUSH_WAIT_MAX`])
+    /// while the host's receiver is still reading datagrams: then the
+    /// pages are likely queued behind others, not lost.
     fn wait_for_pushes(&mut self, first: u64, map: &PageMap) {
-        let deadline = Instant::now() + PUSH_WAIT;
+        let start = Instant::now();
+        let mut deadline = start + PUSH_WAIT;
+        let mut progress = self.receiver_progress();
         loop {
             self.take_multicast();
             if self.degraded || !(0..map.pages()).any(|i| self.missing(first, map, i)) {
@@ -99,10 +110,16 @@ impl Handler {
             let Some(fd) = self.multicast.as_ref().map(|m| m.fd()) else {
                 return;
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
+            let now = Instant::now();
+            if now >= deadline {
+                let p = self.receiver_progress();
+                if p == progress || now >= start + PUSH_WAIT_MAX {
+                    return;
+                }
+                progress = p;
+                deadline = now + PUSH_WAIT;
             }
+            let left = deadline.saturating_duration_since(now);
             let mut p = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -112,6 +129,15 @@ impl Handler {
             // SAFETY: one valid pollfd for the duration of the call. An
             // error (EINTR) just means another look.
             unsafe { libc::poll(&mut p, 1, ms) };
+        }
+    }
+
+    /// Datagrams the host's receiver has read so far (0 without one: a
+    /// clone that receives itself reads them in `take_multicast`).
+    fn receiver_progress(&self) -> u64 {
+        match &self.multicast {
+            Some(Pushes::Host(h)) => h.view.get(Word::Received),
+            _ => 0,
         }
     }
 }

@@ -1,0 +1,163 @@
+//! Where a clone's pushed pages come from, and their install: the host's
+//! shared cache filled by the group's one receiver on this host
+//! ([`crate::remote::host_receiver`]), or, where that receiver could not be
+//! reached (or in-process tests), this process's own socket joined to the
+//! group. Either way a run of consecutive pages is installed with one
+//! UFFDIO_COPY, and pages already here or hinted free are skipped.
+
+use super::{Handler, PAGE};
+use crate::remote::host_cache::{Arrivals, Word};
+use crate::remote::host_receiver::HostPushes;
+use crate::remote::multicast::Receiver;
+use crate::remote::pacer::Report;
+use crate::remote::MAX_BATCH_PAGES;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::Relaxed;
+
+pub enum Pushes {
+    /// This process's own socket: it receives and opens every datagram.
+    Own(Box<Receiver>),
+    /// The host's cache: installed from the shared mapping.
+    Host(HostPushes),
+}
+
+impl Pushes {
+    /// Readable when pushed pages may be waiting.
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Pushes::Own(rx) => rx.fd(),
+            Pushes::Host(h) => h.fd(),
+        }
+    }
+
+    pub fn report_due(&mut self) -> Option<Report> {
+        match self {
+            Pushes::Own(rx) => rx.report_due(),
+            Pushes::Host(h) => h.report_due(),
+        }
+    }
+}
+
+impl Handler {
+    /// Installs the pushed pages still absent, until none are waiting.
+    pub(super) fn take_multicast(&mut self) {
+        if self.degraded {
+            return;
+        }
+        match self.multicast.take() {
+            Some(Pushes::Own(mut rx)) => {
+                self.take_own(&mut rx);
+                self.multicast = Some(Pushes::Own(rx));
+            }
+            Some(Pushes::Host(mut h)) => {
+                self.take_host(&mut h);
+                self.multicast = Some(Pushes::Host(h));
+            }
+            None => {}
+        }
+    }
+
+    /// From this process's own socket: consecutive pages (a batch the
+    /// holder pushed comes in order) gathered into one install.
+    fn take_own(&mut self, rx: &mut Receiver) {
+        let mut run = std::mem::take(&mut self.push_run);
+        run.clear();
+        let (mut first, mut pages) = (0u64, 0u64);
+        let mut stale = 0;
+        while let Some((offset, page_bytes)) = rx.next_page() {
+            let page = offset / PAGE;
+            if offset >= self.len || self.present.get(page) {
+                stale += 1;
+                continue;
+            }
+            // A hinted page is never installed from the wire: the clone
+            // gets zeros for it locally, on touch.
+            if self.cfg.free_pages.contains(page) {
+                continue;
+            }
+            if pages > 0 && (page != first + pages || pages == u64::from(MAX_BATCH_PAGES)) {
+                self.install_pushed(first, pages, &run);
+                run.clear();
+                pages = 0;
+            }
+            if pages == 0 {
+                first = page;
+            }
+            run.extend_from_slice(page_bytes);
+            pages += 1;
+        }
+        if pages > 0 {
+            self.install_pushed(first, pages, &run);
+        }
+        self.push_run = run;
+        let c = &self.shared.counters;
+        c.multicast_stale_drops.fetch_add(stale, Relaxed);
+        c.multicast_lost.store(rx.lost(), Relaxed);
+        c.multicast_seen.store(rx.seen(), Relaxed);
+        c.multicast_datagrams_received.store(rx.received, Relaxed);
+    }
+
+    /// From the host's cache: the runs published since the last look (or
+    /// everything it holds, after falling behind its ring).
+    fn take_host(&mut self, h: &mut HostPushes) {
+        let runs = match h.arrivals() {
+            Arrivals::Runs(runs) => runs,
+            Arrivals::Rescan => h.view.held_runs(u64::from(MAX_BATCH_PAGES)),
+        };
+        for (first, count) in runs {
+            self.install_cached(h, first, count);
+        }
+        let c = &self.shared.counters;
+        let v = &h.view;
+        c.multicast_lost.store(v.get(Word::Lost), Relaxed);
+        c.multicast_seen.store(v.get(Word::Seen), Relaxed);
+        c.multicast_stale_drops.store(v.get(Word::Stale), Relaxed);
+        c.multicast_host_datagrams
+            .store(v.get(Word::Received), Relaxed);
+        c.multicast_receiver_pid
+            .store(v.get(Word::ReceiverPid), Relaxed);
+    }
+
+    /// Installs the pages of `first..first + count` that the cache holds
+    /// and this clone lacks (hinted ones aside), one UFFDIO_COPY per run
+    /// straight from the shared mapping; the number installed.
+    pub(super) fn install_cached(&mut self, h: &HostPushes, first: u64, count: u64) -> u64 {
+        let end = (first + count).min(self.len / PAGE);
+        let wanted = |s: &Handler, p: u64| {
+            !s.present.get(p) && h.view.has(p) && !s.cfg.free_pages.contains(p)
+        };
+        let mut installed = 0;
+        let mut p = first;
+        while p < end {
+            if !wanted(self, p) {
+                p += 1;
+                continue;
+            }
+            let mut n = 1;
+            while p + n < end && wanted(self, p + n) {
+                n += 1;
+            }
+            self.install_pushed(p, n, h.view.bytes(p, n));
+            installed += n;
+            p += n;
+        }
+        installed
+    }
+
+    /// A fault on `page`: if the host's cache holds it (pushed, not yet
+    /// installed here), installs it and the cached pages after it (up to
+    /// `max`) without asking the holder; true if it did.
+    pub(super) fn fault_from_host_cache(&mut self, page: u64, max: u64) -> bool {
+        let h = match self.multicast.take() {
+            Some(Pushes::Host(h)) => h,
+            other => {
+                self.multicast = other;
+                return false;
+            }
+        };
+        let n = h.view.present_run(page, max);
+        let done = n > 0 && self.install_cached(&h, page, n) > 0;
+        self.multicast = Some(Pushes::Host(h));
+        done
+    }
+}
