@@ -147,6 +147,7 @@ impl RemotePlan {
             requested_unix_ns: Some(unix_ns()),
             free_pages: Vec::new(),
             output_cap: None,
+            result_cap: None,
             net: None,
         };
         Ok(RemotePlan {
@@ -314,6 +315,10 @@ pub struct RemoteGroup {
     outputs: BTreeMap<u32, crate::output::Outputs>,
     /// The origin VM's clone path: clone `id` is `path.id` (or `id`).
     path: String,
+    /// Each clone's result so far (pieces come before its report), and the
+    /// most bytes one may send: the ticket's cap, checked here again.
+    results: BTreeMap<u32, Vec<u8>>,
+    result_cap: u64,
 }
 
 /// Most remote console output held between two looks (the rest is counted
@@ -326,6 +331,7 @@ impl RemoteGroup {
         token: [u8; 16],
         ids: Vec<u32>,
         started: Instant,
+        result_cap: u64,
     ) -> std::io::Result<RemoteGroup> {
         let ReportListener {
             listener,
@@ -348,6 +354,8 @@ impl RemoteGroup {
             outputs_dir: None,
             outputs: BTreeMap::new(),
             path: String::new(),
+            results: BTreeMap::new(),
+            result_cap,
         })
     }
 
@@ -523,9 +531,28 @@ impl RemoteGroup {
                 (Frame::Output { append, name, data }, Some(id)) if id != 0 => {
                     self.output(id, append, &name, &data);
                 }
+                (Frame::ResultPiece(bytes), Some(id)) if id != 0 => {
+                    let so_far = self.results.entry(id).or_default();
+                    if (so_far.len() + bytes.len()) as u64 > self.result_cap {
+                        self.lost.entry(id).or_insert_with(|| {
+                            format!(
+                                "its host sent more result bytes than the ticket's cap of {}",
+                                self.result_cap
+                            )
+                        });
+                        self.results.remove(&id);
+                        return false;
+                    }
+                    so_far.extend_from_slice(&bytes);
+                }
                 (Frame::Report(bytes), Some(id)) if id != 0 => {
-                    match CloneReport::decode(&bytes).filter(|r| r.id == id) {
-                        Some(r) => {
+                    match CloneReport::decode(&bytes, super::report::REPORT_MAX)
+                        .filter(|r| r.id == id)
+                    {
+                        Some(mut r) => {
+                            if let Some(pieces) = self.results.remove(&id) {
+                                r.result = pieces;
+                            }
                             self.reports.insert(id, r);
                         }
                         None => {
@@ -672,7 +699,14 @@ mod tests {
             listener,
             transport: Transport::Plain,
         };
-        let g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        let g = RemoteGroup::new(
+            reports,
+            [1; 16],
+            vec![1],
+            Instant::now(),
+            sf_abi::clone::RESULT_FLOOR as u64,
+        )
+        .unwrap();
         (g, addr)
     }
 

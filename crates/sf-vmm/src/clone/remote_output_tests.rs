@@ -16,7 +16,14 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
         listener,
         transport: Transport::Plain,
     };
-    let mut g = RemoteGroup::new(reports, [1; 16], vec![2], Instant::now()).unwrap();
+    let mut g = RemoteGroup::new(
+        reports,
+        [1; 16],
+        vec![2],
+        Instant::now(),
+        sf_abi::clone::RESULT_FLOOR as u64,
+    )
+    .unwrap();
     let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
     // The origin VM is clone 4 of the root: its clone 2 is "4.2".
     g.set_outputs(Some(dir), "4");
