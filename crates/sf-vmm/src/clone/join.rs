@@ -336,7 +336,17 @@ fn collect(
         }
         for &id in &r.ids.clone() {
             let j = match r.reports.remove(&id) {
-                Some(rep) => from_report(rep, cap),
+                Some(rep) => {
+                    let mut j = from_report(rep, cap);
+                    if let Some(why) = r.output_refused.remove(&id) {
+                        j.detail = if j.detail.is_empty() {
+                            why
+                        } else {
+                            format!("{}; {why}", j.detail)
+                        };
+                    }
+                    j
+                }
                 None if timed_out => failed(CloneStatus::TimedOut, DEADLINE_PASSED.into()),
                 None if g.killed => {
                     failed(CloneStatus::Killed, "killed by the parent's kill".into())

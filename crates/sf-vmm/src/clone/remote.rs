@@ -319,6 +319,10 @@ pub struct RemoteGroup {
     /// most bytes one may send: the ticket's cap, checked here again.
     results: BTreeMap<u32, Vec<u8>>,
     result_cap: u64,
+    /// Per clone, the first output piece this origin refused after the
+    /// clone host had accepted it (the clone's guest was told it
+    /// succeeded): the parent reads it in the clone's join detail.
+    pub output_refused: BTreeMap<u32, String>,
 }
 
 /// Most remote console output held between two looks (the rest is counted
@@ -356,6 +360,7 @@ impl RemoteGroup {
             path: String::new(),
             results: BTreeMap::new(),
             result_cap,
+            output_refused: BTreeMap::new(),
         })
     }
 
@@ -368,8 +373,9 @@ impl RemoteGroup {
 
     /// A piece of a remote clone's output: names, cap and order are checked
     /// again here, so a clone host can place nothing outside the clone's
-    /// own directory. A refused piece is dropped with a warning (the clone
-    /// was told its call succeeded once its own checks passed).
+    /// own directory. A refused piece is dropped with a warning, and the
+    /// first refusal goes into the clone's join detail (the clone was told
+    /// its call succeeded once its own checks passed).
     fn output(&mut self, id: u32, append: bool, name: &[u8], data: &[u8]) {
         let path = if self.path.is_empty() {
             id.to_string()
@@ -386,6 +392,12 @@ impl RemoteGroup {
                 clone = path,
                 "a remote clone's output piece was refused: {e:?}"
             );
+            self.output_refused.entry(id).or_insert_with(|| {
+                format!(
+                    "the origin refused its output {:?} ({e:?}); the file is incomplete",
+                    String::from_utf8_lossy(name)
+                )
+            });
         }
     }
 

@@ -77,5 +77,11 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
         .collect();
     assert_eq!(top, ["out"], "nothing next to the output directory");
     assert!(!std::path::Path::new("/tmp/escaped").exists());
+    // The first refusal is kept for the clone's join detail.
+    let why = g.output_refused.get(&2).expect("a refusal recorded");
+    assert!(
+        why.contains("\"../../escaped\"") && why.contains("Invalid"),
+        "{why}"
+    );
     std::fs::remove_dir_all(&t).unwrap();
 }
