@@ -53,8 +53,9 @@ pub enum Call {
     Clone = 17,
     /// `(status, result_ptr, result_len)`: end this clone, handing the
     /// parent `status` and at most its ticket's [`Call::ResultCap`] result
-    /// bytes ([`Error::TooBig`] beyond). In a VM that is not a clone it ends the VM like
-    /// [`Call::Exit`]. Does not return (unless the arguments are refused).
+    /// bytes ([`Error::TooBig`] beyond). In a VM that is not a clone it
+    /// ends the VM like [`Call::Exit`]. Does not return (unless the
+    /// arguments are refused).
     CloneExit = 18,
     /// `(ticket)`: wait for every clone of the ticket to end. Returns the
     /// size of the join record [`Call::JoinFetch`] will write.

@@ -60,8 +60,9 @@ fn run() -> Result<(), i32> {
         return Err(2);
     }
     let generated;
-    let from_input = input::get("db").is_some();
-    let db: &[u8] = match input::get("db") {
+    let input_db = input::get("db");
+    let from_input = input_db.is_some();
+    let db: &[u8] = match input_db {
         Some(db) => db,
         None => {
             let mib = arg_u64("align", "db_mib", 16)?;

@@ -5,7 +5,7 @@
 //! as `render.png` when the host gave an output directory.
 //!
 //! Arguments: `w=640 h=480 ss=2` (ss x ss samples per pixel), and the
-//! driver's `clones=N split=K warm=1` (`split` does not change the tiles).
+//! driver's `clones=N split=K warm=1` (`split=K`: K tiles in one VM).
 #![no_std]
 #![no_main]
 
