@@ -2,7 +2,7 @@
  * runtime, src/capi.rs). Every call returns a negative error code on
  * failure: -SF_ENOENT no such ticket (or already joined), -SF_EAGAIN no
  * clones available, -SF_EBUSY ticket already used, -SF_E2BIG result over
- * SF_RESULT_MAX, -SF_EFAULT bad pointer (outside RAM, or a page this
+ * the ticket's sf_result_cap, -SF_EFAULT bad pointer (outside RAM, or a page this
  * program could not access that way itself, e.g. the kernel's or a
  * read-only page as a buffer the host writes), -SF_EINVAL bad argument,
  * -SF_EPERM not allowed from this privilege level. */
@@ -11,7 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SF_RESULT_MAX (64 * 1024)
+/* Every clone may hand back SF_RESULT_FLOOR bytes; sf_result_cap says how
+ * many a ticket's clones may (up to SF_RESULTS_HELD_MAX shared by the
+ * clones of this VM's unjoined tickets). */
+#define SF_RESULT_FLOOR (64 * 1024)
+#define SF_RESULTS_HELD_MAX (256 * 1024 * 1024)
 #define SF_EPERM 1
 #define SF_ENOENT 2
 #define SF_EIO 5
@@ -52,8 +56,8 @@ int64_t sf_request_ticket(uint64_t n, sf_ticket_t *out);
 int64_t sf_clone(const sf_ticket_t *t);
 /* End this clone, handing result[0..len) to the parent; does not return.
  * (In a VM that is not a clone it ends the VM with `status`.) Returns only
- * when refused, and the clone keeps running: -SF_E2BIG if len >
- * SF_RESULT_MAX, -SF_EFAULT if result is NULL with len > 0 or is not
+ * when refused, and the clone keeps running: -SF_E2BIG if len is over
+ * its ticket's sf_result_cap, -SF_EFAULT if result is NULL with len > 0 or is not
  * readable memory. With len == 0, result may be NULL. */
 int64_t sf_exit(int32_t status, const void *result, size_t len);
 /* Wait for all clones; statuses[i] = exit code of clone i+1, or -1 if it
@@ -64,6 +68,9 @@ int64_t sf_join(const sf_ticket_t *t, int32_t *statuses, size_t cap);
  * copying each clone's result into its entry's buffer. Returns the number
  * of clones. The ticket is spent afterwards, as with sf_join. */
 int64_t sf_join_clones(const sf_ticket_t *t, sf_clone_t *clones, size_t cap);
+/* The most result bytes each clone of the ticket may hand to sf_exit
+ * (>= SF_RESULT_FLOOR, fixed when the ticket was granted), or -SF_ENOENT. */
+int64_t sf_result_cap(const sf_ticket_t *t);
 /* Kill all running clones of the ticket; returns how many. */
 int64_t sf_kill(const sf_ticket_t *t);
 /* Promise that the whole pages inside [p, p+len) will be fully written
@@ -82,6 +89,11 @@ const void *sf_input(const char *name, size_t *len);
  * NUL-terminated), NULL past the last. */
 size_t sf_input_count(void);
 const char *sf_input_name(size_t i, size_t *name_len);
+/* This VM will soon read bytes [offset, offset+len) of input `name`: a
+ * clone on another host streams those pages ahead of its faults (a no-op
+ * on the parent's host). Returns the pages announced, -SF_ENOENT for no
+ * such input, -SF_EINVAL for an empty range or one past its end. */
+int64_t sf_input_will_read(const char *name, size_t offset, size_t len);
 
 /* Outputs: files under the host's --output DIR, in DIR/<vm-id>/NAME
  * (vm-id 0 for the root VM, the clone's ID path such as 2 or 2.3 for a

@@ -55,6 +55,9 @@ impl BootInfo {
     pub const SIZE: usize = Self::WORDS * 8;
     /// Byte offset of `first_tsc`, which the guest's entry stub writes.
     pub const FIRST_TSC_OFFSET: usize = 10 * 8;
+    /// Byte offset of `inputs_table` (`inputs_table_len` follows), which
+    /// the VMM reads to find an input range the guest names.
+    pub const INPUTS_TABLE_OFFSET: usize = 15 * 8;
     /// Byte offset of `seed`, which the VMM rewrites after each clone.
     pub const SEED_OFFSET: usize = 11 * 8;
     /// Byte offset of `net_ip`, which the VMM rewrites for each clone with

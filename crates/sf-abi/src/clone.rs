@@ -1,4 +1,4 @@
-//! The clone API's data: clone statuses, the result size limit, and the
+//! The clone API's data: clone statuses, the result size limits, and the
 //! join record the host writes into guest memory at [`crate::hypercall::Call::JoinFetch`].
 //!
 //! A join record is a sequence of entries, one per clone in ID order. Each
@@ -11,8 +11,16 @@
 extern crate alloc;
 use alloc::vec::Vec;
 
-/// Most result bytes one clone may hand its parent.
-pub const RESULT_MAX: usize = 64 << 10;
+/// Result bytes every clone may hand its parent, whatever else its parent
+/// holds ([`crate::hypercall::Call::ResultCap`] says how much more a ticket's
+/// clones may hand back).
+pub const RESULT_FLOOR: usize = 64 << 10;
+/// Result bytes one VM may hold for all its clones together, beyond
+/// [`RESULT_FLOOR`] each: the host keeps results in its own memory from the
+/// clone's exit until the parent fetches the join record, so a family
+/// asking for more gets smaller caps, never more host memory. A ticket's
+/// clones share what its earlier tickets left, in equal parts.
+pub const RESULTS_HELD_MAX: usize = 256 << 20;
 /// Most description bytes per clone in a join record.
 pub const DETAIL_MAX: usize = 1024;
 const HEADER: usize = 24;
@@ -68,9 +76,10 @@ pub fn entry_size(result_len: usize, detail_len: usize) -> usize {
     pad8(HEADER + result_len + detail_len)
 }
 
-/// Appends one entry; result and detail are cut to their limits.
+/// Appends one entry; result and detail are cut to their limits (the
+/// host bounds results by the ticket's cap before they get here).
 pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
-    let result = &e.result[..e.result.len().min(RESULT_MAX)];
+    let result = &e.result[..e.result.len().min(RESULTS_HELD_MAX)];
     let detail = &e.detail[..e.detail.len().min(DETAIL_MAX)];
     let start = out.len();
     for w in [
@@ -105,7 +114,7 @@ pub fn decode(record: &[u8]) -> impl Iterator<Item = Entry<'_>> {
             ])
         };
         let (rlen, dlen) = (w(3) as usize, w(4) as usize);
-        if rlen > RESULT_MAX || dlen > DETAIL_MAX || rest.len() < entry_size(rlen, dlen) {
+        if rlen > RESULTS_HELD_MAX || dlen > DETAIL_MAX || rest.len() < entry_size(rlen, dlen) {
             return None;
         }
         let e = Entry {
@@ -150,7 +159,7 @@ mod tests {
 
     #[test]
     fn oversized_parts_are_cut_and_truncated_records_stop() {
-        let big = alloc::vec![7u8; RESULT_MAX + 10];
+        let big = alloc::vec![7u8; RESULTS_HELD_MAX + 10];
         let mut rec = Vec::new();
         encode_entry(
             &mut rec,
@@ -162,7 +171,7 @@ mod tests {
                 detail: b"",
             },
         );
-        assert_eq!(decode(&rec).next().unwrap().result.len(), RESULT_MAX);
+        assert_eq!(decode(&rec).next().unwrap().result.len(), RESULTS_HELD_MAX);
         assert_eq!(decode(&rec[..rec.len() - 8]).count(), 0);
         let mut bad = rec.clone();
         bad[4] = 99;

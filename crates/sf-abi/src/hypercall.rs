@@ -52,9 +52,10 @@ pub enum Call {
     /// ID `1..=granted` in each clone.
     Clone = 17,
     /// `(status, result_ptr, result_len)`: end this clone, handing the
-    /// parent `status` and at most [`crate::clone::RESULT_MAX`] result
-    /// bytes. In a VM that is not a clone it ends the VM like
-    /// [`Call::Exit`]. Does not return (unless the arguments are refused).
+    /// parent `status` and at most its ticket's [`Call::ResultCap`] result
+    /// bytes ([`Error::TooBig`] beyond). In a VM that is not a clone it
+    /// ends the VM like [`Call::Exit`]. Does not return (unless the
+    /// arguments are refused).
     CloneExit = 18,
     /// `(ticket)`: wait for every clone of the ticket to end. Returns the
     /// size of the join record [`Call::JoinFetch`] will write.
@@ -82,7 +83,20 @@ pub enum Call {
     /// output `name` this VM created with [`Call::OutputWrite`]
     /// ([`Error::NoEntry`] otherwise). Same limits and errors.
     OutputAppend = 24,
-    // Reserved, so that work in progress does not collide: 25..=29 for
+    /// `(ticket)`: the most result bytes each clone of this granted ticket
+    /// may hand back with [`Call::CloneExit`]: at least
+    /// [`crate::clone::RESULT_FLOOR`], more when this VM's other tickets
+    /// leave room in [`crate::clone::RESULTS_HELD_MAX`]. Fixed when the
+    /// ticket is granted. [`Error::NoEntry`] for a ticket not held.
+    ResultCap = 25,
+    /// `(name_ptr, name_len, offset, len)`: this VM will soon read bytes
+    /// `offset..offset + len` of input `name`; a clone on another host
+    /// streams those pages from the memory holder ahead of its faults (on
+    /// one host a no-op: the pages are shared already). Returns the pages
+    /// asked for. [`Error::NoEntry`] for no such input, [`Error::Invalid`]
+    /// for a range past its end or a bad name.
+    InputWillRead = 26,
+    // Reserved, so that work in progress does not collide: 27..=29 for
     // inputs, outputs and applications; 30..=39 for networking.
 }
 
@@ -102,6 +116,8 @@ impl Call {
             22 => Call::RegisterHints,
             23 => Call::OutputWrite,
             24 => Call::OutputAppend,
+            25 => Call::ResultCap,
+            26 => Call::InputWillRead,
             _ => return None,
         })
     }
@@ -261,7 +277,9 @@ mod tests {
         assert_eq!(Call::from_u32(21), Some(Call::Kill));
         assert_eq!(Call::from_u32(23), Some(Call::OutputWrite));
         assert_eq!(Call::from_u32(24), Some(Call::OutputAppend));
-        assert_eq!(Call::from_u32(25), None);
+        assert_eq!(Call::from_u32(25), Some(Call::ResultCap));
+        assert_eq!(Call::from_u32(26), Some(Call::InputWillRead));
+        assert_eq!(Call::from_u32(27), None);
         assert_eq!(Call::from_u32(15), None);
         assert_eq!(Call::from_u32(0), None);
         assert_eq!(Call::from_u32(u32::MAX), None);

@@ -227,6 +227,11 @@ pub struct CloneRequest {
     /// this many bytes of them; none when absent.
     #[serde(default)]
     pub output_cap: Option<u64>,
+    /// The most result bytes each clone may hand back at its exit (the
+    /// origin's ticket fixed it, and the origin checks it again); the
+    /// 64 KiB floor when absent.
+    #[serde(default)]
+    pub result_cap: Option<u64>,
     /// The family's private network, when it has one: the clone host joins
     /// the family's segment (bridge + VXLAN) before starting the clones.
     #[serde(default)]

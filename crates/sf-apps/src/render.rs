@@ -187,10 +187,16 @@ pub struct Tiles {
 }
 
 impl Tiles {
+    /// As few tiles as keep each within `max_bytes` of RGB.
     pub fn new(v: &View, max_bytes: usize) -> Tiles {
-        let rows = ((max_bytes / (v.width.max(1) as usize * 3)) as u32).clamp(1, v.height.max(1));
+        let rows = (max_bytes / (v.width.max(1) as usize * 3)).clamp(1, v.height.max(1) as usize);
+        Tiles::with_count(v, v.height.div_ceil(rows as u32))
+    }
+
+    /// `count` tiles (1..=height: none is empty).
+    pub fn with_count(v: &View, count: u32) -> Tiles {
         Tiles {
-            count: v.height.div_ceil(rows).max(1),
+            count: count.clamp(1, v.height.max(1)),
             height: v.height,
         }
     }
@@ -242,6 +248,13 @@ mod tests {
         assert_eq!(tiles[4].len(), 9 * 64 * 3);
         assert_eq!(t.assemble(&v, &tiles).unwrap(), whole);
         assert!(t.assemble(&v, &tiles[..4]).is_none());
+        // One tile per clone, however the rows divide; never an empty tile.
+        for n in [1, 2, 7, 48, 1000] {
+            let t = Tiles::with_count(&v, n);
+            let tiles: Vec<Vec<u8>> = (0..t.count).map(|i| render_rows(&v, t.rows(i))).collect();
+            assert!(tiles.iter().all(|b| !b.is_empty()));
+            assert_eq!(t.assemble(&v, &tiles).unwrap(), whole, "{n} tiles");
+        }
         // Not blank: sky, floor and spheres give many distinct colours.
         let mut colours: Vec<&[u8]> = whole.chunks(3).collect();
         colours.sort();

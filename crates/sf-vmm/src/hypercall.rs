@@ -57,6 +57,14 @@ pub enum Action {
     /// The guest's free-page hints live at this GPA (only recorded here;
     /// read and checked at each clone call, see [`crate::hints`]).
     RegisterHints(u64),
+    /// The guest will read `len` bytes at `offset` of input `name` (the
+    /// name read and bounded here; the range is checked by the VM against
+    /// its input table).
+    WillRead {
+        name: Vec<u8>,
+        offset: u64,
+        len: u64,
+    },
     /// An output chunk for the VM's output file `name` (checked against
     /// guest memory; the name is checked by [`crate::output`]).
     Output {
@@ -74,10 +82,12 @@ fn ret(r: Result<u64, HcError>) -> Action {
 }
 
 /// The caller's privilege level and `cr2` are read from `cpu` only when
-/// needed.
+/// needed. `result_cap`: the most result bytes this VM may hand its parent
+/// (the parent's ticket fixed it).
 pub fn handle(
     ram: &GuestRam,
     args: Args,
+    result_cap: u64,
     sink: &mut ConsoleSink,
     console: &mut dyn Write,
     cpu: &mut dyn CpuView,
@@ -105,13 +115,7 @@ pub fn handle(
             status: args.a0 as u32 as i32,
         }),
         Call::CloneExit => {
-            match read(
-                ram,
-                caller_for(cpu, args.a2),
-                args.a1,
-                args.a2,
-                sf_abi::clone::RESULT_MAX as u64,
-            ) {
+            match read(ram, caller_for(cpu, args.a2), args.a1, args.a2, result_cap) {
                 Ok(result) => Action::CloneExit {
                     status: args.a0 as u32 as i32,
                     result,
@@ -119,8 +123,24 @@ pub fn handle(
                 Err(e) => ret(Err(e)),
             }
         }
-        Call::TicketRequest | Call::Clone | Call::JoinWait | Call::JoinFetch | Call::Kill => {
-            Action::Clone(call)
+        Call::TicketRequest
+        | Call::Clone
+        | Call::JoinWait
+        | Call::JoinFetch
+        | Call::Kill
+        | Call::ResultCap => Action::Clone(call),
+        Call::InputWillRead => {
+            if args.a1 > sf_abi::io::NAME_MAX as u64 {
+                return Ok(ret(Err(HcError::Invalid)));
+            }
+            match read(ram, caller_for(cpu, args.a1), args.a0, args.a1, args.a1) {
+                Ok(name) => Action::WillRead {
+                    name,
+                    offset: args.a2,
+                    len: args.a3,
+                },
+                Err(e) => ret(Err(e)),
+            }
         }
         Call::RegisterHints => Action::RegisterHints(args.a0),
         Call::OutputWrite | Call::OutputAppend => output(ram, args, call, cpu),
@@ -207,6 +227,7 @@ mod tests {
                 a2: 0,
                 a3: 0,
             },
+            sf_abi::clone::RESULT_FLOOR as u64,
             &mut ConsoleSink::new(),
             &mut out,
             &mut Fixed(caller),
@@ -240,6 +261,7 @@ mod tests {
                     a2,
                     a3,
                 },
+                sf_abi::clone::RESULT_FLOOR as u64,
                 &mut ConsoleSink::new(),
                 &mut Vec::new(),
                 &mut Fixed(Caller::Kernel),

@@ -29,6 +29,7 @@ pub mod stats_file;
 mod vcpu;
 mod vm;
 mod watchdog;
+mod will_read;
 
 pub use clone::{default_max_clones, CloneSummary, CloneTimeline, MAX_CLONES_LIMIT};
 pub use console::FdConsole;

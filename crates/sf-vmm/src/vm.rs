@@ -598,8 +598,15 @@ impl Vm {
             a3: regs.r9,
         };
         let mut cpu = hypercall::LiveCpu::new(&self.vcpu.fd);
-        let action = hypercall::handle(&self.ram, args, &mut self.console, console, &mut cpu)
-            .map_err(Error::Console)?;
+        let action = hypercall::handle(
+            &self.ram,
+            args,
+            self.clones.result_cap,
+            &mut self.console,
+            console,
+            &mut cpu,
+        )
+        .map_err(Error::Console)?;
         let ret = match action {
             Action::Return(v) => HcReturn::Value(v),
             Action::Stop(o) => return Ok(Some(o)),
@@ -612,6 +619,12 @@ impl Vm {
                     self.hints_gpa = Some(gpa);
                 }
                 HcReturn::Value(0)
+            }
+            Action::WillRead { name, offset, len } => {
+                HcReturn::Value(match self.will_read(&name, offset, len) {
+                    Ok(pages) => pages,
+                    Err(e) => e.to_ret(),
+                })
             }
             Action::Output { append, name, data } => HcReturn::Value(
                 match self.outputs.write(&self.clones.path, append, &name, &data) {
@@ -651,6 +664,12 @@ impl Vm {
                 self.join_fetch(ticket, a.a1, a.a2, caller)
             }
             Call::Kill => self.kill_clones(ticket),
+            Call::ResultCap => Ok(HcReturn::Value(
+                match self.clones.tickets.result_cap(ticket) {
+                    Ok(cap) => cap,
+                    Err(e) => e.to_ret(),
+                },
+            )),
             _ => unreachable!("hypercall::handle routes only clone calls here"),
         }
     }

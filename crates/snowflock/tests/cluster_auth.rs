@@ -31,6 +31,7 @@ fn clone_request(memory_server: String, report_to: String) -> CloneRequest {
         requested_unix_ns: None,
         free_pages: Vec::new(),
         output_cap: None,
+        result_cap: None,
         net: None,
     }
 }

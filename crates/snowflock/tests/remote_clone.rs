@@ -209,6 +209,7 @@ fn corrupt_and_foreign_descriptors_are_refused_by_name() {
         requested_unix_ns: None,
         free_pages: Vec::new(),
         output_cap: None,
+        result_cap: None,
         net: None,
     };
     // Clone requests come from peers over mutual TLS; here host 1 itself,

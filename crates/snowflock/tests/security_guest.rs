@@ -131,6 +131,11 @@ fn every_hostile_check_passes(boot: &str) {
         "ok   console from the read-only arguments page",
         "ok   20000 hypercalls, wrong answers: got 0",
         "ok   clone-exit result on the IDT: got -14",
+        "ok   result cap of a granted ticket within its bounds: got 1",
+        "ok   result cap of a spent ticket: got -2",
+        "ok   will-read name on the IDT: got -14",
+        "ok   will-read name too long: got -22",
+        "ok   will-read no such input: got -2",
     ] {
         r.assert_stdout_has(needle);
     }
@@ -144,6 +149,35 @@ fn every_hostile_check_passes(boot: &str) {
     ));
     assert_eq!(r.stderr, "", "{}", r.describe());
     r.assert_code(0);
+}
+
+/// `InputWillRead` ranges past the input, empty or wrapping get `Invalid`;
+/// the whole input is announced page by page and stays as it was.
+#[test]
+fn will_read_ranges_outside_an_input_are_refused() {
+    let dir = tempdir();
+    let db = dir.path().join("db");
+    std::fs::write(&db, vec![b'a'; 10_000]).unwrap();
+    let input = format!("db={}", db.display());
+    let r = snowflock([
+        "run",
+        "--mem",
+        "64M",
+        "--timeout",
+        "20s",
+        "--input",
+        &input,
+        "hostile",
+        "--",
+        "will-read",
+    ]);
+    r.assert_no_host_panic();
+    let failed: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", r.describe());
+    r.assert_stdout_has("ok   one byte past the end: got -22")
+        .assert_stdout_has("ok   length wraps: got -22")
+        .assert_stdout_has("hostile will-read: 11 of 11 answered as expected")
+        .assert_code(0);
 }
 
 #[test]

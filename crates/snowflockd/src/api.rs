@@ -152,6 +152,7 @@ mod tests {
             requested_unix_ns: None,
             free_pages: Vec::new(),
             output_cap: None,
+            result_cap: None,
             net: None,
         }
     }

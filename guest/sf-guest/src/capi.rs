@@ -57,9 +57,6 @@ pub unsafe extern "C" fn sf_clone(t: *const SfTicket) -> i64 {
 /// None beyond what the host checks: `result` and `len` are only passed on.
 #[no_mangle]
 pub unsafe extern "C" fn sf_exit(status: i32, result_ptr: *const u8, len: usize) -> i64 {
-    if len as u64 > clone::RESULT_MAX as u64 {
-        return err(Error::TooBig);
-    }
     if result_ptr.is_null() && len > 0 {
         return err(Error::Fault);
     }
@@ -145,6 +142,18 @@ pub unsafe extern "C" fn sf_join(t: *const SfTicket, statuses: *mut i32, cap: us
             }
             rs.len() as i64
         }
+        Err(e) => err(e),
+    }
+}
+
+/// The most result bytes each clone of the ticket may hand to `sf_exit`.
+///
+/// # Safety
+/// `t` as for `sf_clone`.
+#[no_mangle]
+pub unsafe extern "C" fn sf_result_cap(t: *const SfTicket) -> i64 {
+    match clone::result_cap(&ticket(&*t)) {
+        Ok(n) => n as i64,
         Err(e) => err(e),
     }
 }

@@ -43,6 +43,26 @@ pub unsafe extern "C" fn sf_input(name: *const u8, len: *mut usize) -> *const u8
     found.map_or(core::ptr::null(), |b| b.as_ptr())
 }
 
+/// C form of [`crate::input::will_read`]: the pages announced, or a
+/// negated error code.
+///
+/// # Safety
+/// `name` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn sf_input_will_read(name: *const u8, offset: usize, len: usize) -> i64 {
+    // SAFETY: as the caller promised.
+    let Some(name) = (unsafe { c_name(name) }).and_then(|n| core::str::from_utf8(n).ok()) else {
+        return -(Error::NoEntry as i64);
+    };
+    let Some(end) = offset.checked_add(len) else {
+        return -(Error::Invalid as i64);
+    };
+    match crate::input::will_read(name, offset..end) {
+        Ok(pages) => pages as i64,
+        Err(e) => -(e as i64),
+    }
+}
+
 /// How many inputs the VM has.
 #[no_mangle]
 pub extern "C" fn sf_input_count() -> usize {

@@ -11,7 +11,7 @@
 use crate::hypercall::{raw, result};
 use alloc::string::String;
 use alloc::vec::Vec;
-pub use sf_abi::clone::{CloneStatus, RESULT_MAX};
+pub use sf_abi::clone::{CloneStatus, RESULTS_HELD_MAX, RESULT_FLOOR};
 use sf_abi::hypercall::{Call, Error};
 
 /// A reservation of clones.
@@ -62,6 +62,15 @@ pub fn request_ticket(n: u64) -> Result<Ticket, Error> {
     })
 }
 
+/// The most result bytes each clone of `ticket` may hand back with
+/// [`exit`]: at least [`RESULT_FLOOR`] (64 KiB), up to [`RESULTS_HELD_MAX`]
+/// shared by the clones of this VM's tickets not yet joined. Fixed when
+/// the ticket was granted, so the parent can size its clones' work first.
+pub fn result_cap(ticket: &Ticket) -> Result<usize, Error> {
+    // SAFETY: no memory is passed.
+    result(unsafe { raw(Call::ResultCap as u32, ticket.id as u64, 0, 0, 0) }).map(|n| n as usize)
+}
+
 /// Forks the VM: returns 0 in the parent and `1..=ticket.granted()` in each
 /// clone, which continues from here with the parent's memory as it is now.
 /// Every VM's random-number source is reseeded afterwards.
@@ -77,9 +86,9 @@ pub fn clone(ticket: &Ticket) -> Result<u32, Error> {
     Ok(id as u32)
 }
 
-/// Ends this clone with `status`, handing `result` (at most [`RESULT_MAX`]
-/// bytes) to the parent's `join`. Returns only if the host refuses the
-/// arguments ([`Error::TooBig`] for a result over the limit).
+/// Ends this clone with `status`, handing `result` (at most its ticket's
+/// [`result_cap`] bytes) to the parent's `join`. Returns only if the host
+/// refuses the arguments ([`Error::TooBig`] for a result over the cap).
 pub fn exit(status: i32, result_bytes: &[u8]) -> Error {
     crate::console::flush();
     // SAFETY: the host only reads `result_bytes`.

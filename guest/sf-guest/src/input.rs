@@ -3,7 +3,9 @@
 //! `sf_abi::io`). Clones see the same inputs, shared copy-on-write, and a
 //! clone on another host fetches their pages only when it reads them.
 
+use crate::hypercall::{raw, result};
 use crate::rt;
+use sf_abi::hypercall::{Call, Error};
 use sf_abi::io::{InputEntry, INPUTS_MAX, INPUT_ENTRY_SIZE};
 
 /// The input table's entries, each checked to lie inside guest RAM; an
@@ -60,4 +62,24 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// How many inputs the VM has.
 pub fn count() -> usize {
     entries().count()
+}
+
+/// Tells the host this VM will soon read `range` of input `name` (byte
+/// offsets), so that a clone on another host streams those pages ahead of
+/// its faults instead of fetching them one window per fault; on the
+/// parent's host it costs one hypercall and nothing else. Returns the
+/// pages announced. Errors: [`Error::NoEntry`] for no such input,
+/// [`Error::Invalid`] for an empty range or one past the input's end.
+pub fn will_read(name: &str, range: core::ops::Range<usize>) -> Result<u64, Error> {
+    let len = range.end.checked_sub(range.start).ok_or(Error::Invalid)?;
+    // SAFETY: the host only reads `name`'s bytes.
+    result(unsafe {
+        raw(
+            Call::InputWillRead as u32,
+            name.as_ptr() as u64,
+            name.len() as u64,
+            range.start as u64,
+            len as u64,
+        )
+    })
 }

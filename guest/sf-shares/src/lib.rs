@@ -1,7 +1,8 @@
 //! The work-splitting driver of the application guests: a job is cut into
 //! numbered shares; `clones=N` forks the VM and each clone computes one
 //! share (in rounds of at most N when the job has more shares than
-//! clones), `split=K` computes the same shares one after another in one VM.
+//! clones, e.g. when a share's bytes would exceed what a clone may hand
+//! back), `split=K` computes the same shares one after another in one VM.
 //! Either way the app merges the shares' bytes in share order, so both
 //! modes give the same answer.
 //!
@@ -17,7 +18,7 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use sf_guest::clone::{self, CloneStatus, RESULT_MAX};
+use sf_guest::clone::{self, CloneStatus};
 use sf_guest::{env, println, time};
 
 /// How the job is run, from the command line.
@@ -55,11 +56,13 @@ impl Plan {
 }
 
 /// How many shares a job has.
-pub enum Shares {
+pub enum Shares<'a> {
     /// One per clone granted (or per `split` in one VM).
     PerClone,
-    /// A fixed number, whatever the clone count (e.g. image tiles).
-    Fixed(u64),
+    /// `fit(clones, share_max)`: as many as the job needs for `clones`
+    /// clones (or `split` in one VM) when one share's bytes may not exceed
+    /// `share_max` (unbounded in one VM); more than `clones` means rounds.
+    Fit(&'a dyn Fn(u64, usize) -> u64),
 }
 
 /// The shares' results, in share order.
@@ -68,15 +71,15 @@ pub struct Done {
     start_ns: u64,
 }
 
+/// Bytes of a clone's result that are not its share: its time.
+const TIMING_BYTES: usize = 8;
+
 impl Done {
     /// Prints the job's wall time (call after merging).
     pub fn finish(&self, app: &str) {
         println!("{app}: wall_ns={}", time::now_ns() - self.start_ns);
     }
 }
-
-/// Largest share result a clone can hand back (its timing is appended).
-pub const SHARE_MAX: usize = RESULT_MAX - 8;
 
 /// Runs every share of the job with `work(share, shares)` (share 1-based).
 /// Errors are the guest's exit status (the reason is printed).
@@ -89,7 +92,7 @@ pub fn run(
     if plan.clones == 0 {
         let n = match shares {
             Shares::PerClone => plan.split,
-            Shares::Fixed(n) => n,
+            Shares::Fit(fit) => fit(plan.split, usize::MAX).max(1),
         };
         let start_ns = time::now_ns();
         let mut results = Vec::new();
@@ -114,12 +117,17 @@ fn on_clones(
         3
     })?;
     let granted = ticket.granted() as u64;
+    let cap = clone::result_cap(&ticket).map_err(|e| {
+        println!("{app}: no result cap for the ticket ({e:?})");
+        3
+    })?;
+    let share_max = cap.saturating_sub(TIMING_BYTES);
     let n = match shares {
         Shares::PerClone => granted,
-        Shares::Fixed(n) => n,
+        Shares::Fit(fit) => fit(granted, share_max).max(1),
     };
     println!(
-        "{app}: granted={granted} of {} clones, {n} shares",
+        "{app}: granted={granted} of {} clones, {n} shares of at most {share_max} bytes",
         plan.clones
     );
     let mut reference = Vec::new();

@@ -35,6 +35,8 @@ enum Job {
         report: OwnedFd,
         /// The clone's own budget of live descendants.
         budget: u32,
+        /// The most result bytes it may hand back.
+        result_cap: u64,
     },
 }
 
@@ -106,6 +108,12 @@ impl Vm {
         request: Instant,
         console: &mut dyn Write,
     ) -> Result<HcReturn, Error> {
+        // Granted with the ticket, so always there.
+        let result_cap = self
+            .clones
+            .tickets
+            .result_cap(ticket)
+            .unwrap_or(sf_abi::clone::RESULT_FLOOR as u64);
         let state = self.vcpu.capture()?;
         let descriptor = VmDescriptor {
             mem_size: self.ram.size(),
@@ -159,6 +167,7 @@ impl Vm {
                 // directory (a remote clone's clones stay on its host).
                 let mut p = p;
                 p.request.output_cap = self.outputs.dir().map(|d| d.cap);
+                p.request.result_cap = Some(result_cap);
                 // Mapped here, before the fork, so the holder shares it.
                 if !link.no_working_set {
                     p.working_set = self.clones.working_set();
@@ -195,6 +204,7 @@ impl Vm {
                 id,
                 report: w,
                 budget: share,
+                result_cap,
             });
         }
         // The first child becomes the first local clone if there is one, so
@@ -222,8 +232,9 @@ impl Vm {
                 let holder_stats = plan.as_ref().and_then(|p| p.holder_stats.clone());
                 let remote = match plan {
                     Some(p) => {
-                        let mut r = RemoteGroup::new(p.reports, p.token, remote_ids, request)
-                            .map_err(io("listening for clone reports"))?;
+                        let mut r =
+                            RemoteGroup::new(p.reports, p.token, remote_ids, request, result_cap)
+                                .map_err(io("listening for clone reports"))?;
                         r.set_outputs(self.outputs.dir().cloned(), &self.clones.path);
                         Some(r)
                     }
@@ -254,6 +265,7 @@ impl Vm {
                     killed: false,
                     request,
                     delegated: share * granted,
+                    result_cap,
                     timeline,
                 };
                 self.clones.tickets.cloned(ticket, Box::new(group));
@@ -337,13 +349,19 @@ impl Vm {
             Job::Holder => {
                 remote::run_holder(plan.expect("a holder job comes with a plan"), &self.ram)
             }
-            Job::Clone { id, report, budget } => {
+            Job::Clone {
+                id,
+                report,
+                budget,
+                result_cap,
+            } => {
                 drop(plan);
                 let reporter = Reporter::Pipe(report);
                 if let Err(e) = self.become_clone(id, budget, descriptor, reporter, request) {
                     process::note(&format!("snowflock: clone {id} could not start: {e}"));
                     process::exit_now(3);
                 }
+                self.clones.result_cap = result_cap;
                 Ok(HcReturn::AlreadySet)
             }
         }
@@ -432,11 +450,7 @@ impl Vm {
             private_bytes,
             memory,
         };
-        let code = if reporter.send(&r.encode()).is_ok() {
-            0
-        } else {
-            4
-        };
+        let code = if reporter.send(r).is_ok() { 0 } else { 4 };
         process::exit_now(code)
     }
 }

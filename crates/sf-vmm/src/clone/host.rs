@@ -105,7 +105,7 @@ pub fn run(
             private_bytes: 0,
             memory: None,
         };
-        let _ = reporter.send(&r.encode());
+        let _ = reporter.send(r);
         Ok(1)
     };
     let desc = match VmDescriptor::decode(&desc_bytes) {
@@ -210,6 +210,11 @@ fn build(
     let mut vm = Vm::from_descriptor(&desc, ram, memory, timeout, req.max_clones, start)?;
     vm.clones = CloneHost::new(req.max_clones);
     vm.clones.path = path.clone();
+    // The origin refuses a result over the cap; the guest learns it here.
+    if let Some(cap) = req.result_cap {
+        let most = (sf_abi::clone::RESULT_FLOOR + sf_abi::clone::RESULTS_HELD_MAX) as u64;
+        vm.clones.result_cap = cap.min(most);
+    }
     vm.console.set_prefix(format!("[clone {path}] "));
     Ok(vm)
 }

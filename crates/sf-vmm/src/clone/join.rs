@@ -3,13 +3,13 @@
 //! each clone process left behind into one record entry.
 
 use super::process;
-use super::report::{classify, CloneReport, REPORT_MAX};
+use super::report::{classify, report_max, CloneReport};
 use super::tickets::TicketState;
 use super::{CloneSummary, Group};
 use crate::hypercall::HcReturn;
 use crate::vm::Vm;
 use crate::Error;
-use sf_abi::clone::{encode_entry, CloneStatus, Entry, RESULT_MAX};
+use sf_abi::clone::{encode_entry, CloneStatus, Entry};
 use sf_abi::hypercall::Error as HcError;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -212,13 +212,18 @@ struct Joined {
     report: Option<CloneReport>,
 }
 
-fn from_report(r: CloneReport) -> Joined {
-    let (status, code, detail) = classify(&r.outcome);
-    let result = if r.result.len() <= RESULT_MAX {
-        r.result.clone()
-    } else {
-        Vec::new()
-    };
+/// A report's entry; its result is taken (it may be large) and checked
+/// against the ticket's cap once more.
+fn from_report(mut r: CloneReport, result_cap: u64) -> Joined {
+    let (status, code, mut detail) = classify(&r.outcome);
+    let mut result = std::mem::take(&mut r.result);
+    if result.len() as u64 > result_cap {
+        detail = format!(
+            "its result of {} bytes is over the ticket's cap of {result_cap} and was dropped",
+            result.len()
+        );
+        result = Vec::new();
+    }
     Joined {
         status,
         code,
@@ -293,10 +298,12 @@ fn collect(
     if timed_out {
         kill_group(g);
     }
+    let limit = report_max(g.result_cap);
+    let cap = g.result_cap;
     let reports: Vec<Option<CloneReport>> = g
         .results
         .iter()
-        .map(|fd| CloneReport::decode(&process::read_all(fd, REPORT_MAX).unwrap_or_default()))
+        .map(|fd| CloneReport::decode(&process::read_all(fd, limit).unwrap_or_default(), limit))
         .collect();
     let spawn = read_spawn_report(g);
     for (i, report) in reports.into_iter().enumerate() {
@@ -309,7 +316,7 @@ fn collect(
             None
         };
         let j = match report {
-            Some(r) if r.id == id => from_report(r),
+            Some(r) if r.id == id => from_report(r, cap),
             _ if timed_out => failed(CloneStatus::TimedOut, DEADLINE_PASSED.into()),
             _ if g.killed => failed(CloneStatus::Killed, "killed by the parent's kill".into()),
             _ => failed(
@@ -331,7 +338,17 @@ fn collect(
         }
         for &id in &r.ids.clone() {
             let j = match r.reports.remove(&id) {
-                Some(rep) => from_report(rep),
+                Some(rep) => {
+                    let mut j = from_report(rep, cap);
+                    if let Some(why) = r.output_refused.remove(&id) {
+                        j.detail = if j.detail.is_empty() {
+                            why
+                        } else {
+                            format!("{}; {why}", j.detail)
+                        };
+                    }
+                    j
+                }
                 None if timed_out => failed(CloneStatus::TimedOut, DEADLINE_PASSED.into()),
                 None if g.killed => {
                     failed(CloneStatus::Killed, "killed by the parent's kill".into())

@@ -76,6 +76,8 @@ pub struct Group {
     /// Budget handed down to the clones (each got `delegated / granted`),
     /// counted against this VM's budget until the ticket is released.
     pub delegated: u32,
+    /// The most result bytes each clone of this group may hand back.
+    pub result_cap: u64,
     /// This call's timeline, completed at the join.
     pub timeline: Box<CloneTimeline>,
 }
@@ -108,10 +110,15 @@ pub enum Reporter {
 }
 
 impl Reporter {
-    pub fn send(&mut self, report: &[u8]) -> std::io::Result<()> {
+    /// Sends the clone's final report. Over TCP its result goes ahead in
+    /// pieces (frames stay small whatever the result's size).
+    pub fn send(&mut self, mut report: report::CloneReport) -> std::io::Result<()> {
         match self {
-            Reporter::Pipe(fd) => process::write_all(fd, report),
-            Reporter::Tcp(link) => link.report(report),
+            Reporter::Pipe(fd) => process::write_all(fd, &report.encode()),
+            Reporter::Tcp(link) => {
+                link.result(&std::mem::take(&mut report.result))?;
+                link.report(&report.encode())
+            }
         }
     }
 }
@@ -158,6 +165,10 @@ pub struct CloneHost {
     pub role: Role,
     /// "2.1" for clone 1 of clone 2; empty for the root VM.
     pub path: String,
+    /// The most result bytes this VM may hand its parent at its exit
+    /// (the parent's ticket fixed it; [`sf_abi::clone::RESULT_FLOOR`] for
+    /// a root VM, whose result nobody joins).
+    pub result_cap: u64,
     /// The last [`TIMELINES_KEPT`] joined clone calls, oldest first.
     pub timelines: std::collections::VecDeque<CloneTimeline>,
     /// This VM's recorded working set, shared with its memory holders
@@ -173,6 +184,7 @@ impl CloneHost {
             tickets: Tickets::new(budget.min(MAX_CLONES_LIMIT)),
             role: Role::Root,
             path: String::new(),
+            result_cap: sf_abi::clone::RESULT_FLOOR as u64,
             timelines: std::collections::VecDeque::new(),
             working_set: None,
         }

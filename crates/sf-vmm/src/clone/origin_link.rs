@@ -163,6 +163,30 @@ impl OriginLink {
     /// origin listens once its guest joins), then writes, so a clone that
     /// outputs faster than the origin reads is slowed, not buffered.
     pub fn output(&self, append: bool, name: &[u8], data: &[u8]) -> std::io::Result<()> {
+        let mut append = append;
+        self.pieces(data, |piece| {
+            let f = Frame::Output {
+                append,
+                name: name.to_vec(),
+                data: piece.to_vec(),
+            };
+            append = true;
+            f
+        })
+    }
+
+    /// The clone's result before its report, in pieces as outputs go
+    /// (a result may be far larger than one frame).
+    pub fn result(&self, data: &[u8]) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.pieces(data, |piece| Frame::ResultPiece(piece.to_vec()))
+    }
+
+    /// Waits for the connection, then writes `data` as one frame per
+    /// [`super::wire::OUTPUT_PIECE`] (at least one frame).
+    fn pieces(&self, data: &[u8], mut frame: impl FnMut(&[u8]) -> Frame) -> std::io::Result<()> {
         self.check_owner()?;
         let mut st = self.lock();
         st = self
@@ -173,21 +197,14 @@ impl OriginLink {
         let Conn::Up(s) = &mut st.conn else {
             return Err(std::io::ErrorKind::NotConnected.into());
         };
-        let mut append = append;
         let mut pieces = data.chunks(super::wire::OUTPUT_PIECE);
         let first = pieces.next().unwrap_or(&[]);
         let mut r = Ok(());
         for piece in std::iter::once(first).chain(pieces) {
-            let f = Frame::Output {
-                append,
-                name: name.to_vec(),
-                data: piece.to_vec(),
-            };
-            r = f.write_to(s);
+            r = frame(piece).write_to(s);
             if r.is_err() {
                 break;
             }
-            append = true;
         }
         let r = r.and_then(|_| s.flush());
         if r.is_err() {

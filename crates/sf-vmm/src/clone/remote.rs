@@ -150,6 +150,7 @@ impl RemotePlan {
             requested_unix_ns: Some(unix_ns()),
             free_pages: Vec::new(),
             output_cap: None,
+            result_cap: None,
             net: None,
         };
         Ok(RemotePlan {
@@ -329,6 +330,14 @@ pub struct RemoteGroup {
     outputs: BTreeMap<u32, crate::output::Outputs>,
     /// The origin VM's clone path: clone `id` is `path.id` (or `id`).
     path: String,
+    /// Each clone's result so far (pieces come before its report), and the
+    /// most bytes one may send: the ticket's cap, checked here again.
+    results: BTreeMap<u32, Vec<u8>>,
+    result_cap: u64,
+    /// Per clone, the first output piece this origin refused after the
+    /// clone host had accepted it (the clone's guest was told it
+    /// succeeded): the parent reads it in the clone's join detail.
+    pub output_refused: BTreeMap<u32, String>,
 }
 
 /// Most remote console output held between two looks (the rest is counted
@@ -341,6 +350,7 @@ impl RemoteGroup {
         token: [u8; 16],
         ids: Vec<u32>,
         started: Instant,
+        result_cap: u64,
     ) -> std::io::Result<RemoteGroup> {
         let ReportListener {
             listener,
@@ -363,6 +373,9 @@ impl RemoteGroup {
             outputs_dir: None,
             outputs: BTreeMap::new(),
             path: String::new(),
+            results: BTreeMap::new(),
+            result_cap,
+            output_refused: BTreeMap::new(),
         })
     }
 
@@ -375,8 +388,9 @@ impl RemoteGroup {
 
     /// A piece of a remote clone's output: names, cap and order are checked
     /// again here, so a clone host can place nothing outside the clone's
-    /// own directory. A refused piece is dropped with a warning (the clone
-    /// was told its call succeeded once its own checks passed).
+    /// own directory. A refused piece is dropped with a warning, and the
+    /// first refusal goes into the clone's join detail (the clone was told
+    /// its call succeeded once its own checks passed).
     fn output(&mut self, id: u32, append: bool, name: &[u8], data: &[u8]) {
         let path = if self.path.is_empty() {
             id.to_string()
@@ -393,6 +407,12 @@ impl RemoteGroup {
                 clone = path,
                 "a remote clone's output piece was refused: {e:?}"
             );
+            self.output_refused.entry(id).or_insert_with(|| {
+                format!(
+                    "the origin refused its output {:?} ({e:?}); the file is incomplete",
+                    String::from_utf8_lossy(name)
+                )
+            });
         }
     }
 
@@ -538,9 +558,28 @@ impl RemoteGroup {
                 (Frame::Output { append, name, data }, Some(id)) if id != 0 => {
                     self.output(id, append, &name, &data);
                 }
+                (Frame::ResultPiece(bytes), Some(id)) if id != 0 => {
+                    let so_far = self.results.entry(id).or_default();
+                    if (so_far.len() + bytes.len()) as u64 > self.result_cap {
+                        self.lost.entry(id).or_insert_with(|| {
+                            format!(
+                                "its host sent more result bytes than the ticket's cap of {}",
+                                self.result_cap
+                            )
+                        });
+                        self.results.remove(&id);
+                        return false;
+                    }
+                    so_far.extend_from_slice(&bytes);
+                }
                 (Frame::Report(bytes), Some(id)) if id != 0 => {
-                    match CloneReport::decode(&bytes).filter(|r| r.id == id) {
-                        Some(r) => {
+                    match CloneReport::decode(&bytes, super::report::REPORT_MAX)
+                        .filter(|r| r.id == id)
+                    {
+                        Some(mut r) => {
+                            if let Some(pieces) = self.results.remove(&id) {
+                                r.result = pieces;
+                            }
                             self.reports.insert(id, r);
                         }
                         None => {
@@ -687,7 +726,14 @@ mod tests {
             listener,
             transport: Transport::Plain,
         };
-        let g = RemoteGroup::new(reports, [1; 16], vec![1], Instant::now()).unwrap();
+        let g = RemoteGroup::new(
+            reports,
+            [1; 16],
+            vec![1],
+            Instant::now(),
+            sf_abi::clone::RESULT_FLOOR as u64,
+        )
+        .unwrap();
         (g, addr)
     }
 

@@ -1,6 +1,6 @@
-//! The origin's side of remote clones' outputs: whatever a clone host
-//! sends, names are checked, the cap holds and files land only under the
-//! clone's own directory.
+//! The origin's side of remote clones' outputs and results: whatever a
+//! clone host sends, names are checked, the caps hold and files land only
+//! under the clone's own directory.
 
 use super::*;
 use std::net::TcpStream;
@@ -16,7 +16,14 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
         listener,
         transport: Transport::Plain,
     };
-    let mut g = RemoteGroup::new(reports, [1; 16], vec![2], Instant::now()).unwrap();
+    let mut g = RemoteGroup::new(
+        reports,
+        [1; 16],
+        vec![2],
+        Instant::now(),
+        sf_abi::clone::RESULT_FLOOR as u64,
+    )
+    .unwrap();
     let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
     // The origin VM is clone 4 of the root: its clone 2 is "4.2".
     g.set_outputs(Some(dir), "4");
@@ -70,5 +77,67 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
         .collect();
     assert_eq!(top, ["out"], "nothing next to the output directory");
     assert!(!std::path::Path::new("/tmp/escaped").exists());
+    // The first refusal is kept for the clone's join detail.
+    let why = g.output_refused.get(&2).expect("a refusal recorded");
+    assert!(
+        why.contains("\"../../escaped\"") && why.contains("Invalid"),
+        "{why}"
+    );
     std::fs::remove_dir_all(&t).unwrap();
+}
+
+/// A clone host's result pieces are appended up to the ticket's cap and
+/// become the report's result; one byte more and the clone is lost, with
+/// the reason, and nothing past the cap is kept.
+#[test]
+fn result_pieces_are_held_to_the_tickets_cap() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reports = ReportListener {
+        listener,
+        transport: Transport::Plain,
+    };
+    let mut g = RemoteGroup::new(reports, [1; 16], vec![1, 2], Instant::now(), 100).unwrap();
+    let hello = |id| Frame::Hello { token: [1; 16], id };
+    let report = |id| {
+        super::super::report::CloneReport {
+            id,
+            outcome: crate::Outcome::Exited { status: 0 },
+            result: Vec::new(),
+            first_entry_us: 0,
+            rss_bytes: 0,
+            private_bytes: 0,
+            memory: None,
+        }
+        .encode()
+    };
+    let mut ok = TcpStream::connect(addr).unwrap();
+    for f in [
+        hello(1),
+        Frame::ResultPiece(vec![1; 60]),
+        Frame::ResultPiece(vec![2; 40]),
+        Frame::Report(report(1)),
+    ] {
+        f.write_to(&mut ok).unwrap();
+    }
+    let mut greedy = TcpStream::connect(addr).unwrap();
+    for f in [
+        hello(2),
+        Frame::ResultPiece(vec![3; 60]),
+        Frame::ResultPiece(vec![4; 41]),
+        Frame::Report(report(2)),
+    ] {
+        f.write_to(&mut greedy).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while !g.done() && Instant::now() < until {
+        g.pump(Duration::from_millis(50));
+    }
+    let got = &g.reports.get(&1).expect("clone 1's report").result;
+    assert_eq!(got.len(), 100);
+    assert_eq!((got[0], got[99]), (1, 2));
+    assert!(!g.reports.contains_key(&2));
+    let why = g.lost.get(&2).expect("clone 2 lost");
+    assert!(why.contains("cap of 100"), "{why}");
+    assert!(g.results.is_empty(), "nothing held past the cap");
 }

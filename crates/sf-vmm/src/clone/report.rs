@@ -1,13 +1,23 @@
 //! What a clone's VMM process tells its parent when the clone ends, over a
-//! pipe the parent owns. The parent reads at most [`REPORT_MAX`] bytes and
-//! decodes with a size limit, so a broken clone cannot make it allocate or
-//! believe more than one bounded report.
+//! pipe the parent owns. The parent reads at most [`report_max`] bytes for
+//! the ticket's result cap and decodes with that limit, so a broken clone
+//! cannot make it allocate or believe more than one bounded report.
 
 use crate::outcome::Outcome;
 use serde::{Deserialize, Serialize};
-use sf_abi::clone::{CloneStatus, DETAIL_MAX, RESULT_MAX};
+use sf_abi::clone::{CloneStatus, DETAIL_MAX, RESULT_FLOOR};
 
-pub const REPORT_MAX: usize = RESULT_MAX + DETAIL_MAX + (16 << 10);
+/// Bytes of a report besides its result: the outcome (its messages are
+/// bounded by the panic and detail limits) and the counters.
+const REPORT_OVERHEAD: usize = DETAIL_MAX + (16 << 10);
+/// The largest report with a result within the floor (the report frame
+/// of a remote clone, whose larger results travel in pieces).
+pub const REPORT_MAX: usize = RESULT_FLOOR + REPORT_OVERHEAD;
+
+/// The largest report a clone with this result cap may send.
+pub fn report_max(result_cap: u64) -> usize {
+    (result_cap as usize).saturating_add(REPORT_OVERHEAD)
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CloneReport {
@@ -28,11 +38,12 @@ impl CloneReport {
         bincode::serialize(self).expect("reports always serialize")
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<CloneReport> {
+    /// Decodes a report of at most `limit` bytes ([`report_max`]).
+    pub fn decode(bytes: &[u8], limit: usize) -> Option<CloneReport> {
         use bincode::Options;
         bincode::DefaultOptions::new()
             .with_fixint_encoding()
-            .with_limit(REPORT_MAX as u64)
+            .with_limit(limit as u64)
             .deserialize(bytes)
             .ok()
     }
@@ -85,7 +96,7 @@ mod tests {
             private_bytes: 4096,
             memory: None,
         };
-        let d = CloneReport::decode(&r.encode()).unwrap();
+        let d = CloneReport::decode(&r.encode(), REPORT_MAX).unwrap();
         assert_eq!(
             (d.id, d.result, d.outcome),
             (
@@ -96,8 +107,8 @@ mod tests {
                 }
             )
         );
-        assert!(CloneReport::decode(b"\xff\xff\xff\xff garbage").is_none());
-        assert!(CloneReport::decode(&[]).is_none());
+        assert!(CloneReport::decode(b"\xff\xff\xff\xff garbage", REPORT_MAX).is_none());
+        assert!(CloneReport::decode(&[], REPORT_MAX).is_none());
     }
 
     #[test]
@@ -127,7 +138,7 @@ mod hostile_input {
     proptest! {
         #[test]
         fn arbitrary_reports_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
-            let _ = CloneReport::decode(&bytes);
+            let _ = CloneReport::decode(&bytes, REPORT_MAX);
         }
     }
 }

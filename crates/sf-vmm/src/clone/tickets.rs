@@ -10,8 +10,16 @@
 //! exceeds the root's `B`, on this host or any other (the share travels in
 //! the clone request). The parent gets the whole cost back when the ticket
 //! is released after `join`. A ticket that cannot be granted gets `Again`.
+//!
+//! Join results are budgeted the same way: every clone may hand back
+//! [`RESULT_FLOOR`] bytes, and a ticket's clones share equally what this
+//! VM's other unreleased tickets left of [`RESULTS_HELD_MAX`] on top. The
+//! cap is fixed at the grant, so the guest can ask it before it plans its
+//! work, and the results one VMM holds stay within `RESULTS_HELD_MAX` plus
+//! the floor per live clone (at most 256 x 64 KiB).
 
 use super::Group;
+use sf_abi::clone::{RESULTS_HELD_MAX, RESULT_FLOOR};
 use sf_abi::hypercall::Error as HcError;
 use std::collections::BTreeMap;
 
@@ -41,6 +49,10 @@ pub struct Tickets {
     budget: u32,
     reserved: u32,
     map: BTreeMap<u32, TicketState>,
+    /// Per ticket: each clone's result cap, and the bytes above the floor
+    /// it holds of [`RESULTS_HELD_MAX`] until release.
+    result_caps: BTreeMap<u32, (u64, u64)>,
+    results_reserved: u64,
 }
 
 impl Tickets {
@@ -50,6 +62,8 @@ impl Tickets {
             budget,
             reserved: 0,
             map: BTreeMap::new(),
+            result_caps: BTreeMap::new(),
+            results_reserved: 0,
         }
     }
 
@@ -93,7 +107,20 @@ impl Tickets {
         self.next_id = self.next_id.checked_add(1).ok_or(HcError::Again)?;
         self.reserved += granted;
         self.map.insert(id, TicketState::Reserved { granted });
+        let left = RESULTS_HELD_MAX as u64 - self.results_reserved;
+        let extra = left / granted as u64;
+        self.results_reserved += extra * granted as u64;
+        self.result_caps
+            .insert(id, (RESULT_FLOOR as u64 + extra, extra * granted as u64));
         Ok((id, granted))
+    }
+
+    /// The most result bytes each clone of ticket `id` may hand back.
+    pub fn result_cap(&self, id: u32) -> Result<u64, HcError> {
+        self.result_caps
+            .get(&id)
+            .map(|&(cap, _)| cap)
+            .ok_or(HcError::NoEntry)
     }
 
     /// The granted count of a ticket that may be used to clone now.
@@ -113,6 +140,9 @@ impl Tickets {
     pub fn release(&mut self, id: u32) -> Option<TicketState> {
         let t = self.map.remove(&id)?;
         self.reserved -= t.cost();
+        if let Some((_, held)) = self.result_caps.remove(&id) {
+            self.results_reserved -= held;
+        }
         Some(t)
     }
 
@@ -164,6 +194,34 @@ mod tests {
         }
         assert_eq!(Tickets::new(2).share(2), 0);
         assert_eq!(Tickets::new(32).share(1), 16);
+    }
+
+    #[test]
+    fn result_caps_share_the_held_bytes_and_come_back_at_release() {
+        let mut t = Tickets::new(256);
+        let (a, _) = t.request(2).unwrap();
+        let half = RESULT_FLOOR as u64 + RESULTS_HELD_MAX as u64 / 2;
+        assert_eq!(t.result_cap(a), Ok(half));
+        // The rest is taken by a greedy one-clone ticket; a third gets the
+        // floor, and every clone of every ticket together stays in bounds.
+        let (b, _) = t.request(1).unwrap();
+        let (c, gc) = t.request(1000).unwrap();
+        assert_eq!(t.result_cap(c), Ok(RESULT_FLOOR as u64));
+        let held: u64 = [(a, 2), (b, 1), (c, gc)]
+            .iter()
+            .map(|&(id, g)| t.result_cap(id).unwrap() * g as u64)
+            .sum();
+        assert!(held <= RESULTS_HELD_MAX as u64 + 256 * RESULT_FLOOR as u64);
+        t.release(a);
+        t.release(b);
+        t.release(c);
+        assert_eq!(t.result_cap(a), Err(HcError::NoEntry));
+        let (d, _) = t.request(1).unwrap();
+        assert_eq!(
+            t.result_cap(d),
+            Ok((RESULT_FLOOR + RESULTS_HELD_MAX) as u64),
+            "released tickets give their bytes back"
+        );
     }
 
     #[test]

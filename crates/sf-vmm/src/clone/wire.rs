@@ -3,7 +3,8 @@
 
 use std::io::{self, Read, Write};
 
-/// Largest payload accepted (a report with a full result fits easily).
+/// Largest payload accepted: a report whose result is within the floor
+/// (larger results come first in [`Frame::ResultPiece`]s).
 pub const MAX_FRAME: usize = super::report::REPORT_MAX + 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,9 +30,13 @@ pub enum Frame {
         name: Vec<u8>,
         data: Vec<u8>,
     },
+    /// The next piece (at most [`OUTPUT_PIECE`] bytes) of the clone's
+    /// result, sent before its report: the origin appends the pieces, up
+    /// to the ticket's result cap, and the report's own result is empty.
+    ResultPiece(Vec<u8>),
 }
 
-/// Largest piece of an output file one frame carries.
+/// Largest piece of an output file (or of a result) one frame carries.
 pub const OUTPUT_PIECE: usize = 32 << 10;
 
 impl Frame {
@@ -54,6 +59,7 @@ impl Frame {
                 p.extend_from_slice(data);
                 (7, p)
             }
+            Frame::ResultPiece(bytes) => (8, bytes.clone()),
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         out.push(kind);
@@ -98,6 +104,7 @@ impl Frame {
                 name: p[2..2 + p[1] as usize].to_vec(),
                 data: p[2 + p[1] as usize..].to_vec(),
             },
+            8 if len <= OUTPUT_PIECE => Frame::ResultPiece(p.to_vec()),
             k => return Err(format!("unknown frame kind {k} of {len} bytes")),
         };
         Ok(Some((f, 5 + len)))
@@ -153,6 +160,7 @@ mod tests {
                 name: b"out.txt".to_vec(),
                 data: vec![9; OUTPUT_PIECE],
             },
+            Frame::ResultPiece(vec![5; OUTPUT_PIECE]),
         ] {
             let b = f.encode();
             assert_eq!(Frame::decode(&b), Ok(Some((f.clone(), b.len()))));
@@ -179,6 +187,10 @@ mod tests {
             Frame::decode(&[7, 2, 0, 0, 0, 2, 0]).is_err(),
             "bad append flag"
         );
+        let mut big = Frame::ResultPiece(vec![0; OUTPUT_PIECE + 1]).encode();
+        assert!(Frame::decode(&big).is_err(), "result piece over the limit");
+        big.truncate(5);
+        assert_eq!(Frame::decode(&big), Ok(None));
     }
 }
 

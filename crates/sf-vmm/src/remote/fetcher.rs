@@ -327,6 +327,14 @@ impl RemoteMemory {
         rx.recv().unwrap_or(Err(RemoteError::Stopped))
     }
 
+    /// Streams pages `[first, first + count)` (region page numbers) ahead
+    /// of the faults that would ask for them, between faults; returns at
+    /// once. Clamped to the region; the handler keeps the newest
+    /// [`super::handler::RANGES_QUEUED`] ranges.
+    pub fn prefetch_range(&self, first: u64, count: u64) {
+        let _ = self.send(Command::PrefetchRange { first, count });
+    }
+
     fn send(&self, cmd: Command) -> Result<(), RemoteError> {
         self.commands.send(cmd).map_err(|_| RemoteError::Stopped)?;
         self.shared.wake.write(1).map_err(|_| RemoteError::Stopped)

@@ -60,7 +60,9 @@ fn run() -> Result<(), i32> {
         return Err(2);
     }
     let generated;
-    let db: &[u8] = match input::get("db") {
+    let input_db = input::get("db");
+    let from_input = input_db.is_some();
+    let db: &[u8] = match input_db {
         Some(db) => db,
         None => {
             let mib = arg_u64("align", "db_mib", 16)?;
@@ -84,13 +86,15 @@ fn run() -> Result<(), i32> {
     );
     let index = Index::new(&queries);
     let done = sf_shares::run("align", &plan, Shares::PerClone, |s, n| {
-        let hits = align::search(
-            db,
-            sf_apps::share_range(db.len(), s, n),
-            &queries,
-            &index,
-            &p,
-        );
+        let range = sf_apps::share_range(db.len(), s, n);
+        // A clone on another host streams its share of the input ahead of
+        // the search instead of faulting it in window by window.
+        if from_input && !range.is_empty() {
+            if let Err(e) = input::will_read("db", range.clone()) {
+                println!("align: will_read of the share failed: {e:?}");
+            }
+        }
+        let hits = align::search(db, range, &queries, &index, &p);
         align::encode(&hits)
     })?;
     let mut all = Vec::new();

@@ -8,6 +8,8 @@ int64_t c_fork_sum(uint32_t n) {
     int64_t granted = sf_request_ticket(n, &t);
     if (granted < 1)
         return -1000 + granted;
+    if (sf_result_cap(&t) < SF_RESULT_FLOOR)
+        return -8000;
     /* A hint for this clone call only (the clones do not read it). */
     static char scratch[3 * 4096];
     if (sf_will_overwrite(scratch, sizeof scratch) != 1)
@@ -30,7 +32,10 @@ int64_t c_fork_sum(uint32_t n) {
     /* A ticket is spent once joined. */
     if (sf_join(&t, statuses, 64) != -SF_ENOENT)
         return -5000;
-    if (sf_exit(0, (const void *)0, SF_RESULT_MAX + 1) != -SF_E2BIG)
+    if (sf_result_cap(&t) != -SF_ENOENT)
+        return -8001;
+    /* A VM that is not a clone may hand back the floor, no more. */
+    if (sf_exit(0, &sum, SF_RESULT_FLOOR + 1) != -SF_E2BIG)
         return -6000;
     return sum;
 }

@@ -29,12 +29,19 @@ int c_io(uint64_t *hash) {
         return 100;
     }
     *hash = fnv(db, len);
+    size_t db_len = len;
     if (sf_input("no-such-input", &len) != NULL || len != 0) bad++;
     size_t n = sf_input_count();
     size_t name_len = 0;
     const char *first = sf_input_name(0, &name_len);
     if (n < 1 || !first || name_len == 0) bad++;
     if (sf_input_name(n, &name_len) != NULL) bad++;
+    /* Range notices: the whole input is announced, the rest refused. */
+    if (sf_input_will_read("db", 0, db_len) < 1) bad++;
+    if (sf_input_will_read("db", db_len, 1) != -SF_EINVAL) bad++;
+    if (sf_input_will_read("db", 0, 0) != -SF_EINVAL) bad++;
+    if (sf_input_will_read("db", (size_t)-1, 2) != -SF_EINVAL) bad++;
+    if (sf_input_will_read("no-such-input", 0, 1) != -SF_ENOENT) bad++;
 
     char line[17] = {0};
     hex(*hash, line);

@@ -385,13 +385,29 @@ fn errors(c: &mut Check) {
         let _ = clone::join(&all);
     }
     let t = ticket(1);
+    let cap = clone::result_cap(&t);
+    check!(
+        c,
+        matches!(cap, Ok(n) if n > clone::RESULT_FLOOR && n <= clone::RESULT_FLOOR + clone::RESULTS_HELD_MAX),
+        "a one-clone ticket's result cap is above the floor and bounded: {cap:?}"
+    );
+    check!(
+        c,
+        clone::result_cap(&forged).err() == Some(sf_guest::hypercall_error::NoEntry),
+        "result cap of a forged ticket"
+    );
     if fork(&t) != 0 {
-        let huge = vec![7u8; clone::RESULT_MAX + 1];
-        let e = clone::exit(0, &huge);
+        let cap = cap.unwrap_or(clone::RESULT_FLOOR) as u64;
+        let probe = [7u8; 16];
+        // One byte over the cap, and 1 GiB: refused before any is read.
+        // SAFETY: the host checks the length against the cap first.
+        let over = result(unsafe { raw(18, 0, probe.as_ptr() as u64, cap + 1, 0) });
+        // SAFETY: as above.
+        let gib = result(unsafe { raw(18, 0, probe.as_ptr() as u64, 1 << 30, 0) });
         // SAFETY: a result pointer outside RAM.
         let wild = result(unsafe { raw(18, 0, u64::MAX - 4, 16, 0) });
-        let ok =
-            e == sf_guest::hypercall_error::TooBig && wild == Err(sf_guest::hypercall_error::Fault);
+        let too_big = Err(sf_guest::hypercall_error::TooBig);
+        let ok = over == too_big && gib == too_big && wild == Err(sf_guest::hypercall_error::Fault);
         done_in_clone(if ok { 0 } else { 1 }, b"refusals seen");
     }
     check!(

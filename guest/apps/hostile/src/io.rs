@@ -17,9 +17,15 @@
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
+use sf_guest::hypercall::raw;
 use sf_guest::output::{self, OutputError};
 use sf_guest::sf_abi::hypercall::{Call, Error};
-use sf_guest::sf_abi::io::OUTPUT_CHUNK_MAX;
+use sf_guest::sf_abi::io::{NAME_MAX, OUTPUT_CHUNK_MAX};
+use sf_guest::sf_abi::layout;
+
+const FAULT: i64 = -(Error::Fault as i64);
+const INVALID: i64 = -(Error::Invalid as i64);
+const NOENT: i64 = -(Error::NoEntry as i64);
 use sf_guest::{clone, env, input, println};
 
 /// FNV-1a, 64 bits: a hash both sides compute in a few lines.
@@ -271,4 +277,80 @@ pub fn write_input(name: &str) -> i32 {
     unsafe { core::ptr::write_volatile(bytes.as_ptr() as *mut u8, 1) };
     println!("io-write-input: the write went through");
     0
+}
+
+fn will_read_raw(name_ptr: u64, name_len: u64, offset: u64, len: u64) -> i64 {
+    // SAFETY: the host only reads `name_len` bytes at `name_ptr` (or
+    // refuses a pointer this program could not read itself).
+    unsafe { raw(Call::InputWillRead as u32, name_ptr, name_len, offset, len) as i64 }
+}
+
+/// `InputWillRead` with names the host must refuse (run without inputs).
+pub(crate) fn will_read_names(c: &mut super::Checks) {
+    let db = b"db";
+    let long = [b'a'; NAME_MAX + 1];
+    let cases: &[(&str, u64, u64, i64)] = &[
+        ("will-read wild name", u64::MAX - 7, 4, FAULT),
+        ("will-read name on the IDT", layout::IDT, 4, FAULT),
+        ("will-read name past RAM", env::mem_size(), 2, FAULT),
+        (
+            "will-read name too long",
+            long.as_ptr() as u64,
+            long.len() as u64,
+            INVALID,
+        ),
+        ("will-read no such input", db.as_ptr() as u64, 2, NOENT),
+        ("will-read empty name", db.as_ptr() as u64, 0, NOENT),
+    ];
+    for &(name, ptr, len, want) in cases {
+        c.expect(name, will_read_raw(ptr, len, 0, 1), want);
+    }
+}
+
+/// `will-read`: ranges of the input `db` past its end, empty or wrapping
+/// are refused; its whole range is announced page by page; its bytes are
+/// the same afterwards. Exits 0 if every answer was the ABI's.
+pub fn will_read_ranges() -> i32 {
+    let Some(db) = input::get("db") else {
+        println!("hostile will-read: no input db");
+        return 2;
+    };
+    let before = fnv(db);
+    let mut c = super::Checks { total: 0, bad: 0 };
+    let n = db.len() as u64;
+    let at = db.as_ptr() as u64;
+    let pages = (at + n).div_ceil(4096) - at / 4096;
+    let name = b"db".as_ptr() as u64;
+    let cases: &[(&str, u64, u64, i64)] = &[
+        ("the whole input", 0, n, pages as i64),
+        ("its last byte", n - 1, 1, 1),
+        ("one byte past the end", n, 1, INVALID),
+        ("ending one past the end", 1, n, INVALID),
+        ("empty", 0, 0, INVALID),
+        ("offset wraps", u64::MAX, 2, INVALID),
+        ("length wraps", 1, u64::MAX, INVALID),
+        ("huge length", 0, 1 << 40, INVALID),
+    ];
+    for &(what, offset, len, want) in cases {
+        c.expect(what, will_read_raw(name, 2, offset, len), want);
+    }
+    let api = sf_guest::input::will_read("db", 0..db.len());
+    c.expect(
+        "through the runtime",
+        api.map_or(-1, |p| p as i64),
+        pages as i64,
+    );
+    let api = sf_guest::input::will_read("nope", 0..1);
+    c.expect(
+        "runtime, no such input",
+        api.err().map_or(0, |e| -(e as i64)),
+        NOENT,
+    );
+    c.expect("input unchanged", (fnv(db) == before) as i64, 1);
+    println!(
+        "hostile will-read: {} of {} answered as expected",
+        c.total - c.bad,
+        c.total
+    );
+    (c.bad != 0) as i32
 }

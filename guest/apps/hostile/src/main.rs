@@ -23,7 +23,7 @@
 //! and the host must keep running. Exits 0 if all held.
 //!
 //! `io`, `io-cap`, `io-try`, `io-write-input`: inputs and outputs (see
-//! `io.rs`).
+//! `io.rs`); `will-read`: input range notices against the input `db`.
 #![no_std]
 #![no_main]
 
@@ -51,13 +51,13 @@ const CONSOLE_WRITE: u32 = Call::ConsoleWrite as u32;
 const PANIC: u32 = Call::Panic as u32;
 const EXCEPTION: u32 = Call::Exception as u32;
 
-struct Checks {
+pub(crate) struct Checks {
     total: i32,
     bad: i32,
 }
 
 impl Checks {
-    fn expect(&mut self, name: &str, got: i64, want: i64) {
+    pub(crate) fn expect(&mut self, name: &str, got: i64, want: i64) {
         let ok = got == want;
         self.total += 1;
         self.bad += !ok as i32;
@@ -90,6 +90,7 @@ fn main() -> i32 {
         "io-cap" => io::cap(),
         "io-try" => io::try_write(env::args().nth(1).unwrap_or("")),
         "io-write-input" => io::write_input(env::args().nth(1).unwrap_or("")),
+        "will-read" => io::will_read_ranges(),
         "console-escapes" => {
             println!("hostile console: \x1b[31mred\x1b]0;title\x07\u{9b}2J\x1b[0m end");
             0
@@ -108,6 +109,7 @@ fn all() -> i32 {
     read_boundaries(&mut c);
     forged_exception(&mut c);
     tickets(&mut c);
+    io::will_read_names(&mut c);
     join_buffers(&mut c);
     flood(&mut c);
     // Last: if the host wrongly accepted them, these end the VM.
@@ -356,6 +358,11 @@ fn tickets(c: &mut Checks) {
         ticket_call(Call::Clone, (1 << 32) + 1, 0, 0),
         NOENT,
     );
+    c.expect(
+        "result cap of an unknown ticket",
+        ticket_call(Call::ResultCap, 0xbeef, 0, 0),
+        NOENT,
+    );
     let t = match clone::request_ticket(1) {
         Ok(t) => t,
         Err(e) => {
@@ -364,6 +371,16 @@ fn tickets(c: &mut Checks) {
         }
     };
     let id = t.id() as u64;
+    let cap = ticket_call(Call::ResultCap, id, 0, 0);
+    let (floor, most) = (
+        clone::RESULT_FLOOR as i64,
+        (clone::RESULT_FLOOR + clone::RESULTS_HELD_MAX) as i64,
+    );
+    c.expect(
+        "result cap of a granted ticket within its bounds",
+        (floor..=most).contains(&cap) as i64,
+        1,
+    );
     c.expect(
         "join-fetch before join",
         ticket_call(Call::JoinFetch, id, 0, 0),
@@ -387,6 +404,11 @@ fn tickets(c: &mut Checks) {
     c.expect(
         "join a spent ticket",
         ticket_call(Call::JoinWait, id, 0, 0),
+        NOENT,
+    );
+    c.expect(
+        "result cap of a spent ticket",
+        ticket_call(Call::ResultCap, id, 0, 0),
         NOENT,
     );
     c.expect(

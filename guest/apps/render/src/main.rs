@@ -1,10 +1,11 @@
-//! Ray tracer: renders a scene in tiles (interleaved rows, each tile small
-//! enough to come back through `join`), clones rendering one tile each,
-//! round after round; the parent assembles the image and writes it as `render.png` when
-//! the host gave an output directory.
+//! Ray tracer: renders a scene in tiles of interleaved rows, one tile per
+//! clone, each as large as the clone may hand back through `join` (one
+//! round when the ticket's result cap holds the image's share, rounds of
+//! smaller tiles otherwise); the parent assembles the image and writes it
+//! as `render.png` when the host gave an output directory.
 //!
 //! Arguments: `w=640 h=480 ss=2` (ss x ss samples per pixel), and the
-//! driver's `clones=N split=K warm=1` (`split` does not change the tiles).
+//! driver's `clones=N split=K warm=1` (`split=K`: K tiles in one VM).
 #![no_std]
 #![no_main]
 
@@ -12,7 +13,7 @@ extern crate alloc;
 
 use sf_apps::render::{self, Tiles, View};
 use sf_guest::{output, println};
-use sf_shares::{arg_u64, Plan, Shares, SHARE_MAX};
+use sf_shares::{arg_u64, Plan, Shares};
 
 sf_guest::main!(main);
 
@@ -35,17 +36,18 @@ fn run() -> Result<(), i32> {
         println!("render: w and h must be 1..=4096, ss at most 8");
         return Err(2);
     }
-    let tiles = Tiles::new(&view, SHARE_MAX);
+    // At least one tile per clone, each within what a clone may hand back.
+    let fit = |clones: u64, share_max: usize| {
+        (Tiles::new(&view, share_max).count as u64).max(clones.min(view.height as u64))
+    };
     println!(
-        "render: {}x{} ss={} in {} tiles of interleaved rows",
-        view.width, view.height, view.ss, tiles.count
+        "render: {}x{} ss={} in tiles of interleaved rows",
+        view.width, view.height, view.ss
     );
-    let done = sf_shares::run(
-        "render",
-        &plan,
-        Shares::Fixed(tiles.count as u64),
-        |s, _| render::render_rows(&view, tiles.rows(s as u32 - 1)),
-    )?;
+    let done = sf_shares::run("render", &plan, Shares::Fit(&fit), |s, n| {
+        render::render_rows(&view, Tiles::with_count(&view, n as u32).rows(s as u32 - 1))
+    })?;
+    let tiles = Tiles::with_count(&view, done.results.len() as u32);
     let Some(rgb) = tiles.assemble(&view, &done.results) else {
         println!("render: the tiles do not make up the image");
         return Err(1);

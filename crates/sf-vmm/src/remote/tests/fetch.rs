@@ -240,3 +240,35 @@ fn writes_land_on_fetched_pages() {
         assert_eq!((s.faults, s.zero_pages), (3, 2), "{s:?}");
     }
 }
+
+#[test]
+fn an_announced_range_arrives_without_faults_and_nothing_else_does() {
+    let server = TestServer::start(pattern_region(REGION));
+    let map = AnonMap::new(REGION);
+    let mem = attach(&server, &map, FetchConfig::default());
+    // 2,000 pages from page 3,000, and a range past the region's end
+    // (clamped: only the region's last 10 pages), in a few batches.
+    mem.prefetch_range(3000, 2000);
+    mem.prefetch_range(PAGES - 10, 1 << 40);
+    let stats = mem.stats_handle();
+    let want = 2000 + 10;
+    assert!(bounded(LIMIT, move || {
+        while stats.stats().present_pages < want {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }));
+    let s = mem.stats();
+    assert_eq!((s.faults, s.pages_fetched), (0, want), "{s:?}");
+    assert!(s.requests <= 8, "{} requests", s.requests);
+    // Only then the guest reads them: no fault, the right bytes.
+    let view = map.view();
+    let bad = bounded(LIMIT, move || {
+        (3000..5000)
+            .chain(PAGES - 10..PAGES)
+            .filter(|&p| !view.has_pattern(p))
+            .count()
+    });
+    assert_eq!(bad, 0);
+    assert_eq!(mem.stats().faults, 0, "the reads found every page present");
+}
