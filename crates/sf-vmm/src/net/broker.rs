@@ -139,13 +139,26 @@ impl BrokerClient {
     /// Takes `n` TAPs, each attached to the family bridge, up and
     /// non-blocking, from the pool.
     pub fn take(&mut self, n: u32) -> io::Result<Vec<Lease>> {
+        self.ask(n)?;
+        self.receive(n)
+    }
+
+    /// Asks for `n` TAPs without waiting: [`BrokerClient::receive`] reads
+    /// the answer later (it waits in the socket meanwhile), so a VMM can
+    /// lease its clones' TAPs ahead of a clone call at the cost of one
+    /// write.
+    pub fn ask(&mut self, n: u32) -> io::Result<()> {
         if n == 0 || n > MAX_TAKE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{n} TAPs asked; one request takes 1..={MAX_TAKE}"),
             ));
         }
-        self.stream.write_all(&n.to_le_bytes())?;
+        self.stream.write_all(&n.to_le_bytes())
+    }
+
+    /// The answer to an [`BrokerClient::ask`] for `n` TAPs.
+    pub fn receive(&mut self, n: u32) -> io::Result<Vec<Lease>> {
         let mut head = [0u8; 4];
         let mut fds = vec![-1 as RawFd; 2 * n as usize];
         let mut iov = [libc::iovec {
