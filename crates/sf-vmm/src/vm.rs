@@ -101,7 +101,7 @@ pub struct Vm {
     /// and whatever [`Vm::add_device`] added).
     pub(crate) devices: Devices,
     pub(crate) console: ConsoleSink,
-    mode: BootMode,
+    pub(crate) mode: BootMode,
     pub(crate) timeout: Option<Duration>,
     pub(crate) remote_link: Option<crate::clone::remote::RemoteLink>,
     /// Guest RAM filled on demand from another host (a remote clone).
