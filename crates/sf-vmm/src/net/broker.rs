@@ -38,6 +38,10 @@ pub const MAX_TAKE: u32 = 64;
 pub const POOL: usize = 16;
 /// A broker nobody connects to within this time removes the family.
 pub const FIRST_CONNECT: Duration = Duration::from_secs(30);
+/// How long a new broker waits for an ending one of the same family to
+/// remove its devices (it takes tens of milliseconds: 16 pool TAPs and two
+/// `ip link del`).
+const PREDECESSOR_GONE: Duration = Duration::from_secs(5);
 
 fn socket_name(vni: u32) -> String {
     format!("snowflock-net-{vni:06x}")
@@ -214,6 +218,7 @@ pub fn serve(spec: &FamilySpec, starter: Option<OwnedFd>) -> io::Result<()> {
     let me = links::owner_tag(std::process::id())
         .ok_or_else(|| io::Error::other("cannot read our own /proc/self/stat"))?;
     links::sweep()?;
+    wait_for_predecessor(spec.vni)?;
     // From here the family's devices go when this function ends, however
     // (error, panic, or the end of the family).
     let _devices = FamilyDevices(spec.vni);
@@ -227,6 +232,27 @@ pub fn serve(spec: &FamilySpec, starter: Option<OwnedFd>) -> io::Result<()> {
         return Ok(());
     }
     broker.run(signals, starter)
+}
+
+/// A broker of this family whose last VMM here just ended gives up the
+/// socket name before it has removed its devices (its TAPs close first, one
+/// unregistration each). A member arriving in that window (a remote clone
+/// placed late) starts a new broker, which must wait for them to go rather
+/// than fail on the bridge that still exists: the devices of a live owner
+/// with no broker listening can only be on their way out.
+fn wait_for_predecessor(vni: u32) -> io::Result<()> {
+    let start = Instant::now();
+    while links::family_links()?.iter().any(|l| l.vni == vni) {
+        if start.elapsed() > PREDECESSOR_GONE {
+            return Err(io::Error::other(format!(
+                "the devices of family VNI {vni:#x} are still there {PREDECESSOR_GONE:?} \
+                 after their broker stopped listening; remove them with `snowflock net-sweep` \
+                 once that broker is gone"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Deletes the family's bridge and VXLAN device when dropped.
