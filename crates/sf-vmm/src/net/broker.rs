@@ -34,13 +34,18 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 /// within the kernel's 253).
 pub const MAX_TAKE: u32 = 64;
 /// Spare TAPs the broker keeps ready: enough for a 16-clone call without
-/// making one on demand (~3 ms each, an `ip` call).
+/// making one on demand.
 pub const POOL: usize = 16;
+/// The pool a broker starts with: [`POOL`] after the root VM's TAP and its
+/// first lease ([`super::clone_taps::FIRST_LEASE`]) are out, so that no
+/// refill runs while the guest starts: TAP creation contends for CPU and
+/// RTNL with the guest's first clones (see `bench clone --net`).
+pub const START_POOL: usize = POOL + 1 + super::clone_taps::FIRST_LEASE as usize;
 /// A broker nobody connects to within this time removes the family.
 pub const FIRST_CONNECT: Duration = Duration::from_secs(30);
 /// How long a new broker waits for an ending one of the same family to
-/// remove its devices (it takes tens of milliseconds: 16 pool TAPs and two
-/// `ip link del`).
+/// remove its devices (its pool's TAPs, then the bridge and the VXLAN
+/// device with `ip link del`; under a second in the tests).
 const PREDECESSOR_GONE: Duration = Duration::from_secs(5);
 
 fn socket_name(vni: u32) -> String {
@@ -282,7 +287,7 @@ impl<'a> Broker<'a> {
             pool: vec![],
             made: 0,
         };
-        while b.pool.len() < POOL {
+        while b.pool.len() < START_POOL {
             let tap = b.make_tap()?;
             b.pool.push(tap);
         }
@@ -309,7 +314,7 @@ impl<'a> Broker<'a> {
                 return Err(io::Error::other("nobody connected to the network broker"));
             }
             // Refill the pool when idle, one TAP per turn, so a request
-            // never waits behind more than one `ip` call.
+            // never waits behind more than one TAP creation.
             let idle_ms = if self.pool.len() < POOL { 0 } else { 1000 };
             let mut pfds = vec![
                 pollfd(signals.as_raw_fd()),

@@ -4,9 +4,10 @@
 //!
 //! Asking after the fork put a broker round trip on every clone's path to
 //! its first instruction, and the clones of one call queued behind each
-//! other and behind the broker's pool refills (one `ip` call each): on the
-//! shared 2-CPU machine, 0.1–1.5 ms per clone with 1 clone and up to 25 ms
-//! with 4. Now the parent leases a call's TAPs before it forks (each with
+//! other at the broker, which also refills its pool between requests (TAP
+//! creation contends for RTNL with other families' set-up and removal): on
+//! the shared, busy 2-CPU machine, 0.1–1.5 ms per clone with 1 clone and up
+//! to 25 ms with 4. Now the clone hook takes 20–35 µs. Now the parent leases a call's TAPs before it forks (each with
 //! its own broker connection for the clone that will own it) and, once
 //! resumed, asks for the next call's without waiting for the answer (one
 //! write); the answer waits in the socket until the next clone call.
@@ -18,8 +19,8 @@ use std::os::fd::OwnedFd;
 
 /// TAPs a root VM leases before its first clone call: a call of up to this
 /// many local clones takes no broker round trip at all. Half the broker's
-/// pool, so the pool answers it at once and refills 8 TAPs (~3 ms of `ip`
-/// each) rather than 16 while the guest runs.
+/// pool, so the pool answers it at once and has half its TAPs left for the
+/// family's other members while it refills.
 pub const FIRST_LEASE: u32 = (POOL / 2) as u32;
 
 pub(crate) struct CloneTaps {
@@ -125,8 +126,9 @@ impl CloneTaps {
     /// Closes the copies of other VMs' TAPs, off the path to the vCPU's
     /// first instruction: every TAP close takes the kernel's RTNL lock
     /// (`tun_detach`), which a family being set up or removed on the host
-    /// holds for its `ip` calls; closing them in the clone hook cost the
-    /// last of 4 clones 55–65 ms in 2 of 5 runs of `bench clone --net`.
+    /// holds while it makes or deletes devices; closing them in the clone
+    /// hook cost the last of 4 clones 55–65 ms in 2 of 5 runs of
+    /// `bench clone --net`.
     pub fn close_stale(&mut self) {
         self.stale.clear();
     }

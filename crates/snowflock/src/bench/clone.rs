@@ -196,13 +196,20 @@ impl Samples {
         };
         let mut out = Vec::new();
         let mut vm = Vm::new(&cfg, image)?;
+        let mut vni = None;
         if net {
             // A new family per run, as `run --net` makes one: its set-up
             // (broker, bridge, TAP pool) is before the clone request.
             let fam = crate::net::start_family(None, None, false, cfg.max_clones)?;
+            vni = Some(fam.spec.vni);
             crate::net::give_family(&mut vm, fam)?;
         }
         let report = vm.run(&mut out)?;
+        // The VM holds the family's broker connection and the root's TAP.
+        drop(vm);
+        if let Some(vni) = vni {
+            wait_until_removed(vni)?;
+        }
         let text = String::from_utf8_lossy(&out);
         if report.outcome.exit_code() != 0 || !text.contains("joined, ok") {
             bail!(
@@ -254,6 +261,24 @@ impl Samples {
             qemu_state_mib: None,
         }
     }
+}
+
+/// Waits until the family's broker has removed its devices (it does so
+/// once the VMs ended): that work (16 pool TAPs, the bridge, each an
+/// unregistration under RTNL) would otherwise fall on the next run, which
+/// is a run without a network.
+fn wait_until_removed(vni: u32) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while sf_vmm::net::links::family_links()?
+        .iter()
+        .any(|l| l.vni == vni)
+    {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("the family's devices (VNI {vni:#x}) are still there 10 s after its VMs ended");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// The rows of `n` clones of `mem_mib`: without a network, and with one
