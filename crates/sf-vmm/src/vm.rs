@@ -495,9 +495,8 @@ impl Vm {
     fn next_exit(&mut self) -> Result<ExitAction, Error> {
         if let Some(request) = self.pending_entry.take() {
             self.first_entry = Some(request.elapsed());
-        } else {
-            self.family_after_entry();
         }
+        self.family_after_entry();
         let view = match self.vcpu.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => VcpuExitView::IoOut { port, data },
             Ok(VcpuExit::IoIn(port, data)) => VcpuExitView::IoIn { port, data },

@@ -30,8 +30,19 @@ pub(crate) struct VmFamily {
     pub placement: Option<Placement>,
     /// The clones' TAPs, shared with the clone hook's provider.
     taps: Arc<Mutex<CloneTaps>>,
-    /// `taps` holds copies to close after the next vCPU entry.
-    stale: bool,
+    /// `taps` holds copies to close once the vCPU has run again: the
+    /// number of vCPU entries until then (see [`crate::Vm::family_after_entry`]).
+    close_stale_in: u8,
+}
+
+/// Entries until stale TAP copies close: this one, then the next, so the
+/// vCPU has run in between.
+fn stale_countdown(taps: &CloneTaps) -> u8 {
+    if taps.has_stale() {
+        2
+    } else {
+        0
+    }
 }
 
 fn word16(m: u32) -> u16 {
@@ -71,7 +82,7 @@ impl crate::Vm {
             vni,
             placement: None,
             taps: taps.clone(),
-            stale: false,
+            close_stale_in: 0,
         });
         self.write_family_word();
         self.set_clone_resources(tap_provider(taps));
@@ -106,7 +117,7 @@ impl crate::Vm {
             vni: net.vni,
             placement: None,
             taps: taps.clone(),
-            stale: false,
+            close_stale_in: 0,
         });
         self.write_family_word();
         self.set_clone_resources(tap_provider(taps));
@@ -161,7 +172,7 @@ impl crate::Vm {
             }
             let mut taps = lock(&f.taps);
             taps.parent_resumes();
-            f.stale = taps.has_stale();
+            f.close_stale_in = stale_countdown(&taps);
         }
         self.write_family_word();
     }
@@ -181,7 +192,7 @@ impl crate::Vm {
             }
             let mut taps = lock(&f.taps);
             taps.become_clone(id);
-            f.stale = taps.has_stale();
+            f.close_stale_in = stale_countdown(&taps);
         }
         self.write_family_word();
     }
@@ -205,13 +216,15 @@ impl crate::Vm {
         })
     }
 
-    /// After the vCPU ran again (a clone's first entry, the parent's
-    /// resume): closes the TAP copies the clone call left (see
-    /// [`CloneTaps::close_stale`]).
+    /// At every vCPU entry: once the vCPU has run after a clone call (the
+    /// clone's first instruction, the parent's resume), closes the TAP
+    /// copies the call left (see [`CloneTaps::close_stale`]).
     pub(crate) fn family_after_entry(&mut self) {
-        if let Some(f) = self.family.as_mut().filter(|f| f.stale) {
-            f.stale = false;
-            lock(&f.taps).close_stale();
+        if let Some(f) = self.family.as_mut().filter(|f| f.close_stale_in > 0) {
+            f.close_stale_in -= 1;
+            if f.close_stale_in == 0 {
+                lock(&f.taps).close_stale();
+            }
         }
     }
 
