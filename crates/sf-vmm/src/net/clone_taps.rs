@@ -7,10 +7,11 @@
 //! other at the broker, which also refills its pool between requests (TAP
 //! creation contends for RTNL with other families' set-up and removal): on
 //! the shared, busy 2-CPU machine, 0.1–1.5 ms per clone with 1 clone and up
-//! to 25 ms with 4. Now the clone hook takes 20–35 µs. Now the parent leases a call's TAPs before it forks (each with
-//! its own broker connection for the clone that will own it) and, once
-//! resumed, asks for the next call's without waiting for the answer (one
-//! write); the answer waits in the socket until the next clone call.
+//! to 25 ms with 4. Now the parent leases a call's TAPs before it forks
+//! (each with its own broker connection for the clone that will own it)
+//! and, once resumed, asks for the next call's without waiting for the
+//! answer (one write); the answer waits in the socket until the next clone
+//! call. The clone hook takes 20–35 µs.
 
 use super::broker::{BrokerClient, Lease, MAX_TAKE, POOL};
 use std::collections::BTreeMap;
@@ -65,21 +66,23 @@ impl CloneTaps {
     }
 
     /// Before the fork: a TAP for each of `ids`, the clones this host
-    /// forks. A failure is only logged: a clone without a TAP here asks
-    /// the broker itself (the old, slower path).
-    pub fn reserve(&mut self, ids: &[u32]) {
-        self.assigned.clear();
+    /// forks; false (logged) when the broker could not give them all,
+    /// and the clone call fails with `Again`. (No clone asks the broker
+    /// itself: it would share the parent's connection, where answers to
+    /// the parent's requests for several TAPs arrive.)
+    pub fn reserve(&mut self, ids: &[u32]) -> bool {
+        // A call that failed after reserving gives its TAPs back.
+        self.ready
+            .extend(std::mem::take(&mut self.assigned).into_values());
         if let Err(e) = self.fill(ids.len()) {
-            tracing::warn!("cannot lease the clones' TAPs ahead: {e}");
+            tracing::warn!("cannot lease the clones' TAPs: {e}");
+            return false;
         }
         for &id in ids {
-            match self.ready.pop() {
-                Some(l) => {
-                    self.assigned.insert(id, l);
-                }
-                None => break,
-            }
+            let lease = self.ready.pop().expect("filled above");
+            self.assigned.insert(id, lease);
         }
+        true
     }
 
     fn fill(&mut self, want: usize) -> io::Result<()> {
@@ -113,6 +116,7 @@ impl CloneTaps {
         self.stale.append(&mut self.ready);
         self.stale
             .extend(std::mem::take(&mut self.assigned).into_values());
+        // Every local clone has one (`reserve`).
         if let Some(l) = mine {
             self.own = Some(l.tap);
             self.broker = l.conn;
@@ -135,11 +139,9 @@ impl CloneTaps {
 
     /// The TAP for this VM's NIC at its clone hook.
     pub fn own_tap(&mut self) -> io::Result<OwnedFd> {
-        if let Some(t) = self.own.take() {
-            return Ok(t);
-        }
-        let mut l = self.broker.take(1)?;
-        Ok(l.pop().expect("take(1) gives one").tap)
+        self.own
+            .take()
+            .ok_or_else(|| io::Error::other("no TAP was leased for this clone"))
     }
 }
 

@@ -145,8 +145,8 @@ impl crate::Vm {
     /// At a clone call: numbers the ticket's clones, and has a TAP in
     /// hand for each of `local_ids` (the clones forked on this host).
     /// `Ok(share)`, perhaps smaller than asked when the block is
-    /// fragmented; `Err` when not even the clones fit (the call fails with
-    /// `Again`).
+    /// fragmented; `Err` when not even the clones fit, or the family's
+    /// broker gave no TAPs (the call fails with `Again`).
     pub(crate) fn family_place(
         &mut self,
         ticket: u32,
@@ -157,9 +157,11 @@ impl crate::Vm {
         let Some(f) = self.family.as_mut() else {
             return Ok(share);
         };
+        if !lock(&f.taps).reserve(local_ids) {
+            return Err(());
+        }
         let p = f.block.place(ticket, granted, share).ok_or(())?;
         f.placement = Some(p);
-        lock(&f.taps).reserve(local_ids);
         Ok(p.share)
     }
 
