@@ -298,6 +298,7 @@ impl<'a> Broker<'a> {
         let name = tap_name(self.spec.vni, self.made);
         self.made += 1;
         let fd = tun::create_tap(&name)?;
+        links::disable_ipv6(&name)?;
         tun::attach_to_bridge(&name, &bridge_name(self.spec.vni), FAMILY_MTU)?;
         Ok(fd)
     }
