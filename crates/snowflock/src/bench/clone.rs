@@ -28,8 +28,8 @@ pub struct CloneBenchArgs {
     #[arg(long)]
     no_qemu: bool,
     /// Also measure each row with a family network (`run --net`: a NIC in
-    /// the parent, a TAP from the family's broker for every clone), right
-    /// after the same row without one.
+    /// the parent, a TAP from the family's broker for every clone), run by
+    /// run alternately with the same row without one.
     #[arg(long)]
     net: bool,
 }
