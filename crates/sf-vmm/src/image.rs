@@ -78,6 +78,14 @@ pub enum ImageError {
     Load(String),
 }
 
+/// Why a VM booted through PVH gets no NIC: a PVH kernel builds its own
+/// page tables and boot data where the direct boot's would be, so mapping
+/// the device window and writing the NIC's boot words would overwrite that
+/// kernel's memory, and nothing would tell it where the device is.
+pub const NIC_NEEDS_DIRECT_BOOT: &str = "a NIC (--net) needs the direct boot; \
+     a PVH kernel builds its own page tables and is told of no device: \
+     boot a guest with a SnowFlock note (--boot direct, or auto)";
+
 /// How the vCPU starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootMode {

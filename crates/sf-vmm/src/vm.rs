@@ -101,7 +101,7 @@ pub struct Vm {
     /// and whatever [`Vm::add_device`] added).
     pub(crate) devices: Devices,
     pub(crate) console: ConsoleSink,
-    mode: BootMode,
+    pub(crate) mode: BootMode,
     pub(crate) timeout: Option<Duration>,
     pub(crate) remote_link: Option<crate::clone::remote::RemoteLink>,
     /// Guest RAM filled on demand from another host (a remote clone).
@@ -496,6 +496,7 @@ impl Vm {
         if let Some(request) = self.pending_entry.take() {
             self.first_entry = Some(request.elapsed());
         }
+        self.family_after_entry();
         let view = match self.vcpu.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => VcpuExitView::IoOut { port, data },
             Ok(VcpuExit::IoIn(port, data)) => VcpuExitView::IoIn { port, data },

@@ -254,6 +254,15 @@ pub fn main(a: RunArgs) -> anyhow::Result<u8> {
         inputs: a.inputs.clone(),
         output,
     };
+    // Refused before any of the family's devices exist (`Vm::add_nic`
+    // refuses it too).
+    if a.net && image.boot_mode(cfg.boot)? == sf_vmm::BootMode::Pvh {
+        return Err(sf_vmm::ImageError::BootMode(
+            sf_vmm::BootMode::Pvh,
+            sf_vmm::image::NIC_NEEDS_DIRECT_BOOT,
+        )
+        .into());
+    }
     // Before this process becomes a subreaper: the family's broker must
     // not end up as its child (see `net::start_family`).
     let family = if a.net {

@@ -156,3 +156,34 @@ fn the_register_dump_shows_all_16_general_purpose_registers() {
         );
     }
 }
+
+/// `--net` needs the direct boot (a PVH kernel builds its own page tables
+/// and is told of no device): refused with one clear error line before any
+/// family device exists, for a foreign PVH kernel (auto picks PVH) and for
+/// a shipped guest booted with `--boot pvh`. Runs on a namespace host,
+/// which is checked for leftovers.
+#[test]
+fn a_nic_is_refused_with_a_pvh_boot() {
+    let c = common::cluster::Cluster::new(1);
+    let dir = tempdir();
+    let mut code = asm32::serial_print(b"OK\n");
+    code.extend(asm32::debug_exit(0));
+    code.extend(asm32::HALT_FOREVER);
+    let kernel = write_file(dir.path(), "kernel.elf", &Elf64::pvh(&code).build());
+    let kernel = kernel.to_str().unwrap();
+    for args in [
+        vec!["run", "--net", kernel],
+        vec!["run", "--net", "--boot", "pvh", "hello"],
+    ] {
+        let mut cmd = c.command(1, snowflock_bin());
+        cmd.args(&args);
+        let r = run_cmd(cmd, std::time::Duration::from_secs(30));
+        r.assert_one_error_line(&["boot mode pvh", "--net", "direct boot"]);
+        let links = std::process::Command::new("ip")
+            .args(["-n", &c.netns(1), "-br", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(!links.contains("sf"), "{args:?} left {links}");
+    }
+}

@@ -145,7 +145,7 @@ impl Vm {
         let share = self.clones.tickets.share(granted);
         // Member numbers for the family network (a fragmented block may
         // lower the share; never raise it).
-        let Ok(share) = self.family_place(ticket, granted, share) else {
+        let Ok(share) = self.family_place(ticket, granted, share, &local_ids) else {
             return err(HcError::Again);
         };
         let mut plan = match (&self.remote_link, by_peer.is_empty()) {

@@ -34,10 +34,19 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 /// within the kernel's 253).
 pub const MAX_TAKE: u32 = 64;
 /// Spare TAPs the broker keeps ready: enough for a 16-clone call without
-/// making one on demand (~3 ms each, an `ip` call).
+/// making one on demand.
 pub const POOL: usize = 16;
+/// The pool a broker starts with: [`POOL`] after the root VM's TAP and its
+/// first lease ([`super::clone_taps::FIRST_LEASE`]) are out, so that no
+/// refill runs while the guest starts: TAP creation contends for CPU and
+/// RTNL with the guest's first clones (see `bench clone --net`).
+pub const START_POOL: usize = POOL + 1 + super::clone_taps::FIRST_LEASE as usize;
 /// A broker nobody connects to within this time removes the family.
 pub const FIRST_CONNECT: Duration = Duration::from_secs(30);
+/// How long a new broker waits for an ending one of the same family to
+/// remove its devices (its pool's TAPs, then the bridge and the VXLAN
+/// device with `ip link del`; under a second in the tests).
+const PREDECESSOR_GONE: Duration = Duration::from_secs(5);
 
 fn socket_name(vni: u32) -> String {
     format!("snowflock-net-{vni:06x}")
@@ -139,13 +148,26 @@ impl BrokerClient {
     /// Takes `n` TAPs, each attached to the family bridge, up and
     /// non-blocking, from the pool.
     pub fn take(&mut self, n: u32) -> io::Result<Vec<Lease>> {
+        self.ask(n)?;
+        self.receive(n)
+    }
+
+    /// Asks for `n` TAPs without waiting: [`BrokerClient::receive`] reads
+    /// the answer later (it waits in the socket meanwhile), so a VMM can
+    /// lease its clones' TAPs ahead of a clone call at the cost of one
+    /// write.
+    pub fn ask(&mut self, n: u32) -> io::Result<()> {
         if n == 0 || n > MAX_TAKE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{n} TAPs asked; one request takes 1..={MAX_TAKE}"),
             ));
         }
-        self.stream.write_all(&n.to_le_bytes())?;
+        self.stream.write_all(&n.to_le_bytes())
+    }
+
+    /// The answer to an [`BrokerClient::ask`] for `n` TAPs.
+    pub fn receive(&mut self, n: u32) -> io::Result<Vec<Lease>> {
         let mut head = [0u8; 4];
         let mut fds = vec![-1 as RawFd; 2 * n as usize];
         let mut iov = [libc::iovec {
@@ -201,6 +223,7 @@ pub fn serve(spec: &FamilySpec, starter: Option<OwnedFd>) -> io::Result<()> {
     let me = links::owner_tag(std::process::id())
         .ok_or_else(|| io::Error::other("cannot read our own /proc/self/stat"))?;
     links::sweep()?;
+    wait_for_predecessor(spec.vni)?;
     // From here the family's devices go when this function ends, however
     // (error, panic, or the end of the family).
     let _devices = FamilyDevices(spec.vni);
@@ -214,6 +237,27 @@ pub fn serve(spec: &FamilySpec, starter: Option<OwnedFd>) -> io::Result<()> {
         return Ok(());
     }
     broker.run(signals, starter)
+}
+
+/// A broker of this family whose last VMM here just ended gives up the
+/// socket name before it has removed its devices (its TAPs close first, one
+/// unregistration each). A member arriving in that window (a remote clone
+/// placed late) starts a new broker, which must wait for them to go rather
+/// than fail on the bridge that still exists: the devices of a live owner
+/// with no broker listening can only be on their way out.
+fn wait_for_predecessor(vni: u32) -> io::Result<()> {
+    let start = Instant::now();
+    while links::family_links()?.iter().any(|l| l.vni == vni) {
+        if start.elapsed() > PREDECESSOR_GONE {
+            return Err(io::Error::other(format!(
+                "the devices of family VNI {vni:#x} are still there {PREDECESSOR_GONE:?} \
+                 after their broker stopped listening; remove them with `snowflock net-sweep` \
+                 once that broker is gone"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Deletes the family's bridge and VXLAN device when dropped.
@@ -243,7 +287,7 @@ impl<'a> Broker<'a> {
             pool: vec![],
             made: 0,
         };
-        while b.pool.len() < POOL {
+        while b.pool.len() < START_POOL {
             let tap = b.make_tap()?;
             b.pool.push(tap);
         }
@@ -254,6 +298,7 @@ impl<'a> Broker<'a> {
         let name = tap_name(self.spec.vni, self.made);
         self.made += 1;
         let fd = tun::create_tap(&name)?;
+        links::disable_ipv6(&name)?;
         tun::attach_to_bridge(&name, &bridge_name(self.spec.vni), FAMILY_MTU)?;
         Ok(fd)
     }
@@ -270,7 +315,7 @@ impl<'a> Broker<'a> {
                 return Err(io::Error::other("nobody connected to the network broker"));
             }
             // Refill the pool when idle, one TAP per turn, so a request
-            // never waits behind more than one `ip` call.
+            // never waits behind more than one TAP creation.
             let idle_ms = if self.pool.len() < POOL { 0 } else { 1000 };
             let mut pfds = vec![
                 pollfd(signals.as_raw_fd()),

@@ -5,6 +5,7 @@
 //! each its identity before its first instruction.
 
 use super::broker::BrokerClient;
+use super::clone_taps::{CloneTaps, FIRST_LEASE};
 use super::members::{MemberBlock, Placement};
 use crate::devices::{DeviceError, ResourceProvider};
 use sf_abi::boot_info::BootInfo;
@@ -13,6 +14,7 @@ use sf_abi::net::{FamilyNet, FamilyWord, NO_MEMBER};
 use sf_api::CloneNet;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
 
 /// The NIC's device id, under which its TAP travels in clone resources.
 const NIC: &str = "net0";
@@ -26,31 +28,44 @@ pub(crate) struct VmFamily {
     pub vni: u32,
     /// The latest clone call's placement, for the clones it forks.
     pub placement: Option<Placement>,
+    /// The clones' TAPs, shared with the clone hook's provider.
+    taps: Arc<Mutex<CloneTaps>>,
+    /// `taps` holds copies to close once the vCPU has run again: the
+    /// number of vCPU entries until then (see [`crate::Vm::family_after_entry`]).
+    close_stale_in: u8,
+}
+
+/// Entries until stale TAP copies close: this one, then the next, so the
+/// vCPU has run in between.
+fn stale_countdown(taps: &CloneTaps) -> u8 {
+    if taps.has_stale() {
+        2
+    } else {
+        0
+    }
 }
 
 fn word16(m: u32) -> u16 {
     u16::try_from(m).unwrap_or(NO_MEMBER)
 }
 
-/// Gives new clones their TAPs: first any handed in (a remote clone's,
-/// leased before its VMM sandboxed itself), then one per clone from the
-/// family's broker (a forked clone shares the connection: each request is
-/// for one TAP, so the answers are interchangeable).
-pub fn tap_provider(mut first: Option<OwnedFd>, mut broker: BrokerClient) -> ResourceProvider {
+/// Gives new clones their TAPs from `taps` (see [`CloneTaps`]).
+fn tap_provider(taps: Arc<Mutex<CloneTaps>>) -> ResourceProvider {
     Box::new(move |_ctx| {
-        let tap = match first.take() {
-            Some(t) => t,
-            None => {
-                let mut l = broker.take(1).map_err(|e| DeviceError::Host {
-                    device: NIC.to_string(),
-                    what: "no TAP from the family's network broker".to_string(),
-                    source: Some(e),
-                })?;
-                l.pop().expect("take(1) gives one").tap
-            }
-        };
+        let tap = lock(&taps).own_tap().map_err(|e| DeviceError::Host {
+            device: NIC.to_string(),
+            what: "no TAP from the family's network broker".to_string(),
+            source: Some(e),
+        })?;
         Ok(BTreeMap::from([(NIC.to_string(), vec![tap])]))
     })
+}
+
+/// The VMM's vCPU thread is the only one that touches the TAPs (the mutex
+/// only makes them shareable with the clone hook), so a poisoned lock can
+/// only come from a panic on that same thread: its state is still whole.
+fn lock(taps: &Mutex<CloneTaps>) -> std::sync::MutexGuard<'_, CloneTaps> {
+    taps.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl crate::Vm {
@@ -58,14 +73,19 @@ impl crate::Vm {
     /// family `family`, whose clones get TAPs from `broker`.
     pub fn join_family_as_root(&mut self, family: FamilyNet, vni: u32, broker: BrokerClient) {
         let budget = self.clones.tickets.budget();
+        let mut taps = CloneTaps::new(broker, None);
+        taps.lease_ahead(budget.min(FIRST_LEASE));
+        let taps = Arc::new(Mutex::new(taps));
         self.family = Some(VmFamily {
             block: MemberBlock::root(budget),
             word: FamilyWord::root(family),
             vni,
             placement: None,
+            taps: taps.clone(),
+            close_stale_in: 0,
         });
         self.write_family_word();
-        self.set_clone_resources(tap_provider(None, broker));
+        self.set_clone_resources(tap_provider(taps));
     }
 
     /// A remote clone's place, from its (checked) request; `index` is its
@@ -85,6 +105,7 @@ impl crate::Vm {
         let budget = self.clones.tickets.budget();
         // Siblings: clone k is base + k - 1, so base follows from any one.
         let base = (member + 1).checked_sub(id).map_or(NO_MEMBER, word16);
+        let taps = Arc::new(Mutex::new(CloneTaps::new(broker, Some(tap))));
         self.family = Some(VmFamily {
             block: MemberBlock::new(member, first, budget),
             word: FamilyWord {
@@ -95,9 +116,11 @@ impl crate::Vm {
             },
             vni: net.vni,
             placement: None,
+            taps: taps.clone(),
+            close_stale_in: 0,
         });
         self.write_family_word();
-        self.set_clone_resources(tap_provider(Some(tap), broker));
+        self.set_clone_resources(tap_provider(taps));
     }
 
     pub(crate) fn family_member(&self) -> Option<u32> {
@@ -119,18 +142,24 @@ impl crate::Vm {
         }
     }
 
-    /// At a clone call: numbers the ticket's clones. `Ok(share)`, perhaps
-    /// smaller than asked when the block is fragmented; `Err` when not
-    /// even the clones fit (the call fails with `Again`).
+    /// At a clone call: numbers the ticket's clones, and has a TAP in
+    /// hand for each of `local_ids` (the clones forked on this host).
+    /// `Ok(share)`, perhaps smaller than asked when the block is
+    /// fragmented; `Err` when not even the clones fit, or the family's
+    /// broker gave no TAPs (the call fails with `Again`).
     pub(crate) fn family_place(
         &mut self,
         ticket: u32,
         granted: u32,
         share: u32,
+        local_ids: &[u32],
     ) -> Result<u32, ()> {
         let Some(f) = self.family.as_mut() else {
             return Ok(share);
         };
+        if !lock(&f.taps).reserve(local_ids) {
+            return Err(());
+        }
         let p = f.block.place(ticket, granted, share).ok_or(())?;
         f.placement = Some(p);
         Ok(p.share)
@@ -143,6 +172,9 @@ impl crate::Vm {
             if let Some(p) = f.placement.take() {
                 f.word.children_base = word16(p.base);
             }
+            let mut taps = lock(&f.taps);
+            taps.parent_resumes();
+            f.close_stale_in = stale_countdown(&taps);
         }
         self.write_family_word();
     }
@@ -160,6 +192,9 @@ impl crate::Vm {
                     children_base: NO_MEMBER,
                 };
             }
+            let mut taps = lock(&f.taps);
+            taps.become_clone(id);
+            f.close_stale_in = stale_countdown(&taps);
         }
         self.write_family_word();
     }
@@ -181,6 +216,18 @@ impl crate::Vm {
                 })
                 .collect(),
         })
+    }
+
+    /// At every vCPU entry: once the vCPU has run after a clone call (the
+    /// clone's first instruction, the parent's resume), closes the TAP
+    /// copies the call left (see [`CloneTaps::close_stale`]).
+    pub(crate) fn family_after_entry(&mut self) {
+        if let Some(f) = self.family.as_mut().filter(|f| f.close_stale_in > 0) {
+            f.close_stale_in -= 1;
+            if f.close_stale_in == 0 {
+                lock(&f.taps).close_stale();
+            }
+        }
     }
 
     /// A ticket is released: its clones' numbers are free again.

@@ -30,6 +30,13 @@ pub fn ip(args: &[&str]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Turns IPv6 off on a family device before it comes up: the host takes no
+/// part in the segment, and a port with IPv6 sends its own address
+/// discovery and multicast reports over the bridge.
+pub fn disable_ipv6(dev: &str) -> io::Result<()> {
+    write_sysctl(&format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1")
+}
+
 fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
     std::fs::write(path, value)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {value} to {path}: {e}")))
@@ -74,7 +81,7 @@ fn create_inner(spec: &FamilySpec, owner: &str) -> io::Result<()> {
     // The host takes no part in the segment unless allowed: no IPv6
     // link-local address, and nothing that arrives on the bridge is routed
     // anywhere (per-interface IPv4 forwarding is checked on input).
-    write_sysctl(&format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "1")?;
+    disable_ipv6(&br)?;
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{br}/forwarding"), "0")?;
     if spec.host_access {
         let host = Ipv4Addr::from(spec.family.host_ip());

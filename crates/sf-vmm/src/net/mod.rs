@@ -18,6 +18,7 @@
 //! `sfx<vni:06x>`, TAP `sft<vni:06x>.<n>`.
 
 pub mod broker;
+pub mod clone_taps;
 pub mod endpoint;
 pub mod family;
 pub mod links;

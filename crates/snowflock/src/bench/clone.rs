@@ -27,12 +27,19 @@ pub struct CloneBenchArgs {
     /// Skip the QEMU snapshot/restore comparison.
     #[arg(long)]
     no_qemu: bool,
+    /// Also measure each row with a family network (`run --net`: a NIC in
+    /// the parent, a TAP from the family's broker for every clone), run by
+    /// run alternately with the same row without one.
+    #[arg(long)]
+    net: bool,
 }
 
 #[derive(Serialize, Clone, Debug)]
 pub struct Row {
     pub mem_mib: u64,
     pub clones: u32,
+    /// With a family network: every VM has a NIC, every clone its own TAP.
+    pub net: bool,
     pub runs: usize,
     /// Clone request to the parent's vCPU running again.
     pub parent_resumed_ms_median: f64,
@@ -160,24 +167,53 @@ fn fork_floor(mem_mib: u64, n: u32, runs: usize) -> anyhow::Result<(f64, f64)> {
     Ok((median(&one), median(&many)))
 }
 
-fn clone_runs(image: &GuestImage, mem_mib: u64, n: u32, runs: usize) -> anyhow::Result<Row> {
-    let cfg = VmConfig {
-        mem_size: mem_mib << 20,
-        cmdline: format!("touch n={n}"),
-        max_clones: n.max(sf_vmm::default_max_clones()),
-        timeout: Some(Duration::from_secs(120)),
-        ..Default::default()
-    };
-    let (mut resumed, mut first, mut last, mut private) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut descriptor_bytes = 0;
-    for _ in 0..runs {
+/// One row's measurements, gathered run by run.
+#[derive(Default)]
+struct Samples {
+    resumed: Vec<f64>,
+    first: Vec<f64>,
+    last: Vec<f64>,
+    private: Vec<f64>,
+    descriptor_bytes: usize,
+}
+
+impl Samples {
+    /// Boots the touch guest, which clones `n` times and joins; records
+    /// the clone call's timeline.
+    fn run_once(
+        &mut self,
+        image: &GuestImage,
+        mem_mib: u64,
+        n: u32,
+        net: bool,
+    ) -> anyhow::Result<()> {
+        let cfg = VmConfig {
+            mem_size: mem_mib << 20,
+            cmdline: format!("touch n={n}"),
+            max_clones: n.max(sf_vmm::default_max_clones()),
+            timeout: Some(Duration::from_secs(120)),
+            ..Default::default()
+        };
         let mut out = Vec::new();
-        let report = Vm::new(&cfg, image)?.run(&mut out)?;
+        let mut vm = Vm::new(&cfg, image)?;
+        let mut vni = None;
+        if net {
+            // A new family per run, as `run --net` makes one: its set-up
+            // (broker, bridge, TAP pool) is before the clone request.
+            let fam = crate::net::start_family(None, None, false, cfg.max_clones)?;
+            vni = Some(fam.spec.vni);
+            crate::net::give_family(&mut vm, fam)?;
+        }
+        let report = vm.run(&mut out)?;
+        // The VM holds the family's broker connection and the root's TAP.
+        drop(vm);
+        if let Some(vni) = vni {
+            wait_until_removed(vni)?;
+        }
         let text = String::from_utf8_lossy(&out);
         if report.outcome.exit_code() != 0 || !text.contains("joined, ok") {
             bail!(
-                "the touch guest failed at {mem_mib} MiB x {n}: {} / {text}",
+                "the touch guest failed at {mem_mib} MiB x {n} (net: {net}): {} / {text}",
                 report.outcome
             );
         }
@@ -193,33 +229,81 @@ fn clone_runs(image: &GuestImage, mem_mib: u64, n: u32, runs: usize) -> anyhow::
             .iter()
             .filter_map(|c| c.first_entry.map(ms))
             .collect();
-        resumed.push(ms(t.request_to_resumed));
-        first.push(firsts.iter().copied().fold(f64::INFINITY, f64::min));
-        last.push(firsts.iter().copied().fold(0.0, f64::max));
-        private.extend(
+        self.resumed.push(ms(t.request_to_resumed));
+        self.first
+            .push(firsts.iter().copied().fold(f64::INFINITY, f64::min));
+        self.last.push(firsts.iter().copied().fold(0.0, f64::max));
+        self.private.extend(
             t.clones
                 .iter()
                 .map(|c| c.private_bytes as f64 / (1 << 20) as f64),
         );
-        descriptor_bytes = t.descriptor_bytes;
+        self.descriptor_bytes = t.descriptor_bytes;
+        Ok(())
     }
-    let (floor, floor_n) = fork_floor(mem_mib, n, runs)?;
-    let last_median = median(&last);
-    Ok(Row {
-        mem_mib,
-        clones: n,
-        runs,
-        parent_resumed_ms_median: median(&resumed),
-        first_clone_first_instr_ms_median: median(&first),
-        clone_first_instr_ms_median: last_median,
-        descriptor_bytes,
-        extra_rss_per_clone_mib_median: median(&private),
-        fork_floor_ms_median: floor,
-        fork_floor_n_ms_median: floor_n,
-        ratio_vs_floor: last_median / (n as f64 * floor),
-        qemu_restore_ms_median: None,
-        qemu_state_mib: None,
-    })
+
+    fn row(&self, mem_mib: u64, n: u32, net: bool, floor: (f64, f64)) -> Row {
+        let last_median = median(&self.last);
+        Row {
+            mem_mib,
+            clones: n,
+            net,
+            runs: self.last.len(),
+            parent_resumed_ms_median: median(&self.resumed),
+            first_clone_first_instr_ms_median: median(&self.first),
+            clone_first_instr_ms_median: last_median,
+            descriptor_bytes: self.descriptor_bytes,
+            extra_rss_per_clone_mib_median: median(&self.private),
+            fork_floor_ms_median: floor.0,
+            fork_floor_n_ms_median: floor.1,
+            ratio_vs_floor: last_median / (n as f64 * floor.0),
+            qemu_restore_ms_median: None,
+            qemu_state_mib: None,
+        }
+    }
+}
+
+/// Waits until the family's broker has removed its devices (it does so
+/// once the VMs ended): that work (16 pool TAPs, the bridge, each an
+/// unregistration under RTNL) would otherwise fall on the next run, which
+/// is a run without a network.
+fn wait_until_removed(vni: u32) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while sf_vmm::net::links::family_links()?
+        .iter()
+        .any(|l| l.vni == vni)
+    {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("the family's devices (VNI {vni:#x}) are still there 10 s after its VMs ended");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The rows of `n` clones of `mem_mib`: without a network, and with one
+/// when `net`. The two alternate run by run, so that a busy spell on the
+/// (shared, noisy) machine falls on both alike.
+fn clone_rows(
+    image: &GuestImage,
+    mem_mib: u64,
+    n: u32,
+    runs: usize,
+    net: bool,
+) -> anyhow::Result<Vec<Row>> {
+    let (mut plain, mut with_net) = (Samples::default(), Samples::default());
+    for _ in 0..runs {
+        plain.run_once(image, mem_mib, n, false)?;
+        if net {
+            with_net.run_once(image, mem_mib, n, true)?;
+        }
+    }
+    let floor = fork_floor(mem_mib, n, runs)?;
+    let mut rows = vec![plain.row(mem_mib, n, false, floor)];
+    if net {
+        rows.push(with_net.row(mem_mib, n, true, floor));
+    }
+    Ok(rows)
 }
 
 pub fn main(a: CloneBenchArgs) -> anyhow::Result<u8> {
@@ -260,14 +344,20 @@ pub fn main(a: CloneBenchArgs) -> anyhow::Result<u8> {
         };
         for &n in &a.clones {
             let t = std::time::Instant::now();
-            let mut row = clone_runs(&image, mem, n, a.runs)?;
-            row.qemu_restore_ms_median = qemu_restore.map(|q| q.0);
-            row.qemu_state_mib = qemu_restore.map(|q| q.1);
+            for mut row in clone_rows(&image, mem, n, a.runs, a.net)? {
+                row.qemu_restore_ms_median = qemu_restore.map(|q| q.0);
+                row.qemu_state_mib = qemu_restore.map(|q| q.1);
+                rows.push(row);
+            }
             eprintln!(
-                "  {mem:>5} MiB x {n:>2} clones: done in {:.1} s",
+                "  {mem:>5} MiB x {n:>2} clones{}: done in {:.1} s",
+                if a.net {
+                    ", with and without --net"
+                } else {
+                    ""
+                },
                 t.elapsed().as_secs_f64()
             );
-            rows.push(row);
         }
     }
     print_table(&rows);
@@ -291,9 +381,10 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("clone benchmark: medians; times from the clone request, ms");
     println!(
-        "{:>7} {:>6} {:>9} {:>11} {:>11} {:>10} {:>12} {:>8} {:>9} {:>8} {:>12}",
+        "{:>7} {:>6} {:>4} {:>9} {:>11} {:>11} {:>10} {:>12} {:>8} {:>9} {:>8} {:>12} {:>8}",
         "mem MiB",
         "clones",
+        "net",
         "resumed",
         "1st clone",
         "last clone",
@@ -302,13 +393,15 @@ fn print_table(rows: &[Row]) {
         "ratio",
         "desc B",
         "MiB/clone",
-        "QEMU restore"
+        "QEMU restore",
+        "/no-net"
     );
     for r in rows {
         println!(
-            "{:>7} {:>6} {:>9.3} {:>11.3} {:>11.3} {:>10.3} {:>12.3} {:>8.2} {:>9} {:>8.2} {:>12}",
+            "{:>7} {:>6} {:>4} {:>9.3} {:>11.3} {:>11.3} {:>10.3} {:>12.3} {:>8.2} {:>9} {:>8.2} {:>12} {:>8}",
             r.mem_mib,
             r.clones,
+            if r.net { "yes" } else { "no" },
             r.parent_resumed_ms_median,
             r.first_clone_first_instr_ms_median,
             r.clone_first_instr_ms_median,
@@ -318,11 +411,24 @@ fn print_table(rows: &[Row]) {
             r.descriptor_bytes,
             r.extra_rss_per_clone_mib_median,
             r.qemu_restore_ms_median
-                .map_or("-".into(), |q| format!("{q:.1}"))
+                .map_or("-".into(), |q| format!("{q:.1}")),
+            net_ratio(rows, r).map_or("-".into(), |q| format!("{q:.2}"))
         );
     }
     println!("ratio = last clone's first instruction / (clones x fork floor); the goal is <= 1.5 at 1 clone, <= 2 at 32");
+    if rows.iter().any(|r| r.net) {
+        println!("/no-net = last clone's first instruction with a family network / the same row without, same run; the goal is <= 1.2");
+    }
     println!("QEMU restore = one QEMU process restoring the same guest (all memory touched) from its saved state to running");
+}
+
+/// A `--net` row's clone latency against the same row without a network.
+fn net_ratio(rows: &[Row], r: &Row) -> Option<f64> {
+    let plain = rows
+        .iter()
+        .find(|p| !p.net && p.mem_mib == r.mem_mib && p.clones == r.clones)?;
+    r.net
+        .then(|| r.clone_first_instr_ms_median / plain.clone_first_instr_ms_median)
 }
 
 fn chart(rows: &[Row]) -> super::plot::Chart {
@@ -339,17 +445,26 @@ fn chart(rows: &[Row]) -> super::plot::Chart {
     let mut mems: Vec<u64> = rows.iter().map(|r| r.mem_mib).collect();
     mems.dedup();
     for (i, m) in mems.iter().enumerate() {
-        let pts = |f: &dyn Fn(&Row) -> f64| {
+        let pts_of = |net: bool, f: &dyn Fn(&Row) -> f64| {
             rows.iter()
-                .filter(|r| r.mem_mib == *m)
+                .filter(|r| r.mem_mib == *m && r.net == net)
                 .map(|r| (r.clones as f64, f(r)))
-                .collect()
+                .collect::<Vec<_>>()
         };
+        let pts = |f: &dyn Fn(&Row) -> f64| pts_of(false, f);
         series.push(Series {
             name: format!("clones {m}M"),
             rgb: colors[(2 * i) % colors.len()],
             points: pts(&|r| r.clone_first_instr_ms_median),
         });
+        let with_net = pts_of(true, &|r| r.clone_first_instr_ms_median);
+        if !with_net.is_empty() {
+            series.push(Series {
+                name: format!("clones+net {m}M"),
+                rgb: colors[(2 * i + 4) % colors.len()],
+                points: with_net,
+            });
+        }
         series.push(Series {
             name: format!("N*fork {m}M"),
             rgb: colors[(2 * i + 1) % colors.len()],

@@ -43,6 +43,29 @@ pub struct Hosts {
     pub cluster: Cluster,
     pub daemons: Vec<Child>,
     pub dir: tempfile::TempDir,
+    /// The daemons' extra options, for a restart.
+    extra: Vec<String>,
+}
+
+/// Host `i`'s daemon of `k` hosts (`cluster.hosts()`), peers of the others.
+fn daemon_command(cluster: &Cluster, dir: &Path, i: usize, extra: &[&str]) -> Command {
+    let mut cmd = cluster.command(i, snowflockd_bin());
+    cmd.arg("--socket").arg(dir.join(format!("h{i}.sock")));
+    cmd.arg("--listen")
+        .arg(format!("{}:{PORT}", cluster.addr(i)));
+    cmd.arg("--state-dir").arg(dir.join(format!("h{i}")));
+    cmd.arg("--snowflock").arg(snowflock_bin());
+    for j in (1..=cluster.hosts()).filter(|&j| j != i) {
+        cmd.arg("--peer").arg(format!("{}:{PORT}", cluster.addr(j)));
+    }
+    if !extra.contains(&"--insecure-no-tls") {
+        let p = sf_tls::generate::host_paths(&dir.join("tls"), &format!("h{i}"));
+        cmd.arg("--tls-ca").arg(p.ca);
+        cmd.arg("--tls-cert").arg(p.cert);
+        cmd.arg("--tls-key").arg(p.key);
+    }
+    cmd.args(extra);
+    cmd
 }
 
 impl Hosts {
@@ -68,23 +91,7 @@ impl Hosts {
         cluster_init(&dir.path().join("tls"), &cluster, 1..=k);
         let mut daemons = Vec::new();
         for i in 1..=k {
-            let mut cmd = cluster.command(i, snowflockd_bin());
-            cmd.arg("--socket")
-                .arg(dir.path().join(format!("h{i}.sock")));
-            cmd.arg("--listen")
-                .arg(format!("{}:{PORT}", cluster.addr(i)));
-            cmd.arg("--state-dir").arg(dir.path().join(format!("h{i}")));
-            cmd.arg("--snowflock").arg(snowflock_bin());
-            for j in (1..=k).filter(|&j| j != i) {
-                cmd.arg("--peer").arg(format!("{}:{PORT}", cluster.addr(j)));
-            }
-            if !extra.contains(&"--insecure-no-tls") {
-                let p = sf_tls::generate::host_paths(&dir.path().join("tls"), &format!("h{i}"));
-                cmd.arg("--tls-ca").arg(p.ca);
-                cmd.arg("--tls-cert").arg(p.cert);
-                cmd.arg("--tls-key").arg(p.key);
-            }
-            cmd.args(extra);
+            let mut cmd = daemon_command(&cluster, dir.path(), i, extra);
             cmd.envs(env(i));
             let log = std::fs::File::create(dir.path().join(format!("h{i}.daemon.log"))).unwrap();
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
@@ -94,19 +101,67 @@ impl Hosts {
             cluster,
             daemons,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 1..=k {
-            let until = Instant::now() + Duration::from_secs(10);
-            while hosts.client(i).get::<sf_api::Health>("/v1/health").is_err() {
-                assert!(
-                    Instant::now() < until,
-                    "daemon {i} did not come up:\n{}",
-                    hosts.daemon_log(i)
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            hosts.wait_until_up(i);
         }
         hosts
+    }
+
+    fn wait_until_up(&self, i: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.client(i).get::<sf_api::Health>("/v1/health").is_err() {
+            assert!(
+                Instant::now() < until,
+                "daemon {i} did not come up:\n{}",
+                self.daemon_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Host `i` dies: its daemon and every process in its namespace are
+    /// SIGKILLed, until none is left. Unlike a crashed machine, the
+    /// namespace keeps its links (what the dead brokers made).
+    pub fn kill_host(&mut self, i: usize) {
+        let _ = self.daemons[i - 1].kill();
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "pids", &self.cluster.netns(i)])
+                .output()
+                .expect("run ip netns pids");
+            let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < until, "host {i} keeps processes {pids:?}");
+            for pid in pids {
+                // SAFETY: kill(2) on a process of the test's own host namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.daemons[i - 1].wait();
+    }
+
+    /// Starts host `i`'s daemon again (after [`Hosts::kill_host`]), with
+    /// the same options (not the start's environment); its log goes on
+    /// in the same file.
+    pub fn restart_daemon(&mut self, i: usize) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let mut cmd = daemon_command(&self.cluster, self.dir.path(), i, &extra);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join(format!("h{i}.daemon.log")))
+            .unwrap();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.daemons[i - 1] = cmd.spawn().expect("restart snowflockd");
+        self.wait_until_up(i);
     }
 
     pub fn socket(&self, i: usize) -> PathBuf {

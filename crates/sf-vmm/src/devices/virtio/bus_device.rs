@@ -138,6 +138,13 @@ impl crate::Vm {
     /// its rings and buffers, are). Guest RAM must end at or below
     /// `MMIO_BASE`.
     pub fn add_nic(&mut self, nic: NicConfig) -> Result<(), crate::Error> {
+        if self.mode == crate::BootMode::Pvh {
+            return Err(crate::ImageError::BootMode(
+                crate::BootMode::Pvh,
+                crate::image::NIC_NEEDS_DIRECT_BOOT,
+            )
+            .into());
+        }
         let mem = self.ram.size();
         let bad = |what: String| crate::Error::Device(host_error(what, None));
         if mem > layout::MMIO_BASE {
