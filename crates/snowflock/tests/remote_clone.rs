@@ -345,6 +345,7 @@ fn bench_remote_writes_the_documented_keys() {
             "lockstep_predicted_chunks",
             "unicast_private_pages",
             "holder_multicast_datagrams",
+            "holder_unicast_fallbacks",
         ] {
             assert!(
                 row[key].as_f64().is_some_and(|x| x >= 0.0),

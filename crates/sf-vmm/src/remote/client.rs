@@ -34,8 +34,9 @@ pub struct Batch {
     pub map: PageMap,
     pub bytes_received: usize,
     /// Lockstep: the server sent the data pages of `map` (which may cover
-    /// only the first pages asked for) to the group's multicast instead.
-    pub pushed: bool,
+    /// only the first pages asked for) to the group's multicast instead,
+    /// in datagrams numbered below this (the answer's `seq_end`).
+    pub pushed: Option<u64>,
 }
 
 /// Reads from a stream, failing with `TimedOut` once `deadline` passes,
@@ -151,17 +152,17 @@ impl PageClient {
             (Response::Pages(map), bytes_received) => Ok(Batch {
                 map,
                 bytes_received,
-                pushed: false,
+                pushed: None,
             }),
-            (Response::Pushed(map), bytes_received) if !unicast => {
+            (Response::Pushed { map, seq_end }, bytes_received) if !unicast => {
                 data.clear();
                 Ok(Batch {
                     map,
                     bytes_received,
-                    pushed: true,
+                    pushed: Some(seq_end),
                 })
             }
-            (Response::Pushed(_), _) => {
+            (Response::Pushed { .. }, _) => {
                 Err(self.wire_error(&what(), protocol::ProtocolError::BadStatus(2).into()))
             }
             (Response::Refused(reason), _) => Err(RemoteError::RequestRefused {

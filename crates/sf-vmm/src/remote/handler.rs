@@ -554,8 +554,9 @@ impl Handler {
             pages: count as u32,
         };
         let batch = self.request(req, false)?;
-        if batch.pushed {
-            return self.await_pushed(first, batch.map, batch.bytes_received, write_fault);
+        if let Some(seq_end) = batch.pushed {
+            let bytes = batch.bytes_received;
+            return self.await_pushed(first, batch.map, seq_end, bytes, write_fault);
         }
         self.install_batch(first, count, batch, write_fault)
     }

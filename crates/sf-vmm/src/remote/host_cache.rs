@@ -266,6 +266,12 @@ impl CacheWriter {
         self.control.word(w as u64).store(value, Relaxed);
     }
 
+    /// Publishes [`Word::Seen`] after the runs it covers: a clone that
+    /// reads it ([`CacheView::seen`]) then finds those runs in the ring.
+    pub fn set_seen(&self, value: u64) {
+        self.control.word(Word::Seen as u64).store(value, Release);
+    }
+
     pub fn get(&self, w: Word) -> u64 {
         self.control.word(w as u64).load(Relaxed)
     }
@@ -353,6 +359,12 @@ impl CacheView {
 
     pub fn get(&self, w: Word) -> u64 {
         self.control.word(w as u64).load(Relaxed)
+    }
+
+    /// [`Word::Seen`]: the receiver has read every datagram of the group
+    /// numbered below it (or lost it), and published their pages.
+    pub fn seen(&self) -> u64 {
+        self.control.word(Word::Seen as u64).load(Acquire)
     }
 
     /// The runs published since the last call.

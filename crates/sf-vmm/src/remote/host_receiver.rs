@@ -485,22 +485,27 @@ impl Service {
         self.publish(run.take());
     }
 
-    /// Publishes the run being gathered, if any, and wakes the clients;
-    /// the counters in any case (a clone waiting for pushed pages waits
-    /// longer while `Received` grows: see `wait_for_pushes`).
+    /// Publishes the run being gathered, if any, then the counters, and
+    /// wakes the clients. `Seen` goes last: a clone waiting for pushed
+    /// pages up to the answer's `seq_end` (see `wait_for_pushes`) trusts
+    /// that every page numbered below it is in the ring by then.
     fn publish(&mut self, run: Option<(u64, u64)>) {
+        if let Some((first, n)) = run {
+            self.cache.publish(first, n);
+        }
         let c = &self.cache;
         c.set(Word::Received, self.rx.received);
         c.set(Word::Opened, self.rx.taken());
         c.set(Word::Forged, self.rx.dropped);
         c.set(Word::Stale, self.stale);
         c.set(Word::Lost, self.rx.lost());
-        c.set(Word::Seen, self.rx.seen());
         c.set(Word::Backlog, self.rx.backlog_bytes());
-        let Some((first, n)) = run else {
+        c.set_seen(self.rx.seen());
+        // Clients wake for new pages only: a clone waiting on `Seen` alone
+        // (its pages lost) looks again at its next timeout.
+        if run.is_none() {
             return;
-        };
-        self.cache.publish(first, n);
+        }
         for client in &self.clients {
             let _ = client.events.write(1);
         }

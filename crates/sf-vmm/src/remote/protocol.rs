@@ -19,14 +19,16 @@
 //!                   status 1: refused with `reason`; nothing follows, the connection stays open
 //!                   status 2: pushed: the first `pages` (1..=asked) pages go to the clone
 //!                             group's multicast instead (lockstep); the page map follows,
-//!                             no data: clear bits are zero pages, set bits come as datagrams
+//!                             no data: clear bits are zero pages, set bits come as datagrams;
+//!                             then seq_end u64: datagrams the holder had sent to the group
+//!                             when it answered (the pages' sequence numbers are below it)
 //! ```
 //!
 //! A request must be page-aligned, 1..=[`MAX_BATCH_PAGES`] pages, and inside
 //! the served region. Every `decode` accepts any bytes without panicking.
 //!
-//! Version 2 added the pushed answer, the unicast flag and the report
-//! frame. A version 1 peer would read a pushed answer as a bad status and
+//! Version 2 added the pushed answer (with its `seq_end`), the unicast
+//! flag and the report frame. A version 1 peer would read a pushed answer as a bad status and
 //! send its reports as requests, so the two refuse each other at the hello
 //! ([`RefuseReason::UnsupportedVersion`]) instead.
 
@@ -45,6 +47,8 @@ pub const REQUEST_LEN: usize = 12;
 pub const RESPONSE_HEADER_LEN: usize = 16;
 /// Largest page map (for [`MAX_BATCH_PAGES`]).
 pub const MAX_PAGE_MAP_LEN: usize = MAX_BATCH_PAGES as usize / 8;
+/// What follows a pushed answer's page map: its `seq_end` (u64).
+pub const PUSHED_TRAILER_LEN: usize = 8;
 
 const STATUS_OK: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
@@ -387,8 +391,12 @@ pub enum Response {
     Pages(PageMap),
     Refused(RefuseReason),
     /// The first `map.pages()` pages come by multicast (set bits) or are
-    /// zero pages (clear bits).
-    Pushed(PageMap),
+    /// zero pages (clear bits), in datagrams numbered below `seq_end`
+    /// unless another connection's push of them was still going out.
+    Pushed {
+        map: PageMap,
+        seq_end: u64,
+    },
 }
 
 /// Reading a frame failed: the transport, or the peer broke the protocol.
@@ -457,8 +465,11 @@ pub fn read_response(
         }
         STATUS_PUSHED if pages <= MAX_BATCH_PAGES => {
             let map = PageMap::read_from(r, pages)?;
-            let total = RESPONSE_HEADER_LEN + page_map_len(pages);
-            Ok((Response::Pushed(map), total))
+            let mut seq_end = [0u8; PUSHED_TRAILER_LEN];
+            r.read_exact(&mut seq_end)?;
+            let total = RESPONSE_HEADER_LEN + page_map_len(pages) + PUSHED_TRAILER_LEN;
+            let seq_end = u64::from_le_bytes(seq_end);
+            Ok((Response::Pushed { map, seq_end }, total))
         }
         // Only a caller that asked for too much gets here: refuse to
         // buffer it rather than trust the count.
@@ -488,9 +499,15 @@ pub fn page_map(region: &[u8], start: usize, pages: u32) -> PageMap {
 }
 
 /// Answers the first `map.pages()` pages of a checked request at `offset`
-/// with "pushed": header and page map, no data. Returns the bytes sent.
-pub fn write_pushed(w: &mut impl Write, offset: u64, map: &PageMap) -> io::Result<usize> {
-    let mut b = Vec::with_capacity(RESPONSE_HEADER_LEN + MAX_PAGE_MAP_LEN);
+/// with "pushed": header, page map and `seq_end` (the datagrams sent to the
+/// group so far), no data. Returns the bytes sent.
+pub fn write_pushed(
+    w: &mut impl Write,
+    offset: u64,
+    map: &PageMap,
+    seq_end: u64,
+) -> io::Result<usize> {
+    let mut b = Vec::with_capacity(RESPONSE_HEADER_LEN + MAX_PAGE_MAP_LEN + PUSHED_TRAILER_LEN);
     let req = Request {
         offset,
         pages: map.pages(),
@@ -498,6 +515,7 @@ pub fn write_pushed(w: &mut impl Write, offset: u64, map: &PageMap) -> io::Resul
     b.extend_from_slice(&encode_response_header(&req, None));
     b[0] = STATUS_PUSHED;
     b.extend_from_slice(map.as_bytes());
+    b.extend_from_slice(&seq_end.to_le_bytes());
     w.write_all(&b)?;
     Ok(b.len())
 }
@@ -659,17 +677,25 @@ mod tests {
         for n in 1..=4 {
             let map = page_map(&region, req.offset as usize, n);
             let mut wire = Vec::new();
-            let sent = write_pushed(&mut wire, req.offset, &map).unwrap();
+            let seq_end = 0x0123_4567_89ab_cdef + u64::from(n);
+            let sent = write_pushed(&mut wire, req.offset, &map, seq_end).unwrap();
             assert_eq!(sent, wire.len());
             let mut data = vec![1u8; 9];
             let (resp, read) = read_response(&mut &wire[..], &req, &mut data).unwrap();
-            assert_eq!((resp, read), (Response::Pushed(map), wire.len()));
+            assert_eq!(
+                (resp, read),
+                (Response::Pushed { map, seq_end }, wire.len())
+            );
+            // A pushed answer cut short before its seq_end is an error,
+            // not a guess.
+            let cut = &wire[..wire.len() - 1];
+            assert!(read_response(&mut &cut[..], &req, &mut data).is_err());
         }
         // More pages than asked for, or another offset: refused.
         for (offset, pages) in [(req.offset, 5), (0, 2)] {
             let map = page_map(&region, offset as usize, pages);
             let mut wire = Vec::new();
-            write_pushed(&mut wire, offset, &map).unwrap();
+            write_pushed(&mut wire, offset, &map, 7).unwrap();
             let got = read_response(&mut &wire[..], &req, &mut Vec::new());
             assert!(got.is_err(), "{offset} {pages}");
         }

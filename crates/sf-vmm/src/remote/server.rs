@@ -476,7 +476,11 @@ impl PageServer {
                             self.push_once(m, ls, &req, now);
                         }
                         let map = protocol::page_map(region, req.offset as usize, req.pages);
-                        let sent = protocol::write_pushed(&mut s, req.offset, &map)?;
+                        // Every push of these pages this connection made
+                        // is numbered below `seq_end`: the clone waits for
+                        // its host to read that far, not for a timer.
+                        let seq_end = m.datagrams();
+                        let sent = protocol::write_pushed(&mut s, req.offset, &map, seq_end)?;
                         lossy.pushed();
                         counters.pushed_answers.fetch_add(1, Relaxed);
                         counters.bytes_sent.fetch_add(sent as u64, Relaxed);

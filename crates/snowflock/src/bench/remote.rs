@@ -114,6 +114,10 @@ pub struct Row {
     pub lockstep_predicted_chunks: f64,
     pub unicast_private_pages: f64,
     pub holder_multicast_datagrams: f64,
+    /// Requests re-asked by unicast after a pushed answer (the holder's
+    /// count): a connection with 8 or more, over a quarter of its pushed
+    /// answers, is served by TCP alone from then on.
+    pub holder_unicast_fallbacks: f64,
     /// Pushed pages that were already there when they came (same sum).
     pub multicast_stale_drops: f64,
     /// Processes that received the group's datagrams in a run: one per
@@ -349,6 +353,7 @@ fn measure_row(
         lockstep_predicted_chunks: per_group(|g| g.holder.lockstep_predicted_chunks as f64),
         unicast_private_pages: per_group(|g| g.holder.unicast_private_pages as f64),
         holder_multicast_datagrams: per_group(|g| g.holder.multicast_datagrams as f64),
+        holder_unicast_fallbacks: per_group(|g| g.holder.unicast_fallbacks as f64),
         multicast_stale_drops: per_group(|g| g.stale_drops),
         multicast_receivers: per_group(|g| g.receivers),
         multicast_datagrams_received_per_host: per_group(|g| g.datagrams_received)
