@@ -297,10 +297,13 @@ fn clones_reading_their_own_halves_get_them_by_unicast_not_pushed_to_each_other(
     for s in &stats {
         // Pushing every page served (as before) gave each clone the other
         // one's half too: 8,192 pages it never reads. Now only the pages
-        // both need (program, stack) and a few chunks of its sibling's
-        // half, entered while it was followed, reach it.
+        // both need (program, stack) and a few chunks entered while a clone
+        // was followed (3 chunks of 512 pages per credit) are pushed; this
+        // count also holds the clone's own pages that came that way.
+        // Measured 780-1,114 with each clone receiving for itself, and
+        // 2,283 once with one receiver per host under a full test run.
         assert!(
-            s.multicast_pages < half / 4,
+            s.multicast_pages < half / 2,
             "a clone got its sibling's pages pushed: {s:?}"
         );
         assert!(
