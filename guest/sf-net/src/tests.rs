@@ -188,36 +188,7 @@ fn tcp_round_trip_over_loopback_then_eof_after_close() {
 #[test]
 fn two_stacks_stream_a_megabyte_through_small_windows() {
     let (wa, wb) = pair();
-    let total = 1 << 20;
-    let server = std::thread::spawn(move || {
-        let (mut net, _) = stack(wb, 1);
-        net.tcp_buffer = 8 << 10;
-        let l = net.tcp_listen(9000).unwrap();
-        let s = net.tcp_accept(l, SEC).unwrap();
-        let mut got = vec![0u8; total];
-        net.tcp_read_exact(s, &mut got, SEC).unwrap();
-        net.tcp_write_all(s, &fnv64(&got).to_le_bytes(), SEC)
-            .unwrap();
-        net.tcp_close(s).unwrap();
-    });
-    let (mut net, _) = stack(wa, 2);
-    net.tcp_buffer = 8 << 10;
-    let peer = net.addr_of(1).unwrap();
-    // The server may not listen yet: a refused attempt is retried.
-    let c = loop {
-        match net.tcp_connect(peer, 9000, SEC) {
-            Ok(c) => break c,
-            Err(NetError::ConnectionRefused) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("connect: {e:?}"),
-        }
-    };
-    let data = pattern(total, 3);
-    net.tcp_write_all(c, &data, SEC).unwrap();
-    let mut sum = [0u8; 8];
-    net.tcp_read_exact(c, &mut sum, SEC).unwrap();
-    assert_eq!(u64::from_le_bytes(sum), fnv64(&data));
-    net.tcp_close(c).unwrap();
-    server.join().unwrap();
+    stream_between(wa, wb, 1 << 20, Some(8 << 10));
 }
 
 #[test]
@@ -537,9 +508,14 @@ fn closed_streams_whose_peer_never_closes_do_not_pile_up() {
 
 /// Streams `total` bytes from a stack on `wa` (member 2) to one on `wb`
 /// (member 1), which answers with their checksum; the sender checks it.
-fn stream_between(wa: WireNic, wb: WireNic, total: usize) {
+/// Streams `total` bytes from a stack on `wa` to one on `wb` and checks the
+/// receiver's checksum; `tcp_buffer` sets both sides' socket buffers.
+fn stream_between(wa: WireNic, wb: WireNic, total: usize, tcp_buffer: Option<usize>) {
     let server = std::thread::spawn(move || {
         let (mut net, _) = stack(wb, 1);
+        if let Some(b) = tcp_buffer {
+            net.tcp_buffer = b;
+        }
         let l = net.tcp_listen(9100).unwrap();
         let s = net.tcp_accept(l, SEC).unwrap();
         let mut got = vec![0u8; total];
@@ -549,7 +525,11 @@ fn stream_between(wa: WireNic, wb: WireNic, total: usize) {
         net.tcp_close(s).unwrap();
     });
     let (mut net, _) = stack(wa, 2);
+    if let Some(b) = tcp_buffer {
+        net.tcp_buffer = b;
+    }
     let peer = net.addr_of(1).unwrap();
+    // The server may not listen yet: a refused attempt is retried.
     let c = loop {
         match net.tcp_connect(peer, 9100, SEC) {
             Ok(c) => break c,
@@ -572,7 +552,7 @@ fn offloading_stacks_move_64k_segments_with_their_checksums_left_to_the_host() {
     wa.offloads = true;
     wb.offloads = true;
     let longest = wa.longest.clone();
-    stream_between(wa, wb, 4 << 20);
+    stream_between(wa, wb, 4 << 20, None);
     let longest = longest.load(Ordering::Relaxed);
     assert!(
         longest > 60_000 && longest <= OFFLOAD_FRAME,
@@ -587,7 +567,7 @@ fn an_offloading_stack_keeps_to_the_mss_of_a_peer_without_offloads() {
     let longest = wa.longest.clone();
     // The peer checks every TCP checksum itself: each partial one the
     // sender left was completed on the way, or nothing would arrive.
-    stream_between(wa, wb, 1 << 20);
+    stream_between(wa, wb, 1 << 20, None);
     let longest = longest.load(Ordering::Relaxed);
     assert!(longest <= MAX_FRAME, "longest frame {longest}");
 }

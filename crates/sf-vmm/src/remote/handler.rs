@@ -485,17 +485,27 @@ impl Handler {
         };
         job.next = first;
         let count = self.present.absent_run(first, u64::from(MAX_BATCH_PAGES));
-        let free = self.cfg.free_pages.free_run(first);
-        let done = if free > 0 {
-            // The shared zero page: a nested fork copies nothing for it.
-            self.zero_local(first, count.min(free), false)
-        } else {
-            let count = self.cfg.free_pages.unhinted_run(first, count);
-            self.fetch_and_install(first, count, false)
-        };
-        if let Err(e) = done {
+        if let Err(e) = self.install_ahead(first, count) {
             self.fail(e);
             self.unregister();
+        }
+    }
+
+    /// Installs pages of the absent run of `count` from `first` before any
+    /// fault asks: a run the guest hinted free as zero pages (the shared
+    /// zero page: a nested fork copies nothing for it), otherwise the pages
+    /// up to the next hinted one, fetched. Returns how many it installed:
+    /// the run stops where hinted and unhinted pages meet.
+    fn install_ahead(&mut self, first: u64, count: u64) -> Result<u64, RemoteError> {
+        let free = self.cfg.free_pages.free_run(first);
+        if free > 0 {
+            let zeros = count.min(free);
+            self.zero_local(first, zeros, false)?;
+            Ok(zeros)
+        } else {
+            let fetched = self.cfg.free_pages.unhinted_run(first, count);
+            self.fetch_and_install(first, fetched, false)?;
+            Ok(fetched)
         }
     }
 
@@ -523,20 +533,20 @@ impl Handler {
         let count = self
             .present
             .absent_run(first, (end - first).min(u64::from(MAX_BATCH_PAGES)));
-        let free = self.cfg.free_pages.free_run(first);
-        let done = if free > 0 {
-            self.zero_local(first, count.min(free), false)
-        } else {
-            let count = self.cfg.free_pages.unhinted_run(first, count);
-            self.fetch_and_install(first, count, false)
-        };
-        if let Some(r) = self.ranges.front_mut() {
-            r.0 = first + count.max(1);
-        }
-        if let Err(e) = done {
-            self.ranges.clear();
-            self.fail(e);
-            self.unregister();
+        match self.install_ahead(first, count) {
+            // Resume after what was installed, not after the whole absent
+            // run: a run cut short where hinted and unhinted pages meet
+            // goes on from there next time.
+            Ok(installed) => {
+                if let Some(r) = self.ranges.front_mut() {
+                    r.0 = first + installed.max(1);
+                }
+            }
+            Err(e) => {
+                self.ranges.clear();
+                self.fail(e);
+                self.unregister();
+            }
         }
     }
 
