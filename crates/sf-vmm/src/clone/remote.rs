@@ -344,6 +344,10 @@ pub struct RemoteGroup {
 /// and reported as dropped).
 const CONSOLE_BUFFER: usize = 1 << 20;
 
+/// Most bytes of one connection read before its frames are decoded: one
+/// frame of the largest size.
+const READ_AHEAD: usize = super::wire::MAX_FRAME + 5;
+
 impl RemoteGroup {
     pub fn new(
         reports: ReportListener,

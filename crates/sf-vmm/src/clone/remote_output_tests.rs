@@ -141,3 +141,71 @@ fn result_pieces_are_held_to_the_tickets_cap() {
     assert!(why.contains("cap of 100"), "{why}");
     assert!(g.results.is_empty(), "nothing held past the cap");
 }
+
+/// A clone host that floods the origin with tiny frames (16 MiB of
+/// heartbeats, 5 bytes each) neither stalls the origin's report loop nor
+/// makes it hold more than about one frame of that connection's bytes,
+/// and another clone's report still gets through.
+#[test]
+fn a_flood_of_tiny_frames_neither_stalls_the_origin_nor_grows_its_buffer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reports = ReportListener {
+        listener,
+        transport: Transport::Plain,
+    };
+    let mut g = RemoteGroup::new(reports, [1; 16], vec![1, 2], Instant::now(), 100).unwrap();
+    let mut flood = TcpStream::connect(addr).unwrap();
+    Frame::Hello {
+        token: [1; 16],
+        id: 1,
+    }
+    .write_to(&mut flood)
+    .unwrap();
+    let writer = std::thread::spawn(move || {
+        let burst = Frame::Heartbeat.encode().repeat((1 << 20) / 5);
+        for _ in 0..16 {
+            if std::io::Write::write_all(&mut flood, &burst).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut slowest, mut most_held) = (Duration::ZERO, 0);
+    while !writer.is_finished() {
+        let t = Instant::now();
+        g.pump(Duration::from_millis(20));
+        slowest = slowest.max(t.elapsed());
+        let held = g.conns.iter().map(|c| c.buf.len()).max().unwrap_or(0);
+        most_held = most_held.max(held);
+    }
+    writer.join().unwrap();
+    assert!(slowest < Duration::from_secs(1), "a look took {slowest:?}");
+    assert!(
+        most_held <= READ_AHEAD + (16 << 10),
+        "{most_held} bytes of one connection held"
+    );
+    let mut other = TcpStream::connect(addr).unwrap();
+    let report = super::super::report::CloneReport {
+        id: 2,
+        outcome: crate::Outcome::Exited { status: 0 },
+        result: Vec::new(),
+        first_entry_us: 0,
+        rss_bytes: 0,
+        private_bytes: 0,
+        memory: None,
+    };
+    for f in [
+        Frame::Hello {
+            token: [1; 16],
+            id: 2,
+        },
+        Frame::Report(report.encode()),
+    ] {
+        f.write_to(&mut other).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while !g.reports.contains_key(&2) && Instant::now() < until {
+        g.pump(Duration::from_millis(50));
+    }
+    assert!(g.reports.contains_key(&2), "the other clone's report");
+}

@@ -497,3 +497,103 @@ fn offload_headers_and_64k_segments_pass_through_both_ways() {
     d.w(reg::QUEUE_NOTIFY, 1);
     assert!(d.needs_reset());
 }
+
+/// A 12-byte header (`flags`, `gso_type`, `hdr_len`, `gso_size`,
+/// `csum_start`, `csum_offset`) in front of a 200-byte frame.
+fn chain_with_header(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> Vec<u8> {
+    let mut c = vec![0u8; HDR_LEN];
+    c[0] = flags;
+    c[1] = gso;
+    c[2..4].copy_from_slice(&54u16.to_le_bytes());
+    c[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    c[6..8].copy_from_slice(&start.to_le_bytes());
+    c[8..10].copy_from_slice(&offset.to_le_bytes());
+    c.extend(frame(200, 4));
+    c
+}
+
+/// Sends `chain` from descriptor `i`; whether the peer got it.
+fn sent(d: &mut Driver, peer: &std::os::fd::OwnedFd, i: u16, chain: &[u8]) -> bool {
+    let at = buf(1, i);
+    d.mem.write_slice(chain, GuestAddress(at)).unwrap();
+    d.write_desc(1, i, at, chain.len() as u32, 0, 0);
+    d.publish(1, i, false);
+    d.kick(1);
+    recv(peer).is_some_and(|got| got == chain)
+}
+
+/// The host kernel is handed only the offloads the driver negotiated,
+/// with checksum marks inside the frame: a guest cannot reach the TAP's
+/// UDP, TCPv6 or ECN segmentation paths, nor a zero MSS. Anything else is
+/// counted dropped, never sent, and the NIC goes on sending.
+#[test]
+fn offload_headers_outside_what_was_negotiated_never_reach_the_tap() {
+    const NEEDS_CSUM: u8 = 1;
+    const TCPV4: u8 = 1;
+    let good_csum = chain_with_header(NEEDS_CSUM, 0, 0, 34, 16);
+    let good_tso = chain_with_header(NEEDS_CSUM, TCPV4, 146, 34, 16);
+    // Without offloads acked, neither mark may be used.
+    let (mut d, peer) = nic();
+    let mut i = 0;
+    for (what, chain) in [("checksum", &good_csum), ("TSO", &good_tso)] {
+        assert!(!sent(&mut d, &peer, i, chain), "{what} not negotiated");
+        i += 1;
+        assert!(sent(&mut d, &peer, i, &chain_with_header(0, 0, 0, 0, 0)));
+        i += 1;
+    }
+    assert_eq!(d.t.device().stats().tx_dropped, 2);
+    assert!(!d.needs_reset());
+    // With them acked, the same frames pass, and every hostile header is
+    // dropped.
+    let (dev, peer) = socketpair();
+    let mut d = Driver::start(
+        Net::with_mac(Some(dev), [2, 0, 0, 0, 0, 1]),
+        VERSION_1 | F_MAC | RING_EVENT_IDX | OFFLOADS,
+    );
+    assert!(sent(&mut d, &peer, 0, &good_csum));
+    assert!(sent(&mut d, &peer, 1, &good_tso));
+    let hostile = [
+        (
+            "UDP segmentation",
+            chain_with_header(NEEDS_CSUM, 3, 146, 34, 6),
+        ),
+        (
+            "TCPv6 segmentation",
+            chain_with_header(NEEDS_CSUM, 4, 146, 34, 16),
+        ),
+        (
+            "UDP L4 segmentation",
+            chain_with_header(NEEDS_CSUM, 5, 146, 34, 6),
+        ),
+        (
+            "ECN not offered",
+            chain_with_header(NEEDS_CSUM, TCPV4 | 0x80, 146, 34, 16),
+        ),
+        ("zero MSS", chain_with_header(NEEDS_CSUM, TCPV4, 0, 34, 16)),
+        (
+            "TSO without a partial checksum",
+            chain_with_header(0, TCPV4, 146, 0, 0),
+        ),
+        ("unknown flag", chain_with_header(0x80, 0, 0, 0, 0)),
+        (
+            "checksum start past the frame",
+            chain_with_header(NEEDS_CSUM, 0, 0, 200, 0),
+        ),
+        (
+            "checksum field past the frame",
+            chain_with_header(NEEDS_CSUM, 0, 0, 34, 165),
+        ),
+        (
+            "wrapping marks",
+            chain_with_header(NEEDS_CSUM, 0, 0, u16::MAX, u16::MAX),
+        ),
+    ];
+    let mut i = 2;
+    for (what, chain) in &hostile {
+        assert!(!sent(&mut d, &peer, i, chain), "{what}");
+        assert!(sent(&mut d, &peer, i + 1, &good_tso), "after {what}");
+        i += 2;
+    }
+    assert_eq!(d.t.device().stats().tx_dropped, hostile.len() as u64);
+    assert!(!d.needs_reset());
+}
