@@ -504,9 +504,11 @@ impl RemoteGroup {
     fn read_conn(&mut self, i: usize) -> bool {
         let mut chunk = [0u8; 16 << 10];
         // A clone may write its last frames and close before we look: take
-        // what arrived first, then notice the end.
+        // what arrived first, then notice the end. Reading stops at about
+        // one frame of the largest size, so a clone host sending faster
+        // than this loop decodes cannot grow the buffer.
         let mut open = true;
-        loop {
+        while self.conns[i].buf.len() < READ_AHEAD {
             match self.conns[i].stream.read(&mut chunk) {
                 Ok(0) => {
                     open = false;
@@ -524,13 +526,19 @@ impl RemoteGroup {
                 }
             }
         }
+        // Decoded bytes go in one drain at the end: draining each frame
+        // was quadratic (16 MiB of 5-byte heartbeats held one look 607 s).
+        let mut at = 0;
         loop {
-            let frame = match Frame::decode(&self.conns[i].buf) {
+            let frame = match Frame::decode(&self.conns[i].buf[at..]) {
                 Ok(Some((f, used))) => {
-                    self.conns[i].buf.drain(..used);
+                    at += used;
                     f
                 }
-                Ok(None) => return open,
+                Ok(None) => {
+                    self.conns[i].buf.drain(..at);
+                    return open;
+                }
                 Err(e) => {
                     tracing::warn!("dropping a report connection: {e}");
                     return false;

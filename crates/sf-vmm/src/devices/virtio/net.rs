@@ -109,6 +109,9 @@ pub struct Net {
     /// What the TAP may hand this driver (`TUN_F_*`), from the features it
     /// acked; kept for a clone's fresh TAP.
     pub(super) tap_offloads: libc::c_uint,
+    /// The features the driver acked, for what its transmit headers may
+    /// ask of the host kernel (`net_tx::check_offloads`).
+    pub(super) acked: u64,
 }
 
 impl Net {
@@ -126,6 +129,7 @@ impl Net {
             rx_frame: vec![0; HDR_LEN + MAX_GSO_FRAME],
             former_mac: None,
             tap_offloads: 0,
+            acked: 0,
         })
     }
 
@@ -141,6 +145,7 @@ impl Net {
             rx_frame: vec![0; HDR_LEN + MAX_GSO_FRAME],
             former_mac: None,
             tap_offloads: 0,
+            acked: 0,
         }
     }
 
@@ -239,6 +244,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, acked: u64, queues: &mut [Queue], mem: &Mem) {
+        self.acked = acked;
         self.tap_offloads = tap_offloads(acked);
         self.apply_offloads();
         if acked & features::RING_EVENT_IDX != 0 {
@@ -265,6 +271,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
+        self.acked = 0;
         self.tap_offloads = 0;
         self.apply_offloads();
     }

@@ -4,7 +4,7 @@
 //! the frame, as a NIC's full queue would; TCP recovers.
 
 use super::dma::{self, DmaWindow};
-use super::net::{Net, HDR_LEN, MAX_TX_CHAIN, TX, TX_NOTIFY_EVERY};
+use super::net::{Net, F_CSUM, F_HOST_TSO4, HDR_LEN, MAX_TX_CHAIN, TX, TX_NOTIFY_EVERY};
 use super::{DriverError, Mem};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -59,6 +59,17 @@ impl Net {
             self.stats.tx_dropped += 1;
             return Ok(());
         };
+        let frame_len = total - HDR_LEN as u64;
+        let header = chain_prefix(bufs, mem, HDR_LEN);
+        let checked = header
+            .as_deref()
+            .ok_or("unreadable")
+            .and_then(|h| check_offloads(h, self.acked, frame_len));
+        if let Err(why) = checked {
+            tracing::debug!("virtio-net: frame of {frame_len} bytes dropped: header {why}");
+            self.stats.tx_dropped += 1;
+            return Ok(());
+        }
         if let Some(old) = self.former_mac {
             if source_mac(bufs, mem) == Some(old) {
                 self.stats.tx_dropped += 1;
@@ -104,7 +115,13 @@ impl Net {
 /// The Ethernet source address of a transmit chain's frame (bytes 6..12
 /// after the header), wherever the chain's buffers split it.
 fn source_mac(bufs: &[dma::Buffer], mem: &Mem) -> Option<[u8; 6]> {
-    let want = HDR_LEN + 12;
+    let head = chain_prefix(bufs, mem, HDR_LEN + 12)?;
+    head[HDR_LEN + 6..].try_into().ok()
+}
+
+/// The first `want` bytes of a chain, wherever its buffers split them;
+/// `None` when the chain is shorter.
+fn chain_prefix(bufs: &[dma::Buffer], mem: &Mem, want: usize) -> Option<Vec<u8>> {
     let mut head = Vec::with_capacity(want);
     for b in bufs {
         let take = (b.len as usize).min(want - head.len());
@@ -112,10 +129,46 @@ fn source_mac(bufs: &[dma::Buffer], mem: &Mem) -> Option<[u8; 6]> {
         mem.read_slice(&mut part, GuestAddress(b.addr)).ok()?;
         head.extend_from_slice(&part);
         if head.len() == want {
-            return head[HDR_LEN + 6..].try_into().ok();
+            return Some(head);
         }
     }
     None
+}
+
+/// `virtio_net_hdr.flags`: the checksum from `csum_start` on is partial.
+const NEEDS_CSUM: u8 = 1;
+/// `flags`: the checksum was checked (meaningless on transmit, harmless).
+const DATA_VALID: u8 = 2;
+/// `gso_type`: a TCPv4 segment, the only kind offered (`F_HOST_TSO4`).
+const GSO_TCPV4: u8 = 1;
+
+/// Whether a transmit header asks the host kernel only for offloads the
+/// driver negotiated, with its marks inside the frame. The kernel checks
+/// headers too, but a guest has no business reaching its UDP, TCPv6 or
+/// ECN segmentation code, or handing it a zero MSS: these paths have had
+/// their own bugs, and a driver that sends them is broken or hostile.
+pub(super) fn check_offloads(hdr: &[u8], acked: u64, frame_len: u64) -> Result<(), &'static str> {
+    let field = |at: usize| u64::from(u16::from_le_bytes([hdr[at], hdr[at + 1]]));
+    let (flags, gso_type, gso_size) = (hdr[0], hdr[1], field(4));
+    if flags & !(NEEDS_CSUM | DATA_VALID) != 0 {
+        return Err("has flags virtio-net does not define");
+    }
+    if flags & NEEDS_CSUM != 0 {
+        if acked & F_CSUM == 0 {
+            return Err("asks for a checksum without the CSUM feature");
+        }
+        if field(6) + field(8) + 2 > frame_len {
+            return Err("puts the checksum past the frame");
+        }
+    }
+    match gso_type {
+        0 => Ok(()),
+        GSO_TCPV4 if acked & F_HOST_TSO4 == 0 => Err("asks for TSO without HOST_TSO4"),
+        GSO_TCPV4 if flags & NEEDS_CSUM == 0 => Err("asks for TSO without a partial checksum"),
+        GSO_TCPV4 if gso_size == 0 => Err("asks for TSO with an MSS of 0"),
+        GSO_TCPV4 => Ok(()),
+        _ => Err("asks for a segmentation type not offered"),
+    }
 }
 
 /// Asks the driver (through `avail_event` in the used ring) to notify
