@@ -24,6 +24,8 @@ mod mmio_tests;
 #[cfg(test)]
 mod net_tests;
 #[cfg(test)]
+mod ring_tests;
+#[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
 mod test_driver;
