@@ -209,3 +209,70 @@ fn a_flood_of_tiny_frames_neither_stalls_the_origin_nor_grows_its_buffer() {
     }
     assert!(g.reports.contains_key(&2), "the other clone's report");
 }
+
+/// Once a clone is resolved (reported, or lost for sending too much), its
+/// host cannot change that: pieces and a second report on a new
+/// connection are refused, the first report stands, a lost clone stays
+/// lost, and nothing more is held for either.
+#[test]
+fn pieces_and_reports_after_a_clone_is_resolved_change_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reports = ReportListener {
+        listener,
+        transport: Transport::Plain,
+    };
+    let mut g = RemoteGroup::new(reports, [1; 16], vec![1, 2], Instant::now(), 100).unwrap();
+    let hello = |id| Frame::Hello { token: [1; 16], id };
+    let report = |id, status| {
+        super::super::report::CloneReport {
+            id,
+            outcome: crate::Outcome::Exited { status },
+            result: Vec::new(),
+            first_entry_us: 0,
+            rss_bytes: 0,
+            private_bytes: 0,
+            memory: None,
+        }
+        .encode()
+    };
+    let send_all = |frames: Vec<Frame>| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        for f in frames {
+            f.write_to(&mut s).unwrap();
+        }
+        s
+    };
+    let _first = send_all(vec![
+        hello(1),
+        Frame::ResultPiece(vec![1; 10]),
+        Frame::Report(report(1, 0)),
+        // After its report, on the same connection: never read.
+        Frame::ResultPiece(vec![9; 10]),
+    ]);
+    let _greedy = send_all(vec![hello(2), Frame::ResultPiece(vec![2; 101])]);
+    let until = Instant::now() + Duration::from_secs(5);
+    while !g.done() && Instant::now() < until {
+        g.pump(Duration::from_millis(50));
+    }
+    assert!(g.done());
+    let _again = send_all(vec![
+        hello(1),
+        Frame::ResultPiece(vec![7; 50]),
+        Frame::Report(report(1, 3)),
+    ]);
+    let _back = send_all(vec![
+        hello(2),
+        Frame::ResultPiece(vec![8; 5]),
+        Frame::Report(report(2, 0)),
+    ]);
+    for _ in 0..10 {
+        g.pump(Duration::from_millis(50));
+    }
+    let first = g.reports.get(&1).expect("clone 1's report");
+    assert_eq!(first.result, vec![1; 10]);
+    assert_eq!(first.outcome, crate::Outcome::Exited { status: 0 });
+    assert!(!g.reports.contains_key(&2), "a lost clone came back");
+    assert!(g.lost.contains_key(&2));
+    assert!(g.results.is_empty(), "pieces held for resolved clones");
+}
