@@ -546,7 +546,9 @@ impl RemoteGroup {
             };
             match (frame, self.conns[i].id) {
                 (Frame::Hello { token, id }, None) if token == self.token => {
-                    if id != 0 && !self.ids.contains(&id) {
+                    // A resolved clone has nothing more to say: its host
+                    // reconnecting could otherwise replace its report.
+                    if id != 0 && (!self.ids.contains(&id) || self.resolved(id)) {
                         return false;
                     }
                     self.conns[i].id = Some(id);
@@ -569,6 +571,9 @@ impl RemoteGroup {
                 }
                 (Frame::Output { append, name, data }, Some(id)) if id != 0 => {
                     self.output(id, append, &name, &data);
+                }
+                (Frame::ResultPiece(_) | Frame::Report(_), Some(id)) if self.resolved(id) => {
+                    return false; // declared lost while this connection was open
                 }
                 (Frame::ResultPiece(bytes), Some(id)) if id != 0 => {
                     let so_far = self.results.entry(id).or_default();
