@@ -63,6 +63,7 @@ impl Net {
         let header = chain_prefix(bufs, mem, HDR_LEN);
         let checked = header
             .as_deref()
+            .and_then(|h| <&[u8; HDR_LEN]>::try_from(h).ok())
             .ok_or("unreadable")
             .and_then(|h| check_offloads(h, self.acked, frame_len));
         if let Err(why) = checked {
@@ -147,7 +148,11 @@ const GSO_TCPV4: u8 = 1;
 /// headers too, but a guest has no business reaching its UDP, TCPv6 or
 /// ECN segmentation code, or handing it a zero MSS: these paths have had
 /// their own bugs, and a driver that sends them is broken or hostile.
-pub(super) fn check_offloads(hdr: &[u8], acked: u64, frame_len: u64) -> Result<(), &'static str> {
+pub(super) fn check_offloads(
+    hdr: &[u8; HDR_LEN],
+    acked: u64,
+    frame_len: u64,
+) -> Result<(), &'static str> {
     let field = |at: usize| u64::from(u16::from_le_bytes([hdr[at], hdr[at + 1]]));
     let (flags, gso_type, gso_size) = (hdr[0], hdr[1], field(4));
     if flags & !(NEEDS_CSUM | DATA_VALID) != 0 {
