@@ -613,6 +613,40 @@ mod tests {
         served.join().unwrap().unwrap();
     }
 
+    /// Local clients that connect and never say their hello (a VMM stopped
+    /// during its set-up) hold up neither the receiver nor the clones
+    /// behind them, and are dropped after the hello's deadline.
+    #[test]
+    fn silent_local_clients_do_not_hold_up_the_others() {
+        let spec = ReceiverSpec {
+            group: group(),
+            ..spec()
+        };
+        let listener = bind(&spec).unwrap().expect("a fresh group's name is free");
+        let mut service = Service::new(spec, listener).unwrap();
+        let served = std::thread::spawn(move || service.run(None));
+        let silent: Vec<UnixStream> = (0..20)
+            .map(|_| UnixStream::connect_addr(&spec.addr().unwrap()).unwrap())
+            .collect();
+        let t = Instant::now();
+        let a = HostPushes::connect(&spec).expect("attached past the silent clients");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        wait_for(|| a.view.get(Word::Clients) == 1);
+        assert_eq!(
+            a.view.get(Word::Clients),
+            1,
+            "silent clients are no clients"
+        );
+        std::thread::sleep(HELLO_WAIT + Duration::from_millis(500));
+        for mut s in silent {
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let r = s.read(&mut [0u8; 1]);
+            assert!(matches!(r, Ok(0)), "a silent client still open: {r:?}");
+        }
+        drop(a);
+        served.join().unwrap().unwrap();
+    }
+
     #[test]
     fn specs_round_trip_and_name_no_token() {
         let s = spec();
