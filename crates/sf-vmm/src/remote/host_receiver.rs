@@ -57,6 +57,9 @@ const NOTIFY_EVERY: usize = 32;
 const MAX_RUN: u64 = super::MAX_BATCH_PAGES as u64;
 /// How long the receiver waits for a connected client's hello.
 const HELLO_WAIT: Duration = Duration::from_secs(2);
+/// Most connected clients whose hello is still awaited; one more closes
+/// the one waiting longest.
+const MAX_PENDING: usize = 64;
 
 /// What a receiver serves: one group on one interface, for one RAM size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,8 +307,17 @@ pub struct Service {
     rx: Receiver,
     cache: CacheWriter,
     clients: Vec<Client>,
+    /// Root peers connected whose hello has not fully arrived: read as it
+    /// comes, never waited for, so a silent one holds up nobody.
+    pending: Vec<Pending>,
     next_serial: u64,
     stale: u64,
+}
+
+struct Pending {
+    stream: UnixStream,
+    hello: Vec<u8>,
+    since: Instant,
 }
 
 struct Client {
@@ -331,6 +343,7 @@ impl Service {
             rx,
             cache,
             clients: Vec::new(),
+            pending: Vec::new(),
             next_serial: 1,
             stale: 0,
         })
@@ -343,7 +356,7 @@ impl Service {
         let started = Instant::now();
         let mut ever = false;
         loop {
-            if ever && self.clients.is_empty() {
+            if ever && self.clients.is_empty() && self.pending.is_empty() {
                 tracing::debug!("last client gone: the page receiver ends");
                 return Ok(());
             }
@@ -356,6 +369,7 @@ impl Service {
                 pollfd(self.rx.fd()),
             ];
             pfds.extend(self.clients.iter().map(|c| pollfd(c.stream.as_raw_fd())));
+            pfds.extend(self.pending.iter().map(|p| pollfd(p.stream.as_raw_fd())));
             let watch_starter = starter.as_ref().filter(|_| !ever);
             if let Some(s) = watch_starter {
                 pfds.push(pollfd(s.as_raw_fd()));
@@ -381,6 +395,11 @@ impl Service {
             if pfds[2].revents != 0 {
                 self.drain();
             }
+            let first_pending = 3 + self.clients.len();
+            let ready: Vec<bool> = pfds[first_pending..first_pending + self.pending.len()]
+                .iter()
+                .map(|p| p.revents != 0)
+                .collect();
             // Clients say nothing after their hello: readable means gone
             // (or misbehaving, which ends its lease too).
             let gone: Vec<usize> = pfds[3..3 + self.clients.len()]
@@ -392,8 +411,9 @@ impl Service {
             for i in gone.into_iter().rev() {
                 self.clients.swap_remove(i);
             }
+            ever |= self.read_hellos(&ready);
             if pfds[1].revents != 0 {
-                ever |= self.accept();
+                self.accept();
             }
             self.publish_clients();
         }
@@ -406,30 +426,71 @@ impl Service {
         self.cache.set(Word::Clients, self.clients.len() as u64);
     }
 
-    /// Accepts pending clients of this group; true if any.
-    fn accept(&mut self) -> bool {
-        let mut any = false;
+    /// Accepts connections: root peers wait for their hello in `pending`.
+    fn accept(&mut self) {
         while let Ok((s, _)) = self.listener.accept() {
-            match self.admit(s) {
-                Ok(c) => {
-                    self.clients.push(c);
-                    any = true;
-                }
-                Err(e) => tracing::warn!("refused a client of the page receiver: {e}"),
+            let root = peer_uid(&s).and_then(|uid| match uid {
+                0 => s.set_nonblocking(true),
+                _ => Err(io::Error::other(format!("peer uid {uid} is not root"))),
+            });
+            if let Err(e) = root {
+                tracing::warn!("refused a client of the page receiver: {e}");
+                continue;
             }
+            if self.pending.len() >= MAX_PENDING {
+                tracing::warn!("{MAX_PENDING} clients of the page receiver still owe their hello: closing the oldest");
+                self.pending.remove(0);
+            }
+            self.pending.push(Pending {
+                stream: s,
+                hello: Vec::with_capacity(HELLO_LEN),
+                since: Instant::now(),
+            });
         }
-        any
     }
 
-    fn admit(&mut self, s: UnixStream) -> io::Result<Client> {
-        let uid = peer_uid(&s)?;
-        if uid != 0 {
-            return Err(io::Error::other(format!("peer uid {uid} is not root")));
+    /// Reads the hellos of the pending clients `ready` marks, admits the
+    /// complete ones and drops those broken or past [`HELLO_WAIT`]; true if
+    /// a client was admitted.
+    fn read_hellos(&mut self, ready: &[bool]) -> bool {
+        let mut admitted = false;
+        let mut i = ready.len();
+        while i > 0 {
+            i -= 1;
+            let p = &mut self.pending[i];
+            let mut keep = p.since.elapsed() < HELLO_WAIT;
+            if ready[i] && keep {
+                let mut buf = [0u8; HELLO_LEN];
+                let want = HELLO_LEN - p.hello.len();
+                match (&p.stream).read(&mut buf[..want]) {
+                    Ok(0) => keep = false,
+                    Ok(n) => p.hello.extend_from_slice(&buf[..n]),
+                    Err(e) => keep = e.kind() == io::ErrorKind::WouldBlock,
+                }
+            }
+            if !keep || self.pending[i].hello.len() == HELLO_LEN {
+                let p = self.pending.remove(i);
+                if !keep {
+                    continue;
+                }
+                match self.admit(p) {
+                    Ok(c) => {
+                        self.clients.push(c);
+                        admitted = true;
+                    }
+                    Err(e) => tracing::warn!("refused a client of the page receiver: {e}"),
+                }
+            }
         }
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(HELLO_WAIT))?;
-        let mut hello = [0u8; HELLO_LEN];
-        (&s).read_exact(&mut hello)?;
+        // Past their deadline without being readable.
+        self.pending.retain(|p| p.since.elapsed() < HELLO_WAIT);
+        admitted
+    }
+
+    /// Answers a complete hello: the cache's descriptors, or a refusal.
+    fn admit(&mut self, p: Pending) -> io::Result<Client> {
+        let s = p.stream;
+        let hello: [u8; HELLO_LEN] = p.hello[..].try_into().expect("a whole hello");
         if ReceiverSpec::decode(&hello) != Some(self.spec) {
             let _ = s.send_with_fds(&[&[1u8][..]], &[]);
             return Err(io::Error::other(
