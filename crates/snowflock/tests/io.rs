@@ -205,6 +205,49 @@ fn bad_inputs_are_refused_with_named_errors() {
         .assert_stderr_has("inputs need the direct boot");
 }
 
+/// A FIFO with no writer, a device, and symlinks to them as `--input`
+/// paths: each is refused by name at once (opening never blocks on the
+/// FIFO, nothing is read from the device), while a symlink to a regular
+/// file is the operator's and is followed.
+#[test]
+fn fifos_devices_and_links_to_them_are_refused_without_blocking() {
+    let t = tempdir();
+    let fifo = t.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path that lives for the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let to_zero = t.path().join("to-zero");
+    std::os::unix::fs::symlink("/dev/zero", &to_zero).unwrap();
+    let to_fifo = t.path().join("to-fifo");
+    std::os::unix::fs::symlink(&fifo, &to_fifo).unwrap();
+    let f = write_file(t.path(), "f", b"abc");
+    let to_file = t.path().join("to-file");
+    std::os::unix::fs::symlink(&f, &to_file).unwrap();
+    let run = |path: &Path| {
+        let input = format!("a={}", path.display());
+        snowflock([
+            "run", "--mem", "32M", "--input", &input, "hostile", "--", "io",
+        ])
+    };
+    for bad in [fifo.as_path(), Path::new("/dev/zero"), &to_zero, &to_fifo] {
+        let started = std::time::Instant::now();
+        run(bad)
+            .assert_no_host_panic()
+            .assert_code(1)
+            .assert_stderr_has("not a regular file");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{} took {:?}",
+            bad.display(),
+            started.elapsed()
+        );
+    }
+    // The guest reads the 3 bytes of the file behind the link.
+    run(&to_file)
+        .assert_no_host_panic()
+        .assert_stdout_has("input a 3 ");
+}
+
 #[test]
 fn an_input_is_read_only_in_the_guest() {
     let t = tempdir();
