@@ -480,6 +480,35 @@ mod tests {
         assert_eq!(v.arrivals(), Arrivals::Runs(vec![(0, 1)]));
     }
 
+    /// A ring entry naming pages past the cache (or none) is never handed
+    /// to a clone as a run: the reader rescans the bitmap instead, and
+    /// takes the next good entry as usual.
+    #[test]
+    fn ring_entries_outside_the_cache_make_readers_rescan() {
+        let mem = 256 * PAGE;
+        let mut w = CacheWriter::create(mem).unwrap();
+        let mut v = view(&w, mem);
+        w.put(0, &page(1));
+        w.publish(0, 1);
+        assert_eq!(v.arrivals(), Arrivals::Rescan, "the first look");
+        let raw = |w: &CacheWriter, first: u64, count: u64| {
+            let head = w.control.word(Word::Head as u64);
+            let h = head.load(Relaxed);
+            w.control
+                .word(ring_base(w.pages) + h % RING_ENTRIES)
+                .store(entry(first, count), Relaxed);
+            head.store(h + 1, Release);
+        };
+        for (first, count) in [(250, 10), (256, 1), ((1 << 48) - 1, 0xffff), (5, 0)] {
+            raw(&w, first, count);
+            assert_eq!(v.arrivals(), Arrivals::Rescan, "{first}+{count}");
+            assert_eq!(v.held_runs(512), vec![(0, 1)]);
+        }
+        assert!(w.put(1, &page(2)));
+        w.publish(1, 1);
+        assert_eq!(v.arrivals(), Arrivals::Runs(vec![(1, 1)]));
+    }
+
     #[test]
     fn clients_cannot_write_or_resize_the_cache() {
         let mem = 16 * PAGE;
