@@ -22,7 +22,7 @@ enum Addr {
     Kernel(u32),
     /// Straddling the end of RAM.
     RamEnd(u16),
-    /// A ring of the device itself.
+    /// One of the device's own rings (descriptors, available, used).
     Ring(u8),
     Any(u64),
 }
@@ -33,7 +33,7 @@ impl Addr {
             Addr::Buffer(i) => buf((i & 1) as usize, i % SIZE),
             Addr::Kernel(x) => u64::from(x) % WINDOW.start,
             Addr::RamEnd(back) => RAM - u64::from(back),
-            Addr::Ring(r) => desc((r & 1) as usize) + u64::from(r >> 1) * 0x1000,
+            Addr::Ring(r) => desc((r & 1) as usize) + u64::from((r >> 1) % 3) * 0x1000,
             Addr::Any(a) => a,
         }
     }
