@@ -142,11 +142,16 @@ const NEEDS_CSUM: u8 = 1;
 const DATA_VALID: u8 = 2;
 /// `gso_type`: a TCPv4 segment, the only kind offered (`F_HOST_TSO4`).
 const GSO_TCPV4: u8 = 1;
+/// The smallest MSS a TSO frame may ask for: Linux's own TCP never uses
+/// less (`TCP_MIN_MSS`). A smaller one lets one 64 KiB frame make the
+/// host kernel cut and checksum up to ~65,000 packets; at 88 bytes it is
+/// at most 745, against ~45 at a 1,448-byte MSS.
+const MIN_TSO_MSS: u64 = 88;
 
 /// Whether a transmit header asks the host kernel only for offloads the
 /// driver negotiated, with its marks inside the frame. The kernel checks
 /// headers too, but a guest has no business reaching its UDP, TCPv6 or
-/// ECN segmentation code, or handing it a zero MSS: these paths have had
+/// ECN segmentation code, or handing it an MSS below TCP's floor: these paths have had
 /// their own bugs, and a driver that sends them is broken or hostile.
 pub(super) fn check_offloads(
     hdr: &[u8; HDR_LEN],
@@ -170,7 +175,7 @@ pub(super) fn check_offloads(
         0 => Ok(()),
         GSO_TCPV4 if acked & F_HOST_TSO4 == 0 => Err("asks for TSO without HOST_TSO4"),
         GSO_TCPV4 if flags & NEEDS_CSUM == 0 => Err("asks for TSO without a partial checksum"),
-        GSO_TCPV4 if gso_size == 0 => Err("asks for TSO with an MSS of 0"),
+        GSO_TCPV4 if gso_size < MIN_TSO_MSS => Err("asks for TSO with an MSS below 88 bytes"),
         GSO_TCPV4 => Ok(()),
         _ => Err("asks for a segmentation type not offered"),
     }
