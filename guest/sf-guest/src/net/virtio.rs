@@ -38,9 +38,10 @@ const BIG_BUF: usize = HDR + OFFLOAD_FRAME;
 /// Receive buffers posted with offloads: 2 MiB of guest RAM, where 64
 /// small ones took 128 KiB; a stream of small frames still gets 32 per exit.
 const BIG_RX: usize = 32;
-/// Transmit buffers with offloads: the stack's 512 KiB window is eight
-/// segments, so sixteen (1 MiB) keep it busy.
-const BIG_TX: usize = 16;
+/// Transmit buffers with offloads (2 MiB of guest RAM): a stream with
+/// 2 MiB socket buffers (`netpi stream`) keeps ~32 segments in flight;
+/// the stack's default 512 KiB window needs eight.
+const BIG_TX: usize = 32;
 /// Receive buffers re-posted between notifies at most, when the device
 /// did not negotiate `RING_EVENT_IDX`. With it, receive buffers are never
 /// notified: this device takes posted buffers at every exit to it, and
