@@ -414,7 +414,7 @@ impl Vm {
             self.timings.exits,
             self.timings.exit_kinds,
             self.timings.hypercalls,
-            self.devices.counters().join("; ")
+            self.device_counters().join("; ")
         );
         if self.clones.is_clone() {
             let outcome = outcome.unwrap_or_else(|e| Outcome::HostError {
@@ -563,6 +563,12 @@ impl Vm {
             Some(dev) => dev.work(&mut ctx).map_err(Error::Device),
             None => Ok(()),
         }
+    }
+
+    /// `id: counters` of every device that keeps counters (the NIC's
+    /// `NetStats`), as logged at the end of a run.
+    pub fn device_counters(&self) -> Vec<String> {
+        self.devices.counters()
     }
 
     /// Adds a device on the port-I/O or MMIO bus (before [`Vm::run`]). Its
