@@ -383,8 +383,8 @@ fn a_c_clone_sends_its_parent_a_checksummed_message_and_a_datagram() {
 }
 
 /// The receiving VM of a bulk stream notifies the NIC only for its
-/// acknowledgements (every 16th transmit chain, as the device asks with
-/// `RING_EVENT_IDX`), never for the receive buffers it re-posts: those
+/// acknowledgements (every `TX_NOTIFY_EVERY` transmit chains, as the
+/// device asks with `RING_EVENT_IDX`), never for the receive buffers it re-posts: those
 /// the device takes at every exit. Before, a notify per 8 re-posted
 /// buffers was a third of a receiving VM's exits.
 #[test]
