@@ -21,8 +21,8 @@ use sf_guest::{println, time};
 /// bigger window moves more per exit. A 256 MiB stream between two VMs
 /// on one host (rounds=1, load average 6-10): the default 512 KiB took
 /// 1,850 exits in the sender and 2,050 in the receiver at 4.5-6.6
-/// Gbit/s; 1 MiB 1,070 and 1,180 at 4.5-7.3; 2 MiB 470-690 and 570-790
-/// at 5.0-10.1; 4 MiB 450-470 and 600 at 6.8-8.6.
+/// Gbit/s; 1 MiB 1,060-1,080 and 1,140-1,240 at 4.5-8.5; 2 MiB 470-690 and
+/// 570-850 at 5.0-10.1; 4 MiB 450-470 and 600-630 at 6.8-8.6.
 const STREAM_BUFFER: usize = 2 << 20;
 /// Bytes per write and per read (a whole number of them make a MiB).
 const CHUNK: usize = 256 << 10;
