@@ -78,6 +78,18 @@ pub struct Timings {
     pub total: Duration,
     pub exits: u64,
     pub hypercalls: u64,
+    /// The exits by kind (hypercalls are port writes).
+    pub exit_kinds: ExitKinds,
+}
+
+/// VM exits counted by what caused them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitKinds {
+    pub pio: u64,
+    pub mmio_reads: u64,
+    pub mmio_writes: u64,
+    /// Signals (the deadline timer, a kick), halts and the rest.
+    pub other: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -395,6 +407,15 @@ impl Vm {
             other => other,
         };
         self.alarm = None;
+        tracing::debug!(
+            target: "sf_vmm::exits",
+            "pid {}: {} exits ({:?}), {} hypercalls; {}",
+            std::process::id(),
+            self.timings.exits,
+            self.timings.exit_kinds,
+            self.timings.hypercalls,
+            self.device_counters().join("; ")
+        );
         if self.clones.is_clone() {
             let outcome = outcome.unwrap_or_else(|e| Outcome::HostError {
                 message: e.to_string(),
@@ -517,6 +538,13 @@ impl Vm {
                 })
             }
         };
+        let kinds = &mut self.timings.exit_kinds;
+        match view {
+            VcpuExitView::IoOut { .. } | VcpuExitView::IoIn { .. } => kinds.pio += 1,
+            VcpuExitView::MmioRead { .. } => kinds.mmio_reads += 1,
+            VcpuExitView::MmioWrite { .. } => kinds.mmio_writes += 1,
+            _ => kinds.other += 1,
+        }
         Ok(devices::handle_exit(view, &mut self.devices))
     }
 
@@ -535,6 +563,12 @@ impl Vm {
             Some(dev) => dev.work(&mut ctx).map_err(Error::Device),
             None => Ok(()),
         }
+    }
+
+    /// `id: counters` of every device that keeps counters (the NIC's
+    /// `NetStats`), as logged at the end of a run.
+    pub fn device_counters(&self) -> Vec<String> {
+        self.devices.counters()
     }
 
     /// Adds a device on the port-I/O or MMIO bus (before [`Vm::run`]). Its

@@ -122,4 +122,10 @@ pub trait BusDevice: Send {
     fn on_clone(&mut self, _ctx: &mut CloneContext) -> Result<(), DeviceError> {
         Ok(())
     }
+
+    /// The device's own counters, for the end-of-run log line (`None`:
+    /// it keeps none).
+    fn counters(&self) -> Option<String> {
+        None
+    }
 }

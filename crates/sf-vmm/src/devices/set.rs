@@ -102,6 +102,14 @@ impl Devices {
         Some(self.slots.get_mut(slot)?.dev.as_mut())
     }
 
+    /// `id: counters` of every device that keeps counters.
+    pub fn counters(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter_map(|s| Some(format!("{}: {}", s.id, s.dev.counters()?)))
+            .collect()
+    }
+
     pub fn slot_id(&self, slot: usize) -> Option<&str> {
         self.slots.get(slot).map(|s| s.id.as_str())
     }

@@ -56,6 +56,11 @@ struct Row {
     vm_vs_reference_throughput: f64,
     /// Every VM run's Mbit/s, for the spread.
     vm_runs_mbit_s: Vec<f64>,
+    /// VM exits of the sending and of the receiving VM over a whole run
+    /// (its round trips, about one exit each per round trip, and its
+    /// stream), medians; the sender's only when it ran on this host.
+    vm_sender_exits: Option<f64>,
+    vm_receiver_exits: f64,
     runs: usize,
 }
 
@@ -104,12 +109,15 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
         // Reference and VMs take turns, so both see the machine's load
         // as it was at that moment.
         let (mut ref_mbit, mut ref_rtt, mut mbit, mut rtt) = (vec![], vec![], vec![], vec![]);
+        let (mut sender_exits, mut receiver_exits) = (vec![], vec![]);
         for _ in 0..a.runs {
             ref_mbit.push(throughput(from, &e2, time)?);
             ref_rtt.push(host_rtt(from, &e2, a.round_trips)?);
-            let (r, m) = vm_stream(&bed, placement, a.mib, a.round_trips)?;
-            rtt.push(r);
-            mbit.push(m);
+            let v = vm_stream(&bed, placement, a.mib, a.round_trips)?;
+            rtt.push(v.rtt_us);
+            mbit.push(v.mbit_s);
+            sender_exits.extend(v.sender_exits.map(|e| e as f64));
+            receiver_exits.push(v.receiver_exits as f64);
         }
         let (vm_mbit, reference) = (median(&mbit), median(&ref_mbit));
         rows.push(Row {
@@ -120,22 +128,34 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
             reference_rtt_us: median(&ref_rtt),
             vm_vs_reference_throughput: vm_mbit / reference,
             vm_runs_mbit_s: mbit,
+            vm_sender_exits: (!sender_exits.is_empty()).then(|| median(&sender_exits)),
+            vm_receiver_exits: median(&receiver_exits),
             runs: a.runs,
         });
     }
     println!(
-        "{:<11} {:>10} {:>17} {:>7} {:>10} {:>16}",
-        "path", "VM Mbit/s", "reference Mbit/s", "ratio", "VM RTT us", "reference RTT us"
+        "{:<11} {:>10} {:>17} {:>7} {:>10} {:>16} {:>13} {:>13}",
+        "path",
+        "VM Mbit/s",
+        "reference Mbit/s",
+        "ratio",
+        "VM RTT us",
+        "reference RTT us",
+        "sender exits",
+        "recv. exits"
     );
     for r in &rows {
         println!(
-            "{:<11} {:>10.1} {:>17.1} {:>6.1}% {:>10.1} {:>16.1}",
+            "{:<11} {:>10.1} {:>17.1} {:>6.1}% {:>10.1} {:>16.1} {:>13} {:>13.0}",
             r.path,
             r.vm_mbit_s,
             r.reference_mbit_s,
             100.0 * r.vm_vs_reference_throughput,
             r.vm_rtt_us,
-            r.reference_rtt_us
+            r.reference_rtt_us,
+            r.vm_sender_exits
+                .map_or("n/a".into(), |e| format!("{e:.0}")),
+            r.vm_receiver_exits
         );
     }
     println!(
@@ -150,14 +170,25 @@ pub fn main(a: NetBenchArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// What one `netpi stream` pair measured.
+struct VmStream {
+    /// Median round trip and stream throughput, as the parent VM printed
+    /// them.
+    rtt_us: f64,
+    mbit_s: f64,
+    /// VM exits of the VM that sent the stream (the clone; `None` when it
+    /// ran on another host, whose log is not here) and of the one that
+    /// received it (the parent), from each VMM's end-of-run counters.
+    sender_exits: Option<u64>,
+    receiver_exits: u64,
+}
+
+/// The log target of the VMM's end-of-run exit counters.
+const EXITS_LOG: &str = "sf_vmm::exits=debug";
+
 /// One `netpi stream` pair on host 1 (the clone where `placement` puts
-/// it): (median RTT µs, stream Mbit/s) as the parent VM printed them.
-fn vm_stream(
-    bed: &Testbed,
-    placement: &str,
-    mib: u64,
-    rounds: usize,
-) -> anyhow::Result<(f64, f64)> {
+/// it).
+fn vm_stream(bed: &Testbed, placement: &str, mib: u64, rounds: usize) -> anyhow::Result<VmStream> {
     let out = Command::new("ip")
         .args(["netns", "exec", &bed.netns(1)])
         .arg(std::env::current_exe()?)
@@ -168,6 +199,7 @@ fn vm_stream(
         .args(["netpi", "--", "stream"])
         .arg(format!("mib={mib}"))
         .arg(format!("rounds={rounds}"))
+        .env("SNOWFLOCK_LOG", EXITS_LOG)
         .stdin(Stdio::null())
         .output()
         .context("cannot run the stream VMs")?;
@@ -188,7 +220,52 @@ fn vm_stream(
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no {name} in {line:?}"))
     };
-    Ok((field("rtt_median_us=")?, field("mbit_s=")?))
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut vms = exit_counts(&stderr);
+    // The receiver (the parent) sent the least: acknowledgements.
+    vms.sort_by_key(|c| c.tx_bytes);
+    let (receiver, sender) = match vms[..] {
+        [r] => (r, None),
+        [r, s] => (r, Some(s)),
+        _ => bail!(
+            "expected the exit counters of 1 or 2 VMs in the VMMs' log, found {}:\n{stderr}",
+            vms.len()
+        ),
+    };
+    Ok(VmStream {
+        rtt_us: field("rtt_median_us=")?,
+        mbit_s: field("mbit_s=")?,
+        sender_exits: sender.map(|s| s.exits),
+        receiver_exits: receiver.exits,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ExitCount {
+    exits: u64,
+    tx_bytes: u64,
+}
+
+/// Each VMM's end-of-run counters from its log (`pid P: N exits (...);
+/// net0: NetStats { tx_bytes: B, ... }`): remote clones log on another
+/// host and are not seen here.
+fn exit_counts(log: &str) -> Vec<ExitCount> {
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    log.lines()
+        .filter(|l| l.contains("sf_vmm::exits"))
+        .filter_map(|l| {
+            let head = &l[..l.find(" exits (")?];
+            let exits = head.rsplit(' ').next()?.parse().ok()?;
+            let tx_bytes = number_after(l, "tx_bytes: ")?;
+            Some(ExitCount { exits, tx_bytes })
+        })
+        .collect()
 }
 
 /// Mbit/s of one TCP stream from `from` to `to` for `time`.
@@ -290,5 +367,26 @@ impl Drop for Holder {
     fn drop(&mut self) {
         drop(self.0.stdin.take());
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_counters_are_read_from_the_log() {
+        let log = "\x1b[2m2026-11-27T18:38:35Z\x1b[0m \x1b[34mDEBUG\x1b[0m \x1b[2msf_vmm::exits\x1b[0m\x1b[2m:\x1b[0m pid 27327: 1660 exits (ExitKinds { pio: 5, mmio_reads: 9, mmio_writes: 1646, other: 0 }), 5 hypercalls; net0: NetStats { tx_packets: 5521, tx_bytes: 268733710, tx_dropped: 0 }
+stream: rtt_median_us=279.8 mbit_s=8525.0
+other line with 12 exits ( but no target
+DEBUG sf_vmm::exits: pid 2: 7 exits (ExitKinds { pio: 7 }), 0 hypercalls; \n";
+        assert_eq!(
+            exit_counts(log),
+            vec![ExitCount {
+                exits: 1660,
+                tx_bytes: 268_733_710
+            }],
+            "a VMM without a NIC has no tx_bytes and is left out"
+        );
     }
 }

@@ -63,6 +63,10 @@ impl BusDevice for NetDevice {
         Ok(())
     }
 
+    fn counters(&self) -> Option<String> {
+        Some(format!("{:?}", self.transport.device().stats()))
+    }
+
     fn save(&self) -> Result<Vec<u8>, DeviceError> {
         encode_state(NET0, &self.transport.save())
     }

@@ -72,8 +72,12 @@ pub const RX: usize = 0;
 pub const TX: usize = 1;
 pub const QUEUE_SIZE: u16 = 256;
 /// With `RING_EVENT_IDX`, the driver notifies after this many new transmit
-/// chains (it waits or notifies to flush fewer).
-pub const TX_NOTIFY_EVERY: u16 = 16;
+/// chains (it waits or notifies to flush fewer): as many as our guest
+/// driver keeps transmit buffers, so it notifies only when it has no
+/// buffer left. A 256 MiB stream between two VMs (2 MiB windows, load
+/// average 11): 16 took the sender 665-707 exits (218-236 of them
+/// notifies), 32 took 538-545 (37-44), at the same 8.7-11.3 Gbit/s.
+pub const TX_NOTIFY_EVERY: u16 = 32;
 /// Config space: `mac[6]`, `status: u16` (1 = link up).
 const LINK_UP: u16 = 1;
 
