@@ -167,6 +167,15 @@ pub struct FetchStats {
     /// never requested, zero-filled by the kernel on first touch.
     #[serde(default)]
     pub released_hinted_pages: u64,
+    /// Complete 2 MiB blocks collapsed into huge pages once all their
+    /// pages were installed, blocks the kernel refused, and the time the
+    /// collapses took (µs).
+    #[serde(default)]
+    pub collapsed_blocks: u64,
+    #[serde(default)]
+    pub collapse_failures: u64,
+    #[serde(default)]
+    pub collapse_us: u64,
 }
 
 /// `GET /v1/metrics`.

@@ -16,6 +16,7 @@
 
 use super::bitmap::PageBitmap;
 use super::client::{Batch, PageClient};
+use super::collapse::{Collapser, FullBlocks};
 use super::error::RemoteError;
 use super::fetcher::FetchConfig;
 use super::histogram::Histogram;
@@ -85,6 +86,11 @@ pub struct Counters {
     /// Pages of whole hinted 2 MiB blocks handed to the kernel at attach:
     /// zero on first touch (by the kernel, unseen here), if ever touched.
     pub released_hinted_pages: AtomicU64,
+    /// Complete 2 MiB blocks collapsed into huge pages, the ones the
+    /// kernel refused, and the time the collapses took.
+    pub collapsed_blocks: AtomicU64,
+    pub collapse_failures: AtomicU64,
+    pub collapse_us: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -155,6 +161,10 @@ pub struct Handler {
     multicast: Option<Pushes>,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
+    /// Complete blocks waiting for their collapse into a huge page, and the
+    /// thread that collapses them (`None`: collapsing is off, or the region
+    /// is not 2 MiB aligned).
+    full_blocks: Option<(FullBlocks, Collapser)>,
 }
 
 /// Where a [`Handler`] fetches from and what it installs into.
@@ -233,7 +243,14 @@ impl Handler {
             registered: true,
             data: Vec::new(),
             push_run: Vec::new(),
+            full_blocks: None,
         };
+        if h.cfg.collapse_full_blocks && super::collapse::aligned(h.base) {
+            match Collapser::start(h.base, h.shared.clone()) {
+                Ok(c) => h.full_blocks = Some((FullBlocks::new(h.len / PAGE), c)),
+                Err(e) => tracing::warn!("no huge page collapse for remote memory: {e}"),
+            }
+        }
         // Before the thread starts, so attach returns with it done.
         if h.cfg.release_hinted_blocks {
             h.release_hinted_blocks();
@@ -275,6 +292,8 @@ impl Handler {
             {
                 Ok(()) => {
                     self.present.set_range(start, end - start);
+                    // The kernel backs these itself, with huge pages.
+                    self.exclude_from_collapse(start, end - start);
                     released += end - start;
                 }
                 Err(e) => {
@@ -321,9 +340,14 @@ impl Handler {
                     }
                 }
             }
+            // The blocks this round's installs completed (installs are
+            // done by now: the kernel would refuse a block with a page
+            // still missing).
+            self.send_full_blocks();
             // Faults first: a prefetch step only runs when none are waiting.
             if faults == 0 {
                 self.prefetch_step();
+                self.send_full_blocks();
             }
         }
         if let Some(p) = self.prefetch.take() {
@@ -612,6 +636,7 @@ impl Handler {
             } else if private_zeros {
                 self.install(page, pages, Some(&ZERO_PAGES[..len]))?;
             } else {
+                self.exclude_from_collapse(page, pages);
                 self.install(page, pages, None)?;
             }
         }
@@ -631,6 +656,7 @@ impl Handler {
             let len = (count * PAGE) as usize;
             self.install(first, count, Some(&ZERO_PAGES[..len]))
         } else {
+            self.exclude_from_collapse(first, count);
             self.install(first, count, None)
         }
     }
@@ -654,6 +680,27 @@ impl Handler {
         self.present.set_range(first, pages);
         let count = self.present.count();
         self.shared.counters.present_pages.store(count, Relaxed);
+        if let Some((full, _)) = self.full_blocks.as_mut() {
+            full.note_present(&self.present, first, pages);
+        }
+    }
+
+    fn exclude_from_collapse(&mut self, first: u64, pages: u64) {
+        if let Some((full, _)) = self.full_blocks.as_mut() {
+            full.exclude(first, pages);
+        }
+    }
+
+    /// Hands the complete blocks to the collapse thread.
+    fn send_full_blocks(&mut self) {
+        if self.degraded {
+            return;
+        }
+        if let Some((full, collapser)) = self.full_blocks.as_mut() {
+            while let Some(block) = full.next() {
+                collapser.send(block);
+            }
+        }
     }
 
     /// Sends `req`; a transport failure gets one new connection and one
@@ -732,6 +779,9 @@ impl Handler {
     }
 
     fn zero_fill(&mut self, page: u64) {
+        if !self.present.get(page) {
+            self.exclude_from_collapse(page, 1);
+        }
         match self.uffd.zero(self.base + page * PAGE, PAGE) {
             Ok(_) => self.mark_present(page, 1),
             // After unregistering (ENOENT) the kernel has woken the thread

@@ -20,6 +20,7 @@
 
 mod bitmap;
 mod client;
+mod collapse;
 mod error;
 pub mod fetcher;
 mod handler;
