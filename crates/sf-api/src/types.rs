@@ -167,15 +167,12 @@ pub struct FetchStats {
     /// never requested, zero-filled by the kernel on first touch.
     #[serde(default)]
     pub released_hinted_pages: u64,
-    /// Complete 2 MiB blocks collapsed into huge pages once all their
-    /// pages were installed, blocks the kernel refused, and the time the
-    /// collapses took (µs).
+    /// Whole 2 MiB blocks installed as one huge page each (they arrived
+    /// at once), and blocks installed page by page after their move failed.
     #[serde(default)]
-    pub collapsed_blocks: u64,
+    pub huge_blocks: u64,
     #[serde(default)]
-    pub collapse_failures: u64,
-    #[serde(default)]
-    pub collapse_us: u64,
+    pub huge_fallbacks: u64,
 }
 
 /// `GET /v1/metrics`.

@@ -177,7 +177,7 @@ fn build(
             desc.mem_size / crate::remote::PAGE_SIZE as u64,
         )),
         release_hinted_blocks: huge_pages_possible(),
-        collapse_full_blocks: huge_pages_possible(),
+        huge_blocks: huge_pages_possible(),
         // Test knob, set in the clone-host daemon's environment: this host
         // loses every page pushed to it.
         drop_pushes: std::env::var_os(DROP_PUSHES_ENV).is_some_and(|v| v == "1"),

@@ -46,28 +46,9 @@ impl PageBitmap {
         (first..first + count).for_each(|p| self.set(p));
     }
 
-    /// Whether every page of `first..first + count` is set (a range past
-    /// the end is not).
-    pub fn all_set(&self, first: u64, count: u64) -> bool {
-        let end = first.saturating_add(count);
-        if end > self.pages {
-            return false;
-        }
-        let mut page = first;
-        while page < end {
-            if page.is_multiple_of(64) && end - page >= 64 {
-                if self.words[(page / 64) as usize] != u64::MAX {
-                    return false;
-                }
-                page += 64;
-            } else {
-                if !self.get(page) {
-                    return false;
-                }
-                page += 1;
-            }
-        }
-        true
+    /// Whether no page of `first..first + count` is set.
+    pub fn none_set(&self, first: u64, count: u64) -> bool {
+        self.absent_run(first, count) == count
     }
 
     /// How many pages from `first` on are absent, up to `max`: the longest
@@ -113,7 +94,6 @@ mod tests {
         assert_eq!(b.next_absent(5), Some(5));
         assert!(b.get(199) && !b.get(200));
         assert_eq!(b.absent_run(200, 5), 0);
-        assert!(b.all_set(10, 190) && b.all_set(64, 128) && b.all_set(199, 1));
-        assert!(!b.all_set(4, 2) && !b.all_set(199, 2) && !b.all_set(300, 1));
+        assert!(b.none_set(0, 10) && !b.none_set(0, 11) && !b.none_set(199, 2));
     }
 }

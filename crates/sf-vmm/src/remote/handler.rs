@@ -16,10 +16,10 @@
 
 use super::bitmap::PageBitmap;
 use super::client::{Batch, PageClient};
-use super::collapse::{Collapser, FullBlocks};
 use super::error::RemoteError;
 use super::fetcher::FetchConfig;
 use super::histogram::Histogram;
+use super::huge::{HugeStage, BLOCK_BYTES, BLOCK_PAGES};
 use super::protocol::{Request, MAX_BATCH_PAGES};
 use super::readahead::Readahead;
 use super::uffd::{Event, Userfaultfd};
@@ -86,11 +86,10 @@ pub struct Counters {
     /// Pages of whole hinted 2 MiB blocks handed to the kernel at attach:
     /// zero on first touch (by the kernel, unseen here), if ever touched.
     pub released_hinted_pages: AtomicU64,
-    /// Complete 2 MiB blocks collapsed into huge pages, the ones the
-    /// kernel refused, and the time the collapses took.
-    pub collapsed_blocks: AtomicU64,
-    pub collapse_failures: AtomicU64,
-    pub collapse_us: AtomicU64,
+    /// Whole 2 MiB blocks installed as one huge page each, and blocks
+    /// whose move failed and were installed page by page instead.
+    pub huge_blocks: AtomicU64,
+    pub huge_fallbacks: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -161,10 +160,10 @@ pub struct Handler {
     multicast: Option<Pushes>,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
-    /// Complete blocks waiting for their collapse into a huge page, and the
-    /// thread that collapses them (`None`: collapsing is off, or the region
-    /// is not 2 MiB aligned).
-    full_blocks: Option<(FullBlocks, Collapser)>,
+    /// Where whole blocks are staged on their way in as huge pages
+    /// (`None`: off, no UFFDIO_MOVE here, or the region is not 2 MiB
+    /// aligned).
+    stage: Option<HugeStage>,
 }
 
 /// Where a [`Handler`] fetches from and what it installs into.
@@ -243,12 +242,12 @@ impl Handler {
             registered: true,
             data: Vec::new(),
             push_run: Vec::new(),
-            full_blocks: None,
+            stage: None,
         };
-        if h.cfg.collapse_full_blocks && super::collapse::aligned(h.base) {
-            match Collapser::start(h.base, h.shared.clone()) {
-                Ok(c) => h.full_blocks = Some((FullBlocks::new(h.len / PAGE), c)),
-                Err(e) => tracing::warn!("no huge page collapse for remote memory: {e}"),
+        if h.cfg.huge_blocks && h.uffd.can_move() && super::huge::aligned(h.base) {
+            match HugeStage::new() {
+                Ok(s) => h.stage = Some(s),
+                Err(e) => tracing::warn!("remote memory installs 4 KiB pages only: {e}"),
             }
         }
         // Before the thread starts, so attach returns with it done.
@@ -292,8 +291,6 @@ impl Handler {
             {
                 Ok(()) => {
                     self.present.set_range(start, end - start);
-                    // The kernel backs these itself, with huge pages.
-                    self.exclude_from_collapse(start, end - start);
                     released += end - start;
                 }
                 Err(e) => {
@@ -340,14 +337,9 @@ impl Handler {
                     }
                 }
             }
-            // The blocks this round's installs completed (installs are
-            // done by now: the kernel would refuse a block with a page
-            // still missing).
-            self.send_full_blocks();
             // Faults first: a prefetch step only runs when none are waiting.
             if faults == 0 {
                 self.prefetch_step();
-                self.send_full_blocks();
             }
         }
         if let Some(p) = self.prefetch.take() {
@@ -604,12 +596,24 @@ impl Handler {
         batch: Batch,
         write_fault: bool,
     ) -> Result<(), RemoteError> {
+        // A whole block of data (a range stream's or a prefetch's batch):
+        // one huge page.
+        let whole = count == BLOCK_PAGES
+            && first.is_multiple_of(BLOCK_PAGES)
+            && u64::from(batch.map.data_pages()) == count
+            && self.block_wanted_whole(first / BLOCK_PAGES);
         let c = &self.shared.counters;
         c.bytes_received
             .fetch_add(batch.bytes_received as u64, Relaxed);
         c.pages_fetched.fetch_add(count, Relaxed);
         c.zero_pages
             .fetch_add(count - u64::from(batch.map.data_pages()), Relaxed);
+        if whole {
+            let data = std::mem::take(&mut self.data);
+            let done = self.install_block(first / BLOCK_PAGES, &data[..BLOCK_BYTES]);
+            self.data = data;
+            return done;
+        }
         // Marked before the installs: each install wakes its waiters, who
         // may read the statistics at once. (If one fails, the range is
         // given up anyway.)
@@ -636,7 +640,6 @@ impl Handler {
             } else if private_zeros {
                 self.install(page, pages, Some(&ZERO_PAGES[..len]))?;
             } else {
-                self.exclude_from_collapse(page, pages);
                 self.install(page, pages, None)?;
             }
         }
@@ -656,7 +659,6 @@ impl Handler {
             let len = (count * PAGE) as usize;
             self.install(first, count, Some(&ZERO_PAGES[..len]))
         } else {
-            self.exclude_from_collapse(first, count);
             self.install(first, count, None)
         }
     }
@@ -680,27 +682,44 @@ impl Handler {
         self.present.set_range(first, pages);
         let count = self.present.count();
         self.shared.counters.present_pages.store(count, Relaxed);
-        if let Some((full, _)) = self.full_blocks.as_mut() {
-            full.note_present(&self.present, first, pages);
-        }
     }
 
-    fn exclude_from_collapse(&mut self, first: u64, pages: u64) {
-        if let Some((full, _)) = self.full_blocks.as_mut() {
-            full.exclude(first, pages);
-        }
+    /// Whether block `block` can come in as one huge page: moves are on,
+    /// the block is whole inside the region, none of its pages is here
+    /// and none is hinted free (those stay zeros made here).
+    fn block_wanted_whole(&self, block: u64) -> bool {
+        let first = block * BLOCK_PAGES;
+        self.stage.is_some()
+            && first + BLOCK_PAGES <= self.present.len()
+            && self.present.none_set(first, BLOCK_PAGES)
+            && self.cfg.free_pages.unhinted_run(first, BLOCK_PAGES) == BLOCK_PAGES
     }
 
-    /// Hands the complete blocks to the collapse thread.
-    fn send_full_blocks(&mut self) {
-        if self.degraded {
-            return;
-        }
-        if let Some((full, collapser)) = self.full_blocks.as_mut() {
-            while let Some(block) = full.next() {
-                collapser.send(block);
+    /// Installs block `block` (`bytes`: all of it, none of it here yet) as
+    /// one huge page, or page by page if the move fails. Marks it present
+    /// first, as [`Handler::install_batch`] does (the move wakes waiters
+    /// who may read the counters); an error here means the region is
+    /// broken, and the caller gives it up.
+    fn install_block(&mut self, block: u64, bytes: &[u8]) -> Result<(), RemoteError> {
+        let first = block * BLOCK_PAGES;
+        let dst = self.base + first * PAGE;
+        self.mark_present(first, BLOCK_PAGES);
+        let moved = match self.stage.as_mut() {
+            Some(stage) => stage.install(&self.uffd, dst, bytes),
+            None => Err(std::io::Error::other("no huge page stage")),
+        };
+        let c = &self.shared.counters;
+        match moved {
+            Ok(()) => {
+                c.huge_blocks.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!("block {block} installed page by page: {e}");
+                c.huge_fallbacks.fetch_add(1, Relaxed);
+                self.install(first, BLOCK_PAGES, Some(bytes))?;
             }
         }
+        Ok(())
     }
 
     /// Sends `req`; a transport failure gets one new connection and one
@@ -779,9 +798,6 @@ impl Handler {
     }
 
     fn zero_fill(&mut self, page: u64) {
-        if !self.present.get(page) {
-            self.exclude_from_collapse(page, 1);
-        }
         match self.uffd.zero(self.base + page * PAGE, PAGE) {
             Ok(_) => self.mark_present(page, 1),
             // After unregistering (ENOENT) the kernel has woken the thread

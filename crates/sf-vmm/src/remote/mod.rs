@@ -20,7 +20,6 @@
 
 mod bitmap;
 mod client;
-mod collapse;
 mod error;
 pub mod fetcher;
 mod handler;
@@ -28,6 +27,7 @@ mod hinted;
 mod histogram;
 pub mod host_cache;
 pub mod host_receiver;
+mod huge;
 pub mod lockstep;
 pub mod multicast;
 pub mod pacer;

@@ -139,11 +139,10 @@ pub struct Row {
     /// Pages that reached a clone by the group's multicast (not counted in
     /// the fetched pages and bytes).
     pub multicast_pages_per_clone: f64,
-    /// Complete 2 MiB blocks a clone collapsed into huge pages, those the
-    /// kernel refused, and the handler's time spent collapsing (ms).
-    pub collapsed_blocks_per_clone: f64,
-    pub collapse_failures_per_clone: f64,
-    pub collapse_ms_per_clone: f64,
+    /// Whole 2 MiB blocks a clone installed as one huge page each, and
+    /// those it installed page by page after their move failed.
+    pub huge_blocks_per_clone: f64,
+    pub huge_fallbacks_per_clone: f64,
     pub bytes_fetched_per_clone: f64,
     pub pages_touched_per_clone: f64,
     /// bytes fetched / bytes of the pages touched.
@@ -373,9 +372,8 @@ fn measure_row(
         faults_per_clone: per(|c| c.m.faults as f64),
         pages_fetched_per_clone: per(|c| c.m.pages_fetched as f64),
         multicast_pages_per_clone: per(|c| c.m.multicast_pages as f64),
-        collapsed_blocks_per_clone: per(|c| c.m.collapsed_blocks as f64),
-        collapse_failures_per_clone: per(|c| c.m.collapse_failures as f64),
-        collapse_ms_per_clone: per(|c| c.m.collapse_us as f64 / 1e3),
+        huge_blocks_per_clone: per(|c| c.m.huge_blocks as f64),
+        huge_fallbacks_per_clone: per(|c| c.m.huge_fallbacks as f64),
         bytes_fetched_per_clone: bytes_med,
         pages_touched_per_clone: touched,
         fetched_vs_touched: bytes_med / (touched * 4096.0),
@@ -451,9 +449,9 @@ fn print_table(rows: &[Row]) {
             r.local_first_instr_ms_median,
             r.lockstep_shared_chunks,
             r.unicast_private_pages,
-            r.collapsed_blocks_per_clone,
-            r.collapse_failures_per_clone,
+            r.huge_blocks_per_clone,
+            r.huge_fallbacks_per_clone,
         );
     }
-    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk); huge / h fail = 2 MiB blocks a clone collapsed into huge pages once complete / that the kernel refused");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk); huge / h fail = whole 2 MiB blocks a clone installed as one huge page / installed page by page after the move failed");
 }
