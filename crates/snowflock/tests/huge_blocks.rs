@@ -11,7 +11,8 @@ use sf_api::Metrics;
 
 #[test]
 fn pushed_whole_blocks_come_in_as_huge_pages_and_read_back_right() {
-    let h = Hosts::start(3);
+    // Off by default: asked for in every host's daemon environment.
+    let h = Hosts::start_with_env(3, &[], |_| vec![("SNOWFLOCK_HUGE_BLOCKS", "1")]);
     let r = h.run(
         1,
         &[

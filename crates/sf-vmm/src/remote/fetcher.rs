@@ -56,7 +56,7 @@ pub struct FetchConfig {
     /// Install a whole 2 MiB block that arrives at once (from the host's
     /// cache of pushed pages, or one fetched batch) as one huge page
     /// (default false: only a gain where transparent huge pages back the
-    /// region). See [`super::huge`].
+    /// region; off on clone hosts unless asked for). See [`super::huge`].
     pub huge_blocks: bool,
     /// How to reach the page server: mutual TLS (the server's certificate
     /// must name its address) or plain TCP in insecure mode.

@@ -10,6 +10,15 @@
 //! busy machine): copy into the stage and move, 0.19-0.42 ms per block of
 //! CPU/wall, and the destination holds 128 MiB of AnonHugePages.
 //!
+//! Off by default (a clone host turns it on with `SNOWFLOCK_HUGE_BLOCKS=1`
+//! in its daemon's environment): on this machine it has not paid yet.
+//! `bench remote --mem-mib 1024 --clones 1,32 --rate 1gbit --mechanisms
+//! all --transport mtls`, same build with the knob on and off, alternating,
+//! load average 6-18: the slowest of 32 clones 2,990 / 4,962 ms on against
+//! 3,031 / 2,985 ms off, with 7-12 of each clone's 32 blocks huge; one
+//! clone 553 ms either way (its pages come as faults' 64-page windows,
+//! never a whole block).
+//!
 //! Tried first and dropped: MADV_COLLAPSE of a block once its pages were
 //! all installed. It copies the block a second time and waits for every
 //! CPU's page lists to drain: 1.1-1.3 ms per block on a quiet machine, 265
