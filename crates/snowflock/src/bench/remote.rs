@@ -118,6 +118,9 @@ pub struct Row {
     /// count): a connection with 8 or more, over a quarter of its pushed
     /// answers, is served by TCP alone from then on.
     pub holder_unicast_fallbacks: f64,
+    /// Connections the holder turned to unicast alone for good (lossy
+    /// receivers): each costs the origin that clone's pages over TCP.
+    pub holder_lossy_receivers: f64,
     /// Pushed pages that were already there when they came (same sum).
     pub multicast_stale_drops: f64,
     /// Processes that received the group's datagrams in a run: one per
@@ -358,6 +361,7 @@ fn measure_row(
         unicast_private_pages: per_group(|g| g.holder.unicast_private_pages as f64),
         holder_multicast_datagrams: per_group(|g| g.holder.multicast_datagrams as f64),
         holder_unicast_fallbacks: per_group(|g| g.holder.unicast_fallbacks as f64),
+        holder_lossy_receivers: per_group(|g| g.holder.lossy_receivers as f64),
         multicast_stale_drops: per_group(|g| g.stale_drops),
         multicast_receivers: per_group(|g| g.receivers),
         multicast_datagrams_received_per_host: per_group(|g| g.datagrams_received)
