@@ -13,11 +13,11 @@
 //! Off by default (a clone host turns it on with `SNOWFLOCK_HUGE_BLOCKS=1`
 //! in its daemon's environment): on this machine it has not paid yet.
 //! `bench remote --mem-mib 1024 --clones 1,32 --rate 1gbit --mechanisms
-//! all --transport mtls`, same build with the knob on and off, alternating,
-//! load average 6-18: the slowest of 32 clones 2,990 / 4,962 ms on against
-//! 3,031 / 2,985 ms off, with 7-12 of each clone's 32 blocks huge; one
-//! clone 553 ms either way (its pages come as faults' 64-page windows,
-//! never a whole block).
+//! all --transport mtls`, same build with the knob on and off, five
+//! alternating pairs, load average 9-23: the slowest of 32 clones took a
+//! median 2,990 ms on against 2,985 ms off, with 0-16 of each clone's 32
+//! blocks huge; one clone 553 ms either way (its pages come as faults'
+//! 64-page windows, never a whole block).
 //!
 //! Tried first and dropped: MADV_COLLAPSE of a block once its pages were
 //! all installed. It copies the block a second time and waits for every
