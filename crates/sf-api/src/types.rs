@@ -167,6 +167,12 @@ pub struct FetchStats {
     /// never requested, zero-filled by the kernel on first touch.
     #[serde(default)]
     pub released_hinted_pages: u64,
+    /// Whole 2 MiB blocks installed as one huge page each (they arrived
+    /// at once), and blocks installed page by page after their move failed.
+    #[serde(default)]
+    pub huge_blocks: u64,
+    #[serde(default)]
+    pub huge_fallbacks: u64,
 }
 
 /// `GET /v1/metrics`.

@@ -177,6 +177,11 @@ fn build(
             desc.mem_size / crate::remote::PAGE_SIZE as u64,
         )),
         release_hinted_blocks: huge_pages_possible(),
+        // Off unless asked for (`1` in the clone host daemon's
+        // environment): on this machine it has not paid yet (see
+        // `remote::huge`).
+        huge_blocks: std::env::var_os(HUGE_BLOCKS_ENV).is_some_and(|v| v == "1")
+            && huge_pages_possible(),
         // Test knob, set in the clone-host daemon's environment: this host
         // loses every page pushed to it.
         drop_pushes: std::env::var_os(DROP_PUSHES_ENV).is_some_and(|v| v == "1"),
@@ -245,6 +250,10 @@ fn spawn_heartbeats(
 /// Test knob: `1` in a clone host's environment drops every page pushed to
 /// its clones (they then fault and fall back to unicast).
 pub const DROP_PUSHES_ENV: &str = "SNOWFLOCK_TEST_DROP_PUSHES";
+
+/// `1` in a clone host daemon's environment: its clones install each whole
+/// 2 MiB block that arrives at once as one huge page.
+pub const HUGE_BLOCKS_ENV: &str = "SNOWFLOCK_HUGE_BLOCKS";
 
 /// Whether guest RAM (MADV_HUGEPAGE) can get transparent huge pages here:
 /// then hinted 2 MiB blocks are faster filled by the kernel than by the

@@ -46,6 +46,11 @@ impl PageBitmap {
         (first..first + count).for_each(|p| self.set(p));
     }
 
+    /// Whether no page of `first..first + count` is set.
+    pub fn none_set(&self, first: u64, count: u64) -> bool {
+        self.absent_run(first, count) == count
+    }
+
     /// How many pages from `first` on are absent, up to `max`: the longest
     /// request that fetches nothing twice.
     pub fn absent_run(&self, first: u64, max: u64) -> u64 {
@@ -89,5 +94,6 @@ mod tests {
         assert_eq!(b.next_absent(5), Some(5));
         assert!(b.get(199) && !b.get(200));
         assert_eq!(b.absent_run(200, 5), 0);
+        assert!(b.none_set(0, 10) && !b.none_set(0, 11) && !b.none_set(199, 2));
     }
 }

@@ -53,6 +53,11 @@ pub struct FetchConfig {
     /// instead of the handler thread (default false: only a gain where
     /// transparent huge pages back the region).
     pub release_hinted_blocks: bool,
+    /// Install a whole 2 MiB block that arrives at once (from the host's
+    /// cache of pushed pages, or one fetched batch) as one huge page
+    /// (default false: only a gain where transparent huge pages back the
+    /// region; off on clone hosts unless asked for). See [`super::huge`].
+    pub huge_blocks: bool,
     /// How to reach the page server: mutual TLS (the server's certificate
     /// must name its address) or plain TCP in insecure mode.
     pub transport: sf_tls::Transport,
@@ -79,6 +84,7 @@ impl Default for FetchConfig {
             on_failure: None,
             free_pages: Arc::default(),
             release_hinted_blocks: false,
+            huge_blocks: false,
             transport: sf_tls::Transport::Plain,
             drop_pushes: false,
             page_receiver: None,
@@ -98,6 +104,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("on_failure", &self.on_failure.is_some())
             .field("free_pages", &self.free_pages.pages())
             .field("release_hinted_blocks", &self.release_hinted_blocks)
+            .field("huge_blocks", &self.huge_blocks)
             .field("transport", &self.transport.name())
             .field("drop_pushes", &self.drop_pushes)
             .field("page_receiver", &self.page_receiver)
@@ -159,6 +166,10 @@ pub struct FetchStats {
     /// attach (with huge pages): never requested either, zero-filled by the
     /// kernel on first touch if the guest touches them at all.
     pub released_hinted_pages: u64,
+    /// Whole 2 MiB blocks installed as one huge page each, and blocks
+    /// installed page by page after their move failed.
+    pub huge_blocks: u64,
+    pub huge_fallbacks: u64,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -193,6 +204,8 @@ impl StatsHandle {
             multicast_host_datagrams: c.multicast_host_datagrams.load(Relaxed),
             multicast_receiver_pid: c.multicast_receiver_pid.load(Relaxed),
             released_hinted_pages: c.released_hinted_pages.load(Relaxed),
+            huge_blocks: c.huge_blocks.load(Relaxed),
+            huge_fallbacks: c.huge_fallbacks.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }

@@ -19,6 +19,7 @@ use super::client::{Batch, PageClient};
 use super::error::RemoteError;
 use super::fetcher::FetchConfig;
 use super::histogram::Histogram;
+use super::huge::{HugeStage, BLOCK_BYTES, BLOCK_PAGES};
 use super::protocol::{Request, MAX_BATCH_PAGES};
 use super::readahead::Readahead;
 use super::uffd::{Event, Userfaultfd};
@@ -85,6 +86,10 @@ pub struct Counters {
     /// Pages of whole hinted 2 MiB blocks handed to the kernel at attach:
     /// zero on first touch (by the kernel, unseen here), if ever touched.
     pub released_hinted_pages: AtomicU64,
+    /// Whole 2 MiB blocks installed as one huge page each, and blocks
+    /// whose move failed and were installed page by page instead.
+    pub huge_blocks: AtomicU64,
+    pub huge_fallbacks: AtomicU64,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -155,6 +160,10 @@ pub struct Handler {
     multicast: Option<Pushes>,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
+    /// Where whole blocks are staged on their way in as huge pages
+    /// (`None`: off, no UFFDIO_MOVE here, or the region is not 2 MiB
+    /// aligned).
+    stage: Option<HugeStage>,
 }
 
 /// Where a [`Handler`] fetches from and what it installs into.
@@ -233,7 +242,14 @@ impl Handler {
             registered: true,
             data: Vec::new(),
             push_run: Vec::new(),
+            stage: None,
         };
+        if h.cfg.huge_blocks && h.uffd.can_move() && super::huge::aligned(h.base) {
+            match HugeStage::new() {
+                Ok(s) => h.stage = Some(s),
+                Err(e) => tracing::warn!("remote memory installs 4 KiB pages only: {e}"),
+            }
+        }
         // Before the thread starts, so attach returns with it done.
         if h.cfg.release_hinted_blocks {
             h.release_hinted_blocks();
@@ -580,12 +596,24 @@ impl Handler {
         batch: Batch,
         write_fault: bool,
     ) -> Result<(), RemoteError> {
+        // A whole block of data (a range stream's or a prefetch's batch):
+        // one huge page.
+        let whole = count == BLOCK_PAGES
+            && first.is_multiple_of(BLOCK_PAGES)
+            && u64::from(batch.map.data_pages()) == count
+            && self.block_wanted_whole(first / BLOCK_PAGES);
         let c = &self.shared.counters;
         c.bytes_received
             .fetch_add(batch.bytes_received as u64, Relaxed);
         c.pages_fetched.fetch_add(count, Relaxed);
         c.zero_pages
             .fetch_add(count - u64::from(batch.map.data_pages()), Relaxed);
+        if whole {
+            let data = std::mem::take(&mut self.data);
+            let done = self.install_block(first / BLOCK_PAGES, &data[..BLOCK_BYTES]);
+            self.data = data;
+            return done;
+        }
         // Marked before the installs: each install wakes its waiters, who
         // may read the statistics at once. (If one fails, the range is
         // given up anyway.)
@@ -654,6 +682,44 @@ impl Handler {
         self.present.set_range(first, pages);
         let count = self.present.count();
         self.shared.counters.present_pages.store(count, Relaxed);
+    }
+
+    /// Whether block `block` can come in as one huge page: moves are on,
+    /// the block is whole inside the region, none of its pages is here
+    /// and none is hinted free (those stay zeros made here).
+    fn block_wanted_whole(&self, block: u64) -> bool {
+        let first = block * BLOCK_PAGES;
+        self.stage.is_some()
+            && first + BLOCK_PAGES <= self.present.len()
+            && self.present.none_set(first, BLOCK_PAGES)
+            && self.cfg.free_pages.unhinted_run(first, BLOCK_PAGES) == BLOCK_PAGES
+    }
+
+    /// Installs block `block` (`bytes`: all of it, none of it here yet) as
+    /// one huge page, or page by page if the move fails. Marks it present
+    /// first, as [`Handler::install_batch`] does (the move wakes waiters
+    /// who may read the counters); an error here means the region is
+    /// broken, and the caller gives it up.
+    fn install_block(&mut self, block: u64, bytes: &[u8]) -> Result<(), RemoteError> {
+        let first = block * BLOCK_PAGES;
+        let dst = self.base + first * PAGE;
+        self.mark_present(first, BLOCK_PAGES);
+        let moved = match self.stage.as_mut() {
+            Some(stage) => stage.install(&self.uffd, dst, bytes),
+            None => Err(std::io::Error::other("no huge page stage")),
+        };
+        let c = &self.shared.counters;
+        match moved {
+            Ok(()) => {
+                c.huge_blocks.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!("block {block} installed page by page: {e}");
+                c.huge_fallbacks.fetch_add(1, Relaxed);
+                self.install(first, BLOCK_PAGES, Some(bytes))?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends `req`; a transport failure gets one new connection and one

@@ -328,8 +328,11 @@ impl LossyReceiver {
         self.pushed = self.pushed.saturating_add(1);
     }
 
-    pub fn fell_back(&mut self) {
+    /// Counts a fallback; true if this one turned the receiver lossy.
+    pub fn fell_back(&mut self) -> bool {
+        let was = self.unicast_only();
         self.fallbacks = self.fallbacks.saturating_add(1);
+        !was && self.unicast_only()
     }
 
     /// Whether this receiver is served by unicast from now on.
@@ -518,12 +521,11 @@ mod tests {
             r.pushed();
         }
         for _ in 0..LOSSY_FALLBACKS {
-            r.fell_back();
+            assert!(!r.fell_back());
         }
         assert!(!r.unicast_only(), "8 losses in 100 is a healthy receiver");
-        for _ in 0..20 {
-            r.fell_back();
-        }
+        let turned = (0..20).filter(|_| r.fell_back()).count();
         assert!(r.unicast_only());
+        assert_eq!(turned, 1, "it turns lossy once");
     }
 }

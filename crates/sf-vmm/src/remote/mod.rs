@@ -27,6 +27,7 @@ mod hinted;
 mod histogram;
 pub mod host_cache;
 pub mod host_receiver;
+mod huge;
 pub mod lockstep;
 pub mod multicast;
 pub mod pacer;

@@ -447,7 +447,9 @@ impl PageServer {
                 self.start_working_set_push(scope);
             }
             if unicast {
-                lossy.fell_back();
+                if lossy.fell_back() {
+                    counters.lossy_receivers.fetch_add(1, Relaxed);
+                }
                 counters.unicast_fallbacks.fetch_add(1, Relaxed);
             }
             // Only while siblings are connected: a lone clone keeps its

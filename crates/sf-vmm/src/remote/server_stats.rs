@@ -38,6 +38,9 @@ pub struct ServerStats {
     /// Lockstep: pages answered by unicast alone because only one
     /// connection was asking in their chunk (nothing pushed).
     pub unicast_private_pages: u64,
+    /// Connections that turned lossy (served by unicast alone from then
+    /// on, see [`super::lockstep::LossyReceiver`]).
+    pub lossy_receivers: u64,
 }
 
 /// The live counters (all atomics: zeroed memory is a valid start).
@@ -59,6 +62,7 @@ pub struct Counters {
     pub lockstep_shared_chunks: AtomicU64,
     pub lockstep_predicted_chunks: AtomicU64,
     pub unicast_private_pages: AtomicU64,
+    pub lossy_receivers: AtomicU64,
 }
 
 /// [`Counters`] in an anonymous shared mapping: a process forked after
@@ -112,6 +116,7 @@ impl SharedStats {
             lockstep_shared_chunks: c.lockstep_shared_chunks.load(Relaxed),
             lockstep_predicted_chunks: c.lockstep_predicted_chunks.load(Relaxed),
             unicast_private_pages: c.unicast_private_pages.load(Relaxed),
+            lossy_receivers: c.lossy_receivers.load(Relaxed),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A small userfaultfd wrapper over `libc`: open, API handshake, register a
 //! range in MISSING mode, read fault events, and resolve them with COPY,
-//! ZEROPAGE or WAKE.
+//! ZEROPAGE, MOVE (a whole huge page, where the kernel has it) or WAKE.
 //!
 //! Written by hand rather than with the `userfaultfd` crate because that one
 //! runs bindgen at build time (libclang), which a fresh machine lacks. The
@@ -28,6 +28,9 @@ const _UFFDIO_UNREGISTER: u64 = 0x01;
 const _UFFDIO_WAKE: u64 = 0x02;
 const _UFFDIO_COPY: u64 = 0x03;
 const _UFFDIO_ZEROPAGE: u64 = 0x04;
+const _UFFDIO_MOVE: u64 = 0x05;
+/// Linux 6.8: UFFDIO_MOVE, asked for at the handshake.
+const UFFD_FEATURE_MOVE: u64 = 1 << 16;
 
 /// `_IOC(dir, 0xAA, nr, size)` as in `<asm-generic/ioctl.h>`.
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
@@ -49,6 +52,7 @@ const UFFDIO_ZEROPAGE: u64 = ioc(
     _UFFDIO_ZEROPAGE,
     size_of::<UffdioZeropage>(),
 );
+const UFFDIO_MOVE: u64 = ioc(IOC_READ | IOC_WRITE, _UFFDIO_MOVE, size_of::<UffdioMove>());
 /// `/dev/userfaultfd`'s ioctl that hands out a new userfaultfd.
 const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
 
@@ -93,6 +97,16 @@ struct UffdioZeropage {
     zeropage: i64,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
 /// `sizeof(struct uffd_msg)`; read as bytes and parsed, so no union type.
 const MSG_LEN: usize = 32;
 
@@ -118,6 +132,8 @@ pub struct Filled {
 #[derive(Debug)]
 pub struct Userfaultfd {
     fd: OwnedFd,
+    /// The kernel granted UFFD_FEATURE_MOVE.
+    can_move: bool,
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -134,6 +150,16 @@ impl Userfaultfd {
     /// are handled too (no `UFFD_USER_MODE_ONLY`): KVM touches guest RAM
     /// from kernel mode, and those faults are the ones that matter.
     pub fn new() -> io::Result<Userfaultfd> {
+        // A kernel without UFFDIO_MOVE refuses the feature (EINVAL) and
+        // the fd is spent: a second one is opened without it.
+        match Self::with_features(UFFD_FEATURE_MOVE) {
+            Ok(uffd) => Ok(uffd),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Self::with_features(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn with_features(features: u64) -> io::Result<Userfaultfd> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: the syscall takes only flags and returns a new fd or -1.
         let rc = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
@@ -150,9 +176,13 @@ impl Userfaultfd {
         };
         // SAFETY: `raw` is a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let uffd = Userfaultfd { fd };
+        let mut uffd = Userfaultfd {
+            fd,
+            can_move: false,
+        };
         let mut api = UffdioApi {
             api: UFFD_API,
+            features,
             ..UffdioApi::default()
         };
         // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
@@ -163,6 +193,7 @@ impl Userfaultfd {
                 "userfaultfd lacks REGISTER/UNREGISTER after the API handshake",
             ));
         }
+        uffd.can_move = api.features & UFFD_FEATURE_MOVE != 0;
         Ok(uffd)
     }
 
@@ -349,6 +380,42 @@ impl Userfaultfd {
         Ok(filled)
     }
 
+    /// Whether [`Userfaultfd::move_pages`] is available (Linux 6.8).
+    pub fn can_move(&self) -> bool {
+        self.can_move
+    }
+
+    /// Moves the pages of `[src, src + len)` (this process's own private
+    /// anonymous memory, outside the registered range) to the missing
+    /// pages at `dst` and wakes their waiters; `src` reads as missing
+    /// afterwards. An aligned 2 MiB range backed by a huge page moves as
+    /// that huge page. All or nothing here: EEXIST (a page already at
+    /// `dst`) and any partial move are errors; what did not move stays at
+    /// `src` and the caller installs it some other way.
+    pub fn move_pages(&self, dst: u64, src: u64, len: u64) -> io::Result<()> {
+        let mut m = UffdioMove {
+            dst,
+            src,
+            len,
+            ..UffdioMove::default()
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move`; the
+        // kernel checks both ranges against this process's mappings and
+        // moves pages between them without touching any Rust object.
+        let rc = unsafe { libc::ioctl(self.raw(), UFFDIO_MOVE as _, &mut m) };
+        if rc == 0 && m.moved == len as i64 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if m.moved > 0 {
+            return Err(io::Error::other(format!(
+                "UFFDIO_MOVE moved {} of {len} bytes: {err}",
+                m.moved
+            )));
+        }
+        Err(err)
+    }
+
     /// Wakes threads waiting for pages in `[start, start + len)` without
     /// installing anything (they retry their access).
     pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
@@ -379,6 +446,7 @@ mod tests {
         assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
+        assert_eq!(UFFDIO_MOVE, 0xc028_aa05);
         assert_eq!(std::mem::offset_of!(UffdioCopy, copy), 32);
         assert_eq!(std::mem::offset_of!(UffdioZeropage, zeropage), 24);
     }

@@ -115,5 +115,7 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         multicast_host_datagrams: s.multicast_host_datagrams,
         multicast_receiver_pid: s.multicast_receiver_pid,
         released_hinted_pages: s.released_hinted_pages,
+        huge_blocks: s.huge_blocks,
+        huge_fallbacks: s.huge_fallbacks,
     }
 }

@@ -396,13 +396,14 @@ fn clone_host(l: &mut Vec<Entry>) {
             crate::net::tap::TUNSETOFFLOAD,
             UFFDIO_COPY,
             UFFDIO_ZEROPAGE,
+            UFFDIO_MOVE,
             UFFDIO_WAKE,
             UFFDIO_UNREGISTER,
             libc::FIONREAD,
         ],
     ));
     allow!(l, SYS_ioctl if rules,
-        "KVM and TUNSETOFFLOAD as the runner; userfaultfd COPY/ZEROPAGE/WAKE from the fault thread, UNREGISTER when the origin is gone; FIONREAD: the multicast backlog the fault thread reports to the holder");
+        "KVM and TUNSETOFFLOAD as the runner; userfaultfd COPY/ZEROPAGE/MOVE (a whole 2 MiB block as a huge page)/WAKE from the fault thread, UNREGISTER when the origin is gone; FIONREAD: the multicast backlog the fault thread reports to the holder");
     allow!(
         l,
         SYS_ftruncate,
@@ -536,9 +537,11 @@ fn clone3_enosys() -> [seccompiler::sock_filter; 3] {
 }
 
 // userfaultfd requests (linux/userfaultfd.h): _IOWR(0xAA, 3, uffdio_copy),
-// _IOWR(0xAA, 4, uffdio_zeropage), _IOR(0xAA, 2 and 1, uffdio_range).
+// _IOWR(0xAA, 4, uffdio_zeropage), _IOWR(0xAA, 5, uffdio_move),
+// _IOR(0xAA, 2 and 1, uffdio_range).
 const UFFDIO_COPY: u64 = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: u64 = 0xc020_aa04;
+const UFFDIO_MOVE: u64 = 0xc028_aa05;
 const UFFDIO_WAKE: u64 = 0x8010_aa02;
 const UFFDIO_UNREGISTER: u64 = 0x8010_aa01;
 

@@ -118,6 +118,9 @@ pub struct Row {
     /// count): a connection with 8 or more, over a quarter of its pushed
     /// answers, is served by TCP alone from then on.
     pub holder_unicast_fallbacks: f64,
+    /// Connections the holder turned to unicast alone for good (lossy
+    /// receivers): each costs the origin that clone's pages over TCP.
+    pub holder_lossy_receivers: f64,
     /// Pushed pages that were already there when they came (same sum).
     pub multicast_stale_drops: f64,
     /// Processes that received the group's datagrams in a run: one per
@@ -139,6 +142,10 @@ pub struct Row {
     /// Pages that reached a clone by the group's multicast (not counted in
     /// the fetched pages and bytes).
     pub multicast_pages_per_clone: f64,
+    /// Whole 2 MiB blocks a clone installed as one huge page each, and
+    /// those it installed page by page after their move failed.
+    pub huge_blocks_per_clone: f64,
+    pub huge_fallbacks_per_clone: f64,
     pub bytes_fetched_per_clone: f64,
     pub pages_touched_per_clone: f64,
     /// bytes fetched / bytes of the pages touched.
@@ -354,6 +361,7 @@ fn measure_row(
         unicast_private_pages: per_group(|g| g.holder.unicast_private_pages as f64),
         holder_multicast_datagrams: per_group(|g| g.holder.multicast_datagrams as f64),
         holder_unicast_fallbacks: per_group(|g| g.holder.unicast_fallbacks as f64),
+        holder_lossy_receivers: per_group(|g| g.holder.lossy_receivers as f64),
         multicast_stale_drops: per_group(|g| g.stale_drops),
         multicast_receivers: per_group(|g| g.receivers),
         multicast_datagrams_received_per_host: per_group(|g| g.datagrams_received)
@@ -368,6 +376,8 @@ fn measure_row(
         faults_per_clone: per(|c| c.m.faults as f64),
         pages_fetched_per_clone: per(|c| c.m.pages_fetched as f64),
         multicast_pages_per_clone: per(|c| c.m.multicast_pages as f64),
+        huge_blocks_per_clone: per(|c| c.m.huge_blocks as f64),
+        huge_fallbacks_per_clone: per(|c| c.m.huge_fallbacks as f64),
         bytes_fetched_per_clone: bytes_med,
         pages_touched_per_clone: touched,
         fetched_vs_touched: bytes_med / (touched * 4096.0),
@@ -388,7 +398,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>4} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8}",
+        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>4} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>6} {:>6}",
         "auth",
         "mechanisms",
         "MiB",
@@ -413,10 +423,12 @@ fn print_table(rows: &[Row]) {
         "local ms",
         "shr ch",
         "priv pg",
+        "huge",
+        "h fail",
     );
     for r in rows {
         println!(
-            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>4.0} {:>8.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0}",
+            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>4.0} {:>8.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0} {:>6.0} {:>6.0}",
             r.transport,
             format!("{:?}", r.mechanisms),
             r.mem_mib,
@@ -441,7 +453,9 @@ fn print_table(rows: &[Row]) {
             r.local_first_instr_ms_median,
             r.lockstep_shared_chunks,
             r.unicast_private_pages,
+            r.huge_blocks_per_clone,
+            r.huge_fallbacks_per_clone,
         );
     }
-    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk)");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk); huge / h fail = whole 2 MiB blocks a clone installed as one huge page / installed page by page after the move failed");
 }
