@@ -26,7 +26,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Smallest request (pages) whose next batches the holder pushes ahead.
@@ -403,6 +403,9 @@ impl PageServer {
         let region = self.region.as_slice();
         let mut buf = [0u8; REQUEST_LEN];
         let mut lossy = LossyReceiver::default();
+        // The lossy record's clock: ms since this connection began.
+        let began = Instant::now();
+        let now_ms = || u32::try_from(began.elapsed().as_millis()).unwrap_or(u32::MAX);
         // Pages this clone asked for outside the pushed working set.
         let mut outside = 0u64;
         let mut first_request = true;
@@ -423,7 +426,9 @@ impl PageServer {
             }
             if let Some(report) = Report::decode(&buf) {
                 counters.reports.fetch_add(1, Relaxed);
-                self.shared.pacer.report(report, !lossy.unicast_only());
+                self.shared
+                    .pacer
+                    .report(report, !lossy.unicast_only(now_ms()));
                 counters
                     .push_rate_pps
                     .store(self.shared.pacer.rate(), Relaxed);
@@ -447,7 +452,7 @@ impl PageServer {
                 self.start_working_set_push(scope);
             }
             if unicast {
-                if lossy.fell_back() {
+                if lossy.fell_back(now_ms()) {
                     counters.lossy_receivers.fetch_add(1, Relaxed);
                 }
                 counters.unicast_fallbacks.fetch_add(1, Relaxed);
@@ -470,7 +475,7 @@ impl PageServer {
                     counters
                         .lockstep_predicted_chunks
                         .fetch_add(u64::from(verdict.predicted), Relaxed);
-                    let by_push = !unicast && !lossy.unicast_only();
+                    let by_push = !unicast && !lossy.unicast_only(now_ms());
                     // Pages on their way already (a sibling's push, the
                     // working set) are waited for even in a private chunk.
                     if by_push && (verdict.shared || ls.log.all_in_flight(first, pages, now)) {
