@@ -175,6 +175,28 @@ impl OriginLink {
         })
     }
 
+    /// One chunk of an output file of a clone of this clone (ID path `sub`
+    /// below it), relayed from that clone's pipe; as [`Self::output`].
+    pub fn nested_output(
+        &self,
+        sub: &[u8],
+        append: bool,
+        name: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let mut append = append;
+        self.pieces(data, |piece| {
+            let f = Frame::NestedOutput {
+                sub: sub.to_vec(),
+                append,
+                name: name.to_vec(),
+                data: piece.to_vec(),
+            };
+            append = true;
+            f
+        })
+    }
+
     /// The clone's result before its report, in pieces as outputs go
     /// (a result may be far larger than one frame).
     pub fn result(&self, data: &[u8]) -> std::io::Result<()> {
