@@ -259,6 +259,7 @@ impl Vm {
                     remote_clones: remote.as_ref().map_or(0, |r| r.ids.len() as u32),
                     requested_at: request.duration_since(self.started),
                     request_to_resumed: request.elapsed(),
+                    request_to_reported: None,
                     request_to_joined: None,
                     clones: Vec::new(),
                     holder: None,

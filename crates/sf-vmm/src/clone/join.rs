@@ -146,6 +146,7 @@ fn empty_timeline() -> super::CloneTimeline {
         remote_clones: 0,
         requested_at: Duration::ZERO,
         request_to_resumed: Duration::ZERO,
+        request_to_reported: None,
         request_to_joined: None,
         clones: Vec::new(),
         holder: None,
@@ -318,6 +319,7 @@ fn collect(
 ) -> (Vec<u8>, Vec<CloneSummary>, bool) {
     let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
     let mut timed_out = !wait_reports(&g.results, &mut g.relays, outputs, deadline);
+    g.timeline.request_to_reported = Some(g.request.elapsed());
     if let Some(r) = g.remote.as_mut() {
         while !timed_out && !r.done() {
             let left = deadline.map_or(Duration::from_millis(100), |d| {

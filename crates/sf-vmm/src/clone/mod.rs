@@ -156,6 +156,9 @@ pub struct CloneTimeline {
     pub requested_at: Duration,
     /// Request to the parent's vCPU running again.
     pub request_to_resumed: Duration,
+    /// Request to every local clone's report being in (the parent then
+    /// reads them and waits for the clone processes to end).
+    pub request_to_reported: Option<Duration>,
     /// Request to the end of the join (all clones reported).
     pub request_to_joined: Option<Duration>,
     pub clones: Vec<CloneSummary>,

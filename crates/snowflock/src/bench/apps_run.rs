@@ -36,6 +36,12 @@ pub struct Parts {
     pub join_wait_ms: f64,
     pub assemble_ms: f64,
     pub encode_ms: f64,
+    /// From the clone request to a local clone's first vCPU entry (median
+    /// over the run's local clones), from the VMM's timeline.
+    pub clone_start_ms: f64,
+    /// From the last local report to the join's end (reading the reports,
+    /// waiting for the clone processes to end), summed over clone calls.
+    pub reported_to_joined_ms: f64,
 }
 
 impl Default for Parts {
@@ -45,6 +51,8 @@ impl Default for Parts {
             join_wait_ms: f64::NAN,
             assemble_ms: f64::NAN,
             encode_ms: f64::NAN,
+            clone_start_ms: f64::NAN,
+            reported_to_joined_ms: f64::NAN,
         }
     }
 }
@@ -73,7 +81,18 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
         bail!("{app} failed ({}): {}\n{text}", cfg.cmdline, report.outcome);
     }
     let mut fetch = Fetch::default();
+    let mut starts = Vec::new();
+    let mut reported_to_joined = 0.0;
     for t in &report.clones {
+        if let (Some(r), Some(j)) = (t.request_to_reported, t.request_to_joined) {
+            reported_to_joined += j.saturating_sub(r).as_secs_f64() * 1e3;
+        }
+        starts.extend(
+            t.clones
+                .iter()
+                .filter(|c| !c.remote)
+                .filter_map(|c| Some(c.first_entry?.as_secs_f64() * 1e3)),
+        );
         for c in &t.clones {
             if c.status != CloneStatus::Exited {
                 bail!("{app}: clone {} ended {:?}: {}", c.id, c.status, c.detail);
@@ -93,6 +112,10 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
         .with_context(|| format!("{app} ({}) printed no result:\n{text}", cfg.cmdline))?;
     run.vm_ms = vm_ms;
     run.cores_used = cores_used;
+    if !starts.is_empty() {
+        run.parts.clone_start_ms = super::stats::median(&starts);
+        run.parts.reported_to_joined_ms = reported_to_joined;
+    }
     run.fetch = fetch;
     Ok(run)
 }
