@@ -292,7 +292,7 @@ impl Outputs {
         data: &[u8],
     ) -> std::io::Result<()> {
         match &self.sink {
-            Sink::Origin { link, .. } => link.nested_output(sub, append, name, data),
+            Sink::Origin { link, .. } => link.output(Some(sub), append, name, data),
             Sink::Parent { pipe, .. } => to_parent(pipe, sub, append, name, data),
             _ => Err(std::io::ErrorKind::Unsupported.into()),
         }
@@ -356,7 +356,7 @@ impl Outputs {
         match &self.sink {
             Sink::None => unreachable!("no cap without a sink"),
             Sink::Origin { link, .. } => {
-                link.output(append, name, data)
+                link.output(None, append, name, data)
                     .map_err(|e| io_err("send", e))?;
                 self.files.entry(name.to_vec()).or_insert(None);
             }
@@ -418,12 +418,7 @@ fn to_parent(
     let mut pieces = data.chunks(OUTPUT_PIECE);
     let first = pieces.next().unwrap_or(&[]);
     for piece in std::iter::once(first).chain(pieces) {
-        let f = Frame::NestedOutput {
-            sub: sub.to_vec(),
-            append,
-            name: name.to_vec(),
-            data: piece.to_vec(),
-        };
+        let f = Frame::output_piece(Some(sub), append, name, piece);
         crate::clone::process::write_all(pipe, &f.encode())?;
         append = true;
     }

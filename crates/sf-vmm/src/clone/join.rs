@@ -268,17 +268,19 @@ fn wait_reports(
             // A clone writes its outputs before its report: what is left
             // of them is in the pipes now.
             for r in relays.iter_mut() {
-                while r.open && fd_ready(r.raw_fd()) {
+                while r.raw_fd().is_some_and(fd_ready) {
                     r.read_some(outputs);
                 }
             }
             return true;
         }
-        let open: Vec<usize> = (0..relays.len()).filter(|&i| relays[i].open).collect();
+        let open: Vec<(usize, i32)> = (0..relays.len())
+            .filter_map(|i| Some((i, relays[i].raw_fd()?)))
+            .collect();
         let mut polls: Vec<libc::pollfd> = waiting
             .iter()
             .map(|&i| fds[i].as_raw_fd())
-            .chain(open.iter().map(|&i| relays[i].raw_fd()))
+            .chain(open.iter().map(|&(_, fd)| fd))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -295,7 +297,7 @@ fn wait_reports(
             return true;
         }
         let (reports, pipes) = polls.split_at(waiting.len());
-        for (p, &i) in pipes.iter().zip(&open) {
+        for (p, &(i, _)) in pipes.iter().zip(&open) {
             if p.revents != 0 {
                 relays[i].read_some(outputs);
             }

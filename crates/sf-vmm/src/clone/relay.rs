@@ -12,35 +12,40 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// One local clone's output pipe.
 pub(crate) struct Relay {
     id: u32,
-    pipe: std::fs::File,
+    /// None once at its end or found garbled: closing the read end makes
+    /// the clone's next write fail (`EPIPE`) instead of waiting forever
+    /// on a pipe nobody reads.
+    pipe: Option<std::fs::File>,
     /// Bytes read but not yet a whole frame (at most one frame's worth).
     pending: Vec<u8>,
-    /// Still read: neither at its end nor found garbled.
-    pub open: bool,
 }
 
 impl Relay {
     pub fn new(id: u32, fd: OwnedFd) -> Relay {
         Relay {
             id,
-            pipe: fd.into(),
+            pipe: Some(fd.into()),
             pending: Vec::new(),
-            open: true,
         }
     }
 
-    pub fn raw_fd(&self) -> i32 {
-        self.pipe.as_raw_fd()
+    /// The pipe while it is still read.
+    pub fn raw_fd(&self) -> Option<i32> {
+        self.pipe.as_ref().map(|p| p.as_raw_fd())
     }
 
     /// One read of what the pipe holds (call when poll says it is
     /// readable), passing every whole frame on through `outputs`. The end
     /// of the pipe, an error or a garbled frame closes it.
     pub fn read_some(&mut self, outputs: &Outputs) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
         let mut buf = vec![0u8; 64 << 10];
-        let n = match self.pipe.read(&mut buf) {
+        let n = match pipe.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
             Ok(0) | Err(_) => {
-                self.open = false;
+                self.pipe = None;
                 return;
             }
             Ok(n) => n,
@@ -75,16 +80,20 @@ impl Relay {
                 }
                 Ok(Some(_)) => {
                     tracing::warn!(clone = self.id, "unexpected frame kind on an output pipe");
-                    self.open = false;
+                    self.pipe = None;
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(clone = self.id, "garbled output pipe: {e}");
-                    self.open = false;
+                    self.pipe = None;
                     break;
                 }
             }
         }
-        self.pending.drain(..used);
+        if self.pipe.is_none() {
+            self.pending = Vec::new();
+        } else {
+            self.pending.drain(..used);
+        }
     }
 }

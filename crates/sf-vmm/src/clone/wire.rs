@@ -51,6 +51,24 @@ pub enum Frame {
 pub const OUTPUT_PIECE: usize = 32 << 10;
 
 impl Frame {
+    /// A piece of an output file: of the sender itself (`sub` None), or
+    /// relayed for the clone at ID path `sub` below it.
+    pub fn output_piece(sub: Option<&[u8]>, append: bool, name: &[u8], data: &[u8]) -> Frame {
+        match sub {
+            None => Frame::Output {
+                append,
+                name: name.to_vec(),
+                data: data.to_vec(),
+            },
+            Some(sub) => Frame::NestedOutput {
+                sub: sub.to_vec(),
+                append,
+                name: name.to_vec(),
+                data: data.to_vec(),
+            },
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let (kind, payload): (u8, Vec<u8>) = match self {
             Frame::Hello { token, id } => (1, [&token[..], &id.to_le_bytes()].concat()),
