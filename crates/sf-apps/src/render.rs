@@ -152,7 +152,10 @@ pub struct View {
 
 /// RGB bytes of rows `rows` of the image, in that order.
 pub fn render_rows(v: &View, rows: impl Iterator<Item = u32>) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Sized once: a growing buffer writes every byte again on each
+    // doubling, and in a fresh clone each page it moves to is a first
+    // write (a copy-on-write or zero-fill fault on the host).
+    let mut out = Vec::with_capacity(rows.size_hint().0 * v.width as usize * 3);
     let (w, h) = (v.width as f64, v.height as f64);
     let ss = v.ss.max(1);
     let scale = 2.0 / h;

@@ -13,6 +13,13 @@
 //! `cap` bytes in all (every byte sent counts, rewrites included) in at
 //! most [`OUTPUTS_MAX`] files.
 //!
+//! A clone on another host ships its pieces to the origin over its report
+//! connection; a local clone of such a clone has no connection of its own
+//! (a second writer would break the TLS session), so it writes them into a
+//! pipe to its parent VMM, which relays them the same way with the
+//! clone's ID path (`sub`, see [`valid_sub_path`]). The origin writes them
+//! under `DIR/<remote clone's path>.<sub>/`, checking names and caps again.
+//!
 //! The sandboxed VMM runs as an unprivileged user: [`OutputDir::open`]
 //! makes that user DIR's owner so its clones can add their directories.
 
@@ -198,6 +205,32 @@ enum Sink {
         link: Arc<crate::clone::origin_link::OriginLink>,
         cap: u64,
     },
+    /// A local clone of a remote clone: to the parent VMM over a pipe
+    /// (as [`Frame::NestedOutput`](crate::clone::wire::Frame) frames),
+    /// which relays them to the origin.
+    Parent {
+        pipe: OwnedFd,
+        cap: u64,
+    },
+}
+
+/// Longest relayed ID path below a remote clone (`sub`).
+pub const SUB_PATH_MAX: usize = 64;
+
+/// Whether `sub` is an ID path of clones below a remote clone: 1 to 8
+/// dot-separated clone IDs (decimal, no leading zero, not 0), at most
+/// [`SUB_PATH_MAX`] bytes. Nothing else may reach a directory name.
+pub fn valid_sub_path(sub: &[u8]) -> bool {
+    !sub.is_empty()
+        && sub.len() <= SUB_PATH_MAX
+        && sub.split(|&b| b == b'.').count() <= 8
+        && sub.split(|&b| b == b'.').all(|id| {
+            !id.is_empty()
+                && id.len() <= 10
+                && id[0] != b'0'
+                && id.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(id).is_ok_and(|s| s.parse::<u32>().is_ok())
+        })
 }
 
 /// One VM's outputs (or, at the origin, one remote clone's).
@@ -239,20 +272,43 @@ impl Outputs {
         match &self.sink {
             Sink::None => None,
             Sink::Local(d) => Some(d.cap),
-            Sink::Origin { cap, .. } => Some(*cap),
+            Sink::Origin { cap, .. } | Sink::Parent { cap, .. } => Some(*cap),
+        }
+    }
+
+    /// Whether this VM's local clones send their outputs through it (it
+    /// is, or descends locally from, a clone on another host).
+    pub(crate) fn relays(&self) -> bool {
+        matches!(self.sink, Sink::Origin { .. } | Sink::Parent { .. })
+    }
+
+    /// Passes on a piece of an output of the clone at ID path `sub` below
+    /// this VM (read from that clone's pipe); the origin checks it.
+    pub(crate) fn relay(
+        &self,
+        sub: &[u8],
+        append: bool,
+        name: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        match &self.sink {
+            Sink::Origin { link, .. } => link.output(Some(sub), append, name, data),
+            Sink::Parent { pipe, .. } => to_parent(pipe, sub, append, name, data),
+            _ => Err(std::io::ErrorKind::Unsupported.into()),
         }
     }
 
     /// In a new clone: its own directory, files and count (the parent's
     /// fds, inherited by the fork, are closed here). A local clone of a
-    /// remote clone has no outputs: the origin link is its parent's alone
-    /// (a second writer would break the TLS session).
-    pub(crate) fn reset_for_clone(&mut self) {
+    /// remote clone writes into `relay`, a pipe its parent reads (the
+    /// origin link is its parent's alone: a second writer would break the
+    /// TLS session); without one it has no outputs.
+    pub(crate) fn reset_for_clone(&mut self, relay: Option<OwnedFd>) {
         self.vm_dir = None;
         self.files.clear();
         self.written = 0;
-        if matches!(self.sink, Sink::Origin { .. }) {
-            self.sink = Sink::None;
+        if let Some(cap) = self.cap().filter(|_| self.relays()) {
+            self.sink = relay.map_or(Sink::None, |pipe| Sink::Parent { pipe, cap });
         }
     }
 
@@ -300,8 +356,12 @@ impl Outputs {
         match &self.sink {
             Sink::None => unreachable!("no cap without a sink"),
             Sink::Origin { link, .. } => {
-                link.output(append, name, data)
+                link.output(None, append, name, data)
                     .map_err(|e| io_err("send", e))?;
+                self.files.entry(name.to_vec()).or_insert(None);
+            }
+            Sink::Parent { pipe, .. } => {
+                to_parent(pipe, b"", append, name, data).map_err(|e| io_err("send", e))?;
                 self.files.entry(name.to_vec()).or_insert(None);
             }
             Sink::Local(dir) => {
@@ -341,6 +401,28 @@ impl Outputs {
         self.written += len;
         Ok(len)
     }
+}
+
+/// Writes one output (of this VM when `sub` is empty) to the parent VMM's
+/// pipe in [`OUTPUT_PIECE`](crate::clone::wire::OUTPUT_PIECE) frames; a
+/// parent that reads slowly slows the clone (a pipe holds 64 KiB).
+fn to_parent(
+    pipe: &OwnedFd,
+    sub: &[u8],
+    append: bool,
+    name: &[u8],
+    data: &[u8],
+) -> std::io::Result<()> {
+    use crate::clone::wire::{Frame, OUTPUT_PIECE};
+    let mut append = append;
+    let mut pieces = data.chunks(OUTPUT_PIECE);
+    let first = pieces.next().unwrap_or(&[]);
+    for piece in std::iter::once(first).chain(pieces) {
+        let f = Frame::output_piece(Some(sub), append, name, piece);
+        crate::clone::process::write_all(pipe, &f.encode())?;
+        append = true;
+    }
+    Ok(())
 }
 
 /// The directory name of the VM with this ID path.

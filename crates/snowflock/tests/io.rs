@@ -374,6 +374,59 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
     assert!(r.stderr.contains("no input file"), "{}", r.describe());
 }
 
+/// A remote clone's own (local) clone has no connection to the origin:
+/// its outputs go through a pipe to the remote clone's VMM, which relays
+/// them, and they land at the origin under the nested clone's ID path. Its
+/// 3 MiB file is larger than a pipe holds, so the relay must read while
+/// the remote clone waits in join.
+#[test]
+fn a_remote_clones_own_clone_writes_outputs_that_arrive_at_the_origin() {
+    let io = tempdir();
+    let outputs = io.path().join("outputs");
+    std::fs::create_dir_all(&outputs).unwrap();
+    let h = Hosts::start_with(3, &["--output-dir", outputs.to_str().unwrap()]);
+    let r = h.run(
+        1,
+        &[
+            "--mem",
+            "64M",
+            "--placement",
+            "remote",
+            "--output",
+            "-",
+            "hostile",
+            "--",
+            "io",
+            "n=2",
+            "nest=1",
+            "nbig=3",
+        ],
+    );
+    assert!(
+        r.code == Some(0) && r.stdout.contains("io: 0 failed"),
+        "{}\n{}",
+        r.describe(),
+        h.describe()
+    );
+    let vm = r
+        .stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "VM")
+        .nth(1)
+        .expect("the VM ID on stderr")
+        .to_string();
+    let dir = outputs.join(&vm);
+    let all = all_hash(&[]);
+    for id in 1..=2 {
+        let n = std::fs::read_to_string(dir.join(format!("{id}.1/nested.txt")))
+            .unwrap_or_else(|e| panic!("clone {id}.1: {e}\n{}", h.describe()));
+        assert_eq!(n, format!("nested {id}.1 {all:016x}\n"));
+        let big = std::fs::read(dir.join(format!("{id}.1/big.bin"))).unwrap();
+        assert_eq!(big.len(), 3 << 20);
+        assert!(big.iter().enumerate().all(|(i, &b)| b as usize == i % 251));
+    }
+}
+
 #[test]
 fn the_c_api_reads_inputs_and_writes_outputs() {
     // guest/apps/capi/src/io.c, compiled against snowflock.h.

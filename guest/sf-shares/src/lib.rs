@@ -12,7 +12,10 @@
 //!   itself before the clone call, timed it, and compared the bytes);
 //! - `APP: share S/N ns=X` per share in one VM;
 //! - `APP: wall_ns=X` from the first share to the merged answer (without
-//!   the warm pass), printed by [`Done::finish`].
+//!   the warm pass), printed by [`Done::finish`];
+//! - `APP: clone_call_ns=X join_wait_ns=Y` on clones: the parent's time in
+//!   the clone calls and in the joins (summed over rounds), so the host can
+//!   tell the clones' start and join from the shares' own time.
 #![no_std]
 
 extern crate alloc;
@@ -95,7 +98,7 @@ pub fn run(
             Shares::Fit(fit) => fit(plan.split, usize::MAX).max(1),
         };
         let start_ns = time::now_ns();
-        let mut results = Vec::new();
+        let mut results = Vec::with_capacity(n as usize);
         for s in 1..=n {
             let t = time::now_ns();
             results.push(work(s, n));
@@ -142,8 +145,10 @@ fn on_clones(
     let mut results: Vec<Vec<u8>> = Vec::new();
     let mut clone_ns = Vec::new();
     let mut first = 0u64; // shares done before this round
+    let (mut clone_call_ns, mut join_wait_ns) = (0, 0);
     while first < n {
         let this = ticket.granted() as u64;
+        let t = time::now_ns();
         let id = clone::clone(&ticket).map_err(|e| {
             println!("{app}: clone failed ({e:?})");
             3
@@ -161,10 +166,13 @@ fn on_clones(
             );
             return Err(5);
         }
+        let joining = time::now_ns();
+        clone_call_ns += joining - t;
         let joined = clone::join(&ticket).map_err(|e| {
             println!("{app}: join failed ({e:?})");
             3
         })?;
+        join_wait_ns += time::now_ns() - joining;
         for r in &joined {
             let s = first + r.id as u64;
             if s > n {
@@ -190,6 +198,7 @@ fn on_clones(
         println!("{app}: {} of {n} shares came back", results.len());
         return Err(1);
     }
+    println!("{app}: clone_call_ns={clone_call_ns} join_wait_ns={join_wait_ns}");
     let mut all_match = true;
     for (i, ns) in clone_ns.iter().enumerate() {
         match reference.get(i) {

@@ -37,6 +37,9 @@ enum Job {
         budget: u32,
         /// The most result bytes it may hand back.
         result_cap: u64,
+        /// Where its outputs go when this VM relays them (a pipe's write
+        /// end; the read end is in the group).
+        outputs: Option<OwnedFd>,
     },
 }
 
@@ -193,6 +196,7 @@ impl Vm {
 
         let (pids_r, pids_w) = process::pipe().map_err(io("creating a pipe"))?;
         let mut read_ends = Vec::with_capacity(local_ids.len());
+        let mut relays = Vec::with_capacity(local_ids.len());
         let mut jobs = Vec::with_capacity(local_ids.len() + 1);
         if plan.is_some() {
             jobs.push(Job::Holder);
@@ -200,11 +204,19 @@ impl Vm {
         for &id in &local_ids {
             let (r, w) = process::pipe().map_err(io("creating a pipe"))?;
             read_ends.push(r);
+            let outputs = if self.outputs.relays() {
+                let (r, w) = process::pipe().map_err(io("creating a pipe"))?;
+                relays.push(super::relay::Relay::new(id, r));
+                Some(w)
+            } else {
+                None
+            };
             jobs.push(Job::Clone {
                 id,
                 report: w,
                 budget: share,
                 result_cap,
+                outputs,
             });
         }
         // The first child becomes the first local clone if there is one, so
@@ -247,6 +259,7 @@ impl Vm {
                     remote_clones: remote.as_ref().map_or(0, |r| r.ids.len() as u32),
                     requested_at: request.duration_since(self.started),
                     request_to_resumed: request.elapsed(),
+                    request_to_reported: None,
                     request_to_joined: None,
                     clones: Vec::new(),
                     holder: None,
@@ -261,6 +274,7 @@ impl Vm {
                     reaped: vec![false; local_ids.len()],
                     local_ids,
                     results: read_ends,
+                    relays,
                     remote,
                     killed: false,
                     request,
@@ -282,7 +296,7 @@ impl Vm {
                 Ok(HcReturn::AlreadySet)
             }
             Forked::Child => {
-                drop((pids_r, read_ends));
+                drop((pids_r, read_ends, relays));
                 if !process::die_with_parent(parent) {
                     process::exit_now(1);
                 }
@@ -354,10 +368,13 @@ impl Vm {
                 report,
                 budget,
                 result_cap,
+                outputs,
             } => {
                 drop(plan);
                 let reporter = Reporter::Pipe(report);
-                if let Err(e) = self.become_clone(id, budget, descriptor, reporter, request) {
+                if let Err(e) =
+                    self.become_clone(id, budget, descriptor, reporter, outputs, request)
+                {
                     process::note(&format!("snowflock: clone {id} could not start: {e}"));
                     process::exit_now(3);
                 }
@@ -375,6 +392,7 @@ impl Vm {
         budget: u32,
         descriptor: &[u8],
         reporter: Reporter,
+        outputs: Option<OwnedFd>,
         request: Instant,
     ) -> Result<(), Error> {
         let mut desc = VmDescriptor::decode(descriptor)?;
@@ -398,8 +416,9 @@ impl Vm {
             std::mem::forget(m);
         }
         self.stats_file = None;
-        // Its own output directory, files and cap (the parent's fds close).
-        self.outputs.reset_for_clone();
+        // Its own output directory, files and cap (the parent's fds close),
+        // or its pipe to the parent when the parent relays outputs.
+        self.outputs.reset_for_clone(outputs);
         // Hinted pages: fresh zero pages instead of copies of the parent's.
         self.ram
             .discard(&std::mem::take(&mut self.clone_free_pages));

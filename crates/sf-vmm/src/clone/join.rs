@@ -3,10 +3,12 @@
 //! each clone process left behind into one record entry.
 
 use super::process;
+use super::relay::Relay;
 use super::report::{classify, report_max, CloneReport};
 use super::tickets::TicketState;
 use super::{CloneSummary, Group};
 use crate::hypercall::HcReturn;
+use crate::output::Outputs;
 use crate::vm::Vm;
 use crate::Error;
 use sf_abi::clone::{encode_entry, CloneStatus, Entry};
@@ -48,7 +50,7 @@ impl Vm {
             TicketState::Cloned(g) => g,
         };
         let deadline = self.deadline;
-        let (record, summaries, timed_out) = collect(group, console, deadline);
+        let (record, summaries, timed_out) = collect(group, &self.outputs, console, deadline);
         let mut t = std::mem::replace(&mut group.timeline, Box::new(empty_timeline()));
         t.request_to_joined = Some(group.request.elapsed());
         t.clones = summaries;
@@ -144,6 +146,7 @@ fn empty_timeline() -> super::CloneTimeline {
         remote_clones: 0,
         requested_at: Duration::ZERO,
         request_to_resumed: Duration::ZERO,
+        request_to_reported: None,
         request_to_joined: None,
         clones: Vec::new(),
         holder: None,
@@ -194,8 +197,13 @@ fn kill_group(g: &mut Group) -> u32 {
 /// Whether a report pipe has data or its writer is gone (the clone ended).
 fn pipe_ready(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
+    fd_ready(fd.as_raw_fd())
+}
+
+/// Whether a pipe has data or its writer is gone, without waiting.
+fn fd_ready(fd: i32) -> bool {
     let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
@@ -244,22 +252,41 @@ fn failed(status: CloneStatus, detail: String) -> Joined {
 }
 
 /// Waits until every report pipe has data or an end, or `deadline`; false
-/// if the deadline came first.
-fn wait_reports(fds: &[OwnedFd], deadline: Option<Instant>) -> bool {
+/// if the deadline came first. Meanwhile the clones' output pipes (when
+/// this VM relays their outputs) are read and passed on through `outputs`:
+/// a clone blocked on a full output pipe would never report.
+fn wait_reports(
+    fds: &[OwnedFd],
+    relays: &mut [Relay],
+    outputs: &Outputs,
+    deadline: Option<Instant>,
+) -> bool {
     use std::os::fd::AsRawFd;
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut waiting: Vec<usize> = (0..fds.len()).collect();
     loop {
-        polls.retain(|p| p.revents == 0);
-        if polls.is_empty() {
+        if waiting.is_empty() {
+            // A clone writes its outputs before its report: what is left
+            // of them is in the pipes now.
+            for r in relays.iter_mut() {
+                while r.raw_fd().is_some_and(fd_ready) {
+                    r.read_some(outputs);
+                }
+            }
             return true;
         }
+        let open: Vec<(usize, i32)> = (0..relays.len())
+            .filter_map(|i| Some((i, relays[i].raw_fd()?)))
+            .collect();
+        let mut polls: Vec<libc::pollfd> = waiting
+            .iter()
+            .map(|&i| fds[i].as_raw_fd())
+            .chain(open.iter().map(|&(_, fd)| fd))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         let wait_ms = crate::watchdog::poll_timeout_ms(deadline);
         if wait_ms == 0 {
             return false;
@@ -269,6 +296,17 @@ fn wait_reports(fds: &[OwnedFd], deadline: Option<Instant>) -> bool {
         if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return true;
         }
+        let (reports, pipes) = polls.split_at(waiting.len());
+        for (p, &(i, _)) in pipes.iter().zip(&open) {
+            if p.revents != 0 {
+                relays[i].read_some(outputs);
+            }
+        }
+        let mut k = 0;
+        waiting.retain(|_| {
+            k += 1;
+            reports[k - 1].revents == 0
+        });
     }
 }
 
@@ -277,11 +315,13 @@ fn wait_reports(fds: &[OwnedFd], deadline: Option<Instant>) -> bool {
 /// whether the deadline passed.
 fn collect(
     g: &mut Group,
+    outputs: &Outputs,
     console: &mut dyn std::io::Write,
     deadline: Option<Instant>,
 ) -> (Vec<u8>, Vec<CloneSummary>, bool) {
     let mut joined: BTreeMap<u32, Joined> = BTreeMap::new();
-    let mut timed_out = !wait_reports(&g.results, deadline);
+    let mut timed_out = !wait_reports(&g.results, &mut g.relays, outputs, deadline);
+    g.timeline.request_to_reported = Some(g.request.elapsed());
     if let Some(r) = g.remote.as_mut() {
         while !timed_out && !r.done() {
             let left = deadline.map_or(Duration::from_millis(100), |d| {

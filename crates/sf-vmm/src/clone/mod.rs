@@ -23,6 +23,7 @@ mod join;
 pub mod origin_link;
 pub mod park;
 pub mod process;
+pub(crate) mod relay;
 pub mod remote;
 pub mod report;
 pub mod tickets;
@@ -69,6 +70,9 @@ pub struct Group {
     pub reaped: Vec<bool>,
     /// One report pipe per local clone, aligned with `local_ids`.
     pub results: Vec<OwnedFd>,
+    /// Output pipes of the local clones when this VM relays their outputs
+    /// to its origin (it is a clone on another host, or descends from one).
+    pub(crate) relays: Vec<relay::Relay>,
     /// Clones on other hosts.
     pub remote: Option<remote::RemoteGroup>,
     pub killed: bool,
@@ -152,6 +156,9 @@ pub struct CloneTimeline {
     pub requested_at: Duration,
     /// Request to the parent's vCPU running again.
     pub request_to_resumed: Duration,
+    /// Request to every local clone's report being in (the parent then
+    /// reads them and waits for the clone processes to end).
+    pub request_to_reported: Option<Duration>,
     /// Request to the end of the join (all clones reported).
     pub request_to_joined: Option<Duration>,
     pub clones: Vec<CloneSummary>,

@@ -159,17 +159,21 @@ impl OriginLink {
     }
 
     /// One chunk of an output file, in [`super::wire::OUTPUT_PIECE`]
-    /// frames. Never held or dropped: it waits for the connection (the
-    /// origin listens once its guest joins), then writes, so a clone that
-    /// outputs faster than the origin reads is slowed, not buffered.
-    pub fn output(&self, append: bool, name: &[u8], data: &[u8]) -> std::io::Result<()> {
+    /// frames: of this clone (`sub` None), or of one of its own clones
+    /// (`sub` its ID path below this one), relayed from that clone's pipe.
+    /// Never held or dropped: it waits for the connection (the origin
+    /// listens once its guest joins), then writes, so a clone that outputs
+    /// faster than the origin reads is slowed, not buffered.
+    pub fn output(
+        &self,
+        sub: Option<&[u8]>,
+        append: bool,
+        name: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let mut append = append;
         self.pieces(data, |piece| {
-            let f = Frame::Output {
-                append,
-                name: name.to_vec(),
-                data: piece.to_vec(),
-            };
+            let f = Frame::output_piece(sub, append, name, piece);
             append = true;
             f
         })

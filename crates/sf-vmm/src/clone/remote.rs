@@ -325,9 +325,14 @@ pub struct RemoteGroup {
     partial: BTreeMap<u32, Vec<u8>>,
     console_dropped: u64,
     /// Where the remote clones' output files go (the origin's `--output`),
-    /// each clone's checked and capped on its own, as if it were local.
+    /// each clone's (and each of its own clones') checked and capped on
+    /// its own, as if it were local; keyed by the VM's ID path.
     outputs_dir: Option<crate::output::OutputDir>,
-    outputs: BTreeMap<u32, crate::output::Outputs>,
+    outputs: BTreeMap<String, crate::output::Outputs>,
+    /// Per remote clone, how many of its own clones wrote outputs: at most
+    /// [`crate::output::OUTPUTS_MAX`], so a clone host cannot claim
+    /// endless IDs (each with a full cap).
+    nested_vms: BTreeMap<u32, usize>,
     /// The origin VM's clone path: clone `id` is `path.id` (or `id`).
     path: String,
     /// Each clone's result so far (pieces come before its report), and the
@@ -376,6 +381,7 @@ impl RemoteGroup {
             console_dropped: 0,
             outputs_dir: None,
             outputs: BTreeMap::new(),
+            nested_vms: BTreeMap::new(),
             path: String::new(),
             results: BTreeMap::new(),
             result_cap,
@@ -390,30 +396,59 @@ impl RemoteGroup {
         self.path = path.to_string();
     }
 
-    /// A piece of a remote clone's output: names, cap and order are checked
-    /// again here, so a clone host can place nothing outside the clone's
-    /// own directory. A refused piece is dropped with a warning, and the
-    /// first refusal goes into the clone's join detail (the clone was told
-    /// its call succeeded once its own checks passed).
-    fn output(&mut self, id: u32, append: bool, name: &[u8], data: &[u8]) {
-        let path = if self.path.is_empty() {
+    /// A piece of a remote clone's output (`sub` empty), or of one of its
+    /// own clones' (`sub` its ID path below the remote clone): the path,
+    /// names, cap and order are checked again here, so a clone host can
+    /// place nothing outside the directories of the clone and its clones.
+    /// A refused piece is dropped with a warning, and the first refusal
+    /// goes into the clone's join detail (the clone was told its call
+    /// succeeded once its own checks passed).
+    fn output(&mut self, id: u32, sub: &[u8], append: bool, name: &[u8], data: &[u8]) {
+        let mut path = if self.path.is_empty() {
             id.to_string()
         } else {
             format!("{}.{id}", self.path)
         };
-        let dir = self.outputs_dir.clone();
-        let out = self
-            .outputs
-            .entry(id)
-            .or_insert_with(|| crate::output::Outputs::new(dir));
-        if let Err(e) = out.write(&path, append, name, data) {
+        let known = |p: &str| self.outputs.contains_key(p);
+        let refused = if sub.is_empty() {
+            None
+        } else if !crate::output::valid_sub_path(sub) {
+            Some("its host relayed an output under an invalid clone path".to_string())
+        } else {
+            path = format!("{path}.{}", String::from_utf8_lossy(sub));
+            let nested = self.nested_vms.entry(id).or_default();
+            if known(&path) {
+                None
+            } else if *nested >= crate::output::OUTPUTS_MAX {
+                Some(format!(
+                    "its host relayed outputs of more than {} clones",
+                    crate::output::OUTPUTS_MAX
+                ))
+            } else {
+                *nested += 1;
+                None
+            }
+        };
+        let result = match refused {
+            Some(why) => Err(why),
+            None => {
+                let dir = self.outputs_dir.clone();
+                let out = self
+                    .outputs
+                    .entry(path.clone())
+                    .or_insert_with(|| crate::output::Outputs::new(dir));
+                out.write(&path, append, name, data)
+                    .map_err(|e| format!("{e:?}"))
+            }
+        };
+        if let Err(e) = result {
             tracing::warn!(
                 clone = path,
-                "a remote clone's output piece was refused: {e:?}"
+                "a remote clone's output piece was refused: {e}"
             );
             self.output_refused.entry(id).or_insert_with(|| {
                 format!(
-                    "the origin refused its output {:?} ({e:?}); the file is incomplete",
+                    "the origin refused its output {:?} of clone {path} ({e}); the file is incomplete",
                     String::from_utf8_lossy(name)
                 )
             });
@@ -570,7 +605,18 @@ impl RemoteGroup {
                     self.push_console(&whole);
                 }
                 (Frame::Output { append, name, data }, Some(id)) if id != 0 => {
-                    self.output(id, append, &name, &data);
+                    self.output(id, b"", append, &name, &data);
+                }
+                (
+                    Frame::NestedOutput {
+                        sub,
+                        append,
+                        name,
+                        data,
+                    },
+                    Some(id),
+                ) if id != 0 && !sub.is_empty() => {
+                    self.output(id, &sub, append, &name, &data);
                 }
                 (Frame::ResultPiece(_) | Frame::Report(_), Some(id)) if self.resolved(id) => {
                     return false; // declared lost while this connection was open

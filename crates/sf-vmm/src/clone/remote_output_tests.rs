@@ -86,6 +86,93 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
     std::fs::remove_dir_all(&t).unwrap();
 }
 
+/// Outputs a clone host relays for the remote clone's own clones: the
+/// clone path must be clone IDs, names and caps are checked per nested VM,
+/// and files land only under `DIR/<origin path>.<clone>.<sub>/`.
+#[test]
+fn relayed_outputs_of_nested_clones_are_checked_like_local_calls() {
+    let t = std::env::temp_dir().join(format!("sf-remote-nested-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(&t).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reports = ReportListener {
+        listener,
+        transport: Transport::Plain,
+    };
+    let mut g = RemoteGroup::new(
+        reports,
+        [1; 16],
+        vec![2],
+        Instant::now(),
+        sf_abi::clone::RESULT_FLOOR as u64,
+    )
+    .unwrap();
+    let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
+    g.set_outputs(Some(dir), "4");
+    let mut c = TcpStream::connect(addr).unwrap();
+    let out = |sub: &[u8], append: bool, name: &[u8], data: &[u8]| Frame::NestedOutput {
+        sub: sub.to_vec(),
+        append,
+        name: name.to_vec(),
+        data: data.to_vec(),
+    };
+    Frame::Hello {
+        token: [1; 16],
+        id: 2,
+    }
+    .write_to(&mut c)
+    .unwrap();
+    for f in [
+        out(b"../../escaped", false, b"x", b"x"),
+        out(b"3/../../escaped", false, b"x", b"x"),
+        out(b"0", false, b"x", b"x"),
+        out(b"3..1", false, b"x", b"x"),
+        out(b"3", false, b"../escaped", b"x"),
+        out(b"3", false, b"ok.txt", b"1234"),
+        out(b"3.1", false, b"ok.txt", b"12345678"),
+        // Each nested VM has its own cap of 10 bytes, as a local one.
+        out(b"3.1", true, b"ok.txt", b"9ab"),
+        out(b"3", true, b"ok.txt", b"5"),
+    ] {
+        f.write_to(&mut c).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        g.pump(Duration::from_millis(50));
+        if std::fs::read(t.join("out/4.2.3/ok.txt")).is_ok_and(|b| b.len() == 5) {
+            break;
+        }
+    }
+    g.pump(Duration::from_millis(200));
+    assert_eq!(std::fs::read(t.join("out/4.2.3/ok.txt")).unwrap(), b"12345");
+    assert_eq!(
+        std::fs::read(t.join("out/4.2.3.1/ok.txt")).unwrap(),
+        b"12345678"
+    );
+    let mut made: Vec<_> = std::fs::read_dir(t.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["4.2.3", "4.2.3.1"]);
+    for d in ["out/4.2.3", "out/4.2.3.1"] {
+        let files: Vec<_> = std::fs::read_dir(t.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, ["ok.txt"], "{d}");
+    }
+    let top: Vec<_> = std::fs::read_dir(&t)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(top, ["out"], "nothing next to the output directory");
+    let why = g.output_refused.get(&2).expect("a refusal recorded");
+    assert!(why.contains("invalid clone path"), "{why}");
+    std::fs::remove_dir_all(&t).unwrap();
+}
+
 /// A clone host's result pieces are appended up to the ticket's cap and
 /// become the report's result; one byte more and the clone is lost, with
 /// the reason, and nothing past the cap is kept.

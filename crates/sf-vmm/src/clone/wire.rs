@@ -30,6 +30,17 @@ pub enum Frame {
         name: Vec<u8>,
         data: Vec<u8>,
     },
+    /// A piece of an output file of one of the clone's own clones (on the
+    /// clone's host), relayed by the clone: `sub` is that VM's ID path
+    /// below the clone (`3`, or `3.1` for a clone of clone 3). Between a
+    /// local clone and its parent (a pipe) `sub` is empty for the clone
+    /// itself. The origin checks `sub`, the name and the cap again.
+    NestedOutput {
+        sub: Vec<u8>,
+        append: bool,
+        name: Vec<u8>,
+        data: Vec<u8>,
+    },
     /// The next piece (at most [`OUTPUT_PIECE`] bytes) of the clone's
     /// result, sent before its report: the origin appends the pieces, up
     /// to the ticket's result cap, and the report's own result is empty.
@@ -40,6 +51,24 @@ pub enum Frame {
 pub const OUTPUT_PIECE: usize = 32 << 10;
 
 impl Frame {
+    /// A piece of an output file: of the sender itself (`sub` None), or
+    /// relayed for the clone at ID path `sub` below it.
+    pub fn output_piece(sub: Option<&[u8]>, append: bool, name: &[u8], data: &[u8]) -> Frame {
+        match sub {
+            None => Frame::Output {
+                append,
+                name: name.to_vec(),
+                data: data.to_vec(),
+            },
+            Some(sub) => Frame::NestedOutput {
+                sub: sub.to_vec(),
+                append,
+                name: name.to_vec(),
+                data: data.to_vec(),
+            },
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let (kind, payload): (u8, Vec<u8>) = match self {
             Frame::Hello { token, id } => (1, [&token[..], &id.to_le_bytes()].concat()),
@@ -60,6 +89,22 @@ impl Frame {
                 (7, p)
             }
             Frame::ResultPiece(bytes) => (8, bytes.clone()),
+            Frame::NestedOutput {
+                sub,
+                append,
+                name,
+                data,
+            } => {
+                let (sub_len, name_len) = (sub.len().min(255), name.len().min(255));
+                let mut p = Vec::with_capacity(3 + sub_len + name_len + data.len());
+                p.push(*append as u8);
+                p.push(sub_len as u8);
+                p.extend_from_slice(&sub[..sub_len]);
+                p.push(name_len as u8);
+                p.extend_from_slice(&name[..name_len]);
+                p.extend_from_slice(data);
+                (9, p)
+            }
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         out.push(kind);
@@ -105,6 +150,9 @@ impl Frame {
                 data: p[2 + p[1] as usize..].to_vec(),
             },
             8 if len <= OUTPUT_PIECE => Frame::ResultPiece(p.to_vec()),
+            9 => {
+                nested_output(p).ok_or_else(|| format!("malformed nested output of {len} bytes"))?
+            }
             k => return Err(format!("unknown frame kind {k} of {len} bytes")),
         };
         Ok(Some((f, 5 + len)))
@@ -136,6 +184,21 @@ impl Frame {
     }
 }
 
+/// `[append][sub len][sub][name len][name][data]`, lengths checked.
+fn nested_output(p: &[u8]) -> Option<Frame> {
+    let (&append, rest) = p.split_first()?;
+    let (&sub_len, rest) = rest.split_first()?;
+    let sub = rest.get(..sub_len as usize)?;
+    let (&name_len, rest) = rest.get(sub_len as usize..)?.split_first()?;
+    let name = rest.get(..name_len as usize)?;
+    (append <= 1).then(|| Frame::NestedOutput {
+        sub: sub.to_vec(),
+        append: append == 1,
+        name: name.to_vec(),
+        data: rest[name_len as usize..].to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +224,18 @@ mod tests {
                 data: vec![9; OUTPUT_PIECE],
             },
             Frame::ResultPiece(vec![5; OUTPUT_PIECE]),
+            Frame::NestedOutput {
+                sub: b"3.1".to_vec(),
+                append: false,
+                name: b"img.png".to_vec(),
+                data: vec![4; OUTPUT_PIECE],
+            },
+            Frame::NestedOutput {
+                sub: Vec::new(),
+                append: true,
+                name: b"x".to_vec(),
+                data: Vec::new(),
+            },
         ] {
             let b = f.encode();
             assert_eq!(Frame::decode(&b), Ok(Some((f.clone(), b.len()))));
@@ -186,6 +261,18 @@ mod tests {
         assert!(
             Frame::decode(&[7, 2, 0, 0, 0, 2, 0]).is_err(),
             "bad append flag"
+        );
+        assert!(
+            Frame::decode(&[9, 4, 0, 0, 0, 0, 5, b'1', b'2']).is_err(),
+            "nested path past the end"
+        );
+        assert!(
+            Frame::decode(&[9, 5, 0, 0, 0, 0, 1, b'1', 3, b'a']).is_err(),
+            "nested name past the end"
+        );
+        assert!(
+            Frame::decode(&[9, 4, 0, 0, 0, 7, 0, 0, b'x']).is_err(),
+            "bad nested append flag"
         );
         let mut big = Frame::ResultPiece(vec![0; OUTPUT_PIECE + 1]).encode();
         assert!(Frame::decode(&big).is_err(), "result piece over the limit");

@@ -16,7 +16,7 @@ fn files_land_under_the_vm_id() {
     // Written again in the same run: replaced.
     assert_eq!(o.write("", false, b"a.txt", b"x"), Ok(1));
     assert_eq!(std::fs::read(d.join("0/a.txt")).unwrap(), b"x");
-    o.reset_for_clone();
+    o.reset_for_clone(None);
     assert_eq!(o.write("2.3", false, b"a.txt", b"c"), Ok(1));
     assert_eq!(std::fs::read(d.join("2.3/a.txt")).unwrap(), b"c");
     std::fs::remove_dir_all(&d).unwrap();
@@ -72,4 +72,29 @@ fn a_vm_has_a_bounded_number_of_files() {
     }
     assert_eq!(o.write("", false, b"one-more", b""), Err(HcError::TooBig));
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn relayed_clone_paths_are_clone_ids_only() {
+    for ok in [&b"3"[..], b"3.1", b"12.4294967295", b"1.2.3.4.5.6.7.8"] {
+        assert!(valid_sub_path(ok), "{:?}", String::from_utf8_lossy(ok));
+    }
+    for bad in [
+        &b""[..],
+        b"0",
+        b"01",
+        b"1..2",
+        b".1",
+        b"1.",
+        b"..",
+        b"../1",
+        b"1/2",
+        b"1.a",
+        b"4294967296",
+        b"1.2.3.4.5.6.7.8.9",
+        b"1\0",
+        &[b'1'; 65],
+    ] {
+        assert!(!valid_sub_path(bad), "{:?}", String::from_utf8_lossy(bad));
+    }
 }

@@ -51,8 +51,13 @@ pub struct AppsBenchArgs {
     /// align: queries searched.
     #[arg(long, default_value_t = 32)]
     queries: u32,
-    /// render: image width, height and samples per pixel per axis.
-    #[arg(long, value_delimiter = 'x', default_value = "640x480x2")]
+    /// render: image width, height and samples per pixel per axis. The
+    /// default makes the job seconds long (1280x960 with 3x3 samples: 9x
+    /// the work of the README's 640x480x2 image, 3.7 MB of pixels): at
+    /// 640x480x2 one VM took 185 ms, and a clone's start and end (7-9 ms
+    /// each at load 6-8) and the parent's PNG encoding (7-11 ms) made up a
+    /// fifth of a two-clone run.
+    #[arg(long, value_delimiter = 'x', default_value = "1280x960x3")]
     image: Vec<u32>,
     /// price: Monte-Carlo paths (64 steps each).
     #[arg(long, default_value_t = 2_000_000)]
@@ -101,6 +106,19 @@ pub struct Row {
     pub zero_local_pages_per_clone: Option<f64>,
     pub multicast_pages_per_clone: Option<f64>,
     pub fault_latency_p50_us: Option<f64>,
+    /// Where the wall time goes (medians, ms): the parent's clone calls,
+    /// its joins, the join's wait beyond the slowest clone's share (clone
+    /// start, exit, report; one-round runs only), and render's assembly
+    /// and PNG encoding.
+    pub clone_call_ms_median: Option<f64>,
+    pub join_wait_ms_median: Option<f64>,
+    pub join_beyond_share_ms_median: Option<f64>,
+    pub assemble_ms_median: Option<f64>,
+    pub encode_ms_median: Option<f64>,
+    /// Local clones: request to a clone's first vCPU entry, and from the
+    /// last report to the join's end (the VMM's clone timeline).
+    pub clone_start_ms_median: Option<f64>,
+    pub reported_to_joined_ms_median: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -285,7 +303,20 @@ fn summarize(
             .collect();
         opt(median(&v))
     };
+    let part = |f: fn(&Run) -> f64| opt(median(&runs.iter().map(f).collect::<Vec<_>>()));
+    let one_round = runs[0].share_count == n as usize;
     Ok(Row {
+        clone_call_ms_median: part(|r| r.parts.clone_call_ms),
+        join_wait_ms_median: part(|r| r.parts.join_wait_ms),
+        join_beyond_share_ms_median: if one_round {
+            part(|r| r.parts.join_wait_ms - max(&r.shares.iter().map(|s| s.0).collect::<Vec<_>>()))
+        } else {
+            None
+        },
+        assemble_ms_median: part(|r| r.parts.assemble_ms),
+        encode_ms_median: part(|r| r.parts.encode_ms),
+        clone_start_ms_median: part(|r| r.parts.clone_start_ms),
+        reported_to_joined_ms_median: part(|r| r.parts.reported_to_joined_ms),
         app: app.into(),
         mode,
         clones: if mode == Mode::Single { 0 } else { n },
@@ -360,6 +391,41 @@ fn print_table(rows: &[Row], cores: u32) {
         );
     }
     println!("targets: match everywhere; penalty <= 1.05 local, <= 1.2 remote; speedup within 10% of ideal");
+    println!();
+    println!("where the wall time goes (ms, medians): join+ = join wait beyond the slowest share,");
+    println!("start = clone request to a local clone's first vCPU entry, end = last report to join's end");
+    println!(
+        "{:<7} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "app",
+        "mode",
+        "clones",
+        "wall",
+        "share",
+        "clone",
+        "join",
+        "join+",
+        "start",
+        "end",
+        "assemble",
+        "encode"
+    );
+    for r in rows {
+        println!(
+            "{:<7} {:<7} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            r.app,
+            format!("{:?}", r.mode).to_lowercase(),
+            r.clones,
+            r.wall_ms,
+            f(r.clone_share_ms_median),
+            f(r.clone_call_ms_median),
+            f(r.join_wait_ms_median),
+            f(r.join_beyond_share_ms_median),
+            f(r.clone_start_ms_median),
+            f(r.reported_to_joined_ms_median),
+            f(r.assemble_ms_median),
+            f(r.encode_ms_median),
+        );
+    }
     println!("cores: CPU time of the VMM and its local clones over the run's wall time");
 }
 

@@ -23,6 +23,38 @@ pub struct Run {
     pub shares: Vec<(f64, f64)>,
     /// Summed over the run's remote clones.
     pub fetch: Fetch,
+    /// Where the guest's wall time went, ms (NaN when not printed).
+    pub parts: Parts,
+}
+
+/// The serial parts of a run the guest times itself: the parent's clone
+/// calls and joins (clones only), and render's image assembly and PNG
+/// encoding after the shares.
+#[derive(Clone, Copy, Debug)]
+pub struct Parts {
+    pub clone_call_ms: f64,
+    pub join_wait_ms: f64,
+    pub assemble_ms: f64,
+    pub encode_ms: f64,
+    /// From the clone request to a local clone's first vCPU entry (median
+    /// over the run's local clones), from the VMM's timeline.
+    pub clone_start_ms: f64,
+    /// From the last local report to the join's end (reading the reports,
+    /// waiting for the clone processes to end), summed over clone calls.
+    pub reported_to_joined_ms: f64,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            clone_call_ms: f64::NAN,
+            join_wait_ms: f64::NAN,
+            assemble_ms: f64::NAN,
+            encode_ms: f64::NAN,
+            clone_start_ms: f64::NAN,
+            reported_to_joined_ms: f64::NAN,
+        }
+    }
 }
 
 /// Memory remote clones fetched, summed over clones.
@@ -49,7 +81,18 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
         bail!("{app} failed ({}): {}\n{text}", cfg.cmdline, report.outcome);
     }
     let mut fetch = Fetch::default();
+    let mut starts = Vec::new();
+    let mut reported_to_joined = 0.0;
     for t in &report.clones {
+        if let (Some(r), Some(j)) = (t.request_to_reported, t.request_to_joined) {
+            reported_to_joined += j.saturating_sub(r).as_secs_f64() * 1e3;
+        }
+        starts.extend(
+            t.clones
+                .iter()
+                .filter(|c| !c.remote)
+                .filter_map(|c| Some(c.first_entry?.as_secs_f64() * 1e3)),
+        );
         for c in &t.clones {
             if c.status != CloneStatus::Exited {
                 bail!("{app}: clone {} ended {:?}: {}", c.id, c.status, c.detail);
@@ -69,6 +112,10 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
         .with_context(|| format!("{app} ({}) printed no result:\n{text}", cfg.cmdline))?;
     run.vm_ms = vm_ms;
     run.cores_used = cores_used;
+    if !starts.is_empty() {
+        run.parts.clone_start_ms = super::stats::median(&starts);
+        run.parts.reported_to_joined_ms = reported_to_joined;
+    }
     run.fetch = fetch;
     Ok(run)
 }
@@ -97,6 +144,23 @@ pub fn parse_console(app: &str, text: &str) -> Option<Run> {
     let mut run = Run::default();
     let mut wall = None;
     for line in text.lines().filter_map(|l| l.strip_prefix(&head)) {
+        let field = |k: &str| -> Option<f64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|ns| ns / 1e6)
+        };
+        let p = &mut run.parts;
+        for (key, slot) in [
+            ("clone_call_ns=", &mut p.clone_call_ms),
+            ("join_wait_ns=", &mut p.join_wait_ms),
+            ("assemble_ns=", &mut p.assemble_ms),
+            ("encode_ns=", &mut p.encode_ms),
+        ] {
+            if let Some(ms) = field(key) {
+                *slot = ms;
+            }
+        }
         if let Some(v) = line.strip_prefix("wall_ns=") {
             wall = v.trim().parse::<f64>().ok();
         }
@@ -110,12 +174,6 @@ pub fn parse_console(app: &str, text: &str) -> Option<Run> {
             run.share_count = n;
         }
         if line.starts_with("share ") && line.contains("clone_ns=") {
-            let field = |k: &str| -> Option<f64> {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map(|ns| ns / 1e6)
-            };
             run.shares
                 .push((field("clone_ns=")?, field("ref_ns=").unwrap_or(f64::NAN)));
         }
@@ -133,6 +191,7 @@ mod tests {
         let text = "price: granted=2 of 2 clones, 2 shares\n\
             price: share 1/2 clone_ns=3000000 ref_ns=1500000 match=yes\n\
             price: share 2/2 clone_ns=2000000 ref_ns=2000000 match=yes\n\
+            price: clone_call_ns=2500000 join_wait_ns=3100000\n\
             price: wall_ns=3011518305\nprice: paths=10 answer=c1483b99f8c02a42\n\
             other: wall_ns=1\n";
         let r = parse_console("price", text).unwrap();
@@ -140,11 +199,19 @@ mod tests {
         assert!((r.wall_ms - 3011.518305).abs() < 1e-6);
         assert_eq!(r.shares, vec![(3.0, 1.5), (2.0, 2.0)]);
         assert_eq!(r.share_count, 2);
+        assert_eq!((r.parts.clone_call_ms, r.parts.join_wait_ms), (2.5, 3.1));
+        assert!(r.parts.encode_ms.is_nan());
         let single = parse_console(
             "render",
-            "render: share 1/15 ns=5\nrender: wall_ns=9\nrender: answer=ab\n",
+            "render: share 1/15 ns=5\nrender: wall_ns=9\nrender: answer=ab\n\
+             render: assemble_ns=1000000 encode_ns=6000000\n",
+        )
+        .unwrap();
+        assert_eq!(single.share_count, 15);
+        assert_eq!(
+            (single.parts.assemble_ms, single.parts.encode_ms),
+            (1.0, 6.0)
         );
-        assert_eq!(single.unwrap().share_count, 15);
         assert!(parse_console("price", "price: wall_ns=5\n").is_none());
         assert!(parse_console("align", text).is_none());
     }

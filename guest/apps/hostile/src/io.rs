@@ -7,7 +7,8 @@
 //! chunks), then clones N times: each clone hashes the inputs again, writes
 //! `clone.txt` (and, with `cbig=MIB`, its own `big.bin`) and returns its
 //! hash, which the parent checks; with `nest=1` each clone also clones
-//! once, and that clone writes `nested.txt`. Exits 0 if every answer was
+//! once, and that clone writes `nested.txt` (and, with `nbig=MIB`, its own
+//! `big.bin`). Exits 0 if every answer was
 //! the ABI's.
 //! `io-cap`: writes 1 MiB chunks until the host refuses, then checks the
 //! refusal is `TooBig` and that the VM runs on. `io-try NAME`: writes one
@@ -132,6 +133,7 @@ pub fn io() -> i32 {
     let big: u64 = env::arg("big").and_then(|v| v.parse().ok()).unwrap_or(0);
     let clone_big: u64 = env::arg("cbig").and_then(|v| v.parse().ok()).unwrap_or(0);
     let nest = env::arg("nest") == Some("1");
+    let nested_big: u64 = env::arg("nbig").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mine = summary("parent");
     let mut bad = refused_names();
     let text = format!("parent {mine:016x}\n");
@@ -176,7 +178,7 @@ pub fn io() -> i32 {
                     println!("clone {id}: {clone_big} MiB of output in {ms} ms");
                 }
                 let status = if nest && status == 0 {
-                    nested(id, h)
+                    nested(id, h, nested_big)
                 } else {
                     status
                 };
@@ -211,8 +213,9 @@ pub fn io() -> i32 {
 }
 
 /// In clone `id`: one clone of its own, which writes `nested.txt` (so it
-/// lands in `<id>.1`) and returns its inputs' hash; 0 if all went well.
-fn nested(id: u32, h: u64) -> i32 {
+/// lands in `<id>.1`; and `big.bin` of `big` MiB) and returns its inputs'
+/// hash; 0 if all went well.
+fn nested(id: u32, h: u64, big: u64) -> i32 {
     let Ok(t) = clone::request_ticket(1) else {
         return 1;
     };
@@ -221,7 +224,17 @@ fn nested(id: u32, h: u64) -> i32 {
         Ok(_) => {
             let h = summary(&format!("clone {id}.1"));
             let text = format!("nested {id}.1 {h:016x}\n");
-            let status = output::write("nested.txt", text.as_bytes()).is_err() as i32;
+            let r = output::write("nested.txt", text.as_bytes()).and_then(|()| {
+                if big > 0 {
+                    write_big(big)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = &r {
+                println!("clone {id}.1: outputs: {e:?}");
+            }
+            let status = r.is_err() as i32;
             clone::exit(status, &h.to_le_bytes());
             return 1;
         }

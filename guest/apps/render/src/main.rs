@@ -47,16 +47,24 @@ fn run() -> Result<(), i32> {
     let done = sf_shares::run("render", &plan, Shares::Fit(&fit), |s, n| {
         render::render_rows(&view, Tiles::with_count(&view, n as u32).rows(s as u32 - 1))
     })?;
+    let t = sf_guest::time::now_ns();
     let tiles = Tiles::with_count(&view, done.results.len() as u32);
     let Some(rgb) = tiles.assemble(&view, &done.results) else {
         println!("render: the tiles do not make up the image");
         return Err(1);
     };
+    let assembled = sf_guest::time::now_ns();
     let Some(png) = sf_apps::png::encode_rgb(view.width, view.height, &rgb) else {
         println!("render: the image cannot be encoded");
         return Err(1);
     };
+    let encoded = sf_guest::time::now_ns();
     done.finish("render");
+    println!(
+        "render: assemble_ns={} encode_ns={}",
+        assembled - t,
+        encoded - assembled
+    );
     println!(
         "render: png {} bytes answer={:016x}",
         png.len(),
