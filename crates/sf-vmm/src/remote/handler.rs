@@ -546,9 +546,15 @@ impl Handler {
                 return;
             }
         };
-        let count = self
-            .present
-            .absent_run(first, (end - first).min(u64::from(MAX_BATCH_PAGES)));
+        // Batches end at 2 MiB block boundaries, so that after the first
+        // one each is a whole block, which can come in as one huge page.
+        let to_block_end = BLOCK_PAGES - first % BLOCK_PAGES;
+        let count = self.present.absent_run(
+            first,
+            (end - first)
+                .min(u64::from(MAX_BATCH_PAGES))
+                .min(to_block_end),
+        );
         match self.install_ahead(first, count) {
             // Resume after what was installed, not after the whole absent
             // run: a run cut short where hinted and unhinted pages meet
