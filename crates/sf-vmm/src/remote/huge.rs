@@ -17,7 +17,10 @@
 //! alternating pairs, load average 9-23: the slowest of 32 clones took a
 //! median 2,990 ms on against 2,985 ms off, with 0-16 of each clone's 32
 //! blocks huge; one clone 553 ms either way (its pages come as faults'
-//! 64-page windows, never a whole block).
+//! 64-page windows, never a whole block). On an idle machine it made
+//! `align` on two remote clones slower, where an announced range arrives
+//! in whole blocks: warm-up penalty 1.59-1.62 on against 1.20-1.23 off
+//! (`bench apps --apps align --modes single,remote --clones 2`).
 //!
 //! Tried first and dropped: MADV_COLLAPSE of a block once its pages were
 //! all installed. It copies the block a second time and waits for every
