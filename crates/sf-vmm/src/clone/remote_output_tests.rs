@@ -5,25 +5,31 @@
 use super::*;
 use std::net::TcpStream;
 
-#[test]
-fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
-    let t = std::env::temp_dir().join(format!("sf-remote-out-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&t);
-    std::fs::create_dir_all(&t).unwrap();
+/// A group waiting for reports of `clones` on loopback (plain TCP, token
+/// `[1; 16]`), each result capped at `cap` bytes, and its address.
+fn group(clones: Vec<u32>, cap: u64) -> (RemoteGroup, std::net::SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let reports = ReportListener {
         listener,
         transport: Transport::Plain,
     };
-    let mut g = RemoteGroup::new(
-        reports,
-        [1; 16],
-        vec![2],
-        Instant::now(),
-        sf_abi::clone::RESULT_FLOOR as u64,
-    )
-    .unwrap();
+    let g = RemoteGroup::new(reports, [1; 16], clones, Instant::now(), cap).unwrap();
+    (g, addr)
+}
+
+/// A fresh directory for one test's outputs (named `tag`).
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let t = std::env::temp_dir().join(format!("sf-remote-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(&t).unwrap();
+    t
+}
+
+#[test]
+fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
+    let t = scratch("out");
+    let (mut g, addr) = group(vec![2], sf_abi::clone::RESULT_FLOOR as u64);
     let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
     // The origin VM is clone 4 of the root: its clone 2 is "4.2".
     g.set_outputs(Some(dir), "4");
@@ -91,23 +97,8 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
 /// and files land only under `DIR/<origin path>.<clone>.<sub>/`.
 #[test]
 fn relayed_outputs_of_nested_clones_are_checked_like_local_calls() {
-    let t = std::env::temp_dir().join(format!("sf-remote-nested-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&t);
-    std::fs::create_dir_all(&t).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reports = ReportListener {
-        listener,
-        transport: Transport::Plain,
-    };
-    let mut g = RemoteGroup::new(
-        reports,
-        [1; 16],
-        vec![2],
-        Instant::now(),
-        sf_abi::clone::RESULT_FLOOR as u64,
-    )
-    .unwrap();
+    let t = scratch("nested");
+    let (mut g, addr) = group(vec![2], sf_abi::clone::RESULT_FLOOR as u64);
     let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
     g.set_outputs(Some(dir), "4");
     let mut c = TcpStream::connect(addr).unwrap();
@@ -178,13 +169,7 @@ fn relayed_outputs_of_nested_clones_are_checked_like_local_calls() {
 /// the reason, and nothing past the cap is kept.
 #[test]
 fn result_pieces_are_held_to_the_tickets_cap() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reports = ReportListener {
-        listener,
-        transport: Transport::Plain,
-    };
-    let mut g = RemoteGroup::new(reports, [1; 16], vec![1, 2], Instant::now(), 100).unwrap();
+    let (mut g, addr) = group(vec![1, 2], 100);
     let hello = |id| Frame::Hello { token: [1; 16], id };
     let report = |id| {
         super::super::report::CloneReport {
@@ -235,13 +220,7 @@ fn result_pieces_are_held_to_the_tickets_cap() {
 /// and another clone's report still gets through.
 #[test]
 fn a_flood_of_tiny_frames_neither_stalls_the_origin_nor_grows_its_buffer() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reports = ReportListener {
-        listener,
-        transport: Transport::Plain,
-    };
-    let mut g = RemoteGroup::new(reports, [1; 16], vec![1, 2], Instant::now(), 100).unwrap();
+    let (mut g, addr) = group(vec![1, 2], 100);
     let mut flood = TcpStream::connect(addr).unwrap();
     Frame::Hello {
         token: [1; 16],
@@ -303,13 +282,7 @@ fn a_flood_of_tiny_frames_neither_stalls_the_origin_nor_grows_its_buffer() {
 /// lost, and nothing more is held for either.
 #[test]
 fn pieces_and_reports_after_a_clone_is_resolved_change_nothing() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reports = ReportListener {
-        listener,
-        transport: Transport::Plain,
-    };
-    let mut g = RemoteGroup::new(reports, [1; 16], vec![1, 2], Instant::now(), 100).unwrap();
+    let (mut g, addr) = group(vec![1, 2], 100);
     let hello = |id| Frame::Hello { token: [1; 16], id };
     let report = |id, status| {
         super::super::report::CloneReport {
