@@ -5,7 +5,7 @@
 
 use super::error::RemoteError;
 use super::protocol::{
-    self, Hello, HelloReply, PageMap, Request, Response, WireError, HELLO_REPLY_LEN,
+    self, Ask, Hello, HelloReply, PageMap, Request, Response, WireError, HELLO_REPLY_LEN,
     PROTOCOL_VERSION,
 };
 use super::GroupToken;
@@ -132,20 +132,17 @@ impl PageClient {
     }
 
     /// Asks for `req` and reads the answer, its data pages into `data`.
-    /// `unicast`: the pages were pushed and never arrived; they must come
-    /// over this connection.
+    /// [`Ask::Unicast`]: the pages were pushed and never arrived; they
+    /// must come over this connection.
     pub fn fetch(
         &mut self,
         req: Request,
         data: &mut Vec<u8>,
-        unicast: bool,
+        ask: Ask,
     ) -> Result<Batch, RemoteError> {
         let what = || format!("fetching {} pages at offset {:#x}", req.pages, req.offset);
-        let frame = if unicast {
-            req.encode_unicast()
-        } else {
-            req.encode()
-        };
+        let unicast = ask == Ask::Unicast;
+        let frame = req.encode_as(ask);
         self.send(&frame).map_err(|e| self.wire_error(&what(), e))?;
         let result = protocol::read_response(&mut self.reader(), &req, data);
         match result.map_err(|e| self.wire_error(&what(), e))? {

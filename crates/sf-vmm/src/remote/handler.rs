@@ -20,7 +20,7 @@ use super::error::RemoteError;
 use super::fetcher::FetchConfig;
 use super::histogram::Histogram;
 use super::huge::{HugeStage, BLOCK_BYTES, BLOCK_PAGES};
-use super::protocol::{Request, MAX_BATCH_PAGES};
+use super::protocol::{Ask, Request, MAX_BATCH_PAGES};
 use super::readahead::Readahead;
 use super::uffd::{Event, Userfaultfd};
 use super::{GroupToken, PAGE_SIZE};
@@ -474,7 +474,7 @@ impl Handler {
         // A batch never asks for a hinted page.
         let count = self.cfg.free_pages.unhinted_run(page, count);
         self.shared.counters.misses.fetch_add(1, Relaxed);
-        match self.fetch_and_install(page, count, write) {
+        match self.fetch_and_install(page, count, write, Ask::Fault) {
             Ok(()) => {
                 self.readahead.fetched(page, count);
                 let us = start.elapsed().as_micros() as u64;
@@ -501,7 +501,7 @@ impl Handler {
         };
         job.next = first;
         let count = self.present.absent_run(first, u64::from(MAX_BATCH_PAGES));
-        if let Err(e) = self.install_ahead(first, count) {
+        if let Err(e) = self.install_ahead(first, count, Ask::Fault) {
             self.fail(e);
             self.unregister();
         }
@@ -511,8 +511,9 @@ impl Handler {
     /// fault asks: a run the guest hinted free as zero pages (the shared
     /// zero page: a nested fork copies nothing for it), otherwise the pages
     /// up to the next hinted one, fetched. Returns how many it installed:
-    /// the run stops where hinted and unhinted pages meet.
-    fn install_ahead(&mut self, first: u64, count: u64) -> Result<u64, RemoteError> {
+    /// the run stops where hinted and unhinted pages meet. `ask` tells the
+    /// holder why the pages are asked for.
+    fn install_ahead(&mut self, first: u64, count: u64, ask: Ask) -> Result<u64, RemoteError> {
         let free = self.cfg.free_pages.free_run(first);
         if free > 0 {
             let zeros = count.min(free);
@@ -520,7 +521,7 @@ impl Handler {
             Ok(zeros)
         } else {
             let fetched = self.cfg.free_pages.unhinted_run(first, count);
-            self.fetch_and_install(first, fetched, false)?;
+            self.fetch_and_install(first, fetched, false, ask)?;
             Ok(fetched)
         }
     }
@@ -555,7 +556,9 @@ impl Handler {
                 .min(u64::from(MAX_BATCH_PAGES))
                 .min(to_block_end),
         );
-        match self.install_ahead(first, count) {
+        // Announced: the holder never takes this stream for a scan that
+        // other clones follow (see `protocol::ANNOUNCED_FLAG`).
+        match self.install_ahead(first, count, Ask::Announced) {
             // Resume after what was installed, not after the whole absent
             // run: a run cut short where hinted and unhinted pages meet
             // goes on from there next time.
@@ -580,12 +583,13 @@ impl Handler {
         first: u64,
         count: u64,
         write_fault: bool,
+        ask: Ask,
     ) -> Result<(), RemoteError> {
         let req = Request {
             offset: first * PAGE,
             pages: count as u32,
         };
-        let batch = self.request(req, false)?;
+        let batch = self.request(req, ask)?;
         if let Some(seq_end) = batch.pushed {
             let bytes = batch.bytes_received;
             return self.await_pushed(first, batch.map, seq_end, bytes, write_fault);
@@ -730,12 +734,12 @@ impl Handler {
 
     /// Sends `req`; a transport failure gets one new connection and one
     /// retry (when configured) before it counts.
-    fn request(&mut self, req: Request, unicast: bool) -> Result<Batch, RemoteError> {
-        match self.try_request(req, unicast) {
+    fn request(&mut self, req: Request, ask: Ask) -> Result<Batch, RemoteError> {
+        match self.try_request(req, ask) {
             Err(first) if first.is_transport() && self.cfg.reconnect => {
                 tracing::warn!("remote memory: {first}; reconnecting once");
                 self.shared.counters.reconnects.fetch_add(1, Relaxed);
-                self.try_request(req, unicast)
+                self.try_request(req, ask)
                     .map_err(|retry| RemoteError::Retried {
                         first: Box::new(first),
                         retry: Box::new(retry),
@@ -745,7 +749,7 @@ impl Handler {
         }
     }
 
-    fn try_request(&mut self, req: Request, unicast: bool) -> Result<Batch, RemoteError> {
+    fn try_request(&mut self, req: Request, ask: Ask) -> Result<Batch, RemoteError> {
         let client = match self.client.as_mut() {
             Some(c) => c,
             None => {
@@ -773,7 +777,7 @@ impl Handler {
         }
         let client = self.client.as_mut().expect("connected above");
         self.shared.counters.requests.fetch_add(1, Relaxed);
-        let result = client.fetch(req, &mut self.data, unicast);
+        let result = client.fetch(req, &mut self.data, ask);
         if result.is_err() {
             // Whatever went wrong, the stream may be out of step.
             self.client = None;

@@ -9,6 +9,8 @@
 //! client -> server  request   offset u64 | pages u32                                       12 bytes
 //!                             bit 31 of `pages` ([`UNICAST_FLAG`]): answer over this connection
 //!                             even if the pages are on their way by multicast (a lost push)
+//!                             bit 29 ([`ANNOUNCED_FLAG`]): part of a range the guest announced
+//!                             and the clone streams ahead of its reads
 //! client -> server  report    backlog_bytes u64 | lost u32 with bit 30 set (not bit 31): a
 //!                             receiver's losses and socket backlog; no response
 //! server -> client  response  status u8 | reason u8 | 0 u16 | pages u32 | offset u64       16 bytes
@@ -30,13 +32,15 @@
 //! Version 2 added the pushed answer (with its `seq_end`), the unicast
 //! flag and the report frame. A version 1 peer would read a pushed answer as a bad status and
 //! send its reports as requests, so the two refuse each other at the hello
-//! ([`RefuseReason::UnsupportedVersion`]) instead.
+//! ([`RefuseReason::UnsupportedVersion`]) instead. Version 3 added the
+//! announced flag, which a version 2 holder would refuse as a bad page
+//! count.
 
 use std::io::{self, Read, Write};
 
 pub const PAGE_SIZE: usize = 4096;
 pub const MAGIC: [u8; 4] = *b"SFPM";
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Most pages one request may ask for (2 MiB): bounds what a client buffers
 /// and how long one request holds a server thread.
 pub const MAX_BATCH_PAGES: u32 = 512;
@@ -55,6 +59,12 @@ const STATUS_REFUSED: u8 = 1;
 const STATUS_PUSHED: u8 = 2;
 /// Set in a request's page count: serve it here, not by multicast.
 pub const UNICAST_FLAG: u32 = 1 << 31;
+/// Set in a request's page count: the pages are part of a range the guest
+/// announced (`input::will_read`) and the clone streams them ahead of its
+/// own reads. Such a stream is no scan that other clones follow: two
+/// clones each streaming its own half of an input meet only where the
+/// halves join (see `super::lockstep`).
+pub const ANNOUNCED_FLAG: u32 = 1 << 29;
 /// Bit 30 of a request's page count: not a request but a receiver's report
 /// of its losses and backlog (`super::pacer::Report`), never answered.
 pub const REPORT_FLAG: u32 = 1 << 30;
@@ -240,6 +250,17 @@ impl HelloReply {
     }
 }
 
+/// Why a clone asks for pages (a flag in the request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// A fault, its readahead or the whole-region prefetch.
+    Fault,
+    /// Pages pushed to it that never arrived: answer over TCP.
+    Unicast,
+    /// Part of a range the guest announced, streamed ahead of its reads.
+    Announced,
+}
+
 /// `pages` pages from byte `offset` of the served region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -258,8 +279,18 @@ impl Request {
     /// The request with [`UNICAST_FLAG`] set: the answer must come on
     /// this connection (the pages were pushed and did not arrive).
     pub fn encode_unicast(&self) -> [u8; REQUEST_LEN] {
+        self.encode_as(Ask::Unicast)
+    }
+
+    /// The request with the flag of `ask` set.
+    pub fn encode_as(&self, ask: Ask) -> [u8; REQUEST_LEN] {
+        let flag = match ask {
+            Ask::Fault => 0,
+            Ask::Unicast => UNICAST_FLAG,
+            Ask::Announced => ANNOUNCED_FLAG,
+        };
         let mut b = self.encode();
-        b[8..12].copy_from_slice(&(self.pages | UNICAST_FLAG).to_le_bytes());
+        b[8..12].copy_from_slice(&(self.pages | flag).to_le_bytes());
         b
     }
 
@@ -271,16 +302,23 @@ impl Request {
         }
     }
 
-    /// [`Request::decode`], with [`UNICAST_FLAG`] taken out of the count.
-    pub fn decode_flagged(b: &[u8; REQUEST_LEN]) -> (Request, bool) {
+    /// [`Request::decode`], with the flags taken out of the count (the
+    /// unicast flag wins if both are set).
+    pub fn decode_flagged(b: &[u8; REQUEST_LEN]) -> (Request, Ask) {
         let r = Request::decode(b);
-        let unicast = r.pages & UNICAST_FLAG != 0;
+        let ask = if r.pages & UNICAST_FLAG != 0 {
+            Ask::Unicast
+        } else if r.pages & ANNOUNCED_FLAG != 0 {
+            Ask::Announced
+        } else {
+            Ask::Fault
+        };
         (
             Request {
                 offset: r.offset,
-                pages: r.pages & !UNICAST_FLAG,
+                pages: r.pages & !(UNICAST_FLAG | ANNOUNCED_FLAG),
             },
-            unicast,
+            ask,
         )
     }
 
@@ -665,14 +703,17 @@ mod tests {
             offset: 2 * PAGE_SIZE as u64,
             pages: 4,
         };
-        let (flagged, unicast) = Request::decode_flagged(&req.encode_unicast());
-        assert_eq!((flagged, unicast), (req, true));
-        assert_eq!(Request::decode_flagged(&req.encode()), (req, false));
-        assert!(
-            Request::decode(&req.encode_unicast())
-                .check(1 << 30)
-                .is_err(),
-            "a server that ignores the flag refuses the request"
+        for ask in [Ask::Fault, Ask::Unicast, Ask::Announced] {
+            assert_eq!(Request::decode_flagged(&req.encode_as(ask)), (req, ask));
+            assert_eq!(
+                Request::decode(&req.encode_as(ask)).check(1 << 30).is_err(),
+                ask != Ask::Fault,
+                "a server that ignores the flags refuses a flagged request: {ask:?}"
+            );
+        }
+        assert_eq!(
+            Request::decode_flagged(&req.encode_unicast()),
+            (req, Ask::Unicast)
         );
         for n in 1..=4 {
             let map = page_map(&region, req.offset as usize, n);

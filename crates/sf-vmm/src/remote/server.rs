@@ -12,7 +12,7 @@
 use super::lockstep::{Lockstep, LossyReceiver, SHARE_WINDOW_MS};
 use super::pacer::{Pacer, Report, STEP_PAGES};
 use super::protocol::{
-    self, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
+    self, Ask, Hello, HelloReply, RefuseReason, Request, HELLO_LEN, PAGE_SIZE, PROTOCOL_VERSION,
     REQUEST_LEN,
 };
 use super::region::ServedRegion;
@@ -434,7 +434,8 @@ impl PageServer {
                     .store(self.shared.pacer.rate(), Relaxed);
                 continue;
             }
-            let (req, unicast) = Request::decode_flagged(&buf);
+            let (req, ask) = Request::decode_flagged(&buf);
+            let unicast = ask == Ask::Unicast;
             counters.requests.fetch_add(1, Relaxed);
             if let Err(reason) = req.check(region.len() as u64) {
                 // Refused, and the stream stays in step: requests and
@@ -468,7 +469,8 @@ impl PageServer {
                     let now = ls.log.now();
                     let first = req.offset as usize / PAGE_SIZE;
                     let pages = req.pages as usize;
-                    let verdict = ls.sharing.on_request(id, first, pages, now);
+                    let may_lead = ask != Ask::Announced;
+                    let verdict = ls.sharing.on_request_as(id, first, pages, now, may_lead);
                     counters
                         .lockstep_shared_chunks
                         .fetch_add(u64::from(verdict.newly_shared), Relaxed);

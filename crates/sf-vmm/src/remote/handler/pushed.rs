@@ -10,7 +10,7 @@
 use super::pushes::Pushes;
 use super::{Handler, PAGE, ZERO_PAGES};
 use crate::remote::error::RemoteError;
-use crate::remote::protocol::{PageMap, Request};
+use crate::remote::protocol::{Ask, PageMap, Request};
 use crate::remote::PAGE_SIZE;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -127,7 +127,7 @@ impl Handler {
                 offset: at * PAGE,
                 pages: n,
             };
-            let batch = self.request(req, true)?;
+            let batch = self.request(req, Ask::Unicast)?;
             self.install_batch(at, u64::from(n), batch, write_fault && i == 0)?;
             i += n;
         }

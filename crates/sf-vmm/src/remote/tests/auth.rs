@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::remote::client::{PageClient, Timeouts};
-use crate::remote::protocol::{Hello, Request};
+use crate::remote::protocol::{Ask, Hello, Request};
 use crate::remote::server::HELLO_TIMEOUT;
 use sf_tls::generate::{host_paths, init, HostSpec};
 use sf_tls::{Credentials, Transport};
@@ -62,7 +62,7 @@ fn clients_without_a_cluster_certificate_are_refused() {
                 pages: 2,
             },
             &mut data,
-            false,
+            Ask::Fault,
         )
         .unwrap();
     assert_eq!(b.map.data_pages(), 2);
@@ -94,7 +94,7 @@ fn silent_connections_neither_lock_out_a_clone_nor_stay_open() {
             pages: 1,
         },
         &mut data,
-        false,
+        Ask::Fault,
     )
     .unwrap();
     // And each silent one is closed once its deadline passes.

@@ -194,12 +194,13 @@ fn a_clone_host_and_a_holder_of_another_protocol_version_refuse_each_other_clear
         version: old,
         region_len: REGION as u64,
     });
+    let mismatch = format!(
+        "peer speaks protocol version {old}, this side speaks {}",
+        protocol::PROTOCOL_VERSION
+    );
     for (addr, want) in [
         (refusing, "unsupported protocol version"),
-        (
-            accepting,
-            "peer speaks protocol version 1, this side speaks 2",
-        ),
+        (accepting, mismatch.as_str()),
     ] {
         let map = AnonMap::new(REGION);
         let e = RemoteMemory::attach(map.ptr(), REGION, addr, TOKEN, FetchConfig::default())
