@@ -7,7 +7,6 @@
 
 mod common;
 use common::hosts::Hosts;
-use sf_api::Metrics;
 
 #[test]
 fn pushed_whole_blocks_come_in_as_huge_pages_and_read_back_right() {
@@ -39,8 +38,7 @@ fn pushed_whole_blocks_come_in_as_huge_pages_and_read_back_right() {
         r.describe(),
         h.describe()
     );
-    let m: Metrics = h.client(2).get("/v1/metrics").unwrap();
-    let stats: Vec<_> = m.clones.into_iter().map(|c| c.memory).collect();
+    let stats = h.clone_stats(2);
     eprintln!("{stats:#?}");
     assert_eq!(stats.len(), 2, "one clone per family on host 2: {stats:?}");
     let pushed = stats.iter().max_by_key(|s| s.multicast_pages).unwrap();

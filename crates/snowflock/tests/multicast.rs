@@ -9,7 +9,7 @@
 mod common;
 use common::hosts::Hosts;
 use common::*;
-use sf_api::{FetchStats, Metrics};
+use sf_api::FetchStats;
 use std::time::Instant;
 
 const DROP_PUSHES: &str = "SNOWFLOCK_TEST_DROP_PUSHES";
@@ -21,12 +21,6 @@ fn assert_ok(h: &Hosts, r: &Run, scenario: &str) {
         r.describe(),
         h.describe()
     );
-}
-
-/// Every clone's counters on host `i`.
-fn clone_stats(h: &Hosts, i: usize) -> Vec<FetchStats> {
-    let m: Metrics = h.client(i).get("/v1/metrics").unwrap();
-    m.clones.into_iter().map(|c| c.memory).collect()
 }
 
 /// Four clones (two per clone host) read one word of every page of 16 MiB
@@ -57,7 +51,7 @@ fn the_clones_of_a_group_on_one_host_share_one_receiver() {
     assert_ok(&h, &r, "scan");
     let mut receivers = Vec::new();
     for i in [2, 3] {
-        let stats = clone_stats(&h, i);
+        let stats = h.clone_stats(i);
         eprintln!("host {i}: {stats:#?}");
         assert_eq!(stats.len(), 2, "{stats:?}");
         let pid = stats[0].multicast_receiver_pid;
@@ -125,7 +119,7 @@ fn a_stalled_clone_does_not_hold_back_its_siblings_on_the_host() {
     // (their counters are published every 500 ms).
     let (stalled, sibling) = loop {
         let vms = clone_vms(&h, 2);
-        let stats = clone_stats(&h, 2);
+        let stats = h.clone_stats(2);
         let started = |s: &FetchStats| s.multicast_receiver_pid != 0 && s.faults > 0;
         if vms.len() == 2 && stats.len() == 2 && stats.iter().all(started) {
             break (vms[0].clone(), vms[1].clone());
@@ -149,7 +143,7 @@ fn a_stalled_clone_does_not_hold_back_its_siblings_on_the_host() {
         String::from_utf8_lossy(&out.stderr),
         h.describe()
     );
-    let stats = clone_stats(&h, 2);
+    let stats = h.clone_stats(2);
     eprintln!("stalled {stalled_for:?}; host 2: {stats:#?}");
     // Each clone's pass, from its join line: the stalled one's holds the
     // stall; its sibling on the same host (same receiver, same cache) was
@@ -202,7 +196,7 @@ fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
     let r = h.run(1, SCAN);
     // The guest checks every clone's sum against the parent's.
     assert_ok(&h, &r, "scan");
-    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| clone_stats(&h, i)).collect();
+    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("clones whose pushes were dropped: {stats:#?}");
     assert_eq!(stats.len(), 4, "{stats:?}");
     for s in &stats {
@@ -237,7 +231,7 @@ fn a_clone_host_that_loses_every_push_is_served_by_unicast_and_the_others_get_pu
     let r = h.run(1, SCAN);
     let secs = began.elapsed().as_secs_f64();
     assert_ok(&h, &r, "scan");
-    let (healthy, lossy) = (clone_stats(&h, 2), clone_stats(&h, 3));
+    let (healthy, lossy) = (h.clone_stats(2), h.clone_stats(3));
     eprintln!("healthy host: {healthy:#?}\nlossy host: {lossy:#?}");
     assert_eq!(
         (healthy.len(), lossy.len()),
@@ -302,7 +296,7 @@ fn clones_reading_their_own_halves_get_them_by_unicast_not_pushed_to_each_other(
         ],
     );
     assert_ok(&h, &r, "scan");
-    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| clone_stats(&h, i)).collect();
+    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("clones reading their own halves: {stats:#?}");
     assert_eq!(stats.len(), 2, "{stats:?}");
     let half = 8192;
@@ -351,12 +345,12 @@ fn clones_reading_the_same_pages_cost_the_origin_at_most_half_again_one_clones_p
             ],
         );
         assert_ok(&h, &one, "scan");
-        clone_stats(&h, 2).iter().map(|s| s.pages_fetched).sum()
+        h.clone_stats(2).iter().map(|s| s.pages_fetched).sum()
     };
     let h = Hosts::start(3);
     let r = h.run(1, SCAN);
     assert_ok(&h, &r, "scan");
-    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| clone_stats(&h, i)).collect();
+    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("one clone alone fetched {alone} pages; four clones: {stats:#?}");
     assert_eq!(stats.len(), 4, "{stats:?}");
     let (tcp, pushed) = origin_pages(&stats);

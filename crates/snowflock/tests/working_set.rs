@@ -6,7 +6,7 @@
 
 mod common;
 use common::hosts::Hosts;
-use sf_api::{FetchStats, Metrics};
+use sf_api::FetchStats;
 
 /// 16 MiB: 4096 pages, each with data.
 const PAGES: u64 = 4096;
@@ -39,8 +39,7 @@ fn scan(extra: &[&'static str], mutate: bool) -> Vec<FetchStats> {
     for line in h.describe().lines().filter(|l| l.contains("working")) {
         eprintln!("{line}");
     }
-    let m: Metrics = h.client(2).get("/v1/metrics").unwrap();
-    m.clones.into_iter().map(|c| c.memory).collect()
+    h.clone_stats(2)
 }
 
 /// The clone that got pages ahead of its faults, and the other one.

@@ -4,7 +4,7 @@
 
 use super::cluster::Cluster;
 use super::*;
-use sf_api::{Client, Endpoint, VmDetail, VmInfo};
+use sf_api::{Client, Endpoint, FetchStats, Metrics, VmDetail, VmInfo};
 use sf_tls::{Credentials, TlsPaths, Transport};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -185,6 +185,12 @@ impl Hosts {
     /// Host `i`'s admin API (its Unix socket).
     pub fn client(&self, i: usize) -> Client {
         Client::new(Endpoint::Unix(self.socket(i)))
+    }
+
+    /// The memory counters of every clone on host `i`.
+    pub fn clone_stats(&self, i: usize) -> Vec<FetchStats> {
+        let m: Metrics = self.client(i).get("/v1/metrics").unwrap();
+        m.clones.into_iter().map(|c| c.memory).collect()
     }
 
     /// Host `i`'s peer API on TCP, over `t`; use it inside a host
