@@ -439,7 +439,6 @@ fn page_receiver(l: &mut Vec<Entry>) {
         SYS_getsockopt,
         "SO_PEERCRED: only root's clients are admitted"
     );
-    allow!(l, SYS_setsockopt, "the timeout of a client's hello");
     allow!(l, SYS_recvfrom, "the group's datagrams; a client's hello");
     allow!(
         l,
