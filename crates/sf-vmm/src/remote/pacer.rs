@@ -138,7 +138,10 @@ mod tests {
             pages: 8,
         };
         assert_eq!(Report::decode(&req.encode()), None);
-        assert_eq!(Report::decode(&req.encode_unicast()), None);
+        assert_eq!(
+            Report::decode(&req.encode_as(crate::remote::protocol::Ask::Unicast)),
+            None
+        );
         let mut both = r.encode();
         both[11] |= 0x80;
         assert_eq!(Report::decode(&both), None, "both flags: neither");

@@ -276,12 +276,6 @@ impl Request {
         b
     }
 
-    /// The request with [`UNICAST_FLAG`] set: the answer must come on
-    /// this connection (the pages were pushed and did not arrive).
-    pub fn encode_unicast(&self) -> [u8; REQUEST_LEN] {
-        self.encode_as(Ask::Unicast)
-    }
-
     /// The request with the flag of `ask` set.
     pub fn encode_as(&self, ask: Ask) -> [u8; REQUEST_LEN] {
         let flag = match ask {
@@ -711,10 +705,6 @@ mod tests {
                 "a server that ignores the flags refuses a flagged request: {ask:?}"
             );
         }
-        assert_eq!(
-            Request::decode_flagged(&req.encode_unicast()),
-            (req, Ask::Unicast)
-        );
         for n in 1..=4 {
             let map = page_map(&region, req.offset as usize, n);
             let mut wire = Vec::new();
