@@ -26,6 +26,7 @@ pub mod remote;
 pub mod sandbox;
 pub mod sanitize;
 pub mod stats_file;
+pub mod thread_priority;
 mod vcpu;
 mod vm;
 mod watchdog;

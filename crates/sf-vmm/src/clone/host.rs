@@ -69,6 +69,10 @@ pub fn run(
     transport: &Transport,
     family: Option<crate::net::broker::Lease>,
 ) -> Result<i32, HostError> {
+    // Everything made from here on (the link to the origin, remote
+    // memory's fault handler, the host's page receiver, heartbeats) runs
+    // ahead of vCPUs; this thread drops back before it runs the vCPU.
+    crate::thread_priority::serve_first();
     // Opened now: after set-up the sandbox opens no files.
     let stats = match stats {
         Some(path) => Some(Arc::new(crate::stats_file::StatsFile::open(path).map_err(
@@ -140,6 +144,7 @@ pub fn run(
     };
     let conn_for_console = conn.clone();
     spawn_heartbeats(conn, vm.memory_stats_source(), stats);
+    crate::thread_priority::become_vcpu();
     if let Some(policy) = sandbox {
         if let Err(e) = crate::sandbox::enter(crate::sandbox::Role::CloneHost, policy) {
             return fail(&mut reporter, &e);

@@ -175,6 +175,9 @@ impl RemotePlan {
 /// start the clones on their hosts, tell the origin which could not start,
 /// then serve guest RAM to the clones until the origin kills this process.
 pub fn run_holder(plan: RemotePlan, ram: &GuestRam) -> ! {
+    // It serves every clone's faults: ahead of the vCPUs (this thread was
+    // the parent's vCPU thread; its threads inherit the raise).
+    crate::thread_priority::serve_first();
     // Before the narrower filter: what the parent touched since boot, to
     // compare with the recorded working set.
     let resident = plan.working_set.as_ref().and_then(|_| {

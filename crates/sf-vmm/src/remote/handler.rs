@@ -318,7 +318,6 @@ impl Handler {
                 break;
             }
             self.take_commands();
-            self.take_multicast();
             let mut faults = 0;
             loop {
                 match self.uffd.read_event() {
@@ -337,6 +336,10 @@ impl Handler {
                     }
                 }
             }
+            // After the faults: a waiting vCPU is not held up behind an
+            // install of everything pushed since the last look (a fault on
+            // a pushed page installs from the host's cache at once).
+            self.take_multicast();
             // Faults first: a prefetch step only runs when none are waiting.
             if faults == 0 {
                 self.prefetch_step();

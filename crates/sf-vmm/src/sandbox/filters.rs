@@ -69,6 +69,22 @@ fn sigkill_to_one_pid() -> Vec<SeccompRule> {
     .expect("three conditions")]
 }
 
+/// setpriority(PRIO_PROCESS, 0, nice) with `nice` the service level or
+/// normal: the calling thread's own priority, between these two only.
+fn own_priority() -> Vec<SeccompRule> {
+    [crate::thread_priority::SERVICE_NICE, 0]
+        .iter()
+        .map(|&nice| {
+            SeccompRule::new(vec![
+                cond(0, Len::Dword, Op::Eq, libc::PRIO_PROCESS as u64),
+                cond(1, Len::Dword, Op::Eq, 0),
+                cond(2, Len::Dword, Op::Eq, u64::from(nice as u32)),
+            ])
+            .expect("three conditions")
+        })
+        .collect()
+}
+
 /// socket(2) of one of `families`, of type stream or datagram (whatever
 /// the SOCK_CLOEXEC/SOCK_NONBLOCK flags).
 fn stream_or_datagram(families: &[u64]) -> Vec<SeccompRule> {
@@ -187,6 +203,8 @@ fn base(l: &mut Vec<Entry>) {
         "the allocator returns memory (MADV_DONTNEED)"
     );
     allow!(l, SYS_futex, "std's locks and condition variables");
+    allow!(l, SYS_setpriority if own_priority(),
+        "a thread sets its own priority, to the service level or back to normal (see thread_priority)");
     allow!(l, SYS_sched_yield, "std's spin loops");
     allow!(
         l,

@@ -156,6 +156,10 @@ pub fn is_active() -> bool {
 /// system call outside the role's list kills the process with a message.
 pub fn enter(role: Role, policy: &Policy) -> Result<Dropped, SandboxError> {
     let prog = compile(role)?;
+    // While it still may: later, sandboxed, its service threads may still
+    // go ahead of its vCPU (and a memory holder forked from it ahead of
+    // every clone's vCPU).
+    crate::thread_priority::allow_service_priority();
     let dropped = privileges::drop(policy.user).map_err(|source| SandboxError::Privileges {
         to: policy
             .user

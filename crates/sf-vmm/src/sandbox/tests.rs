@@ -660,3 +660,46 @@ fn every_vm_role_may_drive_a_nic() {
         assert_eq!(status, ExitStatus::Code(0), "{role:?}: {stderr}");
     }
 }
+
+/// A sandboxed thread may move its own priority between normal and the
+/// service level (`thread_priority`), nothing else: not another process's,
+/// not higher than the service level, not lower than normal.
+#[test]
+fn a_thread_may_set_only_its_own_priority_and_only_to_two_levels() {
+    let service = crate::thread_priority::SERVICE_NICE;
+    for role in [
+        Role::Runner,
+        Role::CloneHost,
+        Role::MemoryHolder,
+        Role::PageReceiver,
+    ] {
+        let p = &prog(role);
+        let (status, stderr) = in_child(move || {
+            sandboxed(role, p);
+            // SAFETY: setpriority of the calling thread.
+            let up = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, service) };
+            // SAFETY: as above.
+            let back = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+            // Allowed calls that fail (no CAP_SYS_NICE) still return here.
+            i32::from(up == 0) + 2 * i32::from(back == 0) + 10
+        });
+        assert!(
+            matches!(status, ExitStatus::Code(c) if (10..14).contains(&c)),
+            "{}: {status:?} {stderr}",
+            role.name()
+        );
+        for (who, nice) in [(1, service), (0, -20), (0, 19)] {
+            assert_killed(
+                in_child(move || {
+                    sandboxed(role, p);
+                    // SAFETY: setpriority with integer arguments.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
+                    10
+                }),
+                libc::SYS_setpriority,
+                "setpriority",
+                role.name(),
+            );
+        }
+    }
+}
