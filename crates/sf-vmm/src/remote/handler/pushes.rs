@@ -196,6 +196,15 @@ impl Handler {
         installed
     }
 
+    /// How many of the `count` pages from `first` on (at least one, the
+    /// faulting page) precede the first one the host's cache holds.
+    pub(super) fn uncached_run(&self, first: u64, count: u64) -> u64 {
+        match &self.multicast {
+            Some(Pushes::Host(h)) => (1..count).find(|&i| h.view.has(first + i)).unwrap_or(count),
+            _ => count,
+        }
+    }
+
     /// A fault on `page`: if the host's cache holds it (pushed, not yet
     /// installed here), installs it and the cached pages after it (up to
     /// `max`) without asking the holder; true if it did.
