@@ -6,42 +6,18 @@
 //! recorded working set ahead of its clone's faults.
 
 mod common;
+use common::families::{by_pushes, scan_two_families};
 use common::hosts::Hosts;
 
 #[test]
 fn pushed_whole_blocks_come_in_as_huge_pages_and_read_back_right() {
     // Off by default: asked for in every host's daemon environment.
     let h = Hosts::start_with_env(3, &[], |_| vec![("SNOWFLOCK_HUGE_BLOCKS", "1")]);
-    let r = h.run(
-        1,
-        &[
-            "--placement",
-            "remote",
-            "forktest",
-            "--",
-            "scan",
-            "n=1",
-            "mib=16",
-            // The clone computes between touches (300 ms for the pass),
-            // so the holder's push gets ahead of it.
-            "ms=300",
-            "families=2",
-            // The parent changes every page between the families: a block
-            // holding a page of the wrong family, or a page at the wrong
-            // place, makes the guest's sum wrong.
-            "mutate=1",
-        ],
-    );
-    assert!(
-        r.code == Some(0) && r.stdout.contains("forktest scan: ok"),
-        "both families' clones read the parent's memory as at their fork:\n{}\n{}",
-        r.describe(),
-        h.describe()
-    );
-    let stats = h.clone_stats(2);
-    eprintln!("{stats:#?}");
-    assert_eq!(stats.len(), 2, "one clone per family on host 2: {stats:?}");
-    let pushed = stats.iter().max_by_key(|s| s.multicast_pages).unwrap();
+    // The parent changes every page between the families: a block holding
+    // a page of the wrong family, or a page at the wrong place, makes the
+    // guest's sum wrong.
+    let (pushed, other) = by_pushes(scan_two_families(&h, &[], true));
+    eprintln!("{pushed:#?}\n{other:#?}");
     assert!(
         pushed.huge_blocks > 0,
         "the clone that got pages pushed ahead installed whole blocks as huge pages: {pushed:?}"

@@ -48,6 +48,36 @@ fn all_hash(files: &[&[u8]]) -> u64 {
         .fold(0u64, |all, f| all.rotate_left(7) ^ fnv(f))
 }
 
+/// The origin VM's ID, which names its directory under `--output-dir`, from
+/// `snowflock run`'s stderr.
+fn origin_vm(r: &Run) -> String {
+    r.stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "VM")
+        .nth(1)
+        .expect("the VM ID on stderr")
+        .to_string()
+}
+
+/// The `hostile io` guest on namespace hosts ended well, every check of
+/// its own passed.
+fn assert_io_ok(r: &Run, h: &Hosts) {
+    assert!(
+        r.code == Some(0) && r.stdout.contains("io: 0 failed"),
+        "{}\n{}",
+        r.describe(),
+        h.describe()
+    );
+}
+
+/// The `hostile io` guest's big output file: `len` bytes counting 0..251
+/// over and over.
+fn assert_big_output(path: &Path, len: usize) {
+    let big = std::fs::read(path).unwrap();
+    assert_eq!(big.len(), len, "{}", path.display());
+    assert!(big.iter().enumerate().all(|(i, &b)| b as usize == i % 251));
+}
+
 #[test]
 fn a_guest_and_its_local_clones_read_inputs_and_write_outputs() {
     let t = tempdir();
@@ -91,10 +121,8 @@ fn a_guest_and_its_local_clones_read_inputs_and_write_outputs() {
         let n = std::fs::read_to_string(out.join(format!("{id}.1/nested.txt"))).unwrap();
         assert_eq!(n, format!("nested {id}.1 {all:016x}\n"));
     }
-    // 3 MiB streamed in 1 MiB chunks: byte i is i % 251.
-    let big = std::fs::read(out.join("0/big.bin")).unwrap();
-    assert_eq!(big.len(), 3 << 20);
-    assert!(big.iter().enumerate().all(|(i, &b)| b as usize == i % 251));
+    // 3 MiB streamed in 1 MiB chunks.
+    assert_big_output(&out.join("0/big.bin"), 3 << 20);
 }
 
 #[test]
@@ -333,23 +361,11 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
             "cbig=24",
         ],
     );
-    assert!(
-        r.code == Some(0) && r.stdout.contains("io: 0 failed"),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
+    assert_io_ok(&r, &h);
     for id in 1..=2 {
         r.assert_stdout_has(&input_line(&format!("clone {id}"), "db", &db));
     }
-    // The origin's VM ID names its directory under --output-dir.
-    let vm = r
-        .stderr
-        .split_whitespace()
-        .skip_while(|w| *w != "VM")
-        .nth(1)
-        .expect("the VM ID on stderr")
-        .to_string();
+    let vm = origin_vm(&r);
     let all = all_hash(&[&db]);
     let dir = outputs.join(&vm);
     assert_eq!(
@@ -361,9 +377,7 @@ fn remote_clones_read_the_inputs_and_their_outputs_arrive_at_the_origin() {
             .unwrap_or_else(|e| panic!("clone {id}: {e}\n{}", h.describe()));
         assert_eq!(c, format!("clone {id} {all:016x}\n"));
         // 24 MiB from each clone, in 1 MiB hypercalls and 32 KiB frames.
-        let big = std::fs::read(dir.join(format!("{id}/big.bin"))).unwrap();
-        assert_eq!(big.len(), 24 << 20);
-        assert!(big.iter().enumerate().all(|(i, &b)| b as usize == i % 251));
+        assert_big_output(&dir.join(format!("{id}/big.bin")), 24 << 20);
     }
     for l in r.stdout.lines().filter(|l| l.contains("MiB of output")) {
         eprintln!("{l}");
@@ -402,28 +416,15 @@ fn a_remote_clones_own_clone_writes_outputs_that_arrive_at_the_origin() {
             "nbig=3",
         ],
     );
-    assert!(
-        r.code == Some(0) && r.stdout.contains("io: 0 failed"),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
-    let vm = r
-        .stderr
-        .split_whitespace()
-        .skip_while(|w| *w != "VM")
-        .nth(1)
-        .expect("the VM ID on stderr")
-        .to_string();
+    assert_io_ok(&r, &h);
+    let vm = origin_vm(&r);
     let dir = outputs.join(&vm);
     let all = all_hash(&[]);
     for id in 1..=2 {
         let n = std::fs::read_to_string(dir.join(format!("{id}.1/nested.txt")))
             .unwrap_or_else(|e| panic!("clone {id}.1: {e}\n{}", h.describe()));
         assert_eq!(n, format!("nested {id}.1 {all:016x}\n"));
-        let big = std::fs::read(dir.join(format!("{id}.1/big.bin"))).unwrap();
-        assert_eq!(big.len(), 3 << 20);
-        assert!(big.iter().enumerate().all(|(i, &b)| b as usize == i % 251));
+        assert_big_output(&dir.join(format!("{id}.1/big.bin")), 3 << 20);
     }
 }
 

@@ -5,54 +5,12 @@
 //! namespace hosts; each family is one clone, on host 2, scanning 16 MiB.
 
 mod common;
+use common::families::{by_pushes, scan_two_families, PAGES};
 use common::hosts::Hosts;
-use sf_api::FetchStats;
-
-/// 16 MiB: 4096 pages, each with data.
-const PAGES: u64 = 4096;
-
-fn scan(extra: &[&'static str], mutate: bool) -> Vec<FetchStats> {
-    let h = Hosts::start(3);
-    let mut args = vec!["--placement", "remote"];
-    args.extend_from_slice(extra);
-    args.extend([
-        "forktest",
-        "--",
-        "scan",
-        "n=1",
-        "mib=16",
-        // A clone that computes between touches (300 ms for the pass):
-        // the holder's push gets ahead of it.
-        "ms=300",
-        "families=2",
-        if mutate { "mutate=1" } else { "mutate=0" },
-    ]);
-    let r = h.run(1, &args);
-    assert!(
-        r.code == Some(0) && r.stdout.contains("forktest scan: ok"),
-        "every clone of both families read the parent's memory as it was at its fork:\n{}\n{}",
-        r.describe(),
-        h.describe()
-    );
-    // The memory holders' own account: recording, pushing, and how well
-    // the parent's touched pages would have predicted the clones' asks.
-    for line in h.describe().lines().filter(|l| l.contains("working")) {
-        eprintln!("{line}");
-    }
-    h.clone_stats(2)
-}
-
-/// The clone that got pages ahead of its faults, and the other one.
-fn by_pushes(mut stats: Vec<FetchStats>) -> (FetchStats, FetchStats) {
-    assert_eq!(stats.len(), 2, "one clone per family on host 2: {stats:?}");
-    stats.sort_by_key(|s| s.multicast_pages);
-    let pushed = stats.pop().unwrap();
-    (pushed, stats.pop().unwrap())
-}
 
 #[test]
 fn a_working_set_recorded_by_one_family_is_pushed_to_the_next_ahead_of_its_faults() {
-    let stats = scan(&[], false);
+    let stats = scan_two_families(&Hosts::start(3), &[], false);
     let (second, first) = by_pushes(stats);
     eprintln!("first family's clone: {first:#?}\nsecond family's clone: {second:#?}");
     // A lone clone gets nothing pushed: the first family records.
@@ -72,7 +30,7 @@ fn a_working_set_recorded_by_one_family_is_pushed_to_the_next_ahead_of_its_fault
 
 #[test]
 fn without_the_working_set_the_next_family_faults_like_the_first() {
-    let stats = scan(&["--no-working-set"], false);
+    let stats = scan_two_families(&Hosts::start(3), &["--no-working-set"], false);
     let (a, b) = by_pushes(stats);
     eprintln!("clones: {a:#?}\n{b:#?}");
     for s in [&a, &b] {
@@ -86,8 +44,8 @@ fn a_stale_working_set_never_yields_the_older_familys_memory() {
     // The parent changes every page the clones read between the families:
     // the pushed set names the right pages, but only the second holder's
     // own snapshot has their content. The guest checks both families' sums
-    // against the parent's memory at each fork (in `scan` above).
-    let stats = scan(&[], true);
+    // against the parent's memory at each fork (see `scan_two_families`).
+    let stats = scan_two_families(&Hosts::start(3), &[], true);
     let (second, _) = by_pushes(stats);
     assert!(second.multicast_pages > 0, "pushed ahead: {second:?}");
 }

@@ -26,13 +26,43 @@ fn scratch(tag: &str) -> std::path::PathBuf {
     t
 }
 
-#[test]
-fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
-    let t = scratch("out");
+/// A group waiting for clone 2, whose outputs go to `<scratch>/out` with
+/// a cap of 10 bytes per VM, the origin VM being clone 4 of the root (its
+/// clone 2 is "4.2"); the scratch directory and the group's address.
+fn output_group(tag: &str) -> (std::path::PathBuf, RemoteGroup, std::net::SocketAddr) {
+    let t = scratch(tag);
     let (mut g, addr) = group(vec![2], sf_abi::clone::RESULT_FLOOR as u64);
     let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
-    // The origin VM is clone 4 of the root: its clone 2 is "4.2".
     g.set_outputs(Some(dir), "4");
+    (t, g, addr)
+}
+
+/// Pumps `g` until `done` holds of it, for at most 5 s.
+fn pump_until(g: &mut RemoteGroup, done: impl Fn(&RemoteGroup) -> bool) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !done(g) && Instant::now() < until {
+        g.pump(Duration::from_millis(50));
+    }
+}
+
+/// Whether `path` holds `len` bytes.
+fn has_len(path: &std::path::Path, len: usize) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.len() == len)
+}
+
+/// The names in directory `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
+    let (t, mut g, addr) = output_group("out");
     let mut c = TcpStream::connect(addr).unwrap();
     let out = |append: bool, name: &[u8], data: &[u8]| Frame::Output {
         append,
@@ -60,28 +90,14 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
     ] {
         f.write_to(&mut c).unwrap();
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        g.pump(Duration::from_millis(50));
-        if std::fs::read(t.join("out/4.2/ok.txt")).is_ok_and(|b| b.len() == 9) {
-            break;
-        }
-    }
+    pump_until(&mut g, |_| has_len(&t.join("out/4.2/ok.txt"), 9));
     g.pump(Duration::from_millis(200));
     assert_eq!(
         std::fs::read(t.join("out/4.2/ok.txt")).unwrap(),
         b"123456789"
     );
-    let entries: Vec<_> = std::fs::read_dir(t.join("out/4.2"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(entries, ["ok.txt"]);
-    let top: Vec<_> = std::fs::read_dir(&t)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(top, ["out"], "nothing next to the output directory");
+    assert_eq!(names(&t.join("out/4.2")), ["ok.txt"]);
+    assert_eq!(names(&t), ["out"], "nothing next to the output directory");
     assert!(!std::path::Path::new("/tmp/escaped").exists());
     // The first refusal is kept for the clone's join detail.
     let why = g.output_refused.get(&2).expect("a refusal recorded");
@@ -97,10 +113,7 @@ fn a_clone_hosts_output_frames_are_checked_like_local_calls() {
 /// and files land only under `DIR/<origin path>.<clone>.<sub>/`.
 #[test]
 fn relayed_outputs_of_nested_clones_are_checked_like_local_calls() {
-    let t = scratch("nested");
-    let (mut g, addr) = group(vec![2], sf_abi::clone::RESULT_FLOOR as u64);
-    let dir = crate::output::OutputDir::open(&t.join("out"), 10, None).unwrap();
-    g.set_outputs(Some(dir), "4");
+    let (t, mut g, addr) = output_group("nested");
     let mut c = TcpStream::connect(addr).unwrap();
     let out = |sub: &[u8], append: bool, name: &[u8], data: &[u8]| Frame::NestedOutput {
         sub: sub.to_vec(),
@@ -128,37 +141,18 @@ fn relayed_outputs_of_nested_clones_are_checked_like_local_calls() {
     ] {
         f.write_to(&mut c).unwrap();
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        g.pump(Duration::from_millis(50));
-        if std::fs::read(t.join("out/4.2.3/ok.txt")).is_ok_and(|b| b.len() == 5) {
-            break;
-        }
-    }
+    pump_until(&mut g, |_| has_len(&t.join("out/4.2.3/ok.txt"), 5));
     g.pump(Duration::from_millis(200));
     assert_eq!(std::fs::read(t.join("out/4.2.3/ok.txt")).unwrap(), b"12345");
     assert_eq!(
         std::fs::read(t.join("out/4.2.3.1/ok.txt")).unwrap(),
         b"12345678"
     );
-    let mut made: Vec<_> = std::fs::read_dir(t.join("out"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    made.sort();
-    assert_eq!(made, ["4.2.3", "4.2.3.1"]);
+    assert_eq!(names(&t.join("out")), ["4.2.3", "4.2.3.1"]);
     for d in ["out/4.2.3", "out/4.2.3.1"] {
-        let files: Vec<_> = std::fs::read_dir(t.join(d))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(files, ["ok.txt"], "{d}");
+        assert_eq!(names(&t.join(d)), ["ok.txt"], "{d}");
     }
-    let top: Vec<_> = std::fs::read_dir(&t)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(top, ["out"], "nothing next to the output directory");
+    assert_eq!(names(&t), ["out"], "nothing next to the output directory");
     let why = g.output_refused.get(&2).expect("a refusal recorded");
     assert!(why.contains("invalid clone path"), "{why}");
     std::fs::remove_dir_all(&t).unwrap();
@@ -201,10 +195,7 @@ fn result_pieces_are_held_to_the_tickets_cap() {
     ] {
         f.write_to(&mut greedy).unwrap();
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    while !g.done() && Instant::now() < until {
-        g.pump(Duration::from_millis(50));
-    }
+    pump_until(&mut g, |g| g.done());
     let got = &g.reports.get(&1).expect("clone 1's report").result;
     assert_eq!(got.len(), 100);
     assert_eq!((got[0], got[99]), (1, 2));
@@ -269,10 +260,7 @@ fn a_flood_of_tiny_frames_neither_stalls_the_origin_nor_grows_its_buffer() {
     ] {
         f.write_to(&mut other).unwrap();
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    while !g.reports.contains_key(&2) && Instant::now() < until {
-        g.pump(Duration::from_millis(50));
-    }
+    pump_until(&mut g, |g| g.reports.contains_key(&2));
     assert!(g.reports.contains_key(&2), "the other clone's report");
 }
 
@@ -311,10 +299,7 @@ fn pieces_and_reports_after_a_clone_is_resolved_change_nothing() {
         Frame::ResultPiece(vec![9; 10]),
     ]);
     let _greedy = send_all(vec![hello(2), Frame::ResultPiece(vec![2; 101])]);
-    let until = Instant::now() + Duration::from_secs(5);
-    while !g.done() && Instant::now() < until {
-        g.pump(Duration::from_millis(50));
-    }
+    pump_until(&mut g, |g| g.done());
     assert!(g.done());
     let _again = send_all(vec![
         hello(1),

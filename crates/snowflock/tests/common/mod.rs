@@ -452,4 +452,5 @@ pub mod asm32 {
 }
 
 pub mod cluster;
+pub mod families;
 pub mod hosts;
