@@ -330,6 +330,7 @@ fn bench_remote_writes_the_documented_keys() {
             "work_ms_last",
             "origin_tx_bytes",
             "origin_tx_bytes_from_clones",
+            "origin_tx_bytes_from_holder",
             "pages_arrived_before_touch_pct",
             "fault_latency_p99_us_median",
         ] {
@@ -361,13 +362,19 @@ fn bench_remote_writes_the_documented_keys() {
                 "{row}"
             );
         }
-        // The origin's interface counter and the clones' own counters
-        // tell the same story, within a third (headers, reports, consoles).
-        let (tx, est) = (
+        // The origin's interface counter lies between what the clones saw
+        // arrive and what the memory holder handed to the kernel, within
+        // a third (headers, reports, consoles). On an idle machine the
+        // two ends agree (0.96-1.01 of the counter); under load, pushes
+        // dropped at a full queue or read after the clones' last look
+        // part them.
+        let (tx, seen, sent) = (
             row["origin_tx_bytes"].as_f64().unwrap(),
             row["origin_tx_bytes_from_clones"].as_f64().unwrap(),
+            row["origin_tx_bytes_from_holder"].as_f64().unwrap(),
         );
-        assert!(tx < est * 1.33 && est < tx * 1.33, "{row}");
+        assert!(seen < tx * 1.33 && tx < sent * 1.33, "{row}");
+        assert!(sent > 0.0, "{row}");
         assert!(
             row["descriptor_bytes"].as_f64().unwrap() < 64.0 * 1024.0,
             "descriptor in kilobytes: {row}"

@@ -87,10 +87,13 @@ pub struct Row {
     pub work_ms_median: f64,
     pub work_ms_last: f64,
     /// Everything the origin host sent during the remote run (its
-    /// interface's tx_bytes), and the same from the clones' side: bytes
-    /// they received over TCP plus the group's datagrams on the wire.
+    /// interface's tx_bytes); the same from the clones' side (bytes they
+    /// received over TCP plus the group's datagrams they saw), a lower
+    /// bound; and from the memory holder's (bytes it wrote plus datagrams
+    /// it sent, some of which a full queue may drop), an upper bound.
     pub origin_tx_bytes: f64,
     pub origin_tx_bytes_from_clones: f64,
+    pub origin_tx_bytes_from_holder: f64,
     /// The group's multicast datagrams on the wire (Ethernet frames).
     pub multicast_bytes: f64,
     /// Of the pages a clone touched, the share that was there before it
@@ -351,6 +354,7 @@ fn measure_row(
         work_ms_last: per_group(|g| g.work_ms_last),
         origin_tx_bytes: per_group(|g| g.origin_tx_bytes),
         origin_tx_bytes_from_clones: per_group(|g| g.from_clones_bytes),
+        origin_tx_bytes_from_holder: per_group(GroupRun::from_holder_bytes),
         multicast_bytes: per_group(|g| g.multicast_bytes),
         pages_arrived_before_touch_pct: per_group(|g| g.arrived_before_touch_pct),
         next_family_first_clone_arrived_before_touch_pct: next_pct,
