@@ -89,7 +89,7 @@ impl GroupRun {
     /// datagrams the clone hosts read after their clones' last look count
     /// only here (measured on a loaded 2-core machine, no lockstep: the
     /// holder sent 3,299 datagrams, the clones saw 462, the wire ~1,900).
-    pub fn from_holder_bytes(&self) -> f64 {
+    pub fn holder_sent_bytes(&self) -> f64 {
         self.holder.bytes_sent as f64 * (1.0 + TCP_OVERHEAD)
             + multicast_wire_bytes(self.holder.multicast_datagrams)
     }

@@ -354,7 +354,7 @@ fn measure_row(
         work_ms_last: per_group(|g| g.work_ms_last),
         origin_tx_bytes: per_group(|g| g.origin_tx_bytes),
         origin_tx_bytes_from_clones: per_group(|g| g.from_clones_bytes),
-        origin_tx_bytes_from_holder: per_group(GroupRun::from_holder_bytes),
+        origin_tx_bytes_from_holder: per_group(GroupRun::holder_sent_bytes),
         multicast_bytes: per_group(|g| g.multicast_bytes),
         pages_arrived_before_touch_pct: per_group(|g| g.arrived_before_touch_pct),
         next_family_first_clone_arrived_before_touch_pct: next_pct,
