@@ -301,6 +301,13 @@ fn bench_apps_writes_the_documented_keys() {
                 row["warmup_penalty_median"].as_f64().unwrap() > 0.0,
                 "{row}"
             );
+            // The machine's busy share of its cores over the join (a
+            // window of milliseconds here, so ticks of 10 ms make it
+            // coarse), and nothing for one VM, which has no join.
+            let pct = row["join_cores_busy_pct"].as_f64();
+            assert!(pct.is_some_and(|p| (0.0..=200.0).contains(&p)), "{row}");
+        } else {
+            assert!(row["join_cores_busy_pct"].is_null(), "{row}");
         }
     }
     let png = std::fs::read(dir.path().join("apps.json.png")).expect("the plot");

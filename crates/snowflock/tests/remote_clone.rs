@@ -333,6 +333,9 @@ fn bench_remote_writes_the_documented_keys() {
             "origin_tx_bytes_from_holder",
             "pages_arrived_before_touch_pct",
             "fault_latency_p99_us_median",
+            "cpu_busy_ms",
+            "cpu_bound_join_ms",
+            "cores_busy_pct",
         ] {
             assert!(row[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {row}");
         }

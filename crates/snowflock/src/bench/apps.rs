@@ -8,6 +8,7 @@
 //! the answer equals one VM's, and what remote clones fetched.
 
 use super::apps_run::{run_vm, Fetch, Run};
+use super::cpu::machine_cores;
 use super::remote::Testbed;
 use super::stats::{max, median};
 use anyhow::{bail, Context};
@@ -119,6 +120,12 @@ pub struct Row {
     /// last report to the join's end (the VMM's clone timeline).
     pub clone_start_ms_median: Option<f64>,
     pub reported_to_joined_ms_median: Option<f64>,
+    /// What bounds the clones: the machine's busy CPU time from the clone
+    /// request to the join (remote clones, their hosts and the memory
+    /// holder included: every namespace host shares these cores), and the
+    /// share of the cores' time it filled (medians).
+    pub join_cpu_busy_ms_median: Option<f64>,
+    pub join_cores_busy_pct: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -317,6 +324,8 @@ fn summarize(
         encode_ms_median: part(|r| r.parts.encode_ms),
         clone_start_ms_median: part(|r| r.parts.clone_start_ms),
         reported_to_joined_ms_median: part(|r| r.parts.reported_to_joined_ms),
+        join_cpu_busy_ms_median: part(|r| r.join_busy_ms),
+        join_cores_busy_pct: part(|r| 100.0 * r.join_busy_ms / (machine_cores() * r.join_ms)),
         app: app.into(),
         mode,
         clones: if mode == Mode::Single { 0 } else { n },
@@ -395,7 +404,7 @@ fn print_table(rows: &[Row], cores: u32) {
     println!("where the wall time goes (ms, medians): join+ = join wait beyond the slowest share,");
     println!("start = clone request to a local clone's first vCPU entry, end = last report to join's end");
     println!(
-        "{:<7} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<7} {:<7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
         "app",
         "mode",
         "clones",
@@ -407,11 +416,12 @@ fn print_table(rows: &[Row], cores: u32) {
         "start",
         "end",
         "assemble",
-        "encode"
+        "encode",
+        "cpu%"
     );
     for r in rows {
         println!(
-            "{:<7} {:<7} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<7} {:<7} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
             r.app,
             format!("{:?}", r.mode).to_lowercase(),
             r.clones,
@@ -424,9 +434,12 @@ fn print_table(rows: &[Row], cores: u32) {
             f(r.reported_to_joined_ms_median),
             f(r.assemble_ms_median),
             f(r.encode_ms_median),
+            r.join_cores_busy_pct
+                .map_or("-".into(), |p| format!("{p:.0}")),
         );
     }
     println!("cores: CPU time of the VMM and its local clones over the run's wall time");
+    println!("cpu% = the machine's busy share of its cores from the clone request to the join (remote clones and their hosts share them): near 100, the cores bound the clones");
 }
 
 fn write_plot(rows: &[Row], cores: u32, path: &std::path::Path) -> anyhow::Result<()> {

@@ -25,6 +25,11 @@ pub struct Run {
     pub fetch: Fetch,
     /// Where the guest's wall time went, ms (NaN when not printed).
     pub parts: Parts,
+    /// From each clone request to its join, summed over the run's clone
+    /// calls: the time, and the machine's busy CPU time over it (every
+    /// namespace host shares this machine's cores). NaN without clones.
+    pub join_ms: f64,
+    pub join_busy_ms: f64,
 }
 
 /// The serial parts of a run the guest times itself: the parent's clone
@@ -71,6 +76,7 @@ pub struct Fetch {
 
 pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<Run> {
     let mut out = Vec::new();
+    let sampler = super::cpu::CpuSampler::start(std::time::Duration::from_millis(10));
     let cpu0 = cpu_ms();
     let t = Instant::now();
     let report = Vm::new(cfg, image)?.run(&mut out)?;
@@ -83,6 +89,18 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
     let mut fetch = Fetch::default();
     let mut starts = Vec::new();
     let mut reported_to_joined = 0.0;
+    let (mut join_ms, mut join_busy_ms) = (f64::NAN, f64::NAN);
+    for c in &report.clones {
+        if let Some(joined) = c.request_to_joined {
+            let from = t + c.requested_at;
+            let busy = sampler
+                .window(from, from + joined)
+                .map_or(f64::NAN, |w| w.busy_ms);
+            join_ms = join_ms.max(0.0) + joined.as_secs_f64() * 1e3;
+            join_busy_ms = join_busy_ms.max(0.0) + busy;
+        }
+    }
+    drop(sampler);
     for t in &report.clones {
         if let (Some(r), Some(j)) = (t.request_to_reported, t.request_to_joined) {
             reported_to_joined += j.saturating_sub(r).as_secs_f64() * 1e3;
@@ -117,6 +135,7 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
         run.parts.reported_to_joined_ms = reported_to_joined;
     }
     run.fetch = fetch;
+    (run.join_ms, run.join_busy_ms) = (join_ms, join_busy_ms);
     Ok(run)
 }
 

@@ -5,6 +5,7 @@ mod apps_run;
 mod avoid;
 mod boot;
 mod clone;
+mod cpu;
 mod group;
 mod net;
 mod plot;

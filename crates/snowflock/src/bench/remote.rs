@@ -17,6 +17,7 @@
 //! authentication and encryption is measured on the same hosts. Each row
 //! says which in `transport`.
 
+use super::cpu::{machine_cores, CpuSampler};
 use super::group::{GroupRun, PerClone};
 use super::stats::median;
 pub(super) use super::testbed::{Mechanisms, Testbed};
@@ -157,6 +158,15 @@ pub struct Row {
     /// Request to join complete, remote and local.
     pub remote_join_ms_median: f64,
     pub local_join_ms_median: f64,
+    /// What bounds the remote join: the machine's busy CPU time from the
+    /// clone request to the join (every namespace host shares these
+    /// cores), that time over the cores (the shortest join it allows),
+    /// and the share of the cores' time it filled.
+    pub cpu_busy_ms: f64,
+    pub cpu_bound_join_ms: f64,
+    pub cores_busy_pct: f64,
+    /// The machine's context switches over the same join, per clone.
+    pub context_switches_per_clone: f64,
 }
 
 #[derive(Serialize)]
@@ -302,13 +312,24 @@ fn measure_row(
 ) -> anyhow::Result<Row> {
     let t0 = Instant::now();
     let [mut rf, mut rl, mut lf, mut ll, mut rj, mut lj]: [Vec<f64>; 6] = Default::default();
+    let cpu = CpuSampler::start(Duration::from_millis(10));
+    let (mut busy, mut switches) = (Vec::new(), Vec::new());
     let mut groups = Vec::new();
     let mut clones: Vec<PerClone> = Vec::new();
     let mut desc = 0;
     for _ in 0..a.runs {
         let tx0 = bed.origin_tx_bytes()?;
+        let began = Instant::now();
         let (r, text) = run_once(bed, image, (mem, n), Placement::Remote, None, mech, 1)?;
         let tx = bed.origin_tx_bytes()? - tx0;
+        let call = &r.clones[0];
+        if let Some(joined) = call.request_to_joined {
+            let from = began + call.requested_at;
+            if let Some(w) = cpu.window(from, from + joined) {
+                busy.push(w.busy_ms);
+                switches.push(w.switches);
+            }
+        }
         let f = firsts(&r);
         rf.push(median(&f));
         rl.push(f.iter().copied().fold(0.0, f64::max));
@@ -388,6 +409,10 @@ fn measure_row(
         descriptor_bytes: desc,
         remote_join_ms_median: median(&rj),
         local_join_ms_median: median(&lj),
+        cpu_busy_ms: median(&busy),
+        cpu_bound_join_ms: median(&busy) / machine_cores(),
+        cores_busy_pct: 100.0 * median(&busy) / (machine_cores() * median(&rj)),
+        context_switches_per_clone: median(&switches) / f64::from(n.max(1)),
     };
     eprintln!(
         "  {:>5} {mem:>5} MiB x {n:>2} clones, {:?}: done in {:.1} s",
@@ -402,7 +427,7 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("remote clone benchmark: medians; latencies from the clone request");
     println!(
-        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>4} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>6} {:>6}",
+        "{:>5} {:>12} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>6} {:>7} {:>7} {:>4} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>6} {:>6} {:>8} {:>8} {:>5} {:>7}",
         "auth",
         "mechanisms",
         "MiB",
@@ -429,10 +454,14 @@ fn print_table(rows: &[Row]) {
         "priv pg",
         "huge",
         "h fail",
+        "join ms",
+        "cpu flr",
+        "cpu%",
+        "csw/cl",
     );
     for r in rows {
         println!(
-            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>4.0} {:>8.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0} {:>6.0} {:>6.0}",
+            "{:>5} {:>12} {:>5} {:>3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6.1} {:>6.1} {:>7.0} {:>7.0} {:>4.0} {:>8.0} {:>7.0} {:>7.0} {:>8.0} {:>8.0} {:>7.3} {:>8.2} {:>6.0} {:>8.0} {:>6.0} {:>6.0} {:>8.1} {:>8.1} {:>5.0} {:>7.0}",
             r.transport,
             format!("{:?}", r.mechanisms),
             r.mem_mib,
@@ -459,7 +488,11 @@ fn print_table(rows: &[Row]) {
             r.unicast_private_pages,
             r.huge_blocks_per_clone,
             r.huge_fallbacks_per_clone,
+            r.remote_join_ms_median,
+            r.cpu_bound_join_ms,
+            r.cores_busy_pct,
+            r.context_switches_per_clone,
         );
     }
-    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk); huge / h fail = whole 2 MiB blocks a clone installed as one huge page / installed page by page after the move failed");
+    println!("origin MB = what the origin host's interface sent during the run; early% = pages there before the clone touched them (clones 2..N); next% = the same for clone 1 of a second family from the same parent (the working set recorded by the first); lost = multicast datagrams lost per run; stale = pushed pages already there when they came; rcvs = processes that received the group's datagrams (one per clone host: its page receiver); rcv/host = datagrams they read per clone host; fetch/t = bytes received per clone over TCP / bytes of the pages it touched; shr ch = 2 MiB chunks the holder found shared (two clones asked within 3 s); priv pg = pages it served by unicast alone (one clone asking in their chunk); huge / h fail = whole 2 MiB blocks a clone installed as one huge page / installed page by page after the move failed; join ms = clone request to join; cpu flr = the machine's busy CPU time over that join divided by its cores (the shortest join that CPU allows: every host here shares the cores); cpu% = the share of the cores' time it filled; csw/cl = the machine's context switches over the join, per clone");
 }
