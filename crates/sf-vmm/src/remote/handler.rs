@@ -40,6 +40,12 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// How much larger a window of hinted pages (zero-filled here) is than a
 /// fetch window.
 const ZERO_WINDOW_FACTOR: u32 = 8;
+/// How often at most an idle handler wakes to install pushed pages. The
+/// host's receiver wakes every clone of the group on the host each time
+/// it publishes (after every few datagrams when it keeps up with the
+/// link); a fault still wakes the handler at once, and installs from the
+/// host's cache what it needs.
+const PUSHES_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(4);
 /// Source of private zero pages (one batch's worth, in .bss: costs no
 /// memory until read, and then only the shared zero page).
 static ZERO_PAGES: [u8; MAX_BATCH_PAGES as usize * PAGE_SIZE] =
@@ -160,6 +166,9 @@ pub struct Handler {
     multicast: Option<Pushes>,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
+    /// When this handler last installed what was pushed (see
+    /// [`PUSHES_LOOK_EVERY`]).
+    pushes_looked: Instant,
     /// Where whole blocks are staged on their way in as huge pages
     /// (`None`: off, no UFFDIO_MOVE here, or the region is not 2 MiB
     /// aligned).
@@ -242,6 +251,7 @@ impl Handler {
             registered: true,
             data: Vec::new(),
             push_run: Vec::new(),
+            pushes_looked: Instant::now(),
             stage: None,
         };
         if h.cfg.huge_blocks && h.uffd.can_move() && super::huge::aligned(h.base) {
@@ -340,6 +350,7 @@ impl Handler {
             // install of everything pushed since the last look (a fault on
             // a pushed page installs from the host's cache at once).
             self.take_multicast();
+            self.pushes_looked = Instant::now();
             // Faults first: a prefetch step only runs when none are waiting.
             if faults == 0 {
                 self.prefetch_step();
@@ -376,10 +387,15 @@ impl Handler {
             poll(self.uffd.as_raw_fd()),
             poll(self.shared.wake.as_raw_fd()),
         ];
+        let mut timeout = if prefetching { 0 } else { -1 };
         if let Some(m) = &self.multicast {
-            fds.push(poll(m.fd()));
+            let left = PUSHES_LOOK_EVERY.saturating_sub(self.pushes_looked.elapsed());
+            if left.is_zero() {
+                fds.push(poll(m.fd()));
+            } else if timeout < 0 {
+                timeout = left.as_millis() as i32 + 1;
+            }
         }
-        let timeout = if prefetching { 0 } else { -1 };
         // SAFETY: valid pollfds for the duration of the call.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if rc < 0 {
