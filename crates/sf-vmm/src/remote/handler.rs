@@ -375,8 +375,9 @@ impl Handler {
         }
     }
 
-    /// Waits for a fault, a command or pushed pages; does not block while a
-    /// prefetch has work to do.
+    /// Waits for a fault, a command or pushed pages (these at most every
+    /// [`PUSHES_LOOK_EVERY`]); does not block while a prefetch has work
+    /// to do.
     fn wait(&self, prefetching: bool) -> std::io::Result<()> {
         let poll = |fd| libc::pollfd {
             fd,
