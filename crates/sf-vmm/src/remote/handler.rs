@@ -40,11 +40,13 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// How much larger a window of hinted pages (zero-filled here) is than a
 /// fetch window.
 const ZERO_WINDOW_FACTOR: u32 = 8;
-/// How often at most an idle handler wakes to install pushed pages. The
-/// host's receiver wakes every clone of the group on the host each time
-/// it publishes (after every few datagrams when it keeps up with the
-/// link); a fault still wakes the handler at once, and installs from the
-/// host's cache what it needs.
+/// How often at most a handler wakes to install pushed pages while they
+/// keep coming. The host's receiver wakes every clone of the group on the
+/// host each time it publishes (after every few datagrams when it keeps
+/// up with the link); a fault still wakes the handler at once, and
+/// installs from the host's cache what it needs. A handler that saw no
+/// datagram arrive since its look before waits for the next push without
+/// a timer.
 const PUSHES_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(4);
 /// Source of private zero pages (one batch's worth, in .bss: costs no
 /// memory until read, and then only the shared zero page).
@@ -166,9 +168,12 @@ pub struct Handler {
     multicast: Option<Pushes>,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
-    /// When this handler last installed what was pushed (see
-    /// [`PUSHES_LOOK_EVERY`]).
-    pushes_looked: Instant,
+    /// When this handler last looked at pushed pages and found the group's
+    /// datagrams still coming (`None`: none came since the look before, so
+    /// the next push wakes it at once; see [`PUSHES_LOOK_EVERY`]).
+    pushes_flowing: Option<Instant>,
+    /// The group's datagrams this host had read at that look.
+    pushes_seen: u64,
     /// Where whole blocks are staged on their way in as huge pages
     /// (`None`: off, no UFFDIO_MOVE here, or the region is not 2 MiB
     /// aligned).
@@ -251,7 +256,8 @@ impl Handler {
             registered: true,
             data: Vec::new(),
             push_run: Vec::new(),
-            pushes_looked: Instant::now(),
+            pushes_flowing: None,
+            pushes_seen: 0,
             stage: None,
         };
         if h.cfg.huge_blocks && h.uffd.can_move() && super::huge::aligned(h.base) {
@@ -350,7 +356,9 @@ impl Handler {
             // install of everything pushed since the last look (a fault on
             // a pushed page installs from the host's cache at once).
             self.take_multicast();
-            self.pushes_looked = Instant::now();
+            let seen = self.receiver_seen();
+            self.pushes_flowing = (seen != self.pushes_seen).then(Instant::now);
+            self.pushes_seen = seen;
             // Faults first: a prefetch step only runs when none are waiting.
             if faults == 0 {
                 self.prefetch_step();
@@ -390,7 +398,12 @@ impl Handler {
         ];
         let mut timeout = if prefetching { 0 } else { -1 };
         if let Some(m) = &self.multicast {
-            let left = PUSHES_LOOK_EVERY.saturating_sub(self.pushes_looked.elapsed());
+            // While pages flow, the next look waits out the interval; an
+            // idle handler (the last look found nothing) blocks until the
+            // next push, with no timer.
+            let left = self.pushes_flowing.map_or(std::time::Duration::ZERO, |t| {
+                PUSHES_LOOK_EVERY.saturating_sub(t.elapsed())
+            });
             if left.is_zero() {
                 fds.push(poll(m.fd()));
             } else if timeout < 0 {

@@ -171,7 +171,7 @@ impl Handler {
 
     /// The group's datagrams this host has read or lost: the host's
     /// receiver's, or this process's own socket's.
-    fn receiver_seen(&self) -> u64 {
+    pub(super) fn receiver_seen(&self) -> u64 {
         match &self.multicast {
             Some(Pushes::Host(h)) => h.view.seen(),
             Some(Pushes::Own(rx)) => rx.seen(),
