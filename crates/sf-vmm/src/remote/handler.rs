@@ -399,8 +399,8 @@ impl Handler {
         let mut timeout = if prefetching { 0 } else { -1 };
         if let Some(m) = &self.multicast {
             // While pages flow, the next look waits out the interval; an
-            // idle handler (the last look found nothing) blocks until the
-            // next push, with no timer.
+            // idle handler (no datagram came since the look before) blocks
+            // until the next push, with no timer.
             let left = self.pushes_flowing.map_or(std::time::Duration::ZERO, |t| {
                 PUSHES_LOOK_EVERY.saturating_sub(t.elapsed())
             });
