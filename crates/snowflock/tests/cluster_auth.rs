@@ -214,12 +214,7 @@ fn the_clone_token_is_in_no_file_and_the_admin_socket_is_private() {
 fn remote_clones_work_in_insecure_mode_too() {
     let h = Hosts::start_with(2, &["--insecure-no-tls"]);
     let r = h.run(1, &["forktest", "--", "basic", "n=2"]);
-    assert!(
-        r.code == Some(0) && r.stdout.contains("forktest basic: ok"),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
+    h.assert_forktest_ok(&r, "basic");
     assert!(h.daemon_log(1).contains("INSECURE"), "{}", h.daemon_log(1));
     std::thread::sleep(Duration::from_millis(10));
 }

@@ -34,12 +34,10 @@ fn nested_remote_clones_fork_under_page_traffic_without_hanging() {
                 "rounds=6",
             ],
         );
-        assert!(
-            r.code == Some(0) && r.stdout.contains("forktest forkstorm: ok"),
-            "run {run} after {:?}\n{}\n{}",
-            started.elapsed(),
-            r.describe(),
-            h.describe()
+        h.assert_printed(
+            &r,
+            "forktest forkstorm: ok",
+            &format!("run {run} after {:?}", started.elapsed()),
         );
         r.assert_no_host_panic();
         // 3 clones x 6 rounds, each one line.

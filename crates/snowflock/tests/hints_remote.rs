@@ -28,12 +28,7 @@ fn remote_clones_that_allocate_and_fill_check_their_memory() {
             "alloc=64",
         ],
     );
-    assert!(
-        r.code == Some(0) && r.stdout.contains("forktest avoid: ok"),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
+    h.assert_forktest_ok(&r, "avoid");
     for i in [2, 3] {
         let m: Metrics = h.client(i).get("/v1/metrics").unwrap();
         assert_eq!(m.clones.len(), 1, "host {i}: {m:?}");
@@ -118,12 +113,7 @@ fn a_remote_clones_own_clones_honour_hints_and_no_hints() {
         }
         args.extend_from_slice(&["forktest", "--", "hintnest", "mib=16", "zeroed=4"]);
         let r = h.run(1, &args);
-        assert!(
-            r.code == Some(0) && r.stdout.contains("forktest hintnest: ok"),
-            "no_hints={no_hints}\n{}\n{}",
-            r.describe(),
-            h.describe()
-        );
+        h.assert_printed(&r, "forktest hintnest: ok", &format!("no_hints={no_hints}"));
         let line = r
             .stdout
             .lines()
@@ -157,12 +147,7 @@ fn remote_clones_get_the_same_answer_with_hints_on_and_off() {
         }
         args.extend_from_slice(&["forktest", "--", "avoid", "n=1", "ws=8", "alloc=64"]);
         let r = h.run(1, &args);
-        assert!(
-            r.code == Some(0) && r.stdout.contains("forktest avoid: ok"),
-            "no_hints={no_hints}\n{}\n{}",
-            r.describe(),
-            h.describe()
-        );
+        h.assert_printed(&r, "forktest avoid: ok", &format!("no_hints={no_hints}"));
         let m: Metrics = h.client(2).get("/v1/metrics").unwrap();
         fetched.push(m.clones[0].memory.pages_fetched);
     }

@@ -8,20 +8,10 @@
 
 mod common;
 use common::hosts::Hosts;
-use common::*;
 use sf_api::FetchStats;
 use std::time::Instant;
 
 const DROP_PUSHES: &str = "SNOWFLOCK_TEST_DROP_PUSHES";
-
-fn assert_ok(h: &Hosts, r: &Run, scenario: &str) {
-    assert!(
-        r.code == Some(0) && r.stdout.contains(&format!("forktest {scenario}: ok")),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
-}
 
 /// Four clones (two per clone host) read one word of every page of 16 MiB
 /// the parent filled, all at once.
@@ -48,7 +38,7 @@ fn running(pid: u64) -> bool {
 fn the_clones_of_a_group_on_one_host_share_one_receiver() {
     let h = Hosts::start(3);
     let r = h.run(1, SCAN);
-    assert_ok(&h, &r, "scan");
+    h.assert_forktest_ok(&r, "scan");
     let mut receivers = Vec::new();
     for i in [2, 3] {
         let stats = h.clone_stats(i);
@@ -195,7 +185,7 @@ fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
     });
     let r = h.run(1, SCAN);
     // The guest checks every clone's sum against the parent's.
-    assert_ok(&h, &r, "scan");
+    h.assert_forktest_ok(&r, "scan");
     let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("clones whose pushes were dropped: {stats:#?}");
     assert_eq!(stats.len(), 4, "{stats:?}");
@@ -230,7 +220,7 @@ fn a_clone_host_that_loses_every_push_is_served_by_unicast_and_the_others_get_pu
     let began = Instant::now();
     let r = h.run(1, SCAN);
     let secs = began.elapsed().as_secs_f64();
-    assert_ok(&h, &r, "scan");
+    h.assert_forktest_ok(&r, "scan");
     let (healthy, lossy) = (h.clone_stats(2), h.clone_stats(3));
     eprintln!("healthy host: {healthy:#?}\nlossy host: {lossy:#?}");
     assert_eq!(
@@ -295,7 +285,7 @@ fn clones_reading_their_own_halves_get_them_by_unicast_not_pushed_to_each_other(
             "part=1",
         ],
     );
-    assert_ok(&h, &r, "scan");
+    h.assert_forktest_ok(&r, "scan");
     let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("clones reading their own halves: {stats:#?}");
     assert_eq!(stats.len(), 2, "{stats:?}");
@@ -344,12 +334,12 @@ fn clones_reading_the_same_pages_cost_the_origin_at_most_half_again_one_clones_p
                 "ms=0",
             ],
         );
-        assert_ok(&h, &one, "scan");
+        h.assert_forktest_ok(&one, "scan");
         h.clone_stats(2).iter().map(|s| s.pages_fetched).sum()
     };
     let h = Hosts::start(3);
     let r = h.run(1, SCAN);
-    assert_ok(&h, &r, "scan");
+    h.assert_forktest_ok(&r, "scan");
     let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("one clone alone fetched {alone} pages; four clones: {stats:#?}");
     assert_eq!(stats.len(), 4, "{stats:?}");

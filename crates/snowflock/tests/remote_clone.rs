@@ -11,20 +11,11 @@ use sf_api::{CloneRequest, Metrics, VmDetail, VmInfo};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn assert_ok(h: &Hosts, r: &Run, scenario: &str) {
-    assert!(
-        r.code == Some(0) && r.stdout.contains(&format!("forktest {scenario}: ok")),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
-}
-
 #[test]
 fn clones_spread_over_three_hosts_see_the_parents_memory() {
     let h = Hosts::start(3);
     let r = h.run(1, &["forktest", "--", "basic", "n=6"]);
-    assert_ok(&h, &r, "basic");
+    h.assert_forktest_ok(&r, "basic");
     // Every clone's console reaches the parent's, remote ones included.
     for id in 1..=6 {
         r.assert_stdout_has(&format!("[clone {id}] clone {id} of 6 running"));
@@ -53,7 +44,7 @@ fn remote_clones_crash_panic_nest_and_get_fresh_entropy() {
     let h = Hosts::start(3);
     for scenario in ["crash", "nested", "entropy"] {
         let r = h.run(1, &["forktest", "--", scenario]);
-        assert_ok(&h, &r, scenario);
+        h.assert_forktest_ok(&r, scenario);
     }
 }
 
@@ -61,7 +52,7 @@ fn remote_clones_crash_panic_nest_and_get_fresh_entropy() {
 fn kill_reaches_clones_on_other_hosts() {
     let h = Hosts::start(3);
     let r = h.run(1, &["forktest", "--", "kill"]);
-    assert_ok(&h, &r, "kill");
+    h.assert_forktest_ok(&r, "kill");
     // The killed remote clones are gone from their hosts.
     std::thread::sleep(Duration::from_millis(500));
     for i in [2, 3] {
@@ -404,7 +395,7 @@ fn a_clone_a_second_behind_its_sibling_gets_its_pages_by_multicast() {
             "stagger=1000",
         ],
     );
-    assert_ok(&h, &r, "scan");
+    h.assert_forktest_ok(&r, "scan");
     let stats = |i: usize| {
         let m: Metrics = h.client(i).get("/v1/metrics").unwrap();
         assert_eq!(m.clones.len(), 1, "host {i}: {m:?}");
@@ -457,12 +448,7 @@ fn the_clone_budget_holds_for_a_family_spread_over_hosts() {
             "hold=300",
         ],
     );
-    assert!(
-        r.code == Some(0) && r.stdout.contains("bomb: 3 VMs ran, 3 asks got Again"),
-        "{}\n{}",
-        r.describe(),
-        h.describe()
-    );
+    h.assert_printed(&r, "bomb: 3 VMs ran, 3 asks got Again", "");
 }
 
 #[test]
@@ -524,11 +510,6 @@ fn a_remote_clones_local_clones_may_clone_in_turn() {
         ],
     );
     let took = started.elapsed();
-    assert!(
-        r.code == Some(0) && r.stdout.contains("chain: done"),
-        "took {took:?}\n{}\n{}",
-        r.describe(),
-        h.describe()
-    );
+    h.assert_printed(&r, "chain: done", &format!("took {took:?}"));
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }

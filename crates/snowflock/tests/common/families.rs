@@ -30,11 +30,10 @@ pub fn scan_two_families(h: &Hosts, extra: &[&'static str], mutate: bool) -> Vec
         if mutate { "mutate=1" } else { "mutate=0" },
     ]);
     let r = h.run(1, &args);
-    assert!(
-        r.code == Some(0) && r.stdout.contains("forktest scan: ok"),
-        "every clone of both families read the parent's memory as it was at its fork:\n{}\n{}",
-        r.describe(),
-        h.describe()
+    h.assert_printed(
+        &r,
+        "forktest scan: ok",
+        "every clone of both families read the parent's memory as it was at its fork:",
     );
     // The memory holders' own account: recording, pushing, and how well
     // the parent's touched pages would have predicted the clones' asks.

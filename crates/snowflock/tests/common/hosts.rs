@@ -228,6 +228,22 @@ impl Hosts {
         cmd.spawn().expect("start snowflock run --daemon")
     }
 
+    /// Asserts that run `r` exited 0 and printed `marker`; on failure says
+    /// `context`, the run and everything the daemons know.
+    pub fn assert_printed(&self, r: &Run, marker: &str, context: &str) {
+        assert!(
+            r.code == Some(0) && r.stdout.contains(marker),
+            "{context}\n{}\n{}",
+            r.describe(),
+            self.describe()
+        );
+    }
+
+    /// [`Hosts::assert_printed`] for a forktest scenario's `ok` line.
+    pub fn assert_forktest_ok(&self, r: &Run, scenario: &str) {
+        self.assert_printed(r, &format!("forktest {scenario}: ok"), "");
+    }
+
     /// Everything the daemons know, for failure messages.
     pub fn describe(&self) -> String {
         let mut s = String::new();
