@@ -78,9 +78,9 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
     let mut out = Vec::new();
     let sampler = super::cpu::CpuSampler::start(std::time::Duration::from_millis(10));
     let cpu0 = cpu_ms();
-    let t = Instant::now();
+    let began = Instant::now();
     let report = Vm::new(cfg, image)?.run(&mut out)?;
-    let vm_ms = t.elapsed().as_secs_f64() * 1e3;
+    let vm_ms = began.elapsed().as_secs_f64() * 1e3;
     let cores_used = (cpu_ms() - cpu0) / vm_ms;
     let text = String::from_utf8_lossy(&out);
     if report.outcome.exit_code() != 0 {
@@ -90,20 +90,17 @@ pub fn run_vm(app: &str, image: &GuestImage, cfg: &VmConfig) -> anyhow::Result<R
     let mut starts = Vec::new();
     let mut reported_to_joined = 0.0;
     let (mut join_ms, mut join_busy_ms) = (f64::NAN, f64::NAN);
-    for c in &report.clones {
-        if let Some(joined) = c.request_to_joined {
-            let from = t + c.requested_at;
+    for t in &report.clones {
+        if let (Some(r), Some(j)) = (t.request_to_reported, t.request_to_joined) {
+            reported_to_joined += j.saturating_sub(r).as_secs_f64() * 1e3;
+        }
+        if let Some(joined) = t.request_to_joined {
+            let from = began + t.requested_at;
             let busy = sampler
                 .window(from, from + joined)
                 .map_or(f64::NAN, |w| w.busy_ms);
             join_ms = join_ms.max(0.0) + joined.as_secs_f64() * 1e3;
             join_busy_ms = join_busy_ms.max(0.0) + busy;
-        }
-    }
-    drop(sampler);
-    for t in &report.clones {
-        if let (Some(r), Some(j)) = (t.request_to_reported, t.request_to_joined) {
-            reported_to_joined += j.saturating_sub(r).as_secs_f64() * 1e3;
         }
         starts.extend(
             t.clones
