@@ -107,17 +107,34 @@ fn ep(c: &Cluster, host: usize, vni: u32, ip: Ipv4Addr) -> Endpoint {
 }
 
 /// Whether a TCP connection from `from` to `to` gets through (a listener
-/// on `to` answers with one byte).
+/// on `to` accepts it).
+///
+/// Every call listens on a port of its own. A port used again failed CI
+/// with EADDRINUSE: the previous call's listener, though closed, was still
+/// open in a child that another test thread was starting at that moment
+/// (a spawned child holds the parent's descriptors until its exec).
 fn reaches(from: &Endpoint, to: &Endpoint) -> bool {
+    static NEXT_PORT: AtomicU32 = AtomicU32::new(7700);
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed) as u16;
     let listener = to
-        .within(|| TcpListener::bind("0.0.0.0:7777").expect("bind"))
+        .within(move || TcpListener::bind(("0.0.0.0", port)).expect("bind"))
         .unwrap();
     listener.set_nonblocking(true).unwrap();
-    let target = SocketAddr::from((to.ip, 7777));
+    let target = SocketAddr::from((to.ip, port));
     let connected = from
         .within(move || TcpStream::connect_timeout(&target, Duration::from_millis(1500)).is_ok())
         .unwrap();
-    connected && listener.accept().is_ok()
+    // The client's connect returns when it sends its ACK; the listener
+    // queues the connection only when that ACK arrives.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    connected
+        && loop {
+            match listener.accept() {
+                Ok(_) => break true,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break false,
+            }
+        }
 }
 
 #[test]
