@@ -403,8 +403,10 @@ fn a_console_flood_is_capped_and_detail_stays_fast() {
     let t = Instant::now();
     let det = d.detail(&id);
     let last = t.elapsed();
+    // A detail that waited on the flood (or read it all) would take the
+    // flood's seconds; the bounds leave room for a loaded machine.
     assert!(
-        worst < Duration::from_secs(1) && last < Duration::from_millis(500),
+        worst < Duration::from_secs(3) && last < Duration::from_millis(1500),
         "{worst:?} {last:?}"
     );
     assert!(det["console"].as_str().unwrap().len() <= 64 << 10);
@@ -433,23 +435,44 @@ fn closed_after<S: Read + Write>(mut s: S, prefix: &[u8]) -> Duration {
 
 #[test]
 fn a_partial_request_is_closed_after_the_header_timeout() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let d = start(&[
-        "--header-timeout",
-        "1s",
-        "--body-timeout",
-        "2s",
-        "--listen",
-        &listen,
-        // Plain TCP, to send raw HTTP: the limits are the same behind TLS,
-        // whose handshake has its own 2 s deadline (cluster_auth tests).
-        "--insecure-no-tls",
-    ]);
+    // A port found free here can still be taken when the daemon binds it
+    // (the probe's listener lives on in a child another test is starting
+    // at that moment): another port then.
+    let (d, listen) = (0..5)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let listen = format!("127.0.0.1:{port}");
+            let args = [
+                "--header-timeout",
+                "1s",
+                "--body-timeout",
+                "2s",
+                "--listen",
+                &listen,
+                // Plain TCP, to send raw HTTP: the limits are the same
+                // behind TLS, whose handshake has its own 2 s deadline
+                // (cluster_auth tests).
+                "--insecure-no-tls",
+            ];
+            let mut d = start(&args);
+            // The admin socket comes first: wait for the TCP one.
+            let t0 = Instant::now();
+            while std::net::TcpStream::connect(&listen).is_err() {
+                if let Some(st) = d.child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(&d.stderr).unwrap_or_default();
+                    assert!(log.contains("in use"), "daemon failed ({st}): {log}");
+                    return None;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(10), "no TCP listener");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some((d, listen))
+        })
+        .expect("a free port in five tries");
     let head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n".as_slice();
     let body = b"POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
         .as_slice();
@@ -469,12 +492,14 @@ fn a_partial_request_is_closed_after_the_header_timeout() {
     // Headers that never end, an idle keep-alive connection, a body that
     // never comes: all cut off, on both listeners.
     for (what, t, limit) in [
-        ("unix head", closed_after(unix(), head), 3),
-        ("tcp head", closed_after(tcp(), head), 3),
-        ("unix idle", closed_after(unix(), b""), 3),
-        ("tcp idle", closed_after(tcp(), b""), 3),
-        ("unix body", closed_after(unix(), body), 5),
-        ("tcp body", closed_after(tcp(), peer_body), 5),
+        // (Bounds well under the clients' 20 s, with room for a loaded
+        // machine.)
+        ("unix head", closed_after(unix(), head), 6),
+        ("tcp head", closed_after(tcp(), head), 6),
+        ("unix idle", closed_after(unix(), b""), 6),
+        ("tcp idle", closed_after(tcp(), b""), 6),
+        ("unix body", closed_after(unix(), body), 8),
+        ("tcp body", closed_after(tcp(), peer_body), 8),
     ] {
         eprintln!("{what}: closed after {t:?}");
         assert!(t < Duration::from_secs(limit), "{what}: open for {t:?}");
@@ -510,8 +535,9 @@ fn thousands_of_idle_connections_do_not_block_health() {
         t0.elapsed()
     );
     assert_eq!(code, 200, "{body}");
+    // Blocked behind the idle ones, it would wait for the client's 60 s.
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
+        t0.elapsed() < Duration::from_secs(5),
         "health took {:?}",
         t0.elapsed()
     );

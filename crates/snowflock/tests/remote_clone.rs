@@ -53,11 +53,18 @@ fn kill_reaches_clones_on_other_hosts() {
     let h = Hosts::start(3);
     let r = h.run(1, &["forktest", "--", "kill"]);
     h.assert_forktest_ok(&r, "kill");
-    // The killed remote clones are gone from their hosts.
-    std::thread::sleep(Duration::from_millis(500));
+    // The killed remote clones are gone from their hosts (a host marks a
+    // VM exited once it reaped it).
     for i in [2, 3] {
-        let vms: Vec<VmInfo> = h.client(i).get("/v1/vms").unwrap();
-        assert!(vms.iter().all(|v| v.state == "exited"), "host {i}: {vms:?}");
+        let t0 = Instant::now();
+        loop {
+            let vms: Vec<VmInfo> = h.client(i).get("/v1/vms").unwrap();
+            if vms.iter().all(|v| v.state == "exited") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "host {i}: {vms:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -259,9 +266,16 @@ fn the_daemon_runs_vms_lists_and_kills_them() {
         .call::<(), _>("DELETE", &format!("/v1/vms/{}", spin.id), None)
         .unwrap();
     assert_eq!(killed.id, spin.id);
-    std::thread::sleep(Duration::from_millis(300));
-    let d: VmDetail = c.get(&format!("/v1/vms/{}", spin.id)).unwrap();
-    assert_eq!(d.info.state, "exited", "{d:?}");
+    // DELETE sends SIGKILL; the state changes once the VM is reaped.
+    let t0 = Instant::now();
+    loop {
+        let d: VmDetail = c.get(&format!("/v1/vms/{}", spin.id)).unwrap();
+        if d.info.state == "exited" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{d:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let e = c.get::<VmDetail>("/v1/vms/vm-999").unwrap_err().to_string();
     assert!(e.contains("404") && e.contains("no VM \"vm-999\""), "{e}");
 }
@@ -474,8 +488,11 @@ fn remote_clones_get_only_the_time_the_family_has_left() {
         ],
     );
     let took = started.elapsed();
+    // 124 proves the deadline fired, and no level 3 (below) that the
+    // remote clones got only what was left; the bound only catches a run
+    // the deadline failed to end, with room for a loaded machine.
     assert!(
-        r.code == Some(124) && took < Duration::from_secs(5),
+        r.code == Some(124) && took < Duration::from_secs(10),
         "took {took:?}\n{}\n{}",
         r.describe(),
         h.describe()

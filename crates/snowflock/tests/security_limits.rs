@@ -15,6 +15,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long a run with `--timeout 2s` may take in all, teardown included.
+/// Exit code 124 already proves the deadline fired; this bound only
+/// catches a run the deadline failed to end. It leaves room for a loaded
+/// 2-core machine, where the other tests of this binary start dozens of
+/// VMs at the same time (it was 3.5 s).
+const TWO_SECOND_RUN_ENDS_WITHIN: Duration = Duration::from_secs(8);
+
 fn unique_tag(what: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
@@ -242,7 +249,7 @@ fn the_timeout_bounds_a_chain_of_clones_waiting_in_join() {
     let took = started.elapsed();
     r.assert_no_host_panic().assert_code(124);
     assert!(
-        took < Duration::from_millis(3500),
+        took < TWO_SECOND_RUN_ENDS_WITHIN,
         "a 2 s timeout took {took:?}\n{}",
         r.describe()
     );
@@ -275,7 +282,7 @@ fn the_timeout_holds_while_the_parent_waits_in_join() {
     let took = started.elapsed();
     r.assert_no_host_panic().assert_code(124);
     assert!(
-        took < Duration::from_millis(3500),
+        took < TWO_SECOND_RUN_ENDS_WITHIN,
         "a 2 s timeout took {took:?}\n{}",
         r.describe()
     );
@@ -321,7 +328,7 @@ fn a_stalled_console_consumer_does_not_stop_the_timeout() {
     };
     r.assert_no_host_panic().assert_code(124);
     assert!(
-        took < Duration::from_millis(3500),
+        took < TWO_SECOND_RUN_ENDS_WITHIN,
         "a 2 s timeout took {took:?} with a stalled stdout\n{}",
         r.describe()
     );
@@ -466,7 +473,10 @@ fn memory_and_time_per_clone_call_stay_flat() {
         n - 500
     );
     // Other work on the host adds noise on top; growth shows as a rising
-    // floor, so compare the fastest window of each half.
+    // floor, so compare the fastest window of each half. With four windows
+    // a half, one half can fall entirely in a busy stretch of the other
+    // tests of this binary: the bound is twice, which a cost that grows
+    // with the calls made still crosses.
     let half = |second: bool| {
         windows
             .iter()
@@ -477,7 +487,7 @@ fn memory_and_time_per_clone_call_stay_flat() {
     };
     let (early, late) = (half(false), half(true));
     assert!(
-        late < early * 13 / 10 + 300,
+        late < early * 2 + 300,
         "clone+join slowed from {early} us to {late} us per call (best of each half)"
     );
 }

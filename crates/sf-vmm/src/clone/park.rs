@@ -213,15 +213,20 @@ mod tests {
 
         // A helper that never reaches a parking point makes the fork fail
         // (named), rather than fork with its lock held.
-        let busy = std::thread::spawn(|| {
+        // It stays stuck until the park has failed (not for a fixed time,
+        // which a loaded machine could overrun before the park looked).
+        let (registered, stuck) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+        let busy = std::thread::spawn(move || {
             let _h = register("stuck helper");
-            std::thread::sleep(Duration::from_millis(300));
+            registered.0.send(()).unwrap();
+            stuck.1.recv().unwrap();
         });
-        std::thread::sleep(Duration::from_millis(50));
+        registered.1.recv().unwrap();
         let e = park_all_within(Duration::from_millis(50))
             .err()
             .expect("times out");
         assert!(e.to_string().contains("stuck helper"), "{e}");
+        stuck.0.send(()).unwrap();
         busy.join().unwrap();
         park_all().expect("the helper left").resume();
 
