@@ -38,7 +38,7 @@ pub enum Error {
     #[error(transparent)]
     Descriptor(#[from] crate::descriptor::DescriptorError),
     #[error("remote memory: {0}")]
-    Remote(String),
+    Remote(#[source] crate::remote::RemoteError),
     #[error(transparent)]
     Input(#[from] crate::inputs::InputError),
     #[error(transparent)]

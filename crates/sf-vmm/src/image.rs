@@ -75,7 +75,7 @@ pub enum ImageError {
     #[error("boot mode {0} is not possible: {1}")]
     BootMode(BootMode, &'static str),
     #[error("loading guest image failed: {0}")]
-    Load(String),
+    Load(#[source] linux_loader::loader::Error),
 }
 
 /// Why a VM booted through PVH gets no NIC: a PVH kernel builds its own
@@ -348,7 +348,7 @@ impl GuestImage {
         }
         use linux_loader::loader::{elf::Elf as ElfLoader, KernelLoader};
         ElfLoader::load(mem, None, &mut Cursor::new(&self.bytes), None)
-            .map_err(|e| ImageError::Load(e.to_string()))?;
+            .map_err(ImageError::Load)?;
         Ok(())
     }
 }

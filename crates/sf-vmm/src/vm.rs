@@ -321,7 +321,7 @@ impl Vm {
     /// child does not inherit the on-demand filling).
     pub(crate) fn fetch_all_memory(&self) -> Result<(), Error> {
         match &self.remote_memory {
-            Some(m) => m.prefetch_all().map_err(|e| Error::Remote(e.to_string())),
+            Some(m) => m.prefetch_all().map_err(Error::Remote),
             None => Ok(()),
         }
     }

@@ -210,7 +210,7 @@ fn build(
         token,
         cfg,
     )
-    .map_err(|e| Error::Remote(e.to_string()))?;
+    .map_err(Error::Remote)?;
     let path = if req.parent_path.is_empty() {
         id.to_string()
     } else {
