@@ -72,7 +72,8 @@ pub struct AppsBenchArgs {
     /// Shape every host's link with a token bucket, e.g. 1gbit.
     #[arg(long)]
     rate: Option<String>,
-    /// Also writes a plot next to it (FILE.png).
+    /// Write the rows as JSON to this file, and a plot next to it
+    /// (FILE.png).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }

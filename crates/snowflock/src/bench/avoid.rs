@@ -36,6 +36,7 @@ pub struct AvoidBenchArgs {
     /// Hosts, the origin included (clones go to the other ones).
     #[arg(long, default_value_t = 3)]
     hosts: usize,
+    /// Write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }

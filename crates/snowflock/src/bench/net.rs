@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args)]
 pub struct NetBenchArgs {
     /// Write the rows as JSON to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Runs per path and side (the median is reported).
     #[arg(long, default_value_t = 5)]

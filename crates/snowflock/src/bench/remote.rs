@@ -64,6 +64,10 @@ pub struct RemoteBenchArgs {
     /// Mutual TLS, plain TCP, or both (each a set of rows).
     #[arg(long, value_enum, default_value = "both")]
     transport: TransportArg,
+    /// Write the rows as JSON to this file: one object per row, the
+    /// table's columns in full (work_ms_median, work_ms_last,
+    /// origin_tx_bytes, multicast_bytes, pages_arrived_before_touch_pct,
+    /// multicast_lost_datagrams, fault_latency_p99_us_median, ...).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
