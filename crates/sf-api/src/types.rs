@@ -173,6 +173,10 @@ pub struct FetchStats {
     pub huge_blocks: u64,
     #[serde(default)]
     pub huge_fallbacks: u64,
+    /// The clone's guest RAM maps its host's cache of pushed pages (they
+    /// cost it no copy; see the clone host's `SNOWFLOCK_MAP_HOST_CACHE`).
+    #[serde(default)]
+    pub maps_host_cache: bool,
 }
 
 /// `GET /v1/metrics`.

@@ -92,6 +92,48 @@ impl GuestRam {
         }
     }
 
+    /// [`GuestRam::discard`] where the RAM is a private mapping of a file
+    /// other processes share (a remote clone's RAM over its host's page
+    /// cache): a page dropped there would read the file back, not zeros,
+    /// and one the file lacks would be added to it, as zeros, for all of
+    /// them. The hinted ranges get fresh anonymous memory mapped over them
+    /// instead; a range that cannot (the process's mapping count) is
+    /// written with zeros, a private copy each.
+    pub fn discard_over_shared_file(&self, free: &crate::hints::FreePages) {
+        for &(first, count) in free.ranges() {
+            let (Some(gpa), Some(len)) = (first.checked_mul(4096), count.checked_mul(4096)) else {
+                continue;
+            };
+            let Ok(slice) = self.mem.get_slice(GuestAddress(gpa), len as usize) else {
+                continue;
+            };
+            let at = slice.ptr_guard_mut().as_ptr() as *mut libc::c_void;
+            // SAFETY: the range is inside this process's mapping of guest
+            // RAM, which no vCPU runs on yet and no Rust reference points
+            // into; MAP_FIXED replaces exactly these pages with zeros, which
+            // a hinted page allows.
+            let p = unsafe {
+                libc::mmap(
+                    at,
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                tracing::debug!(
+                    "hinted pages {first}+{count} zeroed in place: {}",
+                    std::io::Error::last_os_error()
+                );
+                // SAFETY: as above; the bytes are guest RAM, written only
+                // here.
+                unsafe { std::ptr::write_bytes(at.cast::<u8>(), 0, len as usize) };
+            }
+        }
+    }
+
     pub fn mmap(&self) -> &GuestMemoryMmap<()> {
         &self.mem
     }

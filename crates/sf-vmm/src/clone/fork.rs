@@ -412,6 +412,10 @@ impl Vm {
         // go unused (asking it to fetch again waited forever) and may not be
         // dropped (that joins the missing thread): forgotten. The counters
         // file is the parent's, not this clone's.
+        let ram_maps_host_cache = self
+            .remote_memory
+            .as_ref()
+            .is_some_and(|m| m.maps_host_cache());
         if let Some(m) = self.remote_memory.take() {
             std::mem::forget(m);
         }
@@ -420,8 +424,12 @@ impl Vm {
         // or its pipe to the parent when the parent relays outputs.
         self.outputs.reset_for_clone(outputs);
         // Hinted pages: fresh zero pages instead of copies of the parent's.
-        self.ram
-            .discard(&std::mem::take(&mut self.clone_free_pages));
+        let hinted = std::mem::take(&mut self.clone_free_pages);
+        if ram_maps_host_cache {
+            self.ram.discard_over_shared_file(&hinted);
+        } else {
+            self.ram.discard(&hinted);
+        }
         let vm_fd = self
             .kvm
             .create_vm()
@@ -453,10 +461,10 @@ impl Vm {
             unreachable!("finish_clone runs only in clone processes")
         };
         let (rss_bytes, private_bytes) = process::memory_usage();
-        let memory = self
-            .remote_memory
-            .as_ref()
-            .map(|m| crate::remote::api_stats(&m.stats()));
+        let memory = self.remote_memory.as_ref().map(|m| {
+            m.settle(std::time::Duration::from_millis(100));
+            crate::remote::api_stats(&m.stats())
+        });
         if let (Some(file), Some(m)) = (&self.stats_file, &memory) {
             let _ = file.publish(m);
         }

@@ -193,6 +193,7 @@ fn build(
         // The clone host runs as `snowflock clone-host`; the same program's
         // `page-receiver` is the host's one receiver of the group's pushes.
         page_receiver: std::env::current_exe().ok(),
+        map_host_cache: std::env::var_os(MAP_HOST_CACHE_ENV).is_some_and(|v| v == "1"),
         ..FetchConfig::default()
     };
     cfg.multicast = req
@@ -259,6 +260,10 @@ pub const DROP_PUSHES_ENV: &str = "SNOWFLOCK_TEST_DROP_PUSHES";
 /// `1` in a clone host daemon's environment: its clones install each whole
 /// 2 MiB block that arrives at once as one huge page.
 pub const HUGE_BLOCKS_ENV: &str = "SNOWFLOCK_HUGE_BLOCKS";
+
+/// `1` in a clone host daemon's environment: its clones' guest RAM maps
+/// the host's cache of pushed pages (see `FetchConfig::map_host_cache`).
+pub const MAP_HOST_CACHE_ENV: &str = "SNOWFLOCK_MAP_HOST_CACHE";
 
 /// Whether guest RAM (MADV_HUGEPAGE) can get transparent huge pages here:
 /// then hinted 2 MiB blocks are faster filled by the kernel than by the

@@ -5,7 +5,7 @@
 
 use super::client::{PageClient, Timeouts};
 use super::error::RemoteError;
-use super::handler::{Command, Handler, Shared, Target};
+use super::handler::{map_host_cache, pushes_for, Command, Handler, Shared, Target};
 use super::uffd::Userfaultfd;
 use super::{GroupToken, PAGE_SIZE};
 use crate::hints::FreePages;
@@ -69,6 +69,11 @@ pub struct FetchConfig {
     /// clone on the host; later ones share it). `None`: this process joins
     /// the group and receives every datagram itself.
     pub page_receiver: Option<std::path::PathBuf>,
+    /// With the host's receiver: the clone's guest RAM becomes a private
+    /// mapping of the host's cache of pushed pages, so a pushed page costs
+    /// a clone nothing until touched, and then a page-table entry instead
+    /// of a copy (default false).
+    pub map_host_cache: bool,
 }
 
 impl Default for FetchConfig {
@@ -88,6 +93,7 @@ impl Default for FetchConfig {
             transport: sf_tls::Transport::Plain,
             drop_pushes: false,
             page_receiver: None,
+            map_host_cache: false,
         }
     }
 }
@@ -108,6 +114,7 @@ impl std::fmt::Debug for FetchConfig {
             .field("transport", &self.transport.name())
             .field("drop_pushes", &self.drop_pushes)
             .field("page_receiver", &self.page_receiver)
+            .field("map_host_cache", &self.map_host_cache)
             .finish()
     }
 }
@@ -170,6 +177,9 @@ pub struct FetchStats {
     /// installed page by page after their move failed.
     pub huge_blocks: u64,
     pub huge_fallbacks: u64,
+    /// The region maps the host's cache of pushed pages
+    /// ([`FetchConfig::map_host_cache`]).
+    pub maps_host_cache: bool,
     /// From reading a fault event to its page being installed.
     pub fault_latency_p50_us: u64,
     pub fault_latency_p99_us: u64,
@@ -206,6 +216,7 @@ impl StatsHandle {
             released_hinted_pages: c.released_hinted_pages.load(Relaxed),
             huge_blocks: c.huge_blocks.load(Relaxed),
             huge_fallbacks: c.huge_fallbacks.load(Relaxed),
+            maps_host_cache: c.maps_host_cache.load(Relaxed),
             fault_latency_p50_us: latency.quantile(0.50),
             fault_latency_p99_us: latency.quantile(0.99),
         }
@@ -218,6 +229,7 @@ pub struct RemoteMemory {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
+    mapped: bool,
 }
 
 impl RemoteMemory {
@@ -274,6 +286,10 @@ impl RemoteMemory {
                 local: len as u64,
             });
         }
+        let pushes = cfg
+            .multicast
+            .and_then(|(group, iface)| pushes_for(&cfg, group, iface, token, len as u64));
+        let mapped = cfg.map_host_cache && map_host_cache(pushes.as_ref(), base, len as u64);
         let uffd = Userfaultfd::new().map_err(|source| RemoteError::Uffd {
             what: "open",
             source,
@@ -296,11 +312,23 @@ impl RemoteMemory {
             server,
             token,
             client,
+            pushes,
+            mapped,
         };
         let handler = Handler::new(target, cfg, shared.clone(), rx);
         let thread = std::thread::Builder::new()
             .name("sf-remote-mem".into())
-            .spawn(move || handler.run())
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.run()));
+                if ran.is_err() && mapped {
+                    // The userfaultfd closes with this thread: the guest's
+                    // next touch of a page the host's cache lacks would add
+                    // a page of zeros to the cache every clone of the host
+                    // maps. Better this clone ends here.
+                    eprintln!("snowflock: the remote memory handler panicked over the host's page cache; aborting this clone");
+                    std::process::abort();
+                }
+            })
             .map_err(|source| RemoteError::Uffd {
                 what: "handler thread spawn",
                 source,
@@ -309,11 +337,18 @@ impl RemoteMemory {
             shared,
             commands,
             thread: Some(thread),
+            mapped,
         })
     }
 
     pub fn stats(&self) -> FetchStats {
         self.stats_handle().stats()
+    }
+
+    /// Whether the region is a private mapping of the host's cache of
+    /// pushed pages ([`FetchConfig::map_host_cache`]).
+    pub fn maps_host_cache(&self) -> bool {
+        self.mapped
     }
 
     /// A handle that reads the counters from any thread.
@@ -338,6 +373,15 @@ impl RemoteMemory {
         let (tx, rx) = mpsc::channel();
         self.send(Command::PrefetchAll(tx))?;
         rx.recv().unwrap_or(Err(RemoteError::Stopped))
+    }
+
+    /// Lets the handler take in the pages pushed so far, waiting `at_most`
+    /// for it (the counters read next include them).
+    pub fn settle(&self, at_most: Duration) {
+        let (tx, rx) = mpsc::channel();
+        if self.send(Command::Settle(tx)).is_ok() {
+            let _ = rx.recv_timeout(at_most);
+        }
     }
 
     /// Streams pages `[first, first + count)` (region page numbers) ahead

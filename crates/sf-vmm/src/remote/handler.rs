@@ -34,7 +34,7 @@ use vmm_sys_util::eventfd::EventFd;
 mod pushed;
 mod pushes;
 
-use pushes::Pushes;
+pub(super) use pushes::{map_host_cache, pushes_for, Pushes};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// How much larger a window of hinted pages (zero-filled here) is than a
@@ -98,6 +98,8 @@ pub struct Counters {
     /// whose move failed and were installed page by page instead.
     pub huge_blocks: AtomicU64,
     pub huge_fallbacks: AtomicU64,
+    /// The region maps the host's cache (set once, at attach).
+    pub maps_host_cache: AtomicBool,
 }
 
 /// What the handler thread and its [`super::RemoteMemory`] share.
@@ -124,6 +126,10 @@ impl Shared {
 
 pub enum Command {
     PrefetchAll(mpsc::Sender<Result<(), RemoteError>>),
+    /// Take in what was pushed so far, then answer (before the clone's
+    /// last counters: over the host's cache, a page the guest touched
+    /// straight from the cache is only counted once the handler looked).
+    Settle(mpsc::Sender<()>),
     /// The guest will read these pages soon (`InputWillRead`): stream
     /// them between faults, no reply.
     PrefetchRange {
@@ -166,6 +172,9 @@ pub struct Handler {
     data: Vec<u8>,
     /// Pages pushed to the whole clone group.
     multicast: Option<Pushes>,
+    /// The region is a private mapping of the host's cache: a cached page
+    /// is never installed here, a fault on one only wakes its thread.
+    mapped: bool,
     /// The run of consecutive pushed pages being gathered for one install.
     push_run: Vec<u8>,
     /// When this handler last looked at pushed pages and found the group's
@@ -189,42 +198,10 @@ pub struct Target {
     pub token: GroupToken,
     /// The connection `attach` made and checked.
     pub client: PageClient,
-}
-
-/// Where pushed pages come from: the host's receiver of the group (started
-/// if none runs), else this process's own socket.
-fn pushes_for(
-    cfg: &FetchConfig,
-    group: std::net::SocketAddrV4,
-    iface: std::net::Ipv4Addr,
-    token: GroupToken,
-    len: u64,
-) -> Option<Pushes> {
-    if let Some(exe) = &cfg.page_receiver {
-        let spec = super::host_receiver::ReceiverSpec {
-            token,
-            mem_size: len,
-            group,
-            iface,
-            drop_all: cfg.drop_pushes,
-        };
-        match super::host_receiver::HostPushes::attach(exe, &spec) {
-            Ok(h) => return Some(Pushes::Host(h)),
-            Err(e) => tracing::warn!(
-                "no page receiver for {spec} on this host ({e}); this clone receives the group's pushes itself"
-            ),
-        }
-    }
-    match super::multicast::Receiver::join(group, iface, token) {
-        Ok(mut rx) => {
-            rx.drop_all = cfg.drop_pushes;
-            Some(Pushes::Own(Box::new(rx)))
-        }
-        Err(e) => {
-            tracing::warn!(%group, "not joining the clone group's multicast: {e}");
-            None
-        }
-    }
+    /// Where pushed pages come from, if anywhere.
+    pub pushes: Option<Pushes>,
+    /// Whether the region maps the host's cache (see [`map_host_cache`]).
+    pub mapped: bool,
 }
 
 impl Handler {
@@ -234,11 +211,9 @@ impl Handler {
         shared: std::sync::Arc<Shared>,
         commands: mpsc::Receiver<Command>,
     ) -> Handler {
-        let multicast = cfg
-            .multicast
-            .and_then(|(group, iface)| pushes_for(&cfg, group, iface, t.token, t.len));
         let mut h = Handler {
-            multicast,
+            multicast: t.pushes,
+            mapped: t.mapped,
             present: PageBitmap::new(t.len / PAGE),
             readahead: Readahead::new(cfg.min_window_pages, cfg.max_window_pages),
             uffd: t.uffd,
@@ -260,16 +235,21 @@ impl Handler {
             pushes_seen: 0,
             stage: None,
         };
-        if h.cfg.huge_blocks && h.uffd.can_move() && super::huge::aligned(h.base) {
+        // (A move needs anonymous memory on both sides: never over the
+        // host's cache.)
+        if h.cfg.huge_blocks && !h.mapped && h.uffd.can_move() && super::huge::aligned(h.base) {
             match HugeStage::new() {
                 Ok(s) => h.stage = Some(s),
                 Err(e) => tracing::warn!("remote memory installs 4 KiB pages only: {e}"),
             }
         }
-        // Before the thread starts, so attach returns with it done.
-        if h.cfg.release_hinted_blocks {
+        // Before the thread starts, so attach returns with it done. Never
+        // over the host's cache: an unregistered fault there would put a
+        // page of zeros into the cache every clone of the host reads.
+        if h.cfg.release_hinted_blocks && !h.mapped {
             h.release_hinted_blocks();
         }
+        h.shared.counters.maps_host_cache.store(h.mapped, Relaxed);
         if let Some(Pushes::Host(p)) = &h.multicast {
             let pid = p.view.get(super::host_cache::Word::ReceiverPid);
             h.shared.counters.multicast_receiver_pid.store(pid, Relaxed);
@@ -428,6 +408,11 @@ impl Handler {
         while let Ok(cmd) = self.commands.try_recv() {
             let reply = match cmd {
                 Command::PrefetchAll(reply) => reply,
+                Command::Settle(done) => {
+                    self.take_multicast();
+                    let _ = done.send(());
+                    continue;
+                }
                 Command::PrefetchRange { first, count } => {
                     let pages = self.len / PAGE;
                     let end = first.saturating_add(count).min(pages);
@@ -465,6 +450,13 @@ impl Handler {
             return; // not ours: only this range is registered
         }
         let page = (address - self.base) / PAGE;
+        // Over the host's cache, a cached page is never zero-filled: its
+        // fault came before it arrived, and waking maps it.
+        if self.wake_if_cached(page) {
+            let us = start.elapsed().as_micros() as u64;
+            self.shared.latency.lock().expect("latency lock").record(us);
+            return;
+        }
         if self.degraded || self.present.get(page) {
             // Degraded: zeros. Present: a stale event for a page an earlier
             // batch brought (its thread was woken then), or a page dropped
@@ -858,6 +850,15 @@ impl Handler {
     /// faults are ordinary zero-filled ones that need no handler.
     fn unregister(&mut self) {
         if !self.registered {
+            return;
+        }
+        if self.mapped {
+            // Over the host's cache the range stays registered (an
+            // unregistered fault would put zeros into the cache): every
+            // waiter is woken, and faults are zero-filled from now on.
+            if let Err(e) = self.uffd.wake(self.base, self.len) {
+                tracing::warn!("remote memory: waking every waiter failed: {e}");
+            }
             return;
         }
         match self.uffd.unregister(self.base, self.len) {

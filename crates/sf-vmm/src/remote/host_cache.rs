@@ -2,7 +2,8 @@
 //! receiver ([`super::host_receiver`]) writes each pushed page into it once,
 //! and every clone VMM of the group on the host installs the pages from it
 //! (one UFFDIO_COPY per run, straight from the shared mapping: no receive,
-//! no decryption per clone).
+//! no decryption per clone), or, with `SNOWFLOCK_MAP_HOST_CACHE=1`, maps it
+//! as its guest RAM (see [`CacheView::map_private_at`]: no copy at all).
 //!
 //! Two memfds, both written only by the receiver and handed to the clones
 //! read-only (a descriptor opened `O_RDONLY`, so a clone can neither map
@@ -20,6 +21,14 @@
 //! installed when its bit is set, so no reader can install a page the
 //! receiver has not finished writing. A page is written once and never
 //! changed afterwards.
+//!
+//! A clone that maps the pages memfd and reads a page it does not hold
+//! adds a page of zeros there (the kernel fills a hole of a shared memory
+//! file on a read fault). Installed clones never do (a page is read only
+//! once its bit is set, and a guest RAM mapped over the cache stays
+//! registered with userfaultfd), and a clone VMM that did would gain
+//! nothing it does not have already: every clone of the group holds the
+//! token the group's pushes are sealed with.
 
 use super::PAGE_SIZE;
 use std::io;
@@ -181,7 +190,8 @@ pub struct CacheWriter {
     /// sandboxed receiver opens no files), sent to every client.
     pages_ro: OwnedFd,
     control_ro: OwnedFd,
-    data: Mapping,
+    /// The pages memfd, written with pwrite (see [`CacheWriter::put`]).
+    pages_file: std::fs::File,
     control: Mapping,
     pages: u64,
 }
@@ -198,14 +208,13 @@ impl CacheWriter {
         let pages = mem_size / PAGE;
         let pages_fd = memfd(c"snowflock-page-cache", mem_size)?;
         let control_fd = memfd(c"snowflock-page-cache-control", control_len(pages))?;
-        let data = Mapping::new(&pages_fd, mem_size, true)?;
         let control = Mapping::new(&control_fd, control_len(pages), true)?;
         control.word(Word::Pages as u64).store(pages, Relaxed);
         control.word(Word::Magic as u64).store(MAGIC, Release);
         Ok(CacheWriter {
             pages_ro: read_only(&pages_fd)?,
             control_ro: read_only(&control_fd)?,
-            data,
+            pages_file: pages_fd.into(),
             control,
             pages,
         })
@@ -229,23 +238,19 @@ impl CacheWriter {
     /// Writes page `page` (4 KiB of `bytes`) unless it is outside the RAM
     /// or there already; true if written. Not visible to readers before
     /// [`CacheWriter::publish`].
-    pub fn put(&mut self, page: u64, bytes: &[u8]) -> bool {
+    ///
+    /// Written with pwrite, not through a mapping: the page is locked while
+    /// its bytes go in, so a clone whose guest RAM maps this memfd (see
+    /// [`CacheView::map_private_at`]) and touches the page meanwhile waits
+    /// for all 4 KiB instead of mapping a half-written page.
+    pub fn put(&mut self, page: u64, bytes: &[u8]) -> io::Result<bool> {
         if page >= self.pages || bytes.len() != PAGE_SIZE || self.has(page) {
-            return false;
+            return Ok(false);
         }
-        // SAFETY: page < pages, so the 4 KiB at `page * 4 KiB` lie inside
-        // the data mapping; no reader reads them before the page's bit is
-        // set (below, with Release, after the copy).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.data.ptr.add((page * PAGE) as usize),
-                PAGE_SIZE,
-            )
-        };
+        std::os::unix::fs::FileExt::write_all_at(&self.pages_file, bytes, page * PAGE)?;
         let w = self.control.word(HEADER_BYTES / 8 + page / 64);
         w.fetch_or(1 << (page % 64), Release);
-        true
+        Ok(true)
     }
 
     /// Appends the run `first..first + count` (pages just [`put`]) to the
@@ -296,6 +301,8 @@ pub enum Arrivals {
 
 /// A clone's read-only view of its host's cache.
 pub struct CacheView {
+    /// The pages memfd (read-only), for [`CacheView::map_private_at`].
+    pages_fd: OwnedFd,
     data: Mapping,
     control: Mapping,
     pages: u64,
@@ -324,6 +331,7 @@ impl CacheView {
         // Pages that came before this clone attached are found by a first
         // rescan: start at the ring's beginning so it is due at once.
         Ok(CacheView {
+            pages_fd,
             data,
             control,
             pages,
@@ -333,6 +341,46 @@ impl CacheView {
 
     pub fn has(&self, page: u64) -> bool {
         page < self.pages && bit(&self.control, page)
+    }
+
+    /// Maps the cache's pages over `[addr, addr + len)`, a clone's guest
+    /// RAM of the cache's size, privately: a page the cache holds is read
+    /// straight from it (shared by every clone of the host, no copy), a
+    /// write makes the clone its own copy, and a page the cache lacks
+    /// faults (the caller registers the range with userfaultfd after
+    /// this, and must never leave it unregistered: an unregistered fault
+    /// would put a page of zeros into the shared cache).
+    ///
+    /// # Safety
+    /// `[addr, addr + len)` must be a mapping of the caller's that nothing
+    /// references as Rust memory: it is replaced.
+    pub unsafe fn map_private_at(&self, addr: u64, len: u64) -> io::Result<()> {
+        if len != self.pages * PAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "guest RAM of {len} bytes over a page cache of {} bytes",
+                    self.pages * PAGE
+                ),
+            ));
+        }
+        // SAFETY: MAP_FIXED replaces the caller's mapping at `addr` (the
+        // caller's promise above); the descriptor is read-only, which a
+        // private mapping allows even when writable.
+        let ptr = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                self.pages_fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// How many pages from `first` on the cache holds, up to `max`.
@@ -439,20 +487,68 @@ mod tests {
         CacheView::map(p, c, mem).unwrap()
     }
 
+    /// A guest RAM mapped over the cache reads what the cache holds, keeps
+    /// its own writes, and never changes the cache (nor another clone's
+    /// RAM over it); a RAM of another size is refused.
+    #[test]
+    fn ram_over_the_cache_reads_it_and_writes_only_its_own_copy() {
+        let mem = 64 * PAGE;
+        let mut w = CacheWriter::create(mem).unwrap();
+        assert!(w.put(3, &page(7)).unwrap());
+        let v = view(&w, mem);
+        let anon = |len: u64| {
+            // SAFETY: a new private anonymous mapping, unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            p as u64
+        };
+        let (a, b) = (anon(mem), anon(mem));
+        // SAFETY: the two mappings above, which nothing else refers to.
+        unsafe {
+            v.map_private_at(a, mem).unwrap();
+            v.map_private_at(b, mem).unwrap();
+            assert!(v.map_private_at(a, mem - PAGE).is_err());
+        }
+        let at = |base: u64, page: u64| (base + page * PAGE) as *mut u8;
+        // SAFETY: reads and writes inside the two mappings.
+        unsafe {
+            assert_eq!(*at(a, 3), 7);
+            *at(a, 3) = 9;
+            assert_eq!(*at(a, 3), 9);
+            assert_eq!(*at(b, 3), 7, "another RAM over the cache");
+            // A page written after the mapping shows through where the RAM
+            // has no copy of its own.
+            assert!(w.put(4, &page(5)).unwrap());
+            assert_eq!(*at(b, 4).add(PAGE_SIZE - 1), 5);
+            libc::munmap(a as *mut libc::c_void, mem as usize);
+            libc::munmap(b as *mut libc::c_void, mem as usize);
+        }
+        assert_eq!(v.bytes(3, 1)[0], 7, "the cache is unchanged");
+    }
+
     #[test]
     fn pages_are_written_once_and_read_through_the_view() {
         let mem = 256 * PAGE;
         let mut w = CacheWriter::create(mem).unwrap();
         let mut v = view(&w, mem);
         assert_eq!(v.arrivals(), Arrivals::Runs(vec![]));
-        assert!(w.put(10, &page(1)) && w.put(11, &page(2)));
-        assert!(!w.put(10, &page(9)), "a page is written once");
-        assert!(!w.put(256, &page(9)), "past the RAM");
+        assert!(w.put(10, &page(1)).unwrap() && w.put(11, &page(2)).unwrap());
+        assert!(!w.put(10, &page(9)).unwrap(), "a page is written once");
+        assert!(!w.put(256, &page(9)).unwrap(), "past the RAM");
         w.publish(10, 2);
         // A view's first look rescans (pages may predate it).
         assert_eq!(v.arrivals(), Arrivals::Rescan);
         assert_eq!(v.held_runs(512), vec![(10, 2)]);
-        assert!(w.put(12, &page(3)));
+        assert!(w.put(12, &page(3)).unwrap());
         w.publish(12, 1);
         assert_eq!(v.arrivals(), Arrivals::Runs(vec![(12, 1)]));
         assert_eq!(v.present_run(10, 8), 3);
@@ -469,7 +565,7 @@ mod tests {
         let mem = 1024 * PAGE;
         let mut w = CacheWriter::create(mem).unwrap();
         let mut v = view(&w, mem);
-        w.put(0, &page(1));
+        w.put(0, &page(1)).unwrap();
         w.publish(0, 1);
         assert_eq!(v.arrivals(), Arrivals::Rescan);
         for i in 0..RING_ENTRIES + 1 {
@@ -488,7 +584,7 @@ mod tests {
         let mem = 256 * PAGE;
         let mut w = CacheWriter::create(mem).unwrap();
         let mut v = view(&w, mem);
-        w.put(0, &page(1));
+        w.put(0, &page(1)).unwrap();
         w.publish(0, 1);
         assert_eq!(v.arrivals(), Arrivals::Rescan, "the first look");
         let raw = |w: &CacheWriter, first: u64, count: u64| {
@@ -504,7 +600,7 @@ mod tests {
             assert_eq!(v.arrivals(), Arrivals::Rescan, "{first}+{count}");
             assert_eq!(v.held_runs(512), vec![(0, 1)]);
         }
-        assert!(w.put(1, &page(2)));
+        assert!(w.put(1, &page(2)).unwrap());
         w.publish(1, 1);
         assert_eq!(v.arrivals(), Arrivals::Runs(vec![(1, 1)]));
     }

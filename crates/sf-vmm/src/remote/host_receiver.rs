@@ -525,7 +525,13 @@ impl Service {
                 break;
             };
             let page = offset / PAGE;
-            if self.cache.put(page, bytes) {
+            let written = self.cache.put(page, bytes).unwrap_or_else(|e| {
+                // The page stays absent: a clone that needs it faults and
+                // fetches it by unicast.
+                tracing::warn!("page receiver: page {page} not written to the cache: {e}");
+                false
+            });
+            if written {
                 run = match run {
                     Some((first, n)) if first + n == page && n < MAX_RUN => Some((first, n + 1)),
                     Some(done) => {
@@ -587,15 +593,24 @@ mod tests {
         }
     }
 
-    /// A group of its own for each test: a port below the ephemeral range
-    /// (never handed out by a bind to port 0) from a counter. A port found
-    /// free by a probe socket could still be held by a child that another
-    /// test of this binary forked while the probe was open.
-    fn group() -> SocketAddrV4 {
+    /// A group and a token of its own for each test (the receiver's socket
+    /// is named after the token: two tests with one token raced for it).
+    /// The port is below the ephemeral range (never handed out by a bind to
+    /// port 0) and comes from a counter: a port found free by a probe
+    /// socket could still be held by a child that another test of this
+    /// binary forked while the probe was open.
+    fn fresh_spec() -> ReceiverSpec {
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = 21_000 + (std::process::id() % 500) as u16 * 16 + n % 16;
-        SocketAddrV4::new(Ipv4Addr::new(239, 213, 79, (port % 250) as u8 + 1), port)
+        let mut token = [9; 16];
+        token[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        token[4..6].copy_from_slice(&n.to_le_bytes());
+        ReceiverSpec {
+            token,
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 213, 79, (port % 250) as u8 + 1), port),
+            ..spec()
+        }
     }
 
     /// Waits until `done` holds (5 s at most).
@@ -608,10 +623,7 @@ mod tests {
 
     #[test]
     fn one_receiver_fills_the_cache_of_every_client_of_its_group() {
-        let spec = ReceiverSpec {
-            group: group(),
-            ..spec()
-        };
+        let spec = fresh_spec();
         let listener = bind(&spec).unwrap().expect("a fresh group's name is free");
         assert!(bind(&spec).unwrap().is_none(), "one receiver per group");
         let mut service = Service::new(spec, listener).unwrap();
@@ -681,10 +693,7 @@ mod tests {
     /// behind them, and are dropped after the hello's deadline.
     #[test]
     fn silent_local_clients_do_not_hold_up_the_others() {
-        let spec = ReceiverSpec {
-            group: group(),
-            ..spec()
-        };
+        let spec = fresh_spec();
         let listener = bind(&spec).unwrap().expect("a fresh group's name is free");
         let mut service = Service::new(spec, listener).unwrap();
         let served = std::thread::spawn(move || service.run(None));

@@ -117,5 +117,6 @@ pub fn api_stats(s: &FetchStats) -> sf_api::FetchStats {
         released_hinted_pages: s.released_hinted_pages,
         huge_blocks: s.huge_blocks,
         huge_fallbacks: s.huge_fallbacks,
+        maps_host_cache: s.maps_host_cache,
     }
 }

@@ -445,7 +445,7 @@ fn memory_holder(l: &mut Vec<Entry>) {
 }
 
 /// A clone host's page receiver: reads one group's datagrams, writes the
-/// pages through its mapping of the shared cache, and answers each of the
+/// pages into the shared cache (pwrite), and answers each of the
 /// group's clone VMMs on this host once, on a Unix connection it accepts.
 /// No KVM, no threads or processes, no files, no new sockets.
 fn page_receiver(l: &mut Vec<Entry>) {

@@ -453,4 +453,5 @@ pub mod asm32 {
 
 pub mod cluster;
 pub mod families;
+pub mod hintnest;
 pub mod hosts;

@@ -131,6 +131,14 @@ impl Handler {
             self.install_batch(at, u64::from(n), batch, write_fault && i == 0)?;
             i += n;
         }
+        if self.mapped {
+            // Pushed pages came into the host's cache, not through an
+            // install that wakes: the faulting thread retries now.
+            let (at, len) = (self.base + first * PAGE, u64::from(map.pages()) * PAGE);
+            if let Err(e) = self.uffd.wake(at, len) {
+                tracing::debug!("wake after pushed pages at page {first}: {e}");
+            }
+        }
         Ok(())
     }
 

@@ -8,14 +8,20 @@
 //! cache holds all of it and then comes in as one huge page
 //! ([`crate::remote::huge`]); a fault in it meanwhile installs what is
 //! there.
+//!
+//! Where the guest RAM maps the host's cache ([`map_host_cache`]), nothing
+//! pushed is installed: arrivals are only marked present (so that no batch
+//! asks for them), and a fault that came before its page did is answered
+//! with a wake, whose retry maps the cached page.
 
 use super::{Handler, PAGE};
+use crate::remote::fetcher::FetchConfig;
 use crate::remote::host_cache::{Arrivals, Word};
 use crate::remote::host_receiver::HostPushes;
 use crate::remote::huge::{blocks_of, BLOCK_PAGES};
 use crate::remote::multicast::Receiver;
 use crate::remote::pacer::Report;
-use crate::remote::MAX_BATCH_PAGES;
+use crate::remote::{GroupToken, MAX_BATCH_PAGES};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -39,6 +45,64 @@ impl Pushes {
         match self {
             Pushes::Own(rx) => rx.report_due(),
             Pushes::Host(h) => h.report_due(),
+        }
+    }
+}
+
+/// Where pushed pages come from: the host's receiver of the group (started
+/// if none runs), else this process's own socket.
+pub(in crate::remote) fn pushes_for(
+    cfg: &FetchConfig,
+    group: std::net::SocketAddrV4,
+    iface: std::net::Ipv4Addr,
+    token: GroupToken,
+    len: u64,
+) -> Option<Pushes> {
+    if let Some(exe) = &cfg.page_receiver {
+        let spec = crate::remote::host_receiver::ReceiverSpec {
+            token,
+            mem_size: len,
+            group,
+            iface,
+            drop_all: cfg.drop_pushes,
+        };
+        match crate::remote::host_receiver::HostPushes::attach(exe, &spec) {
+            Ok(h) => return Some(Pushes::Host(h)),
+            Err(e) => tracing::warn!(
+                "no page receiver for {spec} on this host ({e}); this clone receives the group's pushes itself"
+            ),
+        }
+    }
+    match crate::remote::multicast::Receiver::join(group, iface, token) {
+        Ok(mut rx) => {
+            rx.drop_all = cfg.drop_pushes;
+            Some(Pushes::Own(Box::new(rx)))
+        }
+        Err(e) => {
+            tracing::warn!(%group, "not joining the clone group's multicast: {e}");
+            None
+        }
+    }
+}
+
+/// Makes `[base, base + len)` a private mapping of the host's cache of
+/// pushed pages when `pushes` comes from the host's receiver (see
+/// [`crate::remote::host_cache::CacheView::map_private_at`]); true if it
+/// did. Before the range is registered with userfaultfd.
+pub(in crate::remote) fn map_host_cache(pushes: Option<&Pushes>, base: u64, len: u64) -> bool {
+    let Some(Pushes::Host(h)) = pushes else {
+        return false;
+    };
+    // SAFETY: the range is the clone's guest RAM, given to remote memory
+    // untouched (see `RemoteMemory::attach`); nothing refers to it as Rust
+    // memory.
+    match unsafe { h.view.map_private_at(base, len) } {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "guest RAM does not map the host's page cache ({e}); pushed pages are copied in"
+            );
+            false
         }
     }
 }
@@ -110,7 +174,11 @@ impl Handler {
             Arrivals::Rescan => h.view.held_runs(u64::from(MAX_BATCH_PAGES)),
         };
         for (first, count) in runs {
-            self.install_cached(h, first, count, false);
+            if self.mapped {
+                self.note_mapped(h, first, count);
+            } else {
+                self.install_cached(h, first, count, false);
+            }
         }
         let c = &self.shared.counters;
         let v = &h.view;
@@ -170,6 +238,46 @@ impl Handler {
             }
         }
         installed
+    }
+
+    /// Over a mapping of the host's cache, pages that arrive need no
+    /// install: they are only marked here, so that no batch asks for them.
+    fn note_mapped(&mut self, h: &HostPushes, first: u64, count: u64) {
+        let end = (first + count).min(self.len / PAGE);
+        let mut p = first;
+        while p < end {
+            if self.present.get(p) || !h.view.has(p) {
+                p += 1;
+                continue;
+            }
+            let mut n = 1;
+            while p + n < end && !self.present.get(p + n) && h.view.has(p + n) {
+                n += 1;
+            }
+            self.mark_present(p, n);
+            self.shared.counters.multicast_pages.fetch_add(n, Relaxed);
+            p += n;
+        }
+    }
+
+    /// Over a mapping of the host's cache: if the cache holds `page`, wakes
+    /// the threads waiting for it (their retry maps the cached page); true
+    /// if it did.
+    pub(super) fn wake_if_cached(&mut self, page: u64) -> bool {
+        let cached = match &self.multicast {
+            Some(Pushes::Host(h)) if self.mapped => h.view.has(page),
+            _ => false,
+        };
+        if cached {
+            if !self.present.get(page) {
+                self.mark_present(page, 1);
+                self.shared.counters.multicast_pages.fetch_add(1, Relaxed);
+            }
+            if let Err(e) = self.uffd.wake(self.base + page * PAGE, PAGE) {
+                tracing::debug!("wake at page {page}: {e}");
+            }
+        }
+        cached
     }
 
     /// [`Handler::install_cached`] page by page: one UFFDIO_COPY per run
