@@ -6,6 +6,7 @@
 mod common;
 use common::hintnest::hinted_zero_pages;
 use common::hosts::Hosts;
+use common::workloads::AVOID_ALLOC;
 use common::*;
 use sf_api::Metrics;
 use std::process::Command;
@@ -14,21 +15,7 @@ use std::time::Duration;
 #[test]
 fn remote_clones_that_allocate_and_fill_check_their_memory() {
     let h = Hosts::start(3);
-    let r = h.run(
-        1,
-        &[
-            "--mem",
-            "256M",
-            "--placement",
-            "remote",
-            "forktest",
-            "--",
-            "avoid",
-            "n=2",
-            "ws=16",
-            "alloc=64",
-        ],
-    );
+    let r = h.run(1, AVOID_ALLOC);
     h.assert_forktest_ok(&r, "avoid");
     for i in [2, 3] {
         let m: Metrics = h.client(i).get("/v1/metrics").unwrap();

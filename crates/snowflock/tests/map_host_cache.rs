@@ -11,6 +11,7 @@ mod common;
 use common::families::{by_pushes, scan_two_families, PAGES};
 use common::hintnest::hinted_zero_pages;
 use common::hosts::Hosts;
+use common::workloads::{AVOID_ALLOC, SCAN};
 use sf_vmm::clone::host::MAP_HOST_CACHE_ENV;
 
 fn mapping_hosts(k: usize) -> Hosts {
@@ -21,19 +22,7 @@ fn mapping_hosts(k: usize) -> Hosts {
 fn clones_over_the_host_cache_read_their_parents_memory() {
     let h = mapping_hosts(3);
     // Four clones, two on each clone host, read the same 16 MiB.
-    let r = h.run(
-        1,
-        &[
-            "--placement",
-            "remote",
-            "forktest",
-            "--",
-            "scan",
-            "n=4",
-            "mib=16",
-            "ms=0",
-        ],
-    );
+    let r = h.run(1, SCAN);
     h.assert_forktest_ok(&r, "scan");
     let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
     eprintln!("{stats:#?}");
@@ -73,21 +62,7 @@ fn two_families_over_the_host_cache_each_read_their_own_parent_state() {
 #[test]
 fn clones_over_the_host_cache_that_allocate_and_fill_check_their_memory() {
     let h = mapping_hosts(3);
-    let r = h.run(
-        1,
-        &[
-            "--mem",
-            "256M",
-            "--placement",
-            "remote",
-            "forktest",
-            "--",
-            "avoid",
-            "n=2",
-            "ws=16",
-            "alloc=64",
-        ],
-    );
+    let r = h.run(1, AVOID_ALLOC);
     h.assert_forktest_ok(&r, "avoid");
     for i in [2, 3] {
         let stats = h.clone_stats(i);

@@ -8,23 +8,11 @@
 
 mod common;
 use common::hosts::Hosts;
+use common::workloads::SCAN;
 use sf_api::FetchStats;
 use std::time::Instant;
 
 const DROP_PUSHES: &str = "SNOWFLOCK_TEST_DROP_PUSHES";
-
-/// Four clones (two per clone host) read one word of every page of 16 MiB
-/// the parent filled, all at once.
-const SCAN: &[&str] = &[
-    "--placement",
-    "remote",
-    "forktest",
-    "--",
-    "scan",
-    "n=4",
-    "mib=16",
-    "ms=0",
-];
 
 /// Whether process `pid` still runs (a zombie has ended).
 fn running(pid: u64) -> bool {

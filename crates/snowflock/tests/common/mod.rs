@@ -455,3 +455,4 @@ pub mod cluster;
 pub mod families;
 pub mod hintnest;
 pub mod hosts;
+pub mod workloads;
