@@ -61,29 +61,29 @@ impl GuestRam {
         self.size
     }
 
+    /// The hinted ranges that lie inside guest RAM, as host addresses and
+    /// lengths in bytes.
+    fn hinted_ranges<'a>(
+        &'a self,
+        free: &'a crate::hints::FreePages,
+    ) -> impl Iterator<Item = (*mut libc::c_void, usize)> + 'a {
+        free.ranges().iter().filter_map(|&(first, count)| {
+            let (gpa, len) = (first.checked_mul(4096)?, count.checked_mul(4096)?);
+            let slice = self.mem.get_slice(GuestAddress(gpa), len as usize).ok()?;
+            Some((slice.ptr_guard_mut().as_ptr().cast(), len as usize))
+        })
+    }
+
     /// Drops this process's copy of the hinted pages: the next touch gets a
     /// fresh zero page (a whole zero huge page where a 2 MiB range is
     /// hinted) instead of a copy of the parent's. Only for a local clone
     /// right after the fork, on its private copy-on-write mapping.
     pub fn discard(&self, free: &crate::hints::FreePages) {
-        for &(first, count) in free.ranges() {
-            let (Some(gpa), Some(len)) = (first.checked_mul(4096), count.checked_mul(4096)) else {
-                continue;
-            };
-            let Ok(slice) = self.mem.get_slice(GuestAddress(gpa), len as usize) else {
-                continue;
-            };
-            // SAFETY: the slice is inside this process's private mapping of
+        for (at, len) in self.hinted_ranges(free) {
+            // SAFETY: the range is inside this process's private mapping of
             // guest RAM, which no vCPU runs on yet; MADV_DONTNEED only makes
             // its next read return zeros, which a hinted page allows.
-            let rc = unsafe {
-                libc::madvise(
-                    slice.ptr_guard_mut().as_ptr() as *mut libc::c_void,
-                    len as usize,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            if rc != 0 {
+            if unsafe { libc::madvise(at, len, libc::MADV_DONTNEED) } != 0 {
                 tracing::debug!(
                     "madvise(MADV_DONTNEED) failed: {}",
                     std::io::Error::last_os_error()
@@ -100,14 +100,7 @@ impl GuestRam {
     /// instead; a range that cannot (the process's mapping count) is
     /// written with zeros, a private copy each.
     pub fn discard_over_shared_file(&self, free: &crate::hints::FreePages) {
-        for &(first, count) in free.ranges() {
-            let (Some(gpa), Some(len)) = (first.checked_mul(4096), count.checked_mul(4096)) else {
-                continue;
-            };
-            let Ok(slice) = self.mem.get_slice(GuestAddress(gpa), len as usize) else {
-                continue;
-            };
-            let at = slice.ptr_guard_mut().as_ptr() as *mut libc::c_void;
+        for (at, len) in self.hinted_ranges(free) {
             // SAFETY: the range is inside this process's mapping of guest
             // RAM, which no vCPU runs on yet and no Rust reference points
             // into; MAP_FIXED replaces exactly these pages with zeros, which
@@ -115,7 +108,7 @@ impl GuestRam {
             let p = unsafe {
                 libc::mmap(
                     at,
-                    len as usize,
+                    len,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
                     -1,
@@ -124,12 +117,12 @@ impl GuestRam {
             };
             if p == libc::MAP_FAILED {
                 tracing::debug!(
-                    "hinted pages {first}+{count} zeroed in place: {}",
+                    "hinted pages at {at:?} ({len} bytes) zeroed in place: {}",
                     std::io::Error::last_os_error()
                 );
                 // SAFETY: as above; the bytes are guest RAM, written only
                 // here.
-                unsafe { std::ptr::write_bytes(at.cast::<u8>(), 0, len as usize) };
+                unsafe { std::ptr::write_bytes(at.cast::<u8>(), 0, len) };
             }
         }
     }
