@@ -193,7 +193,6 @@ fn build(
         // The clone host runs as `snowflock clone-host`; the same program's
         // `page-receiver` is the host's one receiver of the group's pushes.
         page_receiver: std::env::current_exe().ok(),
-        map_host_cache: std::env::var_os(MAP_HOST_CACHE_ENV).is_some_and(|v| v == "1"),
         ..FetchConfig::default()
     };
     cfg.multicast = req
@@ -201,6 +200,11 @@ fn build(
         .as_deref()
         .and_then(|g| g.parse().ok())
         .zip(local_v4_towards(mem_addr));
+    if std::env::var_os(MAP_HOST_CACHE_ENV).is_some_and(|v| v == "1") {
+        // SAFETY: `ram` is this process's new guest RAM, untouched; no Rust
+        // reference points into it, and the Vm built below owns it.
+        cfg = unsafe { cfg.mapping_host_cache() };
+    }
     if let Some(w) = req.prefetch_window {
         cfg.max_window_pages = w.clamp(1, crate::remote::MAX_BATCH_PAGES);
     }

@@ -72,8 +72,10 @@ pub struct FetchConfig {
     /// With the host's receiver: the clone's guest RAM becomes a private
     /// mapping of the host's cache of pushed pages, so a pushed page costs
     /// a clone nothing until touched, and then a page-table entry instead
-    /// of a copy (default false).
-    pub map_host_cache: bool,
+    /// of a copy (default false). Set through the unsafe
+    /// [`FetchConfig::mapping_host_cache`]: it replaces the region's
+    /// mapping.
+    pub(crate) map_host_cache: bool,
 }
 
 impl Default for FetchConfig {
@@ -120,6 +122,19 @@ impl std::fmt::Debug for FetchConfig {
 }
 
 impl FetchConfig {
+    /// [`FetchConfig::map_host_cache`] on.
+    ///
+    /// # Safety
+    /// The region later given to [`RemoteMemory::attach`] with this
+    /// configuration must be a mapping of this process that nothing
+    /// refers to as Rust memory, untouched: attach maps the host's cache
+    /// over it (MAP_FIXED), where otherwise the kernel only fills pages
+    /// that are absent.
+    pub unsafe fn mapping_host_cache(mut self) -> FetchConfig {
+        self.map_host_cache = true;
+        self
+    }
+
     pub(crate) fn timeouts(&self) -> Timeouts {
         Timeouts {
             connect: self.connect_timeout,

@@ -93,9 +93,9 @@ pub(in crate::remote) fn map_host_cache(pushes: Option<&Pushes>, base: u64, len:
     let Some(Pushes::Host(h)) = pushes else {
         return false;
     };
-    // SAFETY: the range is the clone's guest RAM, given to remote memory
-    // untouched (see `RemoteMemory::attach`); nothing refers to it as Rust
-    // memory.
+    // SAFETY: the caller of `FetchConfig::mapping_host_cache`, the only
+    // way this runs, promised the range is an untouched mapping that
+    // nothing refers to as Rust memory.
     match unsafe { h.view.map_private_at(base, len) } {
         Ok(()) => true,
         Err(e) => {
