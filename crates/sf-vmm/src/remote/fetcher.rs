@@ -256,8 +256,10 @@ impl RemoteMemory {
     /// clone's empty guest RAM) that outlives the `RemoteMemory`: pages
     /// already present keep their local contents, and the kernel checks
     /// every address this code passes it, so a bad range is an error, not
-    /// undefined behaviour. After a failure, or once dropped, pages not yet
-    /// fetched read as zeros.
+    /// undefined behaviour (unless the configuration maps the host's cache
+    /// over it, which needs the promise of
+    /// [`FetchConfig::mapping_host_cache`]). After a failure, or once
+    /// dropped, pages not yet fetched read as zeros.
     pub fn attach(
         region_ptr: *mut u8,
         len: usize,
