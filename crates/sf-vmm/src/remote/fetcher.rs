@@ -244,7 +244,6 @@ pub struct RemoteMemory {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
-    mapped: bool,
 }
 
 impl RemoteMemory {
@@ -354,7 +353,6 @@ impl RemoteMemory {
             shared,
             commands,
             thread: Some(thread),
-            mapped,
         })
     }
 
@@ -365,7 +363,7 @@ impl RemoteMemory {
     /// Whether the region is a private mapping of the host's cache of
     /// pushed pages ([`FetchConfig::map_host_cache`]).
     pub fn maps_host_cache(&self) -> bool {
-        self.mapped
+        self.shared.counters.maps_host_cache.load(Relaxed)
     }
 
     /// A handle that reads the counters from any thread.

@@ -357,10 +357,28 @@ impl Handler {
     /// the push to them) are skipped by the kernel, not errors.
     fn install_pushed(&mut self, first: u64, pages: u64, bytes: &[u8]) {
         if self.install(first, pages, Some(bytes)).is_ok() {
-            self.mark_present(first, pages);
-            let c = &self.shared.counters;
-            c.multicast_pages.fetch_add(pages, Relaxed);
+            self.note_pushed(first, pages);
         }
+    }
+
+    /// Pages that came by the group's multicast are here.
+    fn note_pushed(&mut self, first: u64, pages: u64) {
+        self.mark_present(first, pages);
+        let c = &self.shared.counters;
+        c.multicast_pages.fetch_add(pages, Relaxed);
+    }
+
+    /// Wakes the threads waiting for pages `first..first + pages` (their
+    /// retry finds what is there now).
+    fn wake(&self, first: u64, pages: u64) {
+        if let Err(e) = self.uffd.wake(self.base + first * PAGE, pages * PAGE) {
+            tracing::debug!("wake at page {first} (+{pages}): {e}");
+        }
+    }
+
+    fn record_latency(&self, start: Instant) {
+        let us = start.elapsed().as_micros() as u64;
+        self.shared.latency.lock().expect("latency lock").record(us);
     }
 
     /// Waits for a fault, a command or pushed pages (these at most every
@@ -453,8 +471,7 @@ impl Handler {
         // Over the host's cache, a cached page is never zero-filled: its
         // fault came before it arrived, and waking maps it.
         if self.wake_if_cached(page) {
-            let us = start.elapsed().as_micros() as u64;
-            self.shared.latency.lock().expect("latency lock").record(us);
+            self.record_latency(start);
             return;
         }
         if self.degraded || self.present.get(page) {
@@ -491,8 +508,7 @@ impl Handler {
         if self.fault_from_host_cache(page, u64::from(MAX_BATCH_PAGES)) {
             // Pushed to this host before the touch, not yet installed here:
             // no request, and not a miss (the network brought it in time).
-            let us = start.elapsed().as_micros() as u64;
-            self.shared.latency.lock().expect("latency lock").record(us);
+            self.record_latency(start);
             return;
         }
         let count = self.present.absent_run(page, u64::from(window));
@@ -507,8 +523,7 @@ impl Handler {
         match self.fetch_and_install(page, count, write, Ask::Fault) {
             Ok(()) => {
                 self.readahead.fetched(page, count);
-                let us = start.elapsed().as_micros() as u64;
-                self.shared.latency.lock().expect("latency lock").record(us);
+                self.record_latency(start);
             }
             Err(e) => {
                 self.fail(e);

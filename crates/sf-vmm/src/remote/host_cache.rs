@@ -469,6 +469,7 @@ impl CacheView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::tests::AnonMap;
 
     fn page(v: u8) -> Vec<u8> {
         vec![v; PAGE_SIZE]
@@ -496,22 +497,8 @@ mod tests {
         let mut w = CacheWriter::create(mem).unwrap();
         assert!(w.put(3, &page(7)).unwrap());
         let v = view(&w, mem);
-        let anon = |len: u64| {
-            // SAFETY: a new private anonymous mapping, unmapped below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            p as u64
-        };
-        let (a, b) = (anon(mem), anon(mem));
+        let rams = [AnonMap::new(mem as usize), AnonMap::new(mem as usize)];
+        let (a, b) = (rams[0].addr(), rams[1].addr());
         // SAFETY: the two mappings above, which nothing else refers to.
         unsafe {
             v.map_private_at(a, mem).unwrap();
@@ -529,8 +516,6 @@ mod tests {
             // has no copy of its own.
             assert!(w.put(4, &page(5)).unwrap());
             assert_eq!(*at(b, 4).add(PAGE_SIZE - 1), 5);
-            libc::munmap(a as *mut libc::c_void, mem as usize);
-            libc::munmap(b as *mut libc::c_void, mem as usize);
         }
         assert_eq!(v.bytes(3, 1)[0], 7, "the cache is unchanged");
     }

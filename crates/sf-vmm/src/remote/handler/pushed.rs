@@ -134,10 +134,7 @@ impl Handler {
         if self.mapped {
             // Pushed pages came into the host's cache, not through an
             // install that wakes: the faulting thread retries now.
-            let (at, len) = (self.base + first * PAGE, u64::from(map.pages()) * PAGE);
-            if let Err(e) = self.uffd.wake(at, len) {
-                tracing::debug!("wake after pushed pages at page {first}: {e}");
-            }
+            self.wake(first, u64::from(map.pages()));
         }
         Ok(())
     }
