@@ -8,7 +8,7 @@
 //! the answer equals one VM's, and what remote clones fetched.
 
 use super::apps_run::{run_vm, Fetch, Run};
-use super::cpu::machine_cores;
+use super::cpu::cores_busy_pct;
 use super::remote::Testbed;
 use super::stats::{max, median};
 use anyhow::{bail, Context};
@@ -326,7 +326,7 @@ fn summarize(
         clone_start_ms_median: part(|r| r.parts.clone_start_ms),
         reported_to_joined_ms_median: part(|r| r.parts.reported_to_joined_ms),
         join_cpu_busy_ms_median: part(|r| r.join_busy_ms),
-        join_cores_busy_pct: part(|r| 100.0 * r.join_busy_ms / (machine_cores() * r.join_ms)),
+        join_cores_busy_pct: part(|r| cores_busy_pct(r.join_busy_ms, r.join_ms)),
         app: app.into(),
         mode,
         clones: if mode == Mode::Single { 0 } else { n },

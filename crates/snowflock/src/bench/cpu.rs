@@ -69,6 +69,12 @@ pub fn machine_cores() -> f64 {
     }
 }
 
+/// The share of the machine's cores, in percent, that `busy_ms` of CPU
+/// time filled over `wall_ms`.
+pub fn cores_busy_pct(busy_ms: f64, wall_ms: f64) -> f64 {
+    100.0 * busy_ms / (machine_cores() * wall_ms)
+}
+
 fn read_ticks() -> Option<Ticks> {
     parse_stat(&std::fs::read_to_string("/proc/stat").ok()?)
 }

@@ -17,7 +17,7 @@
 //! authentication and encryption is measured on the same hosts. Each row
 //! says which in `transport`.
 
-use super::cpu::{machine_cores, CpuSampler};
+use super::cpu::{cores_busy_pct, machine_cores, CpuSampler};
 use super::group::{GroupRun, PerClone};
 use super::stats::median;
 pub(super) use super::testbed::{Mechanisms, Testbed};
@@ -415,7 +415,7 @@ fn measure_row(
         local_join_ms_median: median(&lj),
         cpu_busy_ms: median(&busy),
         cpu_bound_join_ms: median(&busy) / machine_cores(),
-        cores_busy_pct: 100.0 * median(&busy) / (machine_cores() * median(&rj)),
+        cores_busy_pct: cores_busy_pct(median(&busy), median(&rj)),
         context_switches_per_clone: median(&switches) / f64::from(n.max(1)),
     };
     eprintln!(
