@@ -139,6 +139,19 @@ impl Run {
     }
 }
 
+/// Polls `probe` every 50 ms until it says done (`Ok`), for at most
+/// `limit`; past that, fails with what it last said (`Err`).
+pub fn wait_until<T>(limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let t0 = Instant::now();
+    loop {
+        match probe() {
+            Ok(done) => return done,
+            Err(why) => assert!(t0.elapsed() < limit, "after {limit:?}: {why}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `cmd` with stdin closed, capturing its output; kills it after `limit`.
 pub fn run_cmd(mut cmd: Command, limit: Duration) -> Run {
     cmd.stdin(Stdio::null())
