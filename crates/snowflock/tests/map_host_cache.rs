@@ -11,7 +11,7 @@ mod common;
 use common::families::{by_pushes, scan_two_families, PAGES};
 use common::hintnest::hinted_zero_pages;
 use common::hosts::Hosts;
-use common::workloads::{AVOID_ALLOC, SCAN};
+use common::workloads::{scan_four_clones, AVOID_ALLOC};
 use sf_vmm::clone::host::MAP_HOST_CACHE_ENV;
 
 fn mapping_hosts(k: usize) -> Hosts {
@@ -22,11 +22,8 @@ fn mapping_hosts(k: usize) -> Hosts {
 fn clones_over_the_host_cache_read_their_parents_memory() {
     let h = mapping_hosts(3);
     // Four clones, two on each clone host, read the same 16 MiB.
-    let r = h.run(1, SCAN);
-    h.assert_forktest_ok(&r, "scan");
-    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
+    let stats = scan_four_clones(&h);
     eprintln!("{stats:#?}");
-    assert_eq!(stats.len(), 4, "{stats:?}");
     for s in &stats {
         assert!(
             s.maps_host_cache,

@@ -8,7 +8,7 @@
 
 mod common;
 use common::hosts::Hosts;
-use common::workloads::SCAN;
+use common::workloads::{scan_four_clones, SCAN};
 use sf_api::FetchStats;
 use std::time::Instant;
 
@@ -171,12 +171,8 @@ fn clones_whose_pushes_are_all_dropped_still_read_the_parents_memory() {
             vec![(DROP_PUSHES, "1")]
         }
     });
-    let r = h.run(1, SCAN);
-    // The guest checks every clone's sum against the parent's.
-    h.assert_forktest_ok(&r, "scan");
-    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
+    let stats = scan_four_clones(&h);
     eprintln!("clones whose pushes were dropped: {stats:#?}");
-    assert_eq!(stats.len(), 4, "{stats:?}");
     for s in &stats {
         assert_eq!(s.multicast_pages, 0, "every push was dropped: {s:?}");
         assert_ne!(
@@ -326,11 +322,8 @@ fn clones_reading_the_same_pages_cost_the_origin_at_most_half_again_one_clones_p
         h.clone_stats(2).iter().map(|s| s.pages_fetched).sum()
     };
     let h = Hosts::start(3);
-    let r = h.run(1, SCAN);
-    h.assert_forktest_ok(&r, "scan");
-    let stats: Vec<_> = [2, 3].iter().flat_map(|&i| h.clone_stats(i)).collect();
+    let stats = scan_four_clones(&h);
     eprintln!("one clone alone fetched {alone} pages; four clones: {stats:#?}");
-    assert_eq!(stats.len(), 4, "{stats:?}");
     let (tcp, pushed) = origin_pages(&stats);
     assert!(alone >= 4096, "{alone}");
     assert!(
